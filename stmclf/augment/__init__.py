@@ -1,0 +1,33 @@
+"""Data augmentation: ST model-zoo functions as vectorised PyTorch kernels over whole batches.
+
+Usage::
+
+    from stmclf.augment import build_augmentation, AUGMENTATIONS
+    aug = build_augmentation(cfg["data_augmentation"], pixels_range=(-1.0, 1.0), channels=3)
+    images = aug(images)              # float NCHW in pixels_range, on the training device
+    images = aug(images, epoch=3)     # custom pipelines use the epoch; built-in ones ignore it
+
+Modules: ``registry`` (the one registry dict and argument checks), ``color``, ``misc``,
+``affine`` (shared batched affine sampler), ``erasing``, ``pipeline`` (``build_augmentation``,
+``change_rate`` mixing), ``custom`` (``custom_data_augmentation``).
+"""
+from __future__ import annotations
+
+from stmclf.augment.registry import AUGMENTATIONS, REQUIRED, AugmentationSpec, kernel_names, register_augmentation
+
+# Importing the kernel modules registers their functions.
+from stmclf.augment import affine, color, erasing, misc  # noqa: F401,E402  isort: skip
+from stmclf.augment.custom import CustomAugmentation, build_custom_augmentation  # noqa: E402
+from stmclf.augment.pipeline import AugmentationPipeline, apply_augmentation, build_augmentation  # noqa: E402
+
+__all__ = [
+    "AUGMENTATIONS", "REQUIRED", "AugmentationSpec", "AugmentationPipeline", "CustomAugmentation",
+    "apply_augmentation", "build_augmentation", "build_custom_augmentation", "kernel_names",
+    "register_augmentation", "example_section",
+]
+
+
+def example_section(name: str) -> dict:
+    """A valid argument set for function ``name`` (the reference demo's values), for
+    benchmarks and demos: ``build_augmentation({name: example_section(name)}, pr)``."""
+    return dict(AUGMENTATIONS[name].example)

@@ -1,0 +1,147 @@
+"""``stmclf`` — the command table. Each command is one function taking its own arguments."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from stmclf.errors import UserError
+
+USAGE = """usage: stmclf COMMAND [options]
+
+commands:
+{commands}
+
+Run 'stmclf COMMAND --help' for the options of a command."""
+
+
+def _config_command(prog: str, description: str, action: Callable) -> Callable[[Sequence[str]], int]:
+    def command(argv: Sequence[str]) -> int:
+        from stmclf.config import from_namespace
+        from stmclf.config.parser import build_parser, parse_args
+
+        parser = build_parser(prog, description)
+        cfg = from_namespace(parser, parse_args(parser, argv))
+        action(cfg)
+        return 0
+    return command
+
+
+def _fit(cfg) -> None:
+    from stmclf.training.fit import train
+
+    train(cfg)
+
+
+def _run(cfg) -> None:
+    from stmclf.cli.modes import run_mode
+
+    run_mode(cfg)
+
+
+def _data(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="stmclf data", exit_on_error=False, description="dataset utilities")
+    sub = parser.add_subcommands(required=True, dest="action")
+    fetch = ArgumentParser(description="download or write a dataset as class folders")
+    fetch.add_argument("name", help="digits (offline, scikit-learn), flowers (tf_flowers), fashion-mnist")
+    fetch.add_argument("--out", type=str, default=None, help="target directory (default: datasets/NAME)")
+    fetch.add_argument("--force", type=bool, default=False, help="rewrite even if complete")
+    fetch.add_argument("--archive", type=Optional[str], default=None,
+                       help="flowers: use an already downloaded flower_photos.tgz instead of downloading")
+    fetch.add_argument("--max_per_split", type=Optional[int], default=None,
+                       help="fashion-mnist: write at most this many images per split")
+    sub.add_subcommand("fetch", fetch, help="download or write a dataset as class folders")
+    args = _parse_small(parser, argv)
+    if args.action == "fetch":
+        from stmclf.data.fetch import fetch_dataset
+
+        opts = args.fetch
+        extra = {k: v for k, v in (("archive", opts.archive), ("max_per_split", opts.max_per_split)) if v is not None}
+        root = fetch_dataset(opts.name, Path(opts.out or f"datasets/{opts.name}"), force=opts.force, **extra)
+        print(root)
+    return 0
+
+
+def _parse_small(parser, argv: Sequence[str]):
+    from stmclf.config.parser import one_line_error
+
+    try:
+        return parser.parse_args(list(argv))
+    except Exception as exc:  # jsonargparse ArgumentError
+        raise UserError(one_line_error(str(exc))) from None
+
+
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "fit": (_config_command("stmclf fit", "Train a model from an ST model-zoo YAML config.", _fit),
+            "train a model from a config (operation_mode training)"),
+    "run": (_config_command("stmclf run", "Run whatever operation_mode the config names.", _run),
+            "run the config's operation_mode"),
+    "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR'"),
+}
+
+
+NOISY_WARNINGS = (
+    r".*overridden `on_after_batch_transfer`.*",  # our module owns the on-device preprocessing
+    r".*is smaller than the logging interval.*",  # we log per epoch
+    r".*isinstance\(treespec, LeafSpec\).*",
+    r".*does not have many workers which may be a bottleneck.*",  # workers are sized to the cores
+)
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for pattern in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda", "alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _setup_console_logging() -> None:
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("stmclf")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(show_path=False, show_time=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE.format(commands=commands))
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from stmclf import __version__
+
+        print(f"stmclf {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"stmclf: error: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    _quiet_libraries()
+    _setup_console_logging()
+    try:
+        return COMMANDS[name][0](rest)
+    except UserError as exc:
+        print(f"stmclf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stmclf: interrupted; a training run resumes from its last checkpoint "
+              "(training.resume_training_from: <run>/saved_models/last_augmented_model.ckpt)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Config: the ST model-zoo YAML schema, parsed by jsonargparse (see docs/config.md)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from stmclf.config import rules
+from stmclf.config.interpolate import interpolate
+from stmclf.config.sections import (DEFAULT_RUN_DIR, Benchmarking, CustomDataAugmentation, Dataset,
+                                    Deployment, Evaluation, General, Mlflow, Prediction,
+                                    Preprocessing, Quantization, Tools, Training)
+
+
+@dataclass
+class RunConfig:
+    """A parsed, validated config: the ST sections plus Lightning's ``trainer`` options."""
+
+    general: General = field(default_factory=General)
+    operation_mode: Optional[str] = None
+    dataset: Optional[Dataset] = None
+    preprocessing: Optional[Preprocessing] = None
+    data_augmentation: Optional[dict[str, Optional[dict[str, Any]]]] = None
+    custom_data_augmentation: Optional[CustomDataAugmentation] = None
+    training: Optional[Training] = None
+    quantization: Optional[Quantization] = None
+    evaluation: Optional[Evaluation] = None
+    prediction: Optional[Prediction] = None
+    tools: Optional[Tools] = None
+    benchmarking: Optional[Benchmarking] = None
+    deployment: Optional[Deployment] = None
+    mlflow: Mlflow = field(default_factory=Mlflow)
+    hydra: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    config_files: list[str] = field(default_factory=list)
+    resolved_yaml: str = ""
+
+    @property
+    def run_dir(self) -> Path:
+        run = self.hydra.get("run") or {}
+        text = run.get("dir") or DEFAULT_RUN_DIR
+        return Path(interpolate(str(text), "hydra.run.dir"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("config_files", "resolved_yaml"):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return out
+
+
+def from_namespace(parser, ns) -> RunConfig:
+    """Turn a parsed jsonargparse namespace into a validated :class:`RunConfig`."""
+    resolved = parser.dump(ns, skip_none=False)
+    init = parser.instantiate_classes(ns)
+    values = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.name in ("config_files", "resolved_yaml", "trainer"):
+            continue
+        value = init.get(f.name)
+        if value is not None:
+            values[f.name] = value
+    values["trainer"] = ns.get("trainer").as_dict()
+    values["config_files"] = [str(p) for p in (ns.get("config") or [])]
+    values["resolved_yaml"] = resolved
+    cfg = RunConfig(**values)
+    rules.check_common(cfg)
+    return cfg
+
+
+def load_config(argv: Sequence[str], prog: str = "stmclf") -> RunConfig:
+    """Parse ``--config FILE`` plus overrides, as the CLI does (for scripts and tests)."""
+    from stmclf.config.parser import build_parser, parse_args
+
+    parser = build_parser(prog)
+    return from_namespace(parser, parse_args(parser, argv))
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False)

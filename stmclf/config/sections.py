@@ -1,0 +1,179 @@
+"""The YAML schema: one dataclass per section of an ST model-zoo config.
+
+Field names, defaults and allowed values are the reference service's (see docs/config.md);
+keys marked "stmclf" are our additions. jsonargparse turns these into the parser, so unknown
+keys, wrong types and bad choices are refused with the key path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+OPERATION_MODES = ("training", "evaluation", "quantization", "prediction", "benchmarking",
+                   "deployment", "chain_tqeb", "chain_tqe", "chain_eqe", "chain_eqeb",
+                   "chain_qb", "chain_qd")
+OperationMode = Literal["training", "evaluation", "quantization", "prediction", "benchmarking",
+                        "deployment", "chain_tqeb", "chain_tqe", "chain_eqe", "chain_eqeb",
+                        "chain_qb", "chain_qd"]
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
+                  "mitchellcubic")
+Interpolation = Literal["bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
+                        "gaussian", "mitchellcubic"]
+Target = Literal["host", "stedgeai_host", "stedgeai_n6"]
+ArgsByName = dict[str, Optional[dict[str, Any]]]
+"""``{Name: {arg: value}}`` as used by optimizer, callbacks and data_augmentation."""
+
+
+@dataclass
+class General:
+    project_name: str = "<unnamed>"
+    model_path: Optional[str] = None
+    logs_dir: str = "logs"
+    saved_models_dir: str = "saved_models"
+    deterministic_ops: bool = False
+    display_figures: bool = True
+    global_seed: Optional[int] = 123
+    gpu_memory_limit: Optional[float] = None
+    num_threads_tflite: int = 1
+
+
+@dataclass
+class Dataset:
+    name: str = "<unnamed>"
+    class_names: Optional[list[str]] = None
+    training_path: Optional[str] = None
+    validation_path: Optional[str] = None
+    validation_split: Optional[float] = 0.2
+    test_path: Optional[str] = None
+    quantization_path: Optional[str] = None
+    quantization_split: Optional[float] = None
+    check_image_files: bool = False
+    seed: Optional[int] = 123
+    num_workers: Optional[int] = None
+    """stmclf: data-loader worker processes (default: one per core, at most 8)."""
+
+
+@dataclass
+class Rescaling:
+    scale: float
+    offset: float
+
+
+@dataclass
+class Resizing:
+    aspect_ratio: Literal["fit", "crop", "padding", "full_screen"] = "fit"
+    interpolation: Interpolation = "bilinear"
+
+
+@dataclass
+class Preprocessing:
+    rescaling: Rescaling
+    resizing: Resizing = field(default_factory=Resizing)
+    color_mode: Literal["grayscale", "rgb", "rgba"] = "rgb"
+
+
+@dataclass
+class CustomDataAugmentation:
+    function_name: str
+    config: Any = None
+
+
+@dataclass
+class Training:
+    batch_size: int
+    epochs: int
+    optimizer: Union[str, ArgsByName]
+    model: Optional[dict[str, Any]] = None
+    dropout: Optional[float] = None
+    frozen_layers: Union[None, int, list[int], str] = None
+    callbacks: Optional[ArgsByName] = None
+    resume_training_from: Optional[str] = None
+    trained_model_path: Optional[str] = None
+
+
+@dataclass
+class Quantization:
+    quantizer: str
+    quantization_type: str
+    quantization_input_type: str
+    quantization_output_type: str
+    export_dir: str = "quantized_models"
+    granularity: Literal["per_channel", "per_tensor"] = "per_channel"
+    target_opset: int = 17
+    optimize: bool = False
+    extra_options: Optional[str] = None
+
+
+@dataclass
+class Evaluation:
+    gen_npy_input: bool = False
+    gen_npy_output: bool = False
+    npy_in_name: Optional[str] = None
+    npy_out_name: Optional[str] = None
+    target: Target = "host"
+
+
+@dataclass
+class Prediction:
+    test_files_path: str
+    seed: Optional[int] = None
+    target: Target = "host"
+
+
+@dataclass
+class StEdgeAiTool:
+    version: Union[str, float, None] = None
+    optimization: Literal["balanced", "time", "ram"] = "balanced"
+    on_cloud: bool = True
+    path_to_stedgeai: Optional[str] = None
+    path_to_stm32ai: Optional[str] = None
+
+
+@dataclass
+class Tools:
+    stedgeai: Optional[StEdgeAiTool] = None
+    stm32ai: Optional[StEdgeAiTool] = None
+    path_to_cubeIDE: Optional[str] = None
+
+
+@dataclass
+class Benchmarking:
+    board: str
+
+
+@dataclass
+class Deployment:
+    c_project_path: Optional[str] = None
+    IDE: Optional[str] = None
+    verbosity: Optional[int] = None
+    hardware_setup: Optional[dict[str, Any]] = None
+    label_file_path: Optional[str] = None
+    board_deploy_path: Optional[str] = None
+
+
+@dataclass
+class Mlflow:
+    uri: str = "./experiments_outputs/mlruns"
+
+
+DEFAULT_RUN_DIR = "./experiments_outputs/${now:%Y_%m_%d_%H_%M_%S}"
+
+# Top-level sections in the reference's order, with their types. ``hydra`` is Hydra's own
+# free-form section: we read ``hydra.run.dir`` and keep the rest.
+SECTIONS: dict[str, Any] = {
+    "general": Optional[General],
+    "operation_mode": Optional[OperationMode],
+    "dataset": Optional[Dataset],
+    "preprocessing": Optional[Preprocessing],
+    "data_augmentation": Optional[ArgsByName],
+    "custom_data_augmentation": Optional[CustomDataAugmentation],
+    "training": Optional[Training],
+    "quantization": Optional[Quantization],
+    "evaluation": Optional[Evaluation],
+    "prediction": Optional[Prediction],
+    "tools": Optional[Tools],
+    "benchmarking": Optional[Benchmarking],
+    "deployment": Optional[Deployment],
+    "mlflow": Optional[Mlflow],
+    "hydra": Optional[dict[str, Any]],
+}

@@ -1,0 +1,124 @@
+"""The LightningDataModule: file lists → uint8 NCHW batches at the model's input size.
+
+Decoding and resizing happen in worker processes; conversion to float, rescaling and
+augmentation happen on the training device (see ``stmclf.training.module``), so batches cross
+process and device boundaries as compact uint8.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from stmclf.config.sections import Dataset as DatasetSection, Preprocessing
+from stmclf.data.decode import CHANNELS, decode_image
+from stmclf.data.folder import FileList, Splits, make_splits
+from stmclf.data.resize import resize_image
+from stmclf.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """What the loader produces: size, channels and how to get there."""
+
+    height: int
+    width: int
+    color_mode: str = "rgb"
+    interpolation: str = "bilinear"
+    aspect_ratio: str = "fit"
+
+    @property
+    def channels(self) -> int:
+        return CHANNELS[self.color_mode]
+
+    @classmethod
+    def from_config(cls, preprocessing: Preprocessing, input_shape) -> "ImageFormat":
+        height, width, channels = (int(v) for v in input_shape)
+        fmt = cls(height, width, preprocessing.color_mode, preprocessing.resizing.interpolation,
+                  preprocessing.resizing.aspect_ratio)
+        if channels != fmt.channels:
+            raise ConfigError("preprocessing.color_mode",
+                              f"{fmt.color_mode!r} gives {fmt.channels} channel(s) but the model input "
+                              f"shape {tuple(input_shape)} has {channels}")
+        return fmt
+
+
+def load_image(path: str, fmt: ImageFormat) -> np.ndarray:
+    """Decode and resize one file to a uint8 (H, W, C) array."""
+    image = decode_image(path, fmt.color_mode)
+    return resize_image(image, fmt.height, fmt.width, fmt.interpolation, fmt.aspect_ratio)
+
+
+class ImageFileDataset(Dataset):
+    """(uint8 CHW tensor, label) pairs from a :class:`FileList`."""
+
+    def __init__(self, files: FileList, fmt: ImageFormat) -> None:
+        self.files = files
+        self.fmt = fmt
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = load_image(self.files.paths[index], self.fmt)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), self.files.labels[index]
+
+
+def default_num_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train/validation/test loaders for a ``dataset`` section (folder datasets)."""
+
+    def __init__(self, dataset: DatasetSection, fmt: ImageFormat, batch_size: int,
+                 num_workers: Optional[int] = None) -> None:
+        super().__init__()
+        self.dataset_cfg = dataset
+        self.fmt = fmt
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.splits: Optional[Splits] = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.prepare_splits().class_names
+
+    def prepare_splits(self) -> Splits:
+        if self.splits is None:
+            self.splits = make_splits(self.dataset_cfg)
+        return self.splits
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.prepare_splits()
+
+    def _loader(self, files: Optional[FileList], shuffle: bool) -> DataLoader:
+        if files is None or len(files) == 0:
+            return []  # Lightning skips an empty loader
+        workers = min(self.num_workers, max(1, len(files) // self.batch_size)) if self.num_workers else 0
+        return DataLoader(ImageFileDataset(files, self.fmt), batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available(), drop_last=False,
+                          prefetch_factor=4 if workers else None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.prepare_splits().train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.prepare_splits().valid, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.prepare_splits().test, shuffle=False)
+
+    def loader_for(self, files: Optional[FileList]) -> DataLoader:
+        """A non-shuffled loader over any file list (evaluation, calibration)."""
+        return self._loader(files, shuffle=False)

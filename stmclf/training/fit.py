@@ -1,0 +1,181 @@
+"""The ``training`` operation mode: ``stmclf fit --config x.yaml``."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from stmclf.config import RunConfig, rules
+from stmclf.data.datamodule import ImageDataModule, ImageFormat
+from stmclf.errors import ConfigError, UserError
+from stmclf.models.registry import check_model_spec
+from stmclf.evaluate.accuracy import evaluate_module, print_accuracy_table
+from stmclf.training.callbacks import build_callbacks
+from stmclf.training.checkpoint_io import AtomicCheckpointIO
+from stmclf.training.module import ClassifierModule
+from stmclf.training.optimizers import gradient_clipping, parse_optimizer
+from stmclf.training.run_dir import RunDir, create_run_dir
+from stmclf.training.progress import ProgressBar
+from stmclf.training.tracking import (EpochCSVLogger, log_artifacts, loggable_params, make_mlflow_logger,
+                                      make_tensorboard_logger, plot_training_curves)
+
+log = logging.getLogger("stmclf.training")
+BEST_NAME = "best_augmented_model"
+LAST_NAME = "last_augmented_model"
+
+
+@dataclass
+class TrainResult:
+    run_dir: RunDir
+    best_checkpoint: Path
+    last_checkpoint: Path
+    accuracies: dict[str, float] = field(default_factory=dict)
+    epochs_run: int = 0
+
+
+def read_checkpoint(path: str, key: str) -> dict[str, Any]:
+    """Load a stmclf checkpoint without unpickling arbitrary objects."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(key, f"unable to find file {path}")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a stmclf checkpoint"
+        raise ConfigError(key, f"{path} is not a stmclf checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+        raise ConfigError(key, f"{path} is not a stmclf training checkpoint (resume from "
+                               f"{LAST_NAME}.ckpt or {BEST_NAME}.ckpt)")
+    return checkpoint
+
+
+def module_from_config(cfg: RunConfig, class_names: list[str]) -> ClassifierModule:
+    training = cfg.training
+    if cfg.general.model_path:
+        raise ConfigError("general.model_path", "training a model from a file is not available in this version; "
+                                                "use training.model")
+    augmentation = cfg.data_augmentation
+    custom = cfg.custom_data_augmentation
+    return ClassifierModule(
+        model_spec=dict(training.model), class_names=class_names,
+        input_shape=[int(v) for v in training.model["input_shape"]],
+        rescaling=(cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset),
+        optimizer=training.optimizer, dropout=training.dropout,
+        data_augmentation=dict(augmentation) if augmentation else None,
+        custom_data_augmentation={"function_name": custom.function_name, "config": custom.config} if custom else None)
+
+
+def _input_shape(cfg: RunConfig, resume: Optional[dict]) -> list[int]:
+    if resume is not None:
+        return list(resume["hyper_parameters"]["input_shape"])
+    shape = cfg.training.model.get("input_shape")
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise ConfigError("training.model.input_shape", f"expecting (height, width, channels), got {shape!r}")
+    return list(shape)
+
+
+def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
+    options = {"log_every_n_steps": 10, **{k: v for k, v in cfg.trainer.items() if v is not None}}
+    if torch.cuda.is_available() is False and options.get("precision") in ("16-mixed", "16"):
+        raise ConfigError("trainer.precision", "16-bit mixed precision needs a GPU; use bf16-mixed on CPU")
+    clip = gradient_clipping(cfg.training.optimizer)
+    if clip and "gradient_clip_val" not in options:
+        options.update(clip)
+    return options
+
+
+def train(cfg: RunConfig) -> TrainResult:
+    """Train as ``training`` mode does: data → model → fit → best/last checkpoints → evaluation."""
+    rules.check_training(cfg)
+    training = cfg.training
+    resume = read_checkpoint(training.resume_training_from, "training.resume_training_from") \
+        if training.resume_training_from else None
+    if resume is None:
+        parse_optimizer(training.optimizer)
+        check_model_spec(training.model)
+    user_callbacks = build_callbacks(training.callbacks)
+    seed = 123 if cfg.general.global_seed is None else cfg.general.global_seed
+    L.seed_everything(seed, workers=True, verbose=False)
+
+    fmt = ImageFormat.from_config(cfg.preprocessing, _input_shape(cfg, resume))
+    datamodule = ImageDataModule(cfg.dataset, fmt, training.batch_size, cfg.dataset.num_workers)
+    splits = datamodule.prepare_splits()
+    if splits.train is None or splits.valid is None:
+        raise ConfigError("dataset.training_path", "training needs a training set and a validation set")
+    if resume is not None:
+        module = ClassifierModule(**resume["hyper_parameters"])
+        if module.class_names != splits.class_names:
+            raise ConfigError("dataset.class_names", f"the checkpoint was trained on classes {module.class_names}, "
+                                                     f"the dataset has {splits.class_names}")
+        if resume.get("epoch", 0) + 1 >= training.epochs:
+            raise UserError(f"training.epochs: the run in {training.resume_training_from} already finished "
+                            f"{resume.get('epoch', 0) + 1} epoch(s); raise training.epochs to continue it")
+    else:
+        module = module_from_config(cfg, splits.class_names)
+
+    run = create_run_dir(cfg)
+    log.info("operation_mode: training")
+    model_name = module.model.__class__.__name__ if resume else _model_name(training.model)
+    log.info("Model name : %s", getattr(module.model, "name", model_name))
+    log.info("Dataset : %s (%d classes: %s)", cfg.dataset.name, len(splits.class_names), ", ".join(splits.class_names))
+    log.info("Training set: %d images, validation set: %d images%s", len(splits.train), len(splits.valid),
+             f", test set: {len(splits.test)} images" if splits.test is not None else "")
+    if resume:
+        log.info("Resuming from %s (epoch %d)", training.resume_training_from, resume.get("epoch", 0) + 1)
+
+    best = ModelCheckpoint(dirpath=run.saved_models, filename=BEST_NAME, monitor="val_accuracy", mode="max",
+                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=run.saved_models, filename=LAST_NAME, save_top_k=1, every_n_epochs=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    csv_logger = EpochCSVLogger(run.metrics_csv)
+    mlflow_logger = make_mlflow_logger(cfg.mlflow.uri, cfg.general.project_name, run.root.name)
+    loggers = [make_tensorboard_logger(run.root, cfg.general.logs_dir), mlflow_logger]
+    trainer = L.Trainer(max_epochs=training.epochs, callbacks=[*user_callbacks, best, last, csv_logger, ProgressBar()],
+                        logger=loggers, default_root_dir=str(run.root), deterministic=cfg.general.deterministic_ops,
+                        plugins=[AtomicCheckpointIO()], **_trainer_options(cfg))
+    if trainer.is_global_zero:
+        mlflow_logger.log_hyperparams({"operation_mode": "training", **loggable_params(cfg.to_dict())})
+
+    start = time.monotonic()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=training.resume_training_from)
+    runtime = time.monotonic() - start
+    epochs_run = csv_logger.epochs_written
+    result = TrainResult(run, run.saved_models / f"{BEST_NAME}.ckpt", run.saved_models / f"{LAST_NAME}.ckpt",
+                         epochs_run=epochs_run)
+    if not trainer.is_global_zero:
+        return result
+    log.info("Training runtime : %.1f s (%d epochs, average %.2f s per epoch)", runtime, epochs_run,
+             runtime / max(epochs_run, 1))
+    plot_training_curves(run.metrics_csv, run.curves_png)
+
+    if result.best_checkpoint.exists():
+        state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    sets = [("validation_set", splits.valid), ("test_set", splits.test)]
+    results = evaluate_module(module, [(name, datamodule.loader_for(files)) for name, files in sets if files])
+    print_accuracy_table(results, title="Best model (max val_accuracy)")
+    for name, metrics in results.items():
+        result.accuracies[name] = metrics["accuracy"]
+        log.info("Float model %s accuracy : %.2f %% (loss %.4f)", name.replace("_", " "), metrics["accuracy"],
+                 metrics["loss"])
+        mlflow_logger.log_metrics({f"float_acc_{name}": metrics["accuracy"], f"float_loss_{name}": metrics["loss"]})
+    if splits.test is None:
+        log.info("No test set given: only results on the validation set are available")
+    if training.trained_model_path:
+        target = Path(training.trained_model_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(result.best_checkpoint.read_bytes())
+    log.info("operation finished: training")
+    log_artifacts(mlflow_logger, [run.root])
+    mlflow_logger.finalize("FINISHED")
+    return result
+
+
+def _model_name(spec: dict) -> str:
+    parts = [str(spec.get("name"))] + [str(spec[k]) for k in ("version", "alpha", "depth") if spec.get(k) is not None]
+    return "_".join(parts)

@@ -1,0 +1,98 @@
+"""The LightningModule: what one training/validation/test step does.
+
+Batches arrive as uint8 NCHW; on the device they are converted to float, rescaled
+(``scale·x + offset``, the reference's Rescaling layer), put in channels_last layout and, in
+training only, augmented. Everything needed to rebuild the module (model spec, classes,
+preprocessing, augmentation, optimizer) is stored as hyper-parameters in every checkpoint,
+which is why a run can resume from a checkpoint alone.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from stmclf.training.optimizers import build_optimizer
+
+
+class ClassifierModule(L.LightningModule):
+    def __init__(self, model_spec: dict[str, Any], class_names: list[str], input_shape: list[int],
+                 rescaling: tuple[float, float], optimizer: Any, dropout: Optional[float] = None,
+                 data_augmentation: Optional[dict[str, Any]] = None,
+                 custom_data_augmentation: Optional[dict[str, Any]] = None,
+                 channels_last: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from stmclf.models import build_model
+
+        self.class_names = list(class_names)
+        self.num_classes = len(class_names)
+        self.model = build_model(dict(model_spec), num_classes=self.num_classes, dropout=dropout)
+        self.scale, self.offset = float(rescaling[0]), float(rescaling[1])
+        self.augment = self._build_augmentation(data_augmentation, custom_data_augmentation)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        metric_classes = max(self.num_classes, 2)
+        self.train_acc = MulticlassAccuracy(metric_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(metric_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(metric_classes, average="micro")
+
+    def _build_augmentation(self, section, custom):
+        pixels_range = (self.offset, 255.0 * self.scale + self.offset)
+        if section:
+            from stmclf.augment import build_augmentation
+
+            return build_augmentation(section, pixels_range, channels=int(self.hparams.input_shape[-1]))
+        if custom:
+            from stmclf.augment.custom import build_custom_augmentation
+
+            return build_custom_augmentation(custom, pixels_range)
+        return None
+
+    # -- data on the device ---------------------------------------------------------------
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW → rescaled float in the model's memory format."""
+        images = images.to(memory_format=self.memory_format)
+        return images.float().mul_(self.scale).add_(self.offset)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        images = self.preprocess(images)
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            images = self.augment(images, epoch=self.current_epoch)
+        return images, labels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _step(self, batch, metric: MulticlassAccuracy, prefix: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        metric.update(logits.detach(), labels)
+        batch_size = labels.shape[0]
+        self.log(f"{prefix}loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size,
+                 sync_dist=True)
+        self.log(f"{prefix}accuracy", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, self.train_acc, "")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, self.val_acc, "val_")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, self.test_acc, "test_")
+
+    def on_train_epoch_start(self) -> None:
+        # The learning rate used during this epoch (schedulers set it at epoch start).
+        self.log("lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.hparams.optimizer, self.model.parameters())

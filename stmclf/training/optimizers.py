@@ -1,0 +1,120 @@
+"""Optimizers by their Keras names and Keras argument names (``training.optimizer``).
+
+``optimizer: Adam`` or ``optimizer: {Adam: {learning_rate: 0.001, beta_1: 0.9}}``. Defaults are
+Keras's (e.g. ``epsilon`` 1e-7), so a seed config trains with the same hyper-parameters.
+Keras applies ``weight_decay`` decoupled from the gradient (AdamW-style): Adam with a weight
+decay therefore runs as ``torch.optim.AdamW``. ``clipnorm``/``global_clipnorm``/``clipvalue``
+become Lightning gradient clipping (see :func:`gradient_clipping`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Union
+
+import torch
+
+from stmclf.errors import ConfigError
+
+KEY = "training.optimizer"
+CLIP_ARGS = ("clipnorm", "global_clipnorm", "clipvalue")
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    build: Callable[..., torch.optim.Optimizer]
+    defaults: dict[str, Any]
+    """Keras argument names and defaults accepted for this optimizer."""
+    rename: dict[str, str] = field(default_factory=dict)
+    """Keras name → torch name for arguments passed through unchanged."""
+
+
+def _betas(args: dict) -> dict:
+    args["betas"] = (args.pop("beta_1"), args.pop("beta_2"))
+    return args
+
+
+def _adam(params, **args):
+    args = _betas(args)
+    cls = torch.optim.AdamW if args.get("weight_decay") else torch.optim.Adam
+    return cls(params, **args)
+
+
+def _with_betas(cls):
+    return lambda params, **args: cls(params, **_betas(args))
+
+
+_COMMON = {"learning_rate": 0.001, "weight_decay": 0.0}
+OPTIMIZERS: dict[str, OptimizerEntry] = {
+    "Adam": OptimizerEntry(_adam, {**_COMMON, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False}),
+    "AdamW": OptimizerEntry(_with_betas(torch.optim.AdamW),
+                            {**_COMMON, "weight_decay": 0.004, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+                             "amsgrad": False}),
+    "Adamax": OptimizerEntry(_with_betas(torch.optim.Adamax),
+                             {**_COMMON, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}),
+    "Nadam": OptimizerEntry(_with_betas(torch.optim.NAdam),
+                            {**_COMMON, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}),
+    "SGD": OptimizerEntry(torch.optim.SGD, {**_COMMON, "learning_rate": 0.01, "momentum": 0.0, "nesterov": False}),
+    "RMSprop": OptimizerEntry(torch.optim.RMSprop,
+                              {**_COMMON, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False},
+                              rename={"rho": "alpha"}),
+    "Adadelta": OptimizerEntry(torch.optim.Adadelta, {**_COMMON, "rho": 0.95, "epsilon": 1e-7}),
+    "Adagrad": OptimizerEntry(torch.optim.Adagrad,
+                              {**_COMMON, "initial_accumulator_value": 0.1, "epsilon": 1e-7}),
+}
+_BY_LOWER = {name.lower(): name for name in OPTIMIZERS}
+
+
+def parse_optimizer(spec: Union[str, dict, None]) -> tuple[str, dict[str, Any]]:
+    """Validate ``training.optimizer`` → (Keras name, Keras args with defaults filled in)."""
+    if isinstance(spec, str):
+        name, args = spec, {}
+    elif isinstance(spec, dict) and len(spec) == 1:
+        name, args = next(iter(spec.items()))
+        args = dict(args or {})
+    else:
+        raise ConfigError(KEY, "expecting one optimizer, e.g. 'Adam' or {Adam: {learning_rate: 0.001}}")
+    canonical = _BY_LOWER.get(str(name).lower())
+    if canonical is None:
+        raise ConfigError(KEY, f"unknown optimizer {name!r}; supported: {', '.join(OPTIMIZERS)}")
+    entry = OPTIMIZERS[canonical]
+    if "lr" in args:
+        args["learning_rate"] = args.pop("lr")
+    allowed = set(entry.defaults) | set(CLIP_ARGS) | {"name"}
+    for arg, value in args.items():
+        if arg not in allowed:
+            raise ConfigError(f"{KEY}.{canonical}.{arg}",
+                              f"unknown argument for {canonical}; supported: {', '.join(sorted(allowed - {'name'}))}")
+        if value is not None and arg in entry.defaults and not isinstance(value, type(entry.defaults[arg])) \
+                and not (isinstance(entry.defaults[arg], float) and isinstance(value, int)):
+            raise ConfigError(f"{KEY}.{canonical}.{arg}",
+                              f"expected {type(entry.defaults[arg]).__name__}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{KEY}.{canonical}.{arg}", f"must be >= 0 (got {value})")
+    args.pop("name", None)
+    return canonical, {**entry.defaults, **{k: v for k, v in args.items() if v is not None}}
+
+
+def build_optimizer(spec: Union[str, dict], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    name, args = parse_optimizer(spec)
+    entry = OPTIMIZERS[name]
+    kwargs = {}
+    for key, value in args.items():
+        if key in CLIP_ARGS:
+            continue
+        kwargs[{"learning_rate": "lr", "epsilon": "eps"}.get(key, entry.rename.get(key, key))] = value
+    return entry.build([p for p in params if p.requires_grad], **kwargs)
+
+
+def gradient_clipping(spec: Union[str, dict]) -> dict[str, Any]:
+    """Lightning Trainer arguments for Keras ``clipnorm``/``global_clipnorm``/``clipvalue``."""
+    _, args = parse_optimizer(spec)
+    if args.get("clipvalue") is not None:
+        return {"gradient_clip_val": float(args["clipvalue"]), "gradient_clip_algorithm": "value"}
+    norm = args.get("global_clipnorm") or args.get("clipnorm")
+    if norm is not None:
+        return {"gradient_clip_val": float(norm), "gradient_clip_algorithm": "norm"}
+    return {}
+
+
+def initial_learning_rate(spec: Union[str, dict]) -> float:
+    return float(parse_optimizer(spec)[1]["learning_rate"])

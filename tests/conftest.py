@@ -1,0 +1,105 @@
+"""Shared fixtures: real image folders and configs written to temporary directories."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+COLORS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "owl": (40, 40, 220)}
+
+
+def write_image_folder(root: Path, per_class: int = 12, size: tuple[int, int] = (24, 28),
+                       fmt: str = "png", classes: dict = COLORS, seed: int = 0) -> Path:
+    """Class folders of small noisy images whose mean colour identifies the class."""
+    rng = np.random.default_rng(seed)
+    for name, color in classes.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.integers(-40, 40, (size[0], size[1], 3))
+            pixels = np.clip(np.array(color)[None, None, :] + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{i:03d}.{fmt}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("data") / "train")
+
+
+DEFAULT_MODEL = """\
+  model:
+    name: mobilenet
+    version: v2
+    alpha: 0.35
+    input_shape: (32, 32, 3)
+"""
+
+
+def config_text(train_dir: Path, run_dir: Path, mlruns: Path, *, epochs: int = 2, extra: str = "",
+                model: str = DEFAULT_MODEL) -> str:
+    """A small training config; ``model`` is the indented ``training.model`` block ('' for none)."""
+    return f"""\
+general:
+  project_name: pytest_project
+  global_seed: 7
+operation_mode: training
+dataset:
+  training_path: {train_dir}
+  validation_split: 0.25
+  seed: 3
+  num_workers: 0
+preprocessing:
+  rescaling:
+    scale: 1/127.5
+    offset: -1
+  resizing:
+    aspect_ratio: fit
+    interpolation: bilinear
+  color_mode: rgb
+training:
+{model}  batch_size: 8
+  epochs: {epochs}
+  optimizer:
+    Adam:
+      learning_rate: 0.005
+  callbacks:
+    ReduceLROnPlateau:
+      monitor: val_accuracy
+      factor: 0.5
+      patience: 10
+mlflow:
+  uri: {mlruns}
+hydra:
+  run:
+    dir: {run_dir}
+trainer:
+  enable_model_summary: false
+""" + extra
+
+
+@pytest.fixture
+def write_config(tmp_path, image_folder):
+    def make(name: str = "config.yaml", **kwargs) -> Path:
+        kwargs.setdefault("train_dir", image_folder)
+        kwargs.setdefault("run_dir", tmp_path / "run")
+        kwargs.setdefault("mlruns", tmp_path / "mlruns")
+        path = tmp_path / name
+        path.write_text(config_text(**kwargs))
+        return path
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None):
+    """Run ``python -m stmclf.cli.main ARGS`` in a subprocess (exit code, stdout, stderr)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "stmclf.cli.main", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr

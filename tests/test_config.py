@@ -1,0 +1,290 @@
+"""Config parsing: the seed schema through jsonargparse, safe values, interpolation, errors."""
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+
+from stmclf.cli.main import main
+from stmclf.config import load_config, rules
+from stmclf.config.interpolate import interpolate_tree, run_start
+from stmclf.config.values import convert_values, parse_value
+from stmclf.errors import ConfigError, UserError
+
+from conftest import run_cli
+
+SEED_EXAMPLE = """\
+general:
+  project_name: my_project
+  logs_dir: logs
+  saved_models_dir: saved_models
+  display_figures: True
+  global_seed: 127
+  gpu_memory_limit: 3
+
+operation_mode: training
+
+dataset:
+   name: flowers
+   class_names: [daisy, dandelion, roses, sunflowers, tulips]
+   training_path: {train}
+   validation_path:
+   validation_split: 0.15
+   test_path:
+
+preprocessing:
+   rescaling:
+      scale: 1/127.5
+      offset: -1
+   resizing:
+      aspect_ratio: fit
+      interpolation: nearest
+   color_mode: rgb
+
+data_augmentation:
+  random_contrast:
+    factor: 0.4
+  random_flip:
+    mode: horizontal_and_vertical
+
+training:
+   model:
+      name: mobilenet
+      version: v2
+      alpha: 0.35
+      pretrained_weights: None
+      input_shape: (224, 224, 3)
+   batch_size: 64
+   epochs: 200
+   dropout: 0.3
+   frozen_layers: (0:-1)
+   optimizer:
+      Adam:
+         learning_rate: 0.001
+   callbacks:
+      ReduceLROnPlateau:
+         monitor: val_accuracy
+         factor: 0.5
+         patience: 10
+      EarlyStopping:
+         monitor: val_accuracy
+         patience: 40
+
+quantization:
+  quantizer: TFlite_converter
+  quantization_type: PTQ
+  quantization_input_type: uint8
+  quantization_output_type: float
+  granularity: per_channel
+  export_dir: quantized_models
+
+tools:
+  stedgeai:
+    version: 10.0.0
+    optimization: balanced
+    on_cloud: True
+    path_to_stedgeai: C:/ST/STEdgeAI/stedgeai.exe
+  path_to_cubeIDE: C:/ST/STM32CubeIDE/stm32cubeide.exe
+
+benchmarking:
+  board: STM32H747I-DISCO
+
+mlflow:
+   uri: ./experiments_outputs/mlruns
+
+hydra:
+   run:
+      dir: ./experiments_outputs/${{now:%Y_%m_%d_%H_%M_%S}}
+"""
+
+
+@pytest.fixture
+def seed_file(tmp_path):
+    path = tmp_path / "training_config.yaml"
+    path.write_text(SEED_EXAMPLE.format(train="../datasets/flower_photos"))
+    return path
+
+
+def test_seed_example_parses_unchanged(seed_file):
+    cfg = load_config(["--config", str(seed_file)])
+    assert cfg.operation_mode == "training"
+    assert cfg.preprocessing.rescaling.scale == pytest.approx(1 / 127.5)
+    assert cfg.preprocessing.rescaling.offset == -1
+    assert cfg.training.model["input_shape"] == [224, 224, 3]
+    assert cfg.training.model["pretrained_weights"] is None
+    assert cfg.training.frozen_layers == "(0:-1)"
+    assert cfg.training.optimizer == {"Adam": {"learning_rate": 0.001}}
+    assert list(cfg.training.callbacks) == ["ReduceLROnPlateau", "EarlyStopping"]
+    assert list(cfg.data_augmentation) == ["random_contrast", "random_flip"]
+    assert cfg.dataset.class_names == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert cfg.dataset.validation_path is None
+    assert cfg.general.global_seed == 127 and cfg.general.gpu_memory_limit == 3
+    assert cfg.tools.stedgeai.version == "10.0.0"
+    assert cfg.benchmarking.board == "STM32H747I-DISCO"
+    assert str(cfg.run_dir) == "experiments_outputs/" + run_start().strftime("%Y_%m_%d_%H_%M_%S")
+    assert cfg.trainer["accelerator"] == "auto"
+
+
+def test_overrides_and_trainer_section(seed_file):
+    cfg = load_config(["--config", str(seed_file), "--training.epochs", "3",
+                       "--preprocessing.rescaling.scale", "1/255", "--trainer.precision", "bf16-mixed",
+                       "--trainer.devices", "1"])
+    assert cfg.training.epochs == 3
+    assert cfg.preprocessing.rescaling.scale == pytest.approx(1 / 255)
+    assert cfg.trainer["precision"] == "bf16-mixed"
+    assert cfg.trainer["devices"] in (1, "1")  # Lightning reads both
+
+
+def test_print_config_shows_resolved_values(seed_file, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(seed_file), "--training.epochs", "5", "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "epochs: 5" in out
+    assert "scale: 0.00784313725490196" in out
+    assert "input_shape:\n    - 224" in out or "input_shape: [224, 224, 3]" in out.replace("\n    - ", "")
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1/127.5", 1 / 127.5), ("1./255", 1 / 255), ("-1", -1), ("1e-7", 1e-7), ("(224, 224, 3)", [224, 224, 3]),
+    ("(128,128)", [128, 128]), ("True", True), ("None", None), ("2**3", 8), ("(0.2, 1.5)", [0.2, 1.5]),
+])
+def test_safe_value_parser_converts(text, value):
+    assert parse_value(text) == value
+
+
+@pytest.mark.parametrize("text", [
+    "rgb", "(0:-1)", "(8, 110:121, -1)", "__import__('os').system('echo hi')", "open('x')",
+    "lambda epoch, lr: lr * 0.5", "9**9**9", "1/0", "[x for x in range(3)]", "a.b", "(1, foo)",
+])
+def test_safe_value_parser_keeps_text(text):
+    assert parse_value(text) == text
+
+
+def test_name_and_path_keys_stay_text():
+    data = convert_values({"dataset": {"training_path": "1/2", "class_names": ["007", "None"],
+                                       "validation_split": "1/4", "name": "None"}})
+    assert data["dataset"]["training_path"] == "1/2"
+    assert data["dataset"]["class_names"] == ["007", None]
+    assert data["dataset"]["validation_split"] == 0.25
+    assert data["dataset"]["name"] is None
+
+
+def test_interpolation(monkeypatch):
+    monkeypatch.setenv("MODELS_DIR", "/models")
+    data = interpolate_tree({"general": {"project_name": "p"},
+                             "training": {"trained_model_path": "${MODELS_DIR}/step_1.ckpt",
+                                          "x": "${oc.env:NOT_SET_ANYWHERE,dflt}", "y": "${general.project_name}_run"},
+                             "hydra": {"run": {"dir": "out/${now:%Y}"}}})
+    assert data["training"]["trained_model_path"] == "/models/step_1.ckpt"
+    assert data["training"]["x"] == "dflt"
+    assert data["training"]["y"] == "p_run"
+    assert data["hydra"]["run"]["dir"] == f"out/{run_start():%Y}"
+
+
+def test_missing_env_var_names_the_key(monkeypatch):
+    monkeypatch.delenv("STMCLF_NOPE", raising=False)
+    with pytest.raises(ConfigError, match=r"^general.model_path: environment variable STMCLF_NOPE is not set"):
+        interpolate_tree({"general": {"model_path": "${STMCLF_NOPE}/m.h5"}})
+
+
+def _error_of(tmp_path, capsys, text, *extra):
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(text))
+    code = main(["fit", "--config", str(path), *extra])
+    err = capsys.readouterr().err
+    return code, err
+
+
+BASE = """\
+operation_mode: training
+dataset:
+  training_path: {tmp}
+preprocessing:
+  rescaling: {{scale: 1/255, offset: 0}}
+training:
+  model:
+    name: mobilenet
+    version: v2
+    alpha: 0.35
+    input_shape: (32, 32, 3)
+  batch_size: 4
+  epochs: 1
+  optimizer: Adam
+"""
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda t: t.replace("  epochs: 1", "  epochs: ten"), r"training.epochs: expected int, got 'ten'"),
+    (lambda t: t + "foo: 1\n", r"foo: unknown top-level section; allowed: general, operation_mode"),
+    (lambda t: t.replace("  batch_size: 4", "  batchsize: 4"),
+     r"training.batchsize: unknown key; allowed in training: batch_size, epochs, optimizer"),
+    (lambda t: t.replace("  batch_size: 4\n", ""), r"missing required key training.batch_size"),
+    (lambda t: t + "preprocessing:\n  rescaling: {scale: 1/255, offset: 0}\n  color_mode: rgbx\n",
+     r"preprocessing.color_mode: expected one of grayscale, rgb, rgba, got 'rgbx'"),
+    (lambda t: t.replace("operation_mode: training", "operation_mode: trainin"),
+     r"operation_mode: expected one of training, evaluation"),
+    (lambda t: t + "general:\n  model_path: m.h5\n",
+     r"general.model_path: training.model and general.model_path are mutually exclusive"),
+    (lambda t: t.replace("training:\n  model:\n    name: mobilenet\n    version: v2\n    alpha: 0.35\n"
+                         "    input_shape: (32, 32, 3)\n", "training:\n"),
+     r"training.model: expecting either training.model, training.resume_training_from or general.model_path"),
+    (lambda t: t.replace("preprocessing:\n  rescaling: {scale: 1/255, offset: 0}\n", ""),
+     r"preprocessing: missing 'preprocessing' section"),
+    (lambda t: t.replace("  training_path", "  validation_split: 1.5\n  training_path"),
+     r"dataset.validation_split: the value should be > 0 and < 1 \(got 1.5\)"),
+    (lambda t: t.replace("optimizer: Adam", "optimizer: Adamm"),
+     r"training.optimizer: unknown optimizer 'Adamm'; supported: Adam, AdamW"),
+    (lambda t: t.replace("optimizer: Adam", "optimizer: {SGD: {learning_rat: 0.1}}"),
+     r"training.optimizer.SGD.learning_rat: unknown argument for SGD; supported:"),
+    (lambda t: t + "  callbacks:\n    ModelCheckpoint: {monitor: val_loss}\n",
+     r"training.callbacks.ModelCheckpoint: the ModelCheckpoint callback is built-in and can't be redefined"),
+    (lambda t: t + "  callbacks:\n    EarlyStoping: {monitor: val_loss}\n",
+     r"training.callbacks.EarlyStoping: unknown callback; supported: ReduceLROnPlateau, EarlyStopping"),
+    (lambda t: t.replace("name: mobilenet", "name: mobilenett"), r"training.model.name: .*mobilenet"),
+    (lambda t: t + "hydra:\n  run:\n    dir: out/${NOT_A_VAR_STMCLF}\n",
+     r"hydra.run.dir: environment variable NOT_A_VAR_STMCLF is not set"),
+    (lambda t: t.replace("  epochs: 1", "  epochs: [1"), r"invalid YAML \(line"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, capsys, mutate, expected):
+    import re
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    text = mutate(BASE.format(tmp=tmp_path / "data"))
+    code, err = _error_of(tmp_path, capsys, text)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("stmclf: error: ")
+    assert re.search(expected, lines[0]), lines[0]
+
+
+def test_error_in_subprocess_has_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BASE.format(tmp=tmp_path).replace("  epochs: 1", "  epochs: -3"))
+    code, out, err = run_cli("fit", "--config", str(path))
+    assert code == 2
+    assert err.strip() == "stmclf: error: training.epochs: must be a positive integer (got -3)"
+    assert "Traceback" not in out + err
+
+
+def test_run_refuses_modes_not_available_yet(tmp_path, capsys):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    text = BASE.format(tmp=tmp_path / "d").replace("operation_mode: training", "operation_mode: deployment")
+    code, err = _error_of(tmp_path, capsys, text.replace("fit", "run"))
+    path = tmp_path / "bad.yaml"
+    code = main(["run", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "operation_mode: 'deployment' is not available" in err
+
+
+def test_unknown_command_exit_2(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_split_check_helper():
+    with pytest.raises(ConfigError):
+        rules.check_split("dataset.quantization_split", 0.0)
+    rules.check_split("dataset.quantization_split", 0.3)

@@ -1,0 +1,121 @@
+"""End-to-end `stmclf fit` on a tiny image folder: run directory, MLflow, resume, atomic saves."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from stmclf.cli.main import main
+from stmclf.config import load_config
+from stmclf.training.checkpoint_io import atomic_torch_save
+from stmclf.training.fit import train
+from stmclf.training.tracking import resolve_tracking_uri
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, image_folder):
+    from conftest import config_text
+
+    tmp = tmp_path_factory.mktemp("fit")
+    config = tmp / "config.yaml"
+    config.write_text(config_text(image_folder, tmp / "run", tmp / "mlruns", epochs=2))
+    code = main(["fit", "--config", str(config)])
+    assert code == 0
+    return tmp
+
+
+def test_run_directory_layout(trained):
+    run = trained / "run"
+    for name in ("config.yaml", "stmclf.log", "training_curves.png", "saved_models/best_augmented_model.ckpt",
+                 "saved_models/last_augmented_model.ckpt", "logs/metrics/train_metrics.csv"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs").glob("events.out.tfevents.*"))
+    rows = _rows(run / "logs/metrics/train_metrics.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert set(rows[0]) == {"epoch", "accuracy", "loss", "lr", "val_accuracy", "val_loss"}
+    assert float(rows[0]["lr"]) == pytest.approx(0.005)
+    log = (run / "stmclf.log").read_text()
+    for line in ("operation_mode: training", "Model name : mobilenet_v2_alpha_0.35", "Training runtime",
+                 "Float model validation set accuracy", "operation finished: training"):
+        assert line in log
+    assert "epochs: 2" in (run / "config.yaml").read_text()
+    assert (run / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpoints_hold_everything_needed(trained):
+    last = torch.load(trained / "run/saved_models/last_augmented_model.ckpt", weights_only=True)
+    best = torch.load(trained / "run/saved_models/best_augmented_model.ckpt", weights_only=True)
+    assert last["epoch"] == 1 and last["optimizer_states"]
+    assert last["hyper_parameters"]["class_names"] == ["cat", "dog", "owl"]
+    assert best["epoch"] in (0, 1)
+
+
+def test_mlflow_run_read_back(trained):
+    from mlflow.tracking import MlflowClient
+
+    tracking_uri, _ = resolve_tracking_uri(str(trained / "mlruns"))
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("pytest_project")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert run.data.params["operation_mode"] == "training"
+    assert run.data.params["training.batch_size"] == "8"
+    assert run.data.params["training.model.alpha"] == "0.35"
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert len(history) == 2
+    assert 0 <= run.data.metrics["float_acc_validation_set"] <= 100
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "stmclf.log", "saved_models"} <= artifacts
+
+
+def test_resume_continues_epoch_count(trained, tmp_path, image_folder):
+    from conftest import config_text
+
+    last = trained / "run/saved_models/last_augmented_model.ckpt"
+    text = config_text(image_folder, tmp_path / "resumed", trained / "mlruns", epochs=4, model="")
+    text = text.replace("training:\n", f"training:\n  resume_training_from: {last}\n", 1)
+    (tmp_path / "resume.yaml").write_text(text)
+    result = train(load_config(["--config", str(tmp_path / "resume.yaml")]))
+    rows = _rows(tmp_path / "resumed/logs/metrics/train_metrics.csv")
+    assert [r["epoch"] for r in rows] == ["2", "3"]
+    assert result.epochs_run == 2
+    resumed = torch.load(result.last_checkpoint, weights_only=True)
+    assert resumed["epoch"] == 3
+    assert resumed["global_step"] == 2 * torch.load(last, weights_only=True)["global_step"]
+    # running it again with the same epochs: already finished, one-line error
+    (tmp_path / "again.yaml").write_text(text.replace(str(last), str(result.last_checkpoint)))
+    assert main(["fit", "--config", str(tmp_path / "again.yaml")]) == 2
+
+
+def test_resume_from_a_non_checkpoint_is_refused(tmp_path, capsys, image_folder):
+    from conftest import config_text
+
+    bogus = tmp_path / "last.ckpt"
+    bogus.write_bytes(b"not a checkpoint")
+    text = config_text(image_folder, tmp_path / "r", tmp_path / "ml", model="")
+    text = text.replace("training:\n", f"training:\n  resume_training_from: {bogus}\n", 1)
+    (tmp_path / "c.yaml").write_text(text)
+    assert main(["fit", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "training.resume_training_from: " in capsys.readouterr().err
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "model.ckpt"
+    atomic_torch_save({"v": 1}, target)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_torch_save({"v": Unpicklable()}, target)
+    assert torch.load(target, weights_only=True) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"]
