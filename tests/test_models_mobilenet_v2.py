@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from stmclf.errors import UserError
 from stmclf.models import build_model
 from stmclf.models.graph import KerasGraph
 from stmclf.models.keras_weights import load_keras_weights, read_h5_layer_weights
@@ -64,9 +65,8 @@ def _calibrate_batch_norm(model: KerasGraph, x: torch.Tensor) -> None:
 
 
 def test_onnx_export_round_trip(tmp_path: Path) -> None:
-    import onnxruntime as ort
-
     import onnx
+    import onnxruntime as ort
 
     torch.manual_seed(0)
     model = _mnv2(0.35, (96, 80, 3), dropout=0.2).eval()
@@ -161,9 +161,6 @@ def test_h5_files_and_backbone_transfer(keras: Any, tmp_path: Path) -> None:
         ours.register_forward_hook(lambda m, i, o: captured.setdefault("gap", o))
         model(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
     np.testing.assert_allclose(captured["gap"].numpy(), gap, rtol=1e-4, atol=1e-4)
-
-    from stmclf.errors import UserError
-
     with pytest.raises(UserError, match="does not fit"):
         load_keras_weights(model, full)  # 10-class Keras head into a 3-class model
     with pytest.raises(UserError, match="missing"):

@@ -72,16 +72,14 @@ def adjust_contrast(x: torch.Tensor, alpha: torch.Tensor, pr: tuple[float, float
     return clip(torch.addcmul(m, per_image(alpha), x - m), pr)
 
 
-_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
-
-
 def sharpen_255(v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL-style sharpness in [0, 255] space: ``v + f·(v − smooth(v))`` rounded, with the
     one-pixel border kept (the 3×3 SMOOTH filter is only applied where it fits)."""
     b, c, h, w = v.shape
     if h < 3 or w < 3:
         return v
-    kernel = _SMOOTH.to(device=v.device, dtype=v.dtype).expand(c, 1, 3, 3)
+    kernel = torch.full((c, 1, 3, 3), 1.0 / 13.0, device=v.device, dtype=v.dtype)  # no host→device copy
+    kernel[:, :, 1, 1] = 5.0 / 13.0
     interior = F.conv2d(v, kernel, groups=c)
     diff = F.pad(v[:, :, 1:-1, 1:-1] - interior, (1, 1, 1, 1))
     return torch.addcmul(v, per_image(factor), diff).clamp_(0.0, 255.0).round_()
@@ -222,8 +220,8 @@ def random_rgb_to_hsv(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torc
 def random_rgb_to_grayscale(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
     """RGB only. 0.299·R + 0.587·G + 0.114·B replicated to the 3 channels (the weights sum
     to 1, so this is computed directly in pixels_range)."""
-    w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    g = clip((x * w).sum(1, keepdim=True), ctx.pixels_range)
+    g = x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
+    g = clip(g, ctx.pixels_range)
     return g.expand_as(x).contiguous(memory_format=_fmt(x))
 
 

@@ -55,7 +55,10 @@ def _uniform_color(color: Any, c: int, x: torch.Tensor) -> torch.Tensor:
             vals = [float(round(0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]))] * c
     else:
         vals = [float(color)] * c
-    return torch.tensor(vals, device=x.device, dtype=x.dtype)
+    out = x.new_empty(c)  # filled on the device: no host→device copy
+    for i, v in enumerate(vals):
+        out[i] = v
+    return out
 
 
 def _grayify(colors: torch.Tensor, gray: torch.Tensor, channel_dim: int) -> torch.Tensor:

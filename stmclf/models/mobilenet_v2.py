@@ -31,7 +31,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def _bn() -> LayerFn:
-    return batch_norm(epsilon=1e-3, momentum=0.999)
+    return batch_norm(epsilon=1e-3, momentum=0.9)
 
 
 def _inverted_residual(g: GraphBuilder, x: str, block_id: int, expansion: int, filters: int,

@@ -89,6 +89,16 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
     return options
 
 
+def make_trainer(**kwargs: Any) -> L.Trainer:
+    """``L.Trainer(**kwargs)``; Lightning's refusal of a ``trainer:`` option becomes a one-line error."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(**kwargs)
+    except (MisconfigurationException, ValueError) as exc:
+        raise ConfigError("trainer", str(exc).splitlines()[0]) from None
+
+
 def train(cfg: RunConfig) -> TrainResult:
     """Train as ``training`` mode does: data → model → fit → best/last checkpoints → evaluation."""
     rules.check_training(cfg)
@@ -99,6 +109,7 @@ def train(cfg: RunConfig) -> TrainResult:
         parse_optimizer(training.optimizer)
         check_model_spec(training.model)
     user_callbacks = build_callbacks(training.callbacks)
+    torch.set_flush_denormal(True)  # denormal floats make CPU kernels crawl late in training
     seed = 123 if cfg.general.global_seed is None else cfg.general.global_seed
     L.seed_everything(seed, workers=True, verbose=False)
 
@@ -135,9 +146,11 @@ def train(cfg: RunConfig) -> TrainResult:
     csv_logger = EpochCSVLogger(run.metrics_csv)
     mlflow_logger = make_mlflow_logger(cfg.mlflow.uri, cfg.general.project_name, run.root.name)
     loggers = [make_tensorboard_logger(run.root, cfg.general.logs_dir), mlflow_logger]
-    trainer = L.Trainer(max_epochs=training.epochs, callbacks=[*user_callbacks, best, last, csv_logger, ProgressBar()],
-                        logger=loggers, default_root_dir=str(run.root), deterministic=cfg.general.deterministic_ops,
-                        plugins=[AtomicCheckpointIO()], **_trainer_options(cfg))
+    options = _trainer_options(cfg)
+    progress = [ProgressBar()] if options.get("enable_progress_bar", True) else []
+    trainer = make_trainer(max_epochs=training.epochs, callbacks=[*user_callbacks, best, last, csv_logger, *progress],
+                           logger=loggers, default_root_dir=str(run.root), deterministic=cfg.general.deterministic_ops,
+                           plugins=[AtomicCheckpointIO()], **options)
     if trainer.is_global_zero:
         mlflow_logger.log_hyperparams({"operation_mode": "training", **loggable_params(cfg.to_dict())})
 
