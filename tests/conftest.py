@@ -11,6 +11,13 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Triton (pulled in by torch's compiler stack) segfaults when its native library is loaded after
+# TensorFlow's; load it first, since some test modules import TensorFlow at collection time.
+try:
+    import triton  # noqa: F401
+except ImportError:  # pragma: no cover - CPU-only torch builds have no triton
+    pass
+
 COLORS = {"cat": (220, 40, 40), "dog": (40, 200, 40), "owl": (40, 40, 220)}
 
 

@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 import torch
+import torchvision.io  # noqa: F401  early: importing it (and triton) after TensorFlow segfaults
+
 
 from stmclf.augment import AUGMENTATIONS, apply_augmentation, build_augmentation, example_section, kernel_names
 from stmclf.augment.custom import build_custom_augmentation

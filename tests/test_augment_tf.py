@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision.io  # noqa: F401  before TensorFlow: importing triton (via torchvision) after TF segfaults
 
 tf = pytest.importorskip("tensorflow")
 

@@ -96,7 +96,6 @@ def affine_sample(x: torch.Tensor, matrices: torch.Tensor, fill_mode: str = "ref
     m = matrices.to(device=x.device, dtype=torch.float32)
     xs = torch.arange(w, device=x.device, dtype=torch.float32).view(1, 1, w)
     ys = torch.arange(h, device=x.device, dtype=torch.float32).view(1, h, 1)
-    grid = torch.empty(b, h, w, 2, device=x.device, dtype=x.dtype)
     if separable:
         gx = _axis(m[:, 0, 0].view(b, 1, 1) * xs + m[:, 0, 2].view(b, 1, 1), w, fill_mode, interpolation)
         gy = _axis(m[:, 1, 1].view(b, 1, 1) * ys + m[:, 1, 2].view(b, 1, 1), h, fill_mode, interpolation)
@@ -105,6 +104,7 @@ def affine_sample(x: torch.Tensor, matrices: torch.Tensor, fill_mode: str = "ref
         in_y = m[:, 1, 0].view(b, 1, 1) * xs + m[:, 1, 1].view(b, 1, 1) * ys + m[:, 1, 2].view(b, 1, 1)
         gx = _axis(in_x, w, fill_mode, interpolation)
         gy = _axis(in_y, h, fill_mode, interpolation)
+    grid = torch.empty(b, h, w, 2, device=x.device, dtype=x.dtype)
     grid[..., 0] = gx
     grid[..., 1] = gy
     shift = fill_mode == "constant" and fill_value != 0.0

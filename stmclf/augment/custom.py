@@ -97,8 +97,8 @@ def load_function(spec: str, key: str = "custom_data_augmentation.function_name"
     try:
         sig.bind(None, None, None, **{k: None for k in _extra_kwargs(fn)})
     except TypeError:
-        raise ConfigError(key, f"{target}:{func} must accept (images, config, epoch); its signature is "
-                          f"{func}{sig}") from None
+        raise ConfigError(key, f"{target}:{func} must accept (images, config, epoch) (plus optional "
+                          f"pixels_range=, generator= keywords); its signature is {func}{sig}") from None
     return fn
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any
 
 import torch
 

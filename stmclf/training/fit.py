@@ -5,11 +5,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from stmclf.config import RunConfig, rules
 from stmclf.data.datamodule import ImageDataModule, ImageFormat
@@ -65,7 +65,7 @@ def module_from_config(cfg: RunConfig, class_names: list[str]) -> ClassifierModu
         model_spec=dict(training.model), class_names=class_names,
         input_shape=[int(v) for v in training.model["input_shape"]],
         rescaling=(cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset),
-        optimizer=training.optimizer, dropout=training.dropout,
+        optimizer=training.optimizer, dropout=training.dropout, frozen_layers=training.frozen_layers,
         data_augmentation=dict(augmentation) if augmentation else None,
         custom_data_augmentation={"function_name": custom.function_name, "config": custom.config} if custom else None)
 
@@ -99,8 +99,10 @@ def make_trainer(**kwargs: Any) -> L.Trainer:
         raise ConfigError("trainer", str(exc).splitlines()[0]) from None
 
 
-def train(cfg: RunConfig) -> TrainResult:
-    """Train as ``training`` mode does: data → model → fit → best/last checkpoints → evaluation."""
+def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train as ``training`` mode does: data → model → fit → best/last checkpoints → evaluation.
+
+    ``callbacks`` are extra Lightning callbacks (for scripts: profiling, benchmarks)."""
     rules.check_training(cfg)
     training = cfg.training
     resume = read_checkpoint(training.resume_training_from, "training.resume_training_from") \
@@ -148,7 +150,8 @@ def train(cfg: RunConfig) -> TrainResult:
     loggers = [make_tensorboard_logger(run.root, cfg.general.logs_dir), mlflow_logger]
     options = _trainer_options(cfg)
     progress = [ProgressBar()] if options.get("enable_progress_bar", True) else []
-    trainer = make_trainer(max_epochs=training.epochs, callbacks=[*user_callbacks, best, last, csv_logger, *progress],
+    trainer = make_trainer(max_epochs=training.epochs, callbacks=[*user_callbacks, best, last, csv_logger, *progress,
+                                                                  *callbacks],
                            logger=loggers, default_root_dir=str(run.root), deterministic=cfg.general.deterministic_ops,
                            plugins=[AtomicCheckpointIO()], **options)
     if trainer.is_global_zero:

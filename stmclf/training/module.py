@@ -23,7 +23,7 @@ class ClassifierModule(L.LightningModule):
                  rescaling: tuple[float, float], optimizer: Any, dropout: Optional[float] = None,
                  data_augmentation: Optional[dict[str, Any]] = None,
                  custom_data_augmentation: Optional[dict[str, Any]] = None,
-                 channels_last: bool = True) -> None:
+                 frozen_layers: Any = None, channels_last: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters()
         from stmclf.models import build_model
@@ -31,6 +31,10 @@ class ClassifierModule(L.LightningModule):
         self.class_names = list(class_names)
         self.num_classes = len(class_names)
         self.model = build_model(dict(model_spec), num_classes=self.num_classes, dropout=dropout)
+        if frozen_layers is not None:
+            from stmclf.models.frozen import frozen_indices
+
+            self.model.set_frozen(frozen_indices(frozen_layers, self.model.num_layers))
         self.scale, self.offset = float(rescaling[0]), float(rescaling[1])
         self.augment = self._build_augmentation(data_augmentation, custom_data_augmentation)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
