@@ -69,6 +69,7 @@ def make_dataset(root: Path, images: int) -> str:
 
 
 def fit_throughput(train_dir: str, run_root: Path, epochs: int, batch: int, precision: str | None) -> float:
+    run_root.mkdir(parents=True, exist_ok=True)
     config = run_root / "bench.yaml"
     config.write_text(f"""
 general: {{project_name: bench}}

@@ -10,6 +10,10 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "STMCLF_CACHE" not in os.environ:  # keep the tests' image caches out of the user's home
+    import tempfile
+
+    os.environ["STMCLF_CACHE"] = tempfile.mkdtemp(prefix="stmclf-test-cache-")
 
 # Triton (pulled in by torch's compiler stack) segfaults when its native library is loaded after
 # TensorFlow's; load it first, since some test modules import TensorFlow at collection time.

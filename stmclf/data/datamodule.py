@@ -6,6 +6,7 @@ process and device boundaries as compact uint8.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stmclf.config.sections import Dataset as DatasetSection, Preprocessing
+from stmclf.data.cache import open_cache
 from stmclf.data.decode import CHANNELS, decode_image
 from stmclf.data.folder import FileList, Splits, make_splits
 from stmclf.data.resize import resize_image
@@ -55,18 +57,34 @@ def load_image(path: str, fmt: ImageFormat) -> np.ndarray:
 
 
 class ImageFileDataset(Dataset):
-    """(uint8 CHW tensor, label) pairs from a :class:`FileList`."""
+    """(uint8 CHW tensor, label) pairs from a :class:`FileList`, through the image cache."""
 
-    def __init__(self, files: FileList, fmt: ImageFormat) -> None:
+    def __init__(self, files: FileList, fmt: ImageFormat, cache: bool = True) -> None:
         self.files = files
         self.fmt = fmt
+        shape = (len(files), fmt.height, fmt.width, fmt.channels)
+        self.cache = open_cache(files.paths, dataclasses.asdict(fmt), shape) if cache else None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = load_image(self.files.paths[index], self.fmt)
+        path = self.files.paths[index]
+        if self.cache is None:
+            image = load_image(path, self.fmt)
+        else:
+            image = self.cache.get(index, lambda: load_image(path, self.fmt))
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), self.files.labels[index]
+
+
+def _init_worker(worker_id: int) -> None:
+    """Loader workers: one BLAS/OpenMP thread each (the training process owns the cores), and
+    Lightning's per-worker seeding."""
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    pl_worker_init_function(worker_id)
 
 
 def default_num_workers() -> int:
@@ -108,7 +126,7 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(ImageFileDataset(files, self.fmt), batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available(), drop_last=False,
-                          prefetch_factor=4 if workers else None)
+                          prefetch_factor=4 if workers else None, worker_init_fn=_init_worker if workers else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.prepare_splits().train, shuffle=True)

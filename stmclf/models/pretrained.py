@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,8 @@ def imagenet_weights_file(spec: Mapping[str, Any]) -> WeightsFile:
     rows = height if height == width and height in sizes else 224
     if version == "v1":
         return WeightsFile("mobilenet", f"mobilenet_{_V1_ALPHA_TEXT[float(alpha)]}_{rows}_tf_no_top.h5")
-    return WeightsFile("mobilenet_v2", f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5")
+    return WeightsFile("mobilenet_v2",
+                       f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5")
 
 
 def default_cache_dir() -> Path:
@@ -97,8 +99,7 @@ def _keras_cache_dirs() -> list[Path]:
     return dirs
 
 
-def find_imagenet_weights(weights: WeightsFile, cache_dir: Path | None = None, *,
-                          download_missing: bool = True) -> Path:
+def find_imagenet_weights(weights: WeightsFile, cache_dir: Path | None = None) -> Path:
     """The local path of ``weights``: from ``cache_dir`` or Keras' cache, else downloaded into
     ``cache_dir`` (atomically; concurrent processes are safe). Offline → one-line ConfigError
     telling where to put the file."""
@@ -111,14 +112,11 @@ def find_imagenet_weights(weights: WeightsFile, cache_dir: Path | None = None, *
             return candidate
     url = weights.url()
     hint = f"put the file in {cache}/"
-    if not download_missing:
-        raise ConfigError(WEIGHTS_KEY, f"{weights.file_name} is not in the cache ({url}); {hint}")
     dest = cache / weights.file_name
-    tmp = cache / f".{weights.file_name}.{os.getpid()}.tmp"
+    staging = cache / f".download-{os.getpid()}"  # one per process: concurrent ranks never collide
     log.info("downloading %s to %s", url, cache)
     try:
-        download(url, tmp, timeout=DOWNLOAD_TIMEOUT)
-        os.replace(tmp, dest)
+        os.replace(download(url, staging / weights.file_name, timeout=DOWNLOAD_TIMEOUT), dest)
     except DownloadError as exc:
         raise ConfigError(WEIGHTS_KEY, f"cannot download {weights.file_name} from {url} ({exc.reason}); "
                                        f"{hint}") from None
@@ -126,7 +124,7 @@ def find_imagenet_weights(weights: WeightsFile, cache_dir: Path | None = None, *
         raise ConfigError(WEIGHTS_KEY, f"cannot download {weights.file_name} from {url} "
                                        f"({_one_line(exc)}); {hint}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 

@@ -107,9 +107,11 @@ def check_model_spec(spec: Mapping[str, Any]) -> ModelEntry:
     if all(spec.get(key) is not None for key in WEIGHT_KEYS):
         raise ConfigError("training.model.pretrained_model_path",
                           "pretrained_weights and pretrained_model_path are mutually exclusive")
-    if spec.get("pretrained_weights") not in (None, "imagenet"):
+    weights = spec.get("pretrained_weights")
+    if weights is not None and (not isinstance(weights, str)
+                                or weights != "imagenet" and not weights.lower().endswith((".h5", ".hdf5"))):
         raise ConfigError("training.model.pretrained_weights",
-                          f"expected 'imagenet' or None, got {spec['pretrained_weights']!r}")
+                          f"expected 'imagenet', None or the path of a Keras .h5 weights file, got {weights!r}")
     _input_shape(spec["input_shape"])
     return entry
 

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from stmclf.config import RunConfig, rules
 from stmclf.data.datamodule import ImageDataModule, ImageFormat
 from stmclf.errors import ConfigError, UserError
+from stmclf.models.pretrained import apply_pretrained
 from stmclf.models.registry import check_model_spec
 from stmclf.evaluate.accuracy import evaluate_module, print_accuracy_table
 from stmclf.training.callbacks import build_callbacks
@@ -130,6 +131,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
                             f"{resume.get('epoch', 0) + 1} epoch(s); raise training.epochs to continue it")
     else:
         module = module_from_config(cfg, splits.class_names)
+        weights_source = apply_pretrained(module.model, training.model)
 
     run = create_run_dir(cfg)
     log.info("operation_mode: training")
@@ -140,6 +142,8 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
              f", test set: {len(splits.test)} images" if splits.test is not None else "")
     if resume:
         log.info("Resuming from %s (epoch %d)", training.resume_training_from, resume.get("epoch", 0) + 1)
+    else:
+        log.info("Pretrained weights : %s", weights_source or "none (training from scratch)")
 
     best = ModelCheckpoint(dirpath=run.saved_models, filename=BEST_NAME, monitor="val_accuracy", mode="max",
                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
