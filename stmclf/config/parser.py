@@ -215,4 +215,5 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, UserError):
             raise UserError(str(cause)) from None
-        raise UserError(one_line_error(str(exc))) from None
+        message = re.sub(r"^Problems parsing config\s*:\s*", "", str(exc))
+        raise UserError(one_line_error(message)) from None
