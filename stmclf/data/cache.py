@@ -26,11 +26,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("STMCLF_CACHE") or Path.home() / ".cache" / "stmclf")
 
 
-def cache_key(paths: list[str], fmt_fields: dict) -> str:
+def cache_key(identity: list[str], fmt_fields: dict) -> str:
+    """Hash of the format and of each item: a file's path, size and mtime, or any other text."""
     digest = hashlib.sha1(json.dumps(fmt_fields, sort_keys=True).encode())
-    for path in paths:
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for item in identity:
+        try:
+            stat = os.stat(item)
+            digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except (OSError, ValueError):
+            digest.update(f"{item}\n".encode())
     return digest.hexdigest()[:20]
 
 
@@ -79,7 +83,7 @@ class ImageCache:
         return state
 
 
-def open_cache(paths: list[str], fmt_fields: dict, shape: tuple[int, int, int, int],
+def open_cache(identity: list[str], fmt_fields: dict, shape: tuple[int, int, int, int],
                limit_bytes: int = DEFAULT_LIMIT_BYTES) -> Optional[ImageCache]:
     """The cache for this file list and format, or None when caching is off or too large."""
     if os.environ.get("STMCLF_CACHE", "").lower() in ("0", "off", "none", "false"):
@@ -89,7 +93,7 @@ def open_cache(paths: list[str], fmt_fields: dict, shape: tuple[int, int, int, i
         log.info("Image cache skipped: %.1f GB is above the %.1f GB limit", size / 2**30, limit_bytes / 2**30)
         return None
     try:
-        return ImageCache(cache_root() / "images", cache_key(paths, fmt_fields), shape)
+        return ImageCache(cache_root() / "images", cache_key(identity, fmt_fields), shape)
     except OSError as exc:
         log.warning("Image cache disabled (%s)", exc)
         return None

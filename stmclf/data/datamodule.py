@@ -57,23 +57,23 @@ def load_image(path: str, fmt: ImageFormat) -> np.ndarray:
 
 
 class ImageFileDataset(Dataset):
-    """(uint8 CHW tensor, label) pairs from a :class:`FileList`, through the image cache."""
+    """(uint8 CHW tensor, label) pairs from an image source (a :class:`FileList` or any object
+    with ``labels``, ``load(index, fmt)`` and ``cache_identity()``), through the image cache."""
 
     def __init__(self, files: FileList, fmt: ImageFormat, cache: bool = True) -> None:
         self.files = files
         self.fmt = fmt
         shape = (len(files), fmt.height, fmt.width, fmt.channels)
-        self.cache = open_cache(files.paths, dataclasses.asdict(fmt), shape) if cache else None
+        self.cache = open_cache(files.cache_identity(), dataclasses.asdict(fmt), shape) if cache else None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path = self.files.paths[index]
         if self.cache is None:
-            image = load_image(path, self.fmt)
+            image = self.files.load(index, self.fmt)
         else:
-            image = self.cache.get(index, lambda: load_image(path, self.fmt))
+            image = self.cache.get(index, lambda: self.files.load(index, self.fmt))
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), self.files.labels[index]
 
 

@@ -37,6 +37,20 @@ class FileList:
     def subset(self, start: int, stop: Optional[int] = None) -> "FileList":
         return FileList(self.paths[start:stop], self.labels[start:stop], self.root)
 
+    def describe(self, index: int) -> str:
+        """How to name item ``index`` in messages."""
+        return self.paths[index]
+
+    def load(self, index: int, fmt) -> np.ndarray:
+        """Item ``index`` decoded and resized to ``fmt`` (uint8 HWC)."""
+        from stmclf.data.datamodule import load_image
+
+        return load_image(self.paths[index], fmt)
+
+    def cache_identity(self) -> list[str]:
+        """What the image cache key hashes: the files (with their sizes and times)."""
+        return self.paths
+
 
 def class_dirs(root: Path, key: str) -> list[str]:
     if not root.is_dir():
