@@ -67,6 +67,23 @@ def _data(argv: Sequence[str]) -> int:
     return 0
 
 
+def _augment_preview(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from stmclf.augment.preview import augment_preview
+    from stmclf.config import from_namespace
+    from stmclf.config.parser import build_parser, parse_args
+
+    parser = build_parser("stmclf augment-preview", "Write a before/after grid of the configured augmentation.")
+    parser.add_argument("--num-images", "--num_images", type=int, default=8, help="images in the grid")
+    parser.add_argument("--seed", type=int, default=1, help="seed for the image choice and the augmentation")
+    parser.add_argument("--out", type=str, default="augmentation_preview.png", help="PNG file to write")
+    ns = parse_args(parser, argv)
+    out = augment_preview(from_namespace(parser, ns), ns.num_images, ns.seed, Path(ns.out))
+    print(out)
+    return 0
+
+
 def _parse_small(parser, argv: Sequence[str]):
     from stmclf.config.parser import one_line_error
 
@@ -81,6 +98,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
             "train a model from a config (operation_mode training)"),
     "run": (_config_command("stmclf run", "Run whatever operation_mode the config names.", _run),
             "run the config's operation_mode"),
+    "augment-preview": (_augment_preview, "before/after PNG grid of the config's data augmentation"),
     "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR'"),
 }
 

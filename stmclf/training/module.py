@@ -18,6 +18,20 @@ from torchmetrics.classification import MulticlassAccuracy
 from stmclf.training.optimizers import build_optimizer
 
 
+def build_batch_augmentation(section: Optional[dict], custom: Optional[dict], pixels_range: tuple[float, float],
+                             channels: int):
+    """The on-device augmentation for ``data_augmentation`` or ``custom_data_augmentation`` (or None)."""
+    if section:
+        from stmclf.augment import build_augmentation
+
+        return build_augmentation(section, pixels_range, channels=channels)
+    if custom:
+        from stmclf.augment.custom import build_custom_augmentation
+
+        return build_custom_augmentation(custom, pixels_range)
+    return None
+
+
 class ClassifierModule(L.LightningModule):
     def __init__(self, model_spec: dict[str, Any], class_names: list[str], input_shape: list[int],
                  rescaling: tuple[float, float], optimizer: Any, dropout: Optional[float] = None,
@@ -47,15 +61,7 @@ class ClassifierModule(L.LightningModule):
 
     def _build_augmentation(self, section, custom):
         pixels_range = (self.offset, 255.0 * self.scale + self.offset)
-        if section:
-            from stmclf.augment import build_augmentation
-
-            return build_augmentation(section, pixels_range, channels=int(self.hparams.input_shape[-1]))
-        if custom:
-            from stmclf.augment.custom import build_custom_augmentation
-
-            return build_custom_augmentation(custom, pixels_range)
-        return None
+        return build_batch_augmentation(section, custom, pixels_range, int(self.hparams.input_shape[-1]))
 
     # -- data on the device ---------------------------------------------------------------
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:

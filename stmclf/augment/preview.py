@@ -1,0 +1,81 @@
+"""``stmclf augment-preview``: a before/after grid of the configured augmentation on real images.
+
+The reference's ``test_data_augment.py`` shows blocking windows; this writes one PNG. Images
+are taken from the training set (seeded), loaded exactly as training loads them, rescaled,
+augmented with the config's ``data_augmentation`` (or ``custom_data_augmentation``), and mapped
+back to pixels for display.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stmclf.config import RunConfig
+from stmclf.errors import ConfigError, UserError
+
+
+def _input_shape(cfg: RunConfig) -> list[int]:
+    model = (cfg.training.model if cfg.training else None) or {}
+    shape = model.get("input_shape")
+    if not shape:
+        raise ConfigError("training.model.input_shape", "the preview needs the model input shape")
+    return [int(v) for v in shape]
+
+
+def augment_preview(cfg: RunConfig, num_images: int, seed: int, out: Path) -> Path:
+    from stmclf.data.datamodule import ImageFormat
+    from stmclf.data.folder import make_splits
+    from stmclf.training.module import build_batch_augmentation
+
+    if cfg.dataset is None or cfg.preprocessing is None:
+        raise ConfigError("dataset", "the preview needs the dataset and preprocessing sections")
+    if not cfg.data_augmentation and not cfg.custom_data_augmentation:
+        raise ConfigError("data_augmentation", "no data_augmentation or custom_data_augmentation section to preview")
+    fmt = ImageFormat.from_config(cfg.preprocessing, _input_shape(cfg))
+    splits = make_splits(cfg.dataset)
+    source = splits.train if splits.train is not None else splits.valid
+    if source is None or len(source) == 0:
+        raise UserError("augment-preview: no training images found")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(source), size=min(num_images, len(source)), replace=False)
+    scale, offset = cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset
+    batch = torch.from_numpy(np.stack([source.load(int(i), fmt) for i in picks])).permute(0, 3, 1, 2)
+    images = batch.float() * scale + offset
+    custom = cfg.custom_data_augmentation
+    augment = build_batch_augmentation(
+        dict(cfg.data_augmentation) if cfg.data_augmentation else None,
+        {"function_name": custom.function_name, "config": custom.config} if custom else None,
+        (offset, 255.0 * scale + offset), fmt.channels)
+    generator = torch.Generator().manual_seed(seed)
+    augmented = augment(images.clone(), generator=generator, epoch=0)
+    to_pixels = lambda x: ((x - offset) / scale).clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    _save_grid(to_pixels(images), to_pixels(augmented), [splits.class_names[source.labels[int(i)]] for i in picks], out)
+    return out
+
+
+def _save_grid(before: np.ndarray, after: np.ndarray, labels: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 4.0), squeeze=False)
+    gray = before.shape[-1] == 1
+    for col in range(n):
+        for row, (images, title) in enumerate(((before, "original"), (after, "augmented"))):
+            ax = axes[row][col]
+            image = images[col][..., 0] if gray else images[col][..., :3]
+            ax.imshow(image, cmap="gray" if gray else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(title)
+        axes[0][col].set_title(labels[col], fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
