@@ -84,6 +84,20 @@ def _augment_preview(argv: Sequence[str]) -> int:
     return 0
 
 
+def _plot_lr(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from stmclf.config import from_namespace
+    from stmclf.config.parser import build_parser, parse_args
+    from stmclf.training.plot_lr import plot_learning_rates
+
+    parser = build_parser("stmclf plot-lr", "Plot the learning-rate schedule of a config without training.")
+    parser.add_argument("--out", type=str, default="lr_schedule.png", help="PNG file to write")
+    ns = parse_args(parser, argv)
+    print(plot_learning_rates(from_namespace(parser, ns), Path(ns.out)))
+    return 0
+
+
 def _parse_small(parser, argv: Sequence[str]):
     from stmclf.config.parser import one_line_error
 
@@ -99,6 +113,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "run": (_config_command("stmclf run", "Run whatever operation_mode the config names.", _run),
             "run the config's operation_mode"),
     "augment-preview": (_augment_preview, "before/after PNG grid of the config's data augmentation"),
+    "plot-lr": (_plot_lr, "plot the config's learning-rate schedule without training"),
     "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR'"),
 }
 

@@ -7,6 +7,7 @@ scheduler may be given.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import math
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from stmclf.errors import ConfigError
+from stmclf.training.lr_schedulers import SCHEDULERS
 
 log = logging.getLogger(__name__)
 KEY = "training.callbacks"
@@ -103,15 +106,61 @@ class ReduceLROnPlateau(Callback):
         self.best, self.wait, self.cooldown_counter = (state_dict[k] for k in ("best", "wait", "cooldown_counter"))
 
 
-def _early_stopping(monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, verbose: int = 0,
-                    mode: str = "auto", baseline: Optional[float] = None) -> EarlyStopping:
-    """Keras ``EarlyStopping`` mapped onto Lightning's (same patience and min_delta rules)."""
-    key = f"{KEY}.EarlyStopping"
-    _check_monitor(monitor, key)
-    if baseline is not None:
-        raise ConfigError(f"{key}.baseline", "not supported yet")
-    return EarlyStopping(monitor=monitor, min_delta=abs(min_delta), patience=patience, verbose=bool(verbose),
+class KerasEarlyStopping(EarlyStopping):
+    """Keras ``EarlyStopping`` on Lightning's (same ``patience`` and ``min_delta`` rules), with
+    Keras's ``baseline`` (the value to beat from the start), ``start_from_epoch`` (epochs to
+    wait before counting) and ``restore_best_weights`` (when it stops, the weights of the best
+    epoch are put back)."""
+
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, verbose: int = 0,
+                 mode: str = "auto", baseline: Optional[float] = None, restore_best_weights: bool = False,
+                 start_from_epoch: int = 0) -> None:
+        key = f"{KEY}.EarlyStopping"
+        _check_monitor(monitor, key)
+        super().__init__(monitor=monitor, min_delta=abs(min_delta), patience=patience, verbose=bool(verbose),
                          mode=keras_mode(mode, monitor, key), check_finite=True)
+        if baseline is not None:
+            self.best_score = torch.tensor(float(baseline))
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self._best_weights: Optional[dict] = None
+
+    def _run_early_stopping_check(self, trainer: "L.Trainer") -> None:
+        if trainer.current_epoch < self.start_from_epoch:
+            return
+        before = self.best_score.clone()
+        super()._run_early_stopping_check(trainer)
+        if self.restore_best_weights and not torch.equal(before, self.best_score):
+            module = trainer.lightning_module
+            self._best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        if trainer.should_stop and self.restore_best_weights and self._best_weights is not None:
+            trainer.lightning_module.load_state_dict(self._best_weights)
+            log.info("EarlyStopping: restoring the weights of the best epoch (%s = %.4f)", self.monitor,
+                     float(self.best_score))
+
+
+class TerminateOnNaN(Callback):
+    """Keras ``TerminateOnNaN``: stop as soon as a training loss is NaN or infinite."""
+
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs, batch,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            log.warning("Batch %d: invalid loss, terminating training", batch_idx)
+            trainer.should_stop = True
+
+
+def _class_from_path(path: str) -> Optional[type]:
+    """A Lightning callback named by its class path (``lightning.pytorch.callbacks.X``)."""
+    if "." not in path:
+        return None
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    cls = getattr(module, class_name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, Callback) else None
 
 
 @dataclass(frozen=True)
@@ -122,7 +171,9 @@ class CallbackEntry:
 
 CALLBACKS: dict[str, CallbackEntry] = {
     "ReduceLROnPlateau": CallbackEntry(ReduceLROnPlateau, is_lr_scheduler=True),
-    "EarlyStopping": CallbackEntry(_early_stopping),
+    "EarlyStopping": CallbackEntry(KerasEarlyStopping),
+    "TerminateOnNaN": CallbackEntry(TerminateOnNaN),
+    **{name: CallbackEntry(cls, is_lr_scheduler=True) for name, cls in SCHEDULERS.items()},
 }
 
 
@@ -138,12 +189,20 @@ def build_callbacks(section: Optional[dict[str, Optional[dict[str, Any]]]]) -> l
         if name in BUILT_IN:
             raise ConfigError(f"{KEY}.{name}", f"the {name} callback is built-in and can't be redefined")
         entry = CALLBACKS.get(name)
+        if entry is None and (cls := _class_from_path(name)) is not None:
+            entry = CallbackEntry(cls)
         if entry is None:
-            raise ConfigError(f"{KEY}.{name}", f"unknown callback; supported: {', '.join(CALLBACKS)}")
+            raise ConfigError(f"{KEY}.{name}", f"unknown callback; supported: {', '.join(CALLBACKS)}, "
+                                               f"or a Lightning callback class path")
         if args is not None and not isinstance(args, dict):
             raise ConfigError(f"{KEY}.{name}", "invalid syntax for the callback arguments: expecting a mapping")
         args = dict(args or {})
         accepted = _accepted(entry.factory)
+        required = [p.name for p in inspect.signature(entry.factory).parameters.values()
+                    if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self"]
+        for arg in required:
+            if arg not in args:
+                raise ConfigError(f"{KEY}.{name}.{arg}", f"missing argument of {name}")
         for arg in args:
             if arg not in accepted:
                 raise ConfigError(f"{KEY}.{name}.{arg}", f"unknown argument; supported: {', '.join(accepted)}")
@@ -153,6 +212,8 @@ def build_callbacks(section: Optional[dict[str, Optional[dict[str, Any]]]]) -> l
                 raise ConfigError(KEY, f"found more than one learning rate scheduler: {', '.join(schedulers)}")
         try:
             callbacks.append(entry.factory(**args))
+        except ConfigError:
+            raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{KEY}.{name}", str(exc).splitlines()[0]) from None
     return callbacks
