@@ -45,7 +45,10 @@ def _data(argv: Sequence[str]) -> int:
 
     from jsonargparse import ArgumentParser
 
-    parser = ArgumentParser(prog="stmclf data", exit_on_error=False, description="dataset utilities")
+    from stmclf.config.parser import PARSER_MODE
+
+    parser = ArgumentParser(prog="stmclf data", exit_on_error=False, description="dataset utilities",
+                            parser_mode=PARSER_MODE)
     sub = parser.add_subcommands(required=True, dest="action")
     fetch = ArgumentParser(description="download or write a dataset as class folders")
     fetch.add_argument("name", help="digits (offline, scikit-learn), flowers (tf_flowers), fashion-mnist")
@@ -56,6 +59,13 @@ def _data(argv: Sequence[str]) -> int:
     fetch.add_argument("--max_per_split", type=Optional[int], default=None,
                        help="fashion-mnist: write at most this many images per split")
     sub.add_subcommand("fetch", fetch, help="download or write a dataset as class folders")
+    checking = list(argv[:1]) == ["check"]
+    check = _data_check_parser() if checking else ArgumentParser()  # the full parser imports Lightning
+    sub.add_subcommand("check", check, help="decode every file of the config's dataset paths and list the problems")
+    if checking:
+        from stmclf.config.parser import parse_args
+
+        return _data_check(check, parse_args(parser, argv).check)
     args = _parse_small(parser, argv)
     if args.action == "fetch":
         from stmclf.data.fetch import fetch_dataset
@@ -98,6 +108,36 @@ def _plot_lr(argv: Sequence[str]) -> int:
     return 0
 
 
+def _data_check_parser():
+    from stmclf.config.parser import build_parser
+
+    parser = build_parser("stmclf data check", "Decode every file of the dataset paths of a config (training, "
+                                               "validation, test, quantization) and list every problem.")
+    parser.add_argument("--workers", type=Optional[int], default=None,
+                        help="decoding processes (default: one per core; 1 decodes in this process)")
+    parser.add_argument("--imbalance_ratio", type=Optional[float], default=3.0,
+                        help="warn when a path's largest class has more than this many times the images of its "
+                             "smallest (null: no warning)")
+    parser.add_argument("--max_rows", type=int, default=200, help="problems listed at most (0: all)")
+    return parser
+
+
+def _data_check(parser, ns) -> int:
+    from stmclf.config import from_namespace
+    from stmclf.data.check import check_dataset, print_report
+
+    cfg = from_namespace(parser, ns)
+    if cfg.dataset is None:
+        raise UserError("dataset: missing 'dataset' section: nothing to check")
+    color_mode = cfg.preprocessing.color_mode if cfg.preprocessing is not None else "rgb"
+    report = check_dataset(cfg.dataset, color_mode, workers=ns.workers, imbalance_ratio=ns.imbalance_ratio,
+                           progress=True)
+    print_report(report, max_rows=ns.max_rows or None)
+    if not report.ok:
+        raise UserError(f"{report.summary()} (see above)")
+    return 0
+
+
 def _parse_small(parser, argv: Sequence[str]):
     from stmclf.config.parser import one_line_error
 
@@ -114,7 +154,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
             "run the config's operation_mode"),
     "augment-preview": (_augment_preview, "before/after PNG grid of the config's data augmentation"),
     "plot-lr": (_plot_lr, "plot the config's learning-rate schedule without training"),
-    "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR'"),
+    "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR', "
+                    "'data check --config x.yaml'"),
 }
 
 

@@ -7,21 +7,26 @@ process and device boundaries as compact uint8.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import hashlib
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from stmclf.config.sections import Dataset as DatasetSection, Preprocessing
 from stmclf.data.cache import open_cache
 from stmclf.data.decode import CHANNELS, decode_image
 from stmclf.data.folder import FileList, Splits, make_splits
 from stmclf.data.resize import resize_image
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, UserError
+
+log = logging.getLogger("stmclf.data")
 
 
 @dataclass(frozen=True)
@@ -65,16 +70,44 @@ class ImageFileDataset(Dataset):
         self.fmt = fmt
         shape = (len(files), fmt.height, fmt.width, fmt.channels)
         self.cache = open_cache(files.cache_identity(), dataclasses.asdict(fmt), shape) if cache else None
+        # Files already reported as unreadable, shared with the loader's worker processes so that
+        # each bad file is logged once, whichever worker meets it.
+        self.reported = torch.zeros(max(len(files), 1), dtype=torch.uint8).share_memory_()
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if self.cache is None:
-            image = self.files.load(index, self.fmt)
-        else:
-            image = self.cache.get(index, lambda: self.files.load(index, self.fmt))
+    def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, int]]:
+        """The item, or None for a file that fails to decode (logged once; ``collate_skip_bad``
+        drops it), so one bad file does not stop a run."""
+        try:
+            if self.cache is None:
+                image = self.files.load(index, self.fmt)
+            else:
+                image = self.cache.get(index, lambda: self.files.load(index, self.fmt))
+        except UserError as exc:
+            if not self.reported[index]:
+                self.reported[index] = 1
+                log.warning("skipping an unreadable image: %s (`stmclf data check --config ...` lists every "
+                            "bad file)", _with_path(str(exc), self.files.describe(index)))
+            return None
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), self.files.labels[index]
+
+
+def _with_path(message: str, name: str) -> str:
+    return message if name in message else f"{name}: {message}"
+
+
+def collate_skip_bad(batch: list, empty_shape: Optional[tuple[int, ...]] = None):
+    """torch's ``default_collate`` without the items that failed to load (None). A batch with no
+    good item becomes an empty batch: uint8 images of shape (0, *empty_shape) and no labels,
+    which the LightningModule skips."""
+    if any(item is None for item in batch):
+        batch = [item for item in batch if item is not None]
+        if not batch:
+            return (torch.empty((0, *empty_shape) if empty_shape else (0,), dtype=torch.uint8),
+                    torch.empty(0, dtype=torch.long))
+    return default_collate(batch)
 
 
 def _init_worker(worker_id: int) -> None:
@@ -95,17 +128,44 @@ def default_num_workers() -> int:
     return max(1, min(cores, 8))
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A new random order every epoch, a pure function of (seed, epoch).
+
+    Lightning calls :meth:`set_epoch` before each epoch, so a resumed run visits the training
+    set in the same order as an uninterrupted one (the global RNG plays no part)."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+
+def derive_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed for (seed, epoch)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train/validation/test loaders for a ``dataset`` section (folder datasets)."""
 
     def __init__(self, dataset: DatasetSection, fmt: ImageFormat, batch_size: int,
-                 num_workers: Optional[int] = None) -> None:
+                 num_workers: Optional[int] = None, shuffle_seed: int = 123) -> None:
         super().__init__()
         self.dataset_cfg = dataset
         self.fmt = fmt
+        self.shuffle_seed = shuffle_seed
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.splits: Optional[Splits] = None
+        self._datasets: dict[int, ImageFileDataset] = {}
 
     @property
     def class_names(self) -> list[str]:
@@ -123,10 +183,24 @@ class ImageDataModule(L.LightningDataModule):
         if files is None or len(files) == 0:
             return []  # Lightning skips an empty loader
         workers = min(self.num_workers, max(1, len(files) // self.batch_size)) if self.num_workers else 0
-        return DataLoader(ImageFileDataset(files, self.fmt), batch_size=self.batch_size, shuffle=shuffle,
+        sampler = EpochShuffleSampler(len(files), self.shuffle_seed) if shuffle else None
+        # The loader's own generator: creating an iterator must not draw from the global RNG
+        # (that would shift the augmentation draws of a resumed run).
+        generator = torch.Generator().manual_seed(self.shuffle_seed)
+        return DataLoader(self._dataset_for(files), batch_size=self.batch_size, sampler=sampler, generator=generator,
+                          collate_fn=partial(collate_skip_bad, empty_shape=(self.fmt.channels, self.fmt.height,
+                                                                            self.fmt.width)),
                           num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available(), drop_last=False,
                           prefetch_factor=4 if workers else None, worker_init_fn=_init_worker if workers else None)
+
+    def _dataset_for(self, files: FileList) -> ImageFileDataset:
+        """One dataset per file list: its image cache and its record of bad files serve every
+        loader over it (training, validation, the final evaluation)."""
+        dataset = self._datasets.get(id(files))
+        if dataset is None or dataset.files is not files:
+            dataset = self._datasets[id(files)] = ImageFileDataset(files, self.fmt)
+        return dataset
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.prepare_splits().train, shuffle=True)

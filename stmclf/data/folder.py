@@ -121,6 +121,13 @@ class Splits:
 
 def make_splits(dataset) -> Splits:
     """Apply the reference's path/split state machine to a ``dataset`` config section."""
+    builtin = (dataset.name or "").lower()
+    if builtin in ("cifar10", "cifar100"):
+        from stmclf.data.cifar import cifar_splits
+
+        return cifar_splits(dataset)
+    if builtin == "emnist":
+        raise ConfigError("dataset.name", "emnist is not supported yet")
     seed = 123 if dataset.seed is None else dataset.seed
     split = 0.2 if dataset.validation_split is None else dataset.validation_split
     given = [("dataset.training_path", dataset.training_path),

@@ -122,13 +122,24 @@ class _KerasConv(nn.Conv2d):
 
 
 class Conv2D(_KerasConv):
-    """Keras ``Conv2D`` (kernel stored as torch ``(filters, C, kh, kw)``)."""
+    """Keras ``Conv2D`` (kernel stored as torch ``(filters, C, kh, kw)``). ``activation`` is the
+    Keras argument of the same name (``None``, ``"relu"``, ``"relu6"``, ``"sigmoid"``), applied
+    inside the layer as Keras does (one layer index)."""
 
     keras_type = "Conv2D"
 
     def __init__(self, in_shape: Shape, filters: int, kernel_size: IntPair, strides: IntPair = 1,
-                 padding: Padding = "valid", use_bias: bool = True) -> None:
+                 padding: Padding = "valid", use_bias: bool = True, activation: str | None = None) -> None:
         super().__init__(in_shape, filters, kernel_size, strides, padding, use_bias, groups=1)
+        self.activation = None if activation in (None, "linear") else _activation_fn(activation)
+        self.activation_name = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        return x if self.activation is None else self.activation(x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", activation={self.activation_name}" if self.activation else "")
 
 
 class DepthwiseConv2D(_KerasConv):
@@ -304,9 +315,9 @@ class Reshape(nn.Module):
 
 
 def conv2d(filters: int, kernel_size: IntPair, strides: IntPair = 1, padding: Padding = "valid",
-           use_bias: bool = True) -> LayerFn:
+           use_bias: bool = True, activation: str | None = None) -> LayerFn:
     """:class:`Conv2D` for the input shape the graph builder passes in."""
-    return lambda in_shape: Conv2D(in_shape, filters, kernel_size, strides, padding, use_bias)
+    return lambda in_shape: Conv2D(in_shape, filters, kernel_size, strides, padding, use_bias, activation)
 
 
 def depthwise_conv2d(kernel_size: IntPair, strides: IntPair = 1, padding: Padding = "valid",
@@ -323,3 +334,211 @@ def batch_norm(epsilon: float = 1e-3, momentum: float = 0.99) -> LayerFn:
 def dense(units: int, use_bias: bool = True) -> LayerFn:
     """:class:`Dense` for the input shape the graph builder passes in."""
     return lambda in_shape: Dense(in_shape, units, use_bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers of the other zoo architectures (pooling, merges, activations, SE clip) and Keras'
+# automatic layer names.
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "sigmoid": torch.sigmoid,
+    "linear": _identity,
+}
+
+
+def _activation_fn(name: str) -> Callable[[Tensor], Tensor]:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+class Activation(_SameShape):
+    """Keras ``Activation(name)`` for ``relu``, ``relu6`` (``tf.nn.relu6``), ``sigmoid``, ``linear``."""
+
+    keras_type = "Activation"
+
+    def __init__(self, activation: str) -> None:
+        super().__init__()
+        self.activation = activation
+        self.fn = _activation_fn(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.activation
+
+
+class SoftmaxLogits(_SameShape):
+    """The reference's ``Activation("softmax")`` output layer, kept (same Keras type, name and index)
+    so that layer indices match, but an identity here: models output logits and the loss applies
+    the softmax. Exported graphs therefore end with logits too."""
+
+    keras_type = "Activation"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return "softmax in Keras; identity here (logits)"
+
+
+class SampleDropout(Dropout):
+    """Keras ``Dropout(rate, noise_shape=(None, 1, 1, 1))``: drops whole samples (stochastic depth),
+    scaling the kept ones by ``1 / (1 - rate)``. Like :class:`Dropout`, the rate is ``p``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * mask / keep
+
+
+class ClipLambda(_SameShape):
+    """The reference's ``Lambda(lambda x: tf.clip_by_value(x, low, high))`` (before the SE sigmoid)."""
+
+    keras_type = "Lambda"
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__()
+        self.low, self.high = float(low), float(high)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.clamp(x, self.low, self.high)
+
+    def extra_repr(self) -> str:
+        return f"clip_by_value({self.low}, {self.high})"
+
+
+def _broadcast_shape(layer: str, shapes: tuple[Shape, ...]) -> Shape:
+    """Keras' element-wise merge shape: equal sizes, or 1 broadcast against any size."""
+    if len({len(s) for s in shapes}) != 1:
+        raise ValueError(f"{layer} needs inputs of the same rank, got {list(shapes)}")
+    out = []
+    for dims in zip(*shapes):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            raise ValueError(f"{layer} cannot broadcast inputs of shapes {list(shapes)}")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+class Multiply(nn.Module):
+    """Keras ``Multiply``: element-wise product (a (1, 1, C) input broadcasts, as in squeeze-excite)."""
+
+    keras_type = "Multiply"
+
+    def compute_output_shape(self, *input_shapes: Shape) -> Shape:
+        return _broadcast_shape(self.keras_type, input_shapes)
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out * x
+        return out
+
+
+class Concatenate(nn.Module):
+    """Keras ``Concatenate(axis=-1)`` of (H, W, C) maps: along the channels (torch dim 1)."""
+
+    keras_type = "Concatenate"
+
+    def __init__(self, axis: int = -1) -> None:
+        super().__init__()
+        if axis not in (-1, 3):
+            raise ValueError(f"Concatenate supports the channel axis (-1 or 3) only, got {axis}")
+
+    def compute_output_shape(self, *input_shapes: Shape) -> Shape:
+        maps = [_check_map(s, self.keras_type) for s in input_shapes]
+        if len({m[:2] for m in maps}) != 1:
+            raise ValueError(f"Concatenate needs inputs of the same height and width, got {list(input_shapes)}")
+        return maps[0][0], maps[0][1], sum(m[2] for m in maps)
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return torch.cat(xs, dim=1)
+
+
+class _KerasPool(nn.Module):
+    """2-D pooling with Keras ``pool_size`` / ``strides`` (default: the pool size) and padding."""
+
+    keras_type: ClassVar[str]
+
+    def __init__(self, in_shape: Shape, pool_size: IntPair = 2, strides: IntPair | None = None,
+                 padding: Padding = "valid") -> None:
+        super().__init__()
+        h, w, c = _check_map(in_shape, self.keras_type)
+        self.pool_size = _pair(pool_size)
+        self.strides = self.pool_size if strides is None else _pair(strides)
+        (kh, kw), (sh, sw) = self.pool_size, self.strides
+        if padding == "same":
+            (top, bottom), (left, right) = same_padding(h, kh, sh), same_padding(w, kw, sw)
+        elif padding == "valid":
+            top = bottom = left = right = 0
+        else:
+            raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+        self.padding = padding
+        self.pre_pad: tuple[int, int, int, int] | None = (left, right, top, bottom) if top or bottom or left or right \
+            else None
+        self.output_shape: Shape = (_spatial_out(h, kh, sh, padding), _spatial_out(w, kw, sw, padding), c)
+
+    def compute_output_shape(self, *input_shapes: Shape) -> Shape:
+        return self.output_shape
+
+    def extra_repr(self) -> str:
+        return f"pool_size={self.pool_size}, strides={self.strides}, padding={self.padding!r}"
+
+
+class MaxPooling2D(_KerasPool):
+    """Keras ``MaxPooling2D``; "same" padding never selects the padded positions (as in TF)."""
+
+    keras_type = "MaxPooling2D"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pre_pad is not None:
+            x = F.pad(x, self.pre_pad, value=float("-inf"))
+        return F.max_pool2d(x, self.pool_size, self.strides)
+
+
+class AveragePooling2D(_KerasPool):
+    """Keras ``AveragePooling2D``; "same" padding averages over the real pixels only (as in TF)."""
+
+    keras_type = "AveragePooling2D"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pre_pad is None:
+            return F.avg_pool2d(x, self.pool_size, self.strides)
+        sums = F.avg_pool2d(zero_pad(x, self.pre_pad), self.pool_size, self.strides)
+        ones = torch.ones((1, 1, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device)
+        counts = F.avg_pool2d(zero_pad(ones, self.pre_pad), self.pool_size, self.strides)
+        return sums / counts
+
+
+def max_pooling2d(pool_size: IntPair = 2, strides: IntPair | None = None, padding: Padding = "valid") -> LayerFn:
+    """:class:`MaxPooling2D` for the input shape the graph builder passes in."""
+    return lambda in_shape: MaxPooling2D(in_shape, pool_size, strides, padding)
+
+
+def average_pooling2d(pool_size: IntPair = 2, strides: IntPair | None = None, padding: Padding = "valid") -> LayerFn:
+    """:class:`AveragePooling2D` for the input shape the graph builder passes in."""
+    return lambda in_shape: AveragePooling2D(in_shape, pool_size, strides, padding)
+
+
+class KerasNames:
+    """Keras' automatic layer names in a fresh session: the snake-case class name, then ``_1``,
+    ``_2``, ... per base name, in the order the reference *creates* its unnamed layers
+    (``names("conv2d")`` → ``conv2d``, ``conv2d_1``, ...). Explicitly named layers take no number."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def __call__(self, base: str) -> str:
+        n = self._counts.get(base, 0)
+        self._counts[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"

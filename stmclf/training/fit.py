@@ -22,7 +22,7 @@ from stmclf.training.checkpoint_io import AtomicCheckpointIO
 from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
 from stmclf.training.run_dir import RunDir, create_run_dir
-from stmclf.training.progress import ProgressBar
+from stmclf.training.progress import EpochSeed, ProgressBar
 from stmclf.training.tracking import (EpochCSVLogger, log_artifacts, loggable_params, make_mlflow_logger,
                                       make_tensorboard_logger, plot_training_curves)
 
@@ -117,7 +117,11 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     L.seed_everything(seed, workers=True, verbose=False)
 
     fmt = ImageFormat.from_config(cfg.preprocessing, _input_shape(cfg, resume))
-    datamodule = ImageDataModule(cfg.dataset, fmt, training.batch_size, cfg.dataset.num_workers)
+    datamodule = ImageDataModule(cfg.dataset, fmt, training.batch_size, cfg.dataset.num_workers, shuffle_seed=seed)
+    if cfg.dataset.check_image_files:  # every file decoded first: stop with the full list of problems
+        from stmclf.data.check import check_image_files
+
+        check_image_files(cfg.dataset, cfg.preprocessing.color_mode)
     splits = datamodule.prepare_splits()
     if splits.train is None or splits.valid is None:
         raise ConfigError("dataset.training_path", "training needs a training set and a validation set")
@@ -154,7 +158,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     loggers = [make_tensorboard_logger(run.root, cfg.general.logs_dir), mlflow_logger]
     options = _trainer_options(cfg)
     progress = [ProgressBar()] if options.get("enable_progress_bar", True) else []
-    trainer = make_trainer(max_epochs=training.epochs, callbacks=[*user_callbacks, best, last, csv_logger, *progress,
+    trainer = make_trainer(max_epochs=training.epochs, callbacks=[EpochSeed(seed), *user_callbacks, best, last, csv_logger, *progress,
                                                                   *callbacks],
                            logger=loggers, default_root_dir=str(run.root), deterministic=cfg.general.deterministic_ops,
                            plugins=[AtomicCheckpointIO()], **options)

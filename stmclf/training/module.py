@@ -72,7 +72,7 @@ class ClassifierModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         images = self.preprocess(images)
-        if self.augment is not None and self.trainer is not None and self.trainer.training:
+        if self.augment is not None and self.trainer is not None and self.trainer.training and images.shape[0]:
             images = self.augment(images, epoch=self.current_epoch)
         return images, labels
 
@@ -80,8 +80,10 @@ class ClassifierModule(L.LightningModule):
         return self.model(images)
 
     # -- steps ----------------------------------------------------------------------------
-    def _step(self, batch, metric: MulticlassAccuracy, prefix: str) -> torch.Tensor:
+    def _step(self, batch, metric: MulticlassAccuracy, prefix: str) -> Optional[torch.Tensor]:
         images, labels = batch
+        if labels.shape[0] == 0:  # every file of the batch failed to decode: skip the step
+            return None
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         metric.update(logits.detach(), labels)
@@ -91,7 +93,7 @@ class ClassifierModule(L.LightningModule):
         self.log(f"{prefix}accuracy", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> Optional[torch.Tensor]:
         return self._step(batch, self.train_acc, "")
 
     def validation_step(self, batch, batch_idx: int) -> None:
