@@ -119,3 +119,45 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
         atomic_torch_save({"v": Unpicklable()}, target)
     assert torch.load(target, weights_only=True) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["model.ckpt"]
+
+
+def test_best_model_file_and_confusion_matrices(trained):
+    run = trained / "run"
+    best = torch.load(run / "saved_models/best_model.pt", weights_only=True)
+    assert best["format"] == "stmclf-model/1" and "optimizer_states" not in best
+    assert (run / "float_model_confusion_matrix_validation_set.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluation_mode_reproduces_validation_accuracy(trained, tmp_path, image_folder):
+    from mlflow.tracking import MlflowClient
+
+    from conftest import config_text
+
+    text = config_text(image_folder, tmp_path / "eval_run", trained / "mlruns", model="")
+    text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
+        "general:\n", f"general:\n  model_path: {trained / 'run/saved_models/best_model.pt'}\n", 1)
+    (tmp_path / "eval.yaml").write_text(text)
+    assert main(["run", "--config", str(tmp_path / "eval.yaml")]) == 0
+    assert (tmp_path / "eval_run/float_model_confusion_matrix_validation_set.png").exists()
+    assert "operation_mode: evaluation" in (tmp_path / "eval_run/stmclf.log").read_text()
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(str(trained / "mlruns"))[0])
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("pytest_project").experiment_id])}
+    assert runs["eval_run"].data.metrics["float_acc_validation_set"] == runs["run"].data.metrics[
+        "float_acc_validation_set"]
+    assert runs["eval_run"].data.params["operation_mode"] == "evaluation"
+
+
+def test_multi_step_training_from_model_file(trained, tmp_path, image_folder):
+    from conftest import config_text
+
+    step1 = trained / "run/saved_models/best_model.pt"
+    text = config_text(image_folder, tmp_path / "step2", tmp_path / "ml", model="", epochs=1)
+    text = text.replace("general:\n", f"general:\n  model_path: {step1}\n", 1).replace(
+        "  batch_size: 8\n", f"  batch_size: 8\n  frozen_layers: (0:-1)\n  trained_model_path: {tmp_path / 'step2.pt'}\n")
+    (tmp_path / "step2.yaml").write_text(text)
+    result = train(load_config(["--config", str(tmp_path / "step2.yaml")]))
+    before = torch.load(step1, weights_only=True)["state_dict"]
+    after = torch.load(tmp_path / "step2.pt", weights_only=True)["state_dict"]
+    assert torch.equal(before["model.layers.Conv1.weight"], after["model.layers.Conv1.weight"])  # frozen
+    assert result.epochs_run == 1

@@ -14,8 +14,15 @@ def _training(cfg: RunConfig) -> None:
     train(cfg)
 
 
+def _evaluation(cfg: RunConfig) -> None:
+    from stmclf.evaluate.mode import evaluate
+
+    evaluate(cfg)
+
+
 MODES: dict[str, Callable[[RunConfig], None]] = {
     "training": _training,
+    "evaluation": _evaluation,
 }
 
 

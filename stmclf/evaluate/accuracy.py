@@ -1,33 +1,44 @@
-"""Accuracy and loss of a trained classifier on labelled sets, and their table."""
+"""Accuracy, loss and confusion matrix of a trained classifier on labelled sets."""
 from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
 @torch.no_grad()
-def evaluate_module(module, loaders: Iterable[tuple[str, Iterable]]) -> dict[str, dict[str, float]]:
-    """Accuracy (%, 2 decimals) and mean loss of ``module`` on each (name, loader) pair."""
+def evaluate_module(module, loaders: Iterable[tuple[str, Iterable]]) -> dict[str, dict]:
+    """Per (name, loader): accuracy (%, 2 decimals), mean loss, image count and the confusion
+    matrix (counts, rows = true class) of ``module`` in eval mode."""
     module.eval()
     device = next(module.parameters()).device
+    classes = max(module.num_classes, 2)
     results = {}
     for name, loader in loaders:
-        correct, total, loss_sum = 0, 0, 0.0
+        confusion = torch.zeros(classes, classes, dtype=torch.int64)
+        loss_sum = 0.0
         for images, labels in loader:
-            images = module.preprocess(images.to(device))
+            if labels.numel() == 0:
+                continue
+            logits = module(module.preprocess(images.to(device)))
             labels = labels.to(device)
-            logits = module(images)
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == labels).sum())
-            total += int(labels.numel())
+            loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+            index = labels.cpu() * classes + logits.argmax(dim=1).cpu()
+            confusion += torch.bincount(index, minlength=classes * classes).reshape(classes, classes)
+        total = int(confusion.sum())
         if total:
-            results[name] = {"accuracy": round(100.0 * correct / total, 2), "loss": loss_sum / total, "count": total}
+            results[name] = {"accuracy": round(100.0 * int(confusion.trace()) / total, 2), "loss": loss_sum / total,
+                             "count": total, "confusion": confusion.numpy()}
     return results
 
 
-def print_accuracy_table(results: dict[str, dict[str, float]], title: str) -> None:
+def accuracy_from_confusion(confusion: np.ndarray) -> float:
+    return round(100.0 * float(np.trace(confusion)) / max(float(confusion.sum()), 1.0), 2)
+
+
+def print_accuracy_table(results: dict[str, dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -37,5 +48,7 @@ def print_accuracy_table(results: dict[str, dict[str, float]], title: str) -> No
     table.add_column("accuracy (%)", justify="right")
     table.add_column("loss", justify="right")
     for name, metrics in results.items():
-        table.add_row(name.replace("_", " "), str(metrics["count"]), f"{metrics['accuracy']:.2f}", f"{metrics['loss']:.4f}")
+        loss = metrics.get("loss")
+        table.add_row(name.replace("_", " "), str(metrics["count"]), f"{metrics['accuracy']:.2f}",
+                      "" if loss is None else f"{loss:.4f}")
     Console().print(table)

@@ -16,15 +16,17 @@ from stmclf.data.datamodule import ImageDataModule, ImageFormat
 from stmclf.errors import ConfigError, UserError
 from stmclf.models.pretrained import apply_pretrained
 from stmclf.models.registry import check_model_spec
-from stmclf.evaluate.accuracy import evaluate_module, print_accuracy_table
+from stmclf.evaluate.accuracy import evaluate_module
+from stmclf.evaluate.results import report_results
 from stmclf.training.callbacks import build_callbacks
 from stmclf.training.checkpoint_io import AtomicCheckpointIO
+from stmclf.training.model_file import BEST_MODEL_NAME, read_checkpoint, write_model_file
 from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
 from stmclf.training.run_dir import RunDir, create_run_dir
 from stmclf.training.progress import EpochSeed, ProgressBar
-from stmclf.training.tracking import (EpochCSVLogger, log_artifacts, loggable_params, make_mlflow_logger,
-                                      make_tensorboard_logger, plot_training_curves)
+from stmclf.training.tracking import (EpochCSVLogger, finish_mlflow_run, is_global_zero, make_tensorboard_logger,
+                                      plot_training_curves, start_mlflow_run)
 
 log = logging.getLogger("stmclf.training")
 BEST_NAME = "best_augmented_model"
@@ -40,40 +42,41 @@ class TrainResult:
     epochs_run: int = 0
 
 
-def read_checkpoint(path: str, key: str) -> dict[str, Any]:
-    """Load a stmclf checkpoint without unpickling arbitrary objects."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(key, f"unable to find file {path}")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a stmclf checkpoint"
-        raise ConfigError(key, f"{path} is not a stmclf checkpoint ({str(exc).splitlines()[0]})") from None
-    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-        raise ConfigError(key, f"{path} is not a stmclf training checkpoint (resume from "
-                               f"{LAST_NAME}.ckpt or {BEST_NAME}.ckpt)")
-    return checkpoint
-
-
 def module_from_config(cfg: RunConfig, class_names: list[str]) -> ClassifierModule:
+    """A new module for a fresh run: the zoo model of ``training.model``, or the trained model of
+    ``general.model_path`` (multi-step training) with this config's training settings."""
     training = cfg.training
-    if cfg.general.model_path:
-        raise ConfigError("general.model_path", "training a model from a file is not available in this version; "
-                                                "use training.model")
     augmentation = cfg.data_augmentation
     custom = cfg.custom_data_augmentation
-    return ClassifierModule(
-        model_spec=dict(training.model), class_names=class_names,
-        input_shape=[int(v) for v in training.model["input_shape"]],
-        rescaling=(cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset),
+    settings = dict(
+        class_names=class_names, rescaling=(cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset),
         optimizer=training.optimizer, dropout=training.dropout, frozen_layers=training.frozen_layers,
         data_augmentation=dict(augmentation) if augmentation else None,
         custom_data_augmentation={"function_name": custom.function_name, "config": custom.config} if custom else None)
+    if not cfg.general.model_path:
+        return ClassifierModule(model_spec=dict(training.model),
+                                input_shape=[int(v) for v in training.model["input_shape"]], **settings)
+    source = read_checkpoint(cfg.general.model_path, "general.model_path")
+    hparams = source["hyper_parameters"]
+    if list(hparams["class_names"]) != list(class_names):
+        raise ConfigError("general.model_path", f"the model was trained on classes {hparams['class_names']}, "
+                                                f"the dataset has {class_names}")
+    had_dropout = bool(hparams.get("dropout"))
+    if had_dropout and not training.dropout:
+        raise ConfigError("training.dropout", "the model includes a dropout layer: set training.dropout")
+    if training.dropout and not had_dropout:
+        raise ConfigError("training.dropout", "unable to set the dropout rate: the model does not include a "
+                                              "dropout layer")
+    module = ClassifierModule(model_spec=hparams["model_spec"], input_shape=hparams["input_shape"], **settings)
+    module.load_state_dict(source["state_dict"])
+    return module
 
 
 def _input_shape(cfg: RunConfig, resume: Optional[dict]) -> list[int]:
     if resume is not None:
         return list(resume["hyper_parameters"]["input_shape"])
+    if cfg.general.model_path:
+        return list(read_checkpoint(cfg.general.model_path, "general.model_path")["hyper_parameters"]["input_shape"])
     shape = cfg.training.model.get("input_shape")
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
         raise ConfigError("training.model.input_shape", f"expecting (height, width, channels), got {shape!r}")
@@ -110,7 +113,8 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         if training.resume_training_from else None
     if resume is None:
         parse_optimizer(training.optimizer)
-        check_model_spec(training.model)
+        if training.model is not None:
+            check_model_spec(training.model)
     user_callbacks = build_callbacks(training.callbacks)
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels crawl late in training
     seed = 123 if cfg.general.global_seed is None else cfg.general.global_seed
@@ -135,12 +139,12 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
                             f"{resume.get('epoch', 0) + 1} epoch(s); raise training.epochs to continue it")
     else:
         module = module_from_config(cfg, splits.class_names)
-        weights_source = apply_pretrained(module.model, training.model)
+        weights_source = (f"model file {cfg.general.model_path}" if cfg.general.model_path
+                          else apply_pretrained(module.model, training.model))
 
     run = create_run_dir(cfg)
     log.info("operation_mode: training")
-    model_name = module.model.__class__.__name__ if resume else _model_name(training.model)
-    log.info("Model name : %s", getattr(module.model, "name", model_name))
+    log.info("Model name : %s", module.model_name)
     log.info("Dataset : %s (%d classes: %s)", cfg.dataset.name, len(splits.class_names), ", ".join(splits.class_names))
     log.info("Training set: %d images, validation set: %d images%s", len(splits.train), len(splits.valid),
              f", test set: {len(splits.test)} images" if splits.test is not None else "")
@@ -154,16 +158,14 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     last = ModelCheckpoint(dirpath=run.saved_models, filename=LAST_NAME, save_top_k=1, every_n_epochs=1,
                            auto_insert_metric_name=False, enable_version_counter=False)
     csv_logger = EpochCSVLogger(run.metrics_csv)
-    mlflow_logger = make_mlflow_logger(cfg.mlflow.uri, cfg.general.project_name, run.root.name)
-    loggers = [make_tensorboard_logger(run.root, cfg.general.logs_dir), mlflow_logger]
+    mlflow_logger = start_mlflow_run(cfg, run, "training") if is_global_zero() else None
+    loggers = [make_tensorboard_logger(run.root, cfg.general.logs_dir), *([mlflow_logger] if mlflow_logger else [])]
     options = _trainer_options(cfg)
     progress = [ProgressBar()] if options.get("enable_progress_bar", True) else []
     trainer = make_trainer(max_epochs=training.epochs, callbacks=[EpochSeed(seed), *user_callbacks, best, last, csv_logger, *progress,
                                                                   *callbacks],
                            logger=loggers, default_root_dir=str(run.root), deterministic=cfg.general.deterministic_ops,
                            plugins=[AtomicCheckpointIO()], **options)
-    if trainer.is_global_zero:
-        mlflow_logger.log_hyperparams({"operation_mode": "training", **loggable_params(cfg.to_dict())})
 
     start = time.monotonic()
     trainer.fit(module, datamodule=datamodule, ckpt_path=training.resume_training_from)
@@ -178,28 +180,20 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     plot_training_curves(run.metrics_csv, run.curves_png)
 
     if result.best_checkpoint.exists():
+        write_model_file(result.best_checkpoint, run.saved_models / BEST_MODEL_NAME)
         state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
     sets = [("validation_set", splits.valid), ("test_set", splits.test)]
     results = evaluate_module(module, [(name, datamodule.loader_for(files)) for name, files in sets if files])
-    print_accuracy_table(results, title="Best model (max val_accuracy)")
-    for name, metrics in results.items():
-        result.accuracies[name] = metrics["accuracy"]
-        log.info("Float model %s accuracy : %.2f %% (loss %.4f)", name.replace("_", " "), metrics["accuracy"],
-                 metrics["loss"])
-        mlflow_logger.log_metrics({f"float_acc_{name}": metrics["accuracy"], f"float_loss_{name}": metrics["loss"]})
+    report_results(results, splits.class_names, run.root, mlflow_logger=mlflow_logger,
+                   title="Best model (max val_accuracy)")
+    result.accuracies = {name: values["accuracy"] for name, values in results.items()}
     if splits.test is None:
         log.info("No test set given: only results on the validation set are available")
     if training.trained_model_path:
         target = Path(training.trained_model_path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(result.best_checkpoint.read_bytes())
+        write_model_file(result.best_checkpoint, target)
     log.info("operation finished: training")
-    log_artifacts(mlflow_logger, [run.root])
-    mlflow_logger.finalize("FINISHED")
+    finish_mlflow_run(mlflow_logger, run)
     return result
-
-
-def _model_name(spec: dict) -> str:
-    parts = [str(spec.get("name"))] + [str(spec[k]) for k in ("version", "alpha", "depth") if spec.get(k) is not None]
-    return "_".join(parts)

@@ -59,6 +59,10 @@ class ClassifierModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(metric_classes, average="micro")
         self.test_acc = MulticlassAccuracy(metric_classes, average="micro")
 
+    @property
+    def model_name(self) -> str:
+        return getattr(self.model, "name", None) or str(self.hparams.model_spec.get("name"))
+
     def _build_augmentation(self, section, custom):
         pixels_range = (self.offset, 255.0 * self.scale + self.offset)
         return build_batch_augmentation(section, custom, pixels_range, int(self.hparams.input_shape[-1]))

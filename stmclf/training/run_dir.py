@@ -29,8 +29,13 @@ class RunDir:
         return self.root / "training_curves.png"
 
 
-def create_run_dir(cfg: RunConfig, *, write_files: bool = True) -> RunDir:
-    """Create the run directory, save the resolved config and attach the log file."""
+def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None) -> RunDir:
+    """Create the run directory, save the resolved config and attach the log file (rank 0 only in
+    a distributed run)."""
+    from stmclf.training.tracking import is_global_zero
+
+    if write_files is None:
+        write_files = is_global_zero()
     root = cfg.run_dir.resolve()
     run = RunDir(root, root / cfg.general.saved_models_dir, root / cfg.general.logs_dir)
     if write_files:

@@ -155,3 +155,25 @@ def log_artifacts(mlflow_logger, paths: Iterable[Path]) -> None:
             client.log_artifacts(run_id, str(path))
         elif path.exists():
             client.log_artifact(run_id, str(path))
+
+
+def is_global_zero() -> bool:
+    """Rank 0 of a (possibly distributed) run, known before the Trainer exists (torchrun, SLURM)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def start_mlflow_run(cfg, run, operation_mode: str, extra_params: Optional[dict] = None):
+    """An MLflow run for ``operation_mode`` in the experiment ``general.project_name``, named after the
+    run directory, with the flattened config as params (rank 0 only: Lightning's logger)."""
+    mlflow_logger = make_mlflow_logger(cfg.mlflow.uri, cfg.general.project_name, run.root.name)
+    mlflow_logger.log_hyperparams({"operation_mode": operation_mode, **(extra_params or {}),
+                                   **loggable_params(cfg.to_dict())})
+    return mlflow_logger
+
+
+def finish_mlflow_run(mlflow_logger, run) -> None:
+    """Log the whole run directory as artifacts and close the run."""
+    log_artifacts(mlflow_logger, [run.root])
+    mlflow_logger.finalize("FINISHED")

@@ -1,0 +1,436 @@
+"""Data pipeline throughput: the real loader against the reference's loader and the train step.
+
+    .venv/bin/python benchmarks/data_throughput.py [--images 2000] [--epochs 3] [--device cpu]
+
+Issue "data never the bottleneck". Workloads (batch 64, 128×128 RGB, bilinear fit):
+
+- ``jpeg224``: 224×224 JPEGs (quality 90) of real-looking content: Fashion-MNIST items (Debian's
+  dataset-fashion-mnist, read with ``stmclf.data.fetch.read_idx``) upscaled, colourised and laid
+  over crops of scikit-learn's two sample photographs (smooth synthetic pictures when either is
+  missing);
+- ``png28``: Fashion-MNIST's own 28×28 grayscale PNGs (``stmclf data fetch fashion-mnist``),
+  decoded as RGB and upscaled to 128.
+
+Tables:
+
+1. one core, per image: decode, resize and ``load_image`` (what epoch 1 does per file) against
+   the seed's implementation (PIL from the path, dense ``einsum`` resize) run in the same process;
+2. the real ``ImageDataModule`` train loader (default workers, image cache on in a temporary
+   ``$STMCLF_CACHE``): epoch 1 (decode + resize + cache fill, worker start included) and
+   epoch 2+ (cache filled; best epoch), without and with the seed's six augmentations applied on
+   each batch as training does (``float()·scale + offset`` in channels_last, then the pipeline);
+   plus, while ``ImageFileDataset`` has no ``__getitems__``, the same loader with a batched
+   cache read (the proposed change, defined below);
+3. each seed augmentation kernel on a 64×3×128×128 batch;
+4. the MobileNetV2-0.35 @128 fp32 channels_last train step (``train_throughput.raw_throughput``
+   on CPU) and the summary: pipeline / train step and ours / the reference's loader
+   (performance_targets.md: 9,173 img/s 224-px JPEG → 128, 18,071 img/s 28-px PNG → 128, on 2 cores).
+
+Every ratio compares numbers measured in this run (except the reference's, quoted).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from stmclf.augment import build_augmentation  # noqa: E402
+from stmclf.augment.bench import SEED_PIPELINE  # noqa: E402
+from stmclf.config.sections import Dataset as DatasetSection  # noqa: E402
+from stmclf.data import datamodule as dm  # noqa: E402
+from stmclf.data.datamodule import ImageDataModule, ImageFileDataset, ImageFormat, load_image  # noqa: E402
+from stmclf.data.decode import PIL_MODES, decode_image  # noqa: E402
+from stmclf.data.resize import resize_image, resize_matrix  # noqa: E402
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+REFERENCE = {"jpeg224": 9173, "png28": 18071}  # img/s, the reference's input pipeline alone, 2 cores
+SCALE, OFFSET = 1 / 127.5, -1.0
+BATCH = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets
+# ---------------------------------------------------------------------------------------------
+def _fashion(n: int) -> tuple[np.ndarray, np.ndarray]:
+    from stmclf.data.fetch import read_idx
+
+    images = read_idx(FMNIST / "train-images-idx3-ubyte.gz")[:n]
+    labels = read_idx(FMNIST / "train-labels-idx1-ubyte.gz")[:n]
+    return images, labels
+
+
+def _backgrounds() -> list[np.ndarray]:
+    try:
+        from sklearn.datasets import load_sample_images
+
+        return [np.asarray(p) for p in load_sample_images().images]
+    except Exception:  # scikit-learn missing: smooth colour fields with some structure
+        rng = np.random.default_rng(3)
+        yy, xx = np.mgrid[0:427, 0:640] / 60.0
+        out = []
+        for _ in range(2):
+            f = rng.uniform(0.3, 1.5, (3, 2))
+            out.append(np.stack([127 + 120 * np.sin(f[c, 0] * xx + f[c, 1] * yy + c) for c in range(3)], -1)
+                       .astype(np.uint8))
+        return out
+
+
+def make_jpeg_folder(root: Path, n: int, size: int = 224, quality: int = 90) -> str:
+    rng = np.random.default_rng(0)
+    if FMNIST.is_dir():
+        items, labels = _fashion(n)
+    else:  # blobs as "items"
+        yy, xx = np.mgrid[0:28, 0:28]
+        items = np.stack([(255 * np.exp(-((xx - rng.uniform(8, 20)) ** 2 + (yy - rng.uniform(8, 20)) ** 2)
+                                        / rng.uniform(20, 80))).astype(np.uint8) for _ in range(n)])
+        labels = rng.integers(0, 10, n)
+    photos = _backgrounds()
+    for i, (item, label) in enumerate(zip(items, labels)):
+        folder = root / f"class_{int(label)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        photo = photos[i % len(photos)]
+        y, x = rng.integers(0, photo.shape[0] - size), rng.integers(0, photo.shape[1] - size)
+        background = photo[y:y + size, x:x + size].astype(np.float32)
+        alpha = np.asarray(Image.fromarray(item).resize((size, size), Image.BICUBIC), np.float32)[..., None] / 255
+        colour = rng.uniform(40, 255, 3).astype(np.float32)
+        pixels = np.clip(background * (1 - alpha) + colour * alpha, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.jpg", quality=quality)
+    return str(root)
+
+
+def make_png_folder(root: Path, n: int) -> str:
+    if FMNIST.is_dir():
+        from stmclf.data.fetch import fetch_dataset
+
+        fetch_dataset("fashion-mnist", root, max_per_split=n)
+        return str(root / "train")
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        folder = root / "train" / f"class_{i % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        blur = np.asarray(Image.fromarray(rng.integers(0, 256, (7, 7), dtype=np.uint8)).resize((28, 28), Image.BICUBIC))
+        Image.fromarray(blur).save(folder / f"{i:05d}.png", compress_level=1)
+    return str(root / "train")
+
+
+def folder_stats(root: str) -> tuple[int, float]:
+    files = [p for p in Path(root).rglob("*") if p.is_file() and not p.name.startswith(".")]
+    return len(files), float(np.mean([p.stat().st_size for p in files]))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. one core, per image
+# ---------------------------------------------------------------------------------------------
+def seed_decode(path: str, color_mode: str) -> np.ndarray:
+    """The seed's decoder (before this issue): PIL from the path, always ``convert``."""
+    with Image.open(path) as image:
+        image.seek(0)
+        array = np.asarray(image.convert(PIL_MODES[color_mode]))
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def seed_resize(image: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
+    """The seed's resize (before this issue): dense weight matrices through ``np.einsum``."""
+    src = image.astype(np.float32)
+    out = np.einsum("oh,hwc->owc", resize_matrix(src.shape[0], height, method), src, optimize=True)
+    out = np.einsum("ow,hwc->hoc", resize_matrix(src.shape[1], width, method), out, optimize=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def per_image_us(fn: Callable[[object], object], items: list, repeats: int) -> float:
+    fn(items[0])
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for item in items:
+            fn(item)
+        best = min(best, time.perf_counter() - start)
+    return best / len(items) * 1e6
+
+
+def stage_table(folders: dict[str, str], fmt: ImageFormat, count: int, repeats: int) -> list[tuple]:
+    from threadpoolctl import threadpool_limits
+
+    rows = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a loader worker's setting
+    try:
+        with threadpool_limits(1):
+            for name, root in folders.items():
+                paths = sorted(str(p) for p in Path(root).rglob("*.*") if not p.name.startswith("."))[:count]
+                images = [decode_image(p, fmt.color_mode) for p in paths]
+                for stage, seed_fn, new_fn, items in (
+                        ("decode", lambda p: seed_decode(p, fmt.color_mode), lambda p: decode_image(p, fmt.color_mode),
+                         paths),
+                        ("resize", lambda a: seed_resize(a, fmt.height, fmt.width, fmt.interpolation),
+                         lambda a: resize_image(a, fmt.height, fmt.width, fmt.interpolation), images),
+                        ("load_image", lambda p: seed_resize(seed_decode(p, fmt.color_mode), fmt.height, fmt.width,
+                                                             fmt.interpolation),
+                         lambda p: load_image(p, fmt), paths)):
+                    before = per_image_us(seed_fn, items, repeats)
+                    after = per_image_us(new_fn, items, repeats)
+                    rows.append((name, stage, before, after))
+                same = sum(not np.array_equal(load_image(p, fmt), seed_resize(seed_decode(p, fmt.color_mode), fmt.height,
+                                                                                fmt.width, fmt.interpolation))
+                           for p in paths)
+                rows.append((name, f"images differing from the seed's ({len(paths)})", same, None))
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. the real loader
+# ---------------------------------------------------------------------------------------------
+class BatchedImageFileDataset(ImageFileDataset):
+    """The proposed batched fast path (see the report): one memmap fancy-index per batch,
+    returned as a ready (B, C, H, W) uint8 tensor (channels_last strides, no transpose copy)."""
+
+    def __getitems__(self, indices: list[int]):
+        return batched_items(self, indices)
+
+
+def batched_items(dataset: ImageFileDataset, indices: list[int]):
+    cache = dataset.cache
+    if cache is None:
+        return [dataset[i] for i in indices]
+    cache._open()
+    index = np.asarray(indices, dtype=np.int64)
+    if not cache._flags[index].all():  # epoch 1: decode the missing images through __getitem__
+        items = [dataset[i] for i in indices]
+        if any(item is None for item in items):  # bad files: the usual collate drops them
+            return items
+    shape = (len(index), *cache.shape[1:])
+    if torch.utils.data.get_worker_info() is not None:  # straight into shared memory, as default_collate
+        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+        out = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    else:
+        out = torch.empty(shape, dtype=torch.uint8)
+    np.take(cache._data, index, axis=0, out=out.numpy())
+    labels = torch.as_tensor([dataset.files.labels[i] for i in index.tolist()], dtype=torch.long)
+    return BatchReady(out.permute(0, 3, 1, 2), labels)
+
+
+class BatchReady(tuple):
+    """A collated (images, labels) batch: the collate function passes it through."""
+
+
+def collate_batched(batch, collate):
+    return tuple(batch) if isinstance(batch, BatchReady) else collate(batch)
+
+
+def make_loader(module: ImageDataModule, batched: bool):
+    loader = module.train_dataloader()
+    if not batched:
+        return loader
+    dataset = loader.dataset
+    fast = BatchedImageFileDataset.__new__(BatchedImageFileDataset)
+    fast.__dict__.update(dataset.__dict__)
+    return torch.utils.data.DataLoader(
+        fast, batch_size=loader.batch_size, sampler=loader.sampler, generator=loader.generator,
+        collate_fn=partial(collate_batched, collate=loader.collate_fn), num_workers=loader.num_workers,
+        persistent_workers=loader.persistent_workers, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+        prefetch_factor=loader.prefetch_factor if loader.num_workers else None, worker_init_fn=loader.worker_init_fn)
+
+
+def loader_epochs(train_dir: str, fmt: ImageFormat, epochs: int, augment: bool, device: torch.device,
+                  batched: bool = False) -> tuple[list[float], int, int]:
+    """img/s of each epoch of the train loader (fresh cache), with the batches consumed as
+    training does (to the device, float·scale + offset, channels_last, optional augmentation)."""
+    section = DatasetSection(training_path=train_dir, validation_path=train_dir)
+    module = ImageDataModule(section, fmt, BATCH)
+    module.setup("fit")
+    loader = make_loader(module, batched)
+    aug = build_augmentation(SEED_PIPELINE, (OFFSET, 255 * SCALE + OFFSET), channels=3) if augment else None
+    rates = []
+    for epoch in range(epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        count = 0
+        start = time.perf_counter()
+        for images, labels in loader:
+            x = images.to(device, non_blocking=True).to(memory_format=torch.channels_last)
+            x = x.float().mul_(SCALE).add_(OFFSET)
+            if aug is not None:
+                x = aug(x, epoch=epoch)
+            count += int(labels.shape[0])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rates.append(count / (time.perf_counter() - start))
+    workers = loader.num_workers
+    del loader
+    return rates, workers, count
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. augmentation kernels, 4. train step
+# ---------------------------------------------------------------------------------------------
+def kernel_table(device: torch.device, repeats: int) -> list[tuple[str, float]]:
+    x = (torch.rand(BATCH, 3, 128, 128, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    rows = []
+    for name, args in list(SEED_PIPELINE.items()) + [("seed pipeline (all six)", None)]:
+        section = SEED_PIPELINE if args is None else {name: args}
+        aug = build_augmentation(section, (OFFSET, 255 * SCALE + OFFSET), channels=3)
+        rows.append((name, BATCH / timed(lambda: aug(x), device, repeats)))
+    return rows
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Best seconds per call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def train_step_rate(device: torch.device, steps: int) -> float:
+    if device.type == "cpu":
+        from train_throughput import raw_throughput
+
+        return raw_throughput(BATCH, steps=steps, precision=None)
+    from stmclf.models import build_model  # the same step as raw_throughput, on the device
+
+    model = build_model({"name": "mobilenet", "version": "v2", "alpha": 0.35, "input_shape": (128, 128, 3)},
+                        num_classes=10, dropout=None).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    images = torch.randint(0, 256, (BATCH, 3, 128, 128), dtype=torch.uint8, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (BATCH,), device=device)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(images.float().mul_(SCALE).add_(OFFSET)), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize(device)
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------
+def table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000, help="files per dataset")
+    parser.add_argument("--epochs", type=int, default=3, help="loader epochs per configuration (≥ 2)")
+    parser.add_argument("--device", default="cpu", help="where batches go and augmentation/train step run")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--stage-images", type=int, default=300, help="files timed per stage in table 1")
+    parser.add_argument("--only", nargs="*", default=["jpeg224", "png28"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["stages", "loader", "kernels", "step"])
+    args = parser.parse_args()
+    logging.getLogger("stmclf").setLevel(logging.WARNING)
+    device = torch.device(args.device)
+    fmt = ImageFormat(128, 128, "rgb", "bilinear", "fit")
+    cores = len(os.sched_getaffinity(0))
+    out: list[str] = []
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["STMCLF_CACHE"] = str(Path(tmp) / "cache")
+        folders = {}
+        if "jpeg224" in args.only:
+            folders["jpeg224"] = make_jpeg_folder(Path(tmp) / "jpeg224", args.images)
+        if "png28" in args.only:
+            folders["png28"] = make_png_folder(Path(tmp) / "fmnist", args.images)
+        desc = {name: folder_stats(root) for name, root in folders.items()}
+        print(f"\n{cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), device {device}, "
+              f"batch {BATCH}, 128×128 RGB bilinear fit; "
+              + "; ".join(f"{k}: {n} files, {size / 1024:.1f} KiB average" for k, (n, size) in desc.items()), flush=True)
+
+        if "stages" not in args.skip:
+            rows = stage_table(folders, fmt, args.stage_images, args.repeats)
+            print("\n### 1. One core, per image (µs, best of %d; seed = PIL from path + dense einsum)\n" % args.repeats)
+            print(table(["data", "stage", "seed µs", "now µs", "seed / now"],
+                        [(n, s, f"{b:.1f}", f"{a:.1f}", f"{b / a:.2f}×") if a is not None else (n, s, b, "", "")
+                         for n, s, b, a in rows]), flush=True)
+
+        results: dict[tuple[str, str], list[float]] = {}
+        workers = {}
+        if "loader" in args.skip:
+            folders_for_loader = {}
+        else:
+            folders_for_loader = folders
+        proposal = not hasattr(ImageFileDataset, "__getitems__")
+        for name, root in folders_for_loader.items():
+            variants = [("per-item (default)", False, False), ("per-item (default) + seed augmentation", True, False)]
+            if proposal:
+                variants += [("batched cache read (proposed)", False, True),
+                             ("batched cache read (proposed) + seed augmentation", True, True)]
+            for label, augment, batched in variants:
+                with _fresh_cache(tmp, f"{name}-{label}"):
+                    rates, workers[name], _ = loader_epochs(root, fmt, max(2, args.epochs), augment, device, batched)
+                results[(name, label)] = rates
+                print(f"  {name:8s} {label:52s} " + " ".join(f"{r:8.0f}" for r in rates), flush=True)
+
+        kernels = [] if "kernels" in args.skip else kernel_table(device, args.repeats)
+        step = None if "step" in args.skip else train_step_rate(device, steps=10 if device.type == "cpu" else 50)
+
+        if results:
+            print(f"\n### 2. Train loader (ImageDataModule, {max(workers.values())} workers by default, cache on), img/s\n")
+            rows = []
+            for (name, label), rates in results.items():
+                e2 = max(rates[1:])
+                rows.append((name, label, f"{rates[0]:,.0f}", f"{e2:,.0f}", f"{REFERENCE[name]:,}",
+                             f"{rates[0] / REFERENCE[name]:.2f}", f"{e2 / REFERENCE[name]:.2f}",
+                             f"{e2 / step:.1f}" if step else "—"))
+            print(table(["data", "loader", "epoch 1", "epoch 2+ (best)", "reference loader", "epoch 1 / ref",
+                         "epoch 2+ / ref", "epoch 2+ / train step"], rows))
+        if kernels:
+            print(f"\n### 3. Seed augmentation kernels, {BATCH}×3×128×128 float channels_last on {device}\n")
+            print(table(["function", "img/s", "ms / batch", "kernel / train step"],
+                        [(n, f"{r:,.0f}", f"{BATCH / r * 1e3:.2f}", f"{r / step:.1f}" if step else "—")
+                         for n, r in kernels]))
+        if step:
+            print(f"\n### 4. MobileNetV2-0.35 @128 fp32 channels_last train step on {device}: {step:,.0f} img/s "
+                  f"(batch {BATCH}; reference's performance_targets.md: 269 img/s raw PyTorch step on 2 cores)")
+
+
+@contextlib.contextmanager
+def _fresh_cache(tmp: str, label: str):
+    """Each loader configuration fills its own cache (epoch 1 always decodes)."""
+    previous = os.environ.get("STMCLF_CACHE")
+    os.environ["STMCLF_CACHE"] = str(Path(tmp) / "cache" / label.replace(" ", "_").replace("(", "").replace(")", ""))
+    try:
+        yield
+    finally:
+        if previous is not None:
+            os.environ["STMCLF_CACHE"] = previous
+
+
+if __name__ == "__main__":
+    main()

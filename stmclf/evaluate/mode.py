@@ -1,0 +1,59 @@
+"""The ``evaluation`` operation mode: a trained model on the test set, else the validation set."""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from stmclf.config import RunConfig
+from stmclf.errors import ConfigError
+
+log = logging.getLogger("stmclf.evaluate")
+
+
+def evaluation_set(splits, key: str = "dataset"):
+    """The reference's rule: the test set if given, else the validation set."""
+    if splits.test is not None:
+        return "test_set", splits.test
+    if splits.valid is not None:
+        return "validation_set", splits.valid
+    raise ConfigError(key, "evaluation needs dataset.test_path, dataset.validation_path or dataset.training_path")
+
+
+def evaluate(cfg: RunConfig, model_path: Optional[str] = None) -> dict[str, float]:
+    from stmclf.data.datamodule import ImageDataModule, ImageFormat
+    from stmclf.evaluate.accuracy import evaluate_module
+    from stmclf.evaluate.results import report_results
+    from stmclf.training.model_file import load_classifier
+    from stmclf.training.run_dir import create_run_dir
+    from stmclf.training.tracking import finish_mlflow_run, start_mlflow_run
+
+    model_path = model_path or cfg.general.model_path
+    if not model_path:
+        raise ConfigError("general.model_path", "evaluation needs the model to evaluate (a stmclf .ckpt or .pt file)")
+    for section in ("dataset", "preprocessing"):
+        if getattr(cfg, section) is None:
+            raise ConfigError(section, f"missing '{section}' section: evaluation needs dataset and preprocessing")
+    module = load_classifier(model_path)
+    fmt = ImageFormat.from_config(cfg.preprocessing, module.hparams.input_shape)
+    datamodule = ImageDataModule(cfg.dataset, fmt, batch_size=cfg.training.batch_size if cfg.training else 32,
+                                 num_workers=cfg.dataset.num_workers)
+    splits = datamodule.prepare_splits()
+    if list(module.class_names) != list(splits.class_names):
+        raise ConfigError("dataset.class_names", f"the model was trained on classes {module.class_names}, "
+                                                 f"the dataset has {splits.class_names}")
+    rescaling = (cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset)
+    if tuple(module.hparams.rescaling) != rescaling:
+        log.warning("preprocessing.rescaling %s differs from the model's %s: using the model's", rescaling,
+                    tuple(module.hparams.rescaling))
+    name, files = evaluation_set(splits)
+
+    run = create_run_dir(cfg)
+    log.info("operation_mode: evaluation")
+    log.info("Model file : %s (%s)", model_path, module.model_name)
+    log.info("Dataset : %s, %s: %d images", cfg.dataset.name, name.replace("_", " "), len(files))
+    mlflow_logger = start_mlflow_run(cfg, run, "evaluation", extra_params={"model_path": str(model_path)})
+    results = evaluate_module(module, [(name, datamodule.loader_for(files))])
+    metrics = report_results(results, splits.class_names, run.root, mlflow_logger=mlflow_logger)
+    log.info("operation finished: evaluation")
+    finish_mlflow_run(mlflow_logger, run)
+    return metrics

@@ -1,0 +1,33 @@
+"""Report evaluation results the same way everywhere: table, log lines, confusion-matrix PNGs,
+MLflow metrics with the reference's names (``float_acc_test_set``, ``int_acc_validation_set``...)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+from stmclf.evaluate.accuracy import print_accuracy_table
+from stmclf.evaluate.confusion import plot_confusion_matrix
+
+log = logging.getLogger("stmclf.evaluate")
+
+
+def report_results(results: dict[str, dict], class_names: Sequence[str], run_root: Path, *, kind: str = "float",
+                   model_label: str = "Float model", mlflow_logger=None, title: Optional[str] = None) -> dict[str, float]:
+    """``kind`` prefixes the metric names (``float``/``int``); returns {metric name: value}."""
+    print_accuracy_table(results, title=title or model_label)
+    metrics: dict[str, float] = {}
+    for name, values in results.items():
+        label = name.replace("_", " ")
+        log.info("%s %s accuracy : %.2f %%%s", model_label, label, values["accuracy"],
+                 f" (loss {values['loss']:.4f})" if values.get("loss") is not None else "")
+        metrics[f"{kind}_acc_{name}"] = values["accuracy"]
+        if values.get("loss") is not None:
+            metrics[f"{kind}_loss_{name}"] = values["loss"]
+        if "confusion" in values:
+            path = Path(run_root) / f"{kind}_model_confusion_matrix_{name}.png"
+            plot_confusion_matrix(values["confusion"], class_names,
+                                  f"{model_label} — {label} — accuracy {values['accuracy']:.2f} %", path)
+    if mlflow_logger is not None:
+        mlflow_logger.log_metrics(metrics)
+    return metrics

@@ -1,0 +1,358 @@
+"""``name: custom``: the reference's default custom model, or your own model function.
+
+Without ``custom_model`` this builds the reference's ``models/custom_model.py`` network, layer for
+layer with Keras' automatic names: three stages of Conv2D 3×3 (16, 32, 64 filters, the last with
+stride 2; TF "same", no bias) → BatchNormalization → ReLU ``Activation`` → MaxPooling2D(2), then
+``GlobalAveragePooling2D`` → [``dropout``] → ``dense`` (logits). Backbone transfer copies layers
+0..10 (the third BatchNormalization), the reference's ``end_layer_index``.
+
+With ``custom_model`` (stmclf extension) your function builds the model::
+
+    training:
+      model:
+        name: custom
+        input_shape: (128, 128, 3)
+        custom_model: my_models.py:get_custom_model    # or my_package.my_module:get_custom_model
+        width: 16                                       # any extra key is passed on
+
+``FILE.py:FUNCTION`` is a Python file (relative to the current directory; its folder is importable
+while it loads), ``MODULE:FUNCTION`` an importable module. The function is called as
+``FUNCTION(num_classes=N, input_shape=(H, W, C), dropout=RATE_OR_NONE, **extra_keys)`` where ``N``
+is the number of logits to output (the number of classes, 2 for one or two classes). It returns:
+
+* a :class:`~stmclf.models.graph.KerasGraph` built with :class:`~stmclf.models.graph.GraphBuilder`
+  and the layers of :mod:`stmclf.models.layers` (Keras layer indices, names and counts, as the zoo
+  models; set ``backbone_end_index`` in ``GraphBuilder.build`` to allow ``pretrained_model_path``);
+* or any ``torch.nn.Module`` mapping ``(batch, C, H, W)`` float images to ``(batch, N)`` logits. It is
+  wrapped in a :class:`ModuleGraph`: its "layers" are its top-level children in order (index 0 is an
+  InputLayer placeholder), which ``training.frozen_layers`` and ``stmclf summary`` use. A
+  ``backbone_end_index`` attribute on the module enables ``pretrained_model_path``.
+
+This module also holds the registry extensions that ``custom`` and ``timm/<name>`` need (an entry
+that accepts any extra key; names resolved by prefix): see :func:`accept_any_key` and
+:func:`register_prefix`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from stmclf.errors import ConfigError, UserError
+from stmclf.models import registry
+from stmclf.models.graph import GraphBuilder, KerasGraph, LayerRow, Node
+from stmclf.models.heads import head_units
+from stmclf.models.layers import (Activation, Dropout, GlobalAveragePooling2D, KerasNames, Shape, batch_norm,
+                                  conv2d, dense, max_pooling2d)
+from stmclf.models.registry import ModelEntry, register_model
+
+KEY = "training.model.custom_model"
+BACKBONE_END_INDEX = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry extensions (the registry validates an exact key set per model and exact names).
+
+class _OpenKeys(tuple):
+    """The required keys of an entry that also accepts any other key: ``required + optional``,
+    the set :func:`~stmclf.models.registry.check_model_spec` checks keys against, contains all."""
+
+    def __add__(self, other: Any) -> tuple:  # type: ignore[override]
+        return _AnyKey(tuple(self) + tuple(other))
+
+
+class _AnyKey(tuple):
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+def accept_any_key(name: str) -> None:
+    """Let the registered (unversioned) model ``name`` accept keys beyond its optional ones; its
+    builder receives them as keyword arguments and validates them itself."""
+    entries = registry._MODELS[name]
+    entries[None] = replace(entries[None], required=_OpenKeys(entries[None].required))
+
+
+class _PrefixTable(dict):
+    """The registry's name table, also resolving ``<prefix><anything>`` names through a factory."""
+
+    def __init__(self, data: dict) -> None:
+        super().__init__(data)
+        self.prefixes: dict[str, Callable[[str], ModelEntry]] = {}
+
+    def _factory(self, name: object) -> Callable[[str], ModelEntry] | None:
+        if isinstance(name, str):
+            for prefix, factory in self.prefixes.items():
+                if name.startswith(prefix):
+                    return factory
+        return None
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or self._factory(name) is not None
+
+    def __missing__(self, name: str) -> dict[str | None, ModelEntry]:
+        factory = self._factory(name)
+        if factory is None:
+            raise KeyError(name)
+        return {None: factory(name)}
+
+
+def register_prefix(prefix: str, factory: Callable[[str], ModelEntry]) -> None:
+    """Resolve model names starting with ``prefix`` (e.g. ``timm/``) with ``factory(name)``: an
+    unversioned :class:`ModelEntry` built on demand (not listed among the supported names)."""
+    if not isinstance(registry._MODELS, _PrefixTable):
+        registry._MODELS = _PrefixTable(registry._MODELS)
+    registry._MODELS.prefixes[prefix] = factory
+
+
+def open_entry(name: str, builder: Callable[..., Any]) -> ModelEntry:
+    """An unversioned entry requiring ``name`` and ``input_shape`` and accepting any other key."""
+    return ModelEntry(name, None, _OpenKeys(("name", "input_shape")), (), builder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Any nn.Module as an indexed layer view.
+
+def _keras_counts(module: nn.Module) -> tuple[int, int]:
+    """(all, trainable) weights the Keras way: BatchNorm moving statistics count, nested too."""
+    params = list(module.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and m.running_mean is not None and m.running_var is not None:
+            total += m.running_mean.numel() + m.running_var.numel()
+    return total, trainable
+
+
+def _keras_shape(value: Any) -> Shape:
+    if isinstance(value, (tuple, list)) and value:
+        value = value[0]
+    if not isinstance(value, Tensor):
+        return ()
+    shape = tuple(value.shape[1:])
+    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
+
+
+def trace_output_shapes(module: nn.Module, input_shape: tuple[int, int, int],
+                        children: Iterable[tuple[str, nn.Module]]) -> tuple[dict[str, Shape], Tensor]:
+    """Keras-style output shape of each child (``(H, W, C)`` for maps) and the module's output,
+    from one eval-mode forward of a batch of 2 zero images."""
+    shapes: dict[str, Shape] = {}
+
+    def recorder(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:  # returns None: output unchanged
+            shapes.setdefault(name, _keras_shape(output))
+        return hook
+
+    hooks = [child.register_forward_hook(recorder(name)) for name, child in children]
+    height, width, channels = input_shape
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            param = next(module.parameters(), None)
+            device = param.device if param is not None else None
+            out = module(torch.zeros(2, channels, height, width, device=device))
+    finally:
+        module.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return shapes, out
+
+
+class ModuleGraph(KerasGraph):
+    """A :class:`KerasGraph`-compatible view of any ``nn.Module``: layer 0 is an InputLayer
+    placeholder, layer ``i >= 1`` is the ``i``-th top-level child (``named_children()`` order),
+    named after its attribute and typed by its class. ``forward`` is the module's own; the chain
+    of node inputs is a view, not the data flow. Parameters held directly by the root module
+    belong to no layer: they count in the totals and are never frozen."""
+
+    def __init__(self, module: nn.Module, input_shape: tuple[int, int, int], name: str,
+                 backbone_end_index: int | None = None, input_name: str = "input_1") -> None:
+        nn.Module.__init__(self)
+        self.name = name
+        self.module = module
+        self.frozen_indices: frozenset[int] = frozenset()
+        self._children = [name_ for name_, _ in module.named_children()]
+        shapes, out = trace_output_shapes(module, input_shape, module.named_children())
+        self.output_shape: Shape = _keras_shape(out)
+        nodes, previous = [Node(input_name, "InputLayer", (), tuple(input_shape))], input_name
+        for child_name, child in module.named_children():
+            nodes.append(Node(child_name, type(child).__name__, (previous,), shapes.get(child_name, ())))
+            previous = child_name
+        self.nodes = tuple(nodes)
+        if backbone_end_index is not None and not 0 <= backbone_end_index < len(nodes):
+            raise ValueError(f"backbone_end_index {backbone_end_index} is out of range")
+        self.backbone_end_index = backbone_end_index
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x)
+
+    def layer_module(self, index: int) -> nn.Module | None:
+        index = range(len(self.nodes))[index]  # IndexError when out of range, like KerasGraph
+        return None if index == 0 else getattr(self.module, self._children[index - 1])
+
+    def layer_table(self) -> list[LayerRow]:
+        rows = []
+        for i, node in enumerate(self.nodes):
+            module = self.layer_module(i)
+            params = _keras_counts(module)[0] if module is not None else 0
+            rows.append(LayerRow(i, node.name, node.keras_type, i not in self.frozen_indices, params,
+                                 node.output_shape))
+        return rows
+
+    def keras_param_count(self) -> int:
+        return _keras_counts(self.module)[0]
+
+    def keras_trainable_count(self) -> int:
+        return _keras_counts(self.module)[1]
+
+    def set_frozen(self, indices: Iterable[int]) -> None:
+        n = len(self.nodes)
+        frozen = set()
+        for i in indices:
+            if not -n <= i < n:
+                raise IndexError(f"layer index {i} is out of range: {self.name} has {n} layers")
+            frozen.add(i % n)
+        self.frozen_indices = frozenset(frozen)
+        for i in range(1, n):
+            self.layer_module(i).requires_grad_(i not in self.frozen_indices)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ModuleGraph:
+        nn.Module.train(self, mode)
+        if mode:
+            for i in self.frozen_indices:
+                module = self.layer_module(i)
+                for m in module.modules() if module is not None else ():
+                    if isinstance(m, _BatchNorm):
+                        m.eval()
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom model: default network or the user's function.
+
+def _default_custom(num_classes: int, input_shape: tuple[int, int, int], dropout: float | None) -> KerasGraph:
+    names = KerasNames()
+    g = GraphBuilder(input_shape)
+    x = g.input()
+    for filters, strides in ((16, 1), (32, 1), (64, 2)):
+        x = g.add(names("conv2d"), conv2d(filters, 3, strides=strides, padding="same", use_bias=False), x)
+        x = g.add(names("batch_normalization"), batch_norm(), x)
+        x = g.add(names("activation"), Activation("relu"), x)
+        x = g.add(names("max_pooling2d"), max_pooling2d(2), x)
+    x = g.add(names("global_average_pooling2d"), GlobalAveragePooling2D(), x)
+    if dropout:
+        x = g.add(names("dropout"), Dropout(dropout), x)
+    x = g.add(names("dense"), dense(head_units(num_classes)), x)
+    return g.build(outputs=x, name="custom_model", backbone_end_index=BACKBONE_END_INDEX)
+
+
+def load_function(target: Any) -> Callable[..., Any]:
+    """The function named by ``FILE.py:FUNCTION`` or ``MODULE:FUNCTION`` (one-line ConfigError)."""
+    if not isinstance(target, str) or ":" not in target:
+        raise ConfigError(KEY, f"expected FILE.py:FUNCTION or MODULE:FUNCTION, got {target!r}")
+    where, _, func_name = target.rpartition(":")
+    if not where or not func_name.isidentifier():
+        raise ConfigError(KEY, f"expected FILE.py:FUNCTION or MODULE:FUNCTION, got {target!r}")
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise ConfigError(KEY, f"unable to find the file {where} (relative to {Path.cwd()})")
+        module_name = f"stmclf_custom_model_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(KEY, f"{where} is not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        folder = str(path.resolve().parent)
+        sys.path.insert(0, folder)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - the user's file: report where it failed
+            raise ConfigError(KEY, f"loading {where} failed: {_describe(exc)}") from None
+        finally:
+            if folder in sys.path:
+                sys.path.remove(folder)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(KEY, f"cannot import module {where!r}: {_describe(exc)}") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ConfigError(KEY, f"{where} has no function {func_name!r}")
+    return func
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message (file:line)`` of the innermost frame: one line for the user's code."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        text += f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})"
+    return text
+
+
+def wrap_module(module: Any, input_shape: tuple[int, int, int], units: int, key: str, label: str) -> KerasGraph:
+    """A built model as a :class:`KerasGraph` (a ModuleGraph for a plain nn.Module), checked to
+    map ``input_shape`` images to ``units`` logits."""
+    if isinstance(module, KerasGraph):
+        graph = module
+        out_shape = graph.nodes[-1].output_shape
+        if tuple(graph.input_shape) != tuple(input_shape):
+            raise ConfigError(key, f"{label} returned a graph for input shape {graph.input_shape}, expected "
+                                   f"{tuple(input_shape)}")
+    elif isinstance(module, nn.Module):
+        try:
+            graph = ModuleGraph(module, input_shape, name=type(module).__name__,
+                                backbone_end_index=getattr(module, "backbone_end_index", None))
+        except (UserError, ValueError, IndexError) as exc:
+            raise ConfigError(key, f"{label}: {_describe(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - the model's own forward failed on a test batch
+            raise ConfigError(key, f"{label} fails on a batch of shape (2, {input_shape[2]}, {input_shape[0]}, "
+                                   f"{input_shape[1]}): {_describe(exc)}") from None
+        out_shape = graph.output_shape
+    else:
+        raise ConfigError(key, f"{label} returned {type(module).__name__}, expected a KerasGraph or a torch.nn.Module")
+    if tuple(out_shape) != (units,):
+        raise ConfigError(key, f"{label} outputs {tuple(out_shape)} per image, expected ({units},) logits")
+    return graph
+
+
+@register_model("custom", required=("name", "input_shape"), optional=("custom_model", "pretrained_model_path"))
+def custom(*, num_classes: int, input_shape: tuple[int, int, int], dropout: float | None,
+           custom_model: str | None = None, pretrained_model_path: str | None = None, **extra: Any) -> KerasGraph:
+    """The reference's default custom model, or the model returned by ``custom_model``."""
+    units = head_units(num_classes)
+    if custom_model is None:
+        if extra:
+            raise ConfigError(f"training.model.{next(iter(extra))}",
+                              "unexpected attribute for custom: extra attributes are passed to the "
+                              "custom_model function, which is not given")
+        try:
+            return _default_custom(num_classes, input_shape, dropout)
+        except ValueError as exc:
+            raise ConfigError("training.model.input_shape", f"{input_shape} is too small for the custom model "
+                                                            f"({exc})") from None
+    func = load_function(custom_model)
+    try:
+        built = func(num_classes=units, input_shape=tuple(input_shape), dropout=dropout, **extra)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: one line with its location
+        raise ConfigError(KEY, f"{custom_model} failed: {_describe(exc)}") from None
+    return wrap_module(built, input_shape, units, KEY, custom_model)
+
+
+accept_any_key("custom")
