@@ -224,7 +224,7 @@ def batched_items(dataset: ImageFileDataset, indices: list[int]):
         out = torch.empty(shape, dtype=torch.uint8)
     np.take(cache._data, index, axis=0, out=out.numpy())
     labels = torch.as_tensor([dataset.files.labels[i] for i in index.tolist()], dtype=torch.long)
-    return BatchReady(out.permute(0, 3, 1, 2), labels)
+    return BatchReady((out.permute(0, 3, 1, 2), labels))
 
 
 class BatchReady(tuple):

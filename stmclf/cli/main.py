@@ -156,6 +156,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "plot-lr": (_plot_lr, "plot the config's learning-rate schedule without training"),
     "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR', "
                     "'data check --config x.yaml'"),
+    "summary": (lambda argv: __import__("stmclf.models.summary", fromlist=["summary_command"]).summary_command(argv),
+                "layer table of the config's training.model (Keras indices, params, output shapes)"),
 }
 
 

@@ -89,6 +89,20 @@ class Training:
     callbacks: Optional[ArgsByName] = None
     resume_training_from: Optional[str] = None
     trained_model_path: Optional[str] = None
+    # stmclf additions (docs/training.md)
+    label_smoothing: float = 0.0
+    class_weights: Union[None, str, list[float]] = None
+    """``balanced`` (n / (classes · count)) or one weight per class."""
+    ema: Union[None, float, dict[str, Any]] = None
+    """Exponential moving average of the weights: a decay (0.999) or EMAWeightAveraging arguments."""
+    mixup: Optional[float] = None
+    """MixUp alpha (on training batches)."""
+    cutmix: Optional[float] = None
+    """CutMix alpha; with mixup too, each batch uses one of them at random."""
+    precision: Optional[str] = None
+    """Lightning precision, e.g. bf16-mixed (same as trainer.precision)."""
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: Optional[int] = None
 
 
 @dataclass

@@ -42,13 +42,44 @@ class TrainResult:
     epochs_run: int = 0
 
 
-def module_from_config(cfg: RunConfig, class_names: list[str]) -> ClassifierModule:
+def ema_callback(spec) -> list[Callback]:
+    """``training.ema``: a decay (``0.999``) or ``{decay, update_starting_at_step, ...}`` → Lightning's
+    EMAWeightAveraging (the averaged weights are validated and saved)."""
+    if spec is None or spec is False:
+        return []
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    args = {"decay": float(spec)} if isinstance(spec, (int, float)) else dict(spec)
+    if not 0.0 < float(args.get("decay", 0.999)) < 1.0:
+        raise ConfigError("training.ema.decay", f"must be > 0 and < 1 (got {args.get('decay')})")
+    try:
+        return [EMAWeightAveraging(**args)]
+    except TypeError as exc:
+        raise ConfigError("training.ema", str(exc).splitlines()[0]) from None
+
+
+def class_weights(spec, labels: Sequence[int], num_classes: int) -> Optional[list[float]]:
+    """``training.class_weights``: ``balanced`` → n / (classes · count) from the training labels."""
+    if spec is None:
+        return None
+    if spec == "balanced":
+        counts = torch.bincount(torch.tensor(list(labels)), minlength=num_classes).float()
+        return (len(labels) / (num_classes * counts.clamp(min=1))).tolist()
+    if isinstance(spec, str) or len(spec) != num_classes or any(w < 0 for w in spec):
+        raise ConfigError("training.class_weights", f"expecting 'balanced' or {num_classes} non-negative weights, "
+                                                    f"got {spec!r}")
+    return [float(w) for w in spec]
+
+
+def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[int] = ()) -> ClassifierModule:
     """A new module for a fresh run: the zoo model of ``training.model``, or the trained model of
     ``general.model_path`` (multi-step training) with this config's training settings."""
     training = cfg.training
     augmentation = cfg.data_augmentation
     custom = cfg.custom_data_augmentation
     settings = dict(
+        label_smoothing=training.label_smoothing, mixup=training.mixup, cutmix=training.cutmix,
+        class_weights=class_weights(training.class_weights, labels, len(class_names)),
         class_names=class_names, rescaling=(cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset),
         optimizer=training.optimizer, dropout=training.dropout, frozen_layers=training.frozen_layers,
         data_augmentation=dict(augmentation) if augmentation else None,
@@ -83,8 +114,19 @@ def _input_shape(cfg: RunConfig, resume: Optional[dict]) -> list[int]:
     return list(shape)
 
 
+TRAINING_TO_TRAINER = ("precision", "gradient_clip_val", "accumulate_grad_batches")
+
+
 def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
     options = {"log_every_n_steps": 10, **{k: v for k, v in cfg.trainer.items() if v is not None}}
+    for key in TRAINING_TO_TRAINER:
+        value = getattr(cfg.training, key)
+        if value is None:
+            continue
+        if key in options and cfg.trainer.get(key) not in (None, value) and not (
+                key == "accumulate_grad_batches" and cfg.trainer.get(key) == 1):
+            raise ConfigError(f"training.{key}", f"conflicts with trainer.{key}: give one of them")
+        options[key] = value
     if torch.cuda.is_available() is False and options.get("precision") in ("16-mixed", "16"):
         raise ConfigError("trainer.precision", "16-bit mixed precision needs a GPU; use bf16-mixed on CPU")
     clip = gradient_clipping(cfg.training.optimizer)
@@ -115,7 +157,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         parse_optimizer(training.optimizer)
         if training.model is not None:
             check_model_spec(training.model)
-    user_callbacks = build_callbacks(training.callbacks)
+    user_callbacks = build_callbacks(training.callbacks) + ema_callback(training.ema)
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels crawl late in training
     seed = 123 if cfg.general.global_seed is None else cfg.general.global_seed
     L.seed_everything(seed, workers=True, verbose=False)
@@ -138,7 +180,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
             raise UserError(f"training.epochs: the run in {training.resume_training_from} already finished "
                             f"{resume.get('epoch', 0) + 1} epoch(s); raise training.epochs to continue it")
     else:
-        module = module_from_config(cfg, splits.class_names)
+        module = module_from_config(cfg, splits.class_names, splits.train.labels)
         weights_source = (f"model file {cfg.general.model_path}" if cfg.general.model_path
                           else apply_pretrained(module.model, training.model))
 

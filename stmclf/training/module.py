@@ -32,12 +32,25 @@ def build_batch_augmentation(section: Optional[dict], custom: Optional[dict], pi
     return None
 
 
+def _batch_mixing(mixup: Optional[float], cutmix: Optional[float], num_classes: int):
+    """torchvision's batch MixUp / CutMix (one of them at random per batch when both are set)."""
+    from torchvision.transforms import v2
+
+    transforms = [cls(alpha=float(alpha), num_classes=num_classes)
+                  for cls, alpha in ((v2.MixUp, mixup), (v2.CutMix, cutmix)) if alpha]
+    if not transforms:
+        return None
+    return transforms[0] if len(transforms) == 1 else v2.RandomChoice(transforms)
+
+
 class ClassifierModule(L.LightningModule):
     def __init__(self, model_spec: dict[str, Any], class_names: list[str], input_shape: list[int],
                  rescaling: tuple[float, float], optimizer: Any, dropout: Optional[float] = None,
                  data_augmentation: Optional[dict[str, Any]] = None,
                  custom_data_augmentation: Optional[dict[str, Any]] = None,
-                 frozen_layers: Any = None, channels_last: bool = True) -> None:
+                 frozen_layers: Any = None, channels_last: bool = True, label_smoothing: float = 0.0,
+                 class_weights: Optional[list[float]] = None, mixup: Optional[float] = None,
+                 cutmix: Optional[float] = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         from stmclf.models import build_model
@@ -51,6 +64,10 @@ class ClassifierModule(L.LightningModule):
             self.model.set_frozen(frozen_indices(frozen_layers, self.model.num_layers))
         self.scale, self.offset = float(rescaling[0]), float(rescaling[1])
         self.augment = self._build_augmentation(data_augmentation, custom_data_augmentation)
+        self.mix = _batch_mixing(mixup, cutmix, max(self.num_classes, 2))
+        self.label_smoothing = float(label_smoothing or 0.0)
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -86,10 +103,15 @@ class ClassifierModule(L.LightningModule):
     # -- steps ----------------------------------------------------------------------------
     def _step(self, batch, metric: MulticlassAccuracy, prefix: str) -> Optional[torch.Tensor]:
         images, labels = batch
+        targets = labels
+        if isinstance(labels, tuple):  # MixUp/CutMix: (hard labels for the metric, soft targets for the loss)
+            labels, targets = labels
         if labels.shape[0] == 0:  # every file of the batch failed to decode: skip the step
             return None
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        training = prefix == ""
+        loss = F.cross_entropy(logits.float(), targets, weight=self.class_weights if training else None,
+                               label_smoothing=self.label_smoothing if training else 0.0)
         metric.update(logits.detach(), labels)
         batch_size = labels.shape[0]
         self.log(f"{prefix}loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size,

@@ -1,0 +1,64 @@
+"""stmclf's opt-in training keys: label smoothing, class weights, EMA, MixUp/CutMix, precision,
+gradient clipping and accumulation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import config_text
+from stmclf.cli.main import main
+from stmclf.config import load_config
+from stmclf.training.fit import class_weights, train
+from stmclf.training.module import ClassifierModule
+
+SPEC = {"name": "mobilenet", "version": "v2", "alpha": 0.35, "input_shape": (32, 32, 3)}
+
+
+def test_balanced_class_weights():
+    weights = class_weights("balanced", [0, 0, 0, 1], 2)
+    assert weights == pytest.approx([4 / 6, 2.0])
+    assert class_weights([1, 2], [0, 1], 2) == [1.0, 2.0]
+    with pytest.raises(Exception, match="training.class_weights: expecting 'balanced' or 3"):
+        class_weights([1, 2], [0], 3)
+
+
+def test_loss_uses_smoothing_and_weights():
+    module = ClassifierModule(SPEC, ["a", "b"], [32, 32, 3], (1 / 255, 0.0), "Adam", label_smoothing=0.1,
+                              class_weights=[1.0, 3.0])
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
+    labels = torch.tensor([0, 1])
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 3.0]), label_smoothing=0.1)
+    module.forward = lambda images: logits  # the loss, not the network, is under test
+    module.log = lambda *a, **k: None
+    assert torch.allclose(module._step((torch.zeros(2, 3, 32, 32), labels), module.train_acc, ""), expected)
+
+
+def test_mixup_makes_soft_targets():
+    module = ClassifierModule(SPEC, ["a", "b", "c"], [32, 32, 3], (1 / 255, 0.0), "Adam", mixup=0.4, cutmix=1.0)
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    mixed, soft = module.mix(images, labels)
+    assert soft.shape == (4, 3) and torch.allclose(soft.sum(1), torch.ones(4))
+    assert mixed.shape == images.shape
+
+
+@pytest.mark.slow
+def test_extras_train_end_to_end(tmp_path, image_folder):
+    extras = ("  label_smoothing: 0.1\n  class_weights: balanced\n  ema: 0.9\n  mixup: 0.2\n"
+              "  precision: bf16-mixed\n  gradient_clip_val: 1.0\n  accumulate_grad_batches: 2\n")
+    text = config_text(image_folder, tmp_path / "run", tmp_path / "ml").replace("  batch_size: 8\n",
+                                                                              "  batch_size: 8\n" + extras)
+    (tmp_path / "c.yaml").write_text(text)
+    result = train(load_config(["--config", str(tmp_path / "c.yaml")]))
+    checkpoint = torch.load(result.last_checkpoint, weights_only=True)
+    assert "current_model_state" in checkpoint  # EMA weights saved as the model, raw weights kept for resume
+    assert checkpoint["hyper_parameters"]["mixup"] == 0.2
+    assert checkpoint["global_step"] == 4  # 27 images, batch 8 → 4 batches per epoch, 2 per step, 2 epochs
+
+
+def test_conflicting_precision_is_an_error(tmp_path, image_folder, capsys):
+    text = config_text(image_folder, tmp_path / "run", tmp_path / "ml").replace(
+        "  batch_size: 8\n", "  batch_size: 8\n  precision: bf16-mixed\n").replace(
+        "trainer:\n", "trainer:\n  precision: 32-true\n")
+    (tmp_path / "c.yaml").write_text(text)
+    assert main(["fit", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "training.precision: conflicts with trainer.precision" in capsys.readouterr().err
