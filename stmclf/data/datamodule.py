@@ -132,7 +132,9 @@ class EpochShuffleSampler(Sampler[int]):
     """A new random order every epoch, a pure function of (seed, epoch).
 
     Lightning calls :meth:`set_epoch` before each epoch, so a resumed run visits the training
-    set in the same order as an uninterrupted one (the global RNG plays no part)."""
+    set in the same order as an uninterrupted one (the global RNG plays no part). In a
+    distributed run each rank takes every ``world_size``-th index of the same permutation
+    (padded by wrapping so that every rank gets the same number of batches)."""
 
     def __init__(self, length: int, seed: int) -> None:
         self.length, self.seed, self.epoch = length, seed, 0
@@ -140,12 +142,26 @@ class EpochShuffleSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
     def __len__(self) -> int:
-        return self.length
+        return -(-self.length // self._world()[1])
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-        return iter(torch.randperm(self.length, generator=generator).tolist())
+        order = torch.randperm(self.length, generator=generator).tolist()
+        rank, world = self._world()
+        if world == 1:
+            return iter(order)
+        total = len(self) * world
+        order = (order * (total // max(len(order), 1) + 1))[:total]
+        return iter(order[rank::world])
 
 
 def derive_seed(seed: int, epoch: int) -> int:

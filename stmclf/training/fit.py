@@ -119,6 +119,9 @@ TRAINING_TO_TRAINER = ("precision", "gradient_clip_val", "accumulate_grad_batche
 
 def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
     options = {"log_every_n_steps": 10, **{k: v for k, v in cfg.trainer.items() if v is not None}}
+    # The training sampler shards itself across ranks (exact resume needs its per-epoch order);
+    # every rank validates on the whole validation set.
+    options["use_distributed_sampler"] = False
     for key in TRAINING_TO_TRAINER:
         value = getattr(cfg.training, key)
         if value is None:
