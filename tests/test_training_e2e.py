@@ -161,3 +161,12 @@ def test_multi_step_training_from_model_file(trained, tmp_path, image_folder):
     after = torch.load(tmp_path / "step2.pt", weights_only=True)["state_dict"]
     assert torch.equal(before["model.layers.Conv1.weight"], after["model.layers.Conv1.weight"])  # frozen
     assert result.epochs_run == 1
+
+
+def test_html_report(trained, capsys):
+    assert main(["report", str(trained / "run")]) == 0
+    page = (trained / "run/report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2  # curves + confusion matrix, embedded
+    assert "validation set" in page and "accuracy (%)" in page and "project_name: pytest_project" in page
+    assert main(["report", str(trained / "mlruns")]) == 2
+    assert "is not a stmclf run directory" in capsys.readouterr().err

@@ -138,6 +138,20 @@ def _data_check(parser, ns) -> int:
     return 0
 
 
+def _report(argv: Sequence[str]) -> int:
+    from jsonargparse import ArgumentParser
+
+    from stmclf.evaluate.report import write_report
+
+    parser = ArgumentParser(prog="stmclf report", exit_on_error=False,
+                            description="Write one self-contained HTML page for a run directory.")
+    parser.add_argument("run_dir", help="the run directory (hydra.run.dir of the run)")
+    parser.add_argument("--out", type=Optional[str], default=None, help="HTML file (default RUN_DIR/report.html)")
+    args = _parse_small(parser, argv)
+    print(write_report(args.run_dir, args.out))
+    return 0
+
+
 def _parse_small(parser, argv: Sequence[str]):
     from stmclf.config.parser import one_line_error
 
@@ -154,6 +168,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
             "run the config's operation_mode"),
     "augment-preview": (_augment_preview, "before/after PNG grid of the config's data augmentation"),
     "plot-lr": (_plot_lr, "plot the config's learning-rate schedule without training"),
+    "report": (_report, "one self-contained HTML page for a run directory"),
     "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR', "
                     "'data check --config x.yaml'"),
     "summary": (lambda argv: __import__("stmclf.models.summary", fromlist=["summary_command"]).summary_command(argv),

@@ -176,10 +176,6 @@ def inspect_file(path: str, color_mode: str = "rgb") -> tuple[Optional[str], str
     return None, ""
 
 
-def _inspect_task(path: str, color_mode: str) -> tuple[Optional[str], str]:
-    return inspect_file(path, color_mode)
-
-
 # ---------------------------------------------------------------------------------------------
 # Folder walk (collects problems instead of raising)
 
@@ -294,7 +290,7 @@ def _decode_all(paths: Sequence[str], color_mode: str, workers: int,
     results: list[tuple[Optional[str], str]] = []
     try:
         if workers <= 1 or len(paths) < INLINE_MAX_FILES:
-            iterator: Iterable = map(_inspect_task, paths, repeat(color_mode))
+            iterator: Iterable = map(inspect_file, paths, repeat(color_mode))
             pool = None
         else:
             from concurrent.futures import ProcessPoolExecutor
@@ -302,7 +298,7 @@ def _decode_all(paths: Sequence[str], color_mode: str, workers: int,
             workers = min(workers, len(paths))
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
             chunk = max(1, min(64, len(paths) // (workers * 8)))
-            iterator = pool.map(_inspect_task, paths, repeat(color_mode), chunksize=chunk)
+            iterator = pool.map(inspect_file, paths, repeat(color_mode), chunksize=chunk)
         try:
             for result in iterator:
                 results.append(result)

@@ -2,6 +2,7 @@
 MLflow metrics with the reference's names (``float_acc_test_set``, ``int_acc_validation_set``...)."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,6 +29,29 @@ def report_results(results: dict[str, dict], class_names: Sequence[str], run_roo
             path = Path(run_root) / f"{kind}_model_confusion_matrix_{name}.png"
             plot_confusion_matrix(values["confusion"], class_names,
                                   f"{model_label} — {label} — accuracy {values['accuracy']:.2f} %", path)
+    record_results(run_root, kind, model_label, results, class_names)
     if mlflow_logger is not None:
         mlflow_logger.log_metrics(metrics)
     return metrics
+
+
+RESULTS_FILE = "results.json"
+
+
+def record_results(run_root: Path, kind: str, model_label: str, results: dict[str, dict],
+                   class_names: Sequence[str]) -> Path:
+    """Append the results to ``<run>/results.json`` (read by ``stmclf report``)."""
+    path = Path(run_root) / RESULTS_FILE
+    records = json.loads(path.read_text()) if path.exists() else []
+    for name, values in results.items():
+        records = [r for r in records if not (r["kind"] == kind and r["set"] == name and r["model"] == model_label)]
+        records.append({"kind": kind, "model": model_label, "set": name, "accuracy": values["accuracy"],
+                        "loss": values.get("loss"), "count": values["count"], "class_names": list(class_names),
+                        "confusion": values["confusion"].tolist() if "confusion" in values else None})
+    path.write_text(json.dumps(records, indent=1))
+    return path
+
+
+def read_results(run_root: Path) -> list[dict]:
+    path = Path(run_root) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else []
