@@ -1,13 +1,17 @@
 """Training throughput: `stmclf fit` against a raw PyTorch train step on in-memory tensors.
 
     .venv/bin/python benchmarks/train_throughput.py [--images 1920] [--epochs 3]
+        [--models mobilenetv2 resnet8] [--precision 32 bf16-mixed] [--augment off seed]
 
-Workload (issue #2): MobileNetV2-0.35 at 128×128, batch 64, from a PNG class folder
-(Fashion-MNIST 28×28 PNGs when Debian's dataset-fashion-mnist is installed, else synthetic
-128×128 PNGs). `stmclf fit` is measured in-process through its real pipeline (loader workers,
-on-device rescaling, channels_last, the training step, callbacks) from the second epoch on,
-training batches only (validation excluded). The raw step is the same model, optimizer and
-loss on uint8 tensors already in memory. The ratio is fit / raw.
+Workloads: MobileNetV2-0.35 at 128×128 and ResNet-8 at 32×32, batch 64, from a PNG class
+folder (Fashion-MNIST 28×28 PNGs when Debian's dataset-fashion-mnist is installed, else
+synthetic PNGs), with and without the seed's augmentation block (contrast 0.4, brightness
+0.2, horizontal flip, translation 0.1, rotation 0.05, zoom 0.1), fp32 and bf16-mixed.
+`stmclf fit` is measured in-process through its real pipeline (loader workers, image cache,
+on-device rescaling and augmentation, channels_last, the training step, callbacks) from the
+second epoch on, training batches only (validation excluded). The raw step is the same model,
+optimizer and loss on uint8 tensors already in memory, without augmentation. The reference
+column is ST's service measured on this machine kind (shared/spec/performance_targets.md).
 """
 from __future__ import annotations
 
@@ -68,7 +72,25 @@ def make_dataset(root: Path, images: int) -> str:
     return f"synthetic PNG 128×128 ({images} images)", str(root / "synthetic")
 
 
-def fit_throughput(train_dir: str, run_root: Path, epochs: int, batch: int, precision: str | None) -> float:
+MODELS = {
+    "mobilenetv2": ("MobileNetV2-0.35 @128", "name: mobilenet\n    version: v2\n    alpha: 0.35",
+                    {"name": "mobilenet", "version": "v2", "alpha": 0.35}, 128),
+    "resnet8": ("ResNet-8 @32", "name: resnet\n    version: v1\n    depth: 8",
+                {"name": "resnet", "version": "v1", "depth": 8}, 32),
+}
+REFERENCE = {("mobilenetv2", "seed"): 299, ("mobilenetv2", "off"): 438, ("resnet8", "off"): 2296}
+SEED_AUGMENTATION = """data_augmentation:
+  random_contrast: {factor: 0.4}
+  random_brightness: {factor: 0.2}
+  random_flip: {mode: horizontal}
+  random_translation: {width_factor: 0.1, height_factor: 0.1}
+  random_rotation: {factor: 0.05}
+  random_zoom: {width_factor: 0.1, height_factor: 0.1}
+"""
+
+
+def fit_throughput(train_dir: str, run_root: Path, epochs: int, batch: int, precision: str | None,
+                   model: str = "mobilenetv2", augment: bool = False) -> float:
     run_root.mkdir(parents=True, exist_ok=True)
     config = run_root / "bench.yaml"
     config.write_text(f"""
@@ -81,28 +103,28 @@ preprocessing:
   color_mode: rgb
 training:
   model:
-    name: mobilenet
-    version: v2
-    alpha: 0.35
-    input_shape: (128, 128, 3)
+    {MODELS[model][1]}
+    input_shape: ({MODELS[model][3]}, {MODELS[model][3]}, 3)
   batch_size: {batch}
   epochs: {epochs}
   optimizer: {{Adam: {{learning_rate: 0.001}}}}
 mlflow: {{uri: {run_root / 'mlruns'}}}
 hydra: {{run: {{dir: {run_root / 'run'}}}}}
 trainer: {{enable_progress_bar: false, enable_model_summary: false}}
-""")
+""" + (SEED_AUGMENTATION if augment else ""))
     argv = ["--config", str(config)] + (["--trainer.precision", precision] if precision else [])
     timer = TrainBatchTimer()
     train(load_config(argv), callbacks=[timer])
     return timer.images / timer.seconds
 
 
-def raw_throughput(batch: int, steps: int, precision: str | None, classes: int = 10) -> float:
-    model = build_model({"name": "mobilenet", "version": "v2", "alpha": 0.35, "input_shape": (128, 128, 3)},
+def raw_throughput(batch: int, steps: int, precision: str | None, classes: int = 10,
+                   model_name: str = "mobilenetv2") -> float:
+    _, _, spec, size = MODELS[model_name]
+    model = build_model({**spec, "input_shape": (size, size, 3)},
                         num_classes=classes, dropout=None).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
-    images = torch.randint(0, 256, (batch, 3, 128, 128), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, classes, (batch,))
     model.train()
 
@@ -127,22 +149,33 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1920, help="training images (per epoch)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--models", nargs="*", default=["mobilenetv2"], choices=list(MODELS))
     parser.add_argument("--precision", nargs="*", default=["32"], help="e.g. 32 bf16-mixed")
+    parser.add_argument("--augment", nargs="*", default=["off"], choices=["off", "seed"])
     args = parser.parse_args()
     logging.getLogger("stmclf").setLevel(logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         source, train_dir = make_dataset(Path(tmp), args.images)
-        for precision in args.precision:
-            p = None if precision == "32" else precision
-            fit = fit_throughput(train_dir, Path(tmp) / f"fit_{precision}", args.epochs, args.batch, p)
-            raw = raw_throughput(args.batch, steps=20, precision=p)
-            rows.append((precision, fit, raw))
-    print(f"\nMobileNetV2-0.35 @128×128, batch {args.batch}, {source}, torch threads {torch.get_num_threads()}")
-    print("| precision | stmclf fit img/s | raw train step img/s | fit / raw |")
-    print("|---|---|---|---|")
-    for precision, fit, raw in rows:
-        print(f"| {precision} | {fit:,.0f} | {raw:,.0f} | {fit / raw:.2f} |")
+        for model in args.models:
+            for augment in args.augment:
+                for precision in args.precision:
+                    p = None if precision == "32" else precision
+                    run = Path(tmp) / f"fit_{model}_{augment}_{precision}"
+                    fit = fit_throughput(train_dir, run, args.epochs, args.batch, p, model, augment == "seed")
+                    raw = raw_throughput(args.batch, steps=20 if model == "mobilenetv2" else 60, precision=p,
+                                         model_name=model)
+                    rows.append((model, augment, precision, fit, raw))
+    print(f"\nbatch {args.batch}, {source}, torch threads {torch.get_num_threads()}")
+    print("| model | augmentation | precision | stmclf fit img/s | raw step img/s | fit / raw | reference img/s "
+          "| fit / reference |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, augment, precision, fit, raw in rows:
+        reference = REFERENCE.get((model, augment))
+        ref_text = f"{reference:,}" if reference else "—"
+        ratio = f"{fit / reference:.2f}" if reference else "—"
+        print(f"| {MODELS[model][0]} | {augment} | {precision} | {fit:,.0f} | {raw:,.0f} | {fit / raw:.2f} | "
+              f"{ref_text} | {ratio} |")
 
 
 if __name__ == "__main__":

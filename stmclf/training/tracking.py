@@ -174,6 +174,9 @@ def start_mlflow_run(cfg, run, operation_mode: str, extra_params: Optional[dict]
 
 
 def finish_mlflow_run(mlflow_logger, run) -> None:
-    """Log the whole run directory as artifacts and close the run."""
+    """Write the HTML report, log the whole run directory as artifacts and close the run."""
+    from stmclf.evaluate.report import write_report
+
+    write_report(run.root)
     log_artifacts(mlflow_logger, [run.root])
     mlflow_logger.finalize("FINISHED")
