@@ -125,3 +125,27 @@ def test_matches_keras_layer_for_layer(keras: Any, alpha: float, input_shape: tu
     with torch.no_grad():
         out = model(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+def test_imagenet_file_loads_into_the_backbone(keras: Any, tmp_path: Path) -> None:
+    """A Keras Applications "no top" file (here random weights under the ImageNet file name) loads
+    by name into layers 0..84; the head keeps its initialisation."""
+    from stmclf.models.pretrained import apply_pretrained, imagenet_weights_file
+
+    spec = {"name": "mobilenet", "version": "v1", "alpha": 0.5, "input_shape": (128, 128, 3),
+            "pretrained_weights": "imagenet"}
+    kbase = _keras_mnv1(keras, 0.5, (128, 128, 3), num_classes=3)
+    base = keras.Model(kbase.input, kbase.get_layer("conv_pw_13_relu").output)
+    base.save_weights(tmp_path / imagenet_weights_file(spec).file_name)
+    model = build_model(spec, num_classes=3, dropout=None).eval()
+    head = model.layers["predictions"].weight.clone()
+    assert "ImageNet weights" in apply_pretrained(model, spec, cache_dir=tmp_path)
+    assert torch.equal(model.layers["predictions"].weight, head)
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 128, 128, 3)).astype(np.float32)
+    expected = base(x, training=False).numpy().mean(axis=(1, 2))
+    captured = {}
+    model.layers["global_average_pooling2d"].register_forward_hook(lambda m, i, o: captured.setdefault("gap", o))
+    with torch.no_grad():
+        model(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
+    np.testing.assert_allclose(captured["gap"].numpy(), expected, rtol=1e-4, atol=1e-4)

@@ -6,13 +6,21 @@ the weights follow TensorFlow's sampling rule — output pixel ``i`` samples inp
 ``(i + 0.5)·in/out``, kernel taps outside the image are dropped and the remaining weights
 renormalised — which is exactly what ``ResizeBilinear``/``ResizeBicubic`` (Keys, a = −0.5)
 and ``ScaleAndTranslate`` (lanczos3/5, gaussian, mitchellcubic) compute; bicubic also reproduces TensorFlow's
-1024-entry weight table. ``nearest`` takes
+1024-entry weight table. ``bilinear``, ``bicubic`` and ``nearest`` place their samples with
+TensorFlow's float32 arithmetic (``(i + 0.5f)·scale − 0.5f`` with ``scale = float(in)/out``), so
+they pick the same pixels and weights as TensorFlow at every size. ``nearest`` takes
 pixel ``min(⌊(i + 0.5)·in/out⌋, in − 1)``; ``area`` averages the exact pixel overlaps
 (``ResizeArea``). Results are rounded back to uint8 (the loader caches uint8 images).
+
+Speed (the loader's first epoch decodes and resizes every file): the matrices are banded (2
+taps per row for bilinear, 4 for bicubic, ...), so a large image goes through them as sparse
+(CSR) products and a small one (e.g. 28×28) as two dense float32 GEMMs; ``nearest`` is a gather
+of the uint8 pixels. All paths compute the same sums up to float32 rounding order.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from typing import Callable
 
@@ -59,20 +67,52 @@ KERNELS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
 
 
 def _kernel_matrix(n_in: int, n_out: int, method: str) -> np.ndarray:
+    """``ScaleAndTranslate`` (antialias off): sample point ``(i + 0.5f)·(1/scale)`` with
+    ``scale = float(out)/in``, taps ``⌈p − r − 0.5⌉ .. ⌊p + r − 0.5⌋`` inside the image, kernel at
+    ``|tap + 0.5f − p|``, weights normalised; positions and distances in float32 as TF computes
+    them, so the same taps fall inside the kernel's support at every size."""
     kernel, radius = KERNELS[method]
-    centers = (np.arange(n_out) + 0.5) * n_in / n_out  # sample point in input pixel units
-    taps = np.arange(n_in) + 0.5
-    weights = kernel(taps[None, :] - centers[:, None])
-    weights[np.abs(taps[None, :] - centers[:, None]) >= radius + 1e-9] = 0.0
+    scale = np.float32(n_out) / np.float32(n_in)
+    inv_scale = np.float32(1.0 / np.float64(scale))
+    sample = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * inv_scale
+    r = np.float32(radius)
+    first = np.clip(np.ceil(sample - r - np.float32(0.5)), 0, n_in - 1)
+    last = np.clip(np.floor(sample + r - np.float32(0.5)), 0, n_in - 1)
+    taps = np.arange(n_in, dtype=np.float32)
+    distance = np.abs((taps[None, :] + np.float32(0.5)) - sample[:, None]).astype(np.float64)
+    inside = (taps[None, :] >= first[:, None]) & (taps[None, :] <= last[:, None])
+    weights = np.where(inside, kernel(distance), 0.0)
     total = weights.sum(axis=1, keepdims=True)
-    safe = np.where(np.abs(total) > 1e-12, total, 1.0)
+    safe = np.where(np.abs(total) >= 1000 * np.finfo(np.float32).tiny, total, 1.0)
     return weights / safe
+
+
+def _tf_positions(n_in: int, n_out: int, offset: float = 0.5) -> np.ndarray:
+    """TensorFlow's half-pixel sample positions in float32: ``(i + 0.5f)·scale − offset``, with
+    ``scale = float(n_in) / n_out`` (``offset`` 0.5 for the kernels, 0 for nearest)."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    return (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(offset)
+
+
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``ResizeBilinear`` (half-pixel centres): rows ``lower = max(⌊p⌋, 0)``, ``upper =
+    min(⌈p⌉, n_in − 1)``, weights ``1 − (p − ⌊p⌋)`` and ``p − ⌊p⌋``, all in float32 as TF."""
+    position = _tf_positions(n_in, n_out)
+    floor = np.floor(position)
+    lerp = position - floor
+    lower = np.maximum(floor, 0).astype(np.int64)
+    upper = np.minimum(np.ceil(position), n_in - 1).astype(np.int64)
+    matrix = np.zeros((n_out, n_in), dtype=np.float32)
+    rows = np.arange(n_out)
+    np.add.at(matrix, (rows, lower), np.float32(1) - lerp)
+    np.add.at(matrix, (rows, upper), lerp)
+    return matrix
 
 
 def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     """``ResizeBicubic``: Keys (a = −0.5) weights from TensorFlow's 1024-entry table, i.e. the
     sub-pixel offset is quantised to 1/1024 before the weights are computed."""
-    position = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    position = _tf_positions(n_in, n_out).astype(np.float64)
     base = np.floor(position)
     frac = np.rint((position - base) * 1024.0) / 1024.0
     matrix = np.zeros((n_out, n_in))
@@ -85,20 +125,32 @@ def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     return matrix / matrix.sum(axis=1, keepdims=True)
 
 
+@lru_cache(maxsize=256)
+def nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """The input pixel of each output pixel for ``nearest``: ``min(⌊(i + 0.5f)·scale⌋, n_in − 1)``."""
+    index = np.minimum(np.floor(_tf_positions(n_in, n_out, offset=0.0)).astype(np.intp), n_in - 1)
+    index.setflags(write=False)
+    return index
+
+
 def _nearest_matrix(n_in: int, n_out: int) -> np.ndarray:
-    index = np.minimum(np.floor((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
     matrix = np.zeros((n_out, n_in))
-    matrix[np.arange(n_out), index] = 1.0
+    matrix[np.arange(n_out), nearest_index(n_in, n_out)] = 1.0
     return matrix
 
 
 def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    scale = n_in / n_out
-    start = np.arange(n_out)[:, None] * scale
-    stop = start + scale
-    left = np.arange(n_in)[None, :]
+    """``ResizeArea``: the overlap of output cell ``[i·scale, (i + 1)·scale)`` with each input
+    pixel, divided by ``scale`` (cell bounds in float32, as TF; a bound that rounds past the last
+    pixel counts on the last pixel)."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    start = (np.arange(n_out, dtype=np.float32) * scale)[:, None].astype(np.float64)
+    stop = (np.arange(1, n_out + 1, dtype=np.float32) * scale)[:, None].astype(np.float64)
+    left = np.arange(int(np.ceil(stop.max())) + 1)[None, :]
     overlap = np.clip(np.minimum(stop, left + 1) - np.maximum(start, left), 0.0, None)
-    return overlap / scale
+    matrix = overlap[:, :n_in].copy()
+    matrix[:, -1] += overlap[:, n_in:].sum(axis=1)
+    return matrix / np.float64(scale)
 
 
 @lru_cache(maxsize=256)
@@ -110,40 +162,148 @@ def resize_matrix(n_in: int, n_out: int, method: str) -> np.ndarray:
         matrix = _area_matrix(n_in, n_out)
     elif method == "bicubic":
         matrix = _bicubic_matrix(n_in, n_out)
+    elif method == "bilinear":
+        matrix = _bilinear_matrix(n_in, n_out)
     elif method in KERNELS:
         matrix = _kernel_matrix(n_in, n_out, method)
     else:
         raise ConfigError("preprocessing.resizing.interpolation",
                           f"unknown interpolation {method!r}; allowed: {', '.join(METHODS)}")
-    matrix = matrix.astype(np.float32)
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     matrix.setflags(write=False)
     return matrix
 
 
 METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian", "mitchellcubic")
+#: Methods whose weights are all ≥ 0: their output stays in the input's range (no clipping).
+CONVEX = frozenset({"bilinear", "nearest", "area", "gaussian"})
+#: Above this many multiply-adds for the two dense products, the sparse (CSR) path is faster.
+DENSE_LIMIT = 2_500_000
+
+
+@lru_cache(maxsize=256)
+def _sparse_matrix(n_in: int, n_out: int, method: str):
+    import torch
+
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        return torch.from_numpy(resize_matrix(n_in, n_out, method).copy()).to_sparse_csr()
+
+
+def _passes(h: int, w: int, height: int, width: int, method: str) -> tuple[bool, bool]:
+    """Which axes are resampled: all of them, except an ``area`` axis already at its size."""
+    return (h != height or method != "area"), (w != width or method != "area")
+
+
+def _pixels(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous (H, W, C) array viewed as (H, W) elements of one whole pixel each."""
+    x = np.ascontiguousarray(x)
+    return x.view(np.dtype((np.void, x.shape[2] * x.itemsize))).reshape(x.shape[:2])
+
+
+def _unpixels(pixels: np.ndarray, dtype: np.dtype, c: int) -> np.ndarray:
+    return np.ascontiguousarray(pixels).view(dtype).reshape(*pixels.shape, c)
+
+
+def _swap_hw(x: np.ndarray) -> np.ndarray:
+    """(A, B, C) → C-contiguous (B, A, C), moving whole pixels (much faster than an
+    element-wise transpose with C = 3 interleaved)."""
+    return _unpixels(_pixels(x).T, x.dtype, x.shape[2])
+
+
+def _nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``nearest``: a gather of whole pixels."""
+    h, w, c = image.shape
+    pixels = _pixels(image)
+    return _unpixels(pixels[nearest_index(h, height)].take(nearest_index(w, width), axis=1), image.dtype, c)
+
+
+@lru_cache(maxsize=256)
+def _exact_positions(n_in: int, n_out: int) -> bool:
+    """Whether TF's float32 sample positions ``(i + 0.5)·scale − 0.5`` are exact (no rounding in
+    the product or the difference), so that any evaluation order gives TF's weights — true
+    for many common sizes (224 → 128, 28 → 128, ...)."""
+    scale = np.float64(np.float32(n_in) / np.float32(n_out))
+    exact = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    return bool(np.array_equal(exact, _tf_positions(n_in, n_out).astype(np.float64)))
+
+
+def _interpolate_bilinear(image: np.ndarray, height: int, width: int):
+    """torch's bilinear (half-pixel, no antialias): TF's weights where the sample positions are
+    exact (:func:`_exact_positions`); it computes them itself, possibly with fused multiply-adds."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w, c = image.shape
+    x = torch.empty((1, h, w, c), dtype=torch.float32)
+    x[0].copy_(torch.from_numpy(image if min(image.strides) >= 0 else np.ascontiguousarray(image)))
+    out = F.interpolate(x.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False)
+    return out[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def _resample(image: np.ndarray, height: int, width: int, method: str) -> tuple[np.ndarray, bool]:
+    """The float32 resampled image and whether it is transposed: (height, width, C) if not,
+    else (width, height, C); C-contiguous either way. ``image``: any real dtype and layout."""
+    h, w, c = image.shape
+    if method == "nearest":
+        return _nearest(image, height, width).astype(np.float32), False
+    do_rows, do_cols = _passes(h, w, height, width, method)
+    out_h, out_w = (height if do_rows else h), (width if do_cols else w)
+    dense = (out_h * h * w + out_w * w * out_h) * c <= DENSE_LIMIT
+    if (not dense and method == "bilinear" and do_rows and do_cols and _exact_positions(h, height)
+            and _exact_positions(w, width)):
+        return _interpolate_bilinear(image, height, width), False
+    product = _dense_product if dense else _sparse_product
+    # Two 2-D products, each along the leading axis of a (N, M·C) view; between them whole
+    # pixels are transposed. Rows first leaves the result transposed (the caller swaps it back
+    # at the end, in uint8 if it can); width first transposes the input instead.
+    if out_h * w + 0.7 * out_h * out_w <= 0.7 * h * w + h * out_w:
+        x = image.astype(np.float32).reshape(h, w * c)
+        x = product(h, height, method, x) if do_rows else x
+        x = _swap_hw(x.reshape(out_h, w, c)).reshape(w, out_h * c)
+        x = product(w, width, method, x) if do_cols else x
+        return x.reshape(out_w, out_h, c), True
+    x = _swap_hw(image).astype(np.float32).reshape(w, h * c)
+    x = product(w, width, method, x) if do_cols else x
+    x = _swap_hw(x.reshape(out_w, h, c)).reshape(h, out_w * c)
+    x = product(h, height, method, x) if do_rows else x
+    return x.reshape(out_h, out_w, c), False
+
+
+def _dense_product(n_in: int, n_out: int, method: str, x: np.ndarray) -> np.ndarray:
+    return resize_matrix(n_in, n_out, method) @ x
+
+
+def _sparse_product(n_in: int, n_out: int, method: str, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    return torch.sparse.mm(_sparse_matrix(n_in, n_out, method), torch.from_numpy(x)).numpy()
 
 
 def resize_float(image: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
     """Resize an (H, W, C) array to float32 (height, width, C), as ``tf.image.resize`` does."""
-    h, w, _ = image.shape
-    src = image.astype(np.float32, copy=False)
-    if method == "nearest":
-        rows = np.minimum(np.floor((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-        cols = np.minimum(np.floor((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-        return src[rows][:, cols]
-    out = src
-    if h != height or method != "area":
-        out = np.einsum("oh,hwc->owc", resize_matrix(h, height, method), out, optimize=True)
-    if w != width or method != "area":
-        out = np.einsum("ow,hwc->hoc", resize_matrix(w, width, method), out, optimize=True)
-    return out
+    if method not in METHODS:
+        resize_matrix(1, 1, method)  # raises the ConfigError
+    out, transposed = _resample(image, height, width, method)
+    return _swap_hw(out) if transposed else out
 
 
 def resize_uint8(image: np.ndarray, height: int, width: int, method: str) -> np.ndarray:
+    """``resize_float`` rounded to the nearest integer (ties to even) and clipped to 0..255."""
     if image.shape[0] == height and image.shape[1] == width:
         return image
-    out = resize_float(image, height, width, method)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if method == "nearest" and image.dtype == np.uint8:  # a pure gather: no float round trip
+        return _nearest(image, height, width)
+    if method not in METHODS:
+        resize_matrix(1, 1, method)
+    out, transposed = _resample(image, height, width, method)
+    if np.may_share_memory(out, image) or not out.flags.writeable:
+        out = out.copy()
+    np.rint(out, out=out)
+    if method not in CONVEX:
+        np.clip(out, 0, 255, out=out)
+    out = out.astype(np.uint8)
+    return _swap_hw(out) if transposed else out
 
 
 def center_crop_or_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:

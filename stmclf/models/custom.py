@@ -71,8 +71,11 @@ class _OpenKeys(tuple):
 
 
 class _AnyKey(tuple):
+    # Builders already take these as arguments (from the dataset and training.dropout).
+    RESERVED = ("num_classes", "dropout")
+
     def __contains__(self, key: object) -> bool:
-        return True
+        return key not in self.RESERVED
 
 
 def accept_any_key(name: str) -> None:

@@ -61,6 +61,11 @@ def timm_model(*, timm_name: str, num_classes: int, input_shape: tuple[int, int,
     units = head_units(num_classes)
     kwargs = dict(num_classes=units, in_chans=input_shape[2], drop_rate=dropout or 0.0, **extra)
     pretrained = pretrained_weights == "imagenet"
+    if pretrained:
+        weights = timm.models.get_pretrained_cfg(timm_name)
+        if weights is None or not (weights.hf_hub_id or weights.url or weights.file):
+            raise ConfigError("training.model.pretrained_weights", f"timm has no pretrained weights for {label} "
+                                                                   "(see timm.list_pretrained())")
     try:
         model = timm.create_model(timm_name, pretrained=pretrained, **kwargs)
     except TypeError as exc:  # an extra key the model does not take
@@ -69,7 +74,7 @@ def timm_model(*, timm_name: str, num_classes: int, input_shape: tuple[int, int,
         if not pretrained:
             raise ConfigError("training.model", f"{label}: {_one_line(exc)}") from None
         raise ConfigError("training.model.pretrained_weights",
-                          f"the ImageNet weights of {label} cannot be downloaded here ({_one_line(exc)}); "
+                          f"the pretrained weights of {label} cannot be downloaded here ({_one_line(exc)}); "
                           "use pretrained_weights: None, or put them in the Hugging Face cache "
                           "(HF_HOME) on a machine with network access") from None
     graph = wrap_module(model, input_shape, units, "training.model", label)

@@ -1,0 +1,208 @@
+"""Accuracy of any exported artifact on labelled sets, in the shape ``evaluate_module`` returns.
+
+Artifacts: a :class:`ClassifierModule` (or a ``.ckpt``/``.pt`` file), a float or QDQ ``.onnx``, a
+float or int8 ``.tflite``. Every loader yields uint8 NCHW batches; each artifact gets them the
+way the reference feeds it (§7.4): rescaled float NCHW for ONNX, rescaled float NHWC for TFLite,
+quantized ``q = clip(round(x/scale) + zero_point)`` for an int8/uint8 TFLite input. The results —
+``{set: {accuracy (%, 2 decimals), loss (float models; None for int8), count, confusion}}`` — go
+straight to ``stmclf.evaluate.results.report_results``; :func:`comparison_rows` and
+:func:`print_comparison` give the float → int8 table (accuracy delta and top-1 agreement).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from stmclf.errors import UserError
+
+log = logging.getLogger("stmclf.export")
+
+MODEL_SUFFIXES = (".ckpt", ".pt", ".onnx", ".tflite")
+
+
+class Predictor:
+    """uint8 NCHW images → class scores; ``kind`` is ``float`` or ``int``; ``outputs`` says whether
+    the scores are ``probabilities`` or ``logits``."""
+
+    label = "model"
+    kind = "float"
+    outputs = "logits"
+    num_classes: Optional[int] = None
+
+    def predict(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class TorchPredictor(Predictor):
+    def __init__(self, module, label: str = "Float model") -> None:
+        self.module, self.label = module.eval(), label
+        self.num_classes = max(module.num_classes, 2)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        device = next(self.module.parameters()).device
+        with torch.no_grad():
+            x = self.module.preprocess(torch.from_numpy(np.ascontiguousarray(images)).to(device))
+            return self.module(x).float().cpu().numpy()
+
+
+class OnnxPredictor(Predictor):
+    def __init__(self, path: Path, rescaling: Optional[Sequence[float]] = None, label: Optional[str] = None,
+                 threads: Optional[int] = None) -> None:
+        from stmclf.export.onnx_export import onnx_session, read_metadata
+        from stmclf.export.onnx_qdq import is_quantized_onnx
+
+        self.path = Path(path)
+        self.session = onnx_session(self.path, threads)
+        meta = read_metadata(self.path)
+        self.contract = meta.get("input", "rescaled")
+        self.rescaling = tuple(rescaling) if rescaling is not None else tuple(meta.get("rescaling") or ())
+        if self.contract == "rescaled" and len(self.rescaling) != 2:
+            raise UserError(f"{path}: no stmclf metadata in this ONNX file; give the rescaling "
+                            f"(preprocessing.rescaling) to evaluate it")
+        self.kind = "int" if is_quantized_onnx(self.path) else "float"
+        out = self.session.get_outputs()[0]
+        self.outputs = meta.get("output") or ("probabilities" if "prob" in out.name.lower() else "logits")
+        self.label = label or ("ONNX QDQ int8" if self.kind == "int" else "ONNX float")
+        shape = out.shape
+        self.num_classes = shape[-1] if shape and isinstance(shape[-1], int) else None
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        from stmclf.export.onnx_export import onnx_inputs, run_onnx
+
+        return run_onnx(self.session, onnx_inputs(images, self.rescaling, self.contract))
+
+
+class TflitePredictor(Predictor):
+    def __init__(self, path: Path, rescaling: Sequence[float], label: Optional[str] = None,
+                 threads: Optional[int] = None, outputs: str = "probabilities") -> None:
+        from stmclf.export.tflite import TfliteModel
+
+        if rescaling is None or len(rescaling) != 2:
+            raise UserError(f"{path}: give the rescaling (preprocessing.rescaling) to evaluate a TFLite model")
+        self.path = Path(path)
+        self.model = TfliteModel(self.path, threads)
+        self.rescaling = (float(rescaling[0]), float(rescaling[1]))
+        self.kind = "int" if self.model.quantized else "float"
+        self.outputs = outputs
+        self.label = label or ("TFLite int8" if self.kind == "int" else "TFLite float")
+        self.num_classes = int(np.prod(self.model.output.shape[1:]))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        from stmclf.export.images import rescale
+        from stmclf.export.tflite import nhwc
+
+        return self.model.predict(nhwc(rescale(images, self.rescaling)))
+
+
+def load_predictor(artifact: Any, *, rescaling: Optional[Sequence[float]] = None, label: Optional[str] = None,
+                   threads: Optional[int] = None) -> Predictor:
+    """A :class:`Predictor` for a module, a Predictor, or a model file (by suffix)."""
+    if isinstance(artifact, Predictor):
+        return artifact
+    if hasattr(artifact, "preprocess") and hasattr(artifact, "model"):
+        return TorchPredictor(artifact, label or "Float model")
+    path = Path(artifact)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    if suffix in (".ckpt", ".pt"):
+        from stmclf.training.model_file import load_classifier
+
+        return TorchPredictor(load_classifier(path), label or "Float model")
+    if suffix == ".onnx":
+        return OnnxPredictor(path, rescaling, label, threads)
+    if suffix == ".tflite":
+        return TflitePredictor(path, rescaling, label, threads)
+    raise UserError(f"{path}: unsupported model file type {suffix or '(none)'}; expecting one of "
+                    f"{', '.join(MODEL_SUFFIXES)}")
+
+
+def _loss(scores: np.ndarray, labels: np.ndarray, outputs: str) -> float:
+    """Summed cross-entropy: of probabilities clipped like Keras (1e-7), or of logits."""
+    picked = np.arange(len(labels)), labels
+    if outputs == "probabilities":
+        return float(-np.log(np.clip(scores[picked], 1e-7, 1.0)).sum())
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probs[picked].sum())
+
+
+def evaluate_artifact(artifact: Any, loaders: Iterable[tuple[str, Iterable]], *,
+                      rescaling: Optional[Sequence[float]] = None, label: Optional[str] = None,
+                      num_classes: Optional[int] = None, keep_predictions: bool = False) -> dict[str, dict]:
+    """Per (name, loader): accuracy (%, 2 decimals), loss (float models, else None), count and
+    confusion matrix (rows = true class) — ``evaluate_module``'s shape. ``keep_predictions`` adds
+    the predicted classes (``predictions``) for agreement tables."""
+    predictor = load_predictor(artifact, rescaling=rescaling, label=label)
+    results = {}
+    for name, loader in loaders:
+        confusion = None
+        loss_sum = 0.0
+        predictions = []
+        for images, labels in loader:
+            labels = np.asarray(labels.numpy() if hasattr(labels, "numpy") else labels, dtype=np.int64)
+            if labels.size == 0:
+                continue
+            images = np.asarray(images.numpy() if hasattr(images, "numpy") else images)
+            scores = predictor.predict(images).reshape(len(labels), -1)
+            classes = max(num_classes or predictor.num_classes or scores.shape[1], scores.shape[1], 2)
+            if confusion is None:
+                confusion = np.zeros((classes, classes), np.int64)
+            predicted = scores.argmax(axis=1)
+            np.add.at(confusion, (labels, predicted), 1)
+            if predictor.kind == "float":
+                loss_sum += _loss(scores.astype(np.float64), labels, predictor.outputs)
+            if keep_predictions:
+                predictions.append(predicted)
+        total = int(confusion.sum()) if confusion is not None else 0
+        if total:
+            results[name] = {"accuracy": round(100.0 * int(np.trace(confusion)) / total, 2),
+                             "loss": loss_sum / total if predictor.kind == "float" else None,
+                             "count": total, "confusion": confusion}
+            if keep_predictions:
+                results[name]["predictions"] = np.concatenate(predictions)
+    return results
+
+
+def comparison_rows(reference: dict[str, dict], others: dict[str, dict[str, dict]],
+                    reference_label: str = "Float model") -> list[dict]:
+    """One row per (model, set): reference accuracy, model accuracy, delta (points) and top-1
+    agreement (%) when both results kept their predictions."""
+    rows = []
+    for label, results in others.items():
+        for name, values in results.items():
+            base = reference.get(name)
+            if base is None:
+                continue
+            row = {"model": label, "set": name, "reference": reference_label, "reference_accuracy": base["accuracy"],
+                   "accuracy": values["accuracy"], "delta": round(values["accuracy"] - base["accuracy"], 2),
+                   "agreement": None, "count": values["count"]}
+            a, b = base.get("predictions"), values.get("predictions")
+            if a is not None and b is not None and len(a) == len(b) and len(a):
+                row["agreement"] = round(100.0 * float(np.mean(a == b)), 2)
+            rows.append(row)
+    return rows
+
+
+def print_comparison(rows: list[dict], title: str = "Float vs exported models") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column, justify in (("model", "left"), ("set", "left"), ("images", "right"), ("float (%)", "right"),
+                            ("model (%)", "right"), ("delta", "right"), ("top-1 agreement (%)", "right")):
+        table.add_column(column, justify=justify)
+    for row in rows:
+        table.add_row(row["model"], row["set"].replace("_", " "), str(row["count"]),
+                      f"{row['reference_accuracy']:.2f}", f"{row['accuracy']:.2f}", f"{row['delta']:+.2f}",
+                      "" if row["agreement"] is None else f"{row['agreement']:.2f}")
+    Console().print(table)
+    for row in rows:
+        log.info("%s %s accuracy %.2f %% (float %.2f %%, delta %+.2f%s)", row["model"], row["set"].replace("_", " "),
+                 row["accuracy"], row["reference_accuracy"], row["delta"],
+                 "" if row["agreement"] is None else f", top-1 agreement {row['agreement']:.2f} %")

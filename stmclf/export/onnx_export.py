@@ -1,0 +1,233 @@
+"""Float ONNX export of a trained :class:`~stmclf.training.module.ClassifierModule`.
+
+The exported graph is the classifier as the reference ships it:
+
+- input ``input``: NCHW float32, **already rescaled** (``scale·pixel + offset``), the contract of
+  the reference's models; with ``fold_rescaling=True`` the input is raw pixels as float (0..255)
+  and the rescaling is the graph's first two ops instead;
+- output ``probabilities`` (softmax appended, the default: the reference's models end with a
+  softmax) or ``logits`` (``softmax=False``);
+- batch axis dynamic (``batch_size=None``) or fixed (``batch_size=1``: what onnx2tf and the
+  STM32 tools want).
+
+The exporter is torch's TorchScript-based one (``dynamo=False``): it matches torch to ~1e-6 on
+the zoo models and writes one self-contained file. The file's metadata records the class names,
+the rescaling and the input contract, so an ``.onnx`` can be evaluated without its config.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from stmclf.errors import UserError
+
+log = logging.getLogger("stmclf.export")
+
+INPUT_NAME = "input"
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
+METADATA_PREFIX = "stmclf."
+
+
+class ExportedClassifier(nn.Module):
+    """The model as exported: optional folded rescaling → network → optional softmax."""
+
+    def __init__(self, model: nn.Module, *, softmax: bool = True,
+                 rescaling: Optional[tuple[float, float]] = None) -> None:
+        super().__init__()
+        self.model = model
+        self.softmax = softmax
+        self.rescaling = rescaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rescaling is not None:
+            x = x * self.rescaling[0] + self.rescaling[1]
+        y = self.model(x)
+        return torch.softmax(y, dim=1) if self.softmax else y
+
+
+def output_name(softmax: bool) -> str:
+    return "probabilities" if softmax else "logits"
+
+
+def module_rescaling(module) -> tuple[float, float]:
+    scale, offset = module.hparams.rescaling
+    return float(scale), float(offset)
+
+
+def exported_network(module, *, softmax: bool = True, fold_rescaling: bool = False) -> ExportedClassifier:
+    """A CPU, contiguous-format, eval-mode copy of ``module.model`` wrapped for export."""
+    model = copy.deepcopy(module.model).float().cpu().eval()
+    model = model.to(memory_format=torch.contiguous_format)
+    return ExportedClassifier(model, softmax=softmax,
+                              rescaling=module_rescaling(module) if fold_rescaling else None).eval()
+
+
+def reference_outputs(module, images: np.ndarray, *, softmax: bool = True, batch: int = 64) -> np.ndarray:
+    """Torch outputs (probabilities or logits) of ``module`` for uint8 NCHW ``images``."""
+    module = module.cpu().eval()
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = module.preprocess(torch.from_numpy(np.ascontiguousarray(images[start:start + batch])))
+            y = module(x).float()
+            outputs.append((torch.softmax(y, dim=1) if softmax else y).numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, max(module.num_classes, 2)), np.float32)
+
+
+def export_onnx(module, out: Path, *, opset: int = 17, batch_size: Optional[int] = None,
+                fold_rescaling: bool = False, softmax: bool = True) -> Path:
+    """Write ``module`` (a trained ClassifierModule) as a float ONNX file; returns ``out``."""
+    out = Path(out)
+    if batch_size not in (None, 1):
+        raise UserError(f"{out}: batch_size must be None (dynamic) or 1 (got {batch_size})")
+    max_opset = _max_opset()
+    if not MIN_OPSET <= int(opset) <= max_opset:
+        raise UserError(f"quantization.target_opset: {opset} is not supported by the ONNX export; "
+                        f"use an opset from {MIN_OPSET} to {max_opset} (17 is the reference's default)")
+    height, width, channels = (int(v) for v in module.hparams.input_shape)
+    network = exported_network(module, softmax=softmax, fold_rescaling=fold_rescaling)
+    example = torch.zeros(1, channels, height, width)
+    name = output_name(softmax)
+    dynamic_axes = None if batch_size == 1 else {INPUT_NAME: {0: "batch"}, name: {0: "batch"}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(network, (example,), str(partial), input_names=[INPUT_NAME], output_names=[name],
+                              opset_version=int(opset), dynamic_axes=dynamic_axes, do_constant_folding=True,
+                              dynamo=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types; the first line says what failed
+        partial.unlink(missing_ok=True)
+        raise UserError(f"{out}: unable to export {module.model_name} to ONNX opset {opset}: "
+                        f"{_first_line(exc)} (an operator without an ONNX equivalent at this opset: "
+                        f"try another quantization.target_opset)") from None
+    _write_metadata(partial, module, fold_rescaling=fold_rescaling, softmax=softmax)
+    os.replace(partial, out)
+    return out
+
+
+def _max_opset() -> int:
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as value
+    except ImportError:  # pragma: no cover - older/newer torch
+        try:
+            from torch.onnx._constants import ONNX_MAX_OPSET as value
+        except ImportError:
+            value = 20
+    return int(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _write_metadata(path: Path, module, *, fold_rescaling: bool, softmax: bool) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    scale, offset = module_rescaling(module)
+    values = {
+        "class_names": json.dumps(list(module.class_names)),
+        "rescaling": json.dumps([scale, offset]),
+        "input": "pixels" if fold_rescaling else "rescaled",
+        "output": output_name(softmax),
+        "model_name": str(module.model_name),
+        "input_shape": json.dumps([int(v) for v in module.hparams.input_shape]),
+    }
+    del model.metadata_props[:]
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, value
+    model.producer_name = "stmclf"
+    onnx.save(model, str(path))
+
+
+def read_metadata(path: Path) -> dict:
+    """The stmclf metadata of an ONNX file ({} for a foreign file)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    out = {}
+    for entry in model.metadata_props:
+        if entry.key.startswith(METADATA_PREFIX):
+            key = entry.key[len(METADATA_PREFIX):]
+            out[key] = json.loads(entry.value) if key in ("class_names", "rescaling", "input_shape") else entry.value
+    return out
+
+
+def onnx_session(path: Path, threads: Optional[int] = None):
+    """An onnxruntime CPU session (one UserError line if the file is not a loadable ONNX model)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"{path}: not a model onnxruntime can load ({_first_line(exc)})") from None
+
+
+def run_onnx(session, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Outputs of the session's first output for float NCHW ``inputs``, batch by batch (one image
+    at a time for a static batch-1 model)."""
+    spec = session.get_inputs()[0]
+    static = isinstance(spec.shape[0], int) and spec.shape[0] > 0
+    step = int(spec.shape[0]) if static else batch
+    outputs = []
+    for start in range(0, len(inputs), step):
+        chunk = np.ascontiguousarray(inputs[start:start + step], dtype=np.float32)
+        outputs.append(session.run(None, {spec.name: chunk})[0])
+    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+
+def onnx_inputs(images: np.ndarray, rescaling: Sequence[float], contract: str) -> np.ndarray:
+    """uint8 NCHW images → the float input an exported ONNX expects."""
+    x = images.astype(np.float32)
+    if contract == "pixels":
+        return x
+    return x * np.float32(rescaling[0]) + np.float32(rescaling[1])
+
+
+def check_onnx(module, path: Path, images: np.ndarray, *, tolerance: float = 1e-3) -> float:
+    """Max |ONNX − torch| over ``images`` (uint8 NCHW); UserError above ``tolerance``."""
+    meta = read_metadata(path)
+    softmax = meta.get("output", "probabilities") == "probabilities"
+    expected = reference_outputs(module, images, softmax=softmax)
+    session = onnx_session(path)
+    got = run_onnx(session, onnx_inputs(images, module_rescaling(module), meta.get("input", "rescaled")))
+    diff = float(np.max(np.abs(got - expected))) if len(images) else 0.0
+    log.info("ONNX check: %s vs torch on %d images, max |difference| %.2e", Path(path).name, len(images), diff)
+    if not np.isfinite(diff) or diff > tolerance:
+        raise UserError(f"{path}: the exported ONNX model disagrees with the torch model (max |difference| "
+                        f"{diff:.3g} > {tolerance:g} over {len(images)} images); the export is wrong — report it "
+                        f"with the model name {module.model_name}")
+    return diff
+
+
+def input_shape_of(path: Path) -> list:
+    """The first input's shape of an ONNX file (ints, or names/None for dynamic axes)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+
+
+def require_static_batch1(path: Path) -> None:
+    shape = input_shape_of(path)
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape) or shape[0] != 1:
+        raise UserError(f"{path}: input shape {shape} is not static with batch 1; TFLite conversion needs a "
+                        f"static batch-1 ONNX (export it with batch_size=1)")

@@ -1,0 +1,390 @@
+"""TFLite export: float32 and full-integer int8 models from a static batch-1 float ONNX.
+
+Route: ONNX → onnx2tf (NCHW → NHWC graph, TensorFlow SavedModel) → TensorFlow's TFLite converter,
+called here directly for both files, so that:
+
+- the float model uses builtin TFLite ops only (an op without a builtin kernel is an error, never a
+  silent "Flex" op that STM32 tools reject);
+- the int8 model is full-integer (builtin int8 kernels only), per-channel weights unless
+  per-tensor is asked for, calibrated once on our own images (onnx2tf's own int8 path runs four
+  calibrated conversions and wants its calibration data as ``.npy`` files with mean/std);
+- its input is ``uint8`` (default), ``int8`` or float, its output float (default), ``int8`` or
+  ``uint8``.
+
+Input contract: NHWC, rescaled (``scale·pixel + offset``), like the float ONNX. Because the
+calibration images span the whole pixel range (``stmclf.export.images.pin_input_range``), the
+int8 model's input quantization is scale = rescaling scale and zero point ≈ −offset/scale:
+**raw pixels go in unchanged** (uint8: q = pixel; int8: q = pixel − 128), as in ST's published
+models. With the rescaling (1/127.5, −1) the zero point cannot be 127.5, so raw pixels sit half a
+quantization step (1/255) off the float model's input; the conversion checks that this does not
+move predictions.
+
+onnx2tf is kept offline: its sample-image download is replaced by local data, ``onnxsim`` is found
+on PATH next to the Python interpreter, and its console output goes to a log file
+(``<export_dir>/onnx2tf.log``) that error messages point to. The float model is compared with torch
+before the int8 model is built; a disagreement stops the export with no TFLite file written.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from stmclf.errors import UserError
+
+log = logging.getLogger("stmclf.export")
+
+IO_TYPES = ("uint8", "int8", "float")
+FLOAT_NAME = "{stem}_float32.tflite"
+INT8_NAME = "quantized_model.tflite"  # the reference's name
+
+
+def normalise_io_type(value: Optional[str], key: str = "quantization.quantization_input_type") -> str:
+    """The reference's rule: ``int8`` and ``uint8`` are themselves, anything else means float."""
+    text = str(value).strip().lower() if value is not None else "float"
+    return text if text in ("uint8", "int8") else "float"
+
+
+def require_tflite_stack():
+    """Import TensorFlow and onnx2tf (after torch: triton crashes when loaded after TensorFlow)."""
+    import torch  # noqa: F401
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - CPU-only torch builds
+        pass
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    missing = []
+    modules = {}
+    for name in ("tensorflow", "tf_keras", "onnx2tf", "ai_edge_litert", "onnxsim"):
+        try:
+            modules[name] = __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"TFLite export needs {', '.join(missing)}: install the extra with "
+                        f"pip install 'stmclf[tflite]' (or export with --format onnx)")
+    return modules["tensorflow"]
+
+
+@contextlib.contextmanager
+def captured_output(log_file: Path):
+    """Send this process's stdout/stderr (Python and C level) to ``log_file`` for the duration."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(log_file, "a", encoding="utf-8", errors="replace") as sink:
+        saved = os.dup(1), os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield sink
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sink.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _error_line(log_file: Path, default: str) -> str:
+    """The most telling error line of a conversion log."""
+    try:
+        lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return default
+    for marker in ("not supported", "Unsupported", "unsupported", "ERROR", "Error:", "error:"):
+        for line in reversed(lines):
+            if marker in line and "trace log" not in line:
+                text = line.replace("\x1b", "")
+                return text[:300]
+    return default
+
+
+def _sample_images(seed: int = 0) -> np.ndarray:
+    """What onnx2tf would download (20 RGB 128×128 images in [0, 1], float32): used only for its own
+    test inference, never for calibration here."""
+    return np.random.default_rng(seed).random((20, 128, 128, 3), dtype=np.float32)
+
+
+def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simplify: bool = True) -> Path:
+    """Run onnx2tf on a copy of ``onnx_path``; returns the SavedModel directory."""
+    from stmclf.export.onnx_export import require_static_batch1
+
+    require_static_batch1(onnx_path)
+    require_tflite_stack()
+    import onnx2tf.onnx2tf as o2t
+    from unittest import mock
+
+    source = work_dir / "model.onnx"  # onnx2tf rewrites its input file (onnxsim, op names)
+    shutil.copyfile(onnx_path, source)
+    saved_model = work_dir / "saved_model"
+    path = os.environ.get("PATH", "")
+    bin_dir = str(Path(sys.executable).parent)
+    try:
+        os.environ["PATH"] = bin_dir + os.pathsep + path
+        with captured_output(log_file), mock.patch.object(o2t, "download_test_image_data", _sample_images):
+            o2t.convert(input_onnx_file_path=str(source), output_folder_path=str(saved_model),
+                        output_signaturedefs=True, not_use_onnxsim=not simplify, non_verbose=True,
+                        verbosity="error")
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - onnx2tf exits on unsupported graphs
+        raise UserError(f"{onnx_path}: onnx2tf could not convert the model "
+                        f"({_error_line(log_file, type(exc).__name__)}); full log: {log_file}") from None
+    finally:
+        os.environ["PATH"] = path
+    if not (saved_model / "saved_model.pb").is_file():
+        raise UserError(f"{onnx_path}: onnx2tf wrote no SavedModel ({_error_line(log_file, 'no error reported')}); "
+                        f"full log: {log_file}")
+    return saved_model
+
+
+def _convert(converter, what: str, source: Path, log_file: Path) -> bytes:
+    try:
+        with captured_output(log_file):
+            return converter.convert()
+    except Exception as exc:  # noqa: BLE001 - ConverterError and friends
+        text = " ".join(str(exc).split())
+        hint = ""
+        if "not supported" in text or "unsupported" in text.lower():
+            hint = " (an operator without a builtin TFLite kernel: replace it in the model or export ONNX only)"
+        detail = _error_line(log_file, text[:300] or type(exc).__name__)
+        raise UserError(f"{source}: TFLite {what} conversion failed: {detail}{hint}; full log: {log_file}") from None
+
+
+def saved_model_to_float_tflite(saved_model: Path, out: Path, log_file: Path, source: Path) -> Path:
+    tf = require_tflite_stack()
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    data = _convert(converter, "float32", source, log_file)
+    return _write(out, data)
+
+
+def saved_model_to_int8_tflite(saved_model: Path, out: Path, calibration_nhwc: np.ndarray, log_file: Path,
+                               source: Path, *, per_channel: bool = True, input_type: str = "uint8",
+                               output_type: str = "float") -> Path:
+    """Full-integer int8 TFLite; ``calibration_nhwc`` is float32 model input, fed one image at a time."""
+    tf = require_tflite_stack()
+    if len(calibration_nhwc) == 0:
+        raise UserError(f"{source}: no calibration image for the int8 TFLite model; set "
+                        f"dataset.quantization_path or dataset.training_path")
+    dtypes = {"uint8": tf.uint8, "int8": tf.int8, "float": tf.float32}
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter._experimental_disable_per_channel = not per_channel
+    converter.inference_input_type = dtypes[normalise_io_type(input_type)]
+    converter.inference_output_type = dtypes[normalise_io_type(output_type)]
+
+    def representative():
+        for i in range(len(calibration_nhwc)):
+            yield [np.ascontiguousarray(calibration_nhwc[i:i + 1], dtype=np.float32)]
+
+    converter.representative_dataset = representative
+    data = _convert(converter, "int8", source, log_file)
+    return _write(out, data)
+
+
+def _write(out: Path, data: bytes) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, out)
+    return out
+
+
+# -- running TFLite models --------------------------------------------------------------------------
+
+@dataclass
+class TensorInfo:
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+    shape: tuple
+
+
+class TfliteModel:
+    """A TFLite classifier run with LiteRT's interpreter, one image at a time (NHWC)."""
+
+    def __init__(self, path: Path, threads: Optional[int] = None) -> None:
+        require_tflite_stack()
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or 1)
+            self.interpreter.allocate_tensors()
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"{path}: not a TFLite model LiteRT can load ({str(exc).splitlines()[0]})") from None
+        inp = self.interpreter.get_input_details()[0]
+        outp = self.interpreter.get_output_details()[0]
+        self._in_index, self._out_index = inp["index"], outp["index"]
+        self.input = TensorInfo(np.dtype(inp["dtype"]), float(inp["quantization"][0]), int(inp["quantization"][1]),
+                                tuple(int(v) for v in inp["shape"]))
+        self.output = TensorInfo(np.dtype(outp["dtype"]), float(outp["quantization"][0]),
+                                 int(outp["quantization"][1]), tuple(int(v) for v in outp["shape"]))
+
+    @property
+    def quantized(self) -> bool:
+        """True when the model computes in int8 (whatever its I/O types)."""
+        if self.input.dtype != np.float32:
+            return True
+        return any(np.dtype(t["dtype"]) == np.int8 for t in self.interpreter.get_tensor_details())
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """Float model input → the input tensor's type: q = clip(round(x/scale) + zero_point)."""
+        if self.input.dtype == np.float32:
+            return x.astype(np.float32)
+        info = np.iinfo(self.input.dtype)
+        q = np.round(x / self.input.scale) + self.input.zero_point
+        return np.clip(q, info.min, info.max).astype(self.input.dtype)
+
+    def dequantize_output(self, y: np.ndarray) -> np.ndarray:
+        if self.output.dtype == np.float32:
+            return y.astype(np.float32)
+        return (y.astype(np.float32) - self.output.zero_point) * self.output.scale
+
+    def run_raw(self, batch: np.ndarray) -> np.ndarray:
+        """Outputs (dequantized) for inputs already in the input tensor's dtype, NHWC."""
+        outputs = []
+        for i in range(len(batch)):
+            self.interpreter.set_tensor(self._in_index, np.ascontiguousarray(batch[i:i + 1]))
+            self.interpreter.invoke()
+            outputs.append(self.dequantize_output(self.interpreter.get_tensor(self._out_index)).reshape(1, -1))
+        return np.concatenate(outputs) if outputs else np.zeros((0, int(np.prod(self.output.shape[1:]))), np.float32)
+
+    def predict(self, x_nhwc: np.ndarray) -> np.ndarray:
+        """Outputs for float model input (rescaled NHWC), quantized as the reference does."""
+        return self.run_raw(self.quantize_input(x_nhwc))
+
+    def raw_pixel_input(self, pixels_nhwc: np.ndarray) -> np.ndarray:
+        """Raw uint8 pixels as an int8/uint8 model takes them without any arithmetic (int8: −128)."""
+        if self.input.dtype == np.uint8:
+            return pixels_nhwc.astype(np.uint8)
+        if self.input.dtype == np.int8:
+            return (pixels_nhwc.astype(np.int16) - 128).astype(np.int8)
+        raise ValueError("a float-input model takes rescaled floats, not raw pixels")
+
+    def takes_raw_pixels(self, rescaling: Sequence[float]) -> bool:
+        """True when the input quantization is the rescaling (scale = rescaling scale, zero point
+        within half a step of −offset/scale), i.e. raw pixels are the quantized input."""
+        if self.input.dtype not in (np.dtype(np.uint8), np.dtype(np.int8)):
+            return False
+        scale, offset = float(rescaling[0]), float(rescaling[1])
+        qmin = 0 if self.input.dtype == np.uint8 else -128
+        ideal = qmin - offset / scale
+        return abs(self.input.scale - scale) <= 1e-3 * abs(scale) and abs(self.input.zero_point - ideal) <= 0.5 + 1e-6
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
+
+
+# -- the conversion ---------------------------------------------------------------------------------
+
+@dataclass
+class TfliteExport:
+    float_path: Path
+    int8_path: Optional[Path]
+    float_max_diff: float
+    float_agreement: float
+    int8_agreement: Optional[float] = None
+    int8_raw_pixels: Optional[bool] = None
+    int8_input: Optional[TensorInfo] = None
+    timings: Optional[dict] = None
+
+
+def check_float_tflite(model: TfliteModel, images: np.ndarray, expected: np.ndarray, rescaling,
+                       *, tolerance: float = 1e-3, min_agreement: float = 0.99) -> tuple[float, float]:
+    """(max |TFLite − torch|, top-1 agreement) on uint8 NCHW ``images``; UserError when they disagree."""
+    from stmclf.export.images import rescale
+
+    got = model.predict(nhwc(rescale(images, rescaling)))
+    if got.shape != expected.shape:
+        raise UserError(f"{model.path}: the float TFLite model outputs shape {got.shape[1:]}, torch "
+                        f"{expected.shape[1:]}; the conversion is wrong")
+    diff = float(np.max(np.abs(got - expected))) if len(images) else 0.0
+    agreement = float(np.mean(got.argmax(1) == expected.argmax(1))) if len(images) else 1.0
+    log.info("TFLite float check: %s vs torch on %d images, max |difference| %.2e, top-1 agreement %.2f %%",
+             model.path.name, len(images), diff, 100 * agreement)
+    if not np.isfinite(diff) or diff > tolerance or agreement < min_agreement:
+        raise UserError(f"{model.path}: the float TFLite model disagrees with the torch model (max |difference| "
+                        f"{diff:.3g}, top-1 agreement {100 * agreement:.1f} % over {len(images)} images); "
+                        f"onnx2tf mis-converted this model: no TFLite file is shipped (export ONNX only with "
+                        f"--format onnx)")
+    return diff, agreement
+
+
+def convert_tflite(onnx_path: Path, out_dir: Path, *, rescaling: Sequence[float], check_images: np.ndarray,
+                   expected: np.ndarray, calibration: Optional[np.ndarray] = None, per_channel: bool = True,
+                   input_type: str = "uint8", output_type: str = "float", simplify: bool = True,
+                   float_name: Optional[str] = None, int8_name: str = INT8_NAME,
+                   log_file: Optional[Path] = None) -> TfliteExport:
+    """Float TFLite (checked against ``expected``, the torch outputs on ``check_images``), then the
+    int8 TFLite when ``calibration`` (uint8 NCHW images) is given. Files go to ``out_dir``."""
+    import time
+
+    from stmclf.export.images import rescale
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = Path(log_file) if log_file else out_dir / "onnx2tf.log"
+    log_file.unlink(missing_ok=True)
+    float_out = out_dir / (float_name or FLOAT_NAME.format(stem=Path(onnx_path).stem))
+    int8_out = out_dir / int8_name
+    timings = {}
+    with tempfile.TemporaryDirectory(prefix="stmclf-tflite-") as tmp:
+        start = time.perf_counter()
+        saved_model = onnx_to_saved_model(Path(onnx_path), Path(tmp), log_file, simplify=simplify)
+        timings["onnx2tf"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        staged_float = saved_model_to_float_tflite(saved_model, Path(tmp) / "float.tflite", log_file, onnx_path)
+        timings["tflite_float"] = time.perf_counter() - start
+        start = time.perf_counter()
+        try:
+            diff, agreement = check_float_tflite(TfliteModel(staged_float), check_images, expected, rescaling)
+        except UserError as exc:
+            raise UserError(str(exc).replace(str(staged_float), str(float_out))) from None
+        timings["tflite_float_check"] = time.perf_counter() - start
+        shutil.copyfile(staged_float, float_out)
+        result = TfliteExport(float_out, None, diff, agreement, timings=timings)
+
+        if calibration is not None:
+            start = time.perf_counter()
+            saved_model_to_int8_tflite(saved_model, int8_out, nhwc(rescale(calibration, rescaling)), log_file,
+                                       onnx_path, per_channel=per_channel, input_type=input_type,
+                                       output_type=output_type)
+            timings["tflite_int8"] = time.perf_counter() - start
+            start = time.perf_counter()
+            model = TfliteModel(int8_out)
+            result.int8_path, result.int8_input = int8_out, model.input
+            result.int8_raw_pixels = model.takes_raw_pixels(rescaling)
+            if result.int8_raw_pixels:
+                got = model.run_raw(model.raw_pixel_input(nhwc(check_images)))
+                how = "raw pixels"
+            else:
+                got = model.predict(nhwc(rescale(check_images, rescaling)))
+                how = "quantized rescaled input"
+                if model.input.dtype != np.float32:
+                    log.warning("TFLite int8 input quantization (scale %.6g, zero point %d) is not the rescaling "
+                                "(%.6g, %.6g): feed round(x/scale) + zero point, not raw pixels",
+                                model.input.scale, model.input.zero_point, rescaling[0], rescaling[1])
+            result.int8_agreement = float(np.mean(got.argmax(1) == expected.argmax(1))) if len(got) else 1.0
+            timings["tflite_int8_check"] = time.perf_counter() - start
+            log.info("TFLite int8 check: %s (input %s scale %.6g zero point %d, output %s) fed %s: top-1 agreement "
+                     "with torch %.2f %% on %d images", int8_out.name, model.input.dtype, model.input.scale,
+                     model.input.zero_point, model.output.dtype, how, 100 * result.int8_agreement, len(got))
+    return result
