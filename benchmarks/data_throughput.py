@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 import sys
@@ -53,7 +52,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from stmclf.augment import build_augmentation  # noqa: E402
 from stmclf.augment.bench import SEED_PIPELINE  # noqa: E402
 from stmclf.config.sections import Dataset as DatasetSection  # noqa: E402
-from stmclf.data import datamodule as dm  # noqa: E402
 from stmclf.data.datamodule import ImageDataModule, ImageFileDataset, ImageFormat, load_image  # noqa: E402
 from stmclf.data.decode import PIL_MODES, decode_image  # noqa: E402
 from stmclf.data.resize import resize_image, resize_matrix  # noqa: E402
@@ -250,11 +248,12 @@ def make_loader(module: ImageDataModule, batched: bool):
 
 
 def loader_epochs(train_dir: str, fmt: ImageFormat, epochs: int, augment: bool, device: torch.device,
-                  batched: bool = False) -> tuple[list[float], int, int]:
-    """img/s of each epoch of the train loader (fresh cache), with the batches consumed as
-    training does (to the device, float·scale + offset, channels_last, optional augmentation)."""
+                  batched: bool = False, workers: Optional[int] = None) -> tuple[list[float], int]:
+    """img/s of each epoch of the train loader (fresh cache): uint8 batches moved to ``device``;
+    with ``augment``, then also converted and augmented as training does (channels_last,
+    float·scale + offset, the seed pipeline)."""
     section = DatasetSection(training_path=train_dir, validation_path=train_dir)
-    module = ImageDataModule(section, fmt, BATCH)
+    module = ImageDataModule(section, fmt, BATCH, num_workers=workers)
     module.setup("fit")
     loader = make_loader(module, batched)
     aug = build_augmentation(SEED_PIPELINE, (OFFSET, 255 * SCALE + OFFSET), channels=3) if augment else None
@@ -265,17 +264,17 @@ def loader_epochs(train_dir: str, fmt: ImageFormat, epochs: int, augment: bool, 
         count = 0
         start = time.perf_counter()
         for images, labels in loader:
-            x = images.to(device, non_blocking=True).to(memory_format=torch.channels_last)
-            x = x.float().mul_(SCALE).add_(OFFSET)
-            if aug is not None:
+            x = images.to(device, non_blocking=True)
+            if aug is not None:  # what ClassifierModule.on_after_batch_transfer does in training
+                x = x.to(memory_format=torch.channels_last).float().mul_(SCALE).add_(OFFSET)
                 x = aug(x, epoch=epoch)
             count += int(labels.shape[0])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         rates.append(count / (time.perf_counter() - start))
-    workers = loader.num_workers
+    used = loader.num_workers
     del loader
-    return rates, workers, count
+    return rates, used
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,36 +378,37 @@ def main() -> None:
                         [(n, s, f"{b:.1f}", f"{a:.1f}", f"{b / a:.2f}×") if a is not None else (n, s, b, "", "")
                          for n, s, b, a in rows]), flush=True)
 
-        results: dict[tuple[str, str], list[float]] = {}
-        workers = {}
+        results: dict[tuple[str, str], tuple[list[float], int]] = {}
         if "loader" in args.skip:
             folders_for_loader = {}
         else:
             folders_for_loader = folders
         proposal = not hasattr(ImageFileDataset, "__getitems__")
         for name, root in folders_for_loader.items():
-            variants = [("per-item (default)", False, False), ("per-item (default) + seed augmentation", True, False)]
+            variants = [("per-item (default)", False, False, None),
+                        ("per-item (default) + seed augmentation", True, False, None)]
             if proposal:
-                variants += [("batched cache read (proposed)", False, True),
-                             ("batched cache read (proposed) + seed augmentation", True, True)]
-            for label, augment, batched in variants:
+                variants += [("batched cache read (proposed)", False, True, None),
+                             ("batched cache read (proposed) + seed augmentation", True, True, None),
+                             ("batched cache read, in the main process (0 workers)", False, True, 0)]
+            for label, augment, batched, nw in variants:
                 with _fresh_cache(tmp, f"{name}-{label}"):
-                    rates, workers[name], _ = loader_epochs(root, fmt, max(2, args.epochs), augment, device, batched)
-                results[(name, label)] = rates
-                print(f"  {name:8s} {label:52s} " + " ".join(f"{r:8.0f}" for r in rates), flush=True)
+                    rates, used = loader_epochs(root, fmt, max(2, args.epochs), augment, device, batched, nw)
+                results[(name, label)] = (rates, used)
+                print(f"  {name:8s} {label:52s} {used} workers " + " ".join(f"{r:8.0f}" for r in rates), flush=True)
 
         kernels = [] if "kernels" in args.skip else kernel_table(device, args.repeats)
         step = None if "step" in args.skip else train_step_rate(device, steps=10 if device.type == "cpu" else 50)
 
         if results:
-            print(f"\n### 2. Train loader (ImageDataModule, {max(workers.values())} workers by default, cache on), img/s\n")
+            print("\n### 2. Train loader (ImageDataModule train loader, image cache on), img/s\n")
             rows = []
-            for (name, label), rates in results.items():
+            for (name, label), (rates, used) in results.items():
                 e2 = max(rates[1:])
-                rows.append((name, label, f"{rates[0]:,.0f}", f"{e2:,.0f}", f"{REFERENCE[name]:,}",
+                rows.append((name, label, used, f"{rates[0]:,.0f}", f"{e2:,.0f}", f"{REFERENCE[name]:,}",
                              f"{rates[0] / REFERENCE[name]:.2f}", f"{e2 / REFERENCE[name]:.2f}",
                              f"{e2 / step:.1f}" if step else "—"))
-            print(table(["data", "loader", "epoch 1", "epoch 2+ (best)", "reference loader", "epoch 1 / ref",
+            print(table(["data", "loader", "workers", "epoch 1", "epoch 2+ (best)", "reference loader", "epoch 1 / ref",
                          "epoch 2+ / ref", "epoch 2+ / train step"], rows))
         if kernels:
             print(f"\n### 3. Seed augmentation kernels, {BATCH}×3×128×128 float channels_last on {device}\n")

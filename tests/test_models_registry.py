@@ -50,7 +50,7 @@ def test_accepted_weight_keys_and_head_rule() -> None:
     assert model.nodes[-1].output_shape == (2,)  # binary tasks: 2 logits, not one sigmoid unit
     model = build_model(_spec(pretrained_weights=None, pretrained_model_path="x.h5"), 1, 0.0)
     assert model.nodes[-1].output_shape == (2,) and "dropout" not in model.layers  # dropout 0.0: no layer
-    assert registered_models()["mobilenet"] == ("v2",)
+    assert registered_models()["mobilenet"] == ("v1", "v2")
 
 
 def test_unversioned_model_rejects_a_version(monkeypatch: pytest.MonkeyPatch) -> None:

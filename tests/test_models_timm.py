@@ -62,11 +62,15 @@ def test_pretrained_weights_offline_is_a_one_line_error(monkeypatch: pytest.Monk
     constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # fail at once instead of retrying the network
     monkeypatch.setenv("HF_HOME", "/nonexistent-stmclf-test-hf-home")
+    from stmclf.models.pretrained import apply_pretrained
+
+    spec = {"name": "timm/mobilenetv2_050", "input_shape": (64, 64, 3), "pretrained_weights": "imagenet"}
+    graph = _timm("mobilenetv2_050", pretrained_weights="imagenet")  # building never downloads
     with pytest.raises(ConfigError, match="pretrained weights of timm/mobilenetv2_050 cannot be downloaded") as info:
-        _timm("mobilenetv2_050", pretrained_weights="imagenet")
+        apply_pretrained(graph, spec)
     assert info.value.key == "training.model.pretrained_weights" and "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="timm has no pretrained weights for timm/mobilenetv2_035"):
-        _timm(pretrained_weights="imagenet")
+        apply_pretrained(_timm(pretrained_weights="imagenet"), {**spec, "name": "timm/mobilenetv2_035"})
 
 
 @pytest.mark.parametrize("name,keys,key,message", [

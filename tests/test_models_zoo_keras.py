@@ -241,3 +241,20 @@ def test_matches_keras_replica(keras: Any, label: str, replica: Callable[..., An
     with torch.no_grad():
         out = model(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(expected).max())))
+
+
+@pytest.mark.parametrize("kind", ["max", "average"])
+@pytest.mark.parametrize("size,pool,strides,padding", [
+    ((9, 8), 3, 2, "same"), ((8, 8), 2, None, "same"), ((7, 10), 3, 2, "valid"), ((8, 8), 8, None, "valid"),
+    ((5, 6), (2, 3), (1, 2), "same"),
+])
+def test_pooling_matches_keras(keras: Any, kind: str, size: tuple, pool: Any, strides: Any, padding: str) -> None:
+    from stmclf.models.layers import AveragePooling2D, MaxPooling2D
+
+    x = np.random.default_rng(0).normal(size=(2, *size, 3)).astype(np.float32)
+    klayer = (keras.layers.MaxPooling2D if kind == "max" else keras.layers.AveragePooling2D)(pool, strides, padding)
+    expected = klayer(x).numpy()
+    layer = (MaxPooling2D if kind == "max" else AveragePooling2D)((*size, 3), pool, strides, padding)
+    assert layer.compute_output_shape((*size, 3)) == expected.shape[1:]
+    out = layer(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)

@@ -236,7 +236,7 @@ def _interpolate_bilinear(image: np.ndarray, height: int, width: int):
 
     h, w, c = image.shape
     x = torch.empty((1, h, w, c), dtype=torch.float32)
-    x[0].copy_(torch.from_numpy(image if min(image.strides) >= 0 else np.ascontiguousarray(image)))
+    x.numpy()[0] = image  # the float32 conversion (numpy: no copy of a read-only array first)
     out = F.interpolate(x.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False)
     return out[0].permute(1, 2, 0).contiguous().numpy()
 

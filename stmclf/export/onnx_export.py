@@ -212,8 +212,8 @@ def check_onnx(module, path: Path, images: np.ndarray, *, tolerance: float = 1e-
     log.info("ONNX check: %s vs torch on %d images, max |difference| %.2e", Path(path).name, len(images), diff)
     if not np.isfinite(diff) or diff > tolerance:
         raise UserError(f"{path}: the exported ONNX model disagrees with the torch model (max |difference| "
-                        f"{diff:.3g} > {tolerance:g} over {len(images)} images); the export is wrong — report it "
-                        f"with the model name {module.model_name}")
+                        f"{diff:.3g} > {tolerance:g} over {len(images)} images): {module.model_name} does not export "
+                        f"faithfully at this opset; try another quantization.target_opset")
     return diff
 
 

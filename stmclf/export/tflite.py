@@ -19,8 +19,9 @@ models. With the rescaling (1/127.5, −1) the zero point cannot be 127.5, so ra
 quantization step (1/255) off the float model's input; the conversion checks that this does not
 move predictions.
 
-onnx2tf is kept offline: its sample-image download is replaced by local data, ``onnxsim`` is found
-on PATH next to the Python interpreter, and its console output goes to a log file
+onnx2tf is kept offline: its sample-image download is replaced by local data; the graph is simplified
+with onnxsim's Python API beforehand (onnx2tf would run the ``onnxsim`` command three times, ~10 s;
+the interpreter's bin directory is on PATH anyway); its console output goes to a log file
 (``<export_dir>/onnx2tf.log``) that error messages point to. The float model is compared with torch
 before the int8 model is built; a disagreement stops the export with no TFLite file written.
 """
@@ -119,6 +120,24 @@ def _sample_images(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((20, 128, 128, 3), dtype=np.float32)
 
 
+def _simplify(onnx_path: Path, out: Path, log_file: Path) -> bool:
+    """onnx-simplifier, in this process (onnx2tf would run its command three times, ~10 s); False
+    when it is unavailable or fails (onnx2tf then gets the file as exported)."""
+    try:
+        import onnx
+        import onnxsim
+
+        with captured_output(log_file):
+            model, ok = onnxsim.simplify(onnx.load(str(onnx_path)))
+        if not ok:
+            return False
+        onnx.save(model, str(out))
+        return True
+    except Exception as exc:  # noqa: BLE001 - simplification is an optimisation only
+        log.info("onnxsim skipped (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return False
+
+
 def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simplify: bool = True) -> Path:
     """Run onnx2tf on a copy of ``onnx_path``; returns the SavedModel directory."""
     from stmclf.export.onnx_export import require_static_batch1
@@ -128,8 +147,9 @@ def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simp
     import onnx2tf.onnx2tf as o2t
     from unittest import mock
 
-    source = work_dir / "model.onnx"  # onnx2tf rewrites its input file (onnxsim, op names)
-    shutil.copyfile(onnx_path, source)
+    source = work_dir / "model.onnx"  # onnx2tf rewrites its input file (op names)
+    if not (simplify and _simplify(onnx_path, source, log_file)):
+        shutil.copyfile(onnx_path, source)
     saved_model = work_dir / "saved_model"
     path = os.environ.get("PATH", "")
     bin_dir = str(Path(sys.executable).parent)
@@ -137,8 +157,7 @@ def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simp
         os.environ["PATH"] = bin_dir + os.pathsep + path
         with captured_output(log_file), mock.patch.object(o2t, "download_test_image_data", _sample_images):
             o2t.convert(input_onnx_file_path=str(source), output_folder_path=str(saved_model),
-                        output_signaturedefs=True, not_use_onnxsim=not simplify, non_verbose=True,
-                        verbosity="error")
+                        output_signaturedefs=True, not_use_onnxsim=True, non_verbose=True, verbosity="error")
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - onnx2tf exits on unsupported graphs
         raise UserError(f"{onnx_path}: onnx2tf could not convert the model "
                         f"({_error_line(log_file, type(exc).__name__)}); full log: {log_file}") from None
@@ -345,6 +364,9 @@ def convert_tflite(onnx_path: Path, out_dir: Path, *, rescaling: Sequence[float]
     float_out = out_dir / (float_name or FLOAT_NAME.format(stem=Path(onnx_path).stem))
     int8_out = out_dir / int8_name
     timings = {}
+    start = time.perf_counter()
+    require_tflite_stack()
+    timings["import_tensorflow"] = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="stmclf-tflite-") as tmp:
         start = time.perf_counter()
         saved_model = onnx_to_saved_model(Path(onnx_path), Path(tmp), log_file, simplify=simplify)

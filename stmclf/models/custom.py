@@ -29,8 +29,8 @@ is the number of logits to output (the number of classes, 2 for one or two class
   ``backbone_end_index`` attribute on the module enables ``pretrained_model_path``.
 
 This module also holds the registry extensions that ``custom`` and ``timm/<name>`` need (an entry
-that accepts any extra key; names resolved by prefix): see :func:`accept_any_key` and
-:func:`register_prefix`.
+that accepts any extra key (``open_keys``); timm names are resolved by prefix
+(:func:`stmclf.models.registry.register_prefix`).
 """
 from __future__ import annotations
 
@@ -59,67 +59,9 @@ KEY = "training.model.custom_model"
 BACKBONE_END_INDEX = 10
 
 
-# ---------------------------------------------------------------------------------------------
-# Registry extensions (the registry validates an exact key set per model and exact names).
-
-class _OpenKeys(tuple):
-    """The required keys of an entry that also accepts any other key: ``required + optional``,
-    the set :func:`~stmclf.models.registry.check_model_spec` checks keys against, contains all."""
-
-    def __add__(self, other: Any) -> tuple:  # type: ignore[override]
-        return _AnyKey(tuple(self) + tuple(other))
-
-
-class _AnyKey(tuple):
-    # Builders already take these as arguments (from the dataset and training.dropout).
-    RESERVED = ("num_classes", "dropout")
-
-    def __contains__(self, key: object) -> bool:
-        return key not in self.RESERVED
-
-
-def accept_any_key(name: str) -> None:
-    """Let the registered (unversioned) model ``name`` accept keys beyond its optional ones; its
-    builder receives them as keyword arguments and validates them itself."""
-    entries = registry._MODELS[name]
-    entries[None] = replace(entries[None], required=_OpenKeys(entries[None].required))
-
-
-class _PrefixTable(dict):
-    """The registry's name table, also resolving ``<prefix><anything>`` names through a factory."""
-
-    def __init__(self, data: dict) -> None:
-        super().__init__(data)
-        self.prefixes: dict[str, Callable[[str], ModelEntry]] = {}
-
-    def _factory(self, name: object) -> Callable[[str], ModelEntry] | None:
-        if isinstance(name, str):
-            for prefix, factory in self.prefixes.items():
-                if name.startswith(prefix):
-                    return factory
-        return None
-
-    def __contains__(self, name: object) -> bool:
-        return dict.__contains__(self, name) or self._factory(name) is not None
-
-    def __missing__(self, name: str) -> dict[str | None, ModelEntry]:
-        factory = self._factory(name)
-        if factory is None:
-            raise KeyError(name)
-        return {None: factory(name)}
-
-
-def register_prefix(prefix: str, factory: Callable[[str], ModelEntry]) -> None:
-    """Resolve model names starting with ``prefix`` (e.g. ``timm/``) with ``factory(name)``: an
-    unversioned :class:`ModelEntry` built on demand (not listed among the supported names)."""
-    if not isinstance(registry._MODELS, _PrefixTable):
-        registry._MODELS = _PrefixTable(registry._MODELS)
-    registry._MODELS.prefixes[prefix] = factory
-
-
 def open_entry(name: str, builder: Callable[..., Any]) -> ModelEntry:
     """An unversioned entry requiring ``name`` and ``input_shape`` and accepting any other key."""
-    return ModelEntry(name, None, _OpenKeys(("name", "input_shape")), (), builder)
+    return ModelEntry(name, None, ("name", "input_shape"), (), builder, open_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +275,8 @@ def wrap_module(module: Any, input_shape: tuple[int, int, int], units: int, key:
     return graph
 
 
-@register_model("custom", required=("name", "input_shape"), optional=("custom_model", "pretrained_model_path"))
+@register_model("custom", required=("name", "input_shape"), optional=("custom_model", "pretrained_model_path"),
+                open_keys=True)
 def custom(*, num_classes: int, input_shape: tuple[int, int, int], dropout: float | None,
            custom_model: str | None = None, pretrained_model_path: str | None = None, **extra: Any) -> KerasGraph:
     """The reference's default custom model, or the model returned by ``custom_model``."""
@@ -358,4 +301,3 @@ def custom(*, num_classes: int, input_shape: tuple[int, int, int], dropout: floa
     return wrap_module(built, input_shape, units, KEY, custom_model)
 
 
-accept_any_key("custom")

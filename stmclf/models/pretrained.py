@@ -145,6 +145,11 @@ def apply_pretrained(model: KerasGraph, spec: Mapping[str, Any], *, cache_dir: P
     ``spec`` names no weights (random initialisation).
     """
     weights, model_path = spec.get("pretrained_weights"), spec.get("pretrained_model_path")
+    name = str(spec.get("name", ""))
+    if name.startswith("timm/"):
+        from stmclf.models.timm_models import load_timm_pretrained
+
+        return load_timm_pretrained(model, name[len("timm/"):]) if weights == "imagenet" else None
     if weights is not None and model_path is not None:
         raise ConfigError(MODEL_PATH_KEY, "pretrained_weights and pretrained_model_path are mutually exclusive")
     if weights is None and model_path is None:

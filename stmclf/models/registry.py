@@ -30,16 +30,27 @@ class ModelEntry:
     required: tuple[str, ...]
     optional: tuple[str, ...]
     builder: ModelBuilder
+    open_keys: bool = False
+    """Accept any other key too (passed to the builder, which validates it): custom and timm models."""
 
 
+RESERVED_KEYS = ("num_classes", "dropout")  # set from the dataset and training.dropout, never in training.model
 _MODELS: dict[str, dict[str | None, ModelEntry]] = {}
+_PREFIXES: dict[str, Callable[[str], ModelEntry]] = {}
+
+
+def register_prefix(prefix: str, factory: Callable[[str], ModelEntry]) -> None:
+    """Resolve model names starting with ``prefix`` (e.g. ``timm/``) with ``factory(name)``, an
+    unversioned entry built on demand."""
+    _PREFIXES[prefix] = factory
 
 
 def register_model(name: str, versions: tuple[str, ...] | None = None,
                    required: tuple[str, ...] = ("name", "input_shape"),
-                   optional: tuple[str, ...] = ()) -> Callable[[ModelBuilder], ModelBuilder]:
+                   optional: tuple[str, ...] = (), open_keys: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
     """Register a builder for ``name`` (and each of ``versions``; then it also gets ``version``).
-    ``required`` / ``optional`` are the exact ``training.model`` keys allowed for it."""
+    ``required`` / ``optional`` are the ``training.model`` keys allowed for it (exactly those,
+    unless ``open_keys``)."""
     needed = {"name", "input_shape"} | ({"version"} if versions else set())
     if not needed <= set(required) or "version" in optional or (not versions and "version" in required):
         raise ValueError(f"model {name!r}: required keys must include {sorted(needed)} (version iff versioned)")
@@ -50,7 +61,7 @@ def register_model(name: str, versions: tuple[str, ...] | None = None,
             if version in entries or (entries and (version is None or None in entries)):
                 raise ValueError(f"model {name!r} version {version!r} is registered twice or mixes "
                                  "versioned and unversioned entries")
-            entries[version] = ModelEntry(name, version, tuple(required), tuple(optional), builder)
+            entries[version] = ModelEntry(name, version, tuple(required), tuple(optional), builder, open_keys)
         return builder
 
     return decorate
@@ -63,6 +74,11 @@ def registered_models() -> dict[str, tuple[str, ...] | None]:
 
 def _entry(spec: Mapping[str, Any]) -> ModelEntry:
     name = spec.get("name")
+    for prefix, factory in _PREFIXES.items():
+        if isinstance(name, str) and name.startswith(prefix):
+            if spec.get("version") is not None:
+                raise ConfigError("training.model.version", f"the version attribute is not applicable to {name}")
+            return factory(name)
     if name not in _MODELS:
         problem = "missing model name" if name is None else f"unknown model name {name!r}"
         raise ConfigError("training.model.name", f"{problem}. Supported model names are {sorted(_MODELS)}")
@@ -97,7 +113,7 @@ def check_model_spec(spec: Mapping[str, Any]) -> ModelEntry:
     label = entry.name if entry.version is None else f"{entry.name} {entry.version}"
     allowed = entry.required + entry.optional
     for key in spec:
-        if key not in allowed:
+        if key in RESERVED_KEYS or (key not in allowed and not entry.open_keys):
             raise ConfigError(f"training.model.{key}", f"unexpected attribute for {label}. "
                                                        f"Allowed attributes are {list(allowed)}")
     for key in entry.required:

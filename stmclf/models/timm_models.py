@@ -24,7 +24,8 @@ from functools import partial
 from typing import Any
 
 from stmclf.errors import ConfigError
-from stmclf.models.custom import open_entry, register_prefix, wrap_module
+from stmclf.models.custom import open_entry, wrap_module
+from stmclf.models.registry import register_prefix
 from stmclf.models.graph import KerasGraph
 from stmclf.models.heads import head_units
 
@@ -60,26 +61,39 @@ def timm_model(*, timm_name: str, num_classes: int, input_shape: tuple[int, int,
                                                        "dataset classes, input_shape and training.dropout)")
     units = head_units(num_classes)
     kwargs = dict(num_classes=units, in_chans=input_shape[2], drop_rate=dropout or 0.0, **extra)
-    pretrained = pretrained_weights == "imagenet"
-    if pretrained:
-        weights = timm.models.get_pretrained_cfg(timm_name)
-        if weights is None or not (weights.hf_hub_id or weights.url or weights.file):
-            raise ConfigError("training.model.pretrained_weights", f"timm has no pretrained weights for {label} "
-                                                                   "(see timm.list_pretrained())")
     try:
-        model = timm.create_model(timm_name, pretrained=pretrained, **kwargs)
+        # Never download here: the builder also runs when a checkpoint is loaded. ImageNet
+        # weights are loaded once, for a fresh run, by load_timm_pretrained.
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
     except TypeError as exc:  # an extra key the model does not take
         raise ConfigError("training.model", f"{label}: {_one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError("training.model", f"{label}: {_one_line(exc)}") from None
+    model.stmclf_timm_kwargs = kwargs  # for load_timm_pretrained
+    graph = wrap_module(model, input_shape, units, "training.model", label)
+    graph.name = f"timm_{timm_name}"
+    return graph
+
+
+def load_timm_pretrained(graph: KerasGraph, timm_name: str) -> str:
+    """Load timm's published weights (``pretrained_weights: imagenet``) into a built timm model;
+    timm re-initialises the classifier when the class count differs."""
+    import timm
+
+    label = PREFIX + timm_name
+    weights = timm.models.get_pretrained_cfg(timm_name)
+    if weights is None or not (weights.hf_hub_id or weights.url or weights.file):
+        raise ConfigError("training.model.pretrained_weights", f"timm has no pretrained weights for {label} "
+                                                               "(see timm.list_pretrained())")
+    try:
+        source = timm.create_model(timm_name, pretrained=True, **graph.module.stmclf_timm_kwargs)
     except Exception as exc:  # noqa: BLE001 - hub/network failures come in many types
-        if not pretrained:
-            raise ConfigError("training.model", f"{label}: {_one_line(exc)}") from None
         raise ConfigError("training.model.pretrained_weights",
                           f"the pretrained weights of {label} cannot be downloaded here ({_one_line(exc)}); "
                           "use pretrained_weights: None, or put them in the Hugging Face cache "
                           "(HF_HOME) on a machine with network access") from None
-    graph = wrap_module(model, input_shape, units, "training.model", label)
-    graph.name = f"timm_{timm_name}"
-    return graph
+    graph.module.load_state_dict(source.state_dict())
+    return f"timm pretrained weights of {timm_name}"
 
 
 def _entry(name: str):
