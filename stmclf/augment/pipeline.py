@@ -179,7 +179,7 @@ def apply_augmentation(images: torch.Tensor, name: str, pixels_range: tuple[floa
     cache_key = (name, repr(sorted(args.items())), tuple(pixels_range))
     pipe = _SINGLE_CACHE.get(cache_key)
     if pipe is None:
-        pipe = build_augmentation({name: args}, pixels_range, key=f"augmentation")
+        pipe = build_augmentation({name: args}, pixels_range, key="augmentation")
         if len(_SINGLE_CACHE) > 256:
             _SINGLE_CACHE.clear()
         _SINGLE_CACHE[cache_key] = pipe

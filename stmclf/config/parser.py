@@ -18,7 +18,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader
 from stmclf.config import sections
 from stmclf.config.interpolate import interpolate_tree
 from stmclf.config.values import convert_values
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import UserError
 
 PARSER_MODE = "stmclf_yaml"
 

@@ -39,7 +39,6 @@ import importlib.util
 import sys
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,6 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from stmclf.errors import ConfigError, UserError
-from stmclf.models import registry
 from stmclf.models.graph import GraphBuilder, KerasGraph, LayerRow, Node
 from stmclf.models.heads import head_units
 from stmclf.models.layers import (Activation, Dropout, GlobalAveragePooling2D, KerasNames, Shape, batch_norm,

@@ -10,6 +10,7 @@ Keras layers and 221,114 Keras parameters for 10 classes. Backbone transfer copi
 from __future__ import annotations
 
 from stmclf.errors import ConfigError
+from stmclf.models.constraints import check_mobilenet_args
 from stmclf.models.graph import GraphBuilder, KerasGraph
 from stmclf.models.heads import gap_dense_head
 from stmclf.models.layers import ReLU, ZeroPadding2D, batch_norm, conv2d, depthwise_conv2d
@@ -44,18 +45,7 @@ def mobilenet_v1(*, num_classes: int, input_shape: tuple[int, int, int], dropout
                  pretrained_model_path: str | None = None) -> KerasGraph:
     """MobileNet V1 with width multiplier ``alpha`` and a GAP → [Dropout] → Dense head. The weight
     sources (``pretrained_*``) are loaded by the caller; only their constraints are checked here."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise ConfigError("training.model.alpha", f"expected a positive number, got {alpha!r}")
-    height, width, channels = input_shape
-    if min(height, width) < 32:
-        raise ConfigError("training.model.input_shape", f"MobileNet V1 needs height and width >= 32, "
-                                                        f"got {input_shape}")
-    if pretrained_weights == "imagenet":
-        if alpha not in IMAGENET_ALPHAS:
-            raise ConfigError("training.model.alpha", f"ImageNet weights exist for alpha in {list(IMAGENET_ALPHAS)}, "
-                                                      f"got {alpha}")
-        if channels != 3:
-            raise ConfigError("training.model.input_shape", f"ImageNet weights need 3 input channels, got {channels}")
+    check_mobilenet_args("MobileNet V1", alpha, input_shape, pretrained_weights, IMAGENET_ALPHAS)
     if int(32 * alpha) < 1 or int(64 * alpha) < 1:
         raise ConfigError("training.model.alpha", f"alpha {alpha} leaves a layer without filters")
 

@@ -5,7 +5,7 @@ model has 156 Keras layers (157 with head dropout) and 416,613 Keras parameters 
 """
 from __future__ import annotations
 
-from stmclf.errors import ConfigError
+from stmclf.models.constraints import check_mobilenet_args
 from stmclf.models.graph import GraphBuilder, KerasGraph
 from stmclf.models.heads import gap_dense_head
 from stmclf.models.layers import (Add, LayerFn, ReLU, ZeroPadding2D, batch_norm, conv2d, correct_pad,
@@ -63,18 +63,7 @@ def mobilenet_v2(*, num_classes: int, input_shape: tuple[int, int, int], dropout
                  pretrained_model_path: str | None = None) -> KerasGraph:
     """MobileNet V2 with width multiplier ``alpha`` and a GAP → [Dropout] → Dense head. The weight
     sources (``pretrained_*``) are loaded by the caller; only their constraints are checked here."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise ConfigError("training.model.alpha", f"expected a positive number, got {alpha!r}")
-    height, width, channels = input_shape
-    if min(height, width) < 32:
-        raise ConfigError("training.model.input_shape", f"MobileNet V2 needs height and width >= 32, "
-                                                        f"got {input_shape}")
-    if pretrained_weights == "imagenet":
-        if alpha not in IMAGENET_ALPHAS:
-            raise ConfigError("training.model.alpha", f"ImageNet weights exist for alpha in {list(IMAGENET_ALPHAS)}, "
-                                                      f"got {alpha}")
-        if channels != 3:
-            raise ConfigError("training.model.input_shape", f"ImageNet weights need 3 input channels, got {channels}")
+    check_mobilenet_args("MobileNet V2", alpha, input_shape, pretrained_weights, IMAGENET_ALPHAS)
 
     g = GraphBuilder(input_shape)
     x = g.add("Conv1", conv2d(make_divisible(32 * alpha), 3, strides=2, padding="same", use_bias=False), g.input())
