@@ -38,8 +38,8 @@ def _train_module(cfg, steps: int = 80):
     module = ClassifierModule(model_spec=dict(MODEL_SPEC), class_names=CLASSES, input_shape=[32, 32, 3],
                               rescaling=RESCALING, optimizer={"Adam": {"learning_rate": 0.005}})
     datamodule = ImageDataModule(cfg.dataset, ImageFormat(32, 32), batch_size=16, num_workers=0)
-    images, labels = load_images(datamodule, datamodule.prepare_splits().train)
-    images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+    train_images, labels = load_images(datamodule, datamodule.prepare_splits().train)
+    images, labels = torch.from_numpy(train_images), torch.from_numpy(labels)
     optimizer = torch.optim.Adam(module.parameters(), lr=0.005)
     module.train()
     generator = torch.Generator().manual_seed(0)
@@ -49,7 +49,7 @@ def _train_module(cfg, steps: int = 80):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return module.eval()
+    return module.eval(), train_images
 
 
 def _save_model_file(module, path: Path) -> Path:
@@ -66,7 +66,7 @@ def setup(tmp_path_factory):
     train_dir = write_image_folder(tmp / "train", per_class=24)
     test_dir = write_image_folder(tmp / "test", per_class=10, seed=5)
     cfg = _config(tmp, train_dir, test_dir)
-    module = _train_module(cfg)
+    module, train_images = _train_module(cfg)
     model_file = _save_model_file(module, tmp / "best_model.pt")
     from stmclf.data.datamodule import ImageDataModule, ImageFormat
     from stmclf.export.images import load_images
@@ -74,7 +74,8 @@ def setup(tmp_path_factory):
     datamodule = ImageDataModule(cfg.dataset, ImageFormat(32, 32), batch_size=16, num_workers=0)
     test_images, test_labels = load_images(datamodule, datamodule.prepare_splits().test)
     return {"tmp": tmp, "cfg": cfg, "module": module, "model_file": model_file, "train_dir": train_dir,
-            "test_dir": test_dir, "test_images": test_images, "test_labels": test_labels}
+            "test_dir": test_dir, "test_images": test_images, "test_labels": test_labels,
+            "train_images": train_images}
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +153,7 @@ def test_qdq_per_channel_and_per_tensor_agree_with_float(exported, setup, tmp_pa
     x = rescale(images, RESCALING)
     per_channel = exported["onnx_qdq"]
     assert is_quantized_onnx(per_channel) and not is_quantized_onnx(exported["onnx"])
-    from stmclf.data.datamodule import ImageDataModule, ImageFormat
-    from stmclf.export.images import load_images
-
-    dm = ImageDataModule(setup["cfg"].dataset, ImageFormat(32, 32), batch_size=16, num_workers=0)
-    calibration, _ = load_images(dm, dm.prepare_splits().quantization)
+    calibration = setup["train_images"]
     per_tensor = quantize_qdq(exported["onnx"], tmp_path / "best_model_quant_qdq_pt.onnx",
                               rescale(calibration, RESCALING), per_channel=False, calib_moving_average=True)
     for path in (per_channel, per_tensor):
@@ -235,12 +232,11 @@ def test_evaluate_artifact_matches_evaluate_module(exported, setup):
 @pytest.mark.slow
 def test_int8_tflite_per_tensor_int8_io(exported, setup, tmp_path):
     """Per-tensor weights with int8 input and output: raw pixels − 128 go in."""
-    from stmclf.export.images import pin_input_range
     from stmclf.export.tflite import TfliteModel, convert_tflite, nhwc
 
     images = setup["test_images"]
     expected = _torch_probs(setup["module"], images)
-    calibration = pin_input_range(images[:20])
+    calibration = setup["train_images"]
     out = convert_tflite(exported["onnx"], tmp_path, rescaling=RESCALING, check_images=images, expected=expected,
                          calibration=calibration, per_channel=False, input_type="int8", output_type="int8")
     model = TfliteModel(out.int8_path)
@@ -374,3 +370,41 @@ def test_export_mode_run_directory(setup, tmp_path):
     assert (run / "report.html").is_file()
     with pytest.raises(ConfigError, match="general.model_path"):
         export_mode(cfg)
+
+
+def test_missing_quantization_path_is_one_line(setup, tmp_path):
+    from stmclf.export import export_run
+
+    missing = tmp_path / "nowhere"
+    text = config_text(setup["train_dir"], tmp_path / "run", tmp_path / "mlruns", epochs=1)
+    text = text.replace("  validation_split: 0.25\n", f"  validation_split: 0.25\n  quantization_path: {missing}\n")
+    (tmp_path / "c.yaml").write_text(text)
+    cfg = load_config(["--config", str(tmp_path / "c.yaml")])
+    with pytest.raises(ConfigError) as info:
+        export_run(cfg, setup["model_file"], tmp_path / "run", formats=("onnx",))
+    assert "\n" not in str(info.value) and "dataset.quantization_path" in str(info.value)
+    assert str(missing) in str(info.value)
+
+
+def test_op_without_tflite_kernel_is_one_line(tmp_path):
+    """An op onnx2tf converts but TFLite has no builtin kernel for: no TFLite file, one line naming it."""
+    from types import SimpleNamespace
+
+    from stmclf.export.onnx_export import export_onnx
+    from stmclf.export.tflite import convert_tflite
+
+    class Determinant(torch.nn.Module):
+        def forward(self, x):
+            d = torch.linalg.det(x[:, :, :3, :3].mean(1))
+            return torch.stack([d, -d, 2 * d], 1)
+
+    fake = SimpleNamespace(model=Determinant(), model_name="det", class_names=CLASSES,
+                           hparams=SimpleNamespace(input_shape=[8, 8, 3], rescaling=RESCALING))
+    onnx_file = export_onnx(fake, tmp_path / "det.onnx", batch_size=1)
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+    expected = torch.softmax(Determinant()(torch.from_numpy(images).float() * RESCALING[0] + RESCALING[1]), 1).numpy()
+    with pytest.raises(UserError) as info:
+        convert_tflite(onnx_file, tmp_path / "out", rescaling=RESCALING, check_images=images, expected=expected)
+    message = str(info.value)
+    assert "\n" not in message and "MatrixDeterminant" in message and str(onnx_file) in message
+    assert not list((tmp_path / "out").glob("*.tflite"))

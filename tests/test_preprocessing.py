@@ -129,6 +129,7 @@ def test_dense_and_sparse_paths_are_both_exercised():
 def test_resize_accepts_any_layout_and_dtype():
     rng = np.random.default_rng(3)
     chw = rng.integers(0, 256, (3, 60, 90), dtype=np.uint8)
+    before = chw.copy()
     hwc_view = chw.transpose(1, 2, 0)  # not contiguous, as a CHW decoder's output would be
     flipped = np.ascontiguousarray(hwc_view)[::-1]  # negative strides
     for method in ("bilinear", "nearest", "area", "bicubic"):
@@ -138,8 +139,7 @@ def test_resize_accepts_any_layout_and_dtype():
                               resize_uint8(np.ascontiguousarray(flipped), 128, 128, method))
         assert np.allclose(resize_float(hwc_view.astype(np.float64), 128, 128, method),
                            resize_float(hwc_view, 128, 128, method))
-    assert not hwc_view.flags.writeable or hwc_view.base is not None  # input untouched
-    assert np.array_equal(chw.transpose(1, 2, 0), hwc_view)
+    assert np.array_equal(chw, before)  # the input is never written
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -170,3 +170,36 @@ def test_html_report(trained, capsys):
     assert "validation set" in page and "accuracy (%)" in page and "project_name: pytest_project" in page
     assert main(["report", str(trained / "mlruns")]) == 2
     assert "is not a stmclf run directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fit_from_a_keras_h5_model_file_and_resume(tmp_path, image_folder):
+    """Bring your own model: ST-style Keras .h5 as general.model_path, frozen layers, resume."""
+    import torchvision.io  # noqa: F401  (torch's native libraries before TensorFlow's)
+    import tf_keras
+
+    from conftest import config_text
+
+    inputs = tf_keras.Input((32, 32, 3))
+    x = tf_keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inputs)
+    x = tf_keras.layers.BatchNormalization()(x)
+    x = tf_keras.layers.ReLU(6.0)(x)
+    x = tf_keras.layers.GlobalAveragePooling2D()(x)
+    x = tf_keras.layers.Dropout(0.3)(x)
+    outputs = tf_keras.layers.Dense(3, activation="softmax")(x)
+    tf_keras.Model(inputs, outputs).save(tmp_path / "st_model.h5")
+    text = config_text(image_folder, tmp_path / "byom", tmp_path / "ml", model="", epochs=1)
+    text = text.replace("general:\n", f"general:\n  model_path: {tmp_path / 'st_model.h5'}\n", 1).replace(
+        "  batch_size: 8\n", "  batch_size: 8\n  dropout: 0.2\n  frozen_layers: (1:3)\n")
+    (tmp_path / "byom.yaml").write_text(text)
+    result = train(load_config(["--config", str(tmp_path / "byom.yaml")]))
+    hparams = torch.load(result.last_checkpoint, weights_only=True)["hyper_parameters"]
+    assert hparams["model_spec"]["name"] == "model_file"
+    # the reference's dropout rule: this model has a Dropout layer, so training.dropout is required
+    (tmp_path / "nodrop.yaml").write_text(text.replace("  dropout: 0.2\n", ""))
+    assert main(["fit", "--config", str(tmp_path / "nodrop.yaml")]) == 2
+    resume = text.replace(f"  model_path: {tmp_path / 'st_model.h5'}\n", "").replace(
+        "epochs: 1", "epochs: 2").replace(f"dir: {tmp_path / 'byom'}", f"dir: {tmp_path / 'byom2'}").replace(
+        "training:\n", f"training:\n  resume_training_from: {result.last_checkpoint}\n", 1)
+    (tmp_path / "resume.yaml").write_text(resume)
+    assert train(load_config(["--config", str(tmp_path / "resume.yaml")])).epochs_run == 1

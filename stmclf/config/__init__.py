@@ -37,6 +37,8 @@ class RunConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
     config_files: list[str] = field(default_factory=list)
     resolved_yaml: str = ""
+    trust_model_file: bool = False
+    """Command line only: allow a pickled torch module as general.model_path."""
 
     @property
     def run_dir(self) -> Path:
@@ -47,7 +49,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out = {}
         for f in dataclasses.fields(self):
-            if f.name in ("config_files", "resolved_yaml"):
+            if f.name in ("config_files", "resolved_yaml", "trust_model_file"):
                 continue
             value = getattr(self, f.name)
             out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
@@ -60,7 +62,7 @@ def from_namespace(parser, ns) -> RunConfig:
     init = parser.instantiate_classes(ns)
     values = {}
     for f in dataclasses.fields(RunConfig):
-        if f.name in ("config_files", "resolved_yaml", "trainer"):
+        if f.name in ("config_files", "resolved_yaml", "trainer", "trust_model_file"):
             continue
         value = init.get(f.name)
         if value is not None:
@@ -68,6 +70,7 @@ def from_namespace(parser, ns) -> RunConfig:
     values["trainer"] = ns.get("trainer").as_dict()
     values["config_files"] = [str(p) for p in (ns.get("config") or [])]
     values["resolved_yaml"] = resolved
+    values["trust_model_file"] = bool(ns.get("trust_model_file", False))
     cfg = RunConfig(**values)
     rules.check_common(cfg)
     return cfg

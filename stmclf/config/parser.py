@@ -52,6 +52,9 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
                             exit_on_error=False, default_meta=False)
     parser.add_argument("--config", action=ActionConfigFile,
                         help="ST model-zoo YAML config file (may be given more than once)")
+    parser.add_argument("--trust-model-file", "--trust_model_file", dest="trust_model_file", action="store_true",
+                        default=False, help="allow general.model_path to be a pickled torch module (runs code "
+                                            "from the file: only for files you trust)")
     for name, type_ in sections.SECTIONS.items():
         parser.add_argument(f"--{name}", type=type_, default=None,
                             help=f"the '{name}' section of the config")

@@ -1,25 +1,30 @@
 """Resizing with TensorFlow's ``tf.image.resize`` semantics (antialias off, half-pixel centres).
 
 Every interpolation is a separable linear map: ``out = Wh · image · Wwᵀ`` with weight
-matrices built once per (input size, output size, method) and cached. For the kernel methods
-the weights follow TensorFlow's sampling rule — output pixel ``i`` samples input coordinate
-``(i + 0.5)·in/out``, kernel taps outside the image are dropped and the remaining weights
-renormalised — which is exactly what ``ResizeBilinear``/``ResizeBicubic`` (Keys, a = −0.5)
-and ``ScaleAndTranslate`` (lanczos3/5, gaussian, mitchellcubic) compute; bicubic also reproduces TensorFlow's
-1024-entry weight table. ``bilinear``, ``bicubic`` and ``nearest`` place their samples with
-TensorFlow's float32 arithmetic (``(i + 0.5f)·scale − 0.5f`` with ``scale = float(in)/out``), so
-they pick the same pixels and weights as TensorFlow at every size. ``nearest`` takes
-pixel ``min(⌊(i + 0.5)·in/out⌋, in − 1)``; ``area`` averages the exact pixel overlaps
-(``ResizeArea``). Results are rounded back to uint8 (the loader caches uint8 images).
+matrices built once per (input size, output size, method) and cached. Each matrix is what
+TensorFlow's kernel computes, with its float32 arithmetic where that decides a pixel or a tap:
+
+- ``bilinear`` (``ResizeBilinear``), ``bicubic`` (``ResizeBicubic``: Keys, a = −0.5, TF's
+  1024-entry weight table) and ``nearest`` (pixel ``min(⌊(i + 0.5)·scale⌋, in − 1)``) sample
+  at ``(i + 0.5f)·scale − 0.5f`` with ``scale = float(in)/out``, all in float32;
+- ``lanczos3/5``, ``gaussian`` and ``mitchellcubic`` (``ScaleAndTranslate``): sample point
+  ``(i + 0.5f)·(1/scale)``, the taps whose centres lie within the kernel's radius (float32
+  distances), dropped outside the image and renormalised;
+- ``area`` (``ResizeArea``): the overlap of each output cell with each input pixel.
+
+The weights match TensorFlow's to ~1e-6 at every size (a one-hot input through
+``tf.image.resize`` gives a row); results are rounded back to uint8 (the loader caches uint8).
 
 Speed (the loader's first epoch decodes and resizes every file): the matrices are banded (2
-taps per row for bilinear, 4 for bicubic, ...), so a large image goes through them as sparse
-(CSR) products and a small one (e.g. 28×28) as two dense float32 GEMMs; ``nearest`` is a gather
-of the uint8 pixels. All paths compute the same sums up to float32 rounding order.
+taps per row for bilinear, 4 for bicubic, ...). A small image (e.g. 28×28) goes through two dense
+float32 GEMMs, a large one through sparse (CSR) products, with whole-pixel transposes in between
+(never an element-wise transpose of interleaved channels); bilinear where TF's sample positions
+are exact in float32 (224 → 128, 28 → 128, any power-of-two ratio...) is torch's
+``interpolate``, which then gives the same weights; ``nearest`` is a gather of the uint8 pixels.
+All paths compute the same sums up to float32 rounding order.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from functools import lru_cache
 from typing import Callable
@@ -27,10 +32,6 @@ from typing import Callable
 import numpy as np
 
 from stmclf.errors import ConfigError
-
-
-def _triangle(x: np.ndarray) -> np.ndarray:
-    return np.clip(1.0 - np.abs(x), 0.0, None)
 
 
 def _keys_cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -56,9 +57,8 @@ def _gaussian(x: np.ndarray, sigma: float = 0.5, radius: float = 1.5) -> np.ndar
     return np.where(np.abs(x) < radius, np.exp(-(x * x) / (2 * sigma * sigma)), 0.0)
 
 
-# name -> (kernel, support radius)
+# ScaleAndTranslate kernels: name -> (kernel, support radius)
 KERNELS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
-    "bilinear": (_triangle, 1.0),
     "mitchellcubic": (_mitchell, 2.0),
     "lanczos3": (_lanczos(3), 3.0),
     "lanczos5": (_lanczos(5), 5.0),

@@ -134,11 +134,12 @@ def _loss(scores: np.ndarray, labels: np.ndarray, outputs: str) -> float:
 
 def evaluate_artifact(artifact: Any, loaders: Iterable[tuple[str, Iterable]], *,
                       rescaling: Optional[Sequence[float]] = None, label: Optional[str] = None,
-                      num_classes: Optional[int] = None, keep_predictions: bool = False) -> dict[str, dict]:
+                      num_classes: Optional[int] = None, keep_predictions: bool = False,
+                      threads: Optional[int] = None) -> dict[str, dict]:
     """Per (name, loader): accuracy (%, 2 decimals), loss (float models, else None), count and
     confusion matrix (rows = true class) — ``evaluate_module``'s shape. ``keep_predictions`` adds
     the predicted classes (``predictions``) for agreement tables."""
-    predictor = load_predictor(artifact, rescaling=rescaling, label=label)
+    predictor = load_predictor(artifact, rescaling=rescaling, label=label, threads=threads)
     results = {}
     for name, loader in loaders:
         confusion = None

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -151,7 +150,6 @@ def export_run(cfg, checkpoint: Path, out_dir: Path, *, formats: Sequence[str] =
         module = load_model_file(checkpoint).cpu().eval()
     rescaling = module_rescaling(module)
     export_dir = Path(out_dir) / settings.export_dir
-    export_dir.mkdir(parents=True, exist_ok=True)
     result.export_dir = export_dir
     log.info("Export of %s (%s, input %s) to %s: %s%s", checkpoint, module.model_name,
              tuple(module.hparams.input_shape), export_dir, ", ".join(formats), " + int8" if int8 else "")
@@ -162,6 +160,7 @@ def export_run(cfg, checkpoint: Path, out_dir: Path, *, formats: Sequence[str] =
     with timer("torch_reference"):
         expected = reference_outputs(module, images.check, softmax=True)
     result.checks["check_images"] = images.check_source
+    export_dir.mkdir(parents=True, exist_ok=True)
     if int8:
         result.checks["calibration"] = images.calibration_source
         result.checks["random_calibration"] = images.random_calibration
@@ -174,7 +173,7 @@ def export_run(cfg, checkpoint: Path, out_dir: Path, *, formats: Sequence[str] =
             export_onnx(module, float_onnx, opset=settings.opset, batch_size=1, softmax=True)
         with timer("onnx_check"):
             try:
-                result.checks["onnx_max_diff"] = check_onnx(module, float_onnx, images.check)
+                result.checks["onnx_max_diff"] = check_onnx(module, float_onnx, images.check, expected=expected)
             except UserError:
                 float_onnx.unlink(missing_ok=True)
                 raise
@@ -219,13 +218,13 @@ def export_run(cfg, checkpoint: Path, out_dir: Path, *, formats: Sequence[str] =
 
     if evaluate and evaluation is not None:
         with timer("evaluation"):
-            _evaluate_all(module, result, datamodule, evaluation, rescaling, settings, mlflow_logger)
+            _evaluate_all(cfg, module, result, datamodule, evaluation, rescaling, settings, mlflow_logger, timer)
     elif evaluate:
         log.info("No evaluation set (dataset.test_path, validation_path or training_path): accuracies not measured")
 
     result.timings["total"] = round(time.perf_counter() - total_start, 3)
     for stage, seconds in result.timings.items():
-        log.info("Export stage %-20s %7.2f s", stage, seconds)
+        log.info("Export stage %-28s %7.2f s", stage, seconds)
     summary = export_dir / SUMMARY_NAME
     summary.write_text(json.dumps({
         "model_file": str(checkpoint), "model_name": module.model_name, "class_names": list(module.class_names),
@@ -246,13 +245,14 @@ def _warn_low_agreement(label: str, agreement: float, random_calibration: bool) 
                     100 * agreement)
 
 
-def _evaluate_all(module, result: ExportResult, datamodule, evaluation, rescaling, settings: ExportSettings,
-                  mlflow_logger) -> None:
+def _evaluate_all(cfg, module, result: ExportResult, datamodule, evaluation, rescaling, settings: ExportSettings,
+                  mlflow_logger, timer: Optional[_Timer] = None) -> None:
     """Evaluate torch and every exported file on the evaluation set and report them."""
     from stmclf.evaluate.results import report_results
     from stmclf.export.evaluate_artifacts import comparison_rows, evaluate_artifact, print_comparison
 
     name, files = evaluation
+    threads = getattr(getattr(cfg, "general", None), "num_threads_tflite", None)
     class_names = list(module.class_names)
     run_root = result.export_dir.parent
     primary_int = "tflite_int8" if settings.primary == "tflite" and "tflite_int8" in result else \
@@ -263,9 +263,11 @@ def _evaluate_all(module, result: ExportResult, datamodule, evaluation, rescalin
     for key, (label, kind) in labels.items():
         if key in result:
             artifacts.append((label, "int" if key == primary_int else kind, result[key]))
+    loader = datamodule.loader_for(files)  # one loader (and its workers) for every artifact
     for label, kind, artifact in artifacts:
-        results = evaluate_artifact(artifact, [(name, datamodule.loader_for(files))], rescaling=rescaling,
-                                    label=label, keep_predictions=True)
+        with timer("evaluate_" + label.lower().replace(" ", "_")) if timer else nullcontext():
+            results = evaluate_artifact(artifact, [(name, loader)], rescaling=rescaling,
+                                        label=label, keep_predictions=True, threads=threads)
         result.results[label] = results
         report_results(results, class_names, run_root, kind=kind, model_label=label, mlflow_logger=mlflow_logger)
     reference = result.results["Float model"]
@@ -279,8 +281,8 @@ def export_mode(cfg, model_path: Optional[str | Path] = None, *, formats: Option
                 int8: Optional[bool] = None, operation_mode: str = "export") -> ExportResult:
     """``stmclf export``: run directory + log file + MLflow run around :func:`export_run`.
 
-    ``formats`` defaults to both; ``int8`` defaults to True when the config has a ``quantization``
-    section or when no flag says otherwise (the CLI passes ``--int8``/``--no-int8``)."""
+    ``formats`` defaults to both; ``int8=None`` means "int8 too when the config has a
+    ``quantization`` section" (the CLI's ``--int8`` passes True)."""
     from stmclf.training.run_dir import create_run_dir
     from stmclf.training.tracking import finish_mlflow_run, start_mlflow_run
 
@@ -289,7 +291,7 @@ def export_mode(cfg, model_path: Optional[str | Path] = None, *, formats: Option
         raise ConfigError("general.model_path", "export needs the model to export: a stmclf best_model.pt or .ckpt "
                                                 "(--ckpt PATH or general.model_path)")
     formats = parse_formats(formats or FORMATS)
-    int8 = True if int8 is None else bool(int8)
+    int8 = cfg.quantization is not None if int8 is None else bool(int8)
     settings = ExportSettings.from_config(cfg)  # config errors before any file is written
     run = create_run_dir(cfg)
     log.info("operation_mode: %s", operation_mode)
@@ -319,8 +321,3 @@ def quantization_mode(cfg) -> ExportResult:
     return export_mode(cfg, formats=formats, int8=True, operation_mode="quantization")
 
 
-def copy_artifacts(result: ExportResult, target: Path) -> dict[str, Path]:
-    """Copy the exported files somewhere else (e.g. a deployment directory)."""
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    return {key: Path(shutil.copy2(path, target / Path(path).name)) for key, path in result.items()}

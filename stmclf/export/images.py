@@ -119,7 +119,10 @@ def gather_images(cfg, module, *, int8: bool, max_calibration: Optional[int] = D
 
     height, width, channels = (int(v) for v in module.hparams.input_shape)
     datamodule = splits = evaluation = None
-    if cfg is not None and cfg.dataset is not None and cfg.preprocessing is not None:
+    if cfg is not None and cfg.dataset is not None and cfg.preprocessing is None:
+        raise ConfigError("preprocessing", "missing 'preprocessing' section: export reads the dataset's images "
+                                           "(calibration, checks) with it")
+    if cfg is not None and cfg.dataset is not None:
         fmt = ImageFormat.from_config(cfg.preprocessing, module.hparams.input_shape)
         batch = cfg.training.batch_size if cfg.training else 32
         datamodule = ImageDataModule(cfg.dataset, fmt, batch_size=batch, num_workers=cfg.dataset.num_workers)

@@ -201,11 +201,14 @@ def onnx_inputs(images: np.ndarray, rescaling: Sequence[float], contract: str) -
     return x * np.float32(rescaling[0]) + np.float32(rescaling[1])
 
 
-def check_onnx(module, path: Path, images: np.ndarray, *, tolerance: float = 1e-3) -> float:
-    """Max |ONNX − torch| over ``images`` (uint8 NCHW); UserError above ``tolerance``."""
+def check_onnx(module, path: Path, images: np.ndarray, *, tolerance: float = 1e-3,
+               expected: Optional[np.ndarray] = None) -> float:
+    """Max |ONNX − torch| over ``images`` (uint8 NCHW); UserError above ``tolerance``. ``expected``:
+    the torch outputs when already computed (same kind as the file's output)."""
     meta = read_metadata(path)
     softmax = meta.get("output", "probabilities") == "probabilities"
-    expected = reference_outputs(module, images, softmax=softmax)
+    if expected is None:
+        expected = reference_outputs(module, images, softmax=softmax)
     session = onnx_session(path)
     got = run_onnx(session, onnx_inputs(images, module_rescaling(module), meta.get("input", "rescaled")))
     diff = float(np.max(np.abs(got - expected))) if len(images) else 0.0

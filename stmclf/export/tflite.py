@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -44,50 +45,71 @@ from stmclf.errors import UserError
 
 log = logging.getLogger("stmclf.export")
 
-IO_TYPES = ("uint8", "int8", "float")
 FLOAT_NAME = "{stem}_float32.tflite"
 INT8_NAME = "quantized_model.tflite"  # the reference's name
 
 
-def normalise_io_type(value: Optional[str], key: str = "quantization.quantization_input_type") -> str:
+def normalise_io_type(value: Optional[str]) -> str:
     """The reference's rule: ``int8`` and ``uint8`` are themselves, anything else means float."""
     text = str(value).strip().lower() if value is not None else "float"
     return text if text in ("uint8", "int8") else "float"
 
 
-def require_tflite_stack():
-    """Import TensorFlow and onnx2tf (after torch: triton crashes when loaded after TensorFlow)."""
+def _torch_first() -> None:
+    """torch (and triton) must be loaded before TensorFlow's native libraries, or triton crashes."""
     import torch  # noqa: F401
     try:
         import triton  # noqa: F401
     except ImportError:  # pragma: no cover - CPU-only torch builds
         pass
+
+
+def require_tflite_stack(log_file: Optional[Path] = None):
+    """Import TensorFlow, onnx2tf and LiteRT (their start-up chatter goes to ``log_file``, or nowhere)."""
+    _torch_first()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     missing = []
     modules = {}
-    for name in ("tensorflow", "tf_keras", "onnx2tf", "ai_edge_litert", "onnxsim"):
-        try:
-            modules[name] = __import__(name)
-        except ImportError:
-            missing.append(name)
+    with captured_output(Path(log_file) if log_file else None):
+        for name in ("tensorflow", "tf_keras", "onnx2tf", "ai_edge_litert", "onnxsim"):
+            try:
+                modules[name] = __import__(name)
+            except ImportError:
+                missing.append(name)
     if missing:
         raise UserError(f"TFLite export needs {', '.join(missing)}: install the extra with "
                         f"pip install 'stmclf[tflite]' (or export with --format onnx)")
     return modules["tensorflow"]
 
 
+def require_litert():
+    """LiteRT's interpreter (enough to run .tflite files; TensorFlow is not needed)."""
+    _torch_first()
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise UserError("running TFLite models needs ai-edge-litert: pip install 'stmclf[tflite]'") from None
+    return Interpreter
+
+
 @contextlib.contextmanager
-def captured_output(log_file: Path):
-    """Send this process's stdout/stderr (Python and C level) to ``log_file`` for the duration."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+def captured_output(log_file: Optional[Path]):
+    """Send this process's stdout/stderr (Python and C level) to ``log_file`` (None: discard) for
+    the duration."""
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    with open(log_file, "a", encoding="utf-8", errors="replace") as sink:
+    root = logging.getLogger()
+    root_handlers, root_level = list(root.handlers), root.level
+    with open(log_file if log_file is not None else os.devnull, "a", encoding="utf-8", errors="replace") as sink:
         saved = os.dup(1), os.dup(2)
         try:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
-            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+            # File descriptors only: sys.stdout/sys.stderr stay the same objects, so a logging
+            # handler a library creates meanwhile (TensorFlow does) keeps a stream that outlives this.
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 yield sink
         finally:
@@ -98,20 +120,46 @@ def captured_output(log_file: Path):
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+            # onnx2tf/TensorFlow call logging.basicConfig: keep the application's root logging as it was
+            for handler in [h for h in root.handlers if h not in root_handlers]:
+                root.removeHandler(handler)
+            root.setLevel(root_level)
 
 
-def _error_line(log_file: Path, default: str) -> str:
-    """The most telling error line of a conversion log."""
+ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} ")  # TensorFlow's C++ log lines (cuInit noise and the like)
+
+
+def _log_size(log_file: Path) -> int:
     try:
-        lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+        return log_file.stat().st_size
     except OSError:
-        return default
-    for marker in ("not supported", "Unsupported", "unsupported", "ERROR", "Error:", "error:"):
+        return 0
+
+
+def _telling_line(text: str, default: str) -> str:
+    """The most telling error line of converter output (ANSI colours and C++ log lines dropped)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not ABSL_PREFIX.match(line) and "trace log" not in line]
+    for marker in ("not supported", "nsupported", "neither a custom op nor a flex op", "ERROR", "rror:"):
         for line in reversed(lines):
-            if marker in line and "trace log" not in line:
-                text = line.replace("\x1b", "")
-                return text[:300]
+            if marker in line:
+                return line[:300]
     return default
+
+
+def _error_text(log_file: Path, offset: int = 0) -> str:
+    """What was written to ``log_file`` after byte ``offset``."""
+    try:
+        with open(log_file, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _error_line(log_file: Path, default: str, offset: int = 0) -> str:
+    """The most telling error line written to ``log_file`` after byte ``offset``."""
+    return _telling_line(_error_text(log_file, offset), default)
 
 
 def _sample_images(seed: int = 0) -> np.ndarray:
@@ -143,7 +191,7 @@ def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simp
     from stmclf.export.onnx_export import require_static_batch1
 
     require_static_batch1(onnx_path)
-    require_tflite_stack()
+    require_tflite_stack(log_file)
     import onnx2tf.onnx2tf as o2t
     from unittest import mock
 
@@ -151,6 +199,7 @@ def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simp
     if not (simplify and _simplify(onnx_path, source, log_file)):
         shutil.copyfile(onnx_path, source)
     saved_model = work_dir / "saved_model"
+    offset = _log_size(log_file)
     path = os.environ.get("PATH", "")
     bin_dir = str(Path(sys.executable).parent)
     try:
@@ -160,26 +209,39 @@ def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simp
                         output_signaturedefs=True, not_use_onnxsim=True, non_verbose=True, verbosity="error")
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - onnx2tf exits on unsupported graphs
         raise UserError(f"{onnx_path}: onnx2tf could not convert the model "
-                        f"({_error_line(log_file, type(exc).__name__)}); full log: {log_file}") from None
+                        f"({_error_line(log_file, type(exc).__name__, offset)}); full log: {log_file}") from None
     finally:
         os.environ["PATH"] = path
     if not (saved_model / "saved_model.pb").is_file():
-        raise UserError(f"{onnx_path}: onnx2tf wrote no SavedModel ({_error_line(log_file, 'no error reported')}); "
+        raise UserError(f"{onnx_path}: onnx2tf wrote no SavedModel "
+                        f"({_error_line(log_file, 'no error reported', offset)}); "
                         f"full log: {log_file}")
     return saved_model
 
 
 def _convert(converter, what: str, source: Path, log_file: Path) -> bytes:
+    offset = _log_size(log_file)
     try:
         with captured_output(log_file):
             return converter.convert()
     except Exception as exc:  # noqa: BLE001 - ConverterError and friends
-        text = " ".join(str(exc).split())
-        hint = ""
-        if "not supported" in text or "unsupported" in text.lower():
-            hint = " (an operator without a builtin TFLite kernel: replace it in the model or export ONNX only)"
-        detail = _error_line(log_file, text[:300] or type(exc).__name__)
-        raise UserError(f"{source}: TFLite {what} conversion failed: {detail}{hint}; full log: {log_file}") from None
+        text = str(exc) + "\n" + _error_text(log_file, offset)
+        ops = _unsupported_ops(text)
+        if ops:
+            raise UserError(f"{source}: TFLite {what} conversion failed: no builtin TFLite {what} kernel for "
+                            f"{', '.join(ops)}; change that part of the model, or export ONNX only "
+                            f"(--format onnx); full log: {log_file}") from None
+        detail = _telling_line(text, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
+        raise UserError(f"{source}: TFLite {what} conversion failed: {detail}; full log: {log_file}") from None
+
+
+def _unsupported_ops(text: str) -> list[str]:
+    """TensorFlow op names the TFLite converter could not map to builtin kernels."""
+    found = re.findall(r"TF Select ops: ([^\n]+)", text)
+    names = [n.strip() for line in found for n in line.split(",") if n.strip()]
+    names += re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text)
+    names += re.findall(r"'tfl?\.(\w+)' op is not supported", text)
+    return list(dict.fromkeys(names))
 
 
 def saved_model_to_float_tflite(saved_model: Path, out: Path, log_file: Path, source: Path) -> Path:
@@ -238,13 +300,12 @@ class TfliteModel:
     """A TFLite classifier run with LiteRT's interpreter, one image at a time (NHWC)."""
 
     def __init__(self, path: Path, threads: Optional[int] = None) -> None:
-        require_tflite_stack()
-        from ai_edge_litert.interpreter import Interpreter
-
+        Interpreter = require_litert()
         self.path = Path(path)
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or 1)
-            self.interpreter.allocate_tensors()
+            with captured_output(None):  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads or 1)
+                self.interpreter.allocate_tensors()
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"{path}: not a TFLite model LiteRT can load ({str(exc).splitlines()[0]})") from None
         inp = self.interpreter.get_input_details()[0]
@@ -326,20 +387,23 @@ class TfliteExport:
 
 
 def check_float_tflite(model: TfliteModel, images: np.ndarray, expected: np.ndarray, rescaling,
-                       *, tolerance: float = 1e-3, min_agreement: float = 0.99) -> tuple[float, float]:
-    """(max |TFLite − torch|, top-1 agreement) on uint8 NCHW ``images``; UserError when they disagree."""
+                       *, tolerance: float = 1e-3, min_agreement: float = 0.99,
+                       path: Optional[Path] = None) -> tuple[float, float]:
+    """(max |TFLite − torch|, top-1 agreement) on uint8 NCHW ``images``; UserError when they disagree.
+    ``path``: the file name to report (default: the model's)."""
     from stmclf.export.images import rescale
 
+    path = Path(path) if path is not None else model.path
     got = model.predict(nhwc(rescale(images, rescaling)))
     if got.shape != expected.shape:
-        raise UserError(f"{model.path}: the float TFLite model outputs shape {got.shape[1:]}, torch "
+        raise UserError(f"{path}: the float TFLite model outputs shape {got.shape[1:]}, torch "
                         f"{expected.shape[1:]}; the conversion is wrong")
     diff = float(np.max(np.abs(got - expected))) if len(images) else 0.0
     agreement = float(np.mean(got.argmax(1) == expected.argmax(1))) if len(images) else 1.0
     log.info("TFLite float check: %s vs torch on %d images, max |difference| %.2e, top-1 agreement %.2f %%",
-             model.path.name, len(images), diff, 100 * agreement)
+             path.name, len(images), diff, 100 * agreement)
     if not np.isfinite(diff) or diff > tolerance or agreement < min_agreement:
-        raise UserError(f"{model.path}: the float TFLite model disagrees with the torch model (max |difference| "
+        raise UserError(f"{path}: the float TFLite model disagrees with the torch model (max |difference| "
                         f"{diff:.3g}, top-1 agreement {100 * agreement:.1f} % over {len(images)} images); "
                         f"onnx2tf mis-converted this model: no TFLite file is shipped (export ONNX only with "
                         f"--format onnx)")
@@ -355,7 +419,7 @@ def convert_tflite(onnx_path: Path, out_dir: Path, *, rescaling: Sequence[float]
     int8 TFLite when ``calibration`` (uint8 NCHW images) is given. Files go to ``out_dir``."""
     import time
 
-    from stmclf.export.images import rescale
+    from stmclf.export.images import pin_input_range, rescale
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -363,9 +427,11 @@ def convert_tflite(onnx_path: Path, out_dir: Path, *, rescaling: Sequence[float]
     log_file.unlink(missing_ok=True)
     float_out = out_dir / (float_name or FLOAT_NAME.format(stem=Path(onnx_path).stem))
     int8_out = out_dir / int8_name
+    for stale in (float_out, int8_out):  # never leave an earlier run's file beside a failed conversion
+        stale.unlink(missing_ok=True)
     timings = {}
     start = time.perf_counter()
-    require_tflite_stack()
+    require_tflite_stack(log_file)
     timings["import_tensorflow"] = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="stmclf-tflite-") as tmp:
         start = time.perf_counter()
@@ -376,16 +442,15 @@ def convert_tflite(onnx_path: Path, out_dir: Path, *, rescaling: Sequence[float]
         staged_float = saved_model_to_float_tflite(saved_model, Path(tmp) / "float.tflite", log_file, onnx_path)
         timings["tflite_float"] = time.perf_counter() - start
         start = time.perf_counter()
-        try:
-            diff, agreement = check_float_tflite(TfliteModel(staged_float), check_images, expected, rescaling)
-        except UserError as exc:
-            raise UserError(str(exc).replace(str(staged_float), str(float_out))) from None
+        diff, agreement = check_float_tflite(TfliteModel(staged_float), check_images, expected, rescaling,
+                                             path=float_out)
         timings["tflite_float_check"] = time.perf_counter() - start
         shutil.copyfile(staged_float, float_out)
         result = TfliteExport(float_out, None, diff, agreement, timings=timings)
 
         if calibration is not None:
             start = time.perf_counter()
+            calibration = pin_input_range(calibration)  # raw pixels in: see the module docstring
             saved_model_to_int8_tflite(saved_model, int8_out, nhwc(rescale(calibration, rescaling)), log_file,
                                        onnx_path, per_channel=per_channel, input_type=input_type,
                                        output_type=output_type)

@@ -11,6 +11,7 @@ from stmclf.models import st_efficientnet_lc  # noqa: F401  (registers "st_effic
 from stmclf.models import stmnist  # noqa: F401  (registers "stmnist")
 from stmclf.models import custom  # noqa: F401  (registers "custom")
 from stmclf.models import timm_models  # noqa: F401  (resolves "timm/<model>")
+from stmclf.models import model_file_entry  # noqa: F401  (registers "model_file": general.model_path files)
 from stmclf.models.graph import GraphBuilder, KerasGraph, LayerRow
 from stmclf.models.registry import build_model, register_model, registered_models
 

@@ -148,10 +148,20 @@ class DepthwiseConv2D(_KerasConv):
     keras_type = "DepthwiseConv2D"
 
     def __init__(self, in_shape: Shape, kernel_size: IntPair, strides: IntPair = 1,
-                 padding: Padding = "valid", use_bias: bool = True, depth_multiplier: int = 1) -> None:
+                 padding: Padding = "valid", use_bias: bool = True, depth_multiplier: int = 1,
+                 activation: str | None = None) -> None:
         channels = _check_map(in_shape, self.keras_type)[2]
         super().__init__(in_shape, channels * depth_multiplier, kernel_size, strides, padding, use_bias,
                          groups=channels)
+        self.activation = None if activation in (None, "linear") else _activation_fn(activation)
+        self.activation_name = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        return x if self.activation is None else self.activation(x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", activation={self.activation_name}" if self.activation else "")
 
 
 class BatchNormalization(nn.BatchNorm2d):
@@ -174,20 +184,30 @@ class BatchNormalization(nn.BatchNorm2d):
 
 
 class Dense(nn.Linear):
-    """Keras ``Dense`` without activation (kernel stored as torch ``(units, in)``)."""
+    """Keras ``Dense`` (kernel stored as torch ``(units, in)``); ``activation`` (default none) as
+    in :class:`Conv2D`."""
 
     keras_type = "Dense"
 
-    def __init__(self, in_shape: Shape, units: int, use_bias: bool = True) -> None:
+    def __init__(self, in_shape: Shape, units: int, use_bias: bool = True, activation: str | None = None) -> None:
         if len(in_shape) != 1:
             raise ValueError(f"Dense expects a (units,) input, got {in_shape}")
         super().__init__(in_shape[0], units, bias=use_bias)
         nn.init.xavier_uniform_(self.weight)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+        self.activation = None if activation in (None, "linear") else _activation_fn(activation)
+        self.activation_name = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        return x if self.activation is None else self.activation(x)
 
     def compute_output_shape(self, *input_shapes: Shape) -> Shape:
         return (self.out_features,)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", activation={self.activation_name}" if self.activation else "")
 
 
 class _SameShape(nn.Module):
@@ -344,11 +364,31 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+def _channel_softmax(x: Tensor) -> Tensor:
+    return torch.softmax(x, dim=1)  # the Keras last (channel) axis is torch dim 1 for maps and vectors
+
+
+def _keras2_hard_sigmoid(x: Tensor) -> Tensor:
+    return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)  # tf_keras / Keras 2 (Keras 3 uses relu6(x + 3) / 6)
+
+
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "relu6": F.relu6,
     "sigmoid": torch.sigmoid,
     "linear": _identity,
+    # Further Keras activation names (imported Keras models, stmclf.models.importers).
+    "softmax": _channel_softmax,
+    "tanh": torch.tanh,
+    "swish": F.silu,
+    "silu": F.silu,
+    "hard_sigmoid": _keras2_hard_sigmoid,
+    "elu": F.elu,
+    "selu": F.selu,
+    "gelu": F.gelu,
+    "softplus": F.softplus,
+    "softsign": F.softsign,
+    "exponential": torch.exp,
 }
 
 
@@ -542,3 +582,79 @@ class KerasNames:
         n = self._counts.get(base, 0)
         self._counts[base] = n + 1
         return base if n == 0 else f"{base}_{n}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Further Keras layers, for Keras models imported from .h5 files (stmclf.models.importers).
+
+class SeparableConv2D(nn.Module):
+    """Keras ``SeparableConv2D``: a depthwise convolution (TF padding, no bias) then a 1×1 pointwise
+    convolution with the layer's bias and activation, in one layer (one Keras layer index). Keras
+    arrays: depthwise kernel ``(kh, kw, C, m)``, pointwise kernel ``(1, 1, C·m, filters)``, bias."""
+
+    keras_type = "SeparableConv2D"
+
+    def __init__(self, in_shape: Shape, filters: int, kernel_size: IntPair, strides: IntPair = 1,
+                 padding: Padding = "valid", use_bias: bool = True, depth_multiplier: int = 1,
+                 activation: str | None = None) -> None:
+        super().__init__()
+        self.depthwise = DepthwiseConv2D(in_shape, kernel_size, strides, padding, use_bias=False,
+                                         depth_multiplier=depth_multiplier)
+        self.pointwise = Conv2D(self.depthwise.output_shape, filters, 1, use_bias=use_bias, activation=activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pointwise(self.depthwise(x))
+
+    def compute_output_shape(self, *input_shapes: Shape) -> Shape:
+        return self.pointwise.output_shape
+
+
+class Rescaling(_SameShape):
+    """Keras ``Rescaling(scale, offset)``: ``x * scale + offset``; a scale or offset given per
+    channel applies along the channel axis."""
+
+    keras_type = "Rescaling"
+
+    def __init__(self, scale: float | list[float] = 1.0, offset: float | list[float] = 0.0) -> None:
+        super().__init__()
+        self.scale_value, self.offset_value = scale, offset
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(-1), persistent=False)
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32).reshape(-1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.to(x.dtype).view(view) + self.offset.to(x.dtype).view(view)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale_value}, offset={self.offset_value}"
+
+
+class GlobalMaxPooling2D(nn.Module):
+    keras_type = "GlobalMaxPooling2D"
+
+    def __init__(self, keepdims: bool = False) -> None:
+        super().__init__()
+        self.keepdims = keepdims
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.amax(dim=(2, 3), keepdim=self.keepdims)
+
+    def compute_output_shape(self, *input_shapes: Shape) -> Shape:
+        c = _check_map(input_shapes[0], self.keras_type)[2]
+        return (1, 1, c) if self.keepdims else (c,)
+
+
+class LeakyReLU(_SameShape):
+    """Keras ``LeakyReLU(alpha)`` (Keras 3 calls it ``negative_slope``; default 0.3)."""
+
+    keras_type = "LeakyReLU"
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"

@@ -71,6 +71,16 @@ def class_weights(spec, labels: Sequence[int], num_classes: int) -> Optional[lis
     return [float(w) for w in spec]
 
 
+def is_external_model_file(path: str) -> bool:
+    """A user's model file (Keras, ONNX, torch) rather than a stmclf checkpoint or model file."""
+    from stmclf.models.importers import detect_kind
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("general.model_path", f"unable to find file {path}")
+    return detect_kind(file) != "stmclf_checkpoint"
+
+
 def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[int] = ()) -> ClassifierModule:
     """A new module for a fresh run: the zoo model of ``training.model``, or the trained model of
     ``general.model_path`` (multi-step training) with this config's training settings."""
@@ -87,6 +97,15 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
     if not cfg.general.model_path:
         return ClassifierModule(model_spec=dict(training.model),
                                 input_shape=[int(v) for v in training.model["input_shape"]], **settings)
+    if is_external_model_file(cfg.general.model_path):
+        from stmclf.models.importers import load_model_file
+        from stmclf.models.model_file_entry import model_file_spec
+
+        imported = load_model_file(cfg.general.model_path, trust_model_file=cfg.trust_model_file)
+        imported.check_dropout(training.dropout)  # the reference's dropout rule
+        log.info("Model file : %s", imported.describe())
+        spec = model_file_spec(Path(cfg.general.model_path).resolve(), imported.input_shape, cfg.trust_model_file)
+        return ClassifierModule(model_spec=spec, input_shape=list(imported.input_shape), **settings)
     source = read_checkpoint(cfg.general.model_path, "general.model_path")
     hparams = source["hyper_parameters"]
     if list(hparams["class_names"]) != list(class_names):
@@ -107,6 +126,10 @@ def _input_shape(cfg: RunConfig, resume: Optional[dict]) -> list[int]:
     if resume is not None:
         return list(resume["hyper_parameters"]["input_shape"])
     if cfg.general.model_path:
+        if is_external_model_file(cfg.general.model_path):
+            from stmclf.models.importers import load_model_file
+
+            return list(load_model_file(cfg.general.model_path, trust_model_file=cfg.trust_model_file).input_shape)
         return list(read_checkpoint(cfg.general.model_path, "general.model_path")["hyper_parameters"]["input_shape"])
     shape = cfg.training.model.get("input_shape")
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):

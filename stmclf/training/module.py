@@ -61,7 +61,8 @@ class ClassifierModule(L.LightningModule):
         if frozen_layers is not None:
             from stmclf.models.frozen import frozen_indices
 
-            self.model.set_frozen(frozen_indices(frozen_layers, self.model.num_layers))
+            offset = getattr(self.model, "layer_index_offset", 0)  # Keras Sequential files: no InputLayer
+            self.model.set_frozen([i + offset for i in frozen_indices(frozen_layers, self.model.num_layers - offset)])
         self.scale, self.offset = float(rescaling[0]), float(rescaling[1])
         self.augment = self._build_augmentation(data_augmentation, custom_data_augmentation)
         self.mix = _batch_mixing(mixup, cutmix, max(self.num_classes, 2))

@@ -1,0 +1,741 @@
+"""Offline footprint estimate of an int8 TFLite or an ONNX (int8 QDQ or float) model: MACC,
+weights flash, activation RAM, I/O buffers — no account, no network, no ST tool.
+
+The numbers follow the conventions of STM32Cube.AI / ST Edge AI Core reports (the "weights",
+"activations" and "macc" of ``analyze``/``generate``), so that they can stand in for a cloud or
+local benchmark when neither is available. The conventions were derived from public
+``generate`` reports and generated ``network.c`` files of X-CUBE-AI 6 and 8 (sizes of each C
+array, activation offsets) and calibrated on three published model-zoo footprints (STM32Cube.AI
+10 / ST Edge AI Core 2.0, STM32H7, "input/output allocated"; see ``REFERENCE_FOOTPRINTS``):
+
+Weights (flash, ``rom_size``)
+    Every constant parameter of a layer, at its stored type: int8 weights 1 byte, int32 biases
+    4 bytes, float32 tensors 4 bytes. Shape-like constants (reshape shapes, paddings, axes,
+    permutations) are code, not weights. Per-channel scales and zero points are **not** part of
+    the weights: the ST generator emits them as quantization descriptors of the C arrays, and its
+    ``weights`` count matches int8 + int32 bias exactly (so do ours: 406.85 / 76.9 / 128.33 KiB
+    for the three reference models); they are reported apart (``quant_params_bytes``). In a QDQ
+    ONNX the quantized initializers count at their integer type.
+
+MACC
+    Conv: ``out_h·out_w·out_c·k_h·k_w·in_c/groups`` plus one per output channel with a bias
+    (depthwise likewise); dense/Gemm: ``in·out`` plus one per output with a bias; matmul
+    ``m·n·k``. Activations fused into the previous layer cost nothing (the C model merges them);
+    stand-alone element-wise layers (add, mul, activation, ...) one per output element;
+    quantize/dequantize conversions two per element; max/average pooling one per input element
+    read (``out·k_h·k_w``), global pooling one per input element; reshape, transpose, pad and
+    concat none.
+
+Activations (RAM, ``ram_size``)
+    One activation arena holding every intermediate tensor **including the model's input and
+    output buffers** (ST's published footprints are made with ``--allocate-inputs
+    --allocate-outputs``: the I/O buffers live in the activations buffer and are counted in it;
+    ``io_bytes`` gives their size alone). Int8/uint8 tensors take 1 byte per element, float32
+    4 bytes. Tensors are placed by a liveness-based offset planner (execution order; a tensor is
+    live from the layer that writes it to the last layer that reads it; graph outputs until the
+    end) with greedy best-fit by size (largest first, each in the smallest gap of the address
+    space that no live-overlapping tensor uses; ``arena_bytes``), and the arena is this plan's
+    extent. See :class:`Conventions` for what may share memory (views, in-place layers, the first
+    layer overwriting the input buffer) and for the per-layer scratch buffers (im2col and
+    friends) the ST kernels take from the arena.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from stmclf.errors import UserError
+
+log = logging.getLogger("stmclf.benchmark")
+
+KIB = 1024
+
+# Published footprints (stm32ai-modelzoo READMEs, STM32Cube.AI 10.0.0 / ST Edge AI Core 2.0.0,
+# STM32H7, int8 per-channel, uint8 input, float32 output, I/O allocated): (weights, activations) KiB.
+REFERENCE_FOOTPRINTS = {
+    "mobilenet_v2_0.35_128_5cls": (406.86, 237.32),
+    "resnet_v1_8_32_10cls": (76.9, 62.51),
+    "fdmobilenet_0.25_128_5cls": (128.32, 56.16),
+}
+
+ITEMSIZE = {"int8": 1, "uint8": 1, "bool": 1, "int16": 2, "uint16": 2, "float16": 2, "bfloat16": 2,
+            "int32": 4, "uint32": 4, "float32": 4, "int64": 8, "uint64": 8, "float64": 8}
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph IR
+
+
+@dataclass
+class Tensor:
+    """A tensor of the model: activations have ``const=False``. ``shape`` is channel-last for
+    4-D activations whatever the source format (ONNX NCHW is transposed), batch included."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    const: bool = False
+    quant_channels: int = 0  # number of (scale, zero point) pairs: 0 float, 1 per-tensor, C per-channel
+
+    @property
+    def size(self) -> int:
+        return int(math.prod(self.shape)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * ITEMSIZE.get(self.dtype, 4)
+
+
+@dataclass
+class Op:
+    """A layer: ``kind`` is normalised across formats (see ``_TFLITE_KINDS``/``_ONNX_KINDS``);
+    ``inputs``/``outputs`` are tensor names (constants included in ``inputs``)."""
+
+    index: int
+    kind: str
+    op_type: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    path: Path
+    fmt: str  # "tflite" or "onnx"
+    tensors: dict[str, Tensor]
+    ops: list[Op]
+    inputs: list[str]
+    outputs: list[str]
+    quantized: bool = False
+
+    def consumers(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = defaultdict(list)
+        for op in self.ops:
+            for name in op.inputs:
+                out[name].append(op.index)
+        return out
+
+    def activation_inputs(self, op: Op) -> list[str]:
+        return [n for n in op.inputs if n in self.tensors and not self.tensors[n].const]
+
+    def const_inputs(self, op: Op) -> list[str]:
+        return [n for n in op.inputs if n in self.tensors and self.tensors[n].const]
+
+
+def load_graph(path: str | Path) -> Graph:
+    """Parse a ``.tflite`` or ``.onnx`` file into the estimator's graph (one-line UserError otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        return _load_tflite(path)
+    if suffix == ".onnx":
+        return _load_onnx(path)
+    raise UserError(f"{path}: the offline estimate reads .tflite and .onnx models (got {suffix or 'no suffix'})")
+
+
+# --- TFLite ----------------------------------------------------------------------------------
+
+_TFLITE_KINDS = {
+    "CONV_2D": "conv", "DEPTHWISE_CONV_2D": "depthwise", "FULLY_CONNECTED": "dense", "BATCH_MATMUL": "matmul",
+    "TRANSPOSE_CONV": "conv_transpose",
+    "ADD": "eltwise", "SUB": "eltwise", "MUL": "eltwise", "DIV": "eltwise", "MAXIMUM": "eltwise",
+    "MINIMUM": "eltwise", "SQUARED_DIFFERENCE": "eltwise",
+    "AVERAGE_POOL_2D": "avgpool", "MAX_POOL_2D": "maxpool", "MEAN": "gap", "SUM": "gap", "REDUCE_MAX": "gap",
+    "RELU": "activation", "RELU6": "activation", "RELU_N1_TO_1": "activation", "RELU_0_TO_1": "activation",
+    "LEAKY_RELU": "activation", "PRELU": "activation", "LOGISTIC": "activation", "TANH": "activation",
+    "HARD_SWISH": "activation", "ELU": "activation", "GELU": "activation", "ABS": "activation",
+    "SQRT": "activation", "RSQRT": "activation", "EXP": "activation", "NEG": "activation",
+    "SOFTMAX": "softmax", "LOG_SOFTMAX": "softmax",
+    "QUANTIZE": "quantize", "DEQUANTIZE": "dequantize", "CAST": "quantize",
+    "RESHAPE": "view", "SQUEEZE": "view", "EXPAND_DIMS": "view",
+    "PAD": "pad", "PADV2": "pad", "MIRROR_PAD": "pad",
+    "CONCATENATION": "concat", "TRANSPOSE": "transpose", "STRIDED_SLICE": "slice", "SLICE": "slice",
+    "SPLIT": "split", "SPLIT_V": "split", "RESIZE_BILINEAR": "resize", "RESIZE_NEAREST_NEIGHBOR": "resize",
+    "DEPTH_TO_SPACE": "transpose", "SPACE_TO_DEPTH": "transpose", "GATHER": "slice",
+}
+_TFLITE_TYPES = {"INT8": "int8", "UINT8": "uint8", "INT16": "int16", "UINT16": "uint16", "INT32": "int32",
+                 "UINT32": "uint32", "INT64": "int64", "FLOAT32": "float32", "FLOAT16": "float16",
+                 "FLOAT64": "float64", "BOOL": "bool"}
+
+
+def _tflite_schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        raise UserError("reading .tflite files needs ai-edge-litert: pip install 'stmclf[tflite]'") from None
+    return schema
+
+
+def _enum_names(cls) -> dict[int, str]:
+    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def _load_tflite(path: Path) -> Graph:
+    schema = _tflite_schema()
+    try:
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(path.read_bytes(), 0))
+    except Exception as exc:  # noqa: BLE001 - flatbuffers raises assorted errors on bad files
+        raise UserError(f"{path}: not a TFLite flatbuffer ({type(exc).__name__})") from None
+    if not model.subgraphs:
+        raise UserError(f"{path}: the TFLite model has no subgraph")
+    if len(model.subgraphs) > 1:
+        log.warning("%s: %d subgraphs, only the first (main) one is estimated", path.name, len(model.subgraphs))
+    op_names, type_names = _enum_names(schema.BuiltinOperator), _enum_names(schema.TensorType)
+    g = model.subgraphs[0]
+
+    def tname(i: int) -> str:
+        raw = g.tensors[i].name
+        return f"t{i}:" + (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))
+
+    tensors: dict[str, Tensor] = {}
+    for i, t in enumerate(g.tensors):
+        buffer = model.buffers[t.buffer] if t.buffer < len(model.buffers) else None
+        const = buffer is not None and buffer.data is not None and len(buffer.data) > 0
+        if not const and buffer is not None and getattr(buffer, "size", 0):
+            const = True  # data stored past the flatbuffer (models > 2 GB layout)
+        shape = tuple(max(int(d), 1) for d in (t.shape if t.shape is not None else ()))
+        q = t.quantization
+        channels = len(q.scale) if q is not None and q.scale is not None else 0
+        tensors[tname(i)] = Tensor(tname(i), shape, _TFLITE_TYPES.get(type_names.get(t.type, ""), "float32"),
+                                   const, channels)
+    ops: list[Op] = []
+    for index, op in enumerate(g.operators):
+        code = model.operatorCodes[op.opcodeIndex]
+        op_type = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        kind = _TFLITE_KINDS.get(op_type, "other")
+        inputs = [tname(i) for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
+        outputs = [tname(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
+        attrs = _tflite_attrs(op, kind, [tensors[n] for n in inputs])
+        ops.append(Op(index, kind, op_type, outputs[0] if outputs else op_type, inputs, outputs, attrs))
+    graph = Graph(path, "tflite", tensors, ops, [tname(i) for i in g.inputs], [tname(i) for i in g.outputs])
+    graph.quantized = any(t.dtype in ("int8", "uint8") and not t.const for t in tensors.values())
+    return graph
+
+
+def _tflite_attrs(op, kind: str, inputs: list[Tensor]) -> dict[str, Any]:
+    options = op.builtinOptions
+    attrs: dict[str, Any] = {}
+    if kind in ("conv", "depthwise", "conv_transpose") and len(inputs) > 1:
+        weights = inputs[1].shape  # conv: (O, kh, kw, I); depthwise: (1, kh, kw, C·M)
+        attrs["kernel"] = (int(weights[1]), int(weights[2])) if len(weights) == 4 else (1, 1)
+        attrs["strides"] = (int(getattr(options, "strideH", 1) or 1), int(getattr(options, "strideW", 1) or 1))
+        attrs["same"] = getattr(options, "padding", 0) == 0
+        attrs["bias"] = len(inputs) > 2
+    elif kind in ("avgpool", "maxpool"):
+        attrs["kernel"] = (int(getattr(options, "filterHeight", 1) or 1), int(getattr(options, "filterWidth", 1) or 1))
+        attrs["strides"] = (int(getattr(options, "strideH", 1) or 1), int(getattr(options, "strideW", 1) or 1))
+        attrs["same"] = getattr(options, "padding", 0) == 0
+    elif kind == "dense":
+        attrs["bias"] = len(inputs) > 2
+    return attrs
+
+
+# --- ONNX ------------------------------------------------------------------------------------
+
+_ONNX_KINDS = {
+    "Conv": "conv", "ConvInteger": "conv", "QLinearConv": "conv", "ConvTranspose": "conv_transpose",
+    "Gemm": "dense", "MatMul": "matmul", "MatMulInteger": "matmul", "QLinearMatMul": "matmul",
+    "Add": "eltwise", "Sub": "eltwise", "Mul": "eltwise", "Div": "eltwise", "Max": "eltwise", "Min": "eltwise",
+    "Sum": "eltwise", "Pow": "eltwise", "QLinearAdd": "eltwise", "QLinearMul": "eltwise",
+    "AveragePool": "avgpool", "MaxPool": "maxpool", "QLinearAveragePool": "avgpool",
+    "GlobalAveragePool": "gap", "GlobalMaxPool": "gap", "ReduceMean": "gap", "ReduceMax": "gap",
+    "ReduceSum": "gap", "QLinearGlobalAveragePool": "gap",
+    "Relu": "activation", "Clip": "activation", "LeakyRelu": "activation", "PRelu": "activation",
+    "Sigmoid": "activation", "Tanh": "activation", "HardSigmoid": "activation", "HardSwish": "activation",
+    "Elu": "activation", "Selu": "activation", "Gelu": "activation", "Erf": "activation", "Abs": "activation",
+    "Sqrt": "activation", "Exp": "activation", "Neg": "activation", "Floor": "activation",
+    "QLinearSigmoid": "activation", "QLinearLeakyRelu": "activation",
+    "Softmax": "softmax", "LogSoftmax": "softmax", "QLinearSoftmax": "softmax",
+    "QuantizeLinear": "quantize", "DequantizeLinear": "dequantize", "Cast": "quantize",
+    "Reshape": "view", "Flatten": "view", "Squeeze": "view", "Unsqueeze": "view", "Identity": "view",
+    "Dropout": "view",
+    "Pad": "pad", "Concat": "concat", "QLinearConcat": "concat", "Transpose": "transpose",
+    "Slice": "slice", "Gather": "slice", "Split": "split", "Resize": "resize", "Upsample": "resize",
+    "DepthToSpace": "transpose", "SpaceToDepth": "transpose",
+    "BatchNormalization": "scale", "InstanceNormalization": "scale",
+}
+_SHAPE_OPS = {"Shape", "Size", "ConstantOfShape", "Range"}
+
+
+def _onnx_dtype(elem_type: int) -> str:
+    import onnx
+
+    try:
+        name = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except Exception:  # noqa: BLE001 - unknown or non-numpy types
+        return "float32"
+    return name if name in ITEMSIZE else "float32"
+
+
+def _dims(type_proto) -> Optional[tuple[int, ...]]:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+                 for d in type_proto.tensor_type.shape.dim)
+
+
+def _load_onnx(path: Path) -> Graph:
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"{path}: not an ONNX model onnx can load ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - keep whatever shapes the file has
+        log.info("ONNX shape inference failed (%s); using the shapes stored in the file", exc)
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:  # Constant nodes are initializers too
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    inits[node.output[0]] = numpy_helper.to_array(attr.t)
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+    for value in list(graph.value_info) + list(graph.input) + list(graph.output):
+        dims = _dims(value.type)
+        if dims is not None:
+            shapes[value.name] = (dims, _onnx_dtype(value.type.tensor_type.elem_type))
+    graph_inputs = [i.name for i in graph.input if i.name not in inits]
+    graph_outputs = [o.name for o in graph.output]
+    nodes = [n for n in graph.node if n.op_type != "Constant"]
+    consumers: dict[str, list] = defaultdict(list)
+    for node in nodes:
+        for name in node.input:
+            if name:
+                consumers[name].append(node)
+
+    # QDQ folding. DequantizeLinear of an integer initializer is that initializer (an int8 weight,
+    # an int32 bias); a QuantizeLinear → DequantizeLinear pair on an activation is one int8 tensor.
+    alias: dict[str, str] = {}
+    quant: dict[str, tuple[str, int]] = {}  # storage name → (integer dtype, number of scales)
+    skip: set[int] = set()
+    for node in nodes:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            alias[node.output[0]] = node.input[0]
+            scale = inits.get(node.input[1]) if len(node.input) > 1 else None
+            quant[node.input[0]] = (inits[node.input[0]].dtype.name, 1 if scale is None else max(int(scale.size), 1))
+            skip.add(id(node))
+    for node in nodes:
+        if node.op_type != "QuantizeLinear" or id(node) in skip:
+            continue
+        source, target = node.input[0], node.output[0]
+        zero = inits.get(node.input[2]) if len(node.input) > 2 else None
+        qtype = zero.dtype.name if zero is not None else "uint8"
+        scale = inits.get(node.input[1]) if len(node.input) > 1 else None
+        channels = 1 if scale is None else max(int(scale.size), 1)
+        only_quantized = all(c.op_type == "QuantizeLinear" for c in consumers[source])
+        if source in inits:  # a quantized constant written as Q(float initializer)
+            alias[target] = source
+            quant[source] = (qtype, channels)
+            skip.add(id(node))
+        elif only_quantized and source not in graph_inputs and source not in graph_outputs:
+            alias[target] = source  # the producing layer writes int8 directly
+            quant[source] = (qtype, channels)
+            skip.add(id(node))
+        else:
+            quant[target] = (qtype, channels)  # a real conversion layer (e.g. float model input)
+    for node in nodes:
+        if node.op_type == "DequantizeLinear" and id(node) not in skip and node.output[0] not in graph_outputs:
+            alias[node.output[0]] = node.input[0]  # int8 consumers read the int8 tensor
+            skip.add(id(node))
+
+    def resolve(name: str) -> str:
+        seen = 0
+        while name in alias and seen < 64:
+            name, seen = alias[name], seen + 1
+        return name
+
+    tensors: dict[str, Tensor] = {}
+
+    def tensor(name: str) -> Optional[Tensor]:
+        name = resolve(name)
+        if not name:
+            return None
+        if name in tensors:
+            return tensors[name]
+        if name in inits:
+            arr = inits[name]
+            dtype, channels = quant.get(name, (arr.dtype.name, 0))
+            t = Tensor(name, tuple(int(d) for d in arr.shape), dtype if dtype in ITEMSIZE else "float32", True, channels)
+        else:
+            dims, dtype = shapes.get(name, ((), "float32"))
+            if name in quant:
+                dtype = quant[name][0]
+            if len(dims) == 4:  # NCHW → channel-last
+                dims = (dims[0], dims[2], dims[3], dims[1])
+            t = Tensor(name, tuple(dims), dtype, False, quant.get(name, ("", 0))[1])
+        tensors[name] = t
+        return t
+
+    ops: list[Op] = []
+    for node in nodes:
+        if id(node) in skip or node.op_type in _SHAPE_OPS:
+            continue
+        inputs = [resolve(n) for n in node.input if n]
+        outputs = [resolve(n) for n in node.output if n]
+        for name in inputs + outputs:
+            tensor(name)
+        kind = _ONNX_KINDS.get(node.op_type, "other")
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        ins = [tensors[n] for n in inputs if n in tensors]
+        ops.append(Op(len(ops), kind, node.op_type, node.name or (outputs[0] if outputs else node.op_type),
+                      inputs, outputs, _onnx_attrs(node.op_type, kind, attrs, ins)))
+    for name in graph_inputs + graph_outputs:
+        tensor(name)
+    result = Graph(path, "onnx", tensors, ops, [resolve(n) for n in graph_inputs], [resolve(n) for n in graph_outputs])
+    result.quantized = bool(quant) and any(t.dtype in ("int8", "uint8") and not t.const for t in tensors.values())
+    return result
+
+
+def _onnx_attrs(op_type: str, kind: str, attrs: dict, inputs: list[Tensor]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if kind in ("conv", "conv_transpose") and len(inputs) > 1:
+        w = inputs[1].shape  # (O, I/groups, kh, kw)
+        kernel = tuple(attrs.get("kernel_shape", w[2:] if len(w) == 4 else (1, 1)))
+        out["kernel"] = (int(kernel[0]), int(kernel[1]) if len(kernel) > 1 else 1)
+        strides = tuple(attrs.get("strides", (1, 1)))
+        out["strides"] = (int(strides[0]), int(strides[1]) if len(strides) > 1 else 1)
+        out["groups"] = int(attrs.get("group", 1))
+        cin = inputs[0].shape[-1] if inputs[0].shape else 1
+        if out["groups"] > 1 and out["groups"] == cin:
+            out["depthwise"] = True
+        out["bias"] = len(inputs) > 2
+        pads = attrs.get("pads")
+        out["pads"] = tuple(int(p) for p in pads) if pads else None
+        out["same"] = str(attrs.get("auto_pad", b"")).find("SAME") >= 0
+    elif kind in ("avgpool", "maxpool"):
+        kernel = tuple(attrs.get("kernel_shape", (1, 1)))
+        out["kernel"] = (int(kernel[0]), int(kernel[-1]))
+        strides = tuple(attrs.get("strides", kernel))
+        out["strides"] = (int(strides[0]), int(strides[-1]))
+    elif kind == "dense":
+        out["bias"] = len(inputs) > 2
+        out["trans_b"] = bool(attrs.get("transB", 0))
+    elif kind == "softmax" or kind == "view":
+        pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights and MACC
+
+# Constant inputs that are layer parameters (stored in the weights); other constants (shapes,
+# axes, paddings, permutations, slice bounds, resize scales) are folded into the generated code.
+_PARAM_KINDS = {"conv", "depthwise", "conv_transpose", "dense", "matmul", "eltwise", "concat", "scale",
+                "activation", "other"}
+
+
+def _is_param(graph: Graph, op: Op, name: str) -> bool:
+    if op.kind not in _PARAM_KINDS:
+        return False
+    t = graph.tensors[name]
+    if op.kind == "activation" and op.op_type not in ("PRELU", "PRelu"):
+        return False  # Clip bounds, LeakyRelu slopes ... are scalars in the layer's parameters
+    return not (t.dtype in ("int64",) or (t.dtype == "int32" and op.kind not in ("conv", "depthwise", "conv_transpose", "dense", "matmul")))
+
+
+def weight_tensors(graph: Graph) -> list[Tensor]:
+    """The constant tensors stored in the weights (each once, even if several layers read it)."""
+    seen: dict[str, Tensor] = {}
+    for op in graph.ops:
+        for name in graph.const_inputs(op):
+            if name not in seen and _is_param(graph, op, name):
+                seen[name] = graph.tensors[name]
+    return list(seen.values())
+
+
+def quant_params_bytes(tensors: Iterable[Tensor]) -> int:
+    """Bytes of the per-tensor/per-channel (scale float32, zero point int8) pairs of the weights."""
+    return sum(5 * t.quant_channels for t in tensors if t.dtype in ("int8", "uint8") and t.quant_channels)
+
+
+def _is_depthwise(op: Op) -> bool:
+    return op.kind == "depthwise" or bool(op.attrs.get("depthwise"))
+
+
+def op_macc(graph: Graph, op: Op) -> int:
+    """MACC of one layer (the conventions of the module docstring)."""
+    t = graph.tensors
+    acts = graph.activation_inputs(op)
+    out = t[op.outputs[0]] if op.outputs and op.outputs[0] in t else None
+    out_size = out.size if out is not None else 0
+    if op.kind in ("conv", "depthwise", "conv_transpose"):
+        if len(op.inputs) < 2 or op.inputs[1] not in t:
+            return 0
+        kh, kw = op.attrs.get("kernel", (1, 1))
+        cin = t[op.inputs[0]].shape[-1] if t[op.inputs[0]].shape else 1
+        cout = out.shape[-1] if out is not None and out.shape else 1
+        if op.kind == "conv_transpose":
+            return t[op.inputs[0]].size * cout * kh * kw
+        per_output = kh * kw if _is_depthwise(op) else kh * kw * cin // max(int(op.attrs.get("groups", 1)), 1)
+        return out_size * per_output + (cout if op.attrs.get("bias") else 0)
+    if op.kind == "dense":
+        if len(op.inputs) < 2 or op.inputs[1] not in t:
+            return 0
+        w = t[op.inputs[1]]
+        units = out.shape[-1] if out is not None and out.shape else 1
+        return (w.size // max(units, 1)) * out_size + (units if op.attrs.get("bias") else 0)
+    if op.kind == "matmul":
+        a = t[op.inputs[0]].shape if op.inputs and op.inputs[0] in t else ()
+        k = a[-1] if a else 1
+        return out_size * k
+    if op.kind in ("eltwise", "activation", "scale", "softmax"):
+        return out_size
+    if op.kind in ("quantize", "dequantize"):
+        return 2 * out_size
+    if op.kind in ("avgpool", "maxpool"):
+        kh, kw = op.attrs.get("kernel", (1, 1))
+        return out_size * kh * kw
+    if op.kind == "gap":
+        return t[acts[0]].size if acts else out_size
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation planning
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """What may share memory in the activation arena, and the scratch buffers layers take.
+
+    - ``views``: reshape/flatten/squeeze/identity/dropout are views of their input (no buffer,
+      no code in the ST C model).
+    - ``inplace``: a single-input element-wise layer (activation, quantize/dequantize between
+      types of one size) writes over its input when this is the input's last use (ST's generated
+      code gives the output array the input's offset).
+    - ``input_overlap``: the first layer that reads the model input may write its output over the
+      input buffer as it consumes it (the input buffer is allocated in the activations, and
+      sliding-window kernels read input row ``r·stride`` before writing output row ``r``); the
+      output is offset by the smallest margin that never overwrites unread input rows. Only the
+      model input gets this: applying it to every layer (as older X-CUBE-AI releases did, which
+      shrinks MobileNetV2-0.35@128 to ~197 KiB) undershoots the published STM32Cube.AI 10 figures.
+    - ``scratch``: per-layer temporary buffers, live only during the layer: ``"stm32"`` uses the
+      sizes the ST int8 kernels take (from generated code: k×k conv ``4·k·k·cin + 4·cout + 5120``,
+      1×1 conv ``4·cin``, depthwise ``2·k·k·cin``, dense ``2·in``, global pooling ``4·C``),
+      ``"none"`` ignores them.
+    - ``alignment``: buffer offsets and sizes rounded up to this many bytes (ST aligns arrays on 4).
+    """
+
+    views: bool = True
+    inplace: bool = True
+    input_overlap: bool = True
+    scratch: str = "stm32"
+    alignment: int = 4
+
+    def __post_init__(self) -> None:
+        if self.scratch not in ("stm32", "none"):
+            raise ValueError(f"scratch must be 'stm32' or 'none', got {self.scratch!r}")
+
+
+ST_CONVENTIONS = Conventions()
+PLAIN_CONVENTIONS = Conventions(views=True, inplace=False, input_overlap=False, scratch="none", alignment=1)
+
+
+def scratch_bytes(graph: Graph, op: Op, conventions: Conventions = ST_CONVENTIONS) -> int:
+    """Temporary bytes the layer's kernel takes from the activation arena while it runs."""
+    if conventions.scratch == "none":
+        return 0
+    t = graph.tensors
+    acts = graph.activation_inputs(op)
+    if not acts:
+        return 0
+    x = t[acts[0]]
+    cin = x.shape[-1] if x.shape else 1
+    out = t[op.outputs[0]] if op.outputs and op.outputs[0] in t else None
+    cout = out.shape[-1] if out is not None and out.shape else 1
+    if op.kind == "conv":
+        if _is_depthwise(op):
+            kh, kw = op.attrs.get("kernel", (1, 1))
+            return 2 * kh * kw * cin
+        kh, kw = op.attrs.get("kernel", (1, 1))
+        if kh * kw == 1:
+            return 4 * cin
+        return 4 * kh * kw * cin + 4 * cout + 5120
+    if op.kind == "depthwise":
+        kh, kw = op.attrs.get("kernel", (1, 1))
+        return 2 * kh * kw * cin
+    if op.kind == "dense":
+        w = t[op.inputs[1]] if len(op.inputs) > 1 and op.inputs[1] in t else None
+        inputs = (w.size // max(cout, 1)) if w is not None else x.size
+        return 2 * inputs
+    if op.kind == "gap":
+        return 4 * cin
+    return 0
+
+
+@dataclass
+class Buffer:
+    """One arena allocation: tensors sharing memory (views, in-place layers) are one buffer."""
+
+    name: str
+    size: int
+    first: int  # index of the layer that writes it (-1: before the first layer)
+    last: int   # index of the last layer that reads it (len(ops): alive until the end)
+    tensors: list[str] = field(default_factory=list)
+    kind: str = "tensor"  # "tensor", "scratch" or "io"
+    offset: int = -1
+
+    def overlaps_in_time(self, other: "Buffer") -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+
+@dataclass
+class ArenaPlan:
+    size: int                 # arena bytes (the plan's extent)
+    peak_live: int            # max over layers of the bytes live at once (a lower bound of ``size``)
+    peak_layer: Optional[int]  # layer index where ``peak_live`` is reached
+    buffers: list[Buffer]
+    io_bytes: int             # model input + output buffers (included in ``size``)
+    input_bytes: int
+    output_bytes: int
+
+    def live_at(self, index: int) -> list[Buffer]:
+        return [b for b in self.buffers if b.first <= index <= b.last]
+
+
+def _align(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment if alignment > 1 else value
+
+
+def _input_overlap_margin(graph: Graph, op: Op, x: Tensor, y: Tensor) -> Optional[int]:
+    """Bytes by which ``op``'s output must start before its input so that writing output row ``r``
+    never overwrites an input row still to be read (None: the layer cannot overlap its input)."""
+    if len(x.shape) != 4 or len(y.shape) != 4:
+        return None
+    _, h_in, w_in, c_in = x.shape
+    _, h_out, w_out, c_out = y.shape
+    if op.kind in ("quantize", "dequantize", "activation"):
+        if y.nbytes <= x.nbytes:
+            return 0
+        return None
+    if op.kind not in ("conv", "depthwise", "avgpool", "maxpool"):
+        return None
+    kh, _ = op.attrs.get("kernel", (1, 1))
+    sh, _ = op.attrs.get("strides", (1, 1))
+    pads = op.attrs.get("pads")
+    if pads:
+        top = int(pads[0])
+    elif op.attrs.get("same", True):
+        top = max((h_out - 1) * sh + kh - h_in, 0) // 2
+    else:
+        top = 0
+    row_in = w_in * c_in * ITEMSIZE.get(x.dtype, 1)
+    row_out = w_out * c_out * ITEMSIZE.get(y.dtype, 1)
+    # output row r is written once input rows up to r·sh − top + kh − 1 are read; rows from
+    # (r+1)·sh − top on are still needed afterwards.
+    margin = max(row_out * (r + 1) - row_in * max(0, (r + 1) * sh - top) for r in range(h_out))
+    return max(margin, 0)
+
+
+def plan_activations(graph: Graph, conventions: Conventions = ST_CONVENTIONS) -> ArenaPlan:
+    """Liveness analysis and greedy best-fit offset planning of the activation arena."""
+    t = graph.tensors
+    n = len(graph.ops)
+    align = max(int(conventions.alignment), 1)
+    producer: dict[str, int] = {}
+    for op in graph.ops:
+        for name in op.outputs:
+            producer[name] = op.index
+    last_use: dict[str, int] = {}
+    for op in graph.ops:
+        for name in graph.activation_inputs(op):
+            last_use[name] = op.index
+    for name in graph.outputs:
+        last_use[name] = n
+
+    # union-find of tensors sharing one buffer
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent.get(name, name) != name:
+            name = parent[name]
+        return name
+
+    extra: dict[str, int] = defaultdict(int)  # bytes a merged buffer needs beyond its largest tensor
+    input_aliases = set(graph.inputs)  # the model input and its views / in-place conversions
+    for op in graph.ops:
+        acts = graph.activation_inputs(op)
+        if not acts or not op.outputs or op.outputs[0] not in t:
+            continue
+        x, y = t[acts[0]], t[op.outputs[0]]
+        dies_here = last_use.get(acts[0]) == op.index and acts[0] not in graph.outputs
+        if conventions.views and op.kind == "view":
+            parent[find(y.name)] = find(x.name)
+            if x.name in input_aliases:
+                input_aliases.add(y.name)
+        elif conventions.inplace and op.kind in ("activation", "quantize", "dequantize") and dies_here \
+                and y.nbytes == x.nbytes and len(acts) == 1:
+            parent[find(y.name)] = find(x.name)
+            if x.name in input_aliases:
+                input_aliases.add(y.name)
+        elif conventions.input_overlap and dies_here and x.name in input_aliases:
+            margin = _input_overlap_margin(graph, op, x, y)
+            if margin is not None and margin + x.nbytes < x.nbytes + y.nbytes:
+                root = find(x.name)
+                parent[find(y.name)] = root
+                # output at the buffer's start, input ``margin`` bytes further
+                need = max(margin + x.nbytes, y.nbytes) - max(x.nbytes, y.nbytes)
+                extra[root] = max(extra[root], need)
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name, tensor in t.items():
+        if tensor.const:
+            continue
+        if name not in producer and name not in graph.inputs:
+            continue  # dangling tensors (e.g. optional outputs) are never allocated
+        groups[find(name)].append(name)
+    buffers: list[Buffer] = []
+    io = set(graph.inputs) | set(graph.outputs)
+    for root, names in groups.items():
+        size = max(t[m].nbytes for m in names) + extra.get(root, 0)
+        first = min(producer.get(m, -1) for m in names)
+        last = max(last_use.get(m, producer.get(m, -1)) for m in names)
+        kind = "io" if any(m in io for m in names) else "tensor"
+        buffers.append(Buffer(root, _align(size, align), first, last, sorted(names), kind))
+    for op in graph.ops:
+        size = scratch_bytes(graph, op, conventions)
+        if size:
+            buffers.append(Buffer(f"{op.name}#scratch", _align(size, align), op.index, op.index, [], "scratch"))
+
+    _greedy_best_fit(buffers)
+    size = max((b.offset + b.size for b in buffers), default=0)
+    peak_live, peak_layer = 0, None
+    for index in range(-1, n + 1):
+        live = sum(b.size for b in buffers if b.first <= index <= b.last)
+        if live > peak_live:
+            peak_live, peak_layer = live, index
+    input_bytes = sum(t[name].nbytes for name in graph.inputs if name in t)
+    output_bytes = sum(t[name].nbytes for name in graph.outputs if name in t)
+    return ArenaPlan(size, peak_live, peak_layer, buffers, input_bytes + output_bytes, input_bytes, output_bytes)
+
+
+def _greedy_best_fit(buffers: list[Buffer]) -> None:
+    """Offsets by greedy best-fit, largest buffer first (ties: earliest first): each buffer goes
+    in the smallest gap between the buffers already placed that live at the same time, or on top."""
+    order = sorted(buffers, key=lambda b: (-b.size, b.first, b.name))
+    placed: list[Buffer] = []
+    for buf in order:
+        busy = sorted((p.offset, p.offset + p.size) for p in placed if p.overlaps_in_time(buf))
+        best_offset, best_gap = None, None
+        cursor = 0
+        for start, end in busy:
+            gap = start - cursor
+            if gap >= buf.size and (best_gap is None or gap < best_gap):
+                best_offset, best_gap = cursor, gap
+            cursor = max(cursor, end)
+        buf.offset = best_offset if best_offset is not None else cursor
+        placed.append(buf)

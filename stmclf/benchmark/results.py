@@ -1,0 +1,143 @@
+"""One footprint record for every way of measuring a model: a board run on the STM32Cube.AI
+Developer Cloud, a cloud ``analyze``, a local ``stedgeai generate``, or the offline estimate.
+
+The byte/cycle fields carry the reference client's result attribute names (``ram_size``,
+``rom_size``, ``macc``, ``estimated_library_ram_size``, ... of ``stm32ai_dc``'s
+``BenchmarkResult``/``AnalyzeResult``/``MpuBenchmarkResult``), always with the same meaning:
+
+- MCU: ``ram_size`` = activation RAM, ``rom_size`` = weights flash (bytes), ``macc``,
+  ``estimated_library_ram_size``/``_flash_size`` = runtime RAM / code flash (kernel + extra +
+  toolchain), board runs add cycles, time and internal/external memory use.
+- MPU (``target == "mpu"``): ``rom_size`` = model size, ``ram_size`` = peak RAM, plus
+  ``duration_ms`` and the NPU/GPU/CPU shares.
+
+:meth:`Footprint.metrics` turns them into the reference's printed/MLflow names and units
+("RAM Activations KiB", "Flash weights KiB", "MACCs M", ...); :meth:`Footprint.to_dict` is the
+flat record written to ``benchmark.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+SOURCES = ("board", "cloud-analyze", "stedgeai", "offline-estimate")
+
+
+def _kib(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value / 1024, 2)
+
+
+@dataclass
+class Footprint:
+    source: str                                   # one of SOURCES
+    board: Optional[str] = None                   # benchmark board (board runs) or None
+    target: str = "mcu"                           # "mcu" or "mpu"
+    # --- sizes (bytes) and compute --------------------------------------------------------
+    ram_size: Optional[int] = None                # activations (MCU) / peak RAM (MPU)
+    rom_size: Optional[int] = None                # weights (MCU) / model size (MPU)
+    macc: Optional[int] = None
+    total_ram_io_size: Optional[int] = None       # Σ io buffers
+    estimated_library_ram_size: Optional[int] = None    # runtime RAM
+    estimated_library_flash_size: Optional[int] = None  # runtime code flash
+    # --- board runs ---------------------------------------------------------------------
+    cycles: Optional[int] = None
+    cycles_by_macc: Optional[float] = None
+    duration_ms: Optional[float] = None
+    internal_ram_consumption: Optional[int] = None
+    external_ram_consumption: Optional[int] = None
+    internal_flash_consumption: Optional[int] = None
+    external_flash_consumption: Optional[int] = None
+    use_external_ram: Optional[bool] = None
+    use_external_flash: Optional[bool] = None
+    npu_percent: Optional[float] = None           # MPU: fractions in [0, 1]
+    gpu_percent: Optional[float] = None
+    cpu_percent: Optional[float] = None
+    # --- provenance ---------------------------------------------------------------------
+    device: Optional[str] = None
+    date_time: Optional[str] = None
+    cli_version_str: Optional[str] = None         # tool version, "X.Y.Z"
+    cli_parameters: Optional[str] = None
+    model: Optional[str] = None                   # model file name as sent to the tool
+    notes: list[str] = field(default_factory=list)  # e.g. why a fallback was taken
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"Footprint.source must be one of {SOURCES}, got {self.source!r}")
+
+    # --- derived values in the reference's units ----------------------------------------
+    @property
+    def total_ram(self) -> Optional[int]:
+        if self.ram_size is None or self.estimated_library_ram_size is None:
+            return None
+        return self.ram_size + self.estimated_library_ram_size
+
+    @property
+    def total_flash(self) -> Optional[int]:
+        if self.rom_size is None or self.estimated_library_flash_size is None:
+            return None
+        return self.rom_size + self.estimated_library_flash_size
+
+    def metrics(self) -> dict[str, float]:
+        """The reference's metric names (``analyze_footprints``) with their values; only the
+        ones this record can give."""
+        out: dict[str, Optional[float]] = {}
+        if self.target == "mpu":
+            out["Model Size KiB"] = _kib(self.rom_size)
+            out["Peak Ram KiB"] = _kib(self.ram_size)
+            out["inference_time ms"] = None if self.duration_ms is None else round(self.duration_ms, 2)
+            for name, value in (("NPU usage", self.npu_percent), ("GPU usage", self.gpu_percent),
+                                ("CPU usage", self.cpu_percent)):
+                out[name] = None if value is None else round(100 * value, 2)
+            return {k: v for k, v in out.items() if v is not None}
+        activations, weights = _kib(self.ram_size), _kib(self.rom_size)
+        out["RAM Activations KiB"] = activations
+        out["Flash weights KiB"] = weights
+        out["MACCs M"] = None if self.macc is None else round(self.macc / 1e6, 3)
+        runtime_ram, code = _kib(self.estimated_library_ram_size), _kib(self.estimated_library_flash_size)
+        out["RAM Runtime KiB"] = runtime_ram
+        out["Total RAM KiB"] = None if None in (activations, runtime_ram) else round(activations + runtime_ram, 2)
+        out["Estimated Flash Code KiB"] = code
+        out["Total Flash KiB"] = None if None in (weights, code) else round(weights + code, 2)
+        out["Internal RAM usage"] = _kib(self.internal_ram_consumption)
+        out["External RAM usage"] = _kib(self.external_ram_consumption)
+        if self.external_flash_consumption:  # the reference reports flash use only when external is used
+            out["Internal Flash usage"] = _kib(self.internal_flash_consumption)
+            out["External Flash usage"] = _kib(self.external_flash_consumption)
+        out["cycles"] = None if self.cycles is None or self.cycles < 0 else round(self.cycles / 1e6, 3)
+        out["inference_time ms"] = (None if self.duration_ms is None or self.duration_ms < 0
+                                    else round(self.duration_ms, 2))
+        return {k: v for k, v in out.items() if v is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON-able record for ``benchmark.json``: provenance, the reference's metric
+        names (``cycles`` in millions as ``cycles M``), then the raw fields (bytes, cycles)."""
+        head = {"source": self.source, "board": self.board, "target": self.target, "device": self.device,
+                "tool_version": self.cli_version_str, "model": self.model}
+        out: dict[str, Any] = {k: v for k, v in head.items() if v is not None}
+        # metric "cycles" (millions) would collide with the raw field: it is "cycles M" here
+        out.update({("cycles M" if k == "cycles" else k): v for k, v in self.metrics().items()})
+        skip = {"source", "board", "target", "device", "cli_version_str", "model", "notes"}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name not in skip and value is not None:
+                out[f.name] = value
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Footprint":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "tool_version" in data and "cli_version_str" not in kwargs:
+            kwargs["cli_version_str"] = data["tool_version"]
+        return cls(**kwargs)
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path

@@ -1,0 +1,632 @@
+"""Keras ``.h5`` model files (``model.save("model.h5")`` of tf_keras / Keras 2; Keras 3's legacy
+``.h5`` too) rebuilt as a :class:`KerasGraph` without TensorFlow.
+
+The model config JSON (the ``model_config`` attribute of the file) is read with h5py and rebuilt
+layer for layer with :class:`GraphBuilder` and the layers of :mod:`stmclf.models.layers`: the same
+layer names, Keras types and order as the Keras model's ``model.layers`` (functional models: index
+0 is the InputLayer, as in Keras). Keras ``Sequential`` models list no InputLayer in
+``model.layers``: the graph still has one at index 0, and :class:`ImportedModel` records
+``layer_index_offset = 1`` so that the reference's ``frozen_layers`` indices keep their meaning.
+The weights are then copied by layer name (:func:`load_keras_weights`).
+
+The model is made to output logits: a final softmax (an ``Activation("softmax")`` or ``Softmax``
+layer, or the softmax activation of the last Conv2D / Dense, possibly followed by Reshape / Flatten
+/ Dropout / linear layers) is removed — the layer keeps its name and index — and
+``output_is_softmax`` says so. Layers that were frozen in the file are trainable again (the
+reference does the same; ``frozen_layers`` freezes layers). Regularizers, constraints and
+initializers of the file are not used.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stmclf.errors import UserError
+from stmclf.models.graph import GraphBuilder, KerasGraph
+from stmclf.models.importers.base import ImportedModel, file_error, first_line, one_line
+from stmclf.models.keras_weights import load_keras_weights, read_h5_layer_weights
+from stmclf.models.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
+                                  Dense, DepthwiseConv2D, Dropout, Flatten, GlobalAveragePooling2D,
+                                  GlobalMaxPooling2D, LeakyReLU, MaxPooling2D, Multiply, ReLU, Rescaling, Reshape,
+                                  SampleDropout, SeparableConv2D, Shape, SoftmaxLogits, ZeroPadding2D)
+
+
+class _Unsupported(Exception):
+    """A layer setting this importer does not handle (turned into a one-line UserError)."""
+
+
+@dataclass
+class _Spec:
+    class_name: str
+    name: str
+    config: dict[str, Any]
+    inputs: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the config.
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_model_config(path: Path) -> tuple[dict[str, Any], str]:
+    """The ``model_config`` JSON of a Keras ``.h5`` file and its ``keras_version``."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "model_config" not in f.attrs:
+            raise UserError("a Keras weights file (save_weights), not a full model: it has no model_config; "
+                            "save the model with model.save(\"model.h5\")")
+        config = json.loads(_text(f.attrs["model_config"]))
+        version = _text(f.attrs.get("keras_version", ""))
+    return config, version
+
+
+def _history_names(value: Any) -> list[tuple[str, int, int]]:
+    """The (layer, node index, tensor index) of the Keras 3 tensors in a call's args."""
+    found: list[tuple[str, int, int]] = []
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            name, node, tensor = value["config"]["keras_history"]
+            found.append((name, int(node), int(tensor)))
+        else:
+            for item in value.values():
+                found += _history_names(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found += _history_names(item)
+    return found
+
+
+def _inbound(layer: dict[str, Any]) -> tuple[str, ...]:
+    nodes = layer.get("inbound_nodes") or []
+    name, cls = layer.get("name") or layer["config"].get("name"), layer["class_name"]
+    if len(nodes) > 1:
+        raise _Unsupported(f"layer {name!r} ({cls}) is used {len(nodes)} times (shared layers are not supported)")
+    if not nodes:
+        return ()
+    node = nodes[0]
+    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+        refs = _history_names(node.get("args", []))
+        if _history_names(node.get("kwargs", {})):
+            raise _Unsupported(f"layer {name!r} ({cls}) takes tensors as keyword arguments")
+    else:  # Keras 2: [[layer, node, tensor, kwargs], ...]
+        refs = []
+        for ref in node:
+            if len(ref) > 3 and ref[3]:
+                raise _Unsupported(f"layer {name!r} ({cls}) is called with extra arguments {ref[3]}")
+            refs.append((ref[0], int(ref[1]), int(ref[2])))
+    for src, node_index, tensor_index in refs:
+        if node_index != 0 or tensor_index != 0:
+            raise _Unsupported(f"layer {name!r} ({cls}) reads output {tensor_index} of call {node_index} of {src!r} "
+                               "(shared or multi-output layers are not supported)")
+    return tuple(src for src, _, _ in refs)
+
+
+def _batch_shape(config: dict[str, Any]) -> Any:
+    for key in ("batch_input_shape", "batch_shape"):
+        if config.get(key) is not None:
+            return config[key]
+    return None
+
+
+def _input_shape(shape: Any, where: str) -> tuple[int, int, int]:
+    if not isinstance(shape, (list, tuple)) or len(shape) != 4:
+        raise UserError(f"expected an image input of shape (batch, height, width, channels), got {shape} ({where})")
+    dims = shape[1:]
+    if not all(isinstance(d, int) and d > 0 for d in dims):
+        raise UserError(f"the input shape {tuple(shape)} has unknown dimensions ({where}): a fixed height, width "
+                        "and number of channels are needed")
+    return int(dims[0]), int(dims[1]), int(dims[2])
+
+
+def parse_model(config: dict[str, Any]) -> tuple[str, str, tuple[int, int, int], str, list[_Spec]]:
+    """(model kind "functional"/"sequential", model name, input shape, input layer name, layer specs
+    in ``model.layers`` order without the InputLayer)."""
+    cls = config.get("class_name")
+    body = config.get("config", {})
+    model_name = str(body.get("name", "model"))
+    layers = body.get("layers")
+    if not isinstance(layers, list):
+        raise UserError(f"unsupported Keras model class {cls!r} (expected a Functional or Sequential model)")
+    if cls == "Sequential":
+        specs, input_name, shape, previous = [], None, body.get("build_input_shape"), None
+        for i, layer in enumerate(layers):
+            lcfg = layer.get("config", {})
+            if layer.get("class_name") == "InputLayer":
+                if i != 0:
+                    raise _Unsupported("an InputLayer inside a Sequential model")
+                input_name, shape = str(lcfg.get("name", "input_1")), _batch_shape(lcfg)
+                continue
+            name = str(lcfg.get("name", f"layer_{i}"))
+            if previous is None:
+                if shape is None:
+                    shape = _batch_shape(lcfg)
+                input_name = input_name or f"{name}_input"
+                previous = input_name
+            specs.append(_Spec(layer["class_name"], name, lcfg, (previous,)))
+            previous = name
+        if input_name is None or not specs:
+            raise UserError("an empty Sequential model")
+        return "sequential", model_name, _input_shape(shape, "Sequential model"), input_name, specs
+    if cls not in ("Functional", "Model"):
+        raise UserError(f"unsupported Keras model class {cls!r} (expected a Functional or Sequential model)")
+    inputs, outputs = body.get("input_layers") or [], body.get("output_layers") or []
+    # Keras 2 writes [[name, 0, 0]]; Keras 3 writes [name, 0, 0] for a single input.
+    inputs = [inputs] if inputs and isinstance(inputs[0], str) else inputs
+    outputs = [outputs] if outputs and isinstance(outputs[0], str) else outputs
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise UserError(f"the model has {len(inputs)} inputs and {len(outputs)} outputs: one image input and one "
+                        "output are supported")
+    if not layers or layers[0].get("class_name") != "InputLayer" or layers[0].get("name") != inputs[0][0]:
+        raise UserError("the model's first layer is not its InputLayer")
+    first = layers[0]
+    input_name = str(first["name"])
+    shape = _input_shape(_batch_shape(first.get("config", {})), f"InputLayer {input_name!r}")
+    specs = [_Spec(layer["class_name"], str(layer.get("name") or layer["config"]["name"]), layer.get("config", {}),
+                   _inbound(layer)) for layer in layers[1:]]
+    if specs and specs[-1].name != outputs[0][0]:
+        raise UserError(f"the model's output {outputs[0][0]!r} is not its last layer")
+    return "functional", model_name, shape, input_name, specs
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer by layer.
+
+def _pair(value: Any, what: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    raise _Unsupported(f"{what} {value!r}")
+
+
+def _check_format(cfg: dict[str, Any]) -> None:
+    if cfg.get("data_format") not in (None, "channels_last"):
+        raise _Unsupported(f"data_format {cfg['data_format']!r} (channels_last only)")
+
+
+def _check_dilation(cfg: dict[str, Any]) -> None:
+    if _pair(cfg.get("dilation_rate", 1), "dilation_rate") != (1, 1):
+        raise _Unsupported(f"dilation_rate {cfg['dilation_rate']} (1 only)")
+
+
+def _padding(cfg: dict[str, Any]) -> str:
+    padding = str(cfg.get("padding", "valid")).lower()
+    if padding not in ("valid", "same"):
+        raise _Unsupported(f"padding {padding!r}")
+    return padding
+
+
+_ACTIVATION_NAMES = {"relu", "relu6", "sigmoid", "linear", "softmax", "tanh", "swish", "silu", "hard_sigmoid", "elu",
+                     "selu", "gelu", "softplus", "softsign", "exponential"}
+
+
+def _activation(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):  # Keras 3 may serialize a built-in activation as a dict
+        value = value.get("config") if isinstance(value.get("config"), str) else value.get("class_name")
+    name = str(value)
+    if name not in _ACTIVATION_NAMES:
+        raise _Unsupported(f"activation {name!r} (supported: {', '.join(sorted(_ACTIVATION_NAMES))})")
+    return None if name == "linear" else name
+
+
+class _Context:
+    """What layer builders need beyond the layer's own config."""
+
+    def __init__(self, keras3: bool, strip: set[str]) -> None:
+        self.keras3 = keras3
+        self.strip = strip  # layers whose (final) softmax is removed
+
+
+def _fix_keras3(layer: nn.Module, name: str | None, ctx: _Context) -> nn.Module:
+    """Keras 3's hard_sigmoid is relu6(x + 3) / 6 (Keras 2: clip(0.2 x + 0.5, 0, 1))."""
+    if ctx.keras3 and name == "hard_sigmoid":
+        if isinstance(layer, Activation):
+            layer.fn = F.hardsigmoid
+        else:
+            layer.activation = F.hardsigmoid
+    return layer
+
+
+def _layer_activation(spec: _Spec, ctx: _Context) -> str | None:
+    name = _activation(spec.config.get("activation"))
+    return None if spec.name in ctx.strip else name
+
+
+def _conv2d(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
+    cfg = spec.config
+    _check_format(cfg)
+    _check_dilation(cfg)
+    if int(cfg.get("groups", 1)) != 1:
+        raise _Unsupported(f"groups {cfg['groups']} (1 only)")
+    act = _layer_activation(spec, ctx)
+    return lambda s: _fix_keras3(Conv2D(s, int(cfg["filters"]), _pair(cfg["kernel_size"], "kernel_size"),
+                                        _pair(cfg.get("strides", 1), "strides"), _padding(cfg),
+                                        bool(cfg.get("use_bias", True)), act), act, ctx)
+
+
+def _depthwise(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
+    cfg = spec.config
+    _check_format(cfg)
+    _check_dilation(cfg)
+    act = _layer_activation(spec, ctx)
+    return lambda s: _fix_keras3(DepthwiseConv2D(s, _pair(cfg["kernel_size"], "kernel_size"),
+                                                 _pair(cfg.get("strides", 1), "strides"), _padding(cfg),
+                                                 bool(cfg.get("use_bias", True)), int(cfg.get("depth_multiplier", 1)),
+                                                 act), act, ctx)
+
+
+def _separable(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
+    cfg = spec.config
+    _check_format(cfg)
+    _check_dilation(cfg)
+    act = _layer_activation(spec, ctx)
+
+    def build(s: Shape) -> nn.Module:
+        layer = SeparableConv2D(s, int(cfg["filters"]), _pair(cfg["kernel_size"], "kernel_size"),
+                                _pair(cfg.get("strides", 1), "strides"), _padding(cfg), bool(cfg.get("use_bias", True)),
+                                int(cfg.get("depth_multiplier", 1)), act)
+        _fix_keras3(layer.pointwise, act, ctx)
+        return layer
+
+    return build
+
+
+def _dense(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
+    cfg = spec.config
+    act = _layer_activation(spec, ctx)
+
+    def build(s: Shape) -> nn.Module:
+        if len(s) != 1:
+            raise _Unsupported(f"a Dense layer on a {len(s)}-D input {s} (flatten or pool to a vector first)")
+        return _fix_keras3(Dense(s, int(cfg["units"]), bool(cfg.get("use_bias", True)), act), act, ctx)
+
+    return build
+
+
+def _batch_norm(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
+    cfg = spec.config
+    for key in ("renorm", "virtual_batch_size", "adjustment"):
+        if cfg.get(key):
+            raise _Unsupported(f"{key}={cfg[key]!r}")
+    axis = cfg.get("axis", -1)
+    axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+
+    def build(s: Shape) -> nn.Module:
+        if len(axes) != 1 or axes[0] not in (-1, len(s)):
+            raise _Unsupported(f"axis {axis} (the channel axis only)")
+        layer = BatchNormalization(s, float(cfg.get("epsilon", 1e-3)), float(cfg.get("momentum", 0.99)))
+        if not cfg.get("scale", True):
+            layer.weight = None
+        if not cfg.get("center", True):
+            layer.bias = None
+        return layer
+
+    return build
+
+
+def _relu(spec: _Spec, ctx: _Context) -> nn.Module:
+    cfg = spec.config
+    if float(cfg.get("negative_slope") or 0.0) != 0.0 or float(cfg.get("threshold") or 0.0) != 0.0:
+        raise _Unsupported("negative_slope or threshold other than 0")
+    max_value = cfg.get("max_value")
+    return ReLU(None if max_value is None else float(max_value))
+
+
+def _activation_layer(spec: _Spec, ctx: _Context) -> nn.Module:
+    name = _activation(spec.config.get("activation"))
+    if spec.name in ctx.strip:
+        return SoftmaxLogits()
+    return _fix_keras3(Activation(name or "linear"), name, ctx)
+
+
+def _softmax_layer(spec: _Spec, ctx: _Context) -> nn.Module:
+    axis = spec.config.get("axis", -1)
+    if axis not in (-1, [-1]):
+        raise _Unsupported(f"axis {axis} (-1 only)")
+    layer = SoftmaxLogits() if spec.name in ctx.strip else Activation("softmax")
+    layer.keras_type = "Softmax"  # instance attribute: the node's Keras type
+    return layer
+
+
+def _zero_padding(spec: _Spec, ctx: _Context) -> nn.Module:
+    _check_format(spec.config)
+    pad = spec.config.get("padding", 1)
+    if isinstance(pad, int):
+        padding = ((pad, pad), (pad, pad))
+    elif isinstance(pad, (list, tuple)) and len(pad) == 2 and all(isinstance(p, int) for p in pad):
+        padding = ((pad[0], pad[0]), (pad[1], pad[1]))
+    elif isinstance(pad, (list, tuple)) and len(pad) == 2:
+        padding = (_pair(pad[0], "padding"), _pair(pad[1], "padding"))
+    else:
+        raise _Unsupported(f"padding {pad!r}")
+    return ZeroPadding2D(padding)
+
+
+def _pool(cls: type) -> Callable[[_Spec, _Context], Callable[[Shape], nn.Module]]:
+    def builder(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
+        cfg = spec.config
+        _check_format(cfg)
+        pool = _pair(cfg.get("pool_size", 2), "pool_size")
+        strides = cfg.get("strides")
+        strides = pool if strides is None else _pair(strides, "strides")
+        return lambda s: cls(s, pool, strides, _padding(cfg))
+    return builder
+
+
+def _global_pool(cls: type) -> Callable[[_Spec, _Context], nn.Module]:
+    def builder(spec: _Spec, ctx: _Context) -> nn.Module:
+        _check_format(spec.config)
+        return cls(keepdims=bool(spec.config.get("keepdims", False)))
+    return builder
+
+
+def _flatten(spec: _Spec, ctx: _Context) -> nn.Module:
+    _check_format(spec.config)
+    return Flatten()
+
+
+def _reshape(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
+    target = [int(d) for d in spec.config["target_shape"]]
+
+    def build(s: Shape) -> nn.Module:
+        size = int(np.prod(s))
+        if target.count(-1) > 1:
+            raise _Unsupported(f"target_shape {tuple(target)}")
+        known = int(np.prod([d for d in target if d != -1]))
+        resolved = [size // known if d == -1 else d for d in target]
+        if int(np.prod(resolved)) != size:
+            raise _Unsupported(f"target_shape {tuple(target)} for an input of shape {s}")
+        if len(resolved) not in (1, 3):
+            raise _Unsupported(f"target_shape {tuple(target)} (a vector or an (H, W, C) map only)")
+        return Reshape(tuple(resolved))
+
+    return build
+
+
+def _dropout(spec: _Spec, ctx: _Context) -> nn.Module:
+    rate = float(spec.config.get("rate", 0.0))
+    noise = spec.config.get("noise_shape")
+    if noise is None:
+        return Dropout(rate)
+    if len(noise) == 4 and list(noise[1:]) == [1, 1, 1]:
+        return SampleDropout(rate)
+    raise _Unsupported(f"noise_shape {noise}")
+
+
+def _concatenate(spec: _Spec, ctx: _Context) -> nn.Module:
+    axis = int(spec.config.get("axis", -1))
+    if axis not in (-1, 3):
+        raise _Unsupported(f"axis {axis} (the channel axis of (H, W, C) maps only)")
+    return Concatenate(axis)
+
+
+def _rescaling(spec: _Spec, ctx: _Context) -> nn.Module:
+    return Rescaling(spec.config.get("scale", 1.0), spec.config.get("offset", 0.0))
+
+
+def _leaky_relu(spec: _Spec, ctx: _Context) -> nn.Module:
+    cfg = spec.config
+    alpha = cfg.get("alpha", cfg.get("negative_slope", 0.3))
+    return LeakyReLU(float(alpha))
+
+
+LAYER_BUILDERS: dict[str, Callable[[_Spec, _Context], Any]] = {
+    "Conv2D": _conv2d,
+    "DepthwiseConv2D": _depthwise,
+    "SeparableConv2D": _separable,
+    "BatchNormalization": _batch_norm,
+    "ReLU": _relu,
+    "LeakyReLU": _leaky_relu,
+    "Activation": _activation_layer,
+    "Softmax": _softmax_layer,
+    "ZeroPadding2D": _zero_padding,
+    "Add": lambda spec, ctx: Add(),
+    "Multiply": lambda spec, ctx: Multiply(),
+    "Concatenate": _concatenate,
+    "MaxPooling2D": _pool(MaxPooling2D),
+    "AveragePooling2D": _pool(AveragePooling2D),
+    "GlobalAveragePooling2D": _global_pool(GlobalAveragePooling2D),
+    "GlobalMaxPooling2D": _global_pool(GlobalMaxPooling2D),
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Dropout": _dropout,
+    "Dense": _dense,
+    "Rescaling": _rescaling,
+}
+ALIASES = {"Conv2d": "Conv2D", "Convolution2D": "Conv2D", "MaxPool2D": "MaxPooling2D",
+           "AvgPool2D": "AveragePooling2D", "GlobalAvgPool2D": "GlobalAveragePooling2D",
+           "GlobalMaxPool2D": "GlobalMaxPooling2D", "SeparableConvolution2D": "SeparableConv2D"}
+SUPPORTED_LAYERS = ("InputLayer",) + tuple(LAYER_BUILDERS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Final softmax.
+
+_PASS_THROUGH = {"Reshape", "Flatten", "Dropout"}
+_SOFTMAX_WITH_ACTIVATION = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"}
+
+
+def _final_softmax(specs: Sequence[_Spec]) -> str | None:
+    """The name of the layer whose softmax ends the model (through shape-only layers), if any."""
+    by_name = {spec.name: spec for spec in specs}
+    consumers: dict[str, int] = {}
+    for spec in specs:
+        for src in spec.inputs:
+            consumers[src] = consumers.get(src, 0) + 1
+    spec = specs[-1]
+    while True:
+        cls = ALIASES.get(spec.class_name, spec.class_name)
+        act = spec.config.get("activation")
+        act = act.get("config") if isinstance(act, dict) else act
+        is_softmax = (cls == "Activation" and act == "softmax") or cls == "Softmax" \
+            or (cls in _SOFTMAX_WITH_ACTIVATION and act == "softmax")
+        if is_softmax:
+            return spec.name
+        linear = cls == "Activation" and act == "linear"
+        if (cls not in _PASS_THROUGH and not linear) or len(spec.inputs) != 1 or spec.inputs[0] not in by_name:
+            return None
+        source = spec.inputs[0]
+        if consumers.get(source, 0) != 1:
+            return None
+        spec = by_name[source]
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights.
+
+def _copy(target: torch.Tensor, value: np.ndarray, layer: str) -> None:
+    if tuple(target.shape) != value.shape:
+        raise UserError(f"layer {layer!r}: a Keras weight of shape {value.shape} does not fit {tuple(target.shape)}")
+    with torch.no_grad():
+        target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+
+def _load_special(module: nn.Module, name: str, arrays: list[np.ndarray]) -> None:
+    """Weights of the layers :func:`load_keras_weights` does not convert."""
+    if isinstance(module, SeparableConv2D):
+        targets = 3 if module.pointwise.bias is not None else 2
+        if len(arrays) != targets:
+            raise UserError(f"layer {name!r}: expected {targets} Keras weight arrays, got {len(arrays)}")
+        kh, kw, cin, mult = arrays[0].shape
+        _copy(module.depthwise.weight, arrays[0].reshape(kh, kw, cin * mult).transpose(2, 0, 1)[:, None], name)
+        _copy(module.pointwise.weight, arrays[1].transpose(3, 2, 0, 1), name)
+        if module.pointwise.bias is not None:
+            _copy(module.pointwise.bias, arrays[2], name)
+        return
+    if isinstance(module, BatchNormalization):
+        targets = [t for t in (module.weight, module.bias) if t is not None] + [module.running_mean, module.running_var]
+        if len(arrays) != len(targets):
+            raise UserError(f"layer {name!r}: expected {len(targets)} Keras weight arrays, got {len(arrays)}")
+        for target, value in zip(targets, arrays):
+            _copy(target, value, name)
+        return
+    raise UserError(f"layer {name!r}: no Keras weight conversion for {type(module).__name__}")
+
+
+def load_weights(graph: KerasGraph, weights: dict[str, list[np.ndarray]]) -> None:
+    standard, special = [], []
+    for i in range(1, graph.num_layers):
+        module = graph.layer_module(i)
+        if module is None or next(module.parameters(), None) is None:
+            continue
+        plain = type(module) in (Conv2D, DepthwiseConv2D, Dense) or (
+            type(module) is BatchNormalization and module.weight is not None and module.bias is not None)
+        (standard if plain else special).append(i)
+    load_keras_weights(graph, weights, indices=standard)
+    for i in special:
+        name = graph.nodes[i].name
+        if name not in weights:
+            raise UserError(f"layer {name!r} (index {i}) is missing from the Keras weights")
+        _load_special(graph.layer_module(i), name, list(weights[name]))
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _unsupported_layer(spec: _Spec) -> UserError:
+    return UserError(f"unsupported Keras layer {spec.class_name} {spec.name!r}; supported layers: "
+                     f"{', '.join(SUPPORTED_LAYERS)}")
+
+
+def build_graph(config: dict[str, Any], keras_version: str = "") -> tuple[KerasGraph, dict[str, Any]]:
+    """The :class:`KerasGraph` of a Keras model config (random weights) and facts about it."""
+    kind, model_name, input_shape, input_name, specs = parse_model(config)
+    for spec in specs:
+        cls = ALIASES.get(spec.class_name, spec.class_name)
+        if cls not in LAYER_BUILDERS:
+            raise _unsupported_layer(spec)
+    strip = _final_softmax(specs)
+    ctx = _Context(keras3=keras_version.split(".")[0].isdigit() and int(keras_version.split(".")[0]) >= 3,
+                   strip={strip} if strip else set())
+    g = GraphBuilder(input_shape, input_name=input_name)
+    frozen_in_file = False
+    for spec in specs:
+        cls = ALIASES.get(spec.class_name, spec.class_name)
+        frozen_in_file |= spec.config.get("trainable") is False
+        if "." in spec.name:
+            raise UserError(f"layer name {spec.name!r} contains a '.' (not supported)")
+        try:
+            layer = LAYER_BUILDERS[cls](spec, ctx)
+            g.add(spec.name, layer, spec.inputs)
+        except _Unsupported as exc:
+            raise UserError(f"Keras layer {spec.class_name} {spec.name!r}: unsupported setting: {one_line(exc)}") \
+                from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"Keras layer {spec.class_name} {spec.name!r}: cannot rebuild it ({first_line(exc)})") \
+                from None
+    try:
+        graph = g.build(outputs=specs[-1].name, name=model_name)
+    except ValueError as exc:
+        raise UserError(f"unsupported model structure: {first_line(exc)}") from None
+    if strip:
+        shape = graph.nodes[graph.layer_index(strip)].output_shape
+        if len(shape) != 1 and tuple(shape[:-1]) != (1, 1):
+            raise UserError(f"the model ends with a softmax over each position of a {shape} map (layer {strip!r}); "
+                            "a softmax over class scores is expected")
+    dropouts = [spec for spec in specs if ALIASES.get(spec.class_name, spec.class_name) == "Dropout"]
+    facts = {
+        "kind": kind,
+        "offset": 1 if kind == "sequential" else 0,
+        "softmax_layer": strip,
+        "dropout_rate": float(dropouts[0].config.get("rate", 0.0)) if dropouts else None,
+        "has_dropout": bool(dropouts),
+        "frozen_in_file": frozen_in_file,
+    }
+    return graph, facts
+
+
+def _set_dropout(graph: KerasGraph) -> Callable[[float], None]:
+    def apply(rate: float) -> None:
+        for module in graph.layers.values():
+            if isinstance(module, nn.Dropout):
+                module.p = rate
+    return apply
+
+
+def load_keras_h5(path: Path, key: str) -> ImportedModel:
+    try:
+        import h5py  # noqa: F401
+    except ImportError:  # pragma: no cover - h5py comes with the tflite extra
+        raise file_error(key, path, "reading Keras .h5 files needs h5py (pip install h5py)") from None
+    try:
+        config, keras_version = read_model_config(path)
+        graph, facts = build_graph(config, keras_version)
+    except UserError as exc:
+        raise file_error(key, path, str(exc)) from None
+    except _Unsupported as exc:
+        raise file_error(key, path, f"unsupported Keras model: {exc}") from None
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise file_error(key, path, f"not a readable Keras .h5 model ({first_line(exc)})") from None
+    try:
+        load_weights(graph, read_h5_layer_weights(path))
+    except UserError as exc:
+        raise file_error(key, path, str(exc)) from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise file_error(key, path, f"cannot read the Keras weights ({first_line(exc)})") from None
+    out_shape = graph.nodes[-1].output_shape
+    if len(out_shape) != 1:
+        raise file_error(key, path, f"the model outputs {out_shape} per image; a vector of class scores is needed")
+    notes = []
+    if facts["softmax_layer"]:
+        notes.append(f"final softmax of layer {facts['softmax_layer']!r} removed (training uses logits)")
+    if facts["kind"] == "sequential":
+        notes.append("Sequential model: layer indices count from its first layer (graph index - 1)")
+    if facts["frozen_in_file"]:
+        notes.append("layers frozen in the file are trainable (use training.frozen_layers)")
+    return ImportedModel(graph=graph, input_shape=tuple(graph.input_shape), num_outputs=int(out_shape[0]),
+                         has_dropout=facts["has_dropout"], dropout_rate=facts["dropout_rate"], kind="keras_h5",
+                         output_is_softmax=facts["softmax_layer"] is not None, path=path, name=graph.name,
+                         layer_index_offset=facts["offset"], metadata={"keras_version": keras_version},
+                         notes=notes, _set_dropout=_set_dropout(graph))

@@ -1,0 +1,552 @@
+"""Bring your own model (``general.model_path``): Keras .h5, ONNX, TorchScript, torch.export and
+pickled-module files read as trainable models that output logits."""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stmclf.errors import UserError
+from stmclf.models import build_model
+from stmclf.models.importers import ImportedModel, detect_kind, load_model_file
+
+
+@pytest.fixture(scope="module")
+def keras() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return pytest.importorskip("tf_keras")
+
+
+def _one_line_error(exc_info: Any) -> str:
+    text = str(exc_info.value)
+    assert "\n" not in text
+    return text
+
+
+def _randomize_bn(model: Any, seed: int = 0) -> None:
+    """Non-trivial scale, offset and moving statistics for every Keras BatchNormalization."""
+    rng = np.random.default_rng(seed)
+
+    def value(name: str, shape: tuple) -> np.ndarray:
+        if "gamma" in name or "variance" in name:
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        return rng.normal(0, 0.3, shape).astype(np.float32)
+
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            layer.set_weights([value(v.name, w.shape) for w, v in zip(layer.get_weights(), layer.weights)])
+
+
+def _keras_outputs(model: Any, images: np.ndarray) -> np.ndarray:
+    return np.asarray(model(images, training=False))
+
+
+def _ours(imported: ImportedModel, images: np.ndarray) -> np.ndarray:
+    graph = imported.graph.eval()
+    with torch.no_grad():
+        return graph(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()).numpy()
+
+
+def _check_same_layers(imported: ImportedModel, model: Any) -> None:
+    offset = imported.layer_index_offset
+    nodes = imported.graph.nodes[offset:]
+    assert [n.name for n in nodes] == [layer.name for layer in model.layers]
+    assert [n.keras_type for n in nodes] == [type(layer).__name__ for layer in model.layers]
+    assert imported.num_layers == len(model.layers)
+
+
+def _train_one_step(imported: ImportedModel, batch: int = 4) -> None:
+    """One SGD step: every trainable parameter gets a gradient and changes."""
+    graph = imported.graph.train()
+    h, w, c = imported.input_shape
+    params = [p for p in graph.parameters() if p.requires_grad]
+    assert params
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, c, h, w, generator=generator)
+    y = torch.randint(0, imported.num_outputs, (batch,), generator=generator)
+    before = [p.detach().clone() for p in params]
+    loss = F.cross_entropy(graph(x), y)
+    loss.backward()
+    assert all(p.grad is not None for p in params)
+    torch.optim.SGD(params, lr=0.1).step()
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(before, params))
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras .h5
+
+
+def k_functional_cnn(keras: Any) -> Any:
+    L = keras.layers
+    inputs = keras.Input((33, 30, 3))
+    x = L.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = L.ZeroPadding2D(((0, 1), (1, 0)))(x)
+    x = L.Conv2D(8, 3, strides=2, padding="valid", use_bias=False)(x)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU(6.0)(x)
+    a = L.DepthwiseConv2D(3, strides=1, padding="same", activation="relu")(x)
+    a = L.BatchNormalization(center=False)(a)
+    a = L.Activation("relu6")(a)
+    b = L.SeparableConv2D(8, 3, padding="same")(x)
+    b = L.LeakyReLU(0.2)(b)
+    x = L.Add()([a, b])
+    x = L.Concatenate()([x, L.Conv2D(4, 1, activation="swish")(x)])
+    x = L.MaxPooling2D(3, strides=2, padding="same")(x)
+    y = L.AveragePooling2D(2, strides=1, padding="same")(x)
+    y = L.Activation("hard_sigmoid")(y)
+    x = L.Multiply()([x, y])
+    x = L.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
+    x = L.AveragePooling2D(2, padding="valid")(x)
+    x = L.GlobalAveragePooling2D(keepdims=True)(x)
+    x = L.Reshape((-1,))(x)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("tanh")(x)
+    x = L.Dropout(0.3)(x)
+    x = L.Dense(10, activation="relu")(x)
+    x = L.Dense(5, activation="softmax")(x)
+    return keras.Model(inputs, x, name="byom_cnn")
+
+
+def test_keras_functional_cnn_matches_tf(keras: Any, tmp_path: Path) -> None:
+    model = k_functional_cnn(keras)
+    _randomize_bn(model)
+    path = tmp_path / "cnn.h5"
+    model.save(path)
+    assert detect_kind(path) == "keras_h5"
+    imported = load_model_file(path)
+    assert imported.kind == "keras_h5" and imported.input_shape == (33, 30, 3) and imported.num_outputs == 5
+    assert imported.output_is_softmax and imported.has_dropout and imported.dropout_rate == pytest.approx(0.3)
+    assert imported.layer_index_offset == 0 and imported.graph.name == "byom_cnn"
+    _check_same_layers(imported, model)
+    images = np.random.default_rng(1).uniform(0, 255, (4, 33, 30, 3)).astype(np.float32)
+    expected = _keras_outputs(model, images)
+    logits = _ours(imported, images)
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), expected, atol=1e-4)
+    assert not np.allclose(logits.sum(1), 1.0)  # logits, not probabilities
+    # Parameter counts as Keras counts them (BatchNorm statistics included).
+    assert imported.graph.keras_param_count() == model.count_params()
+    _train_one_step(imported)
+
+
+def test_keras_activations_and_pooling(keras: Any, tmp_path: Path) -> None:
+    L = keras.layers
+    inputs = keras.Input((12, 12, 4))
+    branches = [L.Activation(name)(L.Conv2D(3, 1, name=f"conv_{name}")(inputs))
+                for name in ("relu", "sigmoid", "tanh", "swish", "silu", "hard_sigmoid", "elu", "selu", "gelu",
+                             "softplus", "softsign", "softmax", "linear")]
+    x = L.Concatenate()(branches)
+    x = L.Conv2D(6, 3, padding="same", activation="sigmoid")(x)
+    x = L.MaxPooling2D(2, padding="valid")(x)
+    x = L.GlobalMaxPooling2D()(x)
+    x = L.Dense(3)(x)  # a linear head: logits compared directly
+    model = keras.Model(inputs, x)
+    path = tmp_path / "acts.h5"
+    model.save(path)
+    imported = load_model_file(path)
+    assert not imported.output_is_softmax and not imported.has_dropout and imported.dropout_rate is None
+    _check_same_layers(imported, model)
+    images = np.random.default_rng(2).normal(0, 2, (3, 12, 12, 4)).astype(np.float32)
+    np.testing.assert_allclose(_ours(imported, images), _keras_outputs(model, images), atol=1e-4)
+
+
+def test_keras_sequential_with_rescaling(keras: Any, tmp_path: Path) -> None:
+    L = keras.layers
+    model = keras.Sequential([
+        L.Rescaling(1 / 255.0, input_shape=(16, 16, 1)),
+        L.Conv2D(4, 3, activation="relu"),
+        L.MaxPooling2D(2),
+        L.Flatten(),
+        L.Dropout(0.5),
+        L.Dense(3),
+    ], name="seq")
+    path = tmp_path / "seq.h5"
+    model.save(path)
+    imported = load_model_file(path)
+    assert imported.layer_index_offset == 1 and imported.graph.nodes[0].keras_type == "InputLayer"
+    _check_same_layers(imported, model)
+    assert imported.num_layers == len(model.layers) == 6
+    images = np.random.default_rng(3).uniform(0, 255, (2, 16, 16, 1)).astype(np.float32)
+    np.testing.assert_allclose(_ours(imported, images), _keras_outputs(model, images), atol=1e-4)
+    # frozen_layers indices are the reference's model.layers indices: (0:-1) = all but the Dense.
+    frozen = imported.apply_frozen_layers("(0:-1)")
+    assert frozen == [1, 2, 3, 4, 5]  # graph index = model.layers index + 1
+    conv, dense = imported.graph.layer_module(2), imported.graph.layer_module(6)
+    assert imported.graph.nodes[2].name == model.layers[1].name
+    assert not any(p.requires_grad for p in conv.parameters())
+    assert all(p.requires_grad for p in dense.parameters())
+    assert imported.frozen_graph_indices(-1) == [6] and imported.frozen_graph_indices(0) == [1]
+    # The reference's dropout rule.
+    with pytest.raises(UserError, match="includes a dropout layer"):
+        imported.check_dropout(None)
+    imported.check_dropout(0.2)
+    assert imported.graph.layer_module(5).p == pytest.approx(0.2) and imported.dropout_rate == 0.2
+
+
+def test_keras_mobilenet_v2_application(keras: Any, tmp_path: Path) -> None:
+    model = keras.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights=None, classes=5)
+    _randomize_bn(model)
+    path = tmp_path / "mobilenet_v2.h5"
+    model.save(path)
+    imported = load_model_file(path)
+    _check_same_layers(imported, model)
+    assert imported.output_is_softmax and imported.num_outputs == 5 and imported.graph.num_layers == len(model.layers)
+    images = np.random.default_rng(4).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)
+    probabilities = torch.softmax(torch.from_numpy(_ours(imported, images)), 1).numpy()
+    np.testing.assert_allclose(probabilities, _keras_outputs(model, images), atol=1e-4)
+    assert imported.graph.keras_param_count() == model.count_params()
+
+
+def test_keras3_h5_file(tmp_path: Path) -> None:
+    """Keras 3 writes the same legacy .h5 layout with another node format; its hard_sigmoid differs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    keras3 = pytest.importorskip("keras")
+    if int(keras3.__version__.split(".")[0]) < 3:
+        pytest.skip("Keras 3 is not installed")
+    L = keras3.layers
+    inputs = keras3.Input((12, 12, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = L.SeparableConv2D(6, 3, strides=2, padding="same", activation="hard_sigmoid")(x)
+    y = L.BatchNormalization(center=False)(x)
+    x = L.Concatenate()([L.Add()([x, y]), x])
+    x = L.LeakyReLU(0.1)(L.ReLU(6.0)(x))
+    x = L.Dropout(0.2)(L.GlobalAveragePooling2D()(x))
+    model = keras3.Model(inputs, L.Dense(3, activation="softmax")(x))
+    _randomize_bn(model)
+    path = tmp_path / "keras3.h5"
+    model.save(path)
+    imported = load_model_file(path)
+    _check_same_layers(imported, model)
+    assert imported.output_is_softmax and imported.has_dropout
+    images = np.random.default_rng(8).normal(0, 1, (2, 12, 12, 3)).astype(np.float32)
+    probabilities = torch.softmax(torch.from_numpy(_ours(imported, images)), 1).numpy()
+    np.testing.assert_allclose(probabilities, np.asarray(model(images, training=False)), atol=1e-4)
+
+
+@pytest.mark.parametrize("layer", ["LSTM", "Conv3D"])
+def test_keras_unsupported_layer(keras: Any, tmp_path: Path, layer: str) -> None:
+    L = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    if layer == "LSTM":
+        x = L.LSTM(4, name="my_lstm")(L.Reshape((8, 24))(inputs))
+    else:
+        x = L.Flatten()(L.Conv3D(2, 3, name="my_conv3d")(L.Reshape((8, 8, 3, 1))(inputs)))
+    path = tmp_path / "bad.h5"
+    keras.Model(inputs, L.Dense(2)(x)).save(path)
+    with pytest.raises(UserError) as info:
+        load_model_file(path)
+    text = _one_line_error(info)
+    name = "my_lstm" if layer == "LSTM" else "my_conv3d"
+    assert f"unsupported Keras layer {layer} '{name}'" in text and "Conv2D" in text and str(path) in text
+
+
+def test_keras_weights_only_file_is_refused(keras: Any, tmp_path: Path) -> None:
+    L = keras.layers
+    model = keras.Sequential([keras.Input((4, 4, 1)), L.Flatten(), L.Dense(2)])
+    path = tmp_path / "weights.h5"
+    model.save_weights(path)
+    with pytest.raises(UserError, match="not a full model") as info:
+        load_model_file(path)
+    _one_line_error(info)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX
+
+
+def _export_onnx(module: nn.Module, path: Path, input_shape: tuple[int, int, int], *, softmax: bool = True) -> Path:
+    import warnings
+
+    class WithSoftmax(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.inner(x)
+            return torch.softmax(y, dim=1) if softmax else y
+
+    h, w, c = input_shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(WithSoftmax(module).eval(), (torch.zeros(1, c, h, w),), str(path), input_names=["input"],
+                          output_names=["output"], opset_version=17, dynamic_axes={"input": {0: "batch"},
+                                                                                   "output": {0: "batch"}},
+                          do_constant_folding=True, dynamo=False)
+    return path
+
+
+def _ort(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _randomize_torch_bn(model: nn.Module) -> None:
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.3, generator=generator)
+                m.running_var.uniform_(0.5, 1.5, generator=generator)
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "mobilenet", "version": "v2", "alpha": 0.35, "input_shape": (32, 32, 3)},
+    {"name": "st_efficientnet_lc", "version": "v1", "input_shape": (32, 32, 3)},
+    {"name": "resnet", "version": "v1", "depth": 8, "input_shape": (32, 32, 3)},
+], ids=lambda spec: spec["name"])
+def test_onnx_from_zoo_model(tmp_path: Path, spec: dict) -> None:
+    model = build_model(spec, num_classes=4, dropout=0.2 if spec["name"] == "st_efficientnet_lc" else None).eval()
+    _randomize_torch_bn(model)
+    path = _export_onnx(model, tmp_path / "model.onnx", spec["input_shape"])
+    assert detect_kind(path) == "onnx"
+    imported = load_model_file(path)
+    assert imported.kind == "onnx" and imported.input_shape == spec["input_shape"] and imported.num_outputs == 4
+    assert imported.output_is_softmax and not imported.has_dropout
+    h, w, c = spec["input_shape"]
+    x = np.random.default_rng(5).normal(0, 1, (3, c, h, w)).astype(np.float32)
+    with torch.no_grad():
+        logits = imported.graph.eval()(torch.from_numpy(x))
+        np.testing.assert_allclose(logits.numpy(), model(torch.from_numpy(x)).numpy(), atol=1e-4)
+    np.testing.assert_allclose(torch.softmax(logits, 1).numpy(), _ort(path, x), atol=1e-4)
+    # One layer per computing ONNX node; the convolutions carry the (folded) weights as parameters.
+    types = [n.keras_type for n in imported.graph.nodes]
+    assert types[0] == "InputLayer" and "Conv" in types and types[-1] == "Softmax"
+    assert "Constant" not in types and "Identity" not in types
+    _train_one_step(imported)
+    imported.apply_frozen_layers("(0:-1)")
+    assert not any(p.requires_grad for p in imported.graph.layer_module(1).parameters())
+
+
+def _onnx_model(nodes: list, inits: list, input_dims: list, output_dims: list, opset: int = 17) -> Any:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "handmade", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_dims)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def test_onnx_handmade_ops_match_onnxruntime(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(6)
+
+    def init(name: str, array: np.ndarray) -> Any:
+        return numpy_helper.from_array(np.asarray(array), name)
+
+    inits = [
+        init("w1", rng.normal(0, 0.3, (6, 3, 3, 3)).astype(np.float32)),
+        init("b1", rng.normal(0, 0.1, 6).astype(np.float32)),
+        init("dw", rng.normal(0, 0.3, (6, 1, 3, 3)).astype(np.float32)),
+        init("scale", rng.uniform(0.5, 1.5, 6).astype(np.float32)),
+        init("beta", rng.normal(0, 0.1, 6).astype(np.float32)),
+        init("mean", rng.normal(0, 0.1, 6).astype(np.float32)),
+        init("var", rng.uniform(0.5, 1.5, 6).astype(np.float32)),
+        init("pads", np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64)),
+        init("shape", np.array([0, -1], np.int64)),
+        init("fc", rng.normal(0, 0.3, (24, 5)).astype(np.float32)),
+        init("fc_b", rng.normal(0, 0.1, 5).astype(np.float32)),
+        init("ratio", np.array(0.25, np.float32)),
+        init("half", np.array(0.5, np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant"),
+        helper.make_node("Conv", ["p", "w1", "b1"], ["c1"], strides=[2, 2], auto_pad="SAME_UPPER"),
+        helper.make_node("BatchNormalization", ["c1", "scale", "beta", "mean", "var"], ["bn"], epsilon=1e-3),
+        helper.make_node("HardSwish", ["bn"], ["hs"]),
+        helper.make_node("Conv", ["hs", "dw"], ["c2"], group=6, pads=[0, 0, 1, 1]),
+        helper.make_node("Clip", ["c2", "", ""], ["cl"]),
+        helper.make_node("Relu", ["cl"], ["r"]),
+        helper.make_node("Mul", ["r", "half"], ["m"]),
+        helper.make_node("AveragePool", ["m"], ["ap"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 0, 0]),
+        helper.make_node("MaxPool", ["m"], ["mp"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 0, 0]),
+        helper.make_node("Sub", ["ap", "mp"], ["s"]),
+        helper.make_node("Shape", ["s"], ["s_shape"]),
+        helper.make_node("Gather", ["s_shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Unsqueeze", ["batch", "axes0"], ["batch1"]),
+        helper.make_node("Concat", ["batch1", "minus1"], ["dyn_shape"], axis=0),
+        helper.make_node("Reshape", ["s", "dyn_shape"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "shape"], ["flat2"]),
+        helper.make_node("Dropout", ["flat2", "ratio"], ["d"]),
+        helper.make_node("MatMul", ["d", "fc"], ["mm"]),
+        helper.make_node("Add", ["mm", "fc_b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=1),
+    ]
+    inits += [init("zero", np.array(0, np.int64)), init("axes0", np.array([0], np.int64)),
+              init("minus1", np.array([-1], np.int64))]
+    model = _onnx_model(nodes, inits, ["N", 3, 9, 9], ["N", 5], opset=14)
+    onnx.checker.check_model(model)
+    path = tmp_path / "handmade.bin"  # told by its content, not its name
+    onnx.save(model, str(path))
+    imported = load_model_file(path)
+    assert imported.kind == "onnx" and imported.input_shape == (9, 9, 3) and imported.num_outputs == 5
+    assert imported.output_is_softmax and imported.has_dropout and imported.dropout_rate == pytest.approx(0.25)
+    x = rng.normal(0, 1, (2, 3, 9, 9)).astype(np.float32)
+    with torch.no_grad():
+        ours = torch.softmax(imported.graph.eval()(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(ours, _ort(path, x), atol=1e-5)
+    # Weights are parameters (the MatMul's Add is its bias); the Mul constant is not trained.
+    params = {name.split(".", 1)[1]: tuple(p.shape) for name, p in imported.graph.named_parameters()}
+    assert params == {"Conv_1.weight": (6, 3, 3, 3), "Conv_1.bias": (6,), "BatchNormalization_2.bn.weight": (6,),
+                      "BatchNormalization_2.bn.bias": (6,), "Conv_4.weight": (6, 1, 3, 3),
+                      "MatMul_18.weight": (24, 5), "Add_19.bias": (5,)}
+    # A rebuilt model takes the trained weights back by name (checkpoints); copies work.
+    again = load_model_file(path)
+    again.graph.load_state_dict(copy.deepcopy(imported.graph).state_dict())
+    imported.set_dropout_rate(0.0)
+    imported.graph.train()
+    with torch.no_grad():
+        a, b = imported.graph(torch.from_numpy(x)), imported.graph(torch.from_numpy(x))
+    assert torch.equal(a, b)  # rate 0: no dropout; batch norm in training mode uses batch statistics
+    imported.set_dropout_rate(0.5)
+    _train_one_step(imported)
+
+
+def test_onnx_dynamic_size_and_unsupported_op(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    dynamic = _onnx_model([helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+                           helper.make_node("Flatten", ["g"], ["y"])], [], ["N", 3, "H", "W"], ["N", 3])
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(dynamic, str(path))
+    with pytest.raises(UserError, match="dynamic or unknown channel, height or width") as info:
+        load_model_file(path)
+    _one_line_error(info)
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    unsupported = _onnx_model([helper.make_node("Resize", ["x", "", "scales"], ["r"], name="upsample_1"),
+                               helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+                               helper.make_node("Flatten", ["g"], ["y"])], [scales], ["N", 3, 4, 4], ["N", 3])
+    path = tmp_path / "resize.onnx"
+    onnx.save(unsupported, str(path))
+    with pytest.raises(UserError) as info:
+        load_model_file(path)
+    text = _one_line_error(info)
+    assert "unsupported ONNX op Resize" in text and "upsample_1" in text and "Conv" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# torch files
+
+
+class SmallNet(nn.Module):
+    def __init__(self, classes: int = 3, softmax: bool = False) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(0.2)
+        self.head = nn.Linear(8, classes)
+        self.softmax = softmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(self.drop(self.pool(self.features(x)).flatten(1)))
+        return torch.softmax(y, dim=1) if self.softmax else y
+
+
+def test_torchscript_file(tmp_path: Path) -> None:
+    net = SmallNet().eval()
+    path = tmp_path / "net.model"
+    torch.jit.save(torch.jit.script(net), str(path))
+    assert detect_kind(path) == "torchscript"
+    with pytest.raises(UserError, match="does not record the input size") as info:
+        load_model_file(path)
+    _one_line_error(info)
+    imported = load_model_file(path, input_shape=(12, 12, 3))
+    assert imported.kind == "torchscript" and imported.num_outputs == 3
+    assert imported.has_dropout and imported.dropout_rate == pytest.approx(0.2)
+    assert [n.name for n in imported.graph.nodes] == ["input_1", "features", "pool", "drop", "head"]
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        np.testing.assert_allclose(imported.graph.eval()(x).numpy(), net(x).numpy(), atol=1e-6)
+    imported.check_dropout(0.2)  # the same rate: fine; another one cannot be set in TorchScript
+    with pytest.raises(UserError, match="constants"):
+        imported.set_dropout_rate(0.4)
+    imported.apply_frozen_layers([1])
+    assert not any(p.requires_grad for p in imported.graph.layer_module(1).parameters())
+    _train_one_step(imported)
+    # The input size may also travel with the file.
+    torch.jit.save(torch.jit.script(net), str(path), _extra_files={"input_shape": "(10, 10, 3)"})
+    assert load_model_file(path).input_shape == (10, 10, 3)
+
+
+def test_torch_export_file(tmp_path: Path) -> None:
+    net = SmallNet(classes=4, softmax=True).eval()
+    _randomize_torch_bn(net)
+    program = torch.export.export(net, (torch.zeros(2, 3, 16, 16),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    path = tmp_path / "net.pt2"
+    torch.export.save(program, str(path))
+    assert detect_kind(path) == "torch_export"
+    imported = load_model_file(path)
+    assert imported.kind == "torch_export" and imported.input_shape == (16, 16, 3) and imported.num_outputs == 4
+    assert imported.output_is_softmax and imported.has_dropout and imported.dropout_rate == pytest.approx(0.2)
+    x = torch.randn(3, 3, 16, 16)
+    graph = imported.graph.eval()
+    with torch.no_grad():
+        net.softmax = False
+        np.testing.assert_allclose(graph(x).numpy(), net(x).numpy(), atol=1e-5)
+        assert torch.equal(graph(x), graph(x))
+    # Training mode switches batch norm (statistics move) and dropout on.
+    bn_mean = dict(imported.graph.named_buffers())
+    key = next(k for k in bn_mean if k.endswith("running_mean"))
+    before = bn_mean[key].clone()
+    _train_one_step(imported)
+    assert not torch.equal(before, dict(imported.graph.named_buffers())[key])
+    imported.check_dropout(0.5)
+    assert imported.dropout_rate == 0.5
+
+
+def test_pickled_module_needs_trust(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3), nn.Softmax(dim=1))
+    path = tmp_path / "net.pt"
+    torch.save(net, path)
+    assert detect_kind(path) == "pickled_module"
+    with pytest.raises(UserError, match="--trust-model-file") as info:
+        load_model_file(path, input_shape=(8, 8, 1))
+    _one_line_error(info)
+    imported = load_model_file(path, trust_model_file=True, input_shape=(8, 8, 1))
+    assert imported.kind == "pickled_module" and imported.output_is_softmax and imported.num_outputs == 3
+    assert [n.keras_type for n in imported.graph.nodes] == ["InputLayer", "Conv2d", "ReLU", "Flatten", "Linear",
+                                                            "Identity"]
+    assert not imported.has_dropout
+    with pytest.raises(UserError, match="does not include a dropout layer"):
+        imported.check_dropout(0.3)
+    _train_one_step(imported)
+
+
+def test_unknown_files_are_refused(tmp_path: Path) -> None:
+    random_file = tmp_path / "model.h5"
+    random_file.write_bytes(np.random.default_rng(7).bytes(4096))
+    with pytest.raises(UserError) as info:
+        load_model_file(random_file)
+    text = _one_line_error(info)
+    assert str(random_file) in text and "Keras .h5" in text and "ONNX" in text and "TorchScript" in text
+    state_dict = tmp_path / "weights.pt"
+    torch.save(SmallNet().state_dict(), state_dict)
+    with pytest.raises(UserError, match="state dict holds weights only") as info:
+        load_model_file(state_dict)
+    _one_line_error(info)
+    with pytest.raises(UserError, match="unable to find"):
+        load_model_file(tmp_path / "missing.onnx")
+
+
+def test_import_does_not_load_tensorflow() -> None:
+    import subprocess
+
+    code = ("import sys, stmclf.models.importers as m, stmclf.models.importers.keras_h5, "
+            "stmclf.models.importers.onnx_graph, stmclf.models.importers.torch_files; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
