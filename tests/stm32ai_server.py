@@ -208,6 +208,7 @@ class FakeDevCloud:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes
     server_state: FakeDevCloud
 
     def log_message(self, *args) -> None:  # quiet
@@ -432,6 +433,8 @@ class _Handler(BaseHTTPRequestHandler):
             data = json.loads(body or b"{}")
             if board is None:
                 return self._reply(400, {"errors": [f"unknown queue {board_l}"]})
+            if not st.boards[board].get("boardCount"):
+                return self._reply(400, {"errors": [f"no board available in queue {board_l}"]})
             args = json.loads(data["args"]) if st.legacy_benchmark_api else data
             if data.get("model") not in st.models:
                 return self._reply(400, {"errors": ["model not found"]})

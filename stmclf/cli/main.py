@@ -152,6 +152,28 @@ def _report(argv: Sequence[str]) -> int:
     return 0
 
 
+def _export(argv: Sequence[str]) -> int:
+    from jsonargparse import ActionYesNo
+
+    from stmclf.config import from_namespace
+    from stmclf.config.parser import build_parser, parse_args
+    from stmclf.export import export_mode
+
+    parser = build_parser("stmclf export", "Export a trained model: float ONNX / TFLite, and int8 "
+                                           "(QDQ ONNX, full-integer TFLite) with --int8.")
+    parser.add_argument("--ckpt", type=Optional[str], default=None,
+                        help="stmclf model file (best_model.pt or a .ckpt); default general.model_path")
+    parser.add_argument("--int8", action=ActionYesNo, default=None,
+                        help="also write int8 models (default: when the config has a quantization section); "
+                             "--no_int8 to skip")
+    parser.add_argument("--format", type=str, default="onnx,tflite", help="onnx, tflite or onnx,tflite")
+    ns = parse_args(parser, argv)
+    result = export_mode(from_namespace(parser, ns), ns.ckpt, formats=ns.format, int8=ns.int8)
+    for key, path in result.items():
+        print(f"{key}: {path}")
+    return 0
+
+
 def _parse_small(parser, argv: Sequence[str]):
     from stmclf.config.parser import one_line_error
 
@@ -169,6 +191,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "augment-preview": (_augment_preview, "before/after PNG grid of the config's data augmentation"),
     "plot-lr": (_plot_lr, "plot the config's learning-rate schedule without training"),
     "report": (_report, "one self-contained HTML page for a run directory"),
+    "export": (_export, "export a trained model to ONNX / TFLite (float; int8 with --int8)"),
     "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR', "
                     "'data check --config x.yaml'"),
     "summary": (lambda argv: __import__("stmclf.models.summary", fromlist=["summary_command"]).summary_command(argv),

@@ -20,7 +20,14 @@ def _evaluation(cfg: RunConfig) -> None:
     evaluate(cfg)
 
 
+def _quantization(cfg: RunConfig) -> None:
+    from stmclf.export import quantization_mode
+
+    quantization_mode(cfg)
+
+
 MODES: dict[str, Callable[[RunConfig], None]] = {
+    "quantization": _quantization,
     "training": _training,
     "evaluation": _evaluation,
 }

@@ -19,6 +19,51 @@ def evaluation_set(splits, key: str = "dataset"):
     raise ConfigError(key, "evaluation needs dataset.test_path, dataset.validation_path or dataset.training_path")
 
 
+ARTIFACT_SUFFIXES = (".onnx", ".tflite")
+
+
+def artifact_input_shape(predictor) -> list[int]:
+    """(H, W, C) of an exported ONNX (NCHW) or TFLite (NHWC) model."""
+    if hasattr(predictor, "session"):
+        shape = predictor.session.get_inputs()[0].shape
+        return [int(shape[2]), int(shape[3]), int(shape[1])]
+    shape = predictor.model.input.shape
+    return [int(shape[1]), int(shape[2]), int(shape[3])]
+
+
+def evaluate_exported(cfg: RunConfig, model_path: str) -> dict[str, float]:
+    """Evaluation of an exported model (float or int8 ONNX / TFLite) on the test set, else the
+    validation set; preprocessing from the config (the exported models exclude rescaling)."""
+    from stmclf.data.datamodule import ImageDataModule, ImageFormat
+    from stmclf.evaluate.results import report_results
+    from stmclf.export.evaluate_artifacts import evaluate_artifact, load_predictor
+    from stmclf.training.run_dir import create_run_dir
+    from stmclf.training.tracking import finish_mlflow_run, start_mlflow_run
+
+    rescaling = (cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset)
+    predictor = load_predictor(model_path, rescaling=rescaling)
+    fmt = ImageFormat.from_config(cfg.preprocessing, artifact_input_shape(predictor))
+    datamodule = ImageDataModule(cfg.dataset, fmt, batch_size=cfg.training.batch_size if cfg.training else 32,
+                                 num_workers=cfg.dataset.num_workers)
+    splits = datamodule.prepare_splits()
+    if predictor.num_classes and max(len(splits.class_names), 2) != predictor.num_classes:
+        raise ConfigError("dataset.class_names", f"the model has {predictor.num_classes} outputs, the dataset "
+                                                 f"{len(splits.class_names)} classes")
+    name, files = evaluation_set(splits)
+    run = create_run_dir(cfg)
+    log.info("operation_mode: evaluation")
+    log.info("Model file : %s (%s)", model_path, predictor.label)
+    log.info("Dataset : %s, %s: %d images", cfg.dataset.name, name.replace("_", " "), len(files))
+    mlflow_logger = start_mlflow_run(cfg, run, "evaluation", extra_params={"model_path": str(model_path)})
+    results = evaluate_artifact(predictor, [(name, datamodule.loader_for(files))], rescaling=rescaling,
+                                num_classes=len(splits.class_names))
+    metrics = report_results(results, splits.class_names, run.root, kind=predictor.kind,
+                             model_label=predictor.label, mlflow_logger=mlflow_logger)
+    log.info("operation finished: evaluation")
+    finish_mlflow_run(mlflow_logger, run)
+    return metrics
+
+
 def evaluate(cfg: RunConfig, model_path: Optional[str] = None) -> dict[str, float]:
     from stmclf.data.datamodule import ImageDataModule, ImageFormat
     from stmclf.evaluate.accuracy import evaluate_module
@@ -33,6 +78,8 @@ def evaluate(cfg: RunConfig, model_path: Optional[str] = None) -> dict[str, floa
     for section in ("dataset", "preprocessing"):
         if getattr(cfg, section) is None:
             raise ConfigError(section, f"missing '{section}' section: evaluation needs dataset and preprocessing")
+    if str(model_path).lower().endswith(ARTIFACT_SUFFIXES):
+        return evaluate_exported(cfg, model_path)
     module = load_classifier(model_path)
     fmt = ImageFormat.from_config(cfg.preprocessing, module.hparams.input_shape)
     datamodule = ImageDataModule(cfg.dataset, fmt, batch_size=cfg.training.batch_size if cfg.training else 32,

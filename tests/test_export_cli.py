@@ -1,0 +1,34 @@
+"""`stmclf export` on a trained run, then `operation_mode: evaluation` of each exported model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import config_text
+from stmclf.cli.main import main
+
+
+@pytest.mark.slow
+def test_export_cli_then_evaluate_every_artifact(tmp_path, image_folder):
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "ml", epochs=1))
+    assert main(["fit", "--config", str(config)]) == 0
+    best = tmp_path / "run/saved_models/best_model.pt"
+    export_cfg = tmp_path / "export.yaml"
+    export_cfg.write_text(config_text(image_folder, tmp_path / "export_run", tmp_path / "ml", epochs=1))
+    assert main(["export", "--config", str(export_cfg), "--ckpt", str(best), "--int8"]) == 0
+    out = tmp_path / "export_run/quantized_models"
+    summary = json.loads((out / "export_summary.json").read_text())
+    assert summary
+    artifacts = sorted(out.glob("*.onnx")) + sorted(out.glob("*.tflite"))
+    assert {p.name for p in artifacts} >= {"best_model.onnx", "quantized_model.tflite"}
+    for artifact in artifacts:
+        text = config_text(image_folder, tmp_path / f"eval_{artifact.stem}", tmp_path / "ml", model="")
+        text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
+            "general:\n", f"general:\n  model_path: {artifact}\n", 1)
+        path = tmp_path / f"eval_{artifact.stem}.yaml"
+        path.write_text(text)
+        assert main(["run", "--config", str(path)]) == 0, artifact
+        records = json.loads((tmp_path / f"eval_{artifact.stem}/results.json").read_text())
+        assert records[0]["set"] == "validation_set" and 0 <= records[0]["accuracy"] <= 100
