@@ -32,3 +32,38 @@ def test_export_cli_then_evaluate_every_artifact(tmp_path, image_folder):
         assert main(["run", "--config", str(path)]) == 0, artifact
         records = json.loads((tmp_path / f"eval_{artifact.stem}/results.json").read_text())
         assert records[0]["set"] == "validation_set" and 0 <= records[0]["accuracy"] <= 100
+
+
+QUANTIZATION = """quantization:
+  quantizer: TFlite_converter
+  quantization_type: PTQ
+  quantization_input_type: uint8
+  quantization_output_type: float
+  granularity: per_channel
+  export_dir: quantized_models
+"""
+
+
+@pytest.mark.slow
+def test_chain_tqe_and_chain_eqe(tmp_path, image_folder):
+    from mlflow.tracking import MlflowClient
+
+    from stmclf.training.tracking import resolve_tracking_uri
+
+    text = config_text(image_folder, tmp_path / "tqe", tmp_path / "ml", epochs=1, extra=QUANTIZATION)
+    (tmp_path / "tqe.yaml").write_text(text.replace("operation_mode: training", "operation_mode: chain_tqe"))
+    assert main(["run", "--config", str(tmp_path / "tqe.yaml")]) == 0
+    assert (tmp_path / "tqe/quantized_models/quantized_model.tflite").exists()
+    records = json.loads((tmp_path / "tqe/results.json").read_text())
+    assert {r["kind"] for r in records} >= {"float", "int"}
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(str(tmp_path / "ml"))[0])
+    (run,) = client.search_runs([client.get_experiment_by_name("pytest_project").experiment_id])
+    assert "int_acc_validation_set" in run.data.metrics and "float_acc_validation_set" in run.data.metrics
+
+    eqe = config_text(image_folder, tmp_path / "eqe", tmp_path / "ml", model="", extra=QUANTIZATION.replace(
+        "TFlite_converter", "onnx_quantizer"))
+    eqe = eqe.replace("operation_mode: training", "operation_mode: chain_eqe").replace(
+        "general:\n", f"general:\n  model_path: {tmp_path / 'tqe/saved_models/best_model.pt'}\n", 1)
+    (tmp_path / "eqe.yaml").write_text(eqe)
+    assert main(["run", "--config", str(tmp_path / "eqe.yaml")]) == 0
+    assert list((tmp_path / "eqe/quantized_models").glob("*_quant_qdq_pc.onnx"))

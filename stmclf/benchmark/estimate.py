@@ -588,6 +588,8 @@ class Buffer:
     tensors: list[str] = field(default_factory=list)
     kind: str = "tensor"  # "tensor", "scratch" or "io"
     offset: int = -1
+    anchor: Optional[str] = None  # placed at ``rel`` bytes from this buffer (input overwritten by layer 1)
+    rel: int = 0
 
     def overlaps_in_time(self, other: "Buffer") -> bool:
         return self.first <= other.last and other.first <= self.last
@@ -611,7 +613,7 @@ def _align(value: int, alignment: int) -> int:
     return -(-value // alignment) * alignment if alignment > 1 else value
 
 
-def _input_overlap_margin(graph: Graph, op: Op, x: Tensor, y: Tensor) -> Optional[int]:
+def _input_overlap_margin(op: Op, x: Tensor, y: Tensor) -> Optional[int]:
     """Bytes by which ``op``'s output must start before its input so that writing output row ``r``
     never overwrites an input row still to be read (None: the layer cannot overlap its input)."""
     if len(x.shape) != 4 or len(y.shape) != 4:
@@ -657,65 +659,63 @@ def plan_activations(graph: Graph, conventions: Conventions = ST_CONVENTIONS) ->
     for name in graph.outputs:
         last_use[name] = n
 
-    # union-find of tensors sharing one buffer
-    parent: dict[str, str] = {}
+    parent: dict[str, str] = {}  # union-find of tensors sharing one buffer (views, in-place layers)
 
     def find(name: str) -> str:
         while parent.get(name, name) != name:
             name = parent[name]
         return name
 
-    extra: dict[str, int] = defaultdict(int)  # bytes a merged buffer needs beyond its largest tensor
+    links: list[tuple[str, str, int]] = []  # (output tensor, input tensor, margin): output starts margin bytes before
     input_aliases = set(graph.inputs)  # the model input and its views / in-place conversions
     for op in graph.ops:
         acts = graph.activation_inputs(op)
         if not acts or not op.outputs or op.outputs[0] not in t:
             continue
         x, y = t[acts[0]], t[op.outputs[0]]
-        dies_here = last_use.get(acts[0]) == op.index and acts[0] not in graph.outputs
+        dies_here = last_use.get(x.name) == op.index and x.name not in graph.outputs
         if conventions.views and op.kind == "view":
             parent[find(y.name)] = find(x.name)
-            if x.name in input_aliases:
-                input_aliases.add(y.name)
-        elif conventions.inplace and op.kind in ("activation", "quantize", "dequantize") and dies_here \
-                and y.nbytes == x.nbytes and len(acts) == 1:
+        elif (conventions.inplace and op.kind in ("activation", "quantize", "dequantize") and dies_here
+              and y.nbytes == x.nbytes and len(acts) == 1):
             parent[find(y.name)] = find(x.name)
-            if x.name in input_aliases:
-                input_aliases.add(y.name)
-        elif conventions.input_overlap and dies_here and x.name in input_aliases:
-            margin = _input_overlap_margin(graph, op, x, y)
-            if margin is not None and margin + x.nbytes < x.nbytes + y.nbytes:
-                root = find(x.name)
-                parent[find(y.name)] = root
-                # output at the buffer's start, input ``margin`` bytes further
-                need = max(margin + x.nbytes, y.nbytes) - max(x.nbytes, y.nbytes)
-                extra[root] = max(extra[root], need)
+        elif conventions.input_overlap and dies_here and x.name in input_aliases and len(acts) == 1:
+            margin = _input_overlap_margin(op, x, y)
+            if margin is not None and margin < y.nbytes:
+                links.append((y.name, x.name, _align(margin, align)))
+            continue
+        else:
+            continue
+        if x.name in input_aliases:
+            input_aliases.add(y.name)
 
     groups: dict[str, list[str]] = defaultdict(list)
     for name, tensor in t.items():
-        if tensor.const:
-            continue
-        if name not in producer and name not in graph.inputs:
-            continue  # dangling tensors (e.g. optional outputs) are never allocated
+        if tensor.const or (name not in producer and name not in graph.inputs):
+            continue  # constants live in the weights; dangling tensors are never allocated
         groups[find(name)].append(name)
-    buffers: list[Buffer] = []
     io = set(graph.inputs) | set(graph.outputs)
+    by_root: dict[str, Buffer] = {}
     for root, names in groups.items():
-        size = max(t[m].nbytes for m in names) + extra.get(root, 0)
         first = min(producer.get(m, -1) for m in names)
         last = max(last_use.get(m, producer.get(m, -1)) for m in names)
         kind = "io" if any(m in io for m in names) else "tensor"
-        buffers.append(Buffer(root, _align(size, align), first, last, sorted(names), kind))
+        by_root[root] = Buffer(root, _align(max(t[m].nbytes for m in names), align), first, last, sorted(names), kind)
+    buffers = list(by_root.values())
     for op in graph.ops:
         size = scratch_bytes(graph, op, conventions)
         if size:
             buffers.append(Buffer(f"{op.name}#scratch", _align(size, align), op.index, op.index, [], "scratch"))
+    for out_name, in_name, margin in links:
+        out_buf, in_buf = by_root[find(out_name)], by_root[find(in_name)]
+        if out_buf is not in_buf and out_buf.anchor is None and in_buf.anchor is None:
+            in_buf.anchor, in_buf.rel = out_buf.name, margin
 
-    _greedy_best_fit(buffers)
+    _place(buffers)
     size = max((b.offset + b.size for b in buffers), default=0)
     peak_live, peak_layer = 0, None
     for index in range(-1, n + 1):
-        live = sum(b.size for b in buffers if b.first <= index <= b.last)
+        live = _occupied([b for b in buffers if b.first <= index <= b.last])
         if live > peak_live:
             peak_live, peak_layer = live, index
     input_bytes = sum(t[name].nbytes for name in graph.inputs if name in t)
@@ -723,19 +723,49 @@ def plan_activations(graph: Graph, conventions: Conventions = ST_CONVENTIONS) ->
     return ArenaPlan(size, peak_live, peak_layer, buffers, input_bytes + output_bytes, input_bytes, output_bytes)
 
 
-def _greedy_best_fit(buffers: list[Buffer]) -> None:
-    """Offsets by greedy best-fit, largest buffer first (ties: earliest first): each buffer goes
-    in the smallest gap between the buffers already placed that live at the same time, or on top."""
-    order = sorted(buffers, key=lambda b: (-b.size, b.first, b.name))
+def _occupied(buffers: Sequence[Buffer]) -> int:
+    """Bytes of the address space covered by ``buffers`` (overlapping buffers counted once)."""
+    total, end = 0, 0
+    for start, stop in sorted((b.offset, b.offset + b.size) for b in buffers):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def _place(buffers: list[Buffer]) -> None:
+    """Offsets by greedy best-fit, largest first (ties: earliest first): a buffer goes in the
+    smallest gap left by the already placed buffers that are live at the same time, or on top.
+    A buffer anchored to another (the model input overwritten by the first layer's output) is
+    placed with it, at its fixed distance, at the lowest offset where both fit."""
+    members: dict[str, list[Buffer]] = defaultdict(list)
+    for buf in buffers:
+        members[buf.anchor or buf.name].append(buf)
+    clusters = sorted(members.values(), key=lambda c: (-max(b.size for b in c), min(b.first for b in c),
+                                                      c[0].anchor or c[0].name))
     placed: list[Buffer] = []
-    for buf in order:
-        busy = sorted((p.offset, p.offset + p.size) for p in placed if p.overlaps_in_time(buf))
-        best_offset, best_gap = None, None
-        cursor = 0
-        for start, end in busy:
-            gap = start - cursor
-            if gap >= buf.size and (best_gap is None or gap < best_gap):
-                best_offset, best_gap = cursor, gap
-            cursor = max(cursor, end)
-        buf.offset = best_offset if best_offset is not None else cursor
-        placed.append(buf)
+    for cluster in clusters:
+        if len(cluster) == 1:
+            buf = cluster[0]
+            busy = sorted((p.offset, p.offset + p.size) for p in placed if p.overlaps_in_time(buf))
+            best_offset, best_gap, cursor = None, None, 0
+            for start, end in busy:
+                gap = start - cursor
+                if gap >= buf.size and (best_gap is None or gap < best_gap):
+                    best_offset, best_gap = cursor, gap
+                cursor = max(cursor, end)
+            buf.offset = best_offset if best_offset is not None else cursor
+        else:
+            rels = {id(b): (b.rel if b.anchor else 0) for b in cluster}
+            candidates = {0}
+            for p in placed:
+                for b in cluster:
+                    if p.overlaps_in_time(b):
+                        candidates.add(max(p.offset + p.size - rels[id(b)], 0))
+            for base in sorted(candidates):
+                if all(not (p.overlaps_in_time(b) and base + rels[id(b)] < p.offset + p.size
+                            and p.offset < base + rels[id(b)] + b.size) for p in placed for b in cluster):
+                    break
+            for b in cluster:
+                b.offset = base + rels[id(b)]
+        placed.extend(cluster)

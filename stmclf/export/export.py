@@ -308,16 +308,22 @@ def export_mode(cfg, model_path: Optional[str | Path] = None, *, formats: Option
     return result
 
 
-def quantization_mode(cfg) -> ExportResult:
-    """``operation_mode: quantization``: the int8 model of ``quantization.quantizer``
-    (``TFlite_converter`` → ``quantized_model.tflite``, ``onnx_quantizer`` → QDQ ONNX)."""
+def quantizer_formats(cfg) -> tuple[str, ...]:
+    """The format ``quantization.quantizer`` asks for: ``TFlite_converter`` → TFLite,
+    ``onnx_quantizer`` → QDQ ONNX."""
     if cfg.quantization is None:
         raise ConfigError("quantization", "missing 'quantization' section: the quantization mode needs it")
     quantizer = str(cfg.quantization.quantizer or "").lower()
     if quantizer not in ("tflite_converter", "onnx_quantizer"):
         raise ConfigError("quantization.quantizer", f"{cfg.quantization.quantizer!r}: use TFlite_converter or "
                                                     f"onnx_quantizer")
-    formats = ("onnx",) if quantizer == "onnx_quantizer" else ("tflite",)
-    return export_mode(cfg, formats=formats, int8=True, operation_mode="quantization")
+    return ("onnx",) if quantizer == "onnx_quantizer" else ("tflite",)
+
+
+def quantization_mode(cfg, operation_mode: str = "quantization") -> ExportResult:
+    """``operation_mode: quantization`` (and ``chain_eqe``: the float model is evaluated too):
+    the int8 model of ``quantization.quantizer`` (``quantized_model.tflite`` or the QDQ ONNX),
+    evaluated on the test set, else the validation set."""
+    return export_mode(cfg, formats=quantizer_formats(cfg), int8=True, operation_mode=operation_mode)
 
 

@@ -40,6 +40,11 @@ class TrainResult:
     last_checkpoint: Path
     accuracies: dict[str, float] = field(default_factory=dict)
     epochs_run: int = 0
+    mlflow_run_id: Optional[str] = None
+
+    @property
+    def best_model(self) -> Path:
+        return self.run_dir.saved_models / BEST_MODEL_NAME
 
 
 def ema_callback(spec) -> list[Callback]:
@@ -240,7 +245,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     runtime = time.monotonic() - start
     epochs_run = csv_logger.epochs_written
     result = TrainResult(run, run.saved_models / f"{BEST_NAME}.ckpt", run.saved_models / f"{LAST_NAME}.ckpt",
-                         epochs_run=epochs_run)
+                         epochs_run=epochs_run, mlflow_run_id=mlflow_logger.run_id if mlflow_logger else None)
     if not trainer.is_global_zero:
         return result
     log.info("Training runtime : %.1f s (%d epochs, average %.2f s per epoch)", runtime, epochs_run,

@@ -138,13 +138,14 @@ def loggable_params(config: dict[str, Any]) -> dict[str, str]:
     return params
 
 
-def make_mlflow_logger(uri: str, experiment: str, run_name: str):
+def make_mlflow_logger(uri: str, experiment: str, run_name: str, run_id: Optional[str] = None):
+    """Lightning's MLFlowLogger for a new run, or for the existing run ``run_id`` (chains)."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     tracking_uri, artifact_location = resolve_tracking_uri(uri)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     return MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
-                        artifact_location=artifact_location, log_model=False)
+                        artifact_location=artifact_location, log_model=False, run_id=run_id)
 
 
 def log_artifacts(mlflow_logger, paths: Iterable[Path]) -> None:
