@@ -11,7 +11,8 @@ Switches (attributes, set by the tests): ``blocked``, ``expire_token_once`` (the
 authenticated call gets a 401 and the access token dies), ``refresh_fails``,
 ``fail_500[path fragment] = n`` (n HTTP 500 before answering), ``benchmark_error`` (message: the
 run ends in state ``error``), ``stall`` (the run never leaves ``in_queue``), ``analyze_error``,
-``legacy_benchmark_api``, ``external_flash``, ``slow[path fragment] = seconds``. Every request is recorded in ``requests``.
+``legacy_benchmark_api``, ``external_flash``, ``slow[path fragment] = seconds``. Every request
+is recorded in ``requests``.
 """
 from __future__ import annotations
 

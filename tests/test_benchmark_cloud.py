@@ -443,7 +443,8 @@ def test_endpoints_from_environment():
     prod = Endpoints.from_env({})
     assert prod.analyze("2.0.0") == "https://stm32ai-cs.st.com/api/2.0.0/stm32ai//analyze"
     assert prod.analyze(None) == "https://stm32ai-cs.st.com/api/stm32ai//analyze"
-    assert prod.benchmark_trigger("STM32H747I-DISCO") == "https://stm32ai-cs.st.com/api/benchmark/benchmark/stm32h747i-disco"
+    assert (prod.benchmark_trigger("STM32H747I-DISCO")
+            == "https://stm32ai-cs.st.com/api/benchmark/benchmark/stm32h747i-disco")
     assert prod.benchmark_trigger("STM32MP257F-EV1", mpu=True).endswith("/benchmark/mpu/stm32mp257f-ev1")
     assert prod.models == "https://stm32ai-cs.st.com/api/file/files/models"
     assert (prod.sso, prod.client_id, prod.callback) == ("https://sso.st.com", "oidc_prod_client_app_stm32ai",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -112,7 +111,7 @@ def stand_in(tmp_path, monkeypatch) -> Path:
     """A fake ``stedgeai`` executable (a Python script); its argv/env go to FAKE_STEDGEAI_LOG."""
     exe = tmp_path / "bin" / "stedgeai"
     exe.parent.mkdir()
-    exe.write_text(f"#!{sys.executable}\n" + STAND_IN.replace("%(ram)s", os.environ.get("RAM_FORM", "%(ram)s")))
+    write_stand_in(exe, str(ACTIVATIONS))  # ST Edge AI ≥ 9.0: ram_size is an int
     exe.chmod(0o755)
     monkeypatch.setenv("FAKE_STEDGEAI_LOG", str(tmp_path / "call.json"))
     monkeypatch.setenv("FAKE_STEDGEAI_MODE", "ok")
@@ -131,7 +130,6 @@ def model(tmp_path) -> Path:
 
 
 def test_generate_success(stand_in, model, tmp_path, caplog):
-    write_stand_in(stand_in, str(ACTIVATIONS))  # ST Edge AI ≥ 9.0: ram_size is an int
     caplog.set_level(logging.INFO)
     out = tmp_path / "run" / "stm32ai_files"
     fp = stedgeai_footprint(model, out, path_to_stedgeai=stand_in, optimization="time", version="2.0.0",
@@ -143,7 +141,8 @@ def test_generate_success(stand_in, model, tmp_path, caplog):
     assert call["STATS_TYPE"] == "stmai_modelzoo_mobilenet_128_proj"
     assert fp.source == "stedgeai" and fp.board is None
     assert (fp.ram_size, fp.rom_size, fp.macc) == (ACTIVATIONS, WEIGHTS, MACC)
-    assert (fp.estimated_library_ram_size, fp.estimated_library_flash_size) == (KERNEL_RAM, KERNEL_FLASH + TOOLCHAIN_FLASH)
+    assert fp.estimated_library_ram_size == KERNEL_RAM
+    assert fp.estimated_library_flash_size == KERNEL_FLASH + TOOLCHAIN_FLASH
     assert fp.cli_version_str == "2.0.0" and fp.model == model.name
     m = fp.metrics()
     assert (m["RAM Activations KiB"], m["Flash weights KiB"], m["MACCs M"]) == (147.0, 400.0, 3.523)
@@ -161,7 +160,6 @@ def test_old_report_format_and_version_warning(stand_in, model, tmp_path, caplog
 
 
 def test_text_report_fallback(stand_in, model, tmp_path, monkeypatch):
-    write_stand_in(stand_in, str(ACTIVATIONS))
     monkeypatch.setenv("FAKE_STEDGEAI_MODE", "text_only")
     fp = stedgeai_footprint(model, tmp_path / "o", path_to_stedgeai=stand_in.parent)  # a folder works too
     assert (fp.ram_size, fp.rom_size, fp.macc) == (ACTIVATIONS, WEIGHTS, MACC)
@@ -170,7 +168,6 @@ def test_text_report_fallback(stand_in, model, tmp_path, monkeypatch):
 
 
 def test_generate_failure_is_one_line_with_last_stderr_line(stand_in, model, tmp_path, monkeypatch):
-    write_stand_in(stand_in, str(ACTIVATIONS))
     monkeypatch.setenv("FAKE_STEDGEAI_MODE", "fail")
     with pytest.raises(StEdgeAiError) as err:
         stedgeai_footprint(model, tmp_path / "o", path_to_stedgeai=stand_in)
@@ -182,14 +179,12 @@ def test_generate_failure_is_one_line_with_last_stderr_line(stand_in, model, tmp
 
 def test_generate_timeout(stand_in, model, tmp_path, monkeypatch):
     from stmclf.benchmark import stedgeai
-    write_stand_in(stand_in, str(ACTIVATIONS))
     monkeypatch.setenv("FAKE_STEDGEAI_MODE", "hang")
     with pytest.raises(StEdgeAiError, match="did not finish within 0.5 s"):
         stedgeai.run_generate(str(stand_in), model, tmp_path / "o", timeout=0.5)
 
 
 def test_missing_report(stand_in, model, tmp_path, monkeypatch):
-    write_stand_in(stand_in, str(ACTIVATIONS))
     monkeypatch.setenv("FAKE_STEDGEAI_MODE", "no_report")
     with pytest.raises(StEdgeAiError, match="wrote no report"):
         stedgeai_footprint(model, tmp_path / "o", path_to_stedgeai=stand_in)
@@ -206,8 +201,9 @@ def test_missing_or_bad_executable(tmp_path, model):
     plain.chmod(0o644)
     with pytest.raises(StEdgeAiError, match="is not executable"):
         resolve_executable(plain)
+    (tmp_path / "empty_dir").mkdir()
     with pytest.raises(StEdgeAiError, match="no stedgeai executable in the folder"):
-        resolve_executable(tmp_path / "empty_dir" if (tmp_path / "empty_dir").mkdir() is None else None)
+        resolve_executable(tmp_path / "empty_dir")
     broken = tmp_path / "broken"
     broken.write_text("#!/nonexistent/interpreter\n")
     broken.chmod(0o755)
@@ -226,7 +222,8 @@ def test_generate_command_and_reports(tmp_path):
          ram (total)        :   1,780 B (1.74 KiB) = 1,780 + 0 + 0
     """)
     parsed = parse_generate_report(text)
-    assert (parsed["macc"], parsed["weights"], parsed["activations"], parsed["runtime_ram"]) == (12960, 2704, 1780, None)
+    assert (parsed["macc"], parsed["weights"], parsed["activations"]) == (12960, 2704, 1780)
+    assert parsed["runtime_ram"] is None
     (tmp_path / "network_c_info.json").write_text(json.dumps({"memory_footprint": {"activations": 10, "weights": 20},
                                                               "graphs": [{"nodes": [{"macc": 5}, {"macc": 7}]}]}))
     fp = read_footprint(tmp_path)

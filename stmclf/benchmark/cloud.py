@@ -554,6 +554,7 @@ class CloudClient:
         self._token: Optional[dict] = None
         self._session = self._new_session()
         self._stringified_args: Optional[bool] = None
+        self._board_names: Optional[list[str]] = None
 
     # --- plumbing ---------------------------------------------------------------------------
     def _new_session(self) -> requests.Session:
@@ -921,7 +922,9 @@ class CloudClient:
 
     def check_board(self, board: str) -> str:
         """The service's spelling of ``board`` (case-insensitive match), else :class:`UnknownBoard`."""
-        names = list(self.boards())
+        if self._board_names is None:
+            self._board_names = list(self.boards())
+        names = self._board_names
         if board in names:
             return board
         matches = [n for n in names if n.lower() == str(board).lower()]

@@ -535,9 +535,10 @@ class Conventions:
     input_overlap: bool = True
     scratch: str = "stm32"
     alignment: int = 4
+    overlap_all: bool = False
 
     def __post_init__(self) -> None:
-        if self.scratch not in ("stm32", "none"):
+        if self.scratch not in ("stm32", "none", "stm32-row", "cmsis"):
             raise ValueError(f"scratch must be 'stm32' or 'none', got {self.scratch!r}")
 
 
@@ -562,9 +563,12 @@ def scratch_bytes(graph: Graph, op: Op, conventions: Conventions = ST_CONVENTION
             kh, kw = op.attrs.get("kernel", (1, 1))
             return 2 * kh * kw * cin
         kh, kw = op.attrs.get("kernel", (1, 1))
+        if conventions.scratch == "cmsis":
+            return 4 * kh * kw * cin if kh * kw > 1 else 0
         if kh * kw == 1:
             return 4 * cin
-        return 4 * kh * kw * cin + 4 * cout + 5120
+        extra = 2 * out.shape[2] * kh * kw * cin if conventions.scratch == "stm32-row" and out is not None and len(out.shape) == 4 else 0
+        return 4 * kh * kw * cin + 4 * cout + 5120 + extra
     if op.kind == "depthwise":
         kh, kw = op.attrs.get("kernel", (1, 1))
         return 2 * kh * kw * cin
@@ -679,7 +683,8 @@ def plan_activations(graph: Graph, conventions: Conventions = ST_CONVENTIONS) ->
         elif (conventions.inplace and op.kind in ("activation", "quantize", "dequantize") and dies_here
               and y.nbytes == x.nbytes and len(acts) == 1):
             parent[find(y.name)] = find(x.name)
-        elif conventions.input_overlap and dies_here and x.name in input_aliases and len(acts) == 1:
+        elif (dies_here and len(acts) == 1 and ((conventions.input_overlap and x.name in input_aliases)
+                                                or conventions.overlap_all)):
             margin = _input_overlap_margin(op, x, y)
             if margin is not None and margin < y.nbytes:
                 links.append((y.name, x.name, _align(margin, align)))
@@ -708,7 +713,7 @@ def plan_activations(graph: Graph, conventions: Conventions = ST_CONVENTIONS) ->
             buffers.append(Buffer(f"{op.name}#scratch", _align(size, align), op.index, op.index, [], "scratch"))
     for out_name, in_name, margin in links:
         out_buf, in_buf = by_root[find(out_name)], by_root[find(in_name)]
-        if out_buf is not in_buf and out_buf.anchor is None and in_buf.anchor is None:
+        if out_buf is not in_buf and in_buf.anchor is None:
             in_buf.anchor, in_buf.rel = out_buf.name, margin
 
     _place(buffers)
@@ -738,9 +743,24 @@ def _place(buffers: list[Buffer]) -> None:
     smallest gap left by the already placed buffers that are live at the same time, or on top.
     A buffer anchored to another (the model input overwritten by the first layer's output) is
     placed with it, at its fixed distance, at the lowest offset where both fit."""
+    by_name = {b.name: b for b in buffers}
+
+    def root(buf: Buffer) -> tuple[str, int]:  # the cluster's root buffer and this buffer's distance to it
+        rel, seen = 0, 0
+        while buf.anchor is not None and buf.anchor in by_name and seen < len(buffers):
+            rel, buf, seen = rel + buf.rel, by_name[buf.anchor], seen + 1
+        return buf.name, rel
+
     members: dict[str, list[Buffer]] = defaultdict(list)
+    rel_of: dict[int, int] = {}
     for buf in buffers:
-        members[buf.anchor or buf.name].append(buf)
+        name, rel = root(buf)
+        members[name].append(buf)
+        rel_of[id(buf)] = rel
+    for cluster in members.values():  # shift so that the lowest member is at distance 0
+        low = min(rel_of[id(b)] for b in cluster)
+        for b in cluster:
+            rel_of[id(b)] -= low
     clusters = sorted(members.values(), key=lambda c: (-max(b.size for b in c), min(b.first for b in c),
                                                       c[0].anchor or c[0].name))
     placed: list[Buffer] = []
@@ -756,7 +776,7 @@ def _place(buffers: list[Buffer]) -> None:
                 cursor = max(cursor, end)
             buf.offset = best_offset if best_offset is not None else cursor
         else:
-            rels = {id(b): (b.rel if b.anchor else 0) for b in cluster}
+            rels = {id(b): rel_of[id(b)] for b in cluster}
             candidates = {0}
             for p in placed:
                 for b in cluster:

@@ -22,8 +22,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from stmclf.benchmark.reports import (footprint_sums, parse_generate_report, parse_network_report, to_int,
-                                      version_string, c_info_macc)
+from stmclf.benchmark.reports import (c_info_macc, footprint_sums, parse_generate_report, parse_network_report,
+                                      to_int, version_string)
 from stmclf.benchmark.results import Footprint
 from stmclf.errors import UserError
 
@@ -87,7 +87,8 @@ def tool_version(executable: str, *, timeout: float = 60.0) -> Optional[str]:
 
 
 def generate_command(executable: str, model_path: Union[str, Path], output_dir: Union[str, Path], *,
-                     target: str = "stm32", optimization: str = "balanced", extra_args: Iterable[str] = ()) -> list[str]:
+                     target: str = "stm32", optimization: str = "balanced",
+                     extra_args: Iterable[str] = ()) -> list[str]:
     out = str(output_dir)
     return [executable, "generate", "--target", target, "-m", str(model_path), "-v", "0", "--allocate-inputs",
             "--allocate-outputs", "--output", out, "--workspace", out, "--optimization", optimization.lower(),
@@ -137,7 +138,8 @@ def read_footprint(output_dir: Union[str, Path], *, name: str = "network", model
     report = _load_json(output_dir / f"{name}_report.json")
     c_info = _load_json(output_dir / f"{name}_c_info.json")
     text_path = output_dir / f"{name}_generate_report.txt"
-    text = parse_generate_report(text_path.read_text(encoding="utf-8", errors="replace")) if text_path.is_file() else None
+    text = (parse_generate_report(text_path.read_text(encoding="utf-8", errors="replace"))
+            if text_path.is_file() else None)
     values: dict[str, Any] = {}
     if report is not None:
         values = parse_network_report(report)

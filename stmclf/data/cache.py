@@ -72,6 +72,16 @@ class ImageCache:
         self._flags[index] = 1
         return image
 
+    def complete(self) -> bool:
+        self._open()
+        return bool(self._flags.all())
+
+    def read_batch(self, indices) -> Optional[np.ndarray]:
+        """(B, H, W, C) copy of the images ``indices``, or None if one is not cached yet."""
+        self._open()
+        index = np.asarray(indices, dtype=np.intp)
+        return np.take(self._data, index, axis=0) if self._flags[index].all() else None
+
     @property
     def filled(self) -> int:
         self._open()

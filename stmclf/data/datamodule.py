@@ -93,21 +93,58 @@ class ImageFileDataset(Dataset):
             return None
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), self.files.labels[index]
 
+    def __getitems__(self, indices: list[int]):
+        """A whole batch: one read from the cache when every image is there (uint8 (B, C, H, W) in
+        channels_last layout), else item by item."""
+        pixels = self.cache.read_batch(indices) if self.cache is not None else None
+        if pixels is None:
+            return [self[i] for i in indices]
+        labels = torch.as_tensor([self.files.labels[i] for i in indices], dtype=torch.long)
+        return CollatedBatch((torch.from_numpy(pixels).permute(0, 3, 1, 2), labels))
+
+    def cache_complete(self) -> bool:
+        return self.cache is not None and self.cache.complete()
+
 
 def _with_path(message: str, name: str) -> str:
     return message if name in message else f"{name}: {message}"
+
+
+class CollatedBatch(tuple):
+    """(images, labels) already assembled by :meth:`ImageFileDataset.__getitems__`."""
 
 
 def collate_skip_bad(batch: list, empty_shape: Optional[tuple[int, ...]] = None):
     """torch's ``default_collate`` without the items that failed to load (None). A batch with no
     good item becomes an empty batch: uint8 images of shape (0, *empty_shape) and no labels,
     which the LightningModule skips."""
+    if isinstance(batch, CollatedBatch):
+        return tuple(batch)
     if any(item is None for item in batch):
         batch = [item for item in batch if item is not None]
         if not batch:
             return (torch.empty((0, *empty_shape) if empty_shape else (0,), dtype=torch.uint8),
                     torch.empty(0, dtype=torch.long))
     return default_collate(batch)
+
+
+class ImageLoader(DataLoader):
+    """Worker processes while images must be decoded; once every image is in the cache, whole
+    batches are read from it in the main process (one fancy-index per batch, no inter-process
+    transfer). Same order and values either way. Used on CPU-only machines: with a GPU the
+    workers' overlap with the training step pays more."""
+
+    def __iter__(self):
+        if self.num_workers and self.dataset.cache_complete():
+            if self._iterator is not None:  # the idle persistent workers of the decoding epoch
+                self._iterator._shutdown_workers()
+                self._iterator = None
+            return self._in_process()
+        return super().__iter__()
+
+    def _in_process(self):
+        for indices in self.batch_sampler:
+            yield self.collate_fn(self.dataset.__getitems__(indices))
 
 
 def _init_worker(worker_id: int) -> None:
@@ -203,7 +240,8 @@ class ImageDataModule(L.LightningDataModule):
         # The loader's own generator: creating an iterator must not draw from the global RNG
         # (that would shift the augmentation draws of a resumed run).
         generator = torch.Generator().manual_seed(self.shuffle_seed)
-        return DataLoader(self._dataset_for(files), batch_size=self.batch_size, sampler=sampler, generator=generator,
+        loader = DataLoader if torch.cuda.is_available() else ImageLoader
+        return loader(self._dataset_for(files), batch_size=self.batch_size, sampler=sampler, generator=generator,
                           collate_fn=partial(collate_skip_bad, empty_shape=(self.fmt.channels, self.fmt.height,
                                                                             self.fmt.width)),
                           num_workers=workers, persistent_workers=workers > 0,
