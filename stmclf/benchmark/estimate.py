@@ -13,8 +13,8 @@ Weights (flash, ``rom_size``)
     4 bytes, float32 tensors 4 bytes. Shape-like constants (reshape shapes, paddings, axes,
     permutations) are code, not weights. Per-channel scales and zero points are **not** part of
     the weights: the ST generator emits them as quantization descriptors of the C arrays, and its
-    ``weights`` count matches int8 + int32 bias exactly (so do ours: 406.85 / 76.9 / 128.33 KiB
-    for the three reference models); they are reported apart (``quant_params_bytes``). In a QDQ
+    ``weights`` count is int8 + int32 bias exactly (ours: 406.86 / 76.90 / 128.32 KiB for the
+    three reference models, as published); they are reported apart (``quant_params_bytes``). In a QDQ
     ONNX the quantized initializers count at their integer type.
 
 MACC
@@ -28,23 +28,32 @@ MACC
 
 Activations (RAM, ``ram_size``)
     One activation arena holding every intermediate tensor **including the model's input and
-    output buffers** (ST's published footprints are made with ``--allocate-inputs
-    --allocate-outputs``: the I/O buffers live in the activations buffer and are counted in it;
+    output buffers**: ST's published footprints are made with ``--allocate-inputs
+    --allocate-outputs`` (the I/O buffers live in, and are counted in, the activations buffer;
     ``io_bytes`` gives their size alone). Int8/uint8 tensors take 1 byte per element, float32
-    4 bytes. Tensors are placed by a liveness-based offset planner (execution order; a tensor is
-    live from the layer that writes it to the last layer that reads it; graph outputs until the
-    end) with greedy best-fit by size (largest first, each in the smallest gap of the address
-    space that no live-overlapping tensor uses; ``arena_bytes``), and the arena is this plan's
-    extent. See :class:`Conventions` for what may share memory (views, in-place layers, the first
-    layer overwriting the input buffer) and for the per-layer scratch buffers (im2col and
-    friends) the ST kernels take from the arena.
+    4 bytes. Tensors are placed by a liveness-based offset planner: execution order; a tensor is
+    live from the layer that writes it to the last layer that reads it (graph outputs until the
+    end); greedy best-fit by size (largest first, each in the smallest gap of the address space
+    left by the live-overlapping tensors already placed). The arena is the plan's extent. What
+    may share memory (views, in-place layers, the first layer overwriting the input buffer) and
+    the per-layer scratch buffers the ST kernels take from the arena are in :class:`Conventions`.
+
+Accuracy (our zoo models exported to int8 TFLite, vs the published figures): the weights
+convention reproduces all 17 published MCU footprints of the model zoo (MobileNet V1/V2,
+FD-MobileNet, ST FD-MobileNet, ResNet v1 8/32, SqueezeNet 1.1, ST EfficientNet LC, 96–224 px)
+to 0.02 %. ST's activation allocator is not public: on the three calibration models the arena
+is within 2 % (``tests/test_benchmark_estimate.py``); over the 17 models the mean absolute
+error is 12.7 % (median 11.6 %), from −23 % (ST EfficientNet LC @128) to +38 % (ResNet v1 32,
+whose published arena is smaller than ResNet v1 8's although its layers are the same sizes).
+Treat the activation figure as ±25 %. Runtime RAM and code flash are not estimated (they
+depend on the kernels linked); :func:`fit_check` adds an allowance for them.
 """
 from __future__ import annotations
 
 import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -56,12 +65,14 @@ log = logging.getLogger("stmclf.benchmark")
 
 KIB = 1024
 
-# Published footprints (stm32ai-modelzoo READMEs, STM32Cube.AI 10.0.0 / ST Edge AI Core 2.0.0,
-# STM32H7, int8 per-channel, uint8 input, float32 output, I/O allocated): (weights, activations) KiB.
+# Published footprints the conventions are calibrated on (stm32ai-modelzoo READMEs, STM32Cube.AI
+# 10.0.0 / ST Edge AI Core 2.0.0, STM32H7, int8 per-channel TFLite, uint8 input, float32 output,
+# I/O allocated in the activations): (weights KiB, activations KiB). The model names are
+# stmclf zoo specs: (training.model, classes).
 REFERENCE_FOOTPRINTS = {
-    "mobilenet_v2_0.35_128_5cls": (406.86, 237.32),
-    "resnet_v1_8_32_10cls": (76.9, 62.51),
-    "fdmobilenet_0.25_128_5cls": (128.32, 56.16),
+    "mobilenet_v2_0.35_128": (406.86, 237.32),
+    "resnet_v1_8_32": (76.9, 62.51),
+    "fdmobilenet_0.25_128": (128.32, 56.16),
 }
 
 ITEMSIZE = {"int8": 1, "uint8": 1, "bool": 1, "int16": 2, "uint16": 2, "float16": 2, "bfloat16": 2,
@@ -105,6 +116,11 @@ class Op:
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def fmt_tflite_transpose_conv(self) -> bool:
+        """TFLite's TRANSPOSE_CONV takes (output shape, weights, input[, bias])."""
+        return self.op_type == "TRANSPOSE_CONV"
+
 
 @dataclass
 class Graph:
@@ -115,13 +131,6 @@ class Graph:
     inputs: list[str]
     outputs: list[str]
     quantized: bool = False
-
-    def consumers(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = defaultdict(list)
-        for op in self.ops:
-            for name in op.inputs:
-                out[name].append(op.index)
-        return out
 
     def activation_inputs(self, op: Op) -> list[str]:
         return [n for n in op.inputs if n in self.tensors and not self.tensors[n].const]
@@ -216,7 +225,7 @@ def _load_tflite(path: Path) -> Graph:
         inputs = [tname(i) for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
         outputs = [tname(i) for i in (op.outputs if op.outputs is not None else ()) if i >= 0]
         attrs = _tflite_attrs(op, kind, [tensors[n] for n in inputs])
-        ops.append(Op(index, kind, op_type, outputs[0] if outputs else op_type, inputs, outputs, attrs))
+        ops.append(Op(index, kind, op_type, f"{op_type.lower()}_{index}", inputs, outputs, attrs))
     graph = Graph(path, "tflite", tensors, ops, [tname(i) for i in g.inputs], [tname(i) for i in g.outputs])
     graph.quantized = any(t.dtype in ("int8", "uint8") and not t.const for t in tensors.values())
     return graph
@@ -291,7 +300,8 @@ def _load_onnx(path: Path) -> Graph:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{path}: not an ONNX model onnx can load ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: not an ONNX model onnx can load ({first})") from None
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - keep whatever shapes the file has
@@ -369,7 +379,8 @@ def _load_onnx(path: Path) -> Graph:
         if name in inits:
             arr = inits[name]
             dtype, channels = quant.get(name, (arr.dtype.name, 0))
-            t = Tensor(name, tuple(int(d) for d in arr.shape), dtype if dtype in ITEMSIZE else "float32", True, channels)
+            dtype = dtype if dtype in ITEMSIZE else "float32"
+            t = Tensor(name, tuple(int(d) for d in arr.shape), dtype, True, channels)
         else:
             dims, dtype = shapes.get(name, ((), "float32"))
             if name in quant:
@@ -395,9 +406,40 @@ def _load_onnx(path: Path) -> Graph:
                       inputs, outputs, _onnx_attrs(node.op_type, kind, attrs, ins)))
     for name in graph_inputs + graph_outputs:
         tensor(name)
-    result = Graph(path, "onnx", tensors, ops, [resolve(n) for n in graph_inputs], [resolve(n) for n in graph_outputs])
+    outputs = [resolve(n) for n in graph_outputs]
+    ops = _fuse_activations(ops, tensors, outputs)
+    result = Graph(path, "onnx", tensors, ops, [resolve(n) for n in graph_inputs], outputs)
     result.quantized = bool(quant) and any(t.dtype in ("int8", "uint8") and not t.const for t in tensors.values())
     return result
+
+
+_FUSABLE = {"Relu", "Clip", "LeakyRelu"}  # the activations TFLite fuses into the previous layer
+
+
+def _fuse_activations(ops: list[Op], tensors: dict[str, Tensor], outputs: Sequence[str]) -> list[Op]:
+    """Fold an activation layer into the conv/dense/element-wise layer before it when it is that
+    layer's only reader (TFLite stores these as fused activations; the ST C model merges them)."""
+    readers: dict[str, int] = defaultdict(int)
+    for op in ops:
+        for name in op.inputs:
+            readers[name] += 1
+    producer = {name: op for op in ops for name in op.outputs}
+    kept: list[Op] = []
+    for op in ops:
+        source = producer.get(op.inputs[0]) if op.inputs else None
+        if (op.op_type in _FUSABLE and source is not None and len(source.outputs) == 1
+                and source.kind in ("conv", "depthwise", "dense", "matmul", "eltwise")
+                and readers[op.inputs[0]] == 1 and op.inputs[0] not in outputs
+                and not source.attrs.get("activation")):
+            tensors.pop(op.inputs[0], None)
+            source.outputs = list(op.outputs)
+            source.attrs["activation"] = op.op_type
+            producer[op.outputs[0]] = source
+            continue
+        kept.append(op)
+    for index, op in enumerate(kept):
+        op.index = index
+    return kept
 
 
 def _onnx_attrs(op_type: str, kind: str, attrs: dict, inputs: list[Tensor]) -> dict[str, Any]:
@@ -433,26 +475,29 @@ def _onnx_attrs(op_type: str, kind: str, attrs: dict, inputs: list[Tensor]) -> d
 # Weights and MACC
 
 # Constant inputs that are layer parameters (stored in the weights); other constants (shapes,
-# axes, paddings, permutations, slice bounds, resize scales) are folded into the generated code.
-_PARAM_KINDS = {"conv", "depthwise", "conv_transpose", "dense", "matmul", "eltwise", "concat", "scale",
-                "activation", "other"}
+# axes, paddings, permutations, slice bounds, resize scales, clip bounds) are code.
+_WEIGHT_KINDS = {"conv", "depthwise", "conv_transpose", "dense", "matmul"}
+_OPERAND_KINDS = {"eltwise", "concat", "scale", "other"}
 
 
-def _is_param(graph: Graph, op: Op, name: str) -> bool:
-    if op.kind not in _PARAM_KINDS:
-        return False
+def _is_param(graph: Graph, op: Op, position: int, name: str) -> bool:
     t = graph.tensors[name]
-    if op.kind == "activation" and op.op_type not in ("PRELU", "PRelu"):
-        return False  # Clip bounds, LeakyRelu slopes ... are scalars in the layer's parameters
-    return not (t.dtype in ("int64",) or (t.dtype == "int32" and op.kind not in ("conv", "depthwise", "conv_transpose", "dense", "matmul")))
+    if t.dtype == "int64":
+        return False  # ONNX shapes and axes
+    if op.kind in _WEIGHT_KINDS:
+        return not (op.fmt_tflite_transpose_conv and position == 0)
+    if op.kind in _OPERAND_KINDS:
+        return t.dtype != "int32"
+    return op.op_type in ("PRELU", "PRelu")  # per-channel slopes; other activations take scalars
 
 
 def weight_tensors(graph: Graph) -> list[Tensor]:
     """The constant tensors stored in the weights (each once, even if several layers read it)."""
     seen: dict[str, Tensor] = {}
     for op in graph.ops:
-        for name in graph.const_inputs(op):
-            if name not in seen and _is_param(graph, op, name):
+        for position, name in enumerate(op.inputs):
+            if name in graph.tensors and graph.tensors[name].const and name not in seen \
+                    and _is_param(graph, op, position, name):
                 seen[name] = graph.tensors[name]
     return list(seen.values())
 
@@ -473,13 +518,14 @@ def op_macc(graph: Graph, op: Op) -> int:
     out = t[op.outputs[0]] if op.outputs and op.outputs[0] in t else None
     out_size = out.size if out is not None else 0
     if op.kind in ("conv", "depthwise", "conv_transpose"):
-        if len(op.inputs) < 2 or op.inputs[1] not in t:
+        if not acts:
             return 0
+        x = t[acts[0]]
         kh, kw = op.attrs.get("kernel", (1, 1))
-        cin = t[op.inputs[0]].shape[-1] if t[op.inputs[0]].shape else 1
+        cin = x.shape[-1] if x.shape else 1
         cout = out.shape[-1] if out is not None and out.shape else 1
         if op.kind == "conv_transpose":
-            return t[op.inputs[0]].size * cout * kh * kw
+            return x.size * cout * kh * kw
         per_output = kh * kw if _is_depthwise(op) else kh * kw * cin // max(int(op.attrs.get("groups", 1)), 1)
         return out_size * per_output + (cout if op.attrs.get("bias") else 0)
     if op.kind == "dense":
@@ -512,22 +558,31 @@ def op_macc(graph: Graph, op: Op) -> int:
 class Conventions:
     """What may share memory in the activation arena, and the scratch buffers layers take.
 
-    - ``views``: reshape/flatten/squeeze/identity/dropout are views of their input (no buffer,
-      no code in the ST C model).
-    - ``inplace``: a single-input element-wise layer (activation, quantize/dequantize between
-      types of one size) writes over its input when this is the input's last use (ST's generated
-      code gives the output array the input's offset).
-    - ``input_overlap``: the first layer that reads the model input may write its output over the
-      input buffer as it consumes it (the input buffer is allocated in the activations, and
-      sliding-window kernels read input row ``r·stride`` before writing output row ``r``); the
-      output is offset by the smallest margin that never overwrites unread input rows. Only the
-      model input gets this: applying it to every layer (as older X-CUBE-AI releases did, which
-      shrinks MobileNetV2-0.35@128 to ~197 KiB) undershoots the published STM32Cube.AI 10 figures.
-    - ``scratch``: per-layer temporary buffers, live only during the layer: ``"stm32"`` uses the
-      sizes the ST int8 kernels take (from generated code: k×k conv ``4·k·k·cin + 4·cout + 5120``,
-      1×1 conv ``4·cin``, depthwise ``2·k·k·cin``, dense ``2·in``, global pooling ``4·C``),
-      ``"none"`` ignores them.
-    - ``alignment``: buffer offsets and sizes rounded up to this many bytes (ST aligns arrays on 4).
+    - ``views``: reshape/flatten/squeeze/identity/dropout are views of their input (no buffer;
+      the ST C model has no layer for them).
+    - ``inplace``: a single-input element-wise layer (stand-alone activation, quantize/dequantize
+      between types of one size such as the uint8 → int8 input conversion) writes over its input
+      when this is the input's last use (ST's generated code gives such outputs the input's
+      offset).
+    - ``input_overlap``: the first layer reading the model input (after in-place conversions)
+      writes its output over the input buffer as it consumes it: the output starts just enough
+      bytes before the input that output row ``r`` never overwrites an input row still to be
+      read (sliding-window kernels read input rows ``r·stride − pad …`` before writing row
+      ``r``). X-CUBE-AI 6 overlapped most layers this way (its generated code for a
+      MobileNetV2-0.35@128 takes 197 KiB), far below the published STM32Cube.AI 10 figure
+      (237 KiB); doing it for the input buffer only — allocated in the activations with
+      ``--allocate-inputs`` — reproduces them (FD-MobileNet 0.25@128: 57.0 KiB vs 56.16
+      published, 88.5 KiB without).
+    - ``scratch``: temporary buffers live only while their layer runs.
+      ``"stm32"`` (default): the sizes the ST int8 kernels take, as generated ``network.c``
+      files and reports of X-CUBE-AI 8 show them — 1×1 conv ``4·cin``, k×k conv
+      ``4·k·k·cin + 4·cout + 5120``, depthwise ``2·k·k·cin``, dense ``2·inputs``, global
+      pooling ``4·C`` — plus, for k×k convolutions, an int16 im2col buffer of one output row
+      (``2·out_w·k·k·cin``), the term that reproduces the STM32Cube.AI 10 figures of ResNet v1 8
+      and FD-MobileNet (at 128 and 224 px). ``"stm32-v8"``: the X-CUBE-AI 8 sizes alone.
+      ``"cmsis"``: CMSIS-NN's buffer sizes (k×k conv ``4·k·k·cin``, depthwise ``2·k·k·cin``).
+      ``"none"``.
+    - ``alignment``: buffer sizes and offsets rounded up to this many bytes (ST aligns on 4).
     """
 
     views: bool = True
@@ -535,20 +590,22 @@ class Conventions:
     input_overlap: bool = True
     scratch: str = "stm32"
     alignment: int = 4
-    overlap_all: bool = False
 
     def __post_init__(self) -> None:
-        if self.scratch not in ("stm32", "none", "stm32-row", "cmsis"):
-            raise ValueError(f"scratch must be 'stm32' or 'none', got {self.scratch!r}")
+        if self.scratch not in SCRATCH_MODELS:
+            raise ValueError(f"scratch must be one of {SCRATCH_MODELS}, got {self.scratch!r}")
 
 
+SCRATCH_MODELS = ("stm32", "stm32-v8", "cmsis", "none")
 ST_CONVENTIONS = Conventions()
 PLAIN_CONVENTIONS = Conventions(views=True, inplace=False, input_overlap=False, scratch="none", alignment=1)
+"""A plain liveness plan: every tensor its own buffer, no scratch (TFLite-like arena)."""
 
 
 def scratch_bytes(graph: Graph, op: Op, conventions: Conventions = ST_CONVENTIONS) -> int:
     """Temporary bytes the layer's kernel takes from the activation arena while it runs."""
-    if conventions.scratch == "none":
+    model = conventions.scratch
+    if model == "none":
         return 0
     t = graph.tensors
     acts = graph.activation_inputs(op)
@@ -558,24 +615,24 @@ def scratch_bytes(graph: Graph, op: Op, conventions: Conventions = ST_CONVENTION
     cin = x.shape[-1] if x.shape else 1
     out = t[op.outputs[0]] if op.outputs and op.outputs[0] in t else None
     cout = out.shape[-1] if out is not None and out.shape else 1
+    kh, kw = op.attrs.get("kernel", (1, 1))
+    if op.kind == "depthwise" or (op.kind == "conv" and _is_depthwise(op)):
+        return 2 * kh * kw * cin
     if op.kind == "conv":
-        if _is_depthwise(op):
-            kh, kw = op.attrs.get("kernel", (1, 1))
-            return 2 * kh * kw * cin
-        kh, kw = op.attrs.get("kernel", (1, 1))
-        if conventions.scratch == "cmsis":
+        cin //= max(int(op.attrs.get("groups", 1)), 1)
+        if model == "cmsis":
             return 4 * kh * kw * cin if kh * kw > 1 else 0
         if kh * kw == 1:
             return 4 * cin
-        extra = 2 * out.shape[2] * kh * kw * cin if conventions.scratch == "stm32-row" and out is not None and len(out.shape) == 4 else 0
-        return 4 * kh * kw * cin + 4 * cout + 5120 + extra
-    if op.kind == "depthwise":
-        kh, kw = op.attrs.get("kernel", (1, 1))
-        return 2 * kh * kw * cin
+        size = 4 * kh * kw * cin + 4 * cout + 5120
+        if model == "stm32" and out is not None and len(out.shape) == 4:
+            size += 2 * out.shape[2] * kh * kw * cin
+        return size
+    if model == "cmsis":
+        return 0
     if op.kind == "dense":
         w = t[op.inputs[1]] if len(op.inputs) > 1 and op.inputs[1] in t else None
-        inputs = (w.size // max(cout, 1)) if w is not None else x.size
-        return 2 * inputs
+        return 2 * ((w.size // max(cout, 1)) if w is not None else x.size)
     if op.kind == "gap":
         return 4 * cin
     return 0
@@ -602,7 +659,7 @@ class Buffer:
 @dataclass
 class ArenaPlan:
     size: int                 # arena bytes (the plan's extent)
-    peak_live: int            # max over layers of the bytes live at once (a lower bound of ``size``)
+    peak_live: int            # max over layers of the arena bytes in use at once (≤ ``size``)
     peak_layer: Optional[int]  # layer index where ``peak_live`` is reached
     buffers: list[Buffer]
     io_bytes: int             # model input + output buffers (included in ``size``)
@@ -641,9 +698,9 @@ def _input_overlap_margin(op: Op, x: Tensor, y: Tensor) -> Optional[int]:
         top = 0
     row_in = w_in * c_in * ITEMSIZE.get(x.dtype, 1)
     row_out = w_out * c_out * ITEMSIZE.get(y.dtype, 1)
-    # output row r is written once input rows up to r·sh − top + kh − 1 are read; rows from
-    # (r+1)·sh − top on are still needed afterwards.
-    margin = max(row_out * (r + 1) - row_in * max(0, (r + 1) * sh - top) for r in range(h_out))
+    # while output row r is written, its own window (input rows from r·sh − top on) is still
+    # being read: the end of output row r must stay at or below the start of that input row.
+    margin = max(row_out * (r + 1) - row_in * max(0, r * sh - top) for r in range(h_out))
     return max(margin, 0)
 
 
@@ -683,8 +740,7 @@ def plan_activations(graph: Graph, conventions: Conventions = ST_CONVENTIONS) ->
         elif (conventions.inplace and op.kind in ("activation", "quantize", "dequantize") and dies_here
               and y.nbytes == x.nbytes and len(acts) == 1):
             parent[find(y.name)] = find(x.name)
-        elif (dies_here and len(acts) == 1 and ((conventions.input_overlap and x.name in input_aliases)
-                                                or conventions.overlap_all)):
+        elif conventions.input_overlap and dies_here and len(acts) == 1 and x.name in input_aliases:
             margin = _input_overlap_margin(op, x, y)
             if margin is not None and margin < y.nbytes:
                 links.append((y.name, x.name, _align(margin, align)))
@@ -789,3 +845,201 @@ def _place(buffers: list[Buffer]) -> None:
             for b in cluster:
                 b.offset = base + rels[id(b)]
         placed.extend(cluster)
+
+
+# ---------------------------------------------------------------------------------------------
+# The estimate
+
+# Allowances for what the offline estimate cannot see (the runtime library linked with the
+# model): the medians of the published model-zoo footprints (§9: code flash 56–191 KiB, runtime
+# RAM 7–30 KiB for the MCU models).
+CODE_FLASH_ALLOWANCE = 70 * KIB
+RUNTIME_RAM_ALLOWANCE = 16 * KIB
+
+
+@dataclass
+class LayerEstimate:
+    index: int
+    name: str
+    op_type: str
+    kind: str
+    output_shape: tuple[int, ...]
+    output_dtype: str
+    macc: int
+    weights_bytes: int
+    scratch_bytes: int
+
+
+@dataclass
+class FitCheck:
+    """Where the model's weights (flash) and activations (RAM) can live on a board."""
+
+    board: str
+    flash_needed: int           # weights + code allowance
+    ram_needed: int             # activations + runtime allowance
+    flash_internal: int
+    ram_internal: int
+    ram_largest_block: int
+    flash_external: int
+    ram_external: int
+    flash: str                  # "internal", "external", "no"
+    ram: str                    # "internal", "internal-split", "external", "no"
+    mpu: bool = False
+
+    @property
+    def fits(self) -> bool:
+        return self.mpu or (self.flash != "no" and self.ram != "no")
+
+    @property
+    def fits_internal(self) -> bool:
+        return not self.mpu and self.flash == "internal" and self.ram == "internal"
+
+    def summary(self) -> str:
+        if self.mpu:
+            return f"{self.board} is an MPU board (Linux, external DDR): no MCU memory check"
+        flash = {"internal": "fits in internal flash", "external": "needs the external flash",
+                 "no": "does not fit in flash"}[self.flash]
+        ram = {"internal": "fits in internal RAM", "internal-split": "fits in internal RAM split over several regions",
+               "external": "needs the external RAM", "no": "does not fit in RAM"}[self.ram]
+        return (f"{self.board}: weights + code ~{self.flash_needed / KIB:.1f} KiB {flash} "
+                f"({self.flash_internal / KIB:.0f} KiB internal, {self.flash_external / KIB / KIB:g} MiB external); "
+                f"activations + runtime ~{self.ram_needed / KIB:.1f} KiB {ram} "
+                f"({self.ram_internal / KIB:.0f} KiB internal, largest block {self.ram_largest_block / KIB:.0f} KiB, "
+                f"{self.ram_external / KIB / KIB:g} MiB external)")
+
+
+def fit_check(weights_bytes: int, activations_bytes: int, board: str, *,
+              code_flash: int = CODE_FLASH_ALLOWANCE, runtime_ram: int = RUNTIME_RAM_ALLOWANCE) -> FitCheck:
+    """Compare a model's flash and RAM needs with ``board``'s memories (ConfigError for an
+    unknown board). Flash: weights + ``code_flash``; RAM: activations + ``runtime_ram``."""
+    from stmclf.benchmark.boards import get_board
+
+    spec = get_board(board)
+    flash_needed, ram_needed = weights_bytes + code_flash, activations_bytes + runtime_ram
+    if spec.mpu:
+        return FitCheck(spec.name, flash_needed, ram_needed, 0, 0, 0, 0, 0, "internal", "internal", mpu=True)
+    if flash_needed <= spec.flash_bytes:
+        flash = "internal"
+    elif weights_bytes <= spec.ext_flash_bytes and code_flash <= max(spec.flash_bytes, spec.ext_flash_bytes):
+        flash = "external"  # weights (or a part of them) in the external flash
+    else:
+        flash = "no"
+    if ram_needed <= spec.largest_ram_bytes:
+        ram = "internal"
+    elif ram_needed <= spec.ram_bytes:
+        ram = "internal-split"
+    elif activations_bytes <= spec.ext_ram_bytes:
+        ram = "external"
+    else:
+        ram = "no"
+    return FitCheck(spec.name, flash_needed, ram_needed, spec.flash_bytes, spec.ram_bytes, spec.largest_ram_bytes,
+                    spec.ext_flash_bytes, spec.ext_ram_bytes, flash, ram)
+
+
+@dataclass
+class Estimate:
+    """The offline footprint of one model file (bytes and MACC; see the module docstring)."""
+
+    model: Path
+    fmt: str
+    quantized: bool
+    macc: int
+    weights_bytes: int
+    quant_params_bytes: int
+    activations_bytes: int
+    io_bytes: int
+    input_bytes: int
+    output_bytes: int
+    peak_live_bytes: int
+    peak_layer: Optional[str]
+    layers: list[LayerEstimate]
+    plan: ArenaPlan
+    conventions: Conventions
+    fit: Optional[FitCheck] = None
+
+    @property
+    def activations_without_io(self) -> int:
+        """The arena minus the I/O buffers (what a run with user-allocated I/O would need, roughly)."""
+        return max(self.activations_bytes - self.io_bytes, 0)
+
+    def footprint(self, board: Optional[str] = None):
+        """This estimate as a :class:`~stmclf.benchmark.results.Footprint` (``source
+        "offline-estimate"``; runtime RAM and code flash unknown). As in ST's reports of a model
+        generated with ``--allocate-inputs --allocate-outputs``, the I/O buffers are in
+        ``ram_size`` and ``total_ram_io_size`` (the I/O buffers outside the activations) is 0."""
+        from stmclf.benchmark.results import Footprint
+
+        notes = [f"offline estimate ({self.fmt}, scratch model {self.conventions.scratch!r}); the input/output "
+                 f"buffers ({self.io_bytes} B) are allocated in, and counted in, the activations"]
+        if self.fit is not None:
+            notes.append(self.fit.summary())
+        return Footprint(source="offline-estimate", board=board or (self.fit.board if self.fit else None),
+                         target="mcu", ram_size=self.activations_bytes, rom_size=self.weights_bytes, macc=self.macc,
+                         total_ram_io_size=0, model=self.model.name, notes=notes)
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"Offline estimate of {self.model.name} ({self.fmt}, {'int8' if self.quantized else 'float'})",
+                 f"  MACC                 {self.macc:,}",
+                 f"  Flash weights        {self.weights_bytes / KIB:.2f} KiB  (+ {self.quant_params_bytes} B "
+                 f"quantization parameters)",
+                 f"  RAM activations      {self.activations_bytes / KIB:.2f} KiB  (input/output buffers "
+                 f"{self.io_bytes / KIB:.2f} KiB included)",
+                 f"  peak layer           {self.peak_layer}"]
+        if self.fit is not None:
+            lines.append("  " + self.fit.summary())
+        return lines
+
+    def layer_table(self) -> str:
+        rows = [f"{'#':>4} {'layer':32} {'type':18} {'output':>18} {'MACC':>12} {'weights':>9} {'scratch':>8}"]
+        for layer in self.layers:
+            shape = "x".join(str(d) for d in layer.output_shape)
+            rows.append(f"{layer.index:>4} {layer.name[-32:]:32} {layer.op_type[:18]:18} {shape:>18} {layer.macc:>12,} "
+                        f"{layer.weights_bytes:>9,} {layer.scratch_bytes:>8,}")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"model": str(self.model), "format": self.fmt, "quantized": self.quantized, "macc": self.macc,
+               "weights_bytes": self.weights_bytes, "quant_params_bytes": self.quant_params_bytes,
+               "activations_bytes": self.activations_bytes, "io_bytes": self.io_bytes,
+               "input_bytes": self.input_bytes, "output_bytes": self.output_bytes,
+               "peak_live_bytes": self.peak_live_bytes, "peak_layer": self.peak_layer,
+               "weights_kib": round(self.weights_bytes / KIB, 2),
+               "activations_kib": round(self.activations_bytes / KIB, 2),
+               "conventions": {"views": self.conventions.views, "inplace": self.conventions.inplace,
+                               "input_overlap": self.conventions.input_overlap,
+                               "scratch": self.conventions.scratch, "alignment": self.conventions.alignment}}
+        if self.fit is not None:
+            out["fit"] = {"board": self.fit.board, "fits": self.fit.fits, "fits_internal": self.fit.fits_internal,
+                          "flash": self.fit.flash, "ram": self.fit.ram, "summary": self.fit.summary()}
+        return out
+
+
+def estimate_footprint(model: str | Path, *, board: Optional[str] = None,
+                       conventions: Conventions = ST_CONVENTIONS) -> Estimate:
+    """Offline MACC / weights / activations of a ``.tflite`` or ``.onnx`` model, and whether it
+    fits ``board`` (a name of :mod:`stmclf.benchmark.boards`; ConfigError if unknown)."""
+    graph = load_graph(model)
+    if board is not None:  # fail on a bad board name before the work
+        from stmclf.benchmark.boards import check_board
+
+        board = check_board(board)
+    weights = weight_tensors(graph)
+    weight_names = {w.name for w in weights}
+    plan = plan_activations(graph, conventions)
+    layers = []
+    for op in graph.ops:
+        out = graph.tensors.get(op.outputs[0]) if op.outputs else None
+        wbytes = sum(graph.tensors[n].nbytes for n in set(op.inputs) if n in weight_names)
+        layers.append(LayerEstimate(op.index, op.name, op.op_type, op.kind, out.shape if out else (),
+                                    out.dtype if out else "", op_macc(graph, op), wbytes,
+                                    scratch_bytes(graph, op, conventions)))
+    peak = plan.peak_layer
+    peak_name = (graph.ops[peak].name if peak is not None and 0 <= peak < len(graph.ops)
+                 else ("model input" if peak == -1 else None))
+    weights_bytes = sum(w.nbytes for w in weights)
+    result = Estimate(Path(model), graph.fmt, graph.quantized, sum(layer.macc for layer in layers), weights_bytes,
+                      quant_params_bytes(weights), plan.size, plan.io_bytes, plan.input_bytes, plan.output_bytes,
+                      plan.peak_live, peak_name, layers, plan, conventions)
+    if board is not None:
+        result.fit = fit_check(weights_bytes, plan.size, board)
+    return result

@@ -167,10 +167,43 @@ def _export(argv: Sequence[str]) -> int:
                         help="also write int8 models (default: when the config has a quantization section); "
                              "--no_int8 to skip")
     parser.add_argument("--format", type=str, default="onnx,tflite", help="onnx, tflite or onnx,tflite")
+    parser.add_argument("--per-layer", "--per_layer", dest="per_layer", action="store_true", default=False,
+                        help="with --int8 and the onnx format: per-tensor SNR of the QDQ model vs the float ONNX "
+                             "(table, per_layer_snr.csv in the export directory)")
     ns = parse_args(parser, argv)
-    result = export_mode(from_namespace(parser, ns), ns.ckpt, formats=ns.format, int8=ns.int8)
+    cfg = from_namespace(parser, ns)
+    if ns.per_layer:
+        from stmclf.export.per_layer import check_per_layer_request
+
+        check_per_layer_request(ns.format, ns.int8, cfg)
+    result = export_mode(cfg, ns.ckpt, formats=ns.format, int8=ns.int8)
+    if ns.per_layer:
+        from stmclf.export.per_layer import per_layer_for_export
+
+        result["per_layer"] = per_layer_for_export(cfg, result)
     for key, path in result.items():
         print(f"{key}: {path}")
+    return 0
+
+
+def _predict(argv: Sequence[str]) -> int:
+    from stmclf.config import from_namespace
+    from stmclf.config.parser import build_parser, parse_args
+    from stmclf.evaluate.predict import predict_run
+
+    parser = build_parser("stmclf predict", "Classify every image of a folder with a trained model (stmclf .pt/"
+                                            ".ckpt, float or QDQ .onnx, float or int8 .tflite).")
+    parser.add_argument("--model", type=Optional[str], default=None,
+                        help="the model file; default general.model_path")
+    parser.add_argument("--images", type=Optional[str], default=None,
+                        help="directory of images; default prediction.test_files_path")
+    parser.add_argument("--out", type=Optional[str], default=None,
+                        help="run directory (predictions in OUT/predictions); default hydra.run.dir")
+    ns = parse_args(parser, argv)
+    cfg = from_namespace(parser, ns)
+    use_config = bool(cfg.config_files) or cfg.preprocessing is not None or cfg.dataset is not None
+    result = predict_run(cfg, ns.model, ns.images, ns.out, operation_mode="predict", use_config=use_config)
+    print(f"predictions: {result.out_dir}")
     return 0
 
 
@@ -192,6 +225,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "plot-lr": (_plot_lr, "plot the config's learning-rate schedule without training"),
     "report": (_report, "one self-contained HTML page for a run directory"),
     "export": (_export, "export a trained model to ONNX / TFLite (float; int8 with --int8)"),
+    "predict": (_predict, "classify the images of a folder with any trained model (table, annotated PNGs, CSV)"),
     "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR', "
                     "'data check --config x.yaml'"),
     "summary": (lambda argv: __import__("stmclf.models.summary", fromlist=["summary_command"]).summary_command(argv),

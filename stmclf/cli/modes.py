@@ -53,12 +53,19 @@ def _chain_eqe(cfg: RunConfig) -> None:
     quantization_mode(cfg, operation_mode="chain_eqe")
 
 
+def _prediction(cfg: RunConfig) -> None:
+    from stmclf.evaluate.predict import prediction_mode
+
+    prediction_mode(cfg)
+
+
 MODES: dict[str, Callable[[RunConfig], None]] = {
     "chain_tqe": _chain_tqe,
     "chain_eqe": _chain_eqe,
     "quantization": _quantization,
     "training": _training,
     "evaluation": _evaluation,
+    "prediction": _prediction,
 }
 
 

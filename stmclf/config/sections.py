@@ -103,6 +103,8 @@ class Training:
     """Lightning precision, e.g. bf16-mixed (same as trainer.precision)."""
     gradient_clip_val: Optional[float] = None
     accumulate_grad_batches: Optional[int] = None
+    qat: Optional[dict[str, Any]] = None
+    """Quantization-aware training: ``{start_epoch: N, freeze_bn_epoch: M, ...}`` (stmclf/training/qat.py)."""
 
 
 @dataclass

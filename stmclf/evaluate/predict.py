@@ -1,0 +1,403 @@
+"""Prediction: class label and score for every image of a folder, with any trained artifact.
+
+``operation_mode: prediction`` (the reference's mode, §7.5 of the reference inventory) and
+``stmclf predict --model ARTIFACT --images DIR [--config x.yaml] [--out DIR]`` both end in
+:func:`predict_folder`:
+
+- the model is a stmclf model file (``best_model.pt`` or a ``.ckpt``), a float or QDQ int8
+  ``.onnx`` or a float or int8 ``.tflite`` (:func:`stmclf.export.evaluate_artifacts.load_predictor`);
+- the images are the files directly in the folder (not recursive) with an image suffix (JPEG,
+  PNG, BMP, GIF; any letter case); other files, and files that fail to decode, are skipped with a
+  note. Each image is decoded and resized exactly as in training
+  (:func:`stmclf.data.datamodule.load_image`), then fed to the artifact as evaluation does
+  (rescaled NCHW for ONNX, rescaled NHWC quantized to the input type for TFLite);
+- label = class name of the top output; score = its softmax probability (0..1; the softmax is
+  applied when the artifact outputs logits: torch models);
+- outputs, in ``<run_dir>/predictions/`` (the reference's folder): one annotated PNG per image
+  (``<image stem>.png``: the image, enlarged when small, with ``label (score)`` drawn at the top
+  left), and ``predictions.csv`` (file, label, class index, score, then the probability of each
+  class); a Rich table of file, label and score is printed.
+
+Settings come from the config when there is one, else from the artifact itself:
+
+| setting | config | without config |
+|---|---|---|
+| rescaling | ``preprocessing.rescaling`` (a stmclf ``.pt``/``.ckpt`` or ONNX keeps its own; a difference is logged) | stmclf model files (hyper-parameters), ONNX files written by stmclf (metadata), a TFLite file listed in the ``export_summary.json`` beside it |
+| colour mode | ``preprocessing.color_mode`` | from the input channels (1 grayscale, 3 rgb, 4 rgba) |
+| resizing | ``preprocessing.resizing`` | bilinear, aspect ratio ``fit`` (the defaults) |
+| class names | ``dataset.class_names`` (sorted, as training orders them) | the names stored in the artifact, else ``class_0``, ``class_1``, ... (warning) |
+
+When a model carries class names and the config gives others, the run stops (the labels would
+be wrong). A TFLite file without a config and without an export summary has no rescaling: give
+``--config``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from stmclf.errors import ConfigError, UserError
+
+log = logging.getLogger("stmclf.evaluate")
+
+PREDICTIONS_DIR = "predictions"
+CSV_NAME = "predictions.csv"
+COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
+MAX_TABLE_ROWS = 200
+ANNOTATED_MIN_SIDE = 256
+
+
+@dataclass
+class ModelInfo:
+    """What prediction needs to know about an artifact before running it."""
+
+    path: Path
+    input_shape: tuple[int, int, int]  # (H, W, C)
+    class_names: Optional[list[str]] = None
+    rescaling: Optional[tuple[float, float]] = None
+    module: Any = None  # the ClassifierModule of a stmclf model file
+    source: str = ""  # where class names / rescaling came from
+
+
+@dataclass
+class Prediction:
+    file: str
+    label: str
+    index: int
+    score: float
+    probabilities: np.ndarray
+    image: Optional[Path] = None
+
+
+@dataclass
+class PredictionResult:
+    rows: list[Prediction]
+    out_dir: Path
+    csv: Path
+    class_names: list[str]
+    model_label: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# -- the artifact ----------------------------------------------------------------------------
+
+def inspect_model(path: str | Path) -> ModelInfo:
+    """Input shape, stored class names and rescaling of any artifact (nothing run yet)."""
+    from stmclf.export.evaluate_artifacts import MODEL_SUFFIXES
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".ckpt"):
+        from stmclf.training.model_file import load_classifier
+
+        module = load_classifier(path)
+        scale, offset = module.hparams.rescaling
+        return ModelInfo(path, tuple(int(v) for v in module.hparams.input_shape), list(module.class_names),
+                         (float(scale), float(offset)), module, "the stmclf model file")
+    if suffix == ".onnx":
+        from stmclf.export.onnx_export import input_shape_of, read_metadata
+
+        meta = read_metadata(path)
+        shape = meta.get("input_shape")
+        if not shape:
+            dims = input_shape_of(path)
+            if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+                raise UserError(f"{path}: input shape {dims} is not an NCHW image shape")
+            shape = [dims[2], dims[3], dims[1]]
+        rescaling = meta.get("rescaling")
+        return ModelInfo(path, tuple(int(v) for v in shape), meta.get("class_names"),
+                         tuple(float(v) for v in rescaling) if rescaling else None,
+                         source="the ONNX metadata" if meta else "")
+    if suffix == ".tflite":
+        from stmclf.export.tflite import TfliteModel
+
+        shape = TfliteModel(path).input.shape
+        if len(shape) != 4:
+            raise UserError(f"{path}: input shape {shape} is not an NHWC image shape")
+        summary = _export_summary(path)
+        rescaling = summary.get("rescaling")
+        return ModelInfo(path, (int(shape[1]), int(shape[2]), int(shape[3])), summary.get("class_names"),
+                         tuple(float(v) for v in rescaling) if rescaling else None,
+                         source=f"{path.parent / 'export_summary.json'}" if summary else "")
+    raise UserError(f"{path}: unsupported model file type {suffix or '(none)'}; expecting one of "
+                    f"{', '.join(MODEL_SUFFIXES)}")
+
+
+def _export_summary(path: Path) -> dict:
+    """The ``export_summary.json`` beside an exported file, if it lists that file."""
+    from stmclf.export.export import SUMMARY_NAME
+
+    summary = path.parent / SUMMARY_NAME
+    try:
+        data = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return {}
+    files = {Path(str(v)).name for v in (data.get("files") or {}).values()}
+    return data if path.name in files else {}
+
+
+def resolve_class_names(info: ModelInfo, cfg=None) -> list[str]:
+    given = getattr(getattr(cfg, "dataset", None), "class_names", None)
+    stored = list(info.class_names) if info.class_names else None
+    if given:
+        names = sorted(given)  # training's order (stmclf.data.folder)
+        if stored is not None and names != stored:
+            raise ConfigError("dataset.class_names", f"the model was trained on classes {stored}, the config "
+                                                     f"gives {names}")
+        return names
+    if stored is not None:
+        return stored
+    return []
+
+
+def resolve_format(info: ModelInfo, cfg=None):
+    """The ImageFormat of training: from ``preprocessing`` when given, else from the input shape."""
+    from stmclf.data.datamodule import ImageFormat
+
+    height, width, channels = info.input_shape
+    preprocessing = getattr(cfg, "preprocessing", None)
+    if preprocessing is not None:
+        return ImageFormat.from_config(preprocessing, info.input_shape)
+    if channels not in COLOR_MODES:
+        raise UserError(f"{info.path}: {channels} input channels; give --config with preprocessing.color_mode")
+    log.info("No preprocessing section: %s colour mode (from %d input channel(s)), bilinear resizing, aspect "
+             "ratio fit", COLOR_MODES[channels], channels)
+    return ImageFormat(height, width, COLOR_MODES[channels])
+
+
+def resolve_rescaling(info: ModelInfo, cfg=None) -> tuple[float, float]:
+    preprocessing = getattr(cfg, "preprocessing", None)
+    configured = None
+    if preprocessing is not None:
+        configured = (float(preprocessing.rescaling.scale), float(preprocessing.rescaling.offset))
+    if info.rescaling is not None and (info.module is not None or info.path.suffix.lower() == ".onnx"):
+        # the model's own rescaling is what it was trained with (evaluation and export use it too)
+        if configured is not None and not np.allclose(configured, info.rescaling, rtol=1e-6, atol=1e-9):
+            log.warning("preprocessing.rescaling %s differs from the model's %s: using the model's", configured,
+                        info.rescaling)
+        return info.rescaling
+    if configured is not None:
+        return configured
+    if info.rescaling is not None:
+        return info.rescaling
+    raise UserError(f"{info.path}: the file does not record its rescaling; give --config with a preprocessing "
+                    f"section (preprocessing.rescaling)")
+
+
+# -- images ------------------------------------------------------------------------------------
+
+def list_image_files(folder: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files, [(skipped file, why)]) directly in ``folder``, sorted by name."""
+    from stmclf.data.folder import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such image directory")
+    images, skipped = [], []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith(".") or entry.is_dir():
+            continue
+        if entry.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(entry)
+        else:
+            skipped.append((str(entry), "not an image file (JPEG, PNG, BMP or GIF)"))
+    return images, skipped
+
+
+def to_probabilities(scores: np.ndarray, outputs: str) -> np.ndarray:
+    """Class probabilities of raw artifact outputs (softmax of logits; a single output is a
+    sigmoid unit: [1 − p, p])."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    if scores.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-scores[:, 0])) if outputs == "logits" else scores[:, 0]
+        return np.stack([1.0 - p, p], axis=1)
+    if outputs == "logits":
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        return e / e.sum(axis=1, keepdims=True)
+    return scores
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+def predict_folder(model_path: str | Path, images_dir: str | Path, out_dir: str | Path, *, cfg=None,
+                   batch_size: int = 32, annotate: bool = True, print_table: bool = True,
+                   threads: Optional[int] = None) -> PredictionResult:
+    """Predict every image of ``images_dir`` with ``model_path``; PNGs and CSV go to
+    ``out_dir/predictions``. ``cfg``: a RunConfig (preprocessing, dataset.class_names) or None."""
+    from stmclf.data.datamodule import load_image
+    from stmclf.export.evaluate_artifacts import load_predictor
+
+    info = inspect_model(model_path)
+    fmt = resolve_format(info, cfg)
+    rescaling = resolve_rescaling(info, cfg)
+    class_names = resolve_class_names(info, cfg)
+    if threads is None and cfg is not None:
+        threads = getattr(cfg.general, "num_threads_tflite", None)
+    predictor = load_predictor(info.module if info.module is not None else info.path, rescaling=rescaling,
+                               threads=threads)
+    outputs = max(int(predictor.num_classes or 0), 0)
+    if not class_names:
+        count = outputs or 2
+        class_names = [f"class_{i}" for i in range(count)]
+        log.warning("%s records no class names and the config gives none (dataset.class_names): labels are "
+                    "class_0 .. class_%d", info.path, count - 1)
+    elif outputs and max(len(class_names), 2) != outputs:
+        raise ConfigError("dataset.class_names", f"{len(class_names)} class names for a model with {outputs} "
+                                                 f"outputs")
+    files, skipped = list_image_files(images_dir)
+    out = Path(out_dir) / PREDICTIONS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("Prediction: %s (%s) on %d image(s) of %s; input %dx%dx%d %s, rescaling %s", info.path,
+             predictor.label, len(files), images_dir, fmt.height, fmt.width, fmt.channels, fmt.color_mode,
+             tuple(rescaling))
+
+    rows: list[Prediction] = []
+    for start in range(0, len(files), batch_size):
+        batch, names = [], []
+        for file in files[start:start + batch_size]:
+            try:
+                image = load_image(str(file), fmt)
+            except UserError as exc:
+                skipped.append((str(file), str(exc)))
+                continue
+            batch.append(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            names.append(file)
+        if not batch:
+            continue
+        probabilities = to_probabilities(predictor.predict(np.stack(batch)), predictor.outputs)
+        for file, probs in zip(names, probabilities):
+            index = int(np.argmax(probs))
+            label = class_names[index] if index < len(class_names) else str(index)
+            rows.append(Prediction(str(file), label, index, float(probs[index]), probs))
+    for file, why in skipped:
+        log.warning("skipped %s: %s", file, why)
+
+    if annotate:
+        used: set[str] = set()
+        for row in rows:
+            row.image = annotate_image(Path(row.file), f"{row.label} ({row.score:.2f})", out, used)
+    csv_path = write_csv(rows, class_names, out / CSV_NAME)
+    if print_table:
+        print_predictions(rows, title=f"Predictions of {info.path.name} ({predictor.label})")
+    log.info("Predictions: %d image(s), %d skipped; annotated images and %s in %s", len(rows), len(skipped),
+             CSV_NAME, out)
+    return PredictionResult(rows, out, csv_path, list(class_names), predictor.label, skipped)
+
+
+def write_csv(rows: Sequence[Prediction], class_names: Sequence[str], path: Path) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "class_index", "score", *[f"prob_{name}" for name in class_names]])
+        for row in rows:
+            probs = list(row.probabilities) + [math.nan] * (len(class_names) - len(row.probabilities))
+            writer.writerow([row.file, row.label, row.index, f"{row.score:.6f}",
+                             *[f"{p:.6f}" for p in probs[:len(class_names)]]])
+    return path
+
+
+def print_predictions(rows: Sequence[Prediction], title: str = "Predictions") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column("file")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    for i, row in enumerate(rows[:MAX_TABLE_ROWS], start=1):
+        table.add_row(str(i), Path(row.file).name, row.label, f"{row.score:.4f}")
+    if len(rows) > MAX_TABLE_ROWS:
+        table.caption = f"{len(rows) - MAX_TABLE_ROWS} more rows in {CSV_NAME}"
+    Console().print(table)
+
+
+def annotate_image(file: Path, text: str, out_dir: Path, used: Optional[set[str]] = None) -> Path:
+    """``file`` (enlarged to a shorter side of at least 256 px) with ``text`` drawn at the top left,
+    saved as ``out_dir/<stem>.png`` (``<stem>_<suffix>.png`` when the stem is taken)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    with Image.open(file) as source:
+        source.seek(0)
+        image = source.convert("RGB")
+    factor = max(1.0, ANNOTATED_MIN_SIDE / max(1, min(image.size)))
+    if factor > 1.0:
+        size = (round(image.width * factor), round(image.height * factor))
+        image = image.resize(size, Image.NEAREST if factor >= 4 else Image.BILINEAR)
+    font_size = max(12, min(image.size) // 14)
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except TypeError:  # pragma: no cover - Pillow < 10.1
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(image)
+    margin = max(2, font_size // 4)
+    left, top, right, bottom = draw.textbbox((margin, margin), text, font=font)
+    draw.rectangle((0, 0, right + margin, bottom + margin), fill=(0, 0, 0))
+    draw.text((margin, margin), text, fill=(255, 255, 0), font=font)
+    name = file.stem
+    if used is not None:
+        if name in used:
+            name = f"{file.stem}_{file.suffix.lstrip('.').lower()}"
+            n = 1
+            while name in used:
+                n += 1
+                name = f"{file.stem}_{n}"
+        used.add(name)
+    path = out_dir / f"{name}.png"
+    image.save(path)
+    return path
+
+
+def predict_run(cfg, model_path: Optional[str] = None, images_dir: Optional[str] = None,
+                out_dir: Optional[str] = None, *, operation_mode: str = "prediction",
+                use_config: bool = True) -> PredictionResult:
+    """A prediction run: run directory (``hydra.run.dir``, or ``out_dir``), log file, MLflow run
+    (when a config is used), then :func:`predict_folder`. ``use_config=False``: ``cfg`` carries
+    no config file (``stmclf predict`` without --config): settings from the model file."""
+    from stmclf.training.run_dir import attach_log_file, create_run_dir
+    from stmclf.training.tracking import finish_mlflow_run, start_mlflow_run
+
+    model_path = model_path or cfg.general.model_path
+    if not model_path:
+        raise ConfigError("general.model_path", "prediction needs a model (a stmclf .pt/.ckpt, .onnx or .tflite)")
+    if images_dir is None:
+        if cfg.prediction is None or not cfg.prediction.test_files_path:
+            raise ConfigError("prediction.test_files_path", "prediction needs the directory of images to classify")
+        images_dir = cfg.prediction.test_files_path
+    if use_config and cfg.prediction is not None and cfg.prediction.target not in (None, "host"):
+        raise ConfigError("prediction.target", f"{cfg.prediction.target!r}: only host prediction is supported")
+    if out_dir is not None:
+        cfg.hydra = {**(cfg.hydra or {}), "run": {**((cfg.hydra or {}).get("run") or {}), "dir": str(out_dir)}}
+    if use_config:
+        run = create_run_dir(cfg)
+        root = run.root
+    else:
+        run, root = None, cfg.run_dir.resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        attach_log_file(root / "stmclf.log")
+    log.info("operation_mode: %s", operation_mode)
+    log.info("Model file : %s", model_path)
+    mlflow_logger = start_mlflow_run(cfg, run, operation_mode, extra_params={"model_path": str(model_path)}) \
+        if use_config else None
+    result = predict_folder(model_path, images_dir, root, cfg=cfg if use_config else None)
+    if mlflow_logger is not None:
+        mlflow_logger.log_metrics({"predicted_images": float(len(result.rows)),
+                                   "skipped_files": float(len(result.skipped))})
+    log.info("operation finished: %s", operation_mode)
+    if mlflow_logger is not None:
+        finish_mlflow_run(mlflow_logger, run)
+    return result
+
+
+def prediction_mode(cfg) -> PredictionResult:
+    """``operation_mode: prediction``: ``general.model_path`` on ``prediction.test_files_path``."""
+    return predict_run(cfg)

@@ -1,0 +1,242 @@
+"""Prediction (``stmclf predict`` and ``operation_mode: prediction``) with every artifact type:
+a stmclf .pt, float and QDQ ONNX, float and int8 TFLite, on a folder written here."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import COLORS, write_image_folder
+from stmclf.errors import ConfigError, UserError
+
+CLASSES = sorted(COLORS)
+RESCALING = (1 / 127.5, -1.0)
+SPEC = {"name": "resnet", "version": "v1", "depth": 8, "input_shape": (32, 32, 3)}
+
+
+def train_small_model(train_dir: Path, steps: int = 60):
+    """A ResNet-8 at 32×32 trained for a few Adam steps on the colour classes; (module, images)."""
+    from stmclf.data.datamodule import load_image, ImageFormat
+    from stmclf.training.module import ClassifierModule
+
+    torch.manual_seed(0)
+    module = ClassifierModule(model_spec=dict(SPEC), class_names=CLASSES, input_shape=[32, 32, 3],
+                              rescaling=RESCALING, optimizer={"Adam": {"learning_rate": 0.005}})
+    fmt = ImageFormat(32, 32)
+    files = sorted(p for p in train_dir.rglob("*.png"))
+    images = torch.from_numpy(np.stack([load_image(str(f), fmt).transpose(2, 0, 1) for f in files]))
+    labels = torch.tensor([CLASSES.index(f.parent.name) for f in files])
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.005)
+    module.train()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        index = torch.randperm(len(images), generator=generator)[:16]
+        loss = F.cross_entropy(module(module.preprocess(images[index])), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return module.eval(), images.numpy()
+
+
+def save_model_file(module, path: Path) -> Path:
+    from stmclf.training.model_file import MODEL_FORMAT
+
+    torch.save({"format": MODEL_FORMAT, "epoch": 0, "hyper_parameters": dict(module.hparams),
+                "state_dict": module.state_dict()}, path)
+    return path
+
+
+def write_predict_folder(root: Path) -> Path:
+    """Two images per class (flat, named after their class), a text file and a broken PNG."""
+    classes = write_image_folder(root / "by_class", per_class=2, seed=11, size=(40, 30))
+    folder = root / "images"
+    folder.mkdir(parents=True)
+    for image in sorted(classes.rglob("*.png")):
+        image.rename(folder / image.name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "subdir").mkdir()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from stmclf.export.onnx_export import export_onnx
+    from stmclf.export.onnx_qdq import quantize_qdq
+    from stmclf.export.images import pin_input_range, rescale
+
+    tmp = tmp_path_factory.mktemp("predict")
+    train_dir = write_image_folder(tmp / "train", per_class=12)
+    module, images = train_small_model(train_dir)
+    model_file = save_model_file(module, tmp / "best_model.pt")
+    onnx = export_onnx(module, tmp / "export" / "best_model.onnx", batch_size=1)
+    qdq = quantize_qdq(onnx, tmp / "export" / "best_model_quant_qdq_pc.onnx",
+                       rescale(pin_input_range(images), RESCALING))
+    return {"tmp": tmp, "module": module, "pt": model_file, "onnx": onnx, "qdq": qdq, "images": images,
+            "folder": write_predict_folder(tmp), "train_dir": train_dir}
+
+
+def _check_outputs(result, folder: Path, min_correct: int = 5) -> None:
+    assert len(result.rows) == 6
+    names = [Path(r.file).name for r in result.rows]
+    assert names == sorted(names)
+    skipped = {Path(f).name for f, _ in result.skipped}
+    assert skipped == {"notes.txt", "broken.png"}
+    correct = sum(Path(r.file).name.split("_")[0] == r.label for r in result.rows)
+    assert correct >= min_correct, [(Path(r.file).name, r.label, r.score) for r in result.rows]
+    for row in result.rows:
+        assert 0.0 < row.score <= 1.0 + 1e-6
+        assert row.image is not None and row.image.is_file() and row.image.parent == result.out_dir
+        with Image.open(row.image) as png:
+            assert min(png.size) >= 256  # small images are enlarged for the label to be readable
+    assert result.out_dir.name == "predictions"
+    with open(result.csv, newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [Path(r["file"]).name for r in table] == names
+    assert list(table[0]) == ["file", "label", "class_index", "score", *[f"prob_{c}" for c in CLASSES]]
+    for line, row in zip(table, result.rows):
+        assert line["label"] == row.label and float(line["score"]) == pytest.approx(row.score, abs=1e-5)
+        probs = [float(line[f"prob_{c}"]) for c in CLASSES]
+        assert probs[int(line["class_index"])] == pytest.approx(max(probs))
+
+
+def test_predict_model_file(setup, tmp_path, capsys):
+    from stmclf.evaluate.predict import predict_folder
+
+    result = predict_folder(setup["pt"], setup["folder"], tmp_path / "run")
+    _check_outputs(result, setup["folder"])
+    assert result.class_names == CLASSES and result.model_label == "Float model"
+    for row in result.rows:  # softmax of the logits
+        assert row.probabilities.sum() == pytest.approx(1.0, abs=1e-6)
+    out = capsys.readouterr().out
+    assert "Predictions of best_model.pt" in out and "cat_000.png" in out
+
+
+def test_predict_onnx_float_and_qdq_match_torch(setup, tmp_path):
+    from stmclf.evaluate.predict import predict_folder
+
+    reference = predict_folder(setup["pt"], setup["folder"], tmp_path / "pt", annotate=False, print_table=False)
+    onnx = predict_folder(setup["onnx"], setup["folder"], tmp_path / "onnx", print_table=False)
+    qdq = predict_folder(setup["qdq"], setup["folder"], tmp_path / "qdq", print_table=False)
+    _check_outputs(onnx, setup["folder"])
+    _check_outputs(qdq, setup["folder"])
+    assert [r.label for r in onnx.rows] == [r.label for r in reference.rows]
+    assert np.allclose([r.score for r in onnx.rows], [r.score for r in reference.rows], atol=1e-4)
+    assert qdq.model_label == "ONNX QDQ int8"
+    assert np.mean([a.label == b.label for a, b in zip(qdq.rows, reference.rows)]) >= 5 / 6
+
+
+def test_class_names_from_config_and_mismatch(setup, tmp_path):
+    from stmclf.config import load_config
+    from stmclf.evaluate.predict import predict_folder
+
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset:\n  class_names: [owl, cat, dog]\npreprocessing:\n  rescaling: {scale: 1/127.5, "
+                    "offset: -1}\n  color_mode: rgb\n")
+    cfg = load_config(["--config", str(path)])
+    result = predict_folder(setup["onnx"], setup["folder"], tmp_path / "a", cfg=cfg, annotate=False,
+                            print_table=False)
+    assert result.class_names == CLASSES  # sorted, as training orders them
+    path.write_text("dataset:\n  class_names: [cat, dog, fox]\n")
+    with pytest.raises(ConfigError, match="trained on classes"):
+        predict_folder(setup["pt"], setup["folder"], tmp_path / "b", cfg=load_config(["--config", str(path)]))
+
+
+def test_cli_predict_without_config(setup, tmp_path, capsys):
+    from stmclf.cli.main import main
+
+    out = tmp_path / "cli"
+    assert main(["predict", "--model", str(setup["onnx"]), "--images", str(setup["folder"]),
+                 "--out", str(out)]) == 0
+    assert (out / "predictions" / "predictions.csv").is_file()
+    assert len(list((out / "predictions").glob("*.png"))) == 6
+    assert (out / "stmclf.log").is_file()
+    assert "owl_001.png" in capsys.readouterr().out
+    # no image directory: one-line error
+    assert main(["predict", "--model", str(setup["onnx"]), "--images", str(tmp_path / "nope"),
+                 "--out", str(out)]) == 2
+
+
+def test_operation_mode_prediction(setup, tmp_path):
+    from stmclf.cli.main import main
+
+    run_dir = tmp_path / "run"
+    config = tmp_path / "predict.yaml"
+    config.write_text(f"""\
+general:
+  project_name: predict_test
+  model_path: {setup['pt']}
+operation_mode: prediction
+dataset:
+  class_names: [cat, dog, owl]
+preprocessing:
+  rescaling:
+    scale: 1/127.5
+    offset: -1
+  resizing:
+    aspect_ratio: fit
+    interpolation: bilinear
+  color_mode: rgb
+prediction:
+  test_files_path: {setup['folder']}
+mlflow:
+  uri: {tmp_path / 'mlruns'}
+hydra:
+  run:
+    dir: {run_dir}
+""")
+    assert main(["run", "--config", str(config)]) == 0
+    with open(run_dir / "predictions" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6
+    assert sum(Path(r["file"]).name.split("_")[0] == r["label"] for r in rows) >= 5
+    assert (run_dir / "config.yaml").is_file()
+    assert "operation_mode: prediction" in (run_dir / "stmclf.log").read_text()
+
+
+@pytest.mark.slow
+def test_predict_tflite_float_and_int8(setup, tmp_path):
+    from stmclf.config import load_config
+    from stmclf.evaluate.predict import predict_folder
+    from stmclf.export.images import load_images  # noqa: F401 - the export stack is importable
+    from stmclf.export.onnx_export import reference_outputs
+    from stmclf.export.tflite import convert_tflite
+
+    images = setup["images"]
+    check = images[:8]
+    tfl = convert_tflite(setup["onnx"], tmp_path / "tfl", rescaling=RESCALING, check_images=check,
+                         expected=reference_outputs(setup["module"], check), calibration=images)
+    reference = predict_folder(setup["pt"], setup["folder"], tmp_path / "pt", annotate=False, print_table=False)
+    # no config and no export summary: the rescaling is unknown
+    with pytest.raises(UserError, match="--config"):
+        predict_folder(tfl.float_path, setup["folder"], tmp_path / "x")
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset:\n  class_names: [cat, dog, owl]\npreprocessing:\n  rescaling: {scale: 1/127.5, "
+                      "offset: -1}\n")
+    cfg = load_config(["--config", str(config)])
+    floats = predict_folder(tfl.float_path, setup["folder"], tmp_path / "f", cfg=cfg, print_table=False)
+    _check_outputs(floats, setup["folder"])
+    assert [r.label for r in floats.rows] == [r.label for r in reference.rows]
+    assert np.allclose([r.score for r in floats.rows], [r.score for r in reference.rows], atol=1e-3)
+    # int8: class names and rescaling from the export summary beside the file
+    (tmp_path / "tfl" / "export_summary.json").write_text(json.dumps(
+        {"class_names": CLASSES, "rescaling": list(RESCALING), "files": {"tflite_int8": str(tfl.int8_path)}}))
+    ints = predict_folder(tfl.int8_path, setup["folder"], tmp_path / "i", print_table=False)
+    _check_outputs(ints, setup["folder"])
+    assert ints.model_label == "TFLite int8"
+    assert np.mean([a.label == b.label for a, b in zip(ints.rows, reference.rows)]) >= 5 / 6
+
+
+def test_to_probabilities():
+    from stmclf.evaluate.predict import to_probabilities
+
+    p = to_probabilities(np.array([[0.0, np.log(3.0)]]), "logits")
+    assert p == pytest.approx(np.array([[0.25, 0.75]]))
+    assert to_probabilities(np.array([[0.2, 0.8]]), "probabilities") == pytest.approx(np.array([[0.2, 0.8]]))
+    assert to_probabilities(np.array([[0.0]]), "logits") == pytest.approx(np.array([[0.5, 0.5]]))
