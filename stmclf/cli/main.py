@@ -207,6 +207,36 @@ def _predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def _benchmark(argv: Sequence[str]) -> int:
+    from stmclf.benchmark.run import benchmark_mode
+    from stmclf.config import from_namespace
+    from stmclf.config.parser import build_parser, parse_args
+
+    parser = build_parser("stmclf benchmark", "Footprint of a model on an STM32 board: board run (Developer "
+                                              "Cloud) → cloud analyze → local stedgeai → offline estimate.")
+    parser.add_argument("--model", type=Optional[str], default=None,
+                        help=".tflite or .onnx model (default general.model_path)")
+    parser.add_argument("--board", type=Optional[str], default=None, help="board (default benchmarking.board)")
+    ns = parse_args(parser, argv)
+    cfg = from_namespace(parser, ns)
+    benchmark_mode(cfg, ns.model, board=ns.board, offline=cfg.offline)
+    return 0
+
+
+def _deploy_header(argv: Sequence[str]) -> int:
+    from jsonargparse import ArgumentParser
+
+    from stmclf.benchmark.deploy_header import write_deploy_header
+
+    parser = ArgumentParser(prog="stmclf deploy-header", exit_on_error=False,
+                            description="Write the C header (ai_model_config.h) the STM32 application needs.")
+    parser.add_argument("--run", type=str, required=True, help="the run directory holding the int8 model")
+    parser.add_argument("--out", type=Optional[str], default=None, help="header file (default RUN/generated/...)")
+    args = _parse_small(parser, argv)
+    print(write_deploy_header(args.run, args.out))
+    return 0
+
+
 def _parse_small(parser, argv: Sequence[str]):
     from stmclf.config.parser import one_line_error
 
@@ -226,6 +256,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "report": (_report, "one self-contained HTML page for a run directory"),
     "export": (_export, "export a trained model to ONNX / TFLite (float; int8 with --int8)"),
     "predict": (_predict, "classify the images of a folder with any trained model (table, annotated PNGs, CSV)"),
+    "benchmark": (_benchmark, "footprint on an STM32 board (cloud, local stedgeai or --offline estimate)"),
+    "deploy-header": (_deploy_header, "write the C header for ST's application from a run directory"),
     "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR', "
                     "'data check --config x.yaml'"),
     "summary": (lambda argv: __import__("stmclf.models.summary", fromlist=["summary_command"]).summary_command(argv),

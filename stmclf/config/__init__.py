@@ -39,6 +39,8 @@ class RunConfig:
     resolved_yaml: str = ""
     trust_model_file: bool = False
     """Command line only: allow a pickled torch module as general.model_path."""
+    offline: bool = False
+    """Command line only: benchmark with the offline estimate (no account, no network)."""
 
     @property
     def run_dir(self) -> Path:
@@ -49,7 +51,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out = {}
         for f in dataclasses.fields(self):
-            if f.name in ("config_files", "resolved_yaml", "trust_model_file"):
+            if f.name in ("config_files", "resolved_yaml", "trust_model_file", "offline"):
                 continue
             value = getattr(self, f.name)
             out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
@@ -62,7 +64,7 @@ def from_namespace(parser, ns) -> RunConfig:
     init = parser.instantiate_classes(ns)
     values = {}
     for f in dataclasses.fields(RunConfig):
-        if f.name in ("config_files", "resolved_yaml", "trainer", "trust_model_file"):
+        if f.name in ("config_files", "resolved_yaml", "trainer", "trust_model_file", "offline"):
             continue
         value = init.get(f.name)
         if value is not None:
@@ -71,6 +73,7 @@ def from_namespace(parser, ns) -> RunConfig:
     values["config_files"] = [str(p) for p in (ns.get("config") or [])]
     values["resolved_yaml"] = resolved
     values["trust_model_file"] = bool(ns.get("trust_model_file", False))
+    values["offline"] = bool(ns.get("offline", False))
     cfg = RunConfig(**values)
     rules.check_common(cfg)
     return cfg

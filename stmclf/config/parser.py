@@ -55,6 +55,8 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
     parser.add_argument("--trust-model-file", "--trust_model_file", dest="trust_model_file", action="store_true",
                         default=False, help="allow general.model_path to be a pickled torch module (runs code "
                                             "from the file: only for files you trust)")
+    parser.add_argument("--offline", action="store_true", default=False,
+                        help="benchmarks use the offline footprint estimate (no account or network needed)")
     for name, type_ in sections.SECTIONS.items():
         parser.add_argument(f"--{name}", type=type_, default=None,
                             help=f"the '{name}' section of the config")

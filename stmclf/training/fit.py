@@ -25,6 +25,7 @@ from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
 from stmclf.training.run_dir import RunDir, create_run_dir
 from stmclf.training.progress import EpochSeed, ProgressBar
+from stmclf.training.qat import qat_callbacks
 from stmclf.training.tracking import (EpochCSVLogger, finish_mlflow_run, is_global_zero, make_tensorboard_logger,
                                       plot_training_curves, start_mlflow_run)
 
@@ -188,7 +189,8 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         parse_optimizer(training.optimizer)
         if training.model is not None:
             check_model_spec(training.model)
-    user_callbacks = build_callbacks(training.callbacks) + ema_callback(training.ema)
+    user_callbacks = build_callbacks(training.callbacks) + ema_callback(training.ema) + \
+        qat_callbacks(training.qat, cfg.quantization, training.epochs)
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels crawl late in training
     seed = 123 if cfg.general.global_seed is None else cfg.general.global_seed
     L.seed_everything(seed, workers=True, verbose=False)

@@ -101,7 +101,7 @@ class QatSettings:
         if unknown:
             raise ConfigError(f"{KEY}.{unknown[0]}", f"unknown key; known keys: {', '.join(known)}")
         granularity = getattr(quantization, "granularity", None)
-        values = {"per_channel": granularity != "per_tensor", **spec}
+        values = {"start_epoch": 0, "per_channel": granularity != "per_tensor", **spec}
         for key in ("start_epoch", "freeze_bn_epoch"):
             value = values.get(key)
             if value is None and key == "freeze_bn_epoch":

@@ -1,0 +1,57 @@
+"""`stmclf benchmark --offline` and the chains that end in a benchmark, with no account or network."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import config_text
+from stmclf.cli.main import main
+
+QUANTIZATION = """quantization:
+  quantizer: TFlite_converter
+  quantization_type: PTQ
+  quantization_input_type: uint8
+  quantization_output_type: float
+  granularity: per_channel
+benchmarking:
+  board: STM32H747I-DISCO
+tools:
+  stedgeai:
+    version: 10.0.0
+    optimization: balanced
+    on_cloud: True
+    path_to_stedgeai: /nonexistent/stedgeai
+"""
+
+
+@pytest.mark.slow
+def test_chain_tqeb_offline_then_benchmark_and_header(tmp_path, image_folder, capsys):
+    text = config_text(image_folder, tmp_path / "tqeb", tmp_path / "ml", epochs=1, extra=QUANTIZATION)
+    (tmp_path / "tqeb.yaml").write_text(text.replace("operation_mode: training", "operation_mode: chain_tqeb"))
+    assert main(["run", "--config", str(tmp_path / "tqeb.yaml"), "--offline"]) == 0
+    bench = json.loads((tmp_path / "tqeb/benchmark.json").read_text())
+    assert bench["source"] == "offline-estimate"
+    assert bench["rom_size"] > 0 and bench["ram_size"] > 0 and bench["macc"] > 0
+    assert "Benchmark" in (tmp_path / "tqeb/report.html").read_text()
+    int8 = tmp_path / "tqeb/quantized_models/quantized_model.tflite"
+
+    cfg = config_text(image_folder, tmp_path / "qb", tmp_path / "ml", model="", extra=QUANTIZATION)
+    cfg = cfg.replace("operation_mode: training", "operation_mode: chain_qb").replace(
+        "general:\n", f"general:\n  model_path: {tmp_path / 'tqeb/saved_models/best_model.pt'}\n", 1)
+    (tmp_path / "qb.yaml").write_text(cfg)
+    assert main(["run", "--config", str(tmp_path / "qb.yaml"), "--offline"]) == 0
+    assert json.loads((tmp_path / "qb/benchmark.json").read_text())["source"] == "offline-estimate"
+
+    (tmp_path / "b.yaml").write_text(config_text(image_folder, tmp_path / "b", tmp_path / "ml", model="",
+                                                 extra=QUANTIZATION))
+    assert main(["benchmark", "--config", str(tmp_path / "b.yaml"), "--model", str(int8), "--offline",
+                 "--board", "NUCLEO-H743ZI2"]) == 0
+    assert json.loads((tmp_path / "b/benchmark.json").read_text())["board"] in (None, "NUCLEO-H743ZI2")
+    assert main(["benchmark", "--config", str(tmp_path / "b.yaml"), "--model", str(int8), "--offline",
+                 "--board", "NOT-A-BOARD"]) == 2
+    assert "benchmarking.board" in capsys.readouterr().err
+
+    assert main(["deploy-header", "--run", str(tmp_path / "tqeb")]) == 0
+    header = (tmp_path / "tqeb/generated/ai_model_config.h").read_text()
+    assert "NB_CLASSES" in header and '"owl"' in header
