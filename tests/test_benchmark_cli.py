@@ -55,3 +55,24 @@ def test_chain_tqeb_offline_then_benchmark_and_header(tmp_path, image_folder, ca
     assert main(["deploy-header", "--run", str(tmp_path / "tqeb")]) == 0
     header = (tmp_path / "tqeb/generated/ai_model_config.h").read_text()
     assert "NB_CLASSES" in header and '"owl"' in header
+
+
+@pytest.mark.slow
+def test_fallback_order_ends_with_the_offline_estimate(tmp_path, image_folder, monkeypatch):
+    """Cloud unreachable and the local stedgeai missing: the numbers come from the estimate."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name in ("VERSIONS_URL", "USER_SERVICE_URL", "FILE_SERVICE_URL", "BENCHMARK_SERVICE_URL", "SSO_URL",
+                 "STM32AI_SERVICE_URL"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}/x")
+    monkeypatch.setenv("stmai_username", "nobody@example.com")
+    monkeypatch.setenv("stmai_password", "not-a-password")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    text = config_text(image_folder, tmp_path / "t", tmp_path / "ml", epochs=1, extra=QUANTIZATION)
+    (tmp_path / "t.yaml").write_text(text.replace("operation_mode: training", "operation_mode: chain_tqeb"))
+    assert main(["run", "--config", str(tmp_path / "t.yaml")]) == 0
+    assert json.loads((tmp_path / "t/benchmark.json").read_text())["source"] == "offline-estimate"
+    assert "not-a-password" not in (tmp_path / "t/stmclf.log").read_text()

@@ -68,11 +68,16 @@ def measure(cfg: RunConfig, model_path: Path, run_root: Path, *, board: Optional
         except CloudError:
             raise
     if not offline and tool is not None and (tool.path_to_stedgeai or tool.path_to_stm32ai):
-        from stmclf.benchmark.stedgeai import stedgeai_footprint
+        from stmclf.benchmark.stedgeai import StEdgeAiError, stedgeai_footprint
 
-        return stedgeai_footprint(model_path, run_root / "stm32ai_files",
-                                  path_to_stedgeai=tool.path_to_stedgeai or tool.path_to_stm32ai,
-                                  optimization=tool.optimization, version=tool.version)
+        try:
+            return stedgeai_footprint(model_path, run_root / "stm32ai_files",
+                                      path_to_stedgeai=tool.path_to_stedgeai or tool.path_to_stm32ai,
+                                      optimization=tool.optimization, version=tool.version)
+        except StEdgeAiError as exc:
+            if not tool.on_cloud:  # the configured local tool itself is broken: say so
+                raise
+            log.warning("local stedgeai: %s; falling back to the offline estimate", exc)
     estimate = estimate_footprint(model_path, board=board)
     for line in estimate.summary_lines():
         log.info("%s", line)
