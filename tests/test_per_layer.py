@@ -22,6 +22,7 @@ def _train(train_dir: Path, steps: int = 40):
     from stmclf.training.module import ClassifierModule
 
     torch.manual_seed(0)
+    torch.set_flush_denormal(True)  # denormals make CPU training crawl (as in stmclf fit)
     module = ClassifierModule(model_spec=dict(SPEC), class_names=CLASSES, input_shape=[32, 32, 3],
                               rescaling=RESCALING, optimizer="Adam")
     files = sorted(train_dir.rglob("*.png"))

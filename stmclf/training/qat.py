@@ -76,7 +76,6 @@ CONV_TYPES = ("Conv2D", "DepthwiseConv2D")
 FUSED_ACTIVATIONS = ("relu", "relu6")
 PASS_THROUGH = ("Flatten", "Reshape", "Dropout", "SpatialDropout2D", "ZeroPadding2D", "MaxPooling2D",
                 "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "InputLayer")
-OUTPUT_IDENTITY = ("Activation",)  # SoftmaxLogits (the reference's softmax layer, identity here)
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,8 @@ def _fused_activation(module: nn.Module, keras_type: str) -> bool:
     return keras_type == "Activation" and getattr(module, "activation", None) in FUSED_ACTIVATIONS
 
 
-def _is_output_identity(module: nn.Module, keras_type: str) -> bool:
+def _is_output_identity(module: nn.Module) -> bool:
+    """The reference's softmax output layer, an identity in stmclf models (they output logits)."""
     return type(module).__name__ == "SoftmaxLogits"
 
 
@@ -245,7 +245,7 @@ def plan_model(model: nn.Module) -> QuantPlan:
                     bn = single
                 weights.append((f"{node.name}.{name}" if name else node.name, sub, bn))
         # activations
-        if node.keras_type in PASS_THROUGH or _is_output_identity(module, node.keras_type):
+        if node.keras_type in PASS_THROUGH or _is_output_identity(module):
             continue
         if single is not None and not has_own_activation:
             if node.keras_type in CONV_TYPES + ("Dense", "SeparableConv2D") and single_type == "BatchNormalization":
