@@ -159,17 +159,6 @@ class ModuleGraph(KerasGraph):
     def keras_trainable_count(self) -> int:
         return _keras_counts(self.module)[1]
 
-    def set_frozen(self, indices: Iterable[int]) -> None:
-        n = len(self.nodes)
-        frozen = set()
-        for i in indices:
-            if not -n <= i < n:
-                raise IndexError(f"layer index {i} is out of range: {self.name} has {n} layers")
-            frozen.add(i % n)
-        self.frozen_indices = frozenset(frozen)
-        for i in range(1, n):
-            self.layer_module(i).requires_grad_(i not in self.frozen_indices)
-        self.train(self.training)
 
     def train(self, mode: bool = True) -> ModuleGraph:
         nn.Module.train(self, mode)

@@ -56,6 +56,17 @@ def _keras_param_counts(module: nn.Module | None) -> tuple[int, int]:
     return total, trainable
 
 
+def normalise_indices(indices: Iterable[int], num_layers: int, name: str) -> frozenset[int]:
+    """Layer indices (negative ones count from the end) as a set of positions; IndexError when out
+    of range."""
+    frozen = set()
+    for i in indices:
+        if not -num_layers <= i < num_layers:
+            raise IndexError(f"layer index {i} is out of range: {name} has {num_layers} layers")
+        frozen.add(i % num_layers)
+    return frozenset(frozen)
+
+
 class KerasGraph(nn.Module):
     """A feed-forward layer graph with Keras layer indices. ``forward`` maps NCHW float images to
     logits. Built by :class:`GraphBuilder`; architectures set ``backbone_end_index`` (the last
@@ -128,15 +139,11 @@ class KerasGraph(nn.Module):
         """Make every layer trainable, then freeze the layers at the given Keras indices (negative
         indices count from the end). Frozen layers get ``requires_grad=False``; frozen BatchNorm
         layers also stay in inference mode in training, like Keras (see :meth:`train`)."""
-        n = len(self.nodes)
-        frozen = set()
-        for i in indices:
-            if not -n <= i < n:
-                raise IndexError(f"layer index {i} is out of range: {self.name} has {n} layers")
-            frozen.add(i % n)
-        self.frozen_indices = frozenset(frozen)
-        for i, module in enumerate(self.layers.values(), start=1):
-            module.requires_grad_(i not in self.frozen_indices)
+        self.frozen_indices = normalise_indices(indices, len(self.nodes), self.name)
+        for i in range(1, len(self.nodes)):
+            module = self.layer_module(i)
+            if module is not None:
+                module.requires_grad_(i not in self.frozen_indices)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> KerasGraph:

@@ -34,7 +34,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from stmclf.errors import UserError
 from stmclf.models.custom import ModuleGraph, _keras_shape
-from stmclf.models.graph import Node
+from stmclf.models.graph import Node, normalise_indices
 from stmclf.models.importers.base import (ImportedModel, file_error, first_line, looks_like_probabilities,
                                           probe_outputs)
 
@@ -83,12 +83,7 @@ class OpaqueModuleGraph(ModuleGraph):
 
     def set_frozen(self, indices: Iterable[int]) -> None:
         n = len(self.nodes)
-        frozen = set()
-        for i in indices:
-            if not -n <= i < n:
-                raise IndexError(f"layer index {i} is out of range: {self.name} has {n} layers")
-            frozen.add(i % n)
-        self.frozen_indices = frozenset(frozen)
+        self.frozen_indices = normalise_indices(indices, n, self.name)
         for param in self.module.parameters():
             param.requires_grad_(True)
         for i in range(1, n):
