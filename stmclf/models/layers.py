@@ -280,19 +280,25 @@ class ZeroPadding2D(nn.Module):
         return f"padding=(({self.top}, {self.bottom}), ({self.left}, {self.right}))"
 
 
-class GlobalAveragePooling2D(nn.Module):
-    keras_type = "GlobalAveragePooling2D"
+class _GlobalPooling(nn.Module):
+    """Keras global pooling over H and W (``keepdims`` keeps a 1×1 map)."""
+
+    keras_type = ""
 
     def __init__(self, keepdims: bool = False) -> None:
         super().__init__()
         self.keepdims = keepdims
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x.mean(dim=(2, 3), keepdim=self.keepdims)
-
     def compute_output_shape(self, *input_shapes: Shape) -> Shape:
         c = _check_map(input_shapes[0], self.keras_type)[2]
         return (1, 1, c) if self.keepdims else (c,)
+
+
+class GlobalAveragePooling2D(_GlobalPooling):
+    keras_type = "GlobalAveragePooling2D"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3), keepdim=self.keepdims)
 
 
 def _to_keras_layout(x: Tensor) -> Tensor:
@@ -629,19 +635,11 @@ class Rescaling(_SameShape):
         return f"scale={self.scale_value}, offset={self.offset_value}"
 
 
-class GlobalMaxPooling2D(nn.Module):
+class GlobalMaxPooling2D(_GlobalPooling):
     keras_type = "GlobalMaxPooling2D"
-
-    def __init__(self, keepdims: bool = False) -> None:
-        super().__init__()
-        self.keepdims = keepdims
 
     def forward(self, x: Tensor) -> Tensor:
         return x.amax(dim=(2, 3), keepdim=self.keepdims)
-
-    def compute_output_shape(self, *input_shapes: Shape) -> Shape:
-        c = _check_map(input_shapes[0], self.keras_type)[2]
-        return (1, 1, c) if self.keepdims else (c,)
 
 
 class LeakyReLU(_SameShape):
