@@ -21,11 +21,8 @@ Tables:
    and the later epochs (cache filled). Rows without augmentation count uint8 batches arriving on
    ``--device``; "+ seed augmentation" rows also do what training does on each batch
    (channels_last, ``float()·scale + offset``, the seed's six functions). The first row runs the
-   same loader with the seed's ``load_image`` patched in (the baseline for epoch 1). While
-   ``ImageFileDataset`` has no ``__getitems__``, the proposed change is measured too: the
-   batched cache read (``BatchedImageFileDataset``) with batches still coming from the workers,
-   and with ``CachedImageLoader``, which reads them in the main process once the cache is
-   complete (what the report proposes for ``stmclf/data/datamodule.py``);
+   same loader with the seed's ``load_image`` patched in (the baseline for epoch 1). Once every
+   image is cached, the loader reads whole batches in the main process on CPU-only machines;
 3. each seed augmentation kernel on a 64×3×128×128 batch;
 4. the MobileNetV2-0.35 @128 fp32 channels_last train step (``train_throughput.raw_throughput``
    on CPU, the same step on a CUDA device), which table 2's last column divides by.
@@ -44,9 +41,8 @@ import os
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -60,7 +56,7 @@ from stmclf.augment import build_augmentation  # noqa: E402
 from stmclf.augment.bench import SEED_PIPELINE  # noqa: E402
 from stmclf.config.sections import Dataset as DatasetSection  # noqa: E402
 from stmclf.data import datamodule as dm  # noqa: E402
-from stmclf.data.datamodule import ImageDataModule, ImageFileDataset, ImageFormat, load_image  # noqa: E402
+from stmclf.data.datamodule import ImageDataModule, ImageFormat, load_image  # noqa: E402
 from stmclf.data.decode import PIL_MODES, decode_image  # noqa: E402
 from stmclf.data.resize import resize_image, resize_matrix  # noqa: E402
 
@@ -211,81 +207,6 @@ def stage_table(folders: dict[str, str], fmt: ImageFormat, count: int, repeats: 
 # ---------------------------------------------------------------------------------------------
 # 2. the real loader
 # ---------------------------------------------------------------------------------------------
-class BatchedImageFileDataset(ImageFileDataset):
-    """The proposed ``ImageFileDataset.__getitems__`` (see the report): a batch whose images are
-    all cached is one memmap fancy-index into a (B, H, W, C) buffer (shared memory in a worker),
-    returned as a ready (uint8 (B, C, H, W) channels_last view, int64 labels) batch."""
-
-    def __getitems__(self, indices: list[int]):
-        return batched_items(self, indices)
-
-    def cache_complete(self) -> bool:
-        return self.cache is not None and self.cache.filled == len(self)
-
-
-def batched_items(dataset: ImageFileDataset, indices: list[int]):
-    cache = dataset.cache
-    if cache is None:
-        return [dataset[i] for i in indices]
-    cache._open()
-    index = np.asarray(indices, dtype=np.int64)
-    if not cache._flags[index].all():  # epoch 1: decode through __getitem__, the usual collate follows
-        return [dataset[i] for i in indices]
-    shape = (len(index), *cache.shape[1:])
-    if torch.utils.data.get_worker_info() is not None:  # straight into shared memory, as default_collate
-        out = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(int(np.prod(shape))))
-        out = out.view(shape)
-    else:
-        out = torch.empty(shape, dtype=torch.uint8)
-    np.take(cache._data, index, axis=0, out=out.numpy())
-    labels = torch.as_tensor([dataset.files.labels[i] for i in indices], dtype=torch.long)
-    return BatchReady((out.permute(0, 3, 1, 2), labels))
-
-
-class BatchReady(tuple):
-    """A collated (images, labels) batch: the collate function passes it through."""
-
-
-def collate_batched(batch, collate):
-    return tuple(batch) if isinstance(batch, BatchReady) else collate(batch)
-
-
-class CachedImageLoader(torch.utils.data.DataLoader):
-    """The proposed loader: worker processes while images still have to be decoded (epoch 1),
-    then, once the cache holds every image, whole batches read in the main process (no worker
-    IPC; the persistent workers are shut down)."""
-
-    def __iter__(self):
-        if self.num_workers and self.dataset.cache_complete():
-            self._iterator = None  # shuts the first epoch's persistent workers down
-            return self._in_process()
-        return super().__iter__()
-
-    def _in_process(self):
-        from torch.utils.data._utils.pin_memory import pin_memory
-
-        for indices in self.batch_sampler:
-            batch = self.collate_fn(self.dataset.__getitems__(indices))
-            yield pin_memory(batch) if self.pin_memory else batch
-
-
-def make_loader(module: ImageDataModule, mode: str):
-    """The module's train loader (``per-item``), or the same with the proposed batched dataset
-    (``batched``: batches also come from the workers) and loader (``hybrid``)."""
-    loader = module.train_dataloader()
-    if mode == "per-item":
-        return loader
-    dataset = loader.dataset
-    fast = BatchedImageFileDataset.__new__(BatchedImageFileDataset)
-    fast.__dict__.update(dataset.__dict__)
-    kind = CachedImageLoader if mode == "hybrid" else torch.utils.data.DataLoader
-    return kind(fast, batch_size=loader.batch_size, sampler=loader.sampler, generator=loader.generator,
-                collate_fn=partial(collate_batched, collate=loader.collate_fn), num_workers=loader.num_workers,
-                persistent_workers=loader.persistent_workers, pin_memory=loader.pin_memory,
-                drop_last=loader.drop_last, prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
-                worker_init_fn=loader.worker_init_fn)
-
-
 def loader_epochs(train_dir: str, fmt: ImageFormat, epochs: int, augment: bool, device: torch.device,
                   mode: str = "per-item") -> tuple[list[float], int]:
     """img/s of each epoch of the train loader (fresh cache): uint8 batches moved to ``device``;
@@ -297,7 +218,7 @@ def loader_epochs(train_dir: str, fmt: ImageFormat, epochs: int, augment: bool, 
     if mode == "seed":  # workers fork from this process on the first epoch: they inherit the patch
         dm.load_image = seed_load_image
     try:
-        rates, used = _epochs(make_loader(module, "per-item" if mode == "seed" else mode), epochs, augment, device)
+        rates, used = _epochs(module.train_dataloader(), epochs, augment, device)
     finally:
         dm.load_image = load_image
     return rates, used
@@ -410,7 +331,6 @@ def main() -> None:
     device = torch.device(args.device)
     fmt = ImageFormat(128, 128, "rgb", "bilinear", "fit")
     cores = len(os.sched_getaffinity(0))
-    out: list[str] = []
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["STMCLF_CACHE"] = str(Path(tmp) / "cache")
@@ -436,15 +356,10 @@ def main() -> None:
             folders_for_loader = {}
         else:
             folders_for_loader = folders
-        proposal = not hasattr(ImageFileDataset, "__getitems__")
         for name, root in folders_for_loader.items():
             variants = [("default loader, the seed's decode + resize (before)", False, "seed"),
                         ("default loader", False, "per-item"),
                         ("default loader + seed augmentation", True, "per-item")]
-            if proposal:
-                variants += [("batched cache read, batches from the workers", False, "batched"),
-                             ("proposed: batched cache read in the main process once cached", False, "hybrid"),
-                             ("proposed + seed augmentation", True, "hybrid")]
             for label, augment, mode in variants:
                 with _fresh_cache(tmp, f"{name}-{label}"):
                     rates, used = loader_epochs(root, fmt, max(2, args.epochs), augment, device, mode)
