@@ -297,7 +297,7 @@ def _setup_console_logging() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+    commands = "\n".join(f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items())
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE.format(commands=commands))
         return 0
