@@ -84,12 +84,13 @@ def _check_map(in_shape: Shape, layer: str) -> tuple[int, int, int]:
 
 
 class _KerasConv(nn.Conv2d):
-    """Conv2d with Keras padding semantics for a fixed input size and glorot-uniform init."""
+    """Conv2d with Keras padding semantics for a fixed input size, glorot-uniform init and the
+    Keras ``activation`` argument applied inside the layer (one layer index)."""
 
     keras_type: ClassVar[str]
 
     def __init__(self, in_shape: Shape, out_channels: int, kernel_size: IntPair, strides: IntPair,
-                 padding: Padding, use_bias: bool, groups: int) -> None:
+                 padding: Padding, use_bias: bool, groups: int, activation: str | None = None) -> None:
         h, w, c = _check_map(in_shape, self.keras_type)
         (kh, kw), (sh, sw) = _pair(kernel_size), _pair(strides)
         if padding == "same":
@@ -108,17 +109,21 @@ class _KerasConv(nn.Conv2d):
         nn.init.xavier_uniform_(self.weight)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+        self.activation = None if activation in (None, "linear") else _activation_fn(activation)
+        self.activation_name = activation
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pre_pad is not None:
             x = zero_pad(x, self.pre_pad)
-        return self._conv_forward(x, self.weight, self.bias)
+        x = self._conv_forward(x, self.weight, self.bias)
+        return x if self.activation is None else self.activation(x)
 
     def compute_output_shape(self, *input_shapes: Shape) -> Shape:
         return self.output_shape
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (f", pre_pad={self.pre_pad}" if self.pre_pad else "")
+        text = super().extra_repr() + (f", pre_pad={self.pre_pad}" if self.pre_pad else "")
+        return text + (f", activation={self.activation_name}" if self.activation else "")
 
 
 class Conv2D(_KerasConv):
@@ -130,16 +135,7 @@ class Conv2D(_KerasConv):
 
     def __init__(self, in_shape: Shape, filters: int, kernel_size: IntPair, strides: IntPair = 1,
                  padding: Padding = "valid", use_bias: bool = True, activation: str | None = None) -> None:
-        super().__init__(in_shape, filters, kernel_size, strides, padding, use_bias, groups=1)
-        self.activation = None if activation in (None, "linear") else _activation_fn(activation)
-        self.activation_name = activation
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = super().forward(x)
-        return x if self.activation is None else self.activation(x)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (f", activation={self.activation_name}" if self.activation else "")
+        super().__init__(in_shape, filters, kernel_size, strides, padding, use_bias, groups=1, activation=activation)
 
 
 class DepthwiseConv2D(_KerasConv):
@@ -152,16 +148,7 @@ class DepthwiseConv2D(_KerasConv):
                  activation: str | None = None) -> None:
         channels = _check_map(in_shape, self.keras_type)[2]
         super().__init__(in_shape, channels * depth_multiplier, kernel_size, strides, padding, use_bias,
-                         groups=channels)
-        self.activation = None if activation in (None, "linear") else _activation_fn(activation)
-        self.activation_name = activation
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = super().forward(x)
-        return x if self.activation is None else self.activation(x)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (f", activation={self.activation_name}" if self.activation else "")
+                         groups=channels, activation=activation)
 
 
 class BatchNormalization(nn.BatchNorm2d):
