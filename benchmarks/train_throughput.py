@@ -89,7 +89,7 @@ SEED_AUGMENTATION = """data_augmentation:
 """
 
 
-def fit_throughput(train_dir: str, run_root: Path, epochs: int, batch: int, precision: str | None,
+def fit_throughput(train_dir: str, run_root: Path, epochs: int, batch: int, precision: str,
                    model: str = "mobilenetv2", augment: bool = False) -> float:
     run_root.mkdir(parents=True, exist_ok=True)
     config = run_root / "bench.yaml"
@@ -112,18 +112,18 @@ mlflow: {{uri: {run_root / 'mlruns'}}}
 hydra: {{run: {{dir: {run_root / 'run'}}}}}
 trainer: {{enable_progress_bar: false, enable_model_summary: false}}
 """ + (SEED_AUGMENTATION if augment else ""))
-    argv = ["--config", str(config)] + (["--trainer.precision", precision] if precision else [])
+    argv = ["--config", str(config), "--trainer.precision", precision]
     timer = TrainBatchTimer()
     train(load_config(argv), callbacks=[timer])
     return timer.images / timer.seconds
 
 
-def raw_throughput(batch: int, steps: int, precision: str | None, classes: int = 10,
+def raw_throughput(batch: int, steps: int, precision: str, classes: int = 10,
                    model_name: str = "mobilenetv2") -> float:
     _, _, spec, size = MODELS[model_name]
     model = build_model({**spec, "input_shape": (size, size, 3)},
                         num_classes=classes, dropout=None).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7, fused=True)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, classes, (batch,))
     model.train()
@@ -160,10 +160,9 @@ def main() -> None:
         for model in args.models:
             for augment in args.augment:
                 for precision in args.precision:
-                    p = None if precision == "32" else precision
                     run = Path(tmp) / f"fit_{model}_{augment}_{precision}"
-                    fit = fit_throughput(train_dir, run, args.epochs, args.batch, p, model, augment == "seed")
-                    raw = raw_throughput(args.batch, steps=20 if model == "mobilenetv2" else 60, precision=p,
+                    fit = fit_throughput(train_dir, run, args.epochs, args.batch, precision, model, augment == "seed")
+                    raw = raw_throughput(args.batch, steps=20 if model == "mobilenetv2" else 60, precision=precision,
                                          model_name=model)
                     rows.append((model, augment, precision, fit, raw))
     print(f"\nbatch {args.batch}, {source}, torch threads {torch.get_num_threads()}")

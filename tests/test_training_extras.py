@@ -29,8 +29,10 @@ def test_loss_uses_smoothing_and_weights():
     labels = torch.tensor([0, 1])
     expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 3.0]), label_smoothing=0.1)
     module.forward = lambda images: logits  # the loss, not the network, is under test
-    module.log = lambda *a, **k: None
-    assert torch.allclose(module._step((torch.zeros(2, 3, 32, 32), labels), module.train_acc, ""), expected)
+    loss, batch_size = module._loss((torch.zeros(2, 3, 32, 32), labels), module.train_acc, training=True)
+    assert torch.allclose(loss, expected) and batch_size == 2
+    plain, _ = module._loss((torch.zeros(2, 3, 32, 32), labels), module.val_acc, training=False)
+    assert torch.allclose(plain, torch.nn.functional.cross_entropy(logits, labels))
 
 
 def test_mixup_makes_soft_targets():
@@ -62,3 +64,52 @@ def test_conflicting_precision_is_an_error(tmp_path, image_folder, capsys):
     (tmp_path / "c.yaml").write_text(text)
     assert main(["fit", "--config", str(tmp_path / "c.yaml")]) == 2
     assert "training.precision: conflicts with trainer.precision" in capsys.readouterr().err
+
+
+def test_cpu_default_precision_is_bf16_where_native(tmp_path, image_folder):
+    from stmclf.training.fit import _trainer_options
+    from stmclf.training.precision import cpu_has_native_bf16, default_precision
+
+    (tmp_path / "c.yaml").write_text(config_text(image_folder, tmp_path / "run", tmp_path / "ml"))
+    native = cpu_has_native_bf16()
+    assert default_precision({"accelerator": "cpu"}) == ("bf16-mixed" if native else None)
+    assert default_precision({"accelerator": "cuda"}) is None
+    options = _trainer_options(load_config(["--config", str(tmp_path / "c.yaml"), "--trainer.accelerator", "cpu"]))
+    assert options.get("precision") == ("bf16-mixed" if native else None)
+    explicit = _trainer_options(load_config(["--config", str(tmp_path / "c.yaml"), "--training.precision", "32"]))
+    assert explicit["precision"] == "32"
+
+
+def test_optimizers_use_fused_kernels_unless_clipping():
+    from stmclf.training.optimizers import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert build_optimizer("Adam", params).defaults["fused"] is True
+    assert build_optimizer({"SGD": {"momentum": 0.9}}, params).defaults["fused"] is True
+    assert not build_optimizer("Adam", params, allow_fused=False).defaults.get("fused")
+    assert "fused" not in build_optimizer("RMSprop", params).defaults or \
+        not build_optimizer("RMSprop", params).defaults["fused"]
+
+
+def test_epoch_loss_is_the_image_weighted_mean_of_the_batches(tmp_path, image_folder):
+    from lightning.pytorch.callbacks import Callback
+
+    class Record(Callback):
+        def __init__(self):
+            self.batches, self.epochs = [], []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.batches.append((float(outputs["loss"]), int(batch[1].shape[0]), trainer.current_epoch))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.epochs.append((float(trainer.callback_metrics["loss"]), float(trainer.callback_metrics["accuracy"])))
+
+    (tmp_path / "c.yaml").write_text(config_text(image_folder, tmp_path / "run", tmp_path / "ml"))
+    record = Record()
+    train(load_config(["--config", str(tmp_path / "c.yaml"), "--training.precision", "32"]), callbacks=[record])
+    assert len(record.epochs) == 2
+    for epoch, (loss, accuracy) in enumerate(record.epochs):
+        rows = [(value, n) for value, n, e in record.batches if e == epoch]
+        assert len(rows) > 1
+        assert loss == pytest.approx(sum(v * n for v, n in rows) / sum(n for _, n in rows), rel=1e-5)
+        assert 0.0 <= accuracy <= 1.0

@@ -99,7 +99,9 @@ class AugmentationPipeline:
             raise TypeError(f"augmentation expects float images already rescaled into {self.pixels_range}, "
                             f"got {images.dtype}")
         channels_last = _is_channels_last(images)
-        x = images
+        # The kernels' broadcasts and reductions are several times slower on channels_last
+        # strides on CPU: run them on NCHW and restore the layout once at the end.
+        x = images.contiguous() if channels_last else images
         for step in self.steps:
             spec = AUGMENTATIONS[step.name]
             rate = step.change_rate

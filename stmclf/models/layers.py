@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stmclf.models.depthwise_grad import strided_depthwise_conv2d, use_fast_depthwise_grad
+
 Shape = tuple[int, ...]
 """A Keras shape without the batch axis: ``(H, W, C)`` or ``(units,)``."""
 LayerFn = Callable[[Shape], nn.Module]
@@ -149,6 +151,11 @@ class DepthwiseConv2D(_KerasConv):
         channels = _check_map(in_shape, self.keras_type)[2]
         super().__init__(in_shape, channels * depth_multiplier, kernel_size, strides, padding, use_bias,
                          groups=channels, activation=activation)
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if use_fast_depthwise_grad(x, weight, self.stride, self.groups, self.dilation, self.padding):
+            return strided_depthwise_conv2d(x, weight, bias, self.stride, self.padding)
+        return super()._conv_forward(x, weight, bias)
 
 
 class BatchNormalization(nn.BatchNorm2d):

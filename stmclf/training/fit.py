@@ -23,6 +23,7 @@ from stmclf.training.checkpoint_io import AtomicCheckpointIO
 from stmclf.training.model_file import BEST_MODEL_NAME, read_checkpoint, write_model_file
 from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
+from stmclf.training.precision import default_precision
 from stmclf.training.run_dir import RunDir, create_run_dir
 from stmclf.training.progress import EpochSeed, ProgressBar
 from stmclf.training.qat import qat_callbacks
@@ -159,6 +160,10 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
                 key == "accumulate_grad_batches" and cfg.trainer.get(key) == 1):
             raise ConfigError(f"training.{key}", f"conflicts with trainer.{key}: give one of them")
         options[key] = value
+    if options.get("precision") is None and (default := default_precision(options)) is not None:
+        options["precision"] = default
+        log.info("Precision: %s (the CPU default where bfloat16 is native; training.precision: 32 for fp32)",
+                 default)
     if torch.cuda.is_available() is False and options.get("precision") in ("16-mixed", "16"):
         raise ConfigError("trainer.precision", "16-bit mixed precision needs a GPU; use bf16-mixed on CPU")
     clip = gradient_clipping(cfg.training.optimizer)
