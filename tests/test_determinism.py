@@ -66,3 +66,42 @@ def test_different_seed_differs(tmp_path, image_folder):
     b = train(load_config(["--config", str(other)]))
     wa, wb = _weights(a.last_checkpoint), _weights(b.last_checkpoint)
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+KILLER = """\
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
+
+class KillMidEpoch(Callback):
+    def __init__(self, epoch: int = 2, batch: int = 1):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, image_folder):
+    from conftest import run_cli
+
+    straight = train(load_config(["--config", str(_config(tmp_path, image_folder, "straight", 4))]))
+    (tmp_path / "killer.py").write_text(KILLER)
+    killed = _config(tmp_path, image_folder, "killed", 4)
+    killed.write_text(killed.read_text().replace("  callbacks:\n", "  callbacks:\n    killer.KillMidEpoch:\n"
+                                                                   "      epoch: 2\n", 1))
+    code, _, _ = run_cli("fit", "--config", str(killed), cwd=tmp_path)
+    assert code == -9  # SIGKILL in the middle of the third epoch
+    saved = tmp_path / "killed" / "saved_models"
+    assert sorted(p.name for p in saved.iterdir()) == ["best_augmented_model.ckpt", "last_augmented_model.ckpt"]
+    last = saved / "last_augmented_model.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # only the interrupted epoch is lost
+    resume = _config(tmp_path, image_folder, "resumed", 4, model="")
+    resume.write_text(resume.read_text().replace(
+        "training:\n", f"training:\n  resume_training_from: {last}\n", 1))
+    resumed = train(load_config(["--config", str(resume)]))
+    _assert_identical(_weights(straight.last_checkpoint), _weights(resumed.last_checkpoint))

@@ -113,3 +113,13 @@ def test_epoch_loss_is_the_image_weighted_mean_of_the_batches(tmp_path, image_fo
         assert len(rows) > 1
         assert loss == pytest.approx(sum(v * n for v, n in rows) / sum(n for _, n in rows), rel=1e-5)
         assert 0.0 <= accuracy <= 1.0
+
+
+def test_freed_memory_is_kept_on_glibc():
+    import platform
+
+    from stmclf.training.allocator import keep_freed_memory
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is expected
+    assert keep_freed_memory() is expected  # idempotent

@@ -18,6 +18,7 @@ from stmclf.models.pretrained import apply_pretrained
 from stmclf.models.registry import check_model_spec
 from stmclf.evaluate.accuracy import evaluate_module
 from stmclf.evaluate.results import report_results
+from stmclf.training.allocator import keep_freed_memory
 from stmclf.training.callbacks import build_callbacks
 from stmclf.training.checkpoint_io import AtomicCheckpointIO
 from stmclf.training.model_file import BEST_MODEL_NAME, read_checkpoint, write_model_file
@@ -197,6 +198,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     user_callbacks = build_callbacks(training.callbacks) + ema_callback(training.ema) + \
         qat_callbacks(training.qat, cfg.quantization, training.epochs)
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels crawl late in training
+    keep_freed_memory()
     seed = 123 if cfg.general.global_seed is None else cfg.general.global_seed
     L.seed_everything(seed, workers=True, verbose=False)
 

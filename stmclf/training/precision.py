@@ -1,7 +1,7 @@
 """The default training precision: ``bf16-mixed`` on CPUs that compute bfloat16 natively.
 
 Measured on a 2-core AVX512-BF16 CPU (``benchmarks/train_throughput.py``): bf16 autocast trains
-MobileNetV2-0.35@128 1.9× and ResNet-8@32 1.6× faster than fp32, and the reference service's
+MobileNetV2-0.35@128 1.5–1.9× and ResNet-8@32 1.4–1.6× faster than fp32, and the reference service's
 TensorFlow fp32 step is faster than eager fp32 PyTorch there, so fp32 cannot reach it. Weights,
 optimizer state, checkpoints and exported models stay fp32 (autocast only lowers the compute of
 convolutions and matrix products). CPUs without AVX512-BF16/AMX emulate bfloat16 slowly: they
