@@ -239,7 +239,7 @@ training:
     (lambda t: t.replace("optimizer: Adam", "optimizer: {SGD: {learning_rat: 0.1}}"),
      r"training.optimizer.SGD.learning_rat: unknown argument for SGD; supported:"),
     (lambda t: t + "  callbacks:\n    ModelCheckpoint: {monitor: val_loss}\n",
-     r"training.callbacks.ModelCheckpoint: the ModelCheckpoint callback is built-in and can't be redefined"),
+     r"training.callbacks.ModelCheckpoint: The ModelCheckpoint callback is built-in and can't be redefined"),
     (lambda t: t + "  callbacks:\n    EarlyStoping: {monitor: val_loss}\n",
      r"training.callbacks.EarlyStoping: unknown callback; supported: ReduceLROnPlateau, EarlyStopping"),
     (lambda t: t.replace("name: mobilenet", "name: mobilenett"), r"training.model.name: .*mobilenet"),

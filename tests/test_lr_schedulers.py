@@ -90,7 +90,7 @@ def test_registry_rules():
     callbacks = build_callbacks({"LRCosineDecay": {"initial_lr": 0.01, "hold_steps": 0, "decay_steps": 10,
                                                    "end_lr": 0.0001}, "TerminateOnNaN": None})
     assert [type(c).__name__ for c in callbacks] == ["LRCosineDecay", "TerminateOnNaN"]
-    with pytest.raises(ConfigError, match="found more than one learning rate scheduler"):
+    with pytest.raises(ConfigError, match="Found more than one learning rate scheduler"):
         build_callbacks({"LRStepDecay": {"initial_lr": 0.1, "step_size": 2, "decay_rate": 0.5},
                          "ReduceLROnPlateau": None})
     with pytest.raises(ConfigError, match="training.callbacks.LRCosineDecay.decay_steps: missing argument"):

@@ -123,3 +123,15 @@ def test_freed_memory_is_kept_on_glibc():
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is expected
     assert keep_freed_memory() is expected  # idempotent
+
+
+@pytest.mark.parametrize("text", ["32", "'32'", "bf16-mixed"])
+def test_precision_given_as_number_or_text(tmp_path, image_folder, text):
+    from stmclf.training.fit import _trainer_options
+
+    config = config_text(image_folder, tmp_path / "run", tmp_path / "ml").replace(
+        "  batch_size: 8\n", f"  batch_size: 8\n  precision: {text}\n")
+    (tmp_path / "c.yaml").write_text(config)
+    options = _trainer_options(load_config(["--config", str(tmp_path / "c.yaml"), "--trainer.precision",
+                                            text.strip("'")]))
+    assert options["precision"] == text.strip("'")

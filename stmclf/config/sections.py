@@ -99,8 +99,8 @@ class Training:
     """MixUp alpha (on training batches)."""
     cutmix: Optional[float] = None
     """CutMix alpha; with mixup too, each batch uses one of them at random."""
-    precision: Optional[str] = None
-    """Lightning precision, e.g. bf16-mixed (same as trainer.precision)."""
+    precision: Union[None, int, str] = None
+    """Lightning precision, e.g. bf16-mixed or 32 (same as trainer.precision)."""
     gradient_clip_val: Optional[float] = None
     accumulate_grad_batches: Optional[int] = None
     qat: Optional[dict[str, Any]] = None

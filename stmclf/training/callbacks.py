@@ -187,7 +187,7 @@ def build_callbacks(section: Optional[dict[str, Optional[dict[str, Any]]]]) -> l
     schedulers: list[str] = []
     for name, args in (section or {}).items():
         if name in BUILT_IN:
-            raise ConfigError(f"{KEY}.{name}", f"the {name} callback is built-in and can't be redefined")
+            raise ConfigError(f"{KEY}.{name}", f"The {name} callback is built-in and can't be redefined")
         entry = CALLBACKS.get(name)
         if entry is None and (cls := _class_from_path(name)) is not None:
             entry = CallbackEntry(cls)
@@ -209,7 +209,7 @@ def build_callbacks(section: Optional[dict[str, Optional[dict[str, Any]]]]) -> l
         if entry.is_lr_scheduler:
             schedulers.append(name)
             if len(schedulers) > 1:
-                raise ConfigError(KEY, f"found more than one learning rate scheduler: {', '.join(schedulers)}")
+                raise ConfigError(KEY, f"Found more than one learning rate scheduler: {', '.join(schedulers)}")
         try:
             callbacks.append(entry.factory(**args))
         except ConfigError:

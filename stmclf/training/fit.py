@@ -153,12 +153,16 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
     # The training sampler shards itself across ranks (exact resume needs its per-epoch order);
     # every rank validates on the whole validation set.
     options["use_distributed_sampler"] = False
+    if options.get("precision") is not None:
+        options["precision"] = str(options["precision"])  # `precision: 32` and `precision: "32"` alike
     for key in TRAINING_TO_TRAINER:
         value = getattr(cfg.training, key)
         if value is None:
             continue
-        if key in options and cfg.trainer.get(key) not in (None, value) and not (
-                key == "accumulate_grad_batches" and cfg.trainer.get(key) == 1):
+        if key == "precision":
+            value = str(value)
+        if key in options and options[key] != value and not (
+                key == "accumulate_grad_batches" and options[key] == 1):
             raise ConfigError(f"training.{key}", f"conflicts with trainer.{key}: give one of them")
         options[key] = value
     if options.get("precision") is None and (default := default_precision(options)) is not None:
