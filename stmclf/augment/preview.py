@@ -14,6 +14,7 @@ import torch
 
 from stmclf.config import RunConfig
 from stmclf.errors import ConfigError, UserError
+from stmclf.figures import save_figure
 
 
 def _input_shape(cfg: RunConfig) -> list[int]:
@@ -74,8 +75,4 @@ def _save_grid(before: np.ndarray, after: np.ndarray, labels: list[str], out: Pa
             if col == 0:
                 ax.set_ylabel(title)
         axes[0][col].set_title(labels[col], fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)

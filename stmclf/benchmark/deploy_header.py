@@ -208,6 +208,12 @@ def c_float(value: float) -> str:
     return f"({text}f)"
 
 
+def _check_interface(name: str, interfaces: Sequence[tuple[str, int]], key: str, kind: str) -> None:
+    names = [n for n, _ in interfaces]
+    if name not in names:
+        raise ConfigError(key, f"{name!r} is not a {kind} interface; use one of {', '.join(names)}")
+
+
 def _defines(pairs: Sequence[tuple[str, int]]) -> list[str]:
     width = max(len(name) for name, _ in pairs)
     return [f"#define {name:<{width}} ({value})" for name, value in pairs]
@@ -241,17 +247,11 @@ def _io_lines(cfg: dict) -> list[str]:
         return []
     lines = []
     if display:
-        names = [n for n, _ in DISPLAY_INTERFACES]
-        if display not in names:
-            raise ConfigError("deployment.hardware_setup.output", f"{display!r} is not a display interface; use "
-                                                                  f"one of {', '.join(names)}")
+        _check_interface(display, DISPLAY_INTERFACES, "deployment.hardware_setup.output", "display")
         lines += ["", "/* Display interface */", *_defines(DISPLAY_INTERFACES), "",
                   f"#define DISPLAY_INTERFACE    {display}"]
     if camera:
-        names = [n for n, _ in CAMERA_INTERFACES]
-        if camera not in names:
-            raise ConfigError("deployment.hardware_setup.input", f"{camera!r} is not a camera interface; use one "
-                                                                 f"of {', '.join(names)}")
+        _check_interface(camera, CAMERA_INTERFACES, "deployment.hardware_setup.input", "camera")
         lines += ["", "/* Camera interface and sensor */", *_defines(CAMERA_INTERFACES), "",
                   f"#define CAMERA_INTERFACE    {camera}", "", "#define CAMERA_SENSOR_OV5640    (1)",
                   "#define CAMERA_SENSOR           CAMERA_SENSOR_OV5640"]

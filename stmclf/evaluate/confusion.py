@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from stmclf.figures import save_figure
+
 
 def normalise_rows(confusion: np.ndarray) -> np.ndarray:
     totals = confusion.sum(axis=1, keepdims=True)
@@ -36,9 +38,4 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], tit
                 if confusion[i, j]:
                     ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7 if n > 12 else 9,
                             color="white" if matrix[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -52,8 +52,8 @@ class _StridedDepthwise(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             b, _, ho, wo = grad.shape
-            up = grad.new_zeros((b, channels, (ho - 1) * sh + 1, (wo - 1) * sw + 1)).contiguous(
-                memory_format=memory_format)
+            up = torch.empty((b, channels, (ho - 1) * sh + 1, (wo - 1) * sw + 1), dtype=grad.dtype,
+                             device=grad.device, memory_format=memory_format).zero_()
             up[:, :, ::sh, ::sw] = grad
             # full correlation = gradient of the zero-padded input, rows 0 .. (ho−1)·sh + kh − 1
             grad_x = F.conv2d(up, weight.flip(-2, -1), None, 1, (kh - 1, kw - 1), 1, channels)

@@ -40,6 +40,17 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def keras_padding(h: int, w: int, kernel: tuple[int, int], strides: tuple[int, int],
+                  padding: Padding) -> tuple[int, int, int, int]:
+    """Keras ``padding`` of an (h, w) map as (left, right, top, bottom) pixels."""
+    if padding == "same":
+        (top, bottom), (left, right) = same_padding(h, kernel[0], strides[0]), same_padding(w, kernel[1], strides[1])
+        return left, right, top, bottom
+    if padding == "valid":
+        return 0, 0, 0, 0
+    raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+
+
 def correct_pad(hw: tuple[int, int], kernel: IntPair) -> tuple[tuple[int, int], tuple[int, int]]:
     """Zero padding ((top, bottom), (left, right)) that Keras applications put before a valid
     stride-2 convolution: one pixel less before on even sizes."""
@@ -95,12 +106,7 @@ class _KerasConv(nn.Conv2d):
                  padding: Padding, use_bias: bool, groups: int, activation: str | None = None) -> None:
         h, w, c = _check_map(in_shape, self.keras_type)
         (kh, kw), (sh, sw) = _pair(kernel_size), _pair(strides)
-        if padding == "same":
-            (top, bottom), (left, right) = same_padding(h, kh, sh), same_padding(w, kw, sw)
-        elif padding == "valid":
-            top = bottom = left = right = 0
-        else:
-            raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+        left, right, top, bottom = keras_padding(h, w, (kh, kw), (sh, sw), padding)
         symmetric = top == bottom and left == right
         super().__init__(c, out_channels, (kh, kw), (sh, sw), padding=(top, left) if symmetric else 0,
                          groups=groups, bias=use_bias)
@@ -517,12 +523,7 @@ class _KerasPool(nn.Module):
         self.pool_size = _pair(pool_size)
         self.strides = self.pool_size if strides is None else _pair(strides)
         (kh, kw), (sh, sw) = self.pool_size, self.strides
-        if padding == "same":
-            (top, bottom), (left, right) = same_padding(h, kh, sh), same_padding(w, kw, sw)
-        elif padding == "valid":
-            top = bottom = left = right = 0
-        else:
-            raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+        left, right, top, bottom = keras_padding(h, w, (kh, kw), (sh, sw), padding)
         self.padding = padding
         self.pre_pad: tuple[int, int, int, int] | None = (left, right, top, bottom) if top or bottom or left or right \
             else None

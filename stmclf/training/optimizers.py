@@ -115,7 +115,7 @@ def build_optimizer(spec: Union[str, dict], params: Iterable[torch.nn.Parameter]
     devices = {p.device.type for p in trainable}
     # one fused kernel per step instead of a Python loop over tensors: 4× faster step on CPU
     if allow_fused and trainable and devices <= set(entry.fused_devices) \
-            and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) for p in trainable):
+            and all(p.is_floating_point() for p in trainable):
         kwargs["fused"] = True
     return entry.build(trainable, **kwargs)
 

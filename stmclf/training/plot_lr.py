@@ -5,6 +5,7 @@ from pathlib import Path
 
 from stmclf.config import RunConfig
 from stmclf.errors import ConfigError
+from stmclf.figures import save_figure
 
 
 def learning_rates(cfg: RunConfig) -> tuple[str, list[float]]:
@@ -43,9 +44,4 @@ def plot_learning_rates(cfg: RunConfig, out: Path) -> Path:
     ax.set_ylabel("learning rate")
     ax.set_title(name)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from stmclf.figures import save_figure
+
 log = logging.getLogger(__name__)
 CSV_COLUMNS = ("epoch", "accuracy", "loss", "lr", "val_accuracy", "val_loss")
 
@@ -70,10 +72,7 @@ def plot_training_curves(csv_path: Path, out: Path) -> Optional[Path]:
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out)
 
 
 def make_tensorboard_logger(run_root: Path, logs_dir: str):
