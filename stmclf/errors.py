@@ -12,3 +12,30 @@ class ConfigError(UserError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"{key}: {message}" if key else message)
+
+
+def one_line(value: object, limit: int = 300, *, typed: bool = False, whole: bool = False) -> str:
+    """``value`` (an exception, a message, anything printable) as one short line for a message.
+
+    The first non-empty line of ``str(value)`` (every line, joined, with ``whole=True``: for
+    composed messages whose detail may follow a line break) with whitespace runs collapsed to one
+    space and non-printable characters escaped (``\\x1b``), cut to ``limit`` characters ending
+    with "…". An exception with an empty message gives its type name; ``typed=True`` puts an
+    exception's type name in front (``ValueError: bad value``).
+    """
+    text = str(value)
+    if whole:
+        text = " ".join(text.split())
+    else:
+        text = next((t for t in (" ".join(line.split()) for line in text.splitlines()) if t), "")
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    if len(text) > limit:
+        text = text[:max(limit - 1, 0)] + "…"
+    if isinstance(value, BaseException):
+        name = type(value).__name__
+        if not text:
+            return name
+        if typed:
+            return f"{name}: {text}"
+    return text

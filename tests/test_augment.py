@@ -12,6 +12,7 @@ import torchvision.io  # noqa: F401  early: importing it (and triton) after Tens
 from stmclf.augment import AUGMENTATIONS, apply_augmentation, build_augmentation, example_section, kernel_names
 from stmclf.augment.custom import build_custom_augmentation
 from stmclf.errors import ConfigError
+from stmclf.trust import trusting_code
 
 PR = (-1.0, 1.0)
 EPS = 1e-7  # tuples must be strictly increasing: (v, v + EPS) pins a value
@@ -428,7 +429,27 @@ CUSTOM_SRC = textwrap.dedent("""
 """)
 
 
-def test_custom_function_from_a_file(tmp_path):
+@pytest.fixture
+def trusted():
+    """As with ``--trust-code``: the user's augmentation file or module may be imported."""
+    with trusting_code():
+        yield
+
+
+def test_custom_function_needs_trust_code(tmp_path):
+    path = tmp_path / "aug_marker.py"
+    path.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n" + CUSTOM_SRC)
+    with trusting_code(False), pytest.raises(ConfigError) as info:
+        build_custom_augmentation({"function_name": f"{path}:my_aug", "config": {"value": 0.0}}, PR)
+    assert str(info.value) == (f"custom_data_augmentation.function_name: {path}:my_aug runs Python code from a "
+                               "file named by the config; pass --trust-code if you trust it")
+    assert not (tmp_path / "ran").exists()
+    with trusting_code():
+        build_custom_augmentation({"function_name": f"{path}:my_aug", "config": {"value": 0.0}}, PR)
+    assert (tmp_path / "ran").exists()
+
+
+def test_custom_function_from_a_file(tmp_path, trusted):
     path = tmp_path / "aug_mod.py"
     path.write_text(CUSTOM_SRC)
     aug = build_custom_augmentation({"function_name": f"{path}:my_aug", "config": {"value": 0.25}}, (0.0, 1.0))
@@ -445,7 +466,7 @@ def test_custom_function_from_a_file(tmp_path):
     assert torch.allclose(via(x), torch.zeros_like(x))
 
 
-def test_custom_function_from_a_module(tmp_path, monkeypatch):
+def test_custom_function_from_a_module(tmp_path, monkeypatch, trusted):
     (tmp_path / "my_custom_aug_pkg.py").write_text(CUSTOM_SRC)
     monkeypatch.syspath_prepend(str(tmp_path))
     aug = build_custom_augmentation({"function_name": "my_custom_aug_pkg:my_aug", "config": {"value": 1.0}}, PR)
@@ -459,7 +480,7 @@ def test_custom_function_from_a_module(tmp_path, monkeypatch):
     ("{file}:missing", "no attribute"),
     ("{file}:two_args", "(images, config, epoch)"),
 ])
-def test_custom_function_errors(tmp_path, spec, words):
+def test_custom_function_errors(tmp_path, spec, words, trusted):
     path = tmp_path / "aug_mod2.py"
     path.write_text(CUSTOM_SRC)
     with pytest.raises(ConfigError) as info:
@@ -468,7 +489,7 @@ def test_custom_function_errors(tmp_path, spec, words):
     assert msg.startswith("custom_data_augmentation.function_name:") and words in msg and "\n" not in msg
 
 
-def test_custom_import_error_is_one_line(tmp_path):
+def test_custom_import_error_is_one_line(tmp_path, trusted):
     path = tmp_path / "broken.py"
     path.write_text("import not_a_real_module_abc\n")
     with pytest.raises(ConfigError, match=r"^custom_data_augmentation\.function_name: importing .*ModuleNotFoundError"):

@@ -13,7 +13,7 @@ import pytest
 
 from stm32ai_server import (ACTIVATIONS, BLOCKED_TEXT, BOARDS, CYCLES, DURATION_MS, EXTERNAL_RAM_USED, EXTRA_FLASH,
                             EXTRA_RAM, INTERNAL_RAM_USED, KERNEL_FLASH, KERNEL_RAM, NODE_MACC, PARAM_SIZES, PASSWORD,
-                            SERVICE_VERSION, TOOLCHAIN_FLASH, TOOLCHAIN_RAM, USERNAME, WEIGHTS, FakeDevCloud,
+                            SERVICE_VERSION, TOOLCHAIN_FLASH, TOOLCHAIN_RAM, USERNAME, WEIGHTS,
                             devcloud)  # noqa: F401  (fixture)
 from stmclf.benchmark import cloud
 from stmclf.benchmark.cloud import (BenchmarkFailed, BlockedAccount, CloudClient, CloudError, Credentials, Endpoints,

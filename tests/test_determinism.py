@@ -1,5 +1,9 @@
-"""Bitwise determinism on CPU: same seed → same weights; 2 epochs + resume → the 4-epoch weights."""
+"""Bitwise determinism on CPU: same seed → same weights; 2 epochs + resume → the 4-epoch weights; a run
+killed anywhere (mid-epoch, during a checkpoint write) resumes to the same weights."""
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +11,7 @@ import torch
 from conftest import config_text
 from stmclf.config import load_config
 from stmclf.training.fit import train
+from stmclf.training.progress import MID_EPOCH_KEY
 
 AUGMENT = """\
 data_augmentation:
@@ -16,12 +21,14 @@ data_augmentation:
 """
 
 
-def _config(tmp_path, image_folder, name, epochs, workers=0, model=None):
+def _config(tmp_path, image_folder, name, epochs, workers=0, model=None, training=""):
+    """The determinism config (``hydra.run.dir``: ``tmp_path/name``); ``training``: extra lines
+    under ``training:``."""
     text = config_text(image_folder, tmp_path / name, tmp_path / "mlruns", epochs=epochs, extra=AUGMENT,
                        **({"model": model} if model is not None else {}))
     text = text.replace("num_workers: 0", f"num_workers: {workers}").replace(
         "  global_seed: 7\n", "  global_seed: 7\n  deterministic_ops: True\n")
-    text = text.replace("  batch_size: 8\n", "  batch_size: 8\n  dropout: 0.2\n")
+    text = text.replace("  batch_size: 8\n", "  batch_size: 8\n  dropout: 0.2\n" + training)
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     return path
@@ -44,14 +51,29 @@ def test_two_runs_are_bitwise_identical_with_workers(tmp_path, image_folder):
     _assert_identical(_weights(first.last_checkpoint), _weights(second.last_checkpoint))
 
 
-@pytest.mark.slow
-def test_resume_is_exact(tmp_path, image_folder):
-    straight = train(load_config(["--config", str(_config(tmp_path, image_folder, "straight", 4))]))
-    half = train(load_config(["--config", str(_config(tmp_path, image_folder, "half", 2))]))
-    resume = _config(tmp_path, image_folder, "resumed", 4, model="")
+def _resumed(tmp_path, image_folder, checkpoint, name="resumed", epochs=4, workers=0):
+    resume = _config(tmp_path, image_folder, name, epochs, workers=workers, model="")
     resume.write_text(resume.read_text().replace(
-        "training:\n", f"training:\n  resume_training_from: {half.last_checkpoint}\n", 1))
-    resumed = train(load_config(["--config", str(resume)]))
+        "training:\n", f"training:\n  resume_training_from: {checkpoint}\n", 1))
+    return train(load_config(["--config", str(resume)]))
+
+
+def _rows(csv_path):
+    return Path(csv_path).read_text().splitlines()
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, image_folder):
+    """The uninterrupted 4-epoch run that every resumed run must equal (its default
+    ``checkpoint_every: {minutes: 5}`` does not fire in so short a run)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    return train(load_config(["--config", str(_config(tmp, image_folder, "straight", 4))]))
+
+
+@pytest.mark.slow
+def test_resume_is_exact(tmp_path, image_folder, straight):
+    half = train(load_config(["--config", str(_config(tmp_path, image_folder, "half", 2))]))
+    resumed = _resumed(tmp_path, image_folder, half.last_checkpoint)
     _assert_identical(_weights(straight.last_checkpoint), _weights(resumed.last_checkpoint))
     a = torch.load(straight.last_checkpoint, weights_only=True)["optimizer_states"][0]["state"]
     b = torch.load(resumed.last_checkpoint, weights_only=True)["optimizer_states"][0]["state"]
@@ -72,36 +94,110 @@ KILLER = """\
 import os
 import signal
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
 
 class KillMidEpoch(Callback):
+    \"\"\"SIGKILL after batch ``batch`` of epoch ``epoch`` (before that batch's checkpoint, if one is due).\"\"\"
+
     def __init__(self, epoch: int = 2, batch: int = 1):
         self.epoch, self.batch = epoch, batch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillDuringSave(KillMidEpoch):
+    \"\"\"SIGKILL in the middle of writing the checkpoint that follows batch ``batch`` of epoch ``epoch``.\"\"\"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            def dying_save(obj, handle, *args, **kwargs):
+                handle.write(b"PK\\x03\\x04 half a checkpoint")
+                handle.flush()
+                os.fsync(handle.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            torch.save = dying_save
 """
+EVERY_2_STEPS = "  checkpoint_every: {steps: 2}\n"
+"""27 training images, batches of 8: 4 steps per epoch; a mid-epoch checkpoint after the 2nd."""
+
+
+def _kill(config, tmp_path, killer, epoch, batch):
+    """Run ``stmclf fit`` on ``config`` with the ``killer`` callback; it must die of SIGKILL."""
+    from conftest import run_cli
+
+    (tmp_path / "killer.py").write_text(KILLER)
+    config.write_text(config.read_text().replace(
+        "  callbacks:\n", f"  callbacks:\n    killer.{killer}:\n      epoch: {epoch}\n      batch: {batch}\n", 1))
+    code, _, err = run_cli("fit", "--config", str(config), "--trust-code", cwd=tmp_path)
+    assert code == -9, err[-3000:]
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, image_folder):
-    from conftest import run_cli
-
-    straight = train(load_config(["--config", str(_config(tmp_path, image_folder, "straight", 4))]))
-    (tmp_path / "killer.py").write_text(KILLER)
-    killed = _config(tmp_path, image_folder, "killed", 4)
-    killed.write_text(killed.read_text().replace("  callbacks:\n", "  callbacks:\n    killer.KillMidEpoch:\n"
-                                                                   "      epoch: 2\n", 1))
-    code, _, _ = run_cli("fit", "--config", str(killed), cwd=tmp_path)
-    assert code == -9  # SIGKILL in the middle of the third epoch
+def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, image_folder, straight):
+    """Killed in the third epoch after its mid-epoch checkpoint (loader worker processes): the
+    resumed run continues at the next batch and ends with the uninterrupted run's weights and
+    metrics."""
+    killed = _config(tmp_path, image_folder, "killed", 4, workers=2, training=EVERY_2_STEPS)
+    _kill(killed, tmp_path, "KillMidEpoch", epoch=2, batch=2)
     saved = tmp_path / "killed" / "saved_models"
     assert sorted(p.name for p in saved.iterdir()) == ["best_augmented_model.ckpt", "last_augmented_model.ckpt"]
     last = saved / "last_augmented_model.ckpt"
-    assert torch.load(last, weights_only=True)["epoch"] == 1  # only the interrupted epoch is lost
-    resume = _config(tmp_path, image_folder, "resumed", 4, model="")
-    resume.write_text(resume.read_text().replace(
-        "training:\n", f"training:\n  resume_training_from: {last}\n", 1))
-    resumed = train(load_config(["--config", str(resume)]))
+    state = torch.load(last, weights_only=True)
+    # written after the 2nd of the 4 batches of the third epoch: only the 3rd batch is lost
+    assert state["epoch"] == 2 and state["global_step"] == 10 and state[MID_EPOCH_KEY]["batches"] == 2
+    resumed = _resumed(tmp_path, image_folder, last, workers=2)
     _assert_identical(_weights(straight.last_checkpoint), _weights(resumed.last_checkpoint))
+    # the interrupted epoch's training loss and accuracy count the batches before the kill too
+    assert _rows(resumed.run_dir.metrics_csv)[1:] == _rows(straight.run_dir.metrics_csv)[3:]
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_its_first_epoch_resumes_exactly(tmp_path, image_folder, straight):
+    killed = _config(tmp_path, image_folder, "killed", 4, training=EVERY_2_STEPS)
+    _kill(killed, tmp_path, "KillMidEpoch", epoch=0, batch=2)
+    saved = tmp_path / "killed" / "saved_models"
+    assert sorted(p.name for p in saved.iterdir()) == ["last_augmented_model.ckpt"]  # no epoch ended yet
+    state = torch.load(saved / "last_augmented_model.ckpt", weights_only=True)
+    assert state["epoch"] == 0 and state["global_step"] == 2 and state[MID_EPOCH_KEY]["batches"] == 2
+    resumed = _resumed(tmp_path, image_folder, saved / "last_augmented_model.ckpt")
+    _assert_identical(_weights(straight.last_checkpoint), _weights(resumed.last_checkpoint))
+    assert _rows(resumed.run_dir.metrics_csv) == _rows(straight.run_dir.metrics_csv)
+
+
+def _default_run_dir(config):
+    config.write_text(re.sub(r"hydra:\n  run:\n    dir: .*\n", "", config.read_text()))
+    return config
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, image_folder, straight):
+    """SIGKILL in the middle of a checkpoint write: the previous checkpoint stays whole, the
+    unfinished temporary file is removed when the run folder is opened again (resume), and the
+    resumed run equals the uninterrupted one."""
+    from conftest import run_cli
+
+    runs = tmp_path / "experiments_outputs"  # the default hydra.run.dir: ./experiments_outputs/${now:...}
+    killed = _default_run_dir(_config(tmp_path, image_folder, "killed", 4, training=EVERY_2_STEPS))
+    _kill(killed, tmp_path, "KillDuringSave", epoch=1, batch=1)  # the mid-epoch save at step 6
+    (run,) = runs.iterdir()
+    saved = run / "saved_models"
+    (orphan,) = saved.glob(".last_augmented_model.ckpt.*.tmp")
+    assert orphan.read_bytes().startswith(b"PK\x03\x04 half")
+    last = saved / "last_augmented_model.ckpt"
+    state = torch.load(last, weights_only=True)  # the end-of-epoch-1 checkpoint, whole
+    assert state["epoch"] == 0 and state["global_step"] == 4 and MID_EPOCH_KEY not in state
+    resume = _default_run_dir(_config(tmp_path, image_folder, "resume", 4, model=""))
+    resume.write_text(resume.read_text().replace("training:\n", f"training:\n  resume_training_from: {last}\n", 1))
+    code, _, err = run_cli("fit", "--config", str(resume), cwd=tmp_path)
+    assert code == 0, err[-3000:]
+    assert list(runs.iterdir()) == [run]  # a resumed run continues in its checkpoint's folder
+    assert not list(saved.glob(".*.tmp"))
+    assert f"Removed 1 unfinished checkpoint file(s) left by an interrupted save in {saved}: {orphan.name}" in \
+        (run / "stmclf.log").read_text()
+    _assert_identical(_weights(straight.last_checkpoint), _weights(last))
+    assert _rows(run / "logs/metrics/train_metrics.csv") == _rows(straight.run_dir.metrics_csv)

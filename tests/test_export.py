@@ -80,10 +80,13 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(setup):
-    """The full export (both formats, int8), run once."""
+    """The full export (both formats, int8), then every file evaluated, run once."""
+    from stmclf.evaluate.artifacts import evaluate_export
     from stmclf.export import export_run
 
-    return export_run(setup["cfg"], setup["model_file"], setup["tmp"] / "run")
+    result = export_run(setup["cfg"], setup["model_file"], setup["tmp"] / "run")
+    evaluate_export(setup["cfg"], result, setup["tmp"] / "run")
+    return result
 
 
 def _torch_probs(module, images):
@@ -217,7 +220,7 @@ def test_artifact_evaluation_and_reports(exported, setup):
 def test_evaluate_artifact_matches_evaluate_module(exported, setup):
     from stmclf.data.datamodule import ImageDataModule, ImageFormat
     from stmclf.evaluate.accuracy import evaluate_module
-    from stmclf.export.evaluate_artifacts import evaluate_artifact
+    from stmclf.evaluate.artifacts import evaluate_artifact
 
     dm = ImageDataModule(setup["cfg"].dataset, ImageFormat(32, 32), batch_size=16, num_workers=0)
     loaders = [("test_set", dm.loader_for(dm.prepare_splits().test))]
@@ -256,7 +259,7 @@ def test_random_calibration_warns_loudly(setup, tmp_path, caplog):
     (tmp_path / "c.yaml").write_text(text)
     cfg = load_config(["--config", str(tmp_path / "c.yaml")])
     with caplog.at_level(logging.WARNING, logger="stmclf"):
-        result = export_run(cfg, setup["model_file"], tmp_path / "run", formats=("onnx",), evaluate=False)
+        result = export_run(cfg, setup["model_file"], tmp_path / "run", formats=("onnx",))
     assert result.checks["random_calibration"] is True
     assert result.checks["calibration"] == "10 random images"
     assert any("RANDOM" in r.getMessage() for r in caplog.records)
@@ -289,12 +292,14 @@ def test_wrong_kind_of_model_file_is_one_line(setup, tmp_path):
     from stmclf.export import export_run
 
     keras = tmp_path / "model.h5"
-    keras.write_bytes(b"\x89HDF\r\n\x1a\n")
+    keras.write_bytes(b"\x89HDF\r\n\x1a\n")  # an HDF5 signature, but no Keras model in it
     not_a_model = tmp_path / "weights.pt"
     torch.save({"weights": torch.zeros(3)}, not_a_model)
-    for path, expected in ((keras, "Keras model"), (not_a_model, "not a stmclf checkpoint")):
+    tflite = tmp_path / "model.tflite"
+    tflite.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    for path, expected in ((keras, "model.h5"), (not_a_model, "export accepts"), (tflite, "export accepts")):
         with pytest.raises(UserError) as info:
-            export_run(setup["cfg"], path, tmp_path / "run", formats=("onnx",), int8=False, evaluate=False)
+            export_run(setup["cfg"], path, tmp_path / "run", formats=("onnx",), int8=False)
         message = str(info.value)
         assert "\n" not in message and str(path) in message and expected in message
 
@@ -355,12 +360,12 @@ def test_quantization_section_settings(setup, tmp_path):
         parse_formats("onnx,keras")
 
 
-def test_export_mode_run_directory(setup, tmp_path):
-    """The operation wrapper: run directory, log lines, MLflow run, files in quantization.export_dir."""
-    from stmclf.export import export_mode
+def test_export_command_run_directory(setup, tmp_path):
+    """The command: run directory, log lines, MLflow runs, files in quantization.export_dir."""
+    from stmclf.orchestration import export_command
 
     cfg = _config(tmp_path, setup["train_dir"], setup["test_dir"], run="mode")
-    result = export_mode(cfg, setup["model_file"], formats=["onnx"], int8=True)
+    result, _ = export_command(cfg, setup["model_file"], formats=["onnx"], int8=True)
     run = tmp_path / "mode"
     assert result["onnx_qdq"] == run / "quantized_models" / "best_model_quant_qdq_pc.onnx"
     log_text = (run / "stmclf.log").read_text()
@@ -369,7 +374,7 @@ def test_export_mode_run_directory(setup, tmp_path):
         assert line in log_text
     assert (run / "report.html").is_file()
     with pytest.raises(ConfigError, match="general.model_path"):
-        export_mode(cfg)
+        export_command(cfg)
 
 
 def test_missing_quantization_path_is_one_line(setup, tmp_path):

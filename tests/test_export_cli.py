@@ -57,7 +57,9 @@ def test_chain_tqe_and_chain_eqe(tmp_path, image_folder):
     records = json.loads((tmp_path / "tqe/results.json").read_text())
     assert {r["kind"] for r in records} >= {"float", "int"}
     client = MlflowClient(tracking_uri=resolve_tracking_uri(str(tmp_path / "ml"))[0])
-    (run,) = client.search_runs([client.get_experiment_by_name("pytest_project").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("pytest_project").experiment_id])
+    (run,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # one parent: the journey
+    assert {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")} == {"train", "export", "evaluate"}
     assert "int_acc_validation_set" in run.data.metrics and "float_acc_validation_set" in run.data.metrics
 
     eqe = config_text(image_folder, tmp_path / "eqe", tmp_path / "ml", model="", extra=QUANTIZATION.replace(

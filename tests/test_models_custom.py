@@ -15,6 +15,7 @@ from stmclf.models import build_model
 from stmclf.models.custom import ModuleGraph
 from stmclf.models.graph import KerasGraph
 from stmclf.models.pretrained import apply_pretrained
+from stmclf.trust import trusting_code
 
 USER_FILE = '''
 import torch
@@ -63,10 +64,12 @@ def not_a_model(num_classes, input_shape, dropout):
 
 
 @pytest.fixture()
-def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The user's model file in the current directory, imported as with ``--trust-code``."""
     (tmp_path / "my_models.py").write_text(USER_FILE)
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    with trusting_code():
+        yield tmp_path
 
 
 def _custom(num_classes: int = 3, dropout: float | None = None, input_shape: tuple = (32, 32, 3), **keys: Any):
@@ -156,3 +159,16 @@ def test_pretrained_model_path_needs_a_backbone_index(user_dir: Path) -> None:
     model = build_model(spec, 3, None)
     with pytest.raises(ConfigError, match="has no backbone"):
         apply_pretrained(model, spec)
+
+
+@pytest.mark.parametrize("target, kind", [("my_models.py:get_custom_model", "file"),
+                                          ("my_models:get_custom_model", "module")])
+def test_custom_model_needs_trust_code(user_dir: Path, monkeypatch: pytest.MonkeyPatch, target: str,
+                                       kind: str) -> None:
+    (user_dir / "my_models.py").write_text(f"open({str(user_dir / 'ran')!r}, 'w').close()\n" + USER_FILE)
+    monkeypatch.syspath_prepend(str(user_dir))
+    with trusting_code(False), pytest.raises(ConfigError) as info:
+        _custom(custom_model=target)
+    assert str(info.value) == (f"training.model.custom_model: {target} runs Python code from a {kind} named by "
+                               "the config; pass --trust-code if you trust it")
+    assert not (user_dir / "ran").exists()

@@ -63,9 +63,12 @@ def test_mlflow_run_read_back(trained):
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name("pytest_project")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert len(runs) == 2  # the run folder's parent run and its "train" stage
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    (run,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.run_name == "run mobilenet α0.35" and parent.info.status == "FINISHED"
+    assert run.info.run_name == "train" and run.info.status == "FINISHED"
+    assert parent.data.metrics["float_acc_validation_set"] == run.data.metrics["float_acc_validation_set"]
     assert run.data.params["operation_mode"] == "training"
     assert run.data.params["training.batch_size"] == "8"
     assert run.data.params["training.model.alpha"] == "0.35"
@@ -141,11 +144,13 @@ def test_evaluation_mode_reproduces_validation_accuracy(trained, tmp_path, image
     assert (tmp_path / "eval_run/float_model_confusion_matrix_validation_set.png").exists()
     assert "operation_mode: evaluation" in (tmp_path / "eval_run/stmclf.log").read_text()
     client = MlflowClient(tracking_uri=resolve_tracking_uri(str(trained / "mlruns"))[0])
-    runs = {r.info.run_name: r for r in client.search_runs(
-        [client.get_experiment_by_name("pytest_project").experiment_id])}
-    assert runs["eval_run"].data.metrics["float_acc_validation_set"] == runs["run"].data.metrics[
-        "float_acc_validation_set"]
-    assert runs["eval_run"].data.params["operation_mode"] == "evaluation"
+    runs = client.search_runs([client.get_experiment_by_name("pytest_project").experiment_id])
+    parents = {r.info.run_id: r.info.run_name.split()[0] for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    stages = {(parents[r.data.tags["mlflow.parentRunId"]], r.info.run_name): r for r in runs
+              if r.data.tags.get("mlflow.parentRunId") in parents}
+    assert stages[("eval_run", "evaluate")].data.metrics["float_acc_validation_set"] == \
+        stages[("run", "train")].data.metrics["float_acc_validation_set"]
+    assert stages[("eval_run", "evaluate")].data.params["operation_mode"] == "evaluation"
 
 
 def test_multi_step_training_from_model_file(trained, tmp_path, image_folder):

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from stmclf.errors import ConfigError
 from stmclf.training.callbacks import build_callbacks
 from stmclf.training.optimizers import OPTIMIZERS, build_optimizer
+from stmclf.trust import trusting_code
 
 
 # -- optimizers -------------------------------------------------------------------------------
@@ -125,7 +126,9 @@ def test_terminate_on_nan_stops_at_that_batch():
 
 
 def test_any_lightning_callback_by_class_path():
-    (monitor,) = build_callbacks({"lightning.pytorch.callbacks.LearningRateMonitor": {"logging_interval": "epoch"}})
+    # lightning./torch./stmclf. class paths import no user code: no --trust-code needed
+    with trusting_code(False):
+        (monitor,) = build_callbacks({"lightning.pytorch.callbacks.LearningRateMonitor": {"logging_interval": "epoch"}})
     assert type(monitor).__name__ == "LearningRateMonitor" and monitor.logging_interval == "epoch"
     with pytest.raises(ConfigError, match=r"training.callbacks.lightning.pytorch.callbacks.LearningRateMonitor"
                                           r".bad: unknown argument"):

@@ -7,18 +7,18 @@ Usage::
     images = aug(images)              # float NCHW in pixels_range, on the training device
     images = aug(images, epoch=3)     # custom pipelines use the epoch; built-in ones ignore it
 
-Modules: ``registry`` (the one registry dict and argument checks), ``color``, ``misc``,
-``affine`` (shared batched affine sampler), ``erasing``, ``pipeline`` (``build_augmentation``,
-``change_rate`` mixing), ``custom`` (``custom_data_augmentation``).
+Modules, lowest first (each imports only those before it): ``registry`` (the one registry dict
+and argument checks), ``_common`` (kernel helpers, the ``pixels_range`` check), the kernels
+``affine`` (shared batched affine sampler), ``color``, ``erasing``, ``misc``, then ``kernels``
+(imports every kernel module: the registry complete), ``custom`` (``custom_data_augmentation``),
+``pipeline`` (``build_augmentation``, ``change_rate`` mixing).
 """
 from __future__ import annotations
 
-from stmclf.augment.registry import AUGMENTATIONS, REQUIRED, AugmentationSpec, kernel_names, register_augmentation
-
-# Importing the kernel modules registers their functions.
-from stmclf.augment import affine, color, erasing, misc  # noqa: F401,E402  isort: skip
-from stmclf.augment.custom import CustomAugmentation, build_custom_augmentation  # noqa: E402
-from stmclf.augment.pipeline import AugmentationPipeline, apply_augmentation, build_augmentation  # noqa: E402
+from stmclf.augment.custom import CustomAugmentation, build_custom_augmentation
+from stmclf.augment.kernels import AUGMENTATIONS, kernel_names
+from stmclf.augment.pipeline import AugmentationPipeline, apply_augmentation, build_augmentation
+from stmclf.augment.registry import REQUIRED, AugmentationSpec, register_augmentation
 
 __all__ = [
     "AUGMENTATIONS", "REQUIRED", "AugmentationSpec", "AugmentationPipeline", "CustomAugmentation",

@@ -1,12 +1,24 @@
 """Shared helpers for the batch kernels: the call context, random sampling on the images'
 device, and conversions between ``pixels_range`` and the [0, 1] / [0, 255] spaces some
-reference functions work in."""
+reference functions work in, and the ``pixels_range`` check."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+
+from stmclf.augment.registry import _fmt, _is_number
+from stmclf.errors import ConfigError
+
+
+def check_pixels_range(pixels_range: Any) -> tuple[float, float]:
+    """``pixels_range`` (offset, 255·scale + offset) as 2 increasing floats, or a ConfigError."""
+    if (not isinstance(pixels_range, (list, tuple)) or len(pixels_range) != 2
+            or not all(_is_number(v) for v in pixels_range) or not pixels_range[1] > pixels_range[0]):
+        raise ConfigError("preprocessing.rescaling", "the pixel range (offset, 255·scale + offset) must be 2 "
+                          f"increasing numbers (scale > 0); got {_fmt(pixels_range)}")
+    return (float(pixels_range[0]), float(pixels_range[1]))
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from stmclf.augment import build_augmentation, example_section, kernel_names
+from stmclf.errors import one_line
 
 SEED_PIPELINE = {
     "random_contrast": {"factor": 0.4},
@@ -54,7 +55,7 @@ def sync_check(x: torch.Tensor, names: list[str]) -> list[str]:
         try:
             aug(x)
         except RuntimeError as exc:
-            bad.append(f"{name}: {' '.join(str(exc).split())[:160]}")
+            bad.append(f"{name}: {one_line(exc, 160, whole=True)}")
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return bad

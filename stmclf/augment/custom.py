@@ -15,9 +15,10 @@ through :func:`stmclf.augment.apply_augmentation`. (The reference resolves a bar
 name inside its own ``data_augmentation.py`` and passes ``(images, config, pixels_range,
 batch_info)``; a file or module path is the equivalent here.)
 
-Every problem (bad format, file or module not found, import error, missing attribute,
-uncallable object, wrong signature) is a one-line ConfigError on
-``custom_data_augmentation.function_name``.
+The file or module runs Python code named by the config: it is imported only with
+``--trust-code`` on the command line (:mod:`stmclf.trust`). Every problem (no ``--trust-code``,
+bad format, file or module not found, import error, missing attribute, uncallable object, wrong
+signature) is a one-line ConfigError on ``custom_data_augmentation.function_name``.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from stmclf.augment.pipeline import check_pixels_range
-from stmclf.errors import ConfigError
+from stmclf.augment._common import check_pixels_range
+from stmclf.errors import ConfigError, one_line
+from stmclf.trust import require_trusted_code
 
 __all__ = ["CustomAugmentation", "build_custom_augmentation", "load_function"]
 
@@ -48,8 +50,10 @@ def _split(spec: str, key: str) -> tuple[str, str]:
     return target, func
 
 
-def _load_module(target: str, key: str):
+def _load_module(target: str, key: str, text: str, trusted: bool = False):
     is_path = target.endswith(".py") or os.sep in target or "/" in target
+    if not trusted:  # before anything is imported
+        require_trusted_code(key, text, "file" if is_path else "module")
     if is_path:
         path = os.path.abspath(os.path.expanduser(target))
         if not os.path.isfile(path):
@@ -67,24 +71,23 @@ def _load_module(target: str, key: str):
             spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - reported as one line
             sys.modules.pop(name, None)
-            raise ConfigError(key, f"importing {target} failed: {type(exc).__name__}: {_one_line(exc)}") from None
+            raise ConfigError(key, f"importing {target} failed: {one_line(exc, typed=True)}") from None
         return module
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
-        raise ConfigError(key, f"module not found: {target} ({_one_line(exc)})") from None
+        raise ConfigError(key, f"module not found: {target} ({one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(key, f"importing {target} failed: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise ConfigError(key, f"importing {target} failed: {one_line(exc, typed=True)}") from None
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-def load_function(spec: str, key: str = "custom_data_augmentation.function_name") -> Callable[..., Any]:
-    """Resolve ``"module:function"`` or ``"file.py:function"`` to the callable."""
+def load_function(spec: str, key: str = "custom_data_augmentation.function_name", *,
+                  trusted: bool = False) -> Callable[..., Any]:
+    """Resolve ``"module:function"`` or ``"file.py:function"`` to the callable. The module is
+    imported only with ``--trust-code`` (:mod:`stmclf.trust`) or ``trusted`` (an object that was
+    allowed to load it is being unpickled, e.g. in a spawned process)."""
     target, func = _split(spec, key)
-    module = _load_module(target, key)
+    module = _load_module(target, key, spec.strip(), trusted)
     fn = getattr(module, func, None)
     if fn is None:
         raise ConfigError(key, f"{target} has no attribute {func!r}")
@@ -130,8 +133,8 @@ class CustomAugmentation:
         self._extra: frozenset[str] = frozenset()
         self._load()
 
-    def _load(self) -> None:
-        self._fn = load_function(self.function_name, f"{self.key}.function_name")
+    def _load(self, trusted: bool = False) -> None:
+        self._fn = load_function(self.function_name, f"{self.key}.function_name", trusted=trusted)
         self._extra = _extra_kwargs(self._fn)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -142,7 +145,7 @@ class CustomAugmentation:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._load()
+        self._load(trusted=True)  # this object passed the --trust-code check when it was built
 
     def __repr__(self) -> str:
         return f"CustomAugmentation({self.function_name!r}, config={self.config!r})"

@@ -188,7 +188,8 @@ def random_periodic_resizing(x: torch.Tensor, p: SimpleNamespace, ctx: Context) 
     is drawn at batches 0, period, 2·period, ... of this pipeline. ``interpolation``: bilinear
     (default), nearest, bicubic or area (half-pixel centres, no antialiasing: bilinear and
     nearest equal ``tf.image.resize``; area equals it for integer down-scaling (torch's adaptive
-    average pooling otherwise); bicubic uses torch's a = −0.75 kernel, TF's uses −0.5). There is no ``change_rate``: every image of a batch must share
+    average pooling otherwise); bicubic uses torch's a = −0.75 kernel, TF's uses −0.5). There is no
+    ``change_rate``: every image of a batch must share
     one size. The batch size of the output therefore differs from the input's; the model must
     accept variable input sizes (global pooling). Documented by the reference README and used by
     its object-detection code, not dispatched by its image-classification code."""

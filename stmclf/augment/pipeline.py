@@ -19,8 +19,10 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from stmclf.augment._common import Context
-from stmclf.augment.registry import AUGMENTATIONS, _fmt, _is_number, validate_args
+from stmclf.augment._common import Context, check_pixels_range
+from stmclf.augment.custom import build_custom_augmentation
+from stmclf.augment.kernels import AUGMENTATIONS
+from stmclf.augment.registry import _fmt, validate_args
 from stmclf.errors import ConfigError
 
 __all__ = ["AugmentationPipeline", "build_augmentation", "apply_augmentation", "check_pixels_range"]
@@ -121,14 +123,6 @@ class AugmentationPipeline:
         return x
 
 
-def check_pixels_range(pixels_range: Any) -> tuple[float, float]:
-    if (not isinstance(pixels_range, (list, tuple)) or len(pixels_range) != 2
-            or not all(_is_number(v) for v in pixels_range) or not pixels_range[1] > pixels_range[0]):
-        raise ConfigError("preprocessing.rescaling", "the pixel range (offset, 255·scale + offset) must be 2 "
-                          f"increasing numbers (scale > 0); got {_fmt(pixels_range)}")
-    return (float(pixels_range[0]), float(pixels_range[1]))
-
-
 def build_augmentation(section: Optional[Mapping[str, Any]], pixels_range: tuple[float, float], *,
                        key: str = "data_augmentation", channels: Optional[int] = None) -> AugmentationPipeline:
     """Validate ``section`` (the YAML mapping ``{function: args or None}``, in file order) and
@@ -140,8 +134,6 @@ def build_augmentation(section: Optional[Mapping[str, Any]], pixels_range: tuple
     (see :func:`stmclf.augment.custom.build_custom_augmentation`).
     """
     if key.split(".")[-1] == "custom_data_augmentation":
-        from stmclf.augment.custom import build_custom_augmentation
-
         return build_custom_augmentation(section, pixels_range, key=key)  # type: ignore[return-value]
     pr = check_pixels_range(pixels_range)
     if section is None:

@@ -3,7 +3,8 @@
 One dict, :data:`AUGMENTATIONS`, maps a YAML function name (``random_flip``) to an
 :class:`AugmentationSpec`: the batch kernel, its argument table (defaults, required arguments,
 checks) and flags. Functions are added with :func:`register_augmentation`; nothing dispatches on
-names with if/else chains.
+names with if/else chains. The kernel modules import this one; :mod:`stmclf.augment.kernels`
+imports them all, so the dict is complete once that module is imported.
 
 Argument rules (those of the reference's ``check_dataaug_argument`` plus each function's own):
 
@@ -30,7 +31,6 @@ from stmclf.errors import ConfigError
 __all__ = [
     "REQUIRED", "ArgSpec", "AugmentationSpec", "AUGMENTATIONS", "register_augmentation", "arg",
     "number", "choice", "rate", "integer", "nonneg_number", "color_spec", "validate_args",
-    "kernel_names",
 ]
 
 
@@ -117,13 +117,6 @@ def register_augmentation(name: str, args: dict[str, ArgSpec], *, colour_only: b
         return kernel
 
     return decorate
-
-
-def kernel_names() -> list[str]:
-    """Names of every registered augmentation function (for benchmarks and docs), sorted."""
-    import stmclf.augment  # noqa: F401  (importing the package registers every function)
-
-    return sorted(AUGMENTATIONS)
 
 
 # ------------------------------------------------------------------------------------------

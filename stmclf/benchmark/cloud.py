@@ -45,7 +45,7 @@ import requests
 from stmclf.benchmark.reports import (c_info_device, c_info_macc, c_info_tool, footprint_sums,
                                       memory_pool_usage, to_float, to_int, version_string)
 from stmclf.benchmark.results import Footprint
-from stmclf.errors import UserError
+from stmclf.errors import UserError, one_line
 
 log = logging.getLogger("stmclf.benchmark.cloud")
 
@@ -57,7 +57,7 @@ class CloudError(UserError):
     """A Developer Cloud failure; the message is one line and never holds credentials."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(one_line(message))
+        super().__init__(one_line(message, 400, whole=True))
 
 
 class ServiceUnreachable(CloudError):
@@ -90,11 +90,6 @@ class BenchmarkFailed(CloudError):
 
 class PollTimeout(CloudError):
     """A run did not finish (or stayed in one state) within its timeout."""
-
-
-def one_line(text: Any, limit: int = 400) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------

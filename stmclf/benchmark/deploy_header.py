@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import yaml
 
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import ConfigError, UserError, one_line
 
 log = logging.getLogger("stmclf.benchmark")
 
@@ -81,7 +81,7 @@ def _read_config(run_dir: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({one_line(exc)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of config sections")
     return data
@@ -126,7 +126,7 @@ def read_tflite_io(path: Path) -> dict[str, dict[str, Any]]:
         interpreter = Interpreter(model_path=str(path))
     except Exception as exc:  # noqa: BLE001 - LiteRT raises ValueError/RuntimeError on bad files
         raise UserError(f"{path}: not a TFLite model LiteRT can load "
-                        f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+                        f"({one_line(exc)})") from None
     out = {}
     for key, details in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):
         if not details:

@@ -59,7 +59,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from stmclf.errors import UserError
+from stmclf.errors import UserError, one_line
 
 log = logging.getLogger("stmclf.benchmark")
 
@@ -300,8 +300,7 @@ def _load_onnx(path: Path) -> Graph:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{path}: not an ONNX model onnx can load ({first})") from None
+        raise UserError(f"{path}: not an ONNX model onnx can load ({one_line(exc)})") from None
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - keep whatever shapes the file has

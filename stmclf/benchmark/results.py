@@ -136,8 +136,8 @@ class Footprint:
             kwargs["cli_version_str"] = data["tool_version"]
         return cls(**kwargs)
 
-    def write_json(self, path: str | Path) -> Path:
+    def write_json(self, path: str | Path, extra: Optional[dict[str, Any]] = None) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        path.write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
         return path

@@ -8,7 +8,7 @@ The numbers come from the first source that works, in this order (the output say
 4. the offline estimate (``--offline``, or when nothing else is available): MACC, weights flash
    and activation RAM computed from the model file.
 Results go to the terminal, ``<run>/benchmark.json`` (the reference's field names plus
-``source``), MLflow and the HTML report.
+``source``) and MLflow; run directories and MLflow runs are :mod:`stmclf.orchestration`'s.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from stmclf.config import RunConfig
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import ConfigError
 
 log = logging.getLogger("stmclf.benchmark")
 DEFAULT_BOARD = "STM32H747I-DISCO"
@@ -28,11 +28,24 @@ def _tool(cfg: RunConfig):
     return (tools.stedgeai or tools.stm32ai) if tools else None
 
 
-def _board(cfg: RunConfig, board: Optional[str]) -> str:
+def board_name(cfg: RunConfig, board: Optional[str] = None) -> str:
+    """``board`` (command line), else ``benchmarking.board``, else the default board; checked."""
     from stmclf.benchmark.boards import check_board
 
     name = board or (cfg.benchmarking.board if cfg.benchmarking else None) or DEFAULT_BOARD
     return check_board(name, "benchmarking.board")
+
+
+def board_capacity(board: str) -> dict[str, object]:
+    """The board's memories for ``benchmark.json`` (what the report compares the footprint with)."""
+    from stmclf.benchmark.boards import get_board
+
+    try:
+        spec = get_board(board)
+    except ConfigError:  # a cloud board stmclf's table does not know
+        return {}
+    return {"board_name": spec.name, "board_flash_bytes": spec.flash_bytes, "board_ram_bytes": spec.ram_bytes,
+            "board_ext_flash_bytes": spec.ext_flash_bytes, "board_ext_ram_bytes": spec.ext_ram_bytes}
 
 
 def cloud_login_first(cfg: RunConfig, offline: bool):
@@ -55,7 +68,7 @@ def measure(cfg: RunConfig, model_path: Path, run_root: Path, *, board: Optional
     """The footprint of ``model_path`` from the first source that works (see the module doc)."""
     from stmclf.benchmark.estimate import estimate_footprint
 
-    board = _board(cfg, board)
+    board = board_name(cfg, board)
     tool = _tool(cfg)
     if not offline and tool is not None and tool.on_cloud:
         from stmclf.benchmark.cloud import CloudError, LoginError, ServiceUnreachable, cloud_footprint
@@ -99,15 +112,12 @@ def print_footprint(footprint) -> None:
 def benchmark_artifact(cfg: RunConfig, model_path: Path, run_root: Path, *, board: Optional[str] = None,
                        offline: bool = False, client=None, mlflow_logger=None):
     """Measure, then report: table, ``benchmark.json``, log lines, MLflow metrics and params."""
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise ConfigError("general.model_path", f"unable to find the model to benchmark: {model_path}")
-    if model_path.suffix.lower() not in (".tflite", ".onnx"):
-        raise UserError(f"benchmark: {model_path} is not a .tflite or .onnx model; export it first "
-                        "(stmclf export --int8)")
+    from stmclf.models.source import resolve_model_source
+
+    model_path = resolve_model_source(model_path).require("benchmark", "benchmarking").path
     footprint = measure(cfg, model_path, run_root, board=board, offline=offline, client=client)
     print_footprint(footprint)
-    footprint.write_json(run_root / "benchmark.json")
+    footprint.write_json(run_root / "benchmark.json", board_capacity(footprint.board or board_name(cfg, board)))
     log.info("Benchmark of %s: source %s", model_path.name, footprint.source)
     for name, value in footprint.metrics().items():
         log.info("%s : %s", name, value)
@@ -115,28 +125,6 @@ def benchmark_artifact(cfg: RunConfig, model_path: Path, run_root: Path, *, boar
         mlflow_logger.log_metrics({k: float(v) for k, v in footprint.metrics().items() if v is not None})
         tool = _tool(cfg)
         mlflow_logger.log_hyperparams({"stm32ai_version": str(tool.version if tool else None),
-                                       "target": footprint.board or _board(cfg, board),
+                                       "target": footprint.board or board_name(cfg, board),
                                        "benchmark_source": footprint.source})
-    return footprint
-
-
-def benchmark_mode(cfg: RunConfig, model_path: Optional[str] = None, *, board: Optional[str] = None,
-                   offline: bool = False, operation_mode: str = "benchmarking"):
-    """``stmclf benchmark`` / ``operation_mode: benchmarking``: one run directory and MLflow run."""
-    from stmclf.training.run_dir import create_run_dir
-    from stmclf.training.tracking import finish_mlflow_run, start_mlflow_run
-
-    model_path = model_path or cfg.general.model_path
-    if not model_path:
-        raise ConfigError("general.model_path", "benchmarking needs a .tflite or .onnx model (--model or "
-                                                "general.model_path)")
-    _board(cfg, board)  # a bad board name fails before anything is written
-    client = cloud_login_first(cfg, offline)
-    run = create_run_dir(cfg)
-    log.info("operation_mode: %s", operation_mode)
-    mlflow_logger = start_mlflow_run(cfg, run, operation_mode, extra_params={"model_path": str(model_path)})
-    footprint = benchmark_artifact(cfg, Path(model_path), run.root, board=board, offline=offline, client=client,
-                                   mlflow_logger=mlflow_logger)
-    log.info("operation finished: %s", operation_mode)
-    finish_mlflow_run(mlflow_logger, run)
     return footprint

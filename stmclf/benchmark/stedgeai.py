@@ -25,7 +25,7 @@ from typing import Any, Iterable, Optional, Union
 from stmclf.benchmark.reports import (c_info_macc, footprint_sums, parse_generate_report, parse_network_report,
                                       to_int, version_string)
 from stmclf.benchmark.results import Footprint
-from stmclf.errors import UserError
+from stmclf.errors import UserError, one_line
 
 log = logging.getLogger("stmclf.benchmark.stedgeai")
 
@@ -38,7 +38,7 @@ class StEdgeAiError(UserError):
     """A failure of the local tool; one line."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(one_line(message, 1000, whole=True))
 
 
 def resolve_executable(path: Union[str, Path, None], key: str = "tools.stedgeai.path_to_stedgeai") -> str:

@@ -16,28 +16,162 @@ commands:
 Run 'stmclf COMMAND --help' for the options of a command."""
 
 
+class HelpShown(Exception):
+    """Raised after a help text was printed: the command ends with exit code 0."""
+
+
+SPHINX = ((r":(?:class|func|meth|attr|paramref|obj|mod|ref):`~?(?:[\w.]+\.)?([^`<]+?)(?: <[^>]+>)?`", r"\1"),
+          (r"``([^`]+)``", r"\1"), (r"`([^`]+)`", r"\1"), (r"\s+", " "))
+
+
+def plain(text: str) -> str:
+    """Help text without reStructuredText markup, on one line."""
+    import re
+
+    for pattern, repl in SPHINX:
+        text = re.sub(pattern, repl, text or "")
+    return text.strip()
+
+
+def _option_rows(actions) -> list[tuple[str, str]]:
+    rows = []
+    for action in actions:
+        flags = ", ".join(action.option_strings[:2]) or action.dest
+        takes_value = action.nargs != 0 and not type(action).__name__.startswith(("_StoreTrue", "_StoreFalse"))
+        if takes_value and action.option_strings:
+            flags += " " + (action.metavar or action.dest.split(".")[-1].upper())
+        rows.append((flags, plain(action.help or "")))
+    return rows
+
+
+def _format_rows(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
+    import textwrap
+
+    column = min(max((len(f) for f, _ in rows), default=0) + 4, 34)
+    lines = []
+    for flags, text in rows:
+        wrapped = textwrap.wrap(text, width - column) or [""]
+        if len(flags) + 4 > column:
+            lines.append(f"  {flags}")
+            lines.extend(" " * column + w for w in wrapped)
+        else:
+            lines.append(f"  {flags:<{column - 2}}{wrapped[0]}")
+            lines.extend(" " * column + w for w in wrapped[1:])
+    return lines
+
+
+COMMON_OPTIONS = {
+    "config": ("--config FILE", "ST model-zoo YAML config file (may be given more than once)"),
+    "print_config": ("--print_config", "print the resolved config and exit"),
+    "trust_model_file": None, "trust_code": None, "offline": None,
+}
+"""Options every config command has (shown after the command's own); a tuple replaces the text."""
+
+
+def config_help(parser) -> str:
+    """The command's own options first, then the config sections in one paragraph; the Lightning
+    Trainer's options are behind --help-trainer (jsonargparse's full help is 300+ lines)."""
+    from stmclf.config import sections
+
+    options = [a for a in parser._actions if a.dest not in sections.SECTIONS and "." not in a.dest
+               and a.dest not in ("help", "trainer")]
+    common = [a for a in options if a.dest in COMMON_OPTIONS]
+    rows = _option_rows([a for a in options if a.dest not in COMMON_OPTIONS])  # the command's own first
+    rows += [COMMON_OPTIONS[a.dest] if isinstance(COMMON_OPTIONS[a.dest], tuple) else _option_rows([a])[0]
+             for a in common]
+    rows += [("-h, --help", "this help"),
+                                ("--help-trainer", "the Lightning Trainer options (trainer.devices, "
+                                                   "trainer.precision, trainer.strategy, ...)")]
+    lines = [f"usage: {parser.prog} --config FILE [options] [section.key=VALUE ...] [--section.key VALUE ...]", ""]
+    if parser.description:
+        lines += [plain(parser.description), ""]
+    lines += ["options:", *_format_rows(rows), ""]
+    lines += ["config (ST model-zoo YAML; every key can be overridden as section.key=VALUE or --section.key VALUE):",
+              *_format_rows([("sections", ", ".join(list(sections.SECTIONS)) + ", trainer (Lightning)")]),
+              "", "Schema and stmclf's additions: docs/config.md; Lightning Trainer options: --help-trainer."]
+    return "\n".join(lines)
+
+
+def trainer_help(parser) -> str:
+    actions = [a for a in parser._actions if a.dest.startswith("trainer.") and not a.dest.endswith(".help")]
+    return "\n".join([f"usage: {parser.prog} --config FILE --trainer.KEY VALUE (or trainer.KEY=VALUE)", "",
+                      "Lightning Trainer options (the 'trainer' section; stmclf sets max_epochs, callbacks, "
+                      "loggers, checkpointing and determinism from the ST sections):", *_format_rows(_option_rows(actions))])
+
+
+def parse_config_args(parser, argv: Sequence[str]):
+    """``parse_args`` with stmclf's short help (-h/--help) and --help-trainer."""
+    from stmclf.config.parser import parse_args
+
+    if "-h" in argv or "--help" in argv:
+        print(config_help(parser))
+        raise HelpShown
+    if "--help-trainer" in argv or "--help_trainer" in argv:
+        print(trainer_help(parser))
+        raise HelpShown
+    return parse_args(parser, argv)
+
+
 def _config_command(prog: str, description: str, action: Callable) -> Callable[[Sequence[str]], int]:
     def command(argv: Sequence[str]) -> int:
         from stmclf.config import from_namespace
-        from stmclf.config.parser import build_parser, parse_args
+        from stmclf.config.parser import build_parser
 
         parser = build_parser(prog, description)
-        cfg = from_namespace(parser, parse_args(parser, argv))
+        parser.add_argument("--ckpt_path", "--ckpt-path", dest="ckpt_path", type=Optional[str], default=None,
+                            help="resume training from this checkpoint (Lightning's name for "
+                                 "training.resume_training_from; it wins over training.model)")
+        ns = parse_config_args(parser, argv)
+        cfg = from_namespace(parser, ns)
+        _apply_ckpt_path(cfg, ns.ckpt_path)
         action(cfg)
         return 0
     return command
 
 
-def _fit(cfg) -> None:
-    from stmclf.training.fit import train
+def _apply_ckpt_path(cfg, ckpt_path: Optional[str]) -> None:
+    """``--ckpt_path`` sets ``training.resume_training_from`` (the command line wins, with a warning)."""
+    if not ckpt_path:
+        return
+    if cfg.training is None:
+        from stmclf.errors import ConfigError
 
-    train(cfg)
+        raise ConfigError("training", "missing 'training' section: --ckpt_path resumes a training run")
+    given = cfg.training.resume_training_from
+    if given and given != ckpt_path:
+        logging.getLogger("stmclf").warning("--ckpt_path %s replaces training.resume_training_from %s", ckpt_path,
+                                            given)
+    cfg.training.resume_training_from = ckpt_path
+
+
+def _fit(cfg) -> None:
+    from stmclf.orchestration import fit_command
+
+    fit_command(cfg)
 
 
 def _run(cfg) -> None:
-    from stmclf.cli.modes import run_mode
+    from stmclf.orchestration import run_mode
 
     run_mode(cfg)
+
+
+def _with_run_config(argv: Sequence[str]) -> list[str]:
+    """``--run RUN_DIR`` without ``--config``: the run's own ``config.yaml`` is the config."""
+    argv = list(argv)
+    if "--config" in argv or any(a.startswith("--config=") for a in argv):
+        return argv
+    for i, arg in enumerate(argv):
+        run = argv[i + 1] if arg == "--run" and i + 1 < len(argv) else \
+            (arg.split("=", 1)[1] if arg.startswith("--run=") else None)
+        if run is not None:
+            from pathlib import Path
+
+            config = Path(run) / "config.yaml"
+            if not config.is_file():
+                raise UserError(f"--run {run}: no config.yaml there; is this a stmclf run directory?")
+            return ["--config", str(config), *argv]
+    return argv
 
 
 def _data(argv: Sequence[str]) -> int:
@@ -80,15 +214,15 @@ def _data(argv: Sequence[str]) -> int:
 def _augment_preview(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from stmclf.augment.preview import augment_preview
+    from stmclf.training.augment_preview import augment_preview
     from stmclf.config import from_namespace
-    from stmclf.config.parser import build_parser, parse_args
+    from stmclf.config.parser import build_parser
 
     parser = build_parser("stmclf augment-preview", "Write a before/after grid of the configured augmentation.")
     parser.add_argument("--num-images", "--num_images", type=int, default=8, help="images in the grid")
     parser.add_argument("--seed", type=int, default=1, help="seed for the image choice and the augmentation")
     parser.add_argument("--out", type=str, default="augmentation_preview.png", help="PNG file to write")
-    ns = parse_args(parser, argv)
+    ns = parse_config_args(parser, argv)
     out = augment_preview(from_namespace(parser, ns), ns.num_images, ns.seed, Path(ns.out))
     print(out)
     return 0
@@ -98,12 +232,12 @@ def _plot_lr(argv: Sequence[str]) -> int:
     from pathlib import Path
 
     from stmclf.config import from_namespace
-    from stmclf.config.parser import build_parser, parse_args
+    from stmclf.config.parser import build_parser
     from stmclf.training.plot_lr import plot_learning_rates
 
     parser = build_parser("stmclf plot-lr", "Plot the learning-rate schedule of a config without training.")
     parser.add_argument("--out", type=str, default="lr_schedule.png", help="PNG file to write")
-    ns = parse_args(parser, argv)
+    ns = parse_config_args(parser, argv)
     print(plot_learning_rates(from_namespace(parser, ns), Path(ns.out)))
     return 0
 
@@ -145,24 +279,33 @@ def _report(argv: Sequence[str]) -> int:
 
     parser = ArgumentParser(prog="stmclf report", exit_on_error=False,
                             description="Write one self-contained HTML page for a run directory.")
-    parser.add_argument("run_dir", help="the run directory (hydra.run.dir of the run)")
+    parser.add_argument("run_dir", nargs="?", default=None, help="the run directory (hydra.run.dir of the run)")
+    parser.add_argument("--run", type=Optional[str], default=None, help="the run directory (same as RUN_DIR)")
     parser.add_argument("--out", type=Optional[str], default=None, help="HTML file (default RUN_DIR/report.html)")
     args = _parse_small(parser, argv)
-    print(write_report(args.run_dir, args.out))
+    run_dir = args.run_dir or args.run
+    if not run_dir:
+        raise UserError("stmclf report: give the run directory (RUN_DIR or --run RUN_DIR)")
+    print(write_report(run_dir, args.out))
     return 0
+
+
+RUN_HELP = "run folder to write into (default: the run folder holding the model file, else a new one)"
 
 
 def _export(argv: Sequence[str]) -> int:
     from jsonargparse import ActionYesNo
 
     from stmclf.config import from_namespace
-    from stmclf.config.parser import build_parser, parse_args
-    from stmclf.export import export_mode
+    from stmclf.config.parser import build_parser
+    from stmclf.orchestration import export_command
 
     parser = build_parser("stmclf export", "Export a trained model: float ONNX / TFLite, and int8 "
                                            "(QDQ ONNX, full-integer TFLite) with --int8.")
     parser.add_argument("--ckpt", type=Optional[str], default=None,
-                        help="stmclf model file (best_model.pt or a .ckpt); default general.model_path")
+                        help="model file: stmclf best_model.pt/.ckpt, Keras .h5, float ONNX or torch file; default "
+                             "general.model_path, else the run's best_model.pt")
+    parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--int8", action=ActionYesNo, default=None,
                         help="also write int8 models (default: when the config has a quantization section); "
                              "--no_int8 to skip")
@@ -170,70 +313,85 @@ def _export(argv: Sequence[str]) -> int:
     parser.add_argument("--per-layer", "--per_layer", dest="per_layer", action="store_true", default=False,
                         help="with --int8 and the onnx format: per-tensor SNR of the QDQ model vs the float ONNX "
                              "(table, per_layer_snr.csv in the export directory)")
-    ns = parse_args(parser, argv)
+    ns = parse_config_args(parser, _with_run_config(argv))
     cfg = from_namespace(parser, ns)
     if ns.per_layer:
         from stmclf.export.per_layer import check_per_layer_request
 
         check_per_layer_request(ns.format, ns.int8, cfg)
-    result = export_mode(cfg, ns.ckpt, formats=ns.format, int8=ns.int8)
+    result, _ = export_command(cfg, ns.ckpt, run=ns.run, formats=ns.format, int8=ns.int8)
+    files = dict(result.items())
     if ns.per_layer:
         from stmclf.export.per_layer import per_layer_for_export
 
-        result["per_layer"] = per_layer_for_export(cfg, result)
-    for key, path in result.items():
+        files["per_layer"] = per_layer_for_export(cfg, result)
+    for key, path in files.items():
         print(f"{key}: {path}")
     return 0
 
 
 def _predict(argv: Sequence[str]) -> int:
     from stmclf.config import from_namespace
-    from stmclf.config.parser import build_parser, parse_args
-    from stmclf.evaluate.predict import predict_run
+    from stmclf.config.parser import build_parser
+    from stmclf.orchestration import predict_command
 
     parser = build_parser("stmclf predict", "Classify every image of a folder with a trained model (stmclf .pt/"
-                                            ".ckpt, float or QDQ .onnx, float or int8 .tflite).")
+                                            ".ckpt, Keras .h5, float or QDQ .onnx, float or int8 .tflite).")
     parser.add_argument("--model", type=Optional[str], default=None,
-                        help="the model file; default general.model_path")
+                        help="the model file; default general.model_path, else the run's best_model.pt")
     parser.add_argument("--images", type=Optional[str], default=None,
                         help="directory of images; default prediction.test_files_path")
-    parser.add_argument("--out", type=Optional[str], default=None,
-                        help="run directory (predictions in OUT/predictions); default hydra.run.dir")
-    ns = parse_args(parser, argv)
+    parser.add_argument("--run", "--out", dest="run", type=Optional[str], default=None,
+                        help=RUN_HELP + "; predictions in RUN/predictions")
+    ns = parse_config_args(parser, _with_run_config(argv))
     cfg = from_namespace(parser, ns)
     use_config = bool(cfg.config_files) or cfg.preprocessing is not None or cfg.dataset is not None
-    result = predict_run(cfg, ns.model, ns.images, ns.out, operation_mode="predict", use_config=use_config)
+    result = predict_command(cfg, ns.model, ns.images, run=ns.run, use_config=use_config)
     print(f"predictions: {result.out_dir}")
     return 0
 
 
 def _benchmark(argv: Sequence[str]) -> int:
-    from stmclf.benchmark.run import benchmark_mode
     from stmclf.config import from_namespace
-    from stmclf.config.parser import build_parser, parse_args
+    from stmclf.config.parser import build_parser
+    from stmclf.orchestration import benchmark_command
 
     parser = build_parser("stmclf benchmark", "Footprint of a model on an STM32 board: board run (Developer "
                                               "Cloud) → cloud analyze → local stedgeai → offline estimate.")
     parser.add_argument("--model", type=Optional[str], default=None,
-                        help=".tflite or .onnx model (default general.model_path)")
+                        help=".tflite or .onnx model (default general.model_path, else the run's int8 model)")
+    parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--board", type=Optional[str], default=None, help="board (default benchmarking.board)")
-    ns = parse_args(parser, argv)
+    ns = parse_config_args(parser, _with_run_config(argv))
     cfg = from_namespace(parser, ns)
-    benchmark_mode(cfg, ns.model, board=ns.board, offline=cfg.offline)
+    benchmark_command(cfg, ns.model, run=ns.run, board=ns.board)
     return 0
 
 
 def _deploy_header(argv: Sequence[str]) -> int:
     from jsonargparse import ArgumentParser
 
-    from stmclf.benchmark.deploy_header import write_deploy_header
+    from stmclf.orchestration import deploy_header_command
 
     parser = ArgumentParser(prog="stmclf deploy-header", exit_on_error=False,
                             description="Write the C header (ai_model_config.h) the STM32 application needs.")
     parser.add_argument("--run", type=str, required=True, help="the run directory holding the int8 model")
     parser.add_argument("--out", type=Optional[str], default=None, help="header file (default RUN/generated/...)")
     args = _parse_small(parser, argv)
-    print(write_deploy_header(args.run, args.out))
+    print(deploy_header_command(args.run, args.out))
+    return 0
+
+
+def _summary(argv: Sequence[str]) -> int:
+    from stmclf.config import from_namespace
+    from stmclf.config.parser import build_parser
+    from stmclf.models.summary import build_configured_model, render_summary
+
+    parser = build_parser("stmclf summary", "Print the layer table of the config's training.model.")
+    parser.add_argument("--num_classes", "--num-classes", type=Optional[int], default=None,
+                        help="number of classes (default: dataset.class_names or the dataset's class folders)")
+    ns = parse_config_args(parser, argv)
+    render_summary(build_configured_model(from_namespace(parser, ns), ns.num_classes))
     return 0
 
 
@@ -260,8 +418,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "deploy-header": (_deploy_header, "write the C header for ST's application from a run directory"),
     "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR', "
                     "'data check --config x.yaml'"),
-    "summary": (lambda argv: __import__("stmclf.models.summary", fromlist=["summary_command"]).summary_command(argv),
-                "layer table of the config's training.model (Keras indices, params, output shapes)"),
+    "summary": (_summary, "layer table of the config's training.model (Keras indices, params, output shapes)"),
 }
 
 
@@ -314,6 +471,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _setup_console_logging()
     try:
         return COMMANDS[name][0](rest)
+    except HelpShown:
+        return 0
     except UserError as exc:
         print(f"stmclf: error: {exc}", file=sys.stderr)
         return 2

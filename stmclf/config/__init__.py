@@ -4,15 +4,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import yaml
 
 from stmclf.config import rules
-from stmclf.config.interpolate import interpolate
+from stmclf.config.interpolate import env_references, interpolate, redact, time_stamped_keys
 from stmclf.config.sections import (DEFAULT_RUN_DIR, Benchmarking, CustomDataAugmentation, Dataset,
                                     Deployment, Evaluation, General, Mlflow, Prediction,
                                     Preprocessing, Quantization, Tools, Training)
+from stmclf.trust import set_code_trust
 
 
 @dataclass
@@ -39,6 +40,9 @@ class RunConfig:
     resolved_yaml: str = ""
     trust_model_file: bool = False
     """Command line only: allow a pickled torch module as general.model_path."""
+    trust_code: bool = False
+    """Command line only (``--trust-code``): allow the Python code the config names (custom model,
+    custom augmentation, callback class paths outside lightning./torch./stmclf.)."""
     offline: bool = False
     """Command line only: benchmark with the offline estimate (no account, no network)."""
 
@@ -51,20 +55,45 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out = {}
         for f in dataclasses.fields(self):
-            if f.name in ("config_files", "resolved_yaml", "trust_model_file", "offline"):
+            if f.name in ("config_files", "resolved_yaml", "trust_model_file", "trust_code", "offline"):
                 continue
             value = getattr(self, f.name)
             out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         return out
 
+    env_references: ClassVar[dict[tuple, tuple[str, Any]]] = {}
+    """Values that came from environment variables: ``{key path: (text with ${NAME}, value)}``
+    (set per instance by :func:`from_namespace`)."""
+    time_stamped_keys: ClassVar[frozenset[str]] = frozenset()
+    """Keys whose value came from ``${now:...}`` (set per instance by :func:`from_namespace`)."""
+
+    def redacted_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the values that came from environment variables shown as their
+        ``${NAME}`` references (what MLflow parameters and written configs may show)."""
+        return redact(self.to_dict(), self.env_references)
+
+
+CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(RunConfig)) - {"config_files", "resolved_yaml",
+                                                                        "trust_model_file", "trust_code",
+                                                                        "offline"}
+"""Top-level keys a run's config.yaml holds: the YAML sections and ``trainer``."""
+
 
 def from_namespace(parser, ns) -> RunConfig:
     """Turn a parsed jsonargparse namespace into a validated :class:`RunConfig`."""
-    resolved = parser.dump(ns, skip_none=False)
+    config_ns = ns.clone()
+    for key in list(config_ns.keys()):
+        if "." not in key and key not in CONFIG_KEYS:  # command-line options (--offline, --ckpt_path, ...)
+            config_ns.pop(key, None)
+    resolved = parser.dump(config_ns, skip_none=False, skip_validation=True)
+    refs = env_references()  # environment-variable values stay ${NAME} in the written config
+    if refs:
+        resolved = yaml.safe_dump(redact(yaml.safe_load(resolved), refs), default_flow_style=False,
+                                  allow_unicode=True, sort_keys=False)
     init = parser.instantiate_classes(ns)
     values = {}
     for f in dataclasses.fields(RunConfig):
-        if f.name in ("config_files", "resolved_yaml", "trainer", "trust_model_file", "offline"):
+        if f.name in ("config_files", "resolved_yaml", "trainer", "trust_model_file", "trust_code", "offline"):
             continue
         value = init.get(f.name)
         if value is not None:
@@ -73,8 +102,12 @@ def from_namespace(parser, ns) -> RunConfig:
     values["config_files"] = [str(p) for p in (ns.get("config") or [])]
     values["resolved_yaml"] = resolved
     values["trust_model_file"] = bool(ns.get("trust_model_file", False))
+    values["trust_code"] = bool(ns.get("trust_code", False))
+    set_code_trust(values["trust_code"])  # process-wide: also checkpoints that rebuild a custom model
     values["offline"] = bool(ns.get("offline", False))
     cfg = RunConfig(**values)
+    cfg.env_references = refs
+    cfg.time_stamped_keys = time_stamped_keys()
     rules.check_common(cfg)
     return cfg
 

@@ -6,17 +6,26 @@ Supported forms (Hydra/OmegaConf spellings that ST configs use):
 - ``${NAME}`` and ``${oc.env:NAME}`` / ``${oc.env:NAME,default}``: an environment variable
   (the reference's rule for ``\\$\\{\\w+\\}``), an error naming the key when it is not set;
 - ``${section.key}``: another value of the same config.
+
+Environment variables may hold secrets (tokens, private paths), so the loader records which
+values came from them (:func:`record_env_references`): the run's ``config.yaml`` and the MLflow
+parameters show ``${NAME}`` there (:func:`redact`) while the run uses the resolved values.
+``${now:...}`` and ``${section.key}`` are not secrets and stay resolved.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import re
-from typing import Any
+from typing import Any, Optional
 
 from stmclf.errors import ConfigError
 
 _PATTERN = re.compile(r"\$\{([^${}]+)\}")
+MAX_RESULT = 65_536
+"""Characters an interpolated value may reach (the YAML file itself is at most 1 MiB)."""
+MAX_TOTAL = 1 << 20
+"""Characters all interpolated values of a config may reach together."""
 _START = _dt.datetime.now()
 
 
@@ -33,12 +42,20 @@ def _lookup(root: dict, dotted: str) -> Any:
     return node
 
 
-def _resolve_one(expr: str, key: str, root: dict) -> str:
+def _resolve_one(expr: str, key: str, root: dict, env_used: Optional[list] = None, keep_env: bool = False) -> str:
+    """One ``${expr}``; an environment variable is appended to ``env_used`` (and, with
+    ``keep_env``, left as the reference text)."""
+    original = "${" + expr + "}"
     expr = expr.strip()
     if expr.startswith("now:"):
+        _TIME_STAMPED_KEYS.add(key)
         return _START.strftime(expr[4:])
     if expr.startswith("oc.env:"):
         name, _, default = expr[7:].partition(",")
+        if env_used is not None:
+            env_used.append(name.strip())
+        if keep_env:
+            return original
         value = os.environ.get(name.strip())
         if value is None:
             if default:
@@ -47,7 +64,9 @@ def _resolve_one(expr: str, key: str, root: dict) -> str:
         return value
     if re.fullmatch(r"\w+", expr):
         if expr in os.environ:
-            return os.environ[expr]
+            if env_used is not None:
+                env_used.append(expr)
+            return original if keep_env else os.environ[expr]
         if expr in root and not isinstance(root[expr], (dict, list)):
             return str(root[expr])
         raise ConfigError(key, f"environment variable {expr} is not set (used as ${{{expr}}})")
@@ -62,26 +81,110 @@ def _resolve_one(expr: str, key: str, root: dict) -> str:
     raise ConfigError(key, f"unsupported interpolation ${{{expr}}}: use ${{now:FORMAT}}, ${{ENV_VAR}} or ${{section.key}}")
 
 
-def interpolate(text: str, key: str = "", root: dict | None = None) -> str:
-    """Resolve every ``${...}`` in ``text``; ``key`` names the config key in errors."""
+def interpolate(text: str, key: str = "", root: dict | None = None, *, env_used: Optional[list] = None,
+                keep_env: bool = False) -> str:
+    """Resolve every ``${...}`` in ``text``; ``key`` names the config key in errors. The names of
+    the environment variables used are appended to ``env_used``; ``keep_env`` leaves their
+    ``${NAME}`` references in the text (what the run's written config shows)."""
     if "${" not in text:
         return text
     root = root or {}
+
+    def replace(match: re.Match) -> str:
+        value = _resolve_one(match.group(1), key, root, env_used, keep_env)
+        grown[0] += len(value)
+        if grown[0] > MAX_RESULT:  # references that multiply at each round: ${a}${a} with a: ${b}${b}, ...
+            raise ConfigError(key, f"interpolation gives more than {MAX_RESULT:,} characters")
+        return value
+
     for _ in range(10):  # references may themselves contain references
-        new = _PATTERN.sub(lambda m: _resolve_one(m.group(1), key, root), text)
+        grown = [len(text)]
+        new = _PATTERN.sub(replace, text)
         if new == text or "${" not in new:
             return new
         text = new
     raise ConfigError(key, "interpolation does not terminate")
 
 
-def interpolate_tree(data: Any, root: dict | None = None, key: str = "") -> Any:
-    """Interpolate every string of a loaded YAML document (``root`` defaults to ``data``)."""
+def interpolate_tree(data: Any, root: dict | None = None, key: str = "", *,
+                     env_refs: Optional[dict] = None, path: tuple = (), _budget: Optional[list] = None) -> Any:
+    """Interpolate every string of a loaded YAML document (``root`` defaults to ``data``).
+
+    With ``env_refs``, each value that uses an environment variable is recorded there as
+    ``{path tuple: the text with its ${NAME} references kept}``."""
     root = data if root is None and isinstance(data, dict) else (root or {})
+    budget = _budget if _budget is not None else [MAX_TOTAL]
     if isinstance(data, dict):
-        return {k: interpolate_tree(v, root, f"{key}.{k}" if key else str(k)) for k, v in data.items()}
+        return {k: interpolate_tree(v, root, f"{key}.{k}" if key else str(k), env_refs=env_refs, path=(*path, k),
+                                    _budget=budget) for k, v in data.items()}
     if isinstance(data, list):
-        return [interpolate_tree(v, root, key) for v in data]
+        return [interpolate_tree(v, root, key, env_refs=env_refs, path=(*path, i), _budget=budget)
+                for i, v in enumerate(data)]
     if isinstance(data, str):
-        return interpolate(data, key, root)
+        used: list[str] = []
+        value = interpolate(data, key, root, env_used=used)
+        if value is not data:
+            budget[0] -= len(value)
+            if budget[0] < 0:
+                raise ConfigError(key, f"the interpolated values of the config exceed {MAX_TOTAL:,} characters")
+        if used and env_refs is not None:
+            env_refs[path] = interpolate(data, key, root, keep_env=True)
+        return value
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Values that came from environment variables: kept as ${NAME} in what a run writes
+
+_ENV_REFERENCES: dict[tuple, tuple[str, Any]] = {}
+
+
+_TIME_STAMPED_KEYS: set[str] = set()
+"""Keys whose value used ``${now:...}`` (a ``hydra.run.dir`` that names a new folder per run)."""
+
+
+def time_stamped_keys() -> frozenset[str]:
+    return frozenset(_TIME_STAMPED_KEYS)
+
+
+def clear_env_references() -> None:
+    """Forget the recorded references (at the start of each command-line parse)."""
+    _ENV_REFERENCES.clear()
+    _TIME_STAMPED_KEYS.clear()
+
+
+def record_env_references(refs: dict[tuple, tuple[str, Any]]) -> None:
+    """``{path: (text with ${NAME} kept, the value the config holds)}`` of one loaded file (a
+    later file or override that sets the same key to another value wins: see :func:`redact`)."""
+    _ENV_REFERENCES.update(refs)
+
+
+def env_references() -> dict[tuple, tuple[str, Any]]:
+    return dict(_ENV_REFERENCES)
+
+
+def redact(data: Any, refs: dict[tuple, tuple[str, Any]]) -> Any:
+    """A copy of ``data`` (nested dicts/lists) with each recorded path put back to its
+    ``${NAME}`` text, where the value there is still the one that came from the environment."""
+    if not refs:
+        return data
+
+    def walk(node: Any, path: tuple) -> Any:
+        ref = refs.get(path)
+        if ref is not None and _same(node, ref[1]):
+            return ref[0]
+        if isinstance(node, dict):
+            return {k: walk(v, (*path, k)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [walk(v, (*path, i)) for i, v in enumerate(node)]
+        return node
+
+    return walk(data, ())
+
+
+def _same(value: Any, recorded: Any) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(recorded, (list, tuple)):
+        return len(value) == len(recorded) and all(_same(a, b) for a, b in zip(value, recorded))
+    return type(value) is type(recorded) and value == recorded or \
+        (isinstance(value, (int, float)) and isinstance(recorded, (int, float)) and value == recorded
+         and not isinstance(value, bool) and not isinstance(recorded, bool))

@@ -7,8 +7,11 @@ Parse errors are rewritten into one line that names the key path.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import os
 import re
+import stat
 import typing
 from typing import Any, Optional, Sequence
 
@@ -16,9 +19,9 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader
 
 from stmclf.config import sections
-from stmclf.config.interpolate import interpolate_tree
+from stmclf.config.interpolate import clear_env_references, interpolate_tree, record_env_references
 from stmclf.config.values import convert_values
-from stmclf.errors import UserError
+from stmclf.errors import UserError, one_line
 
 PARSER_MODE = "stmclf_yaml"
 
@@ -28,20 +31,244 @@ TRAINER_SKIP = {"logger", "callbacks", "max_epochs", "min_epochs", "enable_check
                 "model_registry", "fast_dev_run"}
 
 
-def load_yaml(text: str) -> Any:
-    """jsonargparse loader: YAML, then ``${...}`` interpolation, then safe value conversion."""
+# ---------------------------------------------------------------------------------------------
+# YAML: bounded (size, nesting, nodes, aliases), duplicate keys refused
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is at most 1 MiB (ST configs are a few KiB)."""
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 5_000
+"""Nodes of the document with every alias expanded (a 1,000-class ``class_names`` is 1,000)."""
+MAX_YAML_ALIASES = 100
+
+
+class YamlLimitError(yaml.MarkedYAMLError):
+    """A document beyond the bounds (or with a duplicate key): the message names the line."""
+
+
+class _BoundedComposer(yaml.composer.Composer):
+    """PyYAML's composer (libyaml events), counting what the document expands to: nesting
+    depth, nodes with aliases expanded (billion-laughs bombs), aliases; duplicate mapping keys
+    are refused with the key path and both lines (PyYAML would keep the last one silently)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._depth = 0
+        self._nodes = 0
+        self._aliases = 0
+        self._sizes: dict[int, int] = {}
+        self._path: list[Any] = []
+
+    def _limit(self, problem: str, mark: Any) -> YamlLimitError:
+        return YamlLimitError(problem=problem, problem_mark=mark)
+
+    def _count(self, n: int, mark: Any) -> None:
+        self._nodes += n
+        if self._nodes > MAX_YAML_NODES:
+            raise self._limit(f"the document has more than {MAX_YAML_NODES:,} values (aliases expanded); "
+                              f"a config needs far fewer", mark)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if self._depth >= MAX_YAML_DEPTH:
+            raise self._limit(f"nesting deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise self._limit(f"YAML anchors/aliases are limited to {MAX_YAML_ALIASES} per file", event.start_mark)
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                size = self._sizes.get(id(target))
+                if size is None:
+                    raise self._limit(f"alias *{event.anchor} refers to a value that contains it (a cycle)",
+                                      event.start_mark)
+                self._count(size, event.start_mark)
+            return super().compose_node(parent, index)
+        before = self._nodes
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._count(1, event.start_mark)
+        self._sizes[id(node)] = self._nodes - before
+        return node
+
+    def compose_sequence_node(self, anchor: Any) -> Any:
+        start = self.peek_event()
+        tag = start.tag if start.tag not in (None, "!") else self.resolve(yaml.SequenceNode, None, start.implicit)
+        node = yaml.SequenceNode(tag, [],
+                                 start.start_mark, None, flow_style=start.flow_style)
+        self.get_event()
+        if anchor is not None:
+            self.anchors[anchor] = node
+        index = 0
+        while not self.check_event(yaml.SequenceEndEvent):
+            self._path.append(index)
+            node.value.append(self.compose_node(node, index))
+            self._path.pop()
+            index += 1
+        node.end_mark = self.get_event().end_mark
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        start = self.peek_event()
+        tag = start.tag if start.tag not in (None, "!") else self.resolve(yaml.MappingNode, None, start.implicit)
+        node = yaml.MappingNode(tag, [],
+                                start.start_mark, None, flow_style=start.flow_style)
+        self.get_event()
+        if anchor is not None:
+            self.anchors[anchor] = node
+        seen: dict[tuple[str, str], int] = {}  # (tag, text) of each scalar key → its line
+        while not self.check_event(yaml.MappingEndEvent):
+            key_node = self.compose_node(node, None)
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if name is not None and key_node.tag != "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                first = seen.get((key_node.tag, name))
+                if first is not None:
+                    where = ".".join(str(p) for p in (*self._path, name))
+                    raise YamlLimitError(problem=f"duplicate key {where} (lines {first} and {line}): "
+                                                 f"each key may appear once in a mapping",
+                                         problem_mark=key_node.start_mark)
+                seen[(key_node.tag, name)] = line
+            self._path.append(name if name is not None else "?")
+            value_node = self.compose_node(node, key_node)
+            self._path.pop()
+            node.value.append((key_node, value_node))
+        node.end_mark = self.get_event().end_mark
+        return node
+
+
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class BoundedLoader(_BoundedComposer, _BaseLoader):  # type: ignore[misc, valid-type]
+    """Safe YAML loader: libyaml's parser (fast) with :class:`_BoundedComposer`."""
+
+    def __init__(self, stream: str) -> None:
+        _BaseLoader.__init__(self, stream)
+        _BoundedComposer.__init__(self)
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> UserError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    problem = getattr(exc, "problem", None) or exc
+    return UserError(f"{source}: invalid YAML{where}: {one_line(problem, 200)}")
+
+
+_CONFIG_FILE: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("stmclf_config_file", default=None)
+_INLINE_CONFIG: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("stmclf_inline_config", default=None)
+
+
+def _source_name(path: Optional[str]) -> str:
+    return _CONFIG_FILE.get() or (f"--config {path}" if path else "--config")
+
+
+def load_yaml(text: str, path: Optional[str] = None) -> Any:
+    """jsonargparse loader: YAML, then ``${...}`` interpolation, then safe value conversion.
+
+    jsonargparse calls it for a whole config (``path`` given: the file name, or ``""`` for a
+    config string) and for single values of ``Any``-typed keys (``path`` None). A single value
+    that is a plain one-line string stays that string (``'lambda epoch, lr: lr * 0.95'`` is a
+    schedule, not a ``{'lambda epoch, lr': ...}`` mapping); flow collections (``[..]``, ``{..}``)
+    and multi-line text are still loaded. The YAML is bounded: see :class:`BoundedLoader`.
+    """
+    document = path is not None or text == _INLINE_CONFIG.get()
+    if not document and "\n" not in text and not text.lstrip().startswith(("{", "[")):
+        # A one-line string value: already loaded and converted with its file (jsonargparse's own
+        # YAML round trips end with a newline). 'lambda epoch, lr: lr * 0.95' stays a schedule
+        # instead of becoming a {'lambda epoch, lr': ...} mapping; quoted 'yes' stays text.
+        return text
+    source = _source_name(path) if document else "value"
+    if len(text) > MAX_CONFIG_BYTES:
+        raise UserError(f"{source}: more than {MAX_CONFIG_BYTES // 1024} KiB of config text; a config is a few KiB")
     try:
-        data = yaml.safe_load(text)
+        loader = BoundedLoader(text)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UserError(f"invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        raise _yaml_error(exc, source) from None
+    except RecursionError:  # not expected with the depth bound; a guard all the same
+        raise UserError(f"{source}: invalid YAML: nesting too deep") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+        raise UserError(f"{source}: invalid value in the YAML: {one_line(exc, 200)}") from None
+    if document and not isinstance(data, dict):
+        if path is None:  # jsonargparse asking whether a --config value is a config string or a file name
+            return data
+        kind = {type(None): "nothing (an empty file)", list: "a list", str: "text"}.get(type(data), type(data).__name__)
+        raise UserError(f"{source}: expecting a YAML mapping of sections (general:, dataset:, training:, ...) at the "
+                        f"top level, found {kind}")
+    if document:
+        for name in data:
+            if not isinstance(name, str):
+                raise UserError(f"{source}: top-level key {one_line(repr(name), 60)} is not a section name "
+                                f"(general, dataset, training, ...)")
+    refs: dict[tuple, str] = {}
     if isinstance(data, (dict, list, str)):
-        data = interpolate_tree(data)
-    return convert_values(data)
+        data = interpolate_tree(data, env_refs=refs if document else None)
+    data = convert_values(data)
+    if refs:
+        record_env_references({p: (kept, _at(data, p)) for p, kept in refs.items()})
+    return data
+
+
+def _at(data: Any, path: tuple) -> Any:
+    for part in path:
+        data = data[part]
+    return data
 
 
 set_loader(PARSER_MODE, load_yaml, exceptions=(UserError,))
+
+
+class ConfigFileAction(ActionConfigFile):
+    """``--config FILE``: a regular file of at most 1 MiB of UTF-8 text, else a one-line error
+    naming the file (then jsonargparse's own config-file handling; errors name the file)."""
+
+    def __call__(self, parser, cfg, values, option_string=None):
+        name = str(values)
+        is_file = os.path.lexists(name)
+        if is_file:
+            check_config_file(name)
+        tokens = (_CONFIG_FILE.set(name if is_file else None), _INLINE_CONFIG.set(None if is_file else name))
+        try:
+            super().__call__(parser, cfg, values, option_string)
+        finally:
+            _CONFIG_FILE.reset(tokens[0])
+            _INLINE_CONFIG.reset(tokens[1])
+
+
+def check_config_file(name: str) -> None:
+    """Refuse, naming the file, what is not a small UTF-8 text file (a directory, a device or FIFO,
+    more than 1 MiB, binary or non-UTF-8 bytes) before anything reads it whole."""
+    try:
+        info = os.stat(name)
+    except OSError as exc:
+        raise UserError(f"{name}: cannot read the file ({one_line(exc.strerror or exc)})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{name}: not a regular file (expecting a YAML config file)")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"{name}: {info.st_size / 2**20:.1f} MiB is too large for a config file "
+                        f"(at most {MAX_CONFIG_BYTES // 2**20} MiB)")
+    try:
+        with open(name, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"{name}: cannot read the file ({one_line(exc.strerror or exc)})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(f"{name}: more than {MAX_CONFIG_BYTES // 2**20} MiB, too large for a config file")
+    if b"\0" in data:
+        raise UserError(f"{name}: a binary file (NUL bytes), expecting a YAML config file")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UserError(f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                        f"save the config as UTF-8") from None
 
 
 def build_parser(prog: str, description: str = "") -> ArgumentParser:
@@ -50,11 +277,15 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
 
     parser = ArgumentParser(prog=prog, description=description, parser_mode=PARSER_MODE,
                             exit_on_error=False, default_meta=False)
-    parser.add_argument("--config", action=ActionConfigFile,
+    parser.add_argument("--config", action=ConfigFileAction,
                         help="ST model-zoo YAML config file (may be given more than once)")
     parser.add_argument("--trust-model-file", "--trust_model_file", dest="trust_model_file", action="store_true",
                         default=False, help="allow general.model_path to be a pickled torch module (runs code "
                                             "from the file: only for files you trust)")
+    parser.add_argument("--trust-code", "--trust_code", dest="trust_code", action="store_true", default=False,
+                        help="allow the Python code the config names: training.model.custom_model, "
+                             "custom_data_augmentation.function_name, callback class paths outside lightning., "
+                             "torch. and stmclf. (only for configs you trust)")
     parser.add_argument("--offline", action="store_true", default=False,
                         help="benchmarks use the offline footprint estimate (no account or network needed)")
     for name, type_ in sections.SECTIONS.items():
@@ -106,7 +337,8 @@ def _type_name(text: str) -> str:
 
 
 def one_line_error(message: str) -> str:
-    """Rewrite a (possibly nested, multi-line) jsonargparse error into ``key.path: problem``."""
+    """Rewrite a (possibly nested, multi-line) jsonargparse error into ``key.path: problem`` (the
+    problem line made short by :func:`stmclf.errors.one_line`)."""
     stack: list[tuple[int, str]] = []
     leaf_path: list[str] = []
     expected: list[str] = []
@@ -152,13 +384,14 @@ def one_line_error(message: str) -> str:
         shown = [e for e in expected if e != "None"] or expected
         got = f", got {given!r}" if given is not None else ""
         return f"{key}: expected {' or '.join(shown)}{got}"
-    leaf = leaf or message.strip().splitlines()[0]
+    leaf = one_line(leaf or message)
     m = re.match(r"Option '([^']+)' is not accepted", leaf) or re.match(r'Key "([^"]+)" is not expected', leaf)
     if m:
         return _unknown_key(leaf_path, m.group(1))
     m = re.match(r"the following arguments are required: (.+)", leaf)
     if m:
-        missing = ", ".join(f"{key}.{k.strip().lstrip('-')}" if key else k.strip().lstrip('-') for k in m.group(1).split(","))
+        names = [k.strip().lstrip("-") for k in m.group(1).split(",")]
+        missing = ", ".join(f"{key}.{name}" if key else name for name in names)
         return f"missing required key {missing}"
     m = re.match(r"Unrecognized arguments: (.+)", leaf)
     if m:
@@ -188,7 +421,7 @@ def _convert_override(key: str, value: str) -> str:
 
     if key in ("config", "print_config") or is_text_key(key.rsplit(".", 1)[-1]):
         return value
-    parsed = parse_value(value)
+    parsed = parse_value(value, key)
     if isinstance(parsed, str) or isinstance(parsed, bool):
         return value
     return json.dumps(parsed)
@@ -205,13 +438,21 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
         elif key is not None:
             out.append(_convert_override(key, arg))
             key = None
+        elif HYDRA_OVERRIDE.match(arg):  # ST's documented (Hydra) form: training.epochs=3, +key=value
+            name, _, value = arg.lstrip("+").partition("=")
+            out.append(f"--{name}={_convert_override(name, value)}")
         else:
             out.append(arg)
     return out
 
 
+HYDRA_OVERRIDE = re.compile(r"^\+?[A-Za-z_][\w-]*(\.[\w-]+)*=")
+"""``key.path=value`` on the command line (Hydra's override syntax), read as ``--key.path=value``."""
+
+
 def parse_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
     """Parse ``argv``; any problem becomes a one-line :class:`UserError`."""
+    clear_env_references()  # filled by load_yaml, read by stmclf.config.from_namespace
     try:
         return parser.parse_args(convert_overrides(argv))
     except UserError:

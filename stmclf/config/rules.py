@@ -1,19 +1,123 @@
-"""Cross-key rules of the reference's config checker (what a type alone cannot say)."""
+"""Cross-key rules of the reference's config checker (what a type alone cannot say).
+
+``cfg`` is a :class:`stmclf.config.RunConfig`; it is not imported here (``stmclf.config``
+imports this module), so the functions take it unannotated.
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from stmclf.config.modes import modes_with
 from stmclf.errors import ConfigError
 
-if TYPE_CHECKING:
-    from stmclf.config import RunConfig
-
-TRAINING_GROUP = ("training", "chain_tqeb", "chain_tqe")
-EVALUATION_GROUP = ("evaluation", "chain_tqeb", "chain_tqe", "chain_eqe", "chain_eqeb")
-QUANTIZATION_GROUP = ("quantization", "chain_tqeb", "chain_tqe", "chain_eqe", "chain_qb", "chain_eqeb", "chain_qd")
-BENCHMARKING_GROUP = ("benchmarking", "chain_tqeb", "chain_qb", "chain_eqeb")
-DEPLOYMENT_GROUP = ("deployment", "chain_qd")
+TRAINING_GROUP = modes_with("train")
+EVALUATION_GROUP = modes_with("evaluate")
+QUANTIZATION_GROUP = modes_with("quantize")
+BENCHMARKING_GROUP = modes_with("benchmark")
+DEPLOYMENT_GROUP = modes_with("deploy")
 BUILTIN_DATASETS = ("cifar10", "cifar100", "emnist")
+
+
+MAX_EPOCHS = 1_000_000
+MAX_BATCH_SIZE = 65_536
+MAX_IMAGE_SIDE = 8192
+MAX_CHANNELS = 4
+MAX_NUM_WORKERS = 256
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
+MEMORY_MARGIN = 4
+"""A training config whose first layer alone needs more than this many times the available
+memory is refused before anything is allocated."""
+
+# (section, key, lowest, highest): integers that must lie in a sane range.
+INT_RANGES = (
+    ("training", "epochs", 1, MAX_EPOCHS),
+    ("training", "batch_size", 1, MAX_BATCH_SIZE),
+    ("training", "accumulate_grad_batches", 1, MAX_BATCH_SIZE),
+    ("dataset", "num_workers", 0, MAX_NUM_WORKERS),
+    ("dataset", "seed", 0, MAX_SEED),
+    ("general", "global_seed", 0, MAX_SEED),
+    ("general", "num_threads_tflite", 1, 1024),
+    ("prediction", "seed", 0, MAX_SEED),
+)
+
+
+def _shown(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
+        return f"{float(value):.3g}" if value.bit_length() < 1024 else f"a {value.bit_length()}-bit number"
+    return repr(value)
+
+
+def check_int_range(key: str, value, low: int, high: int) -> None:
+    """``value`` (None: not given) is an integer from ``low`` to ``high``, else a ConfigError."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expecting an integer from {low:,} to {high:,}, got {_shown(value)}")
+    if value < low:
+        what = "a positive integer" if low == 1 else f"an integer from {low:,} to {high:,}"
+        raise ConfigError(key, f"must be {what} (got {_shown(value)})")
+    if value > high:
+        raise ConfigError(key, f"must be at most {high:,} (got {_shown(value)})")
+
+
+def model_input_shape(cfg) -> list[int] | None:
+    """``training.model.input_shape`` checked: (height, width, channels), each side 1..8192 and
+    1..4 channels; None when the config has no ``training.model`` input shape."""
+    model = cfg.training.model if cfg.training is not None else None
+    if not isinstance(model, dict) or model.get("input_shape") in (None, ""):
+        return None
+    shape = model["input_shape"]
+    key = "training.model.input_shape"
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3 \
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
+        raise ConfigError(key, f"expecting (height, width, channels) as three integers, got {shape!r}"[:300])
+    for value, name, high in zip(shape, ("height", "width", "channels"), (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_CHANNELS)):
+        if not 1 <= value <= high:
+            raise ConfigError(key, f"the {name} must be from 1 to {high:,} (got {_shown(value)} in {tuple(shape)})"[:300])
+    return list(shape)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (Linux MemAvailable, else physical memory)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def check_memory_estimate(cfg) -> None:
+    """Refuse a batch whose input plus a first convolution's output (32 float32 channels at full
+    resolution: the least any model here holds) needs far more memory than is available."""
+    shape = model_input_shape(cfg)
+    if shape is None or cfg.training.resume_training_from:
+        return
+    height, width, channels = shape
+    batch = cfg.training.batch_size
+    needed = batch * height * width * (channels + 32) * 4
+    available = available_memory()
+    if needed > MEMORY_MARGIN * available:
+        raise ConfigError("training.batch_size",
+                          f"a batch of {batch:,} images of {height}x{width}x{channels} needs at least "
+                          f"{needed / 2**30:,.1f} GiB for its input and first layer, far more than the "
+                          f"{available / 2**30:,.1f} GiB of memory available: lower training.batch_size or "
+                          f"training.model.input_shape")
+
+
+def check_ranges(cfg) -> None:
+    """Integers in sane ranges (epochs, batch size, workers, seeds, image size): a config such as
+    ``epochs: 10**30`` is refused here, at parse time, with the key."""
+    for section, key, low, high in INT_RANGES:
+        holder = getattr(cfg, section, None)
+        if holder is not None:
+            check_int_range(f"{section}.{key}", getattr(holder, key, None), low, high)
+    model_input_shape(cfg)
 
 
 def check_split(key: str, value: float | None) -> None:
@@ -21,21 +125,21 @@ def check_split(key: str, value: float | None) -> None:
         raise ConfigError(key, f"the value should be > 0 and < 1 (got {value})")
 
 
-def check_training(cfg: "RunConfig") -> None:
+def check_training(cfg) -> None:
     """Rules for any mode that trains (``stmclf fit``, ``training``, ``chain_tqe(b)``)."""
     for name in ("dataset", "preprocessing", "training"):
         if getattr(cfg, name) is None:
             raise ConfigError(name, f"missing '{name}' section: training needs dataset, preprocessing and training")
     training, general, dataset = cfg.training, cfg.general, cfg.dataset
     sources = [k for k, v in (("training.model", training.model),
-                              ("training.resume_training_from", training.resume_training_from),
                               ("general.model_path", general.model_path)) if v]
-    if not sources:
+    if not sources and not training.resume_training_from:
         raise ConfigError("training.model", "expecting either training.model, training.resume_training_from "
                                             "or general.model_path")
-    if len(sources) > 1:
+    # A checkpoint to resume wins over the other sources (with a warning when they differ).
+    if len(sources) > 1 and not training.resume_training_from:
         raise ConfigError(sources[1], f"{' and '.join(sources)} are mutually exclusive: give only one model source")
-    if training.model is not None:
+    if training.model is not None and not training.resume_training_from:
         for key in ("name", "input_shape"):
             if training.model.get(key) in (None, ""):
                 raise ConfigError(f"training.model.{key}", "missing required key")
@@ -45,6 +149,7 @@ def check_training(cfg: "RunConfig") -> None:
         raise ConfigError("training.epochs", f"must be a positive integer (got {training.epochs})")
     if training.dropout is not None and not 0 <= training.dropout < 1:
         raise ConfigError("training.dropout", f"must be >= 0 and < 1 (got {training.dropout})")
+    check_memory_estimate(cfg)
     if dataset.name not in BUILTIN_DATASETS and not dataset.training_path:
         raise ConfigError("dataset.training_path", "missing: training needs a training set directory")
     if cfg.data_augmentation and cfg.custom_data_augmentation:
@@ -52,7 +157,8 @@ def check_training(cfg: "RunConfig") -> None:
                           "the data_augmentation and custom_data_augmentation sections are mutually exclusive")
 
 
-def check_common(cfg: "RunConfig") -> None:
+def check_common(cfg) -> None:
+    check_ranges(cfg)
     dataset = cfg.dataset
     if dataset is not None:
         check_split("dataset.validation_split", dataset.validation_split)

@@ -9,12 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-OPERATION_MODES = ("training", "evaluation", "quantization", "prediction", "benchmarking",
-                   "deployment", "chain_tqeb", "chain_tqe", "chain_eqe", "chain_eqeb",
-                   "chain_qb", "chain_qd")
-OperationMode = Literal["training", "evaluation", "quantization", "prediction", "benchmarking",
-                        "deployment", "chain_tqeb", "chain_tqe", "chain_eqe", "chain_eqeb",
-                        "chain_qb", "chain_qd"]
+from stmclf.config.modes import OPERATION_MODES, OperationModeName as OperationMode  # noqa: F401
+
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
                   "mitchellcubic")
 Interpolation = Literal["bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
@@ -105,6 +101,9 @@ class Training:
     accumulate_grad_batches: Optional[int] = None
     qat: Optional[dict[str, Any]] = None
     """Quantization-aware training: ``{start_epoch: N, freeze_bn_epoch: M, ...}`` (stmclf/training/qat.py)."""
+    checkpoint_every: Union[bool, dict[str, float]] = field(default_factory=lambda: {"minutes": 5})
+    """The ``last`` checkpoint inside an epoch too: ``{steps: N}`` or ``{minutes: M}``; ``false``: every
+    epoch only (stmclf/training/progress.py)."""
 
 
 @dataclass

@@ -5,10 +5,17 @@ models, and it is the same work every epoch. The first epoch writes each image, 
 input size, into ``<cache>/<key>.u8`` (an (N, H, W, C) uint8 memory map shared by the loader's
 worker processes); later epochs read it back. The key hashes the file list (paths, sizes,
 modification times) and the image format, so changing the dataset or the preprocessing starts
-a new cache. ``$STMCLF_CACHE`` (default ``~/.cache/stmclf``) holds it under ``images/``.
+a new cache. ``$STMCLF_CACHE`` (default ``~/.cache/stmclf``) holds it under ``images/``; a cache
+folder that cannot be written (read-only, no permission, disk full) turns the cache off with one
+warning naming it, and training goes on decoding the images every epoch.
+
+Each index has a flag: 0 not decoded yet, 1 image stored, 2 the file's content does not decode
+(:meth:`ImageCache.mark_bad`): the run's skip list, kept for later runs over the same files (the key
+changes when a file changes), so that a dataset with bad files is still read from the cache alone.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -38,8 +45,12 @@ def cache_key(identity: list[str], fmt_fields: dict) -> str:
     return digest.hexdigest()[:20]
 
 
+FILLED, BAD = 1, 2
+
+
 class ImageCache:
-    """Per-index uint8 images with a "filled" flag, in two memory-mapped files."""
+    """Per-index uint8 images with a flag (0 unknown, :data:`FILLED`, :data:`BAD`), in two
+    memory-mapped files."""
 
     def __init__(self, directory: Path, key: str, shape: tuple[int, int, int, int]) -> None:
         self.data_path = directory / f"{key}.u8"
@@ -48,10 +59,18 @@ class ImageCache:
         directory.mkdir(parents=True, exist_ok=True)
         size = int(np.prod(shape))
         if not self.data_path.exists() or self.data_path.stat().st_size != size:
-            with open(self.data_path, "wb") as handle:
-                handle.truncate(size)
-            with open(self.flags_path, "wb") as handle:
-                handle.truncate(shape[0])
+            try:  # disk blocks reserved now: a full disk is an OSError here, not a SIGBUS in a loader worker
+                for path, length in ((self.data_path, size), (self.flags_path, shape[0])):
+                    with open(path, "wb") as handle:
+                        handle.truncate(length)
+                        if length:
+                            _reserve(handle.fileno(), length)
+            except OSError:
+                self.data_path.unlink(missing_ok=True)
+                self.flags_path.unlink(missing_ok=True)
+                raise
+        with open(self.data_path, "r+b"), open(self.flags_path, "r+b"):
+            pass  # writable (the memory maps are opened read-write in each process)
         self._data: Optional[np.memmap] = None
         self._flags: Optional[np.memmap] = None
         self._pid = -1
@@ -64,33 +83,59 @@ class ImageCache:
             self._pid = os.getpid()
 
     def get(self, index: int, load: Callable[[], np.ndarray]) -> np.ndarray:
+        """The stored image ``index``, else ``load()`` stored (what ``load`` raises propagates)."""
         self._open()
-        if self._flags[index]:
+        if self._flags[index] == FILLED:
             return self._data[index]
         image = load()
         self._data[index] = image
-        self._flags[index] = 1
+        self._flags[index] = FILLED
         return image
 
+    def mark_bad(self, index: int) -> None:
+        """Record that file ``index`` does not decode (later epochs and runs skip it)."""
+        self._open()
+        self._flags[index] = BAD
+
+    @property
+    def flags(self) -> np.ndarray:
+        """The per-index flags (a live memory map of this process)."""
+        self._open()
+        return self._flags
+
     def complete(self) -> bool:
+        """Every index is stored or known bad."""
         self._open()
         return bool(self._flags.all())
 
     def read_batch(self, indices) -> Optional[np.ndarray]:
-        """(B, H, W, C) copy of the images ``indices``, or None if one is not cached yet."""
+        """(B, H, W, C) copy of the images ``indices``, or None if one is not stored."""
         self._open()
         index = np.asarray(indices, dtype=np.intp)
-        return np.take(self._data, index, axis=0) if self._flags[index].all() else None
+        return np.take(self._data, index, axis=0) if (self._flags[index] == FILLED).all() else None
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """(B, H, W, C) copy of the images ``indices``, which the caller knows are stored."""
+        self._open()
+        return np.take(self._data, indices, axis=0)
 
     @property
     def filled(self) -> int:
         self._open()
-        return int(np.count_nonzero(self._flags))
+        return int(np.count_nonzero(self._flags == FILLED))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.update(_data=None, _flags=None, _pid=-1)
         return state
+
+
+def _reserve(fd: int, length: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, length)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a filesystem without it: sparse
+            raise
 
 
 def open_cache(identity: list[str], fmt_fields: dict, shape: tuple[int, int, int, int],
@@ -102,8 +147,18 @@ def open_cache(identity: list[str], fmt_fields: dict, shape: tuple[int, int, int
     if size > limit_bytes:
         log.info("Image cache skipped: %.1f GB is above the %.1f GB limit", size / 2**30, limit_bytes / 2**30)
         return None
+    directory = cache_root() / "images"
     try:
-        return ImageCache(cache_root() / "images", cache_key(identity, fmt_fields), shape)
+        return ImageCache(directory, cache_key(identity, fmt_fields), shape)
     except OSError as exc:
-        log.warning("Image cache disabled (%s)", exc)
+        # An unwritable cache (read-only or forbidden folder, full disk) is not an error: the
+        # images are decoded every epoch instead. One warning per folder and process.
+        if str(directory) not in _UNWRITABLE:
+            _UNWRITABLE.add(str(directory))
+            where = exc.filename or directory
+            log.warning("Image cache disabled: %s: %s (set STMCLF_CACHE to a writable folder; images are decoded "
+                        "every epoch meanwhile)", where, exc.strerror or exc)
         return None
+
+
+_UNWRITABLE: set[str] = set()

@@ -15,10 +15,19 @@ Problems (``CheckReport.ok`` is False if there is any):
 - ``not-image``: a file whose extension is not .jpg/.jpeg/.png/.bmp/.gif, or whose content is
   not JPEG, PNG, GIF or BMP;
 - ``empty-file``: a zero-byte file; ``corrupt``: a file that fails to decode (truncated, ...);
-  ``unreadable``: a file or folder that cannot be opened (permissions, ...).
+  ``unreadable``: a file or folder that cannot be opened (permissions, ...);
+- ``bomb``: a decompression bomb, more pixels than ``$STMCLF_MAX_IMAGE_PIXELS`` (default 50 MP),
+  refused from its header.
+
+Training skips every such file (logged once, its place in a batch taken by another image).
 
 Warnings (reported, not broken): ``imbalance`` (largest / smallest class count above a ratio)
-and ``stray-file`` (files directly under a dataset root, which the loader ignores).
+and ``stray-file`` (files directly under a dataset root, which the loader ignores); and files
+that are read but suspicious: ``symlink-outside`` (a symbolic link, or a file in a linked class
+folder, whose target is outside the dataset root: training reads it, with one warning line),
+``format-mismatch`` (a PNG named .jpg, ...: read by content), ``16-bit`` (reduced to 8 bits),
+``cmyk`` (converted to RGB without its colour profile) and ``palette-alpha`` (a palette image with
+transparency: the alpha is dropped unless color_mode is rgba).
 """
 from __future__ import annotations
 
@@ -30,7 +39,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from stmclf.data.folder import IMAGE_SUFFIXES
+from stmclf.data.files import IMAGE_SUFFIXES, outside_root
 from stmclf.errors import UserError
 
 log = logging.getLogger("stmclf.data")
@@ -38,14 +47,15 @@ log = logging.getLogger("stmclf.data")
 DATASET_KEYS = ("training_path", "validation_path", "test_path", "quantization_path")
 BUILTIN_DATASETS = ("cifar10", "cifar100", "emnist")  # as stmclf.config.rules: not folder datasets
 PROBLEM_KINDS = ("missing-root", "no-classes", "missing-class", "empty-class", "sub-folder", "unreadable",
-                 "not-image", "empty-file", "corrupt")
-WARNING_KINDS = ("imbalance", "stray-file")
+                 "not-image", "empty-file", "corrupt", "bomb")
+WARNING_KINDS = ("imbalance", "stray-file", "symlink-outside", "format-mismatch", "16-bit", "cmyk", "palette-alpha")
 DEFAULT_IMBALANCE_RATIO = 3.0
 INLINE_MAX_FILES = 32
 """Fewer files than this are decoded in this process (a pool costs more than it saves)."""
 
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
           (b"BM", "BMP"))
+_SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP"}
 
 
 @dataclass(frozen=True)
@@ -152,28 +162,63 @@ def _describe_content(path: str, head: bytes) -> str:
     return "content is not a JPEG, PNG, GIF or BMP image"
 
 
-def inspect_file(path: str, color_mode: str = "rgb") -> tuple[Optional[str], str]:
-    """``(kind, detail)`` of what is wrong with one image file, ``(None, "")`` if it decodes."""
-    from stmclf.data.decode import decode_image
+Finding = tuple[str, str]  # (kind, detail)
+
+
+def inspect_image(path: str, color_mode: str = "rgb", max_pixels=None) -> tuple[Optional[Finding], list[Finding]]:
+    """What is wrong with one image file (``(kind, detail)``, None if it decodes) and what is
+    suspicious about a file that decodes (a list of ``(kind, detail)`` warnings); decoded by the
+    loader's own functions (:mod:`stmclf.data.decode`). ``max_pixels``: the decompression-bomb
+    limit (default: :func:`~stmclf.data.decode.max_image_pixels`, read now)."""
+    from stmclf.data.decode import ImageDecodeError, image_to_array, max_image_pixels, open_image, read_file
+
+    if max_pixels is None:
+        max_pixels = max_image_pixels()
+    elif max_pixels == 0:  # "no limit", as a value that survives the trip to a pool worker
+        max_pixels = None
 
     try:
-        if os.path.getsize(path) == 0:
-            return "empty-file", "zero-byte file"
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-    except OSError as exc:
-        return "unreadable", exc.strerror or str(exc)
-    if _sniff(head) is None:
-        return "not-image", _describe_content(path, head)
+        data = read_file(path)
+    except ImageDecodeError as exc:
+        return (exc.kind, exc.reason), []
+    if not data:
+        return ("empty-file", "zero-byte file"), []
+    found = _sniff(data[:16])
+    if found is None:
+        return ("not-image", _describe_content(path, data[:16])), []
     try:
-        decode_image(path, color_mode)
-    except UserError as exc:
-        text = str(exc)
-        prefix = f"unable to read image file {path}: "
-        return "corrupt", text[len(prefix):] if text.startswith(prefix) else text
+        with open_image(data, path, max_pixels) as image:
+            notes = _suspicious(path, data, found, image, color_mode)
+            image_to_array(image, color_mode, path)
+    except ImageDecodeError as exc:
+        return (exc.kind, exc.reason), []
     except Exception as exc:  # noqa: BLE001 - a checker reports, it does not crash
-        return "corrupt", f"{type(exc).__name__}: {exc}"
-    return None, ""
+        return ("corrupt", f"{type(exc).__name__}: {exc}"), []
+    return None, notes
+
+
+def _suspicious(path: str, data: bytes, found: str, image, color_mode: str) -> list[Finding]:
+    notes: list[Finding] = []
+    suffix = os.path.splitext(path)[1].lower()
+    expected = _SUFFIX_FORMATS.get(suffix)
+    if expected is not None and expected != found:
+        notes.append(("format-mismatch", f"{found} content in a {suffix} file (read by its content)"))
+    if (found == "PNG" and data[12:16] == b"IHDR" and len(data) > 24 and data[24] == 16) or \
+            image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        notes.append(("16-bit", f"16-bit {found}: reduced to 8 bits per channel"))
+    if image.mode == "CMYK":
+        notes.append(("cmyk", f"CMYK {found}: converted to RGB without its colour profile (colours may be off)"))
+    if image.mode == "PA" or (image.mode == "P" and "transparency" in image.info):
+        notes.append(("palette-alpha", "palette image with transparency: " +
+                      ("read as RGBA" if color_mode == "rgba" else
+                       f"the transparency is dropped in {color_mode} (transparent pixels take their palette colour)")))
+    return notes
+
+
+def inspect_file(path: str, color_mode: str = "rgb") -> tuple[Optional[str], str]:
+    """``(kind, detail)`` of what is wrong with one image file, ``(None, "")`` if it decodes."""
+    problem, _ = inspect_image(path, color_mode)
+    return problem if problem is not None else (None, "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +261,7 @@ def _walk_nested(folder: str, key: str, problems: list[Problem]) -> None:
             _walk_nested(str(Path(folder) / entry.name), key, problems)
 
 
-def _scan_class(folder: _Folder, name: str, problems: list[Problem]) -> None:
+def _scan_class(folder: _Folder, name: str, problems: list[Problem], warnings: list[Problem]) -> None:
     directory = Path(folder.root) / name
     entries, error = _entries(str(directory))
     if error:
@@ -224,6 +269,8 @@ def _scan_class(folder: _Folder, name: str, problems: list[Problem]) -> None:
     images: list[str] = []
     bad = 0
     files = 0
+    real_root = os.path.realpath(folder.root)
+    linked_folder = outside_root(str(directory), real_root) is not None
     for entry in entries:
         path = str(directory / entry.name)
         if _is_dir(entry):
@@ -236,6 +283,11 @@ def _scan_class(folder: _Folder, name: str, problems: list[Problem]) -> None:
                                     f"extension {suffix or '(none)'} is not .jpg, .jpeg, .png, .bmp or .gif"))
             bad += 1
             continue
+        if linked_folder or entry.is_symlink():
+            target = outside_root(path, real_root)
+            if target is not None:
+                warnings.append(Problem("symlink-outside", path, folder.key,
+                                        f"links to {target}, outside the dataset root {real_root} (training reads it)"))
         images.append(path)
     if files == 0 and not error:
         problems.append(Problem("empty-class", str(directory), folder.key, "class folder has no files"))
@@ -284,13 +336,13 @@ def _pool_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _decode_all(paths: Sequence[str], color_mode: str, workers: int,
-                progress: bool) -> list[tuple[Optional[str], str]]:
+def _decode_all(paths: Sequence[str], color_mode: str, workers: int, progress: bool,
+                max_pixels: int) -> list[tuple[Optional[Finding], list[Finding]]]:
     bar = _progress_bar(progress, len(paths))
-    results: list[tuple[Optional[str], str]] = []
+    results: list[tuple[Optional[Finding], list[Finding]]] = []
     try:
         if workers <= 1 or len(paths) < INLINE_MAX_FILES:
-            iterator: Iterable = map(inspect_file, paths, repeat(color_mode))
+            iterator: Iterable = map(inspect_image, paths, repeat(color_mode), repeat(max_pixels))
             pool = None
         else:
             from concurrent.futures import ProcessPoolExecutor
@@ -298,7 +350,7 @@ def _decode_all(paths: Sequence[str], color_mode: str, workers: int,
             workers = min(workers, len(paths))
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
             chunk = max(1, min(64, len(paths) // (workers * 8)))
-            iterator = pool.map(inspect_file, paths, repeat(color_mode), chunksize=chunk)
+            iterator = pool.map(inspect_image, paths, repeat(color_mode), repeat(max_pixels), chunksize=chunk)
         try:
             for result in iterator:
                 results.append(result)
@@ -349,6 +401,9 @@ def check_dataset(dataset, color_mode: str = "rgb", workers: Optional[int] = Non
     ``imbalance_ratio``: warn when a path's largest class has more than this many times the
     images of its smallest (None: no imbalance warning). ``progress``: a progress bar on a terminal.
     """
+    from stmclf.data.decode import max_image_pixels
+
+    max_pixels = max_image_pixels() or 0  # read here (a wrong value: one line), passed to the decoding processes
     report = CheckReport()
     problems, warnings = report.problems, report.warnings
     builtin = (getattr(dataset, "name", "") or "").lower() in BUILTIN_DATASETS
@@ -387,11 +442,11 @@ def check_dataset(dataset, color_mode: str = "rgb", workers: Optional[int] = Non
                 problems.append(Problem("missing-class", str(Path(folder.root) / name), folder.key,
                                         f"class folder {name!r} is missing (listed in {source})"))
                 continue
-            _scan_class(folder, name, problems)
+            _scan_class(folder, name, problems, warnings)
 
     unique = list(dict.fromkeys(p for f in folders for files in f.classes.values() for p in files))
     results = dict(zip(unique, _decode_all(unique, color_mode, default_workers() if workers is None else workers,
-                                           progress)))
+                                           progress, max_pixels)))
     report.files_checked = len(unique) + sum(sum(f.bad.values()) for f in folders)
 
     for folder in folders:
@@ -401,12 +456,13 @@ def check_dataset(dataset, color_mode: str = "rgb", workers: Optional[int] = Non
             good = 0
             bad = folder.bad.get(name, 0)
             for path in files:
-                kind, detail = results[path]
-                if kind is None:
+                problem, notes = results[path]
+                if problem is None:
                     good += 1
+                    warnings.extend(Problem(kind, path, folder.key, detail) for kind, detail in notes)
                 else:
                     bad += 1
-                    problems.append(Problem(kind, path, folder.key, detail))
+                    problems.append(Problem(problem[0], path, folder.key, problem[1]))
             summary.counts[name] = good
             summary.bad[name] = bad
         _imbalance(summary, imbalance_ratio, warnings)
@@ -437,7 +493,9 @@ def _imbalance(summary: FolderSummary, ratio: Optional[float], warnings: list[Pr
 _KIND_LABELS = {"missing-root": "missing path", "no-classes": "no class folders", "missing-class": "missing class",
                 "empty-class": "empty class", "sub-folder": "sub-folder", "unreadable": "unreadable",
                 "not-image": "not an image", "empty-file": "zero-byte file", "corrupt": "corrupt image",
-                "imbalance": "class imbalance", "stray-file": "stray files"}
+                "bomb": "decompression bomb", "imbalance": "class imbalance", "stray-file": "stray files",
+                "symlink-outside": "link out of root", "format-mismatch": "format ≠ extension",
+                "16-bit": "16-bit image", "cmyk": "CMYK image", "palette-alpha": "palette + alpha"}
 
 
 def _short(key: str) -> str:

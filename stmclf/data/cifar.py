@@ -54,8 +54,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from stmclf.data.files import FileList, Splits, list_images
 from stmclf.data.resize import resize_image
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import ConfigError, UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +265,6 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = text if text.isprintable() else ascii(text)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def load_pickle(path: Path):
     """Read a CIFAR python batch with :class:`RestrictedUnpickler`; one-line :class:`UserError`s."""
     try:
@@ -278,10 +274,10 @@ def load_pickle(path: Path):
     try:
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except _RefusedGlobal as exc:
-        raise UserError(f"{path}: refusing to unpickle global {_one_line(exc.qualname)}: a CIFAR batch holds only "
+        raise UserError(f"{path}: refusing to unpickle global {one_line(exc.qualname, 200)}: a CIFAR batch holds only "
                         "dicts, lists, bytes, numbers and numpy arrays (is this the official file?)") from None
     except Exception as exc:  # noqa: BLE001 - corrupt or hostile pickles raise anything
-        raise UserError(f"{path}: not a readable CIFAR python batch ({_one_line(type(exc).__name__ + ': ' + str(exc))})") from None
+        raise UserError(f"{path}: not a readable CIFAR python batch ({one_line(exc, 200, typed=True)})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,17 +513,13 @@ def resolve_class_names(given: Optional[Sequence[str]], official: Sequence[str])
 def _folder_in_label_order(path: str, class_names: list[str], key: str, seed: int):
     """A folder dataset whose labels follow ``class_names`` order (``list_images`` numbers the
     sorted names)."""
-    from stmclf.data.folder import FileList, list_images
-
     files = list_images(path, class_names, key, seed)
     remap = [class_names.index(name) for name in sorted(class_names)]
     return FileList(files.paths, [remap[label] for label in files.labels], files.root)
 
 
 def cifar_splits(dataset):
-    """:class:`~stmclf.data.folder.Splits` for ``dataset.name`` cifar10 / cifar100."""
-    from stmclf.data.folder import Splits
-
+    """:class:`~stmclf.data.files.Splits` for ``dataset.name`` cifar10 / cifar100."""
     kind = dataset.name.lower()
     seed = 123 if dataset.seed is None else dataset.seed
     n_classes = class_count(kind, dataset.class_names)

@@ -3,14 +3,23 @@
 Decoding and resizing happen in worker processes; conversion to float, rescaling and
 augmentation happen on the training device (see ``stmclf.training.module``), so batches cross
 process and device boundaries as compact uint8.
+
+Bad files never stop a run. A file that does not decode (truncated, zero bytes, not an image,
+a decompression bomb, ...: :class:`~stmclf.data.decode.ImageDecodeError`) is logged once per run
+with its path and reason, whichever process meets it, and remembered: in a skip list shared with
+the loader workers, and in the image cache for later runs (:mod:`stmclf.data.cache`), so it is
+never decoded again. Training batches stay full: a bad file's place goes to the next readable
+file of the file list (cyclically), a pure function of the files, so the batches are the same
+whatever the worker count, the cache's state or a resume. Evaluation loaders leave the file out
+instead (no image counted twice).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import hashlib
 import os
-from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
@@ -19,91 +28,214 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from stmclf.config.sections import Dataset as DatasetSection, Preprocessing
-from stmclf.data.cache import open_cache
-from stmclf.data.decode import CHANNELS, decode_image
-from stmclf.data.folder import FileList, Splits, make_splits
-from stmclf.data.resize import resize_image
-from stmclf.errors import ConfigError, UserError
+from stmclf.config.sections import Dataset as DatasetSection
+from stmclf.data.cache import BAD, FILLED, open_cache
+from stmclf.data.decode import load_image  # noqa: F401  (re-exported)
+from stmclf.data.decode import DEFAULT_MAX_PIXELS, ImageFormat, max_image_pixels
+from stmclf.data.files import FileList, Splits
+from stmclf.data.folder import make_splits
+from stmclf.errors import UserError
 
 log = logging.getLogger("stmclf.data")
 
 
-@dataclass(frozen=True)
-class ImageFormat:
-    """What the loader produces: size, channels and how to get there."""
+class BadFileLog:
+    """The datasets of one data module (one run), so that a file in two of them (the quantization
+    set holds the training files) is logged once: before logging, a dataset looks the file up in
+    the others' records (shared memory: what their worker processes logged is seen everywhere)."""
 
-    height: int
-    width: int
-    color_mode: str = "rgb"
-    interpolation: str = "bilinear"
-    aspect_ratio: str = "fit"
+    def __init__(self) -> None:
+        self.datasets: list[ImageFileDataset] = []
 
-    @property
-    def channels(self) -> int:
-        return CHANNELS[self.color_mode]
+    def add(self, dataset: "ImageFileDataset") -> None:
+        self.datasets.append(dataset)
 
-    @classmethod
-    def from_config(cls, preprocessing: Preprocessing, input_shape) -> "ImageFormat":
-        height, width, channels = (int(v) for v in input_shape)
-        fmt = cls(height, width, preprocessing.color_mode, preprocessing.resizing.interpolation,
-                  preprocessing.resizing.aspect_ratio)
-        if channels != fmt.channels:
-            raise ConfigError("preprocessing.color_mode",
-                              f"{fmt.color_mode!r} gives {fmt.channels} channel(s) but the model input "
-                              f"shape {tuple(input_shape)} has {channels}")
-        return fmt
-
-
-def load_image(path: str, fmt: ImageFormat) -> np.ndarray:
-    """Decode and resize one file to a uint8 (H, W, C) array."""
-    image = decode_image(path, fmt.color_mode)
-    return resize_image(image, fmt.height, fmt.width, fmt.interpolation, fmt.aspect_ratio)
+    def logged_elsewhere(self, name: str, dataset: "ImageFileDataset") -> bool:
+        return any(other.reported is not dataset.reported and other.was_reported(name) for other in self.datasets)
 
 
 class ImageFileDataset(Dataset):
     """(uint8 CHW tensor, label) pairs from an image source (a :class:`FileList` or any object
-    with ``labels``, ``load(index, fmt)`` and ``cache_identity()``), through the image cache."""
+    with ``labels``, ``load(index, fmt)``, ``describe(index)`` and ``cache_identity()``), through
+    the image cache.
 
-    def __init__(self, files: FileList, fmt: ImageFormat, cache: bool = True) -> None:
+    A file that fails to load gives None (``collate_skip_bad`` drops it) or, with
+    ``replace_bad`` (training), the next readable file of the list (see the module's docstring)."""
+
+    def __init__(self, files: FileList, fmt: ImageFormat, cache: bool = True, replace_bad: bool = False,
+                 bad_log: Optional[BadFileLog] = None) -> None:
         self.files = files
         self.fmt = fmt
+        self.replace_bad = replace_bad
         shape = (len(files), fmt.height, fmt.width, fmt.channels)
-        self.cache = open_cache(files.cache_identity(), dataclasses.asdict(fmt), shape) if cache else None
-        # Files already reported as unreadable, shared with the loader's worker processes so that
-        # each bad file is logged once, whichever worker meets it.
+        fields = dataclasses.asdict(fmt)
+        limit = max_image_pixels()
+        if limit != DEFAULT_MAX_PIXELS:  # a bomb under one limit may be an image under another
+            fields["max_image_pixels"] = limit
+        self.cache = open_cache(files.cache_identity(), fields, shape) if cache else None
+        # The run's skip list and the files already logged, in shared memory: every loader worker
+        # sees what another one found.
+        self.bad = torch.zeros(max(len(files), 1), dtype=torch.uint8).share_memory_()
         self.reported = torch.zeros(max(len(files), 1), dtype=torch.uint8).share_memory_()
+        if self.cache is not None:
+            self.bad.numpy()[:len(files)] = self.cache.flags == BAD
+        self._pid = -1
+        self._positions: Optional[dict[str, int]] = None
+        self._bad_log = bad_log if bad_log is not None else BadFileLog()
+        self._bad_log.add(self)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, int]]:
-        """The item, or None for a file that fails to decode (logged once; ``collate_skip_bad``
-        drops it), so one bad file does not stop a run."""
-        try:
-            if self.cache is None:
-                image = self.files.load(index, self.fmt)
-            else:
-                image = self.cache.get(index, lambda: self.files.load(index, self.fmt))
-        except UserError as exc:
-            if not self.reported[index]:
-                self.reported[index] = 1
-                log.warning("skipping an unreadable image: %s (`stmclf data check --config ...` lists every "
-                            "bad file)", _with_path(str(exc), self.files.describe(index)))
-            return None
+    def replacing(self) -> "ImageFileDataset":
+        """This dataset (same cache, skip list and log) with ``replace_bad``: full training batches."""
+        view = copy.copy(self)  # through __getstate__: the log is set again below
+        view.replace_bad, view._bad_log = True, self._bad_log
+        return view
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.update(_pid=-1, _bad_np=None, _reported_np=None, _bad_log=None, _positions=None)
+        return state
+
+    def was_reported(self, name: str) -> bool:
+        """Whether this dataset logged the file ``name`` (as ``files.describe`` names it)."""
+        if self._positions is None:  # only ever needed once a bad file is met
+            self._positions = {self.files.describe(i): i for i in range(len(self.files))}
+        index = self._positions.get(name)
+        return index is not None and bool(self._flags()[1][index])
+
+    # -- one item ---------------------------------------------------------------------------
+    def _flags(self) -> tuple[np.ndarray, np.ndarray]:
+        """numpy views of the shared skip list and log record (made once per process)."""
+        if self._pid != os.getpid():
+            self._bad_np, self._reported_np = self.bad.numpy(), self.reported.numpy()
+            self._pid = os.getpid()
+        return self._bad_np, self._reported_np
+
+    def _load(self, index: int) -> np.ndarray:
+        if self.cache is None:
+            return self.files.load(index, self.fmt)
+        return self.cache.get(index, lambda: self.files.load(index, self.fmt))
+
+    def _pair(self, image: np.ndarray, index: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), self.files.labels[index]
 
+    def _fail(self, index: int, exc: UserError) -> None:
+        self._flags()[0][index] = 1
+        if self.cache is not None and getattr(exc, "content", False):  # not a read error that may pass
+            self.cache.mark_bad(index)
+
+    def _report(self, index: int, exc: Optional[UserError] = None) -> None:
+        """Log file ``index`` as skipped, once per run. Called only where the index is met as
+        itself (once per epoch), never as a replacement candidate: no two workers log one file."""
+        reported = self._flags()[1]
+        if reported[index]:
+            return
+        name = self.files.describe(index)
+        if self._bad_log is not None and self._bad_log.logged_elsewhere(name, self):
+            reported[index] = 1
+            return
+        reported[index] = 1
+        if exc is None:  # known bad (found as a replacement candidate, or by an earlier run): why?
+            try:
+                self.files.load(index, self.fmt)
+                message = "recorded as unreadable in the image cache"
+            except UserError as error:
+                message = str(error)
+        else:
+            message = str(exc)
+        log.warning("skipping an unreadable image: %s (`stmclf data check --config ...` lists every bad file)",
+                    _with_path(message, name))
+
+    def _item(self, index: int) -> Optional[tuple[torch.Tensor, int]]:
+        """Item ``index``, or None for a bad file (logged once)."""
+        if self._flags()[0][index]:
+            self._report(index)
+            return None
+        try:
+            image = self._load(index)
+        except UserError as exc:
+            self._fail(index, exc)
+            self._report(index, exc)
+            return None
+        return self._pair(image, index)
+
+    def _replacement(self, index: int) -> Optional[tuple[torch.Tensor, int]]:
+        """The first readable file after ``index`` in the list (cyclically); None if there is none."""
+        bad = self._flags()[0]
+        n = len(self.files)
+        for step in range(1, n):
+            other = (index + step) % n
+            if bad[other]:
+                continue
+            try:
+                image = self._load(other)
+            except UserError as exc:
+                self._fail(other, exc)  # logged when the sampler gives it
+                continue
+            return self._pair(image, other)
+        return None
+
+    def __getitem__(self, index: int) -> Optional[tuple[torch.Tensor, int]]:
+        """The item; for a file that fails to decode (logged once) None, or its replacement with
+        ``replace_bad``, so one bad file does not stop a run."""
+        item = self._item(index)
+        if item is None and self.replace_bad:
+            item = self._replacement(index)
+        return item
+
+    # -- a batch ----------------------------------------------------------------------------
     def __getitems__(self, indices: list[int]):
-        """A whole batch: one read from the cache when every image is there (uint8 (B, C, H, W) in
-        channels_last layout), else item by item."""
-        pixels = self.cache.read_batch(indices) if self.cache is not None else None
-        if pixels is None:
-            return [self[i] for i in indices]
-        labels = torch.as_tensor([self.files.labels[i] for i in indices], dtype=torch.long)
+        """A whole batch: one read from the cache when every image (or its replacement) is there
+        (uint8 (B, C, H, W) in channels_last layout), else item by item."""
+        if self.cache is not None:
+            batch = self._cached_batch(indices)
+            if batch is not None:
+                return batch
+        return [self[i] for i in indices]
+
+    def _cached_batch(self, indices: list[int]) -> Optional["CollatedBatch"]:
+        flags = self.cache.flags
+        rows = np.asarray(indices, dtype=np.intp)
+        if not (flags[rows] == FILLED).all():
+            bad = self._flags()[0]
+            resolved = []
+            for i in indices:
+                if flags[i] == FILLED:
+                    resolved.append(i)
+                    continue
+                if not (flags[i] == BAD or bad[i]):
+                    return None  # not decoded yet
+                if self.replace_bad:
+                    other = self._cached_replacement(i, flags, bad)
+                    if other is None:
+                        return None
+                    resolved.extend([other] if other >= 0 else [])
+                self._report(i)
+            rows = np.asarray(resolved, dtype=np.intp)
+        pixels = self.cache.take(rows)
+        labels = torch.as_tensor([self.files.labels[i] for i in rows], dtype=torch.long)
         return CollatedBatch((torch.from_numpy(pixels).permute(0, 3, 1, 2), labels))
 
+    def _cached_replacement(self, index: int, flags: np.ndarray, bad: np.ndarray) -> Optional[int]:
+        """:meth:`_replacement`'s choice from the cache's flags: an index, -1 for none, or None when
+        a file on the way is not decoded yet."""
+        n = len(self.files)
+        for step in range(1, n):
+            other = (index + step) % n
+            if flags[other] == FILLED:
+                return other
+            if not (flags[other] == BAD or bad[other]):
+                return None
+        return -1
+
     def cache_complete(self) -> bool:
-        return self.cache is not None and self.cache.complete()
+        """Every image is in the cache or known bad: batches need no decoding."""
+        if self.cache is None:
+            return False
+        flags = self.cache.flags
+        return bool(flags.all()) or bool(((flags != 0) | (self._flags()[0][:len(flags)] != 0)).all())
 
 
 def _with_path(message: str, name: str) -> str:
@@ -171,13 +303,25 @@ class EpochShuffleSampler(Sampler[int]):
     Lightning calls :meth:`set_epoch` before each epoch, so a resumed run visits the training
     set in the same order as an uninterrupted one (the global RNG plays no part). In a
     distributed run each rank takes every ``world_size``-th index of the same permutation
-    (padded by wrapping so that every rank gets the same number of batches)."""
+    (padded by wrapping so that every rank gets the same number of batches).
 
-    def __init__(self, length: int, seed: int) -> None:
-        self.length, self.seed, self.epoch = length, seed, 0
+    Given ``batch_size``, an epoch whose last batch would hold a single image (BatchNorm cannot
+    normalise one value per channel: that step would fail) ends with the epoch's first index
+    again, making that batch two images."""
+
+    def __init__(self, length: int, seed: int, batch_size: Optional[int] = None) -> None:
+        self.length, self.seed, self.epoch, self.batch_size = length, seed, 0, batch_size
+        self._resume: Optional[tuple[int, int]] = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, start: int) -> None:
+        """Resume inside an epoch: the next pass over epoch ``epoch`` leaves out its first ``start``
+        indices (this rank's), those of the batches trained before a mid-epoch checkpoint; later
+        passes are whole again. (The count comes from the trainer: with loader workers the
+        sampler runs ahead of training, so it cannot tell by itself.)"""
+        self._resume = (int(epoch), max(int(start), 0))
 
     @staticmethod
     def _world() -> tuple[int, int]:
@@ -187,18 +331,32 @@ class EpochShuffleSampler(Sampler[int]):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    def __len__(self) -> int:
+    def _per_rank(self) -> int:
         return -(-self.length // self._world()[1])
+
+    def _tail(self, count: int) -> int:
+        """1 when ``count`` indices would end with a batch of one image (and there are others)."""
+        return int(bool(self.batch_size) and self.batch_size > 1 and count > 1 and count % self.batch_size == 1)
+
+    def __len__(self) -> int:
+        count = self._per_rank()
+        return count + self._tail(count)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         order = torch.randperm(self.length, generator=generator).tolist()
         rank, world = self._world()
-        if world == 1:
-            return iter(order)
-        total = len(self) * world
-        order = (order * (total // max(len(order), 1) + 1))[:total]
-        return iter(order[rank::world])
+        if world > 1:
+            total = self._per_rank() * world
+            order = (order * (total // max(len(order), 1) + 1))[:total][rank::world]
+        if self._tail(len(order)):
+            order.append(order[0])
+        if self._resume is not None and self._resume[0] <= self.epoch:
+            resume_epoch, start = self._resume
+            self._resume = None
+            if resume_epoch == self.epoch:
+                order = order[start:]
+        return iter(order)
 
 
 def derive_seed(seed: int, epoch: int) -> int:
@@ -219,6 +377,8 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.splits: Optional[Splits] = None
         self._datasets: dict[int, ImageFileDataset] = {}
+        self._bad_files = BadFileLog()
+        max_image_pixels()  # a wrong $STMCLF_MAX_IMAGE_PIXELS: one line now, not a skipped file per image
 
     @property
     def class_names(self) -> list[str]:
@@ -236,12 +396,15 @@ class ImageDataModule(L.LightningDataModule):
         if files is None or len(files) == 0:
             return []  # Lightning skips an empty loader
         workers = min(self.num_workers, max(1, len(files) // self.batch_size)) if self.num_workers else 0
-        sampler = EpochShuffleSampler(len(files), self.shuffle_seed) if shuffle else None
+        sampler = EpochShuffleSampler(len(files), self.shuffle_seed, self.batch_size) if shuffle else None
         # The loader's own generator: creating an iterator must not draw from the global RNG
         # (that would shift the augmentation draws of a resumed run).
         generator = torch.Generator().manual_seed(self.shuffle_seed)
         loader = DataLoader if torch.cuda.is_available() else ImageLoader
-        return loader(self._dataset_for(files), batch_size=self.batch_size, sampler=sampler, generator=generator,
+        dataset = self._dataset_for(files)
+        if shuffle:  # training: full batches, a bad file's place taken by another image
+            dataset = dataset.replacing()
+        return loader(dataset, batch_size=self.batch_size, sampler=sampler, generator=generator,
                           collate_fn=partial(collate_skip_bad, empty_shape=(self.fmt.channels, self.fmt.height,
                                                                             self.fmt.width)),
                           num_workers=workers, persistent_workers=workers > 0,
@@ -250,10 +413,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def _dataset_for(self, files: FileList) -> ImageFileDataset:
         """One dataset per file list: its image cache and its record of bad files serve every
-        loader over it (training, validation, the final evaluation)."""
+        loader over it (training, validation, the final evaluation); a bad file is logged once
+        across all of them."""
         dataset = self._datasets.get(id(files))
         if dataset is None or dataset.files is not files:
-            dataset = self._datasets[id(files)] = ImageFileDataset(files, self.fmt)
+            dataset = self._datasets[id(files)] = ImageFileDataset(files, self.fmt, bad_log=self._bad_files)
         return dataset
 
     def train_dataloader(self) -> DataLoader:

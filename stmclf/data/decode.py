@@ -14,27 +14,125 @@ TorchCodec) and importing them costs a process about a second, so PIL stays the 
 Note: TensorFlow's ``decode_jpeg`` defaults to the fast integer IDCT, so its JPEG pixels differ
 from PIL's (ISLOW, = TF's ``dct_method="INTEGER_ACCURATE"``) by a few levels (up to 7 on the
 benchmark's JPEGs); PNG is exact.
+
+Bad files: every failure is one :class:`ImageDecodeError` (a one-line :class:`UserError` whose
+``kind`` is the ``stmclf data check`` problem: ``unreadable``, ``empty-file``, ``not-image``,
+``bomb``, ``corrupt``), whatever PIL raised (``OSError``, ``SyntaxError``, ``zlib.error``,
+``EOFError``, ...), so a loader worker never dies on a file. Decompression bombs are errors, never
+PIL's ``DecompressionBombWarning``: an image of more than :func:`max_image_pixels` pixels
+(``$STMCLF_MAX_IMAGE_PIXELS``, default 50 MP; ``none`` for no limit) is refused from its header,
+before any pixel is decoded.
 """
 from __future__ import annotations
 
 import io
+import os
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from stmclf.errors import UserError
+from stmclf.data.resize import resize_image
+from stmclf.errors import ConfigError, UserError, one_line
+
+if TYPE_CHECKING:
+    from stmclf.config.sections import Preprocessing
 
 PIL_MODES = {"grayscale": "L", "rgb": "RGB", "rgba": "RGBA"}
 CHANNELS = {"grayscale": 1, "rgb": 3, "rgba": 4}
 
 
+MAX_PIXELS_ENV = "STMCLF_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Images with more pixels are refused as decompression bombs (an 8-bit RGB image of 50 MP takes
+150 MB decoded; PIL's own limit, 89 MP, only warns below 179 MP)."""
+_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I"})
+_BOMB_FILTER = ("error", None, Image.DecompressionBombWarning, None, 0)
+
+
+class ImageDecodeError(UserError):
+    """One file that is not a usable image. ``kind``: ``unreadable`` (the file cannot be read),
+    ``empty-file``, ``not-image`` (not an image format PIL knows), ``bomb`` (more pixels than
+    :func:`max_image_pixels`), ``corrupt`` (anything failing while decoding); ``reason`` is the
+    message without the path."""
+
+    def __init__(self, kind: str, path: str, reason: str) -> None:
+        self.kind, self.path, self.reason = kind, path, reason
+        super().__init__(f"unable to read image file {path}: {reason}")
+
+    def __reduce__(self):  # crosses process boundaries whole (pool and loader workers)
+        return type(self), (self.kind, self.path, self.reason)
+
+    @property
+    def content(self) -> bool:
+        """True when the file's content is the problem (the same bytes fail again), False when
+        reading it failed (permissions, I/O: may pass later)."""
+        return self.kind != "unreadable"
+
+
+_limit: Optional[int] = DEFAULT_MAX_PIXELS
+
+
+def max_image_pixels() -> Optional[int]:
+    """Read the pixel limit now: ``$STMCLF_MAX_IMAGE_PIXELS`` (a positive integer such as
+    ``120000000`` or ``1.2e8``; ``none``, ``off`` or ``0`` for no limit), else
+    :data:`DEFAULT_MAX_PIXELS`; a wrong value is a one-line :class:`UserError`.
+
+    Decoding uses the value read last: at import (loader workers inherit it), and whenever a data
+    module, an image dataset or ``stmclf data check`` starts, which call this (reading the
+    environment for every image would cost ~1 µs each)."""
+    global _limit
+    text = os.environ.get(MAX_PIXELS_ENV)
+    cleaned = (text or "").strip().lower().replace("_", "")
+    value: Optional[int]
+    if not cleaned:
+        value = DEFAULT_MAX_PIXELS
+    elif cleaned in ("none", "off", "0", "no", "false"):
+        value = None
+    else:
+        try:
+            number = float(cleaned)
+        except ValueError:
+            number = -1.0
+        if not number >= 1 or number != int(number) or number > 2**62:
+            raise UserError(f"{MAX_PIXELS_ENV}: expecting a number of pixels such as 50000000 (or 'none' for no "
+                            f"limit), got {one_line(text, 60)!r}")
+        value = int(number)
+    _limit = value
+    return value
+
+
+try:
+    max_image_pixels()
+except UserError:  # reported in one line when a data module or a check starts
+    pass
+
+
+def _pil_allows(limit: Optional[int]) -> None:
+    """PIL's own limit (``Image.MAX_IMAGE_PIXELS``, process-wide, 89 MP by default) raised to ours
+    when ours is higher, so that the images ours allows open."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and (limit is None or limit > current):
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _bomb_warnings_raise() -> None:
+    """Make PIL's ``DecompressionBombWarning`` an exception (a process-wide warnings filter, put
+    back in front when something reset the filters: a check of ~0.1 µs, where a
+    ``catch_warnings`` block per image would cost 5 µs)."""
+    if not warnings.filters or warnings.filters[0] != _BOMB_FILTER:
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
 def read_file(path: str) -> bytes:
-    """The bytes of ``path`` (one read), or a one-line :class:`UserError`."""
+    """The bytes of ``path`` (one read), or a one-line :class:`ImageDecodeError` (``unreadable``)."""
     try:
         with open(path, "rb") as handle:
             return handle.read()
     except OSError as exc:
-        raise UserError(f"unable to read image file {path}: {exc}") from None
+        raise ImageDecodeError("unreadable", path, one_line(exc)) from None
 
 
 def decode_image(path: str, color_mode: str = "rgb") -> np.ndarray:
@@ -42,19 +140,86 @@ def decode_image(path: str, color_mode: str = "rgb") -> np.ndarray:
     return decode_bytes(read_file(path), color_mode, path)
 
 
-def decode_bytes(data: bytes, color_mode: str = "rgb", name: str = "<bytes>") -> np.ndarray:
-    """Decode an encoded image held in memory (``name`` is used in error messages)."""
+_READ = object()
+
+
+def open_image(data: bytes, name: str = "<bytes>", max_pixels=_READ) -> Image.Image:
+    """The image in ``data``, opened (header read, pixels not decoded yet), more than
+    ``max_pixels`` pixels refused (default: :func:`max_image_pixels`' value; None: no limit); an
+    :class:`ImageDecodeError` for anything else."""
+    if not data:
+        raise ImageDecodeError("empty-file", name, "zero-byte file")
+    limit = _limit if max_pixels is _READ else max_pixels
+    _pil_allows(limit)
+    _bomb_warnings_raise()
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("bomb", name, f"decompression bomb: {one_line(exc)}") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not-image", name, f"cannot identify image file {name!r}") from None
+    except Exception as exc:  # noqa: BLE001 - PIL's plugins raise anything on hostile headers
+        raise ImageDecodeError("corrupt", name, one_line(exc, typed=not isinstance(exc, OSError))) from None
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        image.close()
+        raise ImageDecodeError("bomb", name, f"decompression bomb: {width}×{height} = {width * height:,} pixels, "
+                                             f"above the limit of {limit:,} (${MAX_PIXELS_ENV})")
+    return image
+
+
+def image_to_array(image: Image.Image, color_mode: str = "rgb", name: str = "<bytes>") -> np.ndarray:
+    """Decode an opened image (:func:`open_image`) to uint8 (H, W, C) in ``color_mode``."""
     mode = PIL_MODES[color_mode]
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.seek(0)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                image = image.point(lambda v: v / 256).convert("L")
-            array = np.asarray(image if image.mode == mode else image.convert(mode))
-    except UnidentifiedImageError:
-        raise UserError(f"unable to read image file {name}: cannot identify image file {name!r}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise UserError(f"unable to read image file {name}: {exc}") from None
+        image.seek(0)
+        if image.mode in _SIXTEEN_BIT:
+            image = image.point(lambda v: v / 256).convert("L")
+        elif image.mode == "P" and isinstance(image.info.get("transparency"), bytes):
+            image = image.convert("RGBA")  # same pixels as P → RGB/L, without PIL's warning about it
+        array = np.asarray(image if image.mode == mode else image.convert(mode))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("bomb", name, f"decompression bomb: {one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated data: OSError, SyntaxError, zlib.error, EOFError, ...
+        raise ImageDecodeError("corrupt", name, one_line(exc, typed=not isinstance(exc, OSError))) from None
     if array.ndim == 2:
         array = array[:, :, None]
     return array
+
+
+def decode_bytes(data: bytes, color_mode: str = "rgb", name: str = "<bytes>") -> np.ndarray:
+    """Decode an encoded image held in memory (``name`` is used in error messages)."""
+    with open_image(data, name) as image:
+        return image_to_array(image, color_mode, name)
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """What the loader produces: size, channels and how to get there."""
+
+    height: int
+    width: int
+    color_mode: str = "rgb"
+    interpolation: str = "bilinear"
+    aspect_ratio: str = "fit"
+
+    @property
+    def channels(self) -> int:
+        return CHANNELS[self.color_mode]
+
+    @classmethod
+    def from_config(cls, preprocessing: Preprocessing, input_shape) -> "ImageFormat":
+        height, width, channels = (int(v) for v in input_shape)
+        fmt = cls(height, width, preprocessing.color_mode, preprocessing.resizing.interpolation,
+                  preprocessing.resizing.aspect_ratio)
+        if channels != fmt.channels:
+            raise ConfigError("preprocessing.color_mode",
+                              f"{fmt.color_mode!r} gives {fmt.channels} channel(s) but the model input "
+                              f"shape {tuple(input_shape)} has {channels}")
+        return fmt
+
+
+def load_image(path: str, fmt: ImageFormat) -> np.ndarray:
+    """Decode and resize one file to a uint8 (H, W, C) array."""
+    image = decode_image(path, fmt.color_mode)
+    return resize_image(image, fmt.height, fmt.width, fmt.interpolation, fmt.aspect_ratio)

@@ -40,7 +40,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from stmclf.errors import UserError
+from stmclf.errors import UserError, one_line
 
 __all__ = [
     "FETCHERS",
@@ -118,23 +118,19 @@ class ChecksumError(UserError):
 _ALGO_NAMES = {"sha256": "SHA-256", "md5": "MD5"}
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.HTTPError):
-        return _one_line(f"HTTP {exc.code} {exc.reason}")
+        return one_line(f"HTTP {exc.code} {exc.reason}")
     if isinstance(exc, urllib.error.URLError):
         reason = exc.reason
         if isinstance(reason, OSError) and reason.strerror:
-            return _one_line(reason.strerror)
-        return _one_line(reason) or type(reason).__name__
+            return one_line(reason.strerror)
+        return one_line(reason) or type(exc).__name__
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
-        return _one_line(exc.strerror)
-    return _one_line(exc) or type(exc).__name__
+        return one_line(exc.strerror)
+    return one_line(exc)
 
 
 # ------------------------------------------------------------------------------------------
@@ -466,7 +462,7 @@ def extract_tar_safely(archive: Path, dest: Path, *, label: str = "archive") -> 
                 tar.extract(member, dest, filter="data")
                 names.append(member.name[2:] if member.name.startswith("./") else member.name)
     except tarfile.FilterError as exc:
-        raise UserError(f"{label}: refusing to extract {archive.name}: {_one_line(exc)}") from None
+        raise UserError(f"{label}: refusing to extract {archive.name}: {one_line(exc)}") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise UserError(
             f"{label}: cannot extract {archive} ({_reason(exc)})") from None

@@ -5,7 +5,7 @@
 :func:`predict_folder`:
 
 - the model is a stmclf model file (``best_model.pt`` or a ``.ckpt``), a float or QDQ int8
-  ``.onnx`` or a float or int8 ``.tflite`` (:func:`stmclf.export.evaluate_artifacts.load_predictor`);
+  ``.onnx`` or a float or int8 ``.tflite`` (:func:`stmclf.evaluate.artifacts.load_predictor`);
 - the images are the files directly in the folder (not recursive) with an image suffix (JPEG,
   PNG, BMP, GIF; any letter case); other files, and files that fail to decode, are skipped with a
   note. Each image is decoded and resized exactly as in training
@@ -20,12 +20,14 @@
 
 Settings come from the config when there is one, else from the artifact itself:
 
-| setting | config | without config |
-|---|---|---|
-| rescaling | ``preprocessing.rescaling`` (a stmclf ``.pt``/``.ckpt`` or ONNX keeps its own; a difference is logged) | stmclf model files (hyper-parameters), ONNX files written by stmclf (metadata), a TFLite file listed in the ``export_summary.json`` beside it |
-| colour mode | ``preprocessing.color_mode`` | from the input channels (1 grayscale, 3 rgb, 4 rgba) |
-| resizing | ``preprocessing.resizing`` | bilinear, aspect ratio ``fit`` (the defaults) |
-| class names | ``dataset.class_names`` (sorted, as training orders them) | the names stored in the artifact, else ``class_0``, ``class_1``, ... (warning) |
+- rescaling: ``preprocessing.rescaling`` (a stmclf ``.pt``/``.ckpt`` or ONNX keeps its own; a
+  difference is logged); without config: stmclf model files (hyper-parameters), ONNX files
+  written by stmclf (metadata), a TFLite file listed in the ``export_summary.json`` beside it;
+- colour mode: ``preprocessing.color_mode``; without config: from the input channels (1
+  grayscale, 3 rgb, 4 rgba);
+- resizing: ``preprocessing.resizing``; without config: bilinear, aspect ratio ``fit``;
+- class names: ``dataset.class_names`` (sorted, as training orders them); without config: the
+  names stored in the artifact, else ``class_0``, ``class_1``, ... (warning).
 
 When a model carries class names and the config gives others, the run stops (the labels would
 be wrong). A TFLite file without a config and without an export summary has no rescaling: give
@@ -88,21 +90,22 @@ class PredictionResult:
 
 # -- the artifact ----------------------------------------------------------------------------
 
-def inspect_model(path: str | Path) -> ModelInfo:
-    """Input shape, stored class names and rescaling of any artifact (nothing run yet)."""
-    from stmclf.export.evaluate_artifacts import MODEL_SUFFIXES
+def inspect_model(path: str | Path, cfg=None) -> ModelInfo:
+    """Input shape, stored class names and rescaling of any model source (nothing run yet)."""
+    from stmclf.models.source import resolve_model_source
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such model file")
-    suffix = path.suffix.lower()
-    if suffix in (".pt", ".ckpt"):
-        from stmclf.training.model_file import load_classifier
+    source = resolve_model_source(path, "--model")
+    source.require("predict", "prediction")
+    path = source.path
+    if not source.is_artifact:  # ONNX and TFLite files run in their own runtimes
+        from stmclf.training.model_file import load_source_module
 
-        module = load_classifier(path)
+        module = load_source_module(source, cfg)
         scale, offset = module.hparams.rescaling
+        origin = "the stmclf model file" if source.kind == "stmclf" else "the config (imported model)"
         return ModelInfo(path, tuple(int(v) for v in module.hparams.input_shape), list(module.class_names),
-                         (float(scale), float(offset)), module, "the stmclf model file")
+                         (float(scale), float(offset)), module, origin)
+    suffix = ".onnx" if source.kind.startswith("onnx") else ".tflite"
     if suffix == ".onnx":
         from stmclf.export.onnx_export import input_shape_of, read_metadata
 
@@ -128,8 +131,7 @@ def inspect_model(path: str | Path) -> ModelInfo:
         return ModelInfo(path, (int(shape[1]), int(shape[2]), int(shape[3])), summary.get("class_names"),
                          tuple(float(v) for v in rescaling) if rescaling else None,
                          source=f"{path.parent / 'export_summary.json'}" if summary else "")
-    raise UserError(f"{path}: unsupported model file type {suffix or '(none)'}; expecting one of "
-                    f"{', '.join(MODEL_SUFFIXES)}")
+    raise UserError(f"{path}: {source.text}: not a model to predict with")
 
 
 def _export_summary(path: Path) -> dict:
@@ -235,9 +237,9 @@ def predict_folder(model_path: str | Path, images_dir: str | Path, out_dir: str 
     """Predict every image of ``images_dir`` with ``model_path``; PNGs and CSV go to
     ``out_dir/predictions``. ``cfg``: a RunConfig (preprocessing, dataset.class_names) or None."""
     from stmclf.data.datamodule import load_image
-    from stmclf.export.evaluate_artifacts import load_predictor
+    from stmclf.evaluate.artifacts import load_predictor
 
-    info = inspect_model(model_path)
+    info = inspect_model(model_path, cfg)
     fmt = resolve_format(info, cfg)
     rescaling = resolve_rescaling(info, cfg)
     class_names = resolve_class_names(info, cfg)
@@ -355,49 +357,3 @@ def annotate_image(file: Path, text: str, out_dir: Path, used: Optional[set[str]
     path = out_dir / f"{name}.png"
     image.save(path)
     return path
-
-
-def predict_run(cfg, model_path: Optional[str] = None, images_dir: Optional[str] = None,
-                out_dir: Optional[str] = None, *, operation_mode: str = "prediction",
-                use_config: bool = True) -> PredictionResult:
-    """A prediction run: run directory (``hydra.run.dir``, or ``out_dir``), log file, MLflow run
-    (when a config is used), then :func:`predict_folder`. ``use_config=False``: ``cfg`` carries
-    no config file (``stmclf predict`` without --config): settings from the model file."""
-    from stmclf.training.run_dir import attach_log_file, create_run_dir
-    from stmclf.training.tracking import finish_mlflow_run, start_mlflow_run
-
-    model_path = model_path or cfg.general.model_path
-    if not model_path:
-        raise ConfigError("general.model_path", "prediction needs a model (a stmclf .pt/.ckpt, .onnx or .tflite)")
-    if images_dir is None:
-        if cfg.prediction is None or not cfg.prediction.test_files_path:
-            raise ConfigError("prediction.test_files_path", "prediction needs the directory of images to classify")
-        images_dir = cfg.prediction.test_files_path
-    if use_config and cfg.prediction is not None and cfg.prediction.target not in (None, "host"):
-        raise ConfigError("prediction.target", f"{cfg.prediction.target!r}: only host prediction is supported")
-    if out_dir is not None:
-        cfg.hydra = {**(cfg.hydra or {}), "run": {**((cfg.hydra or {}).get("run") or {}), "dir": str(out_dir)}}
-    if use_config:
-        run = create_run_dir(cfg)
-        root = run.root
-    else:
-        run, root = None, cfg.run_dir.resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        attach_log_file(root / "stmclf.log")
-    log.info("operation_mode: %s", operation_mode)
-    log.info("Model file : %s", model_path)
-    mlflow_logger = start_mlflow_run(cfg, run, operation_mode, extra_params={"model_path": str(model_path)}) \
-        if use_config else None
-    result = predict_folder(model_path, images_dir, root, cfg=cfg if use_config else None)
-    if mlflow_logger is not None:
-        mlflow_logger.log_metrics({"predicted_images": float(len(result.rows)),
-                                   "skipped_files": float(len(result.skipped))})
-    log.info("operation finished: %s", operation_mode)
-    if mlflow_logger is not None:
-        finish_mlflow_run(mlflow_logger, run)
-    return result
-
-
-def prediction_mode(cfg) -> PredictionResult:
-    """``operation_mode: prediction``: ``general.model_path`` on ``prediction.test_files_path``."""
-    return predict_run(cfg)

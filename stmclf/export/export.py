@@ -1,8 +1,9 @@
 """``stmclf export``: a trained model → float ONNX, int8 QDQ ONNX, float TFLite, int8 TFLite.
 
-:func:`export_run` does the work for one model file; :func:`export_mode` wraps it as an
-operation (run directory, log file, MLflow run), and :func:`quantization_mode` is the reference's
-``operation_mode: quantization`` (one int8 model, chosen by ``quantization.quantizer``).
+:func:`export_run` does the work for one model — a stmclf model, or any model file the quantize
+stage takes (Keras ``.h5``, float ONNX, torch files; :mod:`stmclf.models.source`), imported first —
+and returns an :class:`ExportResult`. Run directories, MLflow and the ``quantization`` mode are
+:mod:`stmclf.orchestration`'s; accuracies of the files are :mod:`stmclf.evaluate.artifacts`'.
 
 Files, in ``<out_dir>/<quantization.export_dir>`` (``quantized_models`` by default):
 
@@ -17,10 +18,7 @@ Files, in ``<out_dir>/<quantization.export_dir>`` (``quantized_models`` by defau
 
 Every file is checked before it is shipped: the float ONNX against torch (max |difference| ≤ 1e-3),
 the float TFLite against torch (≤ 1e-3 and ≥ 99 % top-1 agreement; otherwise no TFLite file at
-all); the int8 files are compared with torch on the same images (top-1 agreement, logged). Then
-every artifact is evaluated on the evaluation set (test set, else validation set) and reported
-like the evaluation mode (table, confusion matrix PNG, ``results.json``, MLflow), with a float →
-int8 comparison table.
+all); the int8 files are compared with torch on the same images (top-1 agreement, logged).
 """
 from __future__ import annotations
 
@@ -28,8 +26,9 @@ import json
 import logging
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -85,19 +84,79 @@ class ExportSettings:
                    primary="onnx" if quantizer == "onnx_quantizer" else "tflite")
 
 
-class ExportResult(dict):
-    """{artifact: Path} (keys ``onnx``, ``onnx_qdq``, ``tflite``, ``tflite_int8``, ``summary``),
-    plus ``timings`` (seconds per stage), ``checks`` and ``results`` (per artifact label)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.timings: dict[str, float] = {}
-        self.checks: dict[str, Any] = {}
-        self.results: dict[str, dict] = {}
-        self.export_dir: Optional[Path] = None
+ARTIFACT_KEYS = ("onnx", "onnx_qdq", "tflite", "tflite_int8", "summary")
 
 
-class _Timer:
+@dataclass
+class ExportResult(Mapping):
+    """What an export wrote: the files (``None`` when not written), the checks, the timings per
+    stage (seconds), and — once :func:`stmclf.evaluate.artifacts.evaluate_export` ran — the
+    accuracies per artifact label. Reads as ``{artifact: Path}`` for the files written."""
+
+    onnx: Optional[Path] = None
+    onnx_qdq: Optional[Path] = None
+    tflite: Optional[Path] = None
+    tflite_int8: Optional[Path] = None
+    summary: Optional[Path] = None
+    export_dir: Optional[Path] = None
+    model_file: Optional[Path] = None
+    model_kind: str = "stmclf"
+    module: Any = field(default=None, repr=False)
+    """The torch model every file was checked against (eval mode, CPU)."""
+    settings: Optional[ExportSettings] = None
+    timings: dict[str, float] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    formats: tuple[str, ...] = ()
+    int8: bool = False
+    rescaling: tuple[float, float] = (1.0, 0.0)
+    evaluation: Any = field(default=None, repr=False)
+    """(data module, (set name, files)) of the evaluation set, or (None, None) without a dataset."""
+
+    def __getitem__(self, key: str) -> Path:
+        value = getattr(self, key) if key in ARTIFACT_KEYS else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Path) -> None:
+        if key not in ARTIFACT_KEYS:
+            raise KeyError(key)
+        setattr(self, key, value)
+
+    def __iter__(self):
+        return (key for key in ARTIFACT_KEYS if getattr(self, key) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    @property
+    def quantized_model(self) -> Optional[Path]:
+        """"The" int8 model (what a benchmark measures): the primary format's int8 file."""
+        first, second = (self.onnx_qdq, self.tflite_int8) if self.settings and self.settings.primary == "onnx" \
+            else (self.tflite_int8, self.onnx_qdq)
+        return first or second
+
+    def write_summary(self) -> Path:
+        """``export_summary.json``: model, settings, calibration, checks, timings, accuracies."""
+        module, formats, int8, rescaling = self.module, self.formats, self.int8, self.rescaling
+        summary = self.export_dir / SUMMARY_NAME
+        summary.write_text(json.dumps({
+            "model_file": str(self.model_file), "model_kind": self.model_kind, "model_name": module.model_name,
+            "class_names": list(module.class_names), "input_shape": list(module.hparams.input_shape),
+            "rescaling": list(rescaling), "settings": asdict(self.settings), "formats": list(formats),
+            "int8": int8, "notes": self.notes,
+            "files": {k: str(v) for k, v in self.items() if k != "summary"}, "checks": self.checks,
+            "timings": self.timings,
+            "accuracy": {label: {name: {k: v for k, v in values.items() if k in ("accuracy", "loss", "count")}
+                                 for name, values in res.items()} for label, res in self.results.items()},
+        }, indent=1, default=str))
+        self.summary = summary
+        return summary
+
+
+class StageTimer:
     def __init__(self, timings: dict[str, float]) -> None:
         self.timings = timings
 
@@ -119,39 +178,44 @@ def parse_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in items)
 
 
-def load_model_file(path: Path):
-    """The ClassifierModule of a stmclf model file; a one-line error for any other kind of file."""
-    path = Path(path)
-    kind = FOREIGN_SUFFIXES.get(path.suffix.lower())
-    if kind is not None:
-        raise UserError(f"{path}: this is {kind}; export takes a stmclf model file (best_model.pt or a .ckpt "
-                        f"written by stmclf fit): give --ckpt or general.model_path")
-    from stmclf.training.model_file import load_classifier
+def load_export_model(model, cfg=None):
+    """(module, path, kind) of what to export: a :class:`ClassifierModule`, or a model file of any
+    kind the quantize stage accepts (stmclf, Keras .h5, float ONNX, torch files: see
+    :mod:`stmclf.models.source`); anything else is a one-line error."""
+    if not isinstance(model, (str, Path)):
+        return model, None, "stmclf"
+    from stmclf.models.source import resolve_model_source
+    from stmclf.training.model_file import load_source_module
 
-    return load_classifier(path)
+    source = resolve_model_source(model, "general.model_path").require("quantize", "export")
+    return load_source_module(source, cfg), source.path, source.kind
 
 
-def export_run(cfg, checkpoint: Path, out_dir: Path, *, formats: Sequence[str] = FORMATS, int8: bool = True,
-               evaluate: bool = True, mlflow_logger=None, max_calibration: Optional[int] = 500,
-               check_images: int = 64, settings: Optional[ExportSettings] = None) -> ExportResult:
-    """Export ``checkpoint`` into ``out_dir/<quantization.export_dir>``; returns {artifact: Path}
-    with ``.timings`` (per stage, seconds), ``.checks`` and ``.results``."""
+def export_run(cfg, model, out_dir: Path, *, formats: Sequence[str] = FORMATS, int8: bool = True,
+               max_calibration: Optional[int] = 500, check_images: int = 64,
+               settings: Optional[ExportSettings] = None) -> ExportResult:
+    """Export ``model`` (a model file of any kind the quantize stage takes, or a module) into
+    ``out_dir/<quantization.export_dir>``, each file checked against the source model; returns
+    the :class:`ExportResult` (files, checks, timings). Accuracies on the evaluation set are
+    :func:`stmclf.evaluate.artifacts.evaluate_export`'s job."""
     from stmclf.export.images import gather_images, rescale
     from stmclf.export.onnx_export import check_onnx, export_onnx, module_rescaling, onnx_session, reference_outputs
     from stmclf.export.onnx_qdq import qdq_file_name, quantize_qdq
 
     formats = parse_formats(formats)
     settings = settings or ExportSettings.from_config(cfg)
-    result = ExportResult()
-    timer = _Timer(result.timings)
+    result = ExportResult(settings=settings)
+    timer = StageTimer(result.timings)
     total_start = time.perf_counter()
 
     with timer("load_model"):
-        module = load_model_file(checkpoint).cpu().eval()
+        module, model_file, result.model_kind = load_export_model(model, cfg)
+        module = module.cpu().eval()
+    result.module, result.model_file = module, model_file
     rescaling = module_rescaling(module)
     export_dir = Path(out_dir) / settings.export_dir
     result.export_dir = export_dir
-    log.info("Export of %s (%s, input %s) to %s: %s%s", checkpoint, module.model_name,
+    log.info("Export of %s (%s, input %s) to %s: %s%s", model_file or module.model_name, module.model_name,
              tuple(module.hparams.input_shape), export_dir, ", ".join(formats), " + int8" if int8 else "")
 
     with timer("load_images"):
@@ -216,25 +280,12 @@ def export_run(cfg, checkpoint: Path, out_dir: Path, *, formats: Sequence[str] =
                                                       "zero_point": tfl.int8_input.zero_point}
                 _warn_low_agreement("TFLite int8", tfl.int8_agreement, images.random_calibration)
 
-    if evaluate and evaluation is not None:
-        with timer("evaluation"):
-            _evaluate_all(cfg, module, result, datamodule, evaluation, rescaling, settings, mlflow_logger, timer)
-    elif evaluate:
-        log.info("No evaluation set (dataset.test_path, validation_path or training_path): accuracies not measured")
-
+    result.evaluation, result.notes = (datamodule, evaluation), list(images.notes)
     result.timings["total"] = round(time.perf_counter() - total_start, 3)
     for stage, seconds in result.timings.items():
         log.info("Export stage %-28s %7.2f s", stage, seconds)
-    summary = export_dir / SUMMARY_NAME
-    summary.write_text(json.dumps({
-        "model_file": str(checkpoint), "model_name": module.model_name, "class_names": list(module.class_names),
-        "input_shape": list(module.hparams.input_shape), "rescaling": list(rescaling),
-        "settings": asdict(settings), "formats": list(formats), "int8": int8, "notes": images.notes,
-        "files": {k: str(v) for k, v in result.items()}, "checks": result.checks, "timings": result.timings,
-        "accuracy": {label: {name: {k: v for k, v in values.items() if k in ("accuracy", "loss", "count")}
-                             for name, values in res.items()} for label, res in result.results.items()},
-    }, indent=1, default=str))
-    result["summary"] = summary
+    result.formats, result.int8, result.rescaling = tuple(formats), int8, tuple(rescaling)
+    result.write_summary()
     return result
 
 
@@ -243,69 +294,6 @@ def _warn_low_agreement(label: str, agreement: float, random_calibration: bool) 
         log.warning("%s agrees with the float model on only %.1f %% of the check images: the quantized model "
                     "loses accuracy (try granularity per_channel, or more calibration images)", label,
                     100 * agreement)
-
-
-def _evaluate_all(cfg, module, result: ExportResult, datamodule, evaluation, rescaling, settings: ExportSettings,
-                  mlflow_logger, timer: Optional[_Timer] = None) -> None:
-    """Evaluate torch and every exported file on the evaluation set and report them."""
-    from stmclf.evaluate.results import report_results
-    from stmclf.export.evaluate_artifacts import comparison_rows, evaluate_artifact, print_comparison
-
-    name, files = evaluation
-    threads = getattr(getattr(cfg, "general", None), "num_threads_tflite", None)
-    class_names = list(module.class_names)
-    run_root = result.export_dir.parent
-    primary_int = "tflite_int8" if settings.primary == "tflite" and "tflite_int8" in result else \
-        ("onnx_qdq" if "onnx_qdq" in result else "tflite_int8")
-    artifacts = [("Float model", "float", module)]
-    labels = {"onnx": ("ONNX float", "onnx_float"), "tflite": ("TFLite float", "tflite_float"),
-              "onnx_qdq": ("ONNX QDQ int8", "onnx_int"), "tflite_int8": ("TFLite int8", "tflite_int")}
-    for key, (label, kind) in labels.items():
-        if key in result:
-            artifacts.append((label, "int" if key == primary_int else kind, result[key]))
-    loader = datamodule.loader_for(files)  # one loader (and its workers) for every artifact
-    for label, kind, artifact in artifacts:
-        with timer("evaluate_" + label.lower().replace(" ", "_")) if timer else nullcontext():
-            results = evaluate_artifact(artifact, [(name, loader)], rescaling=rescaling,
-                                        label=label, keep_predictions=True, threads=threads)
-        result.results[label] = results
-        report_results(results, class_names, run_root, kind=kind, model_label=label, mlflow_logger=mlflow_logger)
-    reference = result.results["Float model"]
-    rows = comparison_rows(reference, {k: v for k, v in result.results.items() if k != "Float model"})
-    if rows:
-        print_comparison(rows)
-    result.checks["comparison"] = rows
-
-
-def export_mode(cfg, model_path: Optional[str | Path] = None, *, formats: Optional[Sequence[str]] = None,
-                int8: Optional[bool] = None, operation_mode: str = "export") -> ExportResult:
-    """``stmclf export``: run directory + log file + MLflow run around :func:`export_run`.
-
-    ``formats`` defaults to both; ``int8=None`` means "int8 too when the config has a
-    ``quantization`` section" (the CLI's ``--int8`` passes True)."""
-    from stmclf.training.run_dir import create_run_dir
-    from stmclf.training.tracking import finish_mlflow_run, start_mlflow_run
-
-    model_path = model_path or cfg.general.model_path
-    if not model_path:
-        raise ConfigError("general.model_path", "export needs the model to export: a stmclf best_model.pt or .ckpt "
-                                                "(--ckpt PATH or general.model_path)")
-    formats = parse_formats(formats or FORMATS)
-    int8 = cfg.quantization is not None if int8 is None else bool(int8)
-    settings = ExportSettings.from_config(cfg)  # config errors before any file is written
-    run = create_run_dir(cfg)
-    log.info("operation_mode: %s", operation_mode)
-    log.info("Model file : %s", model_path)
-    mlflow_logger = start_mlflow_run(cfg, run, operation_mode, extra_params={"model_path": str(model_path)})
-    result = export_run(cfg, Path(model_path), run.root, formats=formats, int8=int8, mlflow_logger=mlflow_logger,
-                        settings=settings)
-    if mlflow_logger is not None:
-        mlflow_logger.log_metrics({f"export_time_{k}": v for k, v in result.timings.items()})
-    for key, path in result.items():
-        log.info("Exported %s: %s", key, path)
-    log.info("operation finished: %s", operation_mode)
-    finish_mlflow_run(mlflow_logger, run)
-    return result
 
 
 def quantizer_formats(cfg) -> tuple[str, ...]:
@@ -318,12 +306,3 @@ def quantizer_formats(cfg) -> tuple[str, ...]:
         raise ConfigError("quantization.quantizer", f"{cfg.quantization.quantizer!r}: use TFlite_converter or "
                                                     f"onnx_quantizer")
     return ("onnx",) if quantizer == "onnx_quantizer" else ("tflite",)
-
-
-def quantization_mode(cfg, operation_mode: str = "quantization") -> ExportResult:
-    """``operation_mode: quantization`` (and ``chain_eqe``: the float model is evaluated too):
-    the int8 model of ``quantization.quantizer`` (``quantized_model.tflite`` or the QDQ ONNX),
-    evaluated on the test set, else the validation set."""
-    return export_mode(cfg, formats=quantizer_formats(cfg), int8=True, operation_mode=operation_mode)
-
-

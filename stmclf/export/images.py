@@ -143,6 +143,9 @@ def gather_images(cfg, module, *, int8: bool, max_calibration: Optional[int] = D
         if evaluation is not None:
             check, check_labels = load_images(datamodule, evaluation[1], check_images)
             check_source = f"{evaluation[0].replace('_', ' ')}: first {len(check)} images"
+        elif splits is not None and splits.quantization is not None and len(splits.quantization):
+            check, check_labels = load_images(datamodule, splits.quantization, check_images)
+            check_source = f"calibration set (no evaluation set): first {len(check)} images"
         else:
             check = random_images(check_images, (channels, height, width), seed + 1)
             check_labels = np.zeros(len(check), np.int64)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stmclf.errors import UserError
+from stmclf.errors import UserError, one_line
 
 log = logging.getLogger("stmclf.export")
 
@@ -109,7 +109,7 @@ def export_onnx(module, out: Path, *, opset: int = 17, batch_size: Optional[int]
     except Exception as exc:  # noqa: BLE001 - torch raises many types; the first line says what failed
         partial.unlink(missing_ok=True)
         raise UserError(f"{out}: unable to export {module.model_name} to ONNX opset {opset}: "
-                        f"{_first_line(exc)} (an operator without an ONNX equivalent at this opset: "
+                        f"{one_line(exc)} (an operator without an ONNX equivalent at this opset: "
                         f"try another quantization.target_opset)") from None
     _write_metadata(partial, module, fold_rescaling=fold_rescaling, softmax=softmax)
     os.replace(partial, out)
@@ -125,11 +125,6 @@ def _max_opset() -> int:
         except ImportError:
             value = 20
     return int(value)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _write_metadata(path: Path, module, *, fold_rescaling: bool, softmax: bool) -> None:
@@ -177,7 +172,7 @@ def onnx_session(path: Path, threads: Optional[int] = None):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{path}: not a model onnxruntime can load ({_first_line(exc)})") from None
+        raise UserError(f"{path}: not a model onnxruntime can load ({one_line(exc)})") from None
 
 
 def run_onnx(session, inputs: np.ndarray, batch: int = 64) -> np.ndarray:

@@ -17,8 +17,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from stmclf.errors import UserError
-from stmclf.export.onnx_export import INPUT_NAME, _first_line
+from stmclf.errors import UserError, one_line
+from stmclf.export.onnx_export import INPUT_NAME
 
 log = logging.getLogger("stmclf.export")
 
@@ -59,7 +59,7 @@ def quantize_qdq(float_onnx: Path, out: Path, calibration: np.ndarray, *, per_ch
         try:
             quant_pre_process(str(float_onnx), str(prepared), skip_symbolic_shape=False)
         except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{float_onnx}: onnxruntime's quant_pre_process failed ({_first_line(exc)}); "
+            raise UserError(f"{float_onnx}: onnxruntime's quant_pre_process failed ({one_line(exc)}); "
                             f"is it a float ONNX model?") from None
         samples = (np.ascontiguousarray(calibration[i:i + 1], dtype=np.float32) for i in range(len(calibration)))
         partial = out.with_name(f".{out.name}.partial")
@@ -73,7 +73,7 @@ def quantize_qdq(float_onnx: Path, out: Path, calibration: np.ndarray, *, per_ch
                             calibration_providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001
             partial.unlink(missing_ok=True)
-            raise UserError(f"{float_onnx}: int8 QDQ quantization failed ({_first_line(exc)})") from None
+            raise UserError(f"{float_onnx}: int8 QDQ quantization failed ({one_line(exc)})") from None
     _copy_metadata(float_onnx, partial)
     os.replace(partial, out)
     return out

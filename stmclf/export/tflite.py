@@ -41,7 +41,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from stmclf.errors import UserError
+from stmclf.errors import UserError, one_line
 
 log = logging.getLogger("stmclf.export")
 
@@ -182,7 +182,7 @@ def _simplify(onnx_path: Path, out: Path, log_file: Path) -> bool:
         onnx.save(model, str(out))
         return True
     except Exception as exc:  # noqa: BLE001 - simplification is an optimisation only
-        log.info("onnxsim skipped (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.info("onnxsim skipped (%s)", one_line(exc))
         return False
 
 
@@ -231,7 +231,7 @@ def _convert(converter, what: str, source: Path, log_file: Path) -> bytes:
             raise UserError(f"{source}: TFLite {what} conversion failed: no builtin TFLite {what} kernel for "
                             f"{', '.join(ops)}; change that part of the model, or export ONNX only "
                             f"(--format onnx); full log: {log_file}") from None
-        detail = _telling_line(text, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
+        detail = _telling_line(text, one_line(exc))
         raise UserError(f"{source}: TFLite {what} conversion failed: {detail}; full log: {log_file}") from None
 
 
@@ -307,7 +307,7 @@ class TfliteModel:
                 self.interpreter = Interpreter(model_path=str(path), num_threads=threads or 1)
                 self.interpreter.allocate_tensors()
         except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{path}: not a TFLite model LiteRT can load ({str(exc).splitlines()[0]})") from None
+            raise UserError(f"{path}: not a TFLite model LiteRT can load ({one_line(exc)})") from None
         inp = self.interpreter.get_input_details()[0]
         outp = self.interpreter.get_output_details()[0]
         self._in_index, self._out_index = inp["index"], outp["index"]

@@ -16,7 +16,9 @@ With ``custom_model`` (stmclf extension) your function builds the model::
         width: 16                                       # any extra key is passed on
 
 ``FILE.py:FUNCTION`` is a Python file (relative to the current directory; its folder is importable
-while it loads), ``MODULE:FUNCTION`` an importable module. The function is called as
+while it loads), ``MODULE:FUNCTION`` an importable module. Either runs Python code named by the config,
+so it is imported only with ``--trust-code`` on the command line (:mod:`stmclf.trust`); that holds too
+when a checkpoint of such a run rebuilds its model (resume, evaluation, export). The function is called as
 ``FUNCTION(num_classes=N, input_shape=(H, W, C), dropout=RATE_OR_NONE, **extra_keys)`` where ``N``
 is the number of logits to output (the number of classes, 2 for one or two classes). It returns:
 
@@ -52,6 +54,7 @@ from stmclf.models.heads import head_units
 from stmclf.models.layers import (Activation, Dropout, GlobalAveragePooling2D, KerasNames, Shape, batch_norm,
                                   conv2d, dense, max_pooling2d)
 from stmclf.models.registry import ModelEntry, register_model
+from stmclf.trust import require_trusted_code
 
 KEY = "training.model.custom_model"
 BACKBONE_END_INDEX = 10
@@ -191,13 +194,16 @@ def _default_custom(num_classes: int, input_shape: tuple[int, int, int], dropout
 
 
 def load_function(target: Any) -> Callable[..., Any]:
-    """The function named by ``FILE.py:FUNCTION`` or ``MODULE:FUNCTION`` (one-line ConfigError)."""
+    """The function named by ``FILE.py:FUNCTION`` or ``MODULE:FUNCTION`` (one-line ConfigError),
+    imported only with ``--trust-code`` (:mod:`stmclf.trust`)."""
     if not isinstance(target, str) or ":" not in target:
         raise ConfigError(KEY, f"expected FILE.py:FUNCTION or MODULE:FUNCTION, got {target!r}")
     where, _, func_name = target.rpartition(":")
     if not where or not func_name.isidentifier():
         raise ConfigError(KEY, f"expected FILE.py:FUNCTION or MODULE:FUNCTION, got {target!r}")
-    if where.endswith(".py") or "/" in where or "\\" in where:
+    is_file = where.endswith(".py") or "/" in where or "\\" in where
+    require_trusted_code(KEY, target, "file" if is_file else "module")  # before anything is imported
+    if is_file:
         path = Path(where).expanduser()
         if not path.is_file():
             raise ConfigError(KEY, f"unable to find the file {where} (relative to {Path.cwd()})")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import ConfigError, UserError, one_line
 from stmclf.models.graph import KerasGraph
 from stmclf.models.keras_weights import load_keras_weights, read_h5_layer_weights
 
@@ -122,7 +122,7 @@ def find_imagenet_weights(weights: WeightsFile, cache_dir: Path | None = None) -
                                        f"{hint}") from None
     except (UserError, OSError) as exc:
         raise ConfigError(WEIGHTS_KEY, f"cannot download {weights.file_name} from {url} "
-                                       f"({_one_line(exc)}); {hint}") from None
+                                       f"({one_line(exc, whole=True)}); {hint}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest
@@ -175,16 +175,6 @@ def apply_pretrained(model: KerasGraph, spec: Mapping[str, Any], *, cache_dir: P
     return f"backbone weights from {path} ({layers})"
 
 
-def _one_line(exc: BaseException | str) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return _one_line(lines[0]) if lines else type(exc).__name__
-
-
 def _existing_file(value: Any, key: str, expected: str) -> Path:
     if not isinstance(value, (str, os.PathLike)):
         raise ConfigError(key, f"{expected}, got {value!r}")
@@ -203,9 +193,9 @@ def _read_h5(path: Path, key: str) -> dict[str, list[np.ndarray]]:
     try:
         return read_h5_layer_weights(path)
     except UserError as exc:
-        raise ConfigError(key, _one_line(exc)) from None
+        raise ConfigError(key, one_line(exc, whole=True)) from None
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError/KeyError/... on a bad file
-        raise ConfigError(key, f"{path} is not a readable Keras .h5 file ({_one_line(exc)}); "
+        raise ConfigError(key, f"{path} is not a readable Keras .h5 file ({one_line(exc, whole=True)}); "
                                "delete or replace it") from None
 
 
@@ -221,7 +211,7 @@ def _load_by_name(model: KerasGraph, path: Path, key: str) -> None:
         load_keras_weights(model, weights, indices=range(model.backbone_end_index + 1))
     except UserError as exc:
         model.load_state_dict(before)
-        raise ConfigError(key, f"{path.name}: {_one_line(exc)}") from None
+        raise ConfigError(key, f"{path.name}: {one_line(exc, whole=True)}") from None
 
 
 def _incompatible(detail: str) -> ConfigError:
@@ -259,7 +249,7 @@ def _transfer_from_h5(model: KerasGraph, path: Path) -> None:
                 load_keras_weights(model, {target_name: arrays}, indices=[i])
             except UserError as exc:
                 raise _incompatible(f"layer {i} ({target_name!r}, source {source_name!r}): "
-                                    f"{_one_line(exc)}") from None
+                                    f"{one_line(exc, whole=True)}") from None
     except ConfigError:
         model.load_state_dict(before)
         raise
@@ -272,7 +262,7 @@ def _source_from_checkpoint(path: Path) -> KerasGraph:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a stmclf checkpoint"
         raise ConfigError(MODEL_PATH_KEY, f"{path} is neither a Keras .h5 file nor a stmclf checkpoint "
-                                          f"({_first_line(exc)})") from None
+                                          f"({one_line(exc)})") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, Mapping) or not isinstance(state, Mapping) or "model_spec" not in hparams \
@@ -283,13 +273,13 @@ def _source_from_checkpoint(path: Path) -> KerasGraph:
         source = build_model(dict(hparams["model_spec"]), num_classes=len(hparams["class_names"]),
                              dropout=hparams.get("dropout"))
     except UserError as exc:
-        raise ConfigError(MODEL_PATH_KEY, f"{path}: cannot rebuild its model ({_one_line(exc)})") from None
+        raise ConfigError(MODEL_PATH_KEY, f"{path}: cannot rebuild its model ({one_line(exc, whole=True)})") from None
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     try:
         source.load_state_dict(weights)
     except RuntimeError as exc:
         raise ConfigError(MODEL_PATH_KEY, f"{path}: its weights do not fit its own model_spec "
-                                          f"({_first_line(exc)})") from None
+                                          f"({one_line(exc)})") from None
     return source
 
 

@@ -85,19 +85,3 @@ def build_configured_model(cfg: Any, num_classes: int | None = None) -> KerasGra
     if training.frozen_layers is not None:
         model.set_frozen(frozen_indices(training.frozen_layers, model.num_layers))
     return model
-
-
-def summary_command(argv: Any) -> int:
-    """``stmclf summary --config FILE [--num_classes N] [overrides]``."""
-    from typing import Optional
-
-    from stmclf.config import from_namespace
-    from stmclf.config.parser import build_parser, parse_args
-
-    parser = build_parser("stmclf summary", "Print the layer table of the config's training.model.")
-    parser.add_argument("--num_classes", "--num-classes", type=Optional[int], default=None,
-                        help="number of classes (default: dataset.class_names or the dataset's class folders)")
-    ns = parse_args(parser, argv)
-    cfg = from_namespace(parser, ns)
-    render_summary(build_configured_model(cfg, ns.num_classes))
-    return 0

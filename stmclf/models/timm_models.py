@@ -23,7 +23,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, one_line
 from stmclf.models.custom import open_entry, wrap_module
 from stmclf.models.registry import register_prefix
 from stmclf.models.graph import KerasGraph
@@ -31,11 +31,6 @@ from stmclf.models.heads import head_units
 
 PREFIX = "timm/"
 RESERVED = ("pretrained", "num_classes", "in_chans", "drop_rate")
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def timm_model(*, timm_name: str, num_classes: int, input_shape: tuple[int, int, int], dropout: float | None,
@@ -66,9 +61,9 @@ def timm_model(*, timm_name: str, num_classes: int, input_shape: tuple[int, int,
         # weights are loaded once, for a fresh run, by load_timm_pretrained.
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
     except TypeError as exc:  # an extra key the model does not take
-        raise ConfigError("training.model", f"{label}: {_one_line(exc)}") from None
+        raise ConfigError("training.model", f"{label}: {one_line(exc, typed=True)}") from None
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError("training.model", f"{label}: {_one_line(exc)}") from None
+        raise ConfigError("training.model", f"{label}: {one_line(exc, typed=True)}") from None
     model.stmclf_timm_kwargs = kwargs  # for load_timm_pretrained
     graph = wrap_module(model, input_shape, units, "training.model", label)
     graph.name = f"timm_{timm_name}"
@@ -89,7 +84,7 @@ def load_timm_pretrained(graph: KerasGraph, timm_name: str) -> str:
         source = timm.create_model(timm_name, pretrained=True, **graph.module.stmclf_timm_kwargs)
     except Exception as exc:  # noqa: BLE001 - hub/network failures come in many types
         raise ConfigError("training.model.pretrained_weights",
-                          f"the pretrained weights of {label} cannot be downloaded here ({_one_line(exc)}); "
+                          f"the pretrained weights of {label} cannot be downloaded here ({one_line(exc, typed=True)}); "
                           "use pretrained_weights: None, or put them in the Hugging Face cache "
                           "(HF_HOME) on a machine with network access") from None
     graph.module.load_state_dict(source.state_dict())

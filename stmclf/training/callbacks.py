@@ -3,7 +3,9 @@
 ``callbacks: {ReduceLROnPlateau: {monitor: val_accuracy, factor: 0.5, patience: 10}, ...}``
 with Keras argument names and defaults. ModelCheckpoint, TensorBoard and CSVLogger are built
 into every run and cannot be redefined (as in the reference). At most one learning-rate
-scheduler may be given.
+scheduler may be given. Any Lightning callback may be named by its class path; a class path
+outside ``lightning.``, ``torch.`` and ``stmclf.`` imports the user's module, which needs
+``--trust-code`` on the command line (:mod:`stmclf.trust`).
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
-from stmclf.errors import ConfigError
-from stmclf.training.lr_schedulers import SCHEDULERS
+from stmclf.errors import ConfigError, one_line
+from stmclf.training.lr_schedulers import SCHEDULERS, get_learning_rate, set_learning_rate
+from stmclf.trust import is_trusted_class_path, require_trusted_code
 
 log = logging.getLogger(__name__)
 KEY = "training.callbacks"
@@ -40,16 +43,6 @@ def _check_monitor(monitor: str, key: str) -> str:
     if monitor not in METRICS:
         raise ConfigError(f"{key}.monitor", f"unknown metric {monitor!r}; available: {', '.join(METRICS)}")
     return monitor
-
-
-def set_learning_rate(trainer: "L.Trainer", lr: float) -> None:
-    for optimizer in trainer.optimizers:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-
-def get_learning_rate(trainer: "L.Trainer") -> float:
-    return float(trainer.optimizers[0].param_groups[0]["lr"])
 
 
 class ReduceLROnPlateau(Callback):
@@ -151,14 +144,19 @@ class TerminateOnNaN(Callback):
 
 
 def _class_from_path(path: str) -> Optional[type]:
-    """A Lightning callback named by its class path (``lightning.pytorch.callbacks.X``)."""
+    """A Lightning callback named by its class path (``lightning.pytorch.callbacks.X``). A module
+    outside ``lightning.``, ``torch.`` and ``stmclf.`` is imported only with ``--trust-code``."""
     if "." not in path:
         return None
     module_name, _, class_name = path.rpartition(".")
+    if not is_trusted_class_path(path):  # before anything is imported
+        require_trusted_code(f"{KEY}.{path}", module_name, "module")
     try:
         module = importlib.import_module(module_name)
     except ImportError:
         return None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while loading: one line
+        raise ConfigError(f"{KEY}.{path}", f"importing {module_name} failed: {one_line(exc, typed=True)}") from None
     cls = getattr(module, class_name, None)
     return cls if isinstance(cls, type) and issubclass(cls, Callback) else None
 
@@ -215,5 +213,5 @@ def build_callbacks(section: Optional[dict[str, Optional[dict[str, Any]]]]) -> l
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{KEY}.{name}", str(exc).splitlines()[0]) from None
+            raise ConfigError(f"{KEY}.{name}", one_line(exc)) from None
     return callbacks

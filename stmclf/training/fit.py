@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import lightning as L
 import torch
@@ -13,11 +13,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from stmclf.config import RunConfig, rules
 from stmclf.data.datamodule import ImageDataModule, ImageFormat
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import ConfigError, UserError, one_line
 from stmclf.models.pretrained import apply_pretrained
 from stmclf.models.registry import check_model_spec
-from stmclf.evaluate.accuracy import evaluate_module
-from stmclf.evaluate.results import report_results
+from stmclf.models.source import ModelSource
 from stmclf.training.allocator import keep_freed_memory
 from stmclf.training.callbacks import build_callbacks
 from stmclf.training.checkpoint_io import AtomicCheckpointIO
@@ -26,10 +25,10 @@ from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
 from stmclf.training.precision import default_precision
 from stmclf.training.run_dir import RunDir, create_run_dir
-from stmclf.training.progress import EpochSeed, ProgressBar
+from stmclf.training.progress import EpochSeed, MidEpochCheckpoint, ProgressBar, checkpoint_interval, is_mid_epoch
 from stmclf.training.qat import qat_callbacks
-from stmclf.training.tracking import (EpochCSVLogger, finish_mlflow_run, is_global_zero, make_tensorboard_logger,
-                                      plot_training_curves, start_mlflow_run)
+from stmclf.training.tracking import EpochCSVLogger, make_tensorboard_logger, plot_training_curves
+from stmclf.trust import check_config_code
 
 log = logging.getLogger("stmclf.training")
 BEST_NAME = "best_augmented_model"
@@ -41,9 +40,14 @@ class TrainResult:
     run_dir: RunDir
     best_checkpoint: Path
     last_checkpoint: Path
-    accuracies: dict[str, float] = field(default_factory=dict)
     epochs_run: int = 0
-    mlflow_run_id: Optional[str] = None
+    module: Optional[ClassifierModule] = None
+    """The trained module, best weights loaded (rank 0)."""
+    datamodule: Optional[ImageDataModule] = None
+    splits: Any = None
+    is_global_zero: bool = True
+    accuracies: dict[str, float] = field(default_factory=dict)
+    """Filled by the orchestration after evaluating the best model: {set: accuracy %}."""
 
     @property
     def best_model(self) -> Path:
@@ -63,7 +67,7 @@ def ema_callback(spec) -> list[Callback]:
     try:
         return [EMAWeightAveraging(**args)]
     except TypeError as exc:
-        raise ConfigError("training.ema", str(exc).splitlines()[0]) from None
+        raise ConfigError("training.ema", one_line(exc)) from None
 
 
 def class_weights(spec, labels: Sequence[int], num_classes: int) -> Optional[list[float]]:
@@ -79,46 +83,42 @@ def class_weights(spec, labels: Sequence[int], num_classes: int) -> Optional[lis
     return [float(w) for w in spec]
 
 
-def is_external_model_file(path: str) -> bool:
-    """A user's model file (Keras, ONNX, torch) rather than a stmclf checkpoint or model file."""
-    from stmclf.models.importers import detect_kind
-
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError("general.model_path", f"unable to find file {path}")
-    return detect_kind(file) != "stmclf_checkpoint"
-
-
-def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[int] = ()) -> ClassifierModule:
-    """A new module for a fresh run: the zoo model of ``training.model``, or the trained model of
-    ``general.model_path`` (multi-step training) with this config's training settings."""
+def _model_settings(cfg: RunConfig, class_names: list[str], labels: Sequence[int]) -> dict[str, Any]:
     training = cfg.training
     augmentation = cfg.data_augmentation
     custom = cfg.custom_data_augmentation
-    settings = dict(
+    return dict(
         label_smoothing=training.label_smoothing, mixup=training.mixup, cutmix=training.cutmix,
         class_weights=class_weights(training.class_weights, labels, len(class_names)),
         class_names=class_names, rescaling=(cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset),
         optimizer=training.optimizer, dropout=training.dropout, frozen_layers=training.frozen_layers,
         data_augmentation=dict(augmentation) if augmentation else None,
         custom_data_augmentation={"function_name": custom.function_name, "config": custom.config} if custom else None)
-    if not cfg.general.model_path:
+
+
+def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[int] = (),
+                       source: Optional[ModelSource] = None) -> ClassifierModule:
+    """A new module for a fresh run: the zoo model of ``training.model``, or the model of
+    ``general.model_path`` (``source``: multi-step training) with this config's training settings."""
+    training = cfg.training
+    settings = _model_settings(cfg, class_names, labels)
+    if source is None:
         return ClassifierModule(model_spec=dict(training.model),
                                 input_shape=[int(v) for v in training.model["input_shape"]], **settings)
-    if is_external_model_file(cfg.general.model_path):
+    if source.is_imported:
         from stmclf.models.importers import load_model_file
         from stmclf.models.model_file_entry import model_file_spec
 
-        imported = load_model_file(cfg.general.model_path, trust_model_file=cfg.trust_model_file)
+        imported = load_model_file(source.path, trust_model_file=cfg.trust_model_file, key=source.key)
         imported.check_dropout(training.dropout)  # the reference's dropout rule
         log.info("Model file : %s", imported.describe())
-        spec = model_file_spec(Path(cfg.general.model_path).resolve(), imported.input_shape, cfg.trust_model_file)
+        spec = model_file_spec(source.path.resolve(), imported.input_shape, cfg.trust_model_file)
         return ClassifierModule(model_spec=spec, input_shape=list(imported.input_shape), **settings)
-    source = read_checkpoint(cfg.general.model_path, "general.model_path")
-    hparams = source["hyper_parameters"]
+    stored = read_checkpoint(source.path, source.key)
+    hparams = stored["hyper_parameters"]
     if list(hparams["class_names"]) != list(class_names):
-        raise ConfigError("general.model_path", f"the model was trained on classes {hparams['class_names']}, "
-                                                f"the dataset has {class_names}")
+        raise ConfigError(source.key, f"the model was trained on classes {hparams['class_names']}, "
+                                      f"the dataset has {class_names}")
     had_dropout = bool(hparams.get("dropout"))
     if had_dropout and not training.dropout:
         raise ConfigError("training.dropout", "the model includes a dropout layer: set training.dropout")
@@ -126,23 +126,38 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
         raise ConfigError("training.dropout", "unable to set the dropout rate: the model does not include a "
                                               "dropout layer")
     module = ClassifierModule(model_spec=hparams["model_spec"], input_shape=hparams["input_shape"], **settings)
-    module.load_state_dict(source["state_dict"])
+    module.load_state_dict(stored["state_dict"])
     return module
 
 
-def _input_shape(cfg: RunConfig, resume: Optional[dict]) -> list[int]:
+def _input_shape(cfg: RunConfig, resume: Optional[dict], source: Optional[ModelSource]) -> list[int]:
     if resume is not None:
         return list(resume["hyper_parameters"]["input_shape"])
-    if cfg.general.model_path:
-        if is_external_model_file(cfg.general.model_path):
+    if source is not None:
+        if source.is_imported:
             from stmclf.models.importers import load_model_file
 
-            return list(load_model_file(cfg.general.model_path, trust_model_file=cfg.trust_model_file).input_shape)
-        return list(read_checkpoint(cfg.general.model_path, "general.model_path")["hyper_parameters"]["input_shape"])
+            return list(load_model_file(source.path, trust_model_file=cfg.trust_model_file,
+                                        key=source.key).input_shape)
+        return list(read_checkpoint(source.path, source.key)["hyper_parameters"]["input_shape"])
     shape = cfg.training.model.get("input_shape")
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
         raise ConfigError("training.model.input_shape", f"expecting (height, width, channels), got {shape!r}")
     return list(shape)
+
+
+def _warn_resume_overrides(cfg: RunConfig, resume: dict) -> None:
+    """A checkpoint to resume wins over ``training.model`` / ``general.model_path``: one warning
+    line when they say something else."""
+    stored = resume["hyper_parameters"]["model_spec"]
+    model = cfg.training.model
+    if model and any(key in stored and stored[key] != value for key, value in model.items()
+                     if key in ("name", "alpha", "input_shape", "version", "depth")):
+        log.warning("training.model (%s) differs from the checkpoint's model (%s): resuming the checkpoint's",
+                    model.get("name"), stored.get("name"))
+    if cfg.general.model_path:
+        log.warning("general.model_path (%s) is ignored: resuming %s", cfg.general.model_path,
+                    cfg.training.resume_training_from)
 
 
 TRAINING_TO_TRAINER = ("precision", "gradient_clip_val", "accumulate_grad_batches")
@@ -184,21 +199,75 @@ def make_trainer(**kwargs: Any) -> L.Trainer:
     try:
         return L.Trainer(**kwargs)
     except (MisconfigurationException, ValueError) as exc:
-        raise ConfigError("trainer", str(exc).splitlines()[0]) from None
+        raise ConfigError("trainer", one_line(exc)) from None
 
 
-def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
-    """Train as ``training`` mode does: data → model → fit → best/last checkpoints → evaluation.
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that keeps the best score of the epochs before a resume even when the
+    run continues in another directory (Lightning forgets it then): the earlier best checkpoint is
+    copied into the new directory, so ``best_augmented_model.ckpt`` is the best of the whole run."""
 
-    ``callbacks`` are extra Lightning callbacks (for scripts: profiling, benchmarks)."""
+    @property
+    def state_key(self) -> str:  # the key ModelCheckpoint writes, so that either reads the other's state
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old_dir = state_dict.get("dirpath")
+        if old_dir is None or self.dirpath is None or Path(old_dir).resolve() == Path(self.dirpath).resolve():
+            return super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+        score, old_best = state_dict.get("best_model_score"), state_dict.get("best_model_path") or ""
+        new_best = str(Path(self.dirpath) / Path(old_best).name) if old_best else ""
+        if old_best and Path(old_best).is_file() and not Path(new_best).exists():
+            import shutil
+
+            Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(old_best, new_best)
+        self.best_model_score = score
+        if new_best and Path(new_best).exists():
+            self.best_model_path = self.kth_best_model_path = new_best
+            self.best_k_models = {new_best: score} if score is not None else {}
+            self.kth_value = score if score is not None else self.kth_value
+        elif self.monitor is not None and score is not None:
+            log.warning("The best checkpoint of the earlier epochs (%s) is gone; best score %.4f kept", old_best,
+                        float(score))
+
+
+def resume_checkpoint(cfg: RunConfig) -> Optional[dict]:
+    """The checkpoint ``training.resume_training_from`` names (None for a fresh run)."""
+    path = cfg.training.resume_training_from
+    if not path:
+        return None
+    from stmclf.models.source import resolve_model_source
+
+    resolve_model_source(path, "training.resume_training_from").require("resume", "resuming")
+    return read_checkpoint(path, "training.resume_training_from")
+
+
+def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
+          open_run: Optional[Callable[[], tuple[RunDir, Any]]] = None) -> TrainResult:
+    """Fit the model of the config: data → model → Lightning fit → best/last checkpoints,
+    ``best_model.pt``, curves. Returns the :class:`TrainResult` with the best weights loaded
+    (evaluating and reporting them is the caller's: :mod:`stmclf.orchestration`).
+
+    ``open_run()`` → (run directory, MLflow logger or None) is called once the config, the data
+    and the model are checked (default: a new run directory from ``hydra.run.dir``, no MLflow);
+    ``callbacks``: extra Lightning callbacks (for scripts: profiling, benchmarks)."""
     rules.check_training(cfg)
     training = cfg.training
-    resume = read_checkpoint(training.resume_training_from, "training.resume_training_from") \
-        if training.resume_training_from else None
+    checkpoint_every = checkpoint_interval(training.checkpoint_every)
+    resume = resume_checkpoint(cfg)
+    source = None
     if resume is None:
         parse_optimizer(training.optimizer)
-        if training.model is not None:
+        if cfg.general.model_path:
+            from stmclf.models.source import resolve_model_source
+
+            source = resolve_model_source(cfg.general.model_path).require("train", "training")
+        elif training.model is not None:
             check_model_spec(training.model)
+        check_config_code(cfg, model=source is None)  # custom model/augmentation need --trust-code
+    else:
+        _warn_resume_overrides(cfg, resume)
     user_callbacks = build_callbacks(training.callbacks) + ema_callback(training.ema) + \
         qat_callbacks(training.qat, cfg.quantization, training.epochs)
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels crawl late in training
@@ -206,7 +275,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     seed = 123 if cfg.general.global_seed is None else cfg.general.global_seed
     L.seed_everything(seed, workers=True, verbose=False)
 
-    fmt = ImageFormat.from_config(cfg.preprocessing, _input_shape(cfg, resume))
+    fmt = ImageFormat.from_config(cfg.preprocessing, _input_shape(cfg, resume, source))
     datamodule = ImageDataModule(cfg.dataset, fmt, training.batch_size, cfg.dataset.num_workers, shuffle_seed=seed)
     if cfg.dataset.check_image_files:  # every file decoded first: stop with the full list of problems
         from stmclf.data.check import check_image_files
@@ -220,15 +289,16 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
         if module.class_names != splits.class_names:
             raise ConfigError("dataset.class_names", f"the checkpoint was trained on classes {module.class_names}, "
                                                      f"the dataset has {splits.class_names}")
-        if resume.get("epoch", 0) + 1 >= training.epochs:
+        finished = resume.get("epoch", 0) + (0 if is_mid_epoch(resume) else 1)  # a mid-epoch checkpoint: not yet
+        if finished >= training.epochs:
             raise UserError(f"training.epochs: the run in {training.resume_training_from} already finished "
-                            f"{resume.get('epoch', 0) + 1} epoch(s); raise training.epochs to continue it")
+                            f"{finished} epoch(s); raise training.epochs to continue it")
     else:
-        module = module_from_config(cfg, splits.class_names, splits.train.labels)
-        weights_source = (f"model file {cfg.general.model_path}" if cfg.general.model_path
+        module = module_from_config(cfg, splits.class_names, splits.train.labels, source)
+        weights_source = (f"model file {source.path}" if source is not None
                           else apply_pretrained(module.model, training.model))
 
-    run = create_run_dir(cfg)
+    run, mlflow_logger = open_run() if open_run is not None else (create_run_dir(cfg), None)
     log.info("operation_mode: training")
     log.info("Model name : %s", module.model_name)
     log.info("Dataset : %s (%d classes: %s)", cfg.dataset.name, len(splits.class_names), ", ".join(splits.class_names))
@@ -239,17 +309,19 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     else:
         log.info("Pretrained weights : %s", weights_source or "none (training from scratch)")
 
-    best = ModelCheckpoint(dirpath=run.saved_models, filename=BEST_NAME, monitor="val_accuracy", mode="max",
-                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-    last = ModelCheckpoint(dirpath=run.saved_models, filename=LAST_NAME, save_top_k=1, every_n_epochs=1,
-                           auto_insert_metric_name=False, enable_version_counter=False)
+    best = RunCheckpoint(dirpath=run.saved_models, filename=BEST_NAME, monitor="val_accuracy", mode="max",
+                         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    last = RunCheckpoint(dirpath=run.saved_models, filename=LAST_NAME, save_top_k=1, every_n_epochs=1,
+                         auto_insert_metric_name=False, enable_version_counter=False)
+    # inside an epoch (training.checkpoint_every), the same `last` file; exact resume from it
+    mid_epoch = MidEpochCheckpoint(run.saved_models / f"{LAST_NAME}.ckpt", seed, **checkpoint_every)
     csv_logger = EpochCSVLogger(run.metrics_csv)
-    mlflow_logger = start_mlflow_run(cfg, run, "training") if is_global_zero() else None
     loggers = [make_tensorboard_logger(run.root, cfg.general.logs_dir), *([mlflow_logger] if mlflow_logger else [])]
     options = _trainer_options(cfg)
     progress = [ProgressBar()] if options.get("enable_progress_bar", True) else []
-    trainer = make_trainer(max_epochs=training.epochs, callbacks=[EpochSeed(seed), *user_callbacks, best, last, csv_logger, *progress,
-                                                                  *callbacks],
+    trainer = make_trainer(max_epochs=training.epochs,
+                           callbacks=[EpochSeed(seed), *user_callbacks, best, last, mid_epoch, csv_logger, *progress,
+                                      *callbacks],
                            logger=loggers, default_root_dir=str(run.root), deterministic=cfg.general.deterministic_ops,
                            plugins=[AtomicCheckpointIO()], **options)
 
@@ -258,28 +330,19 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
     runtime = time.monotonic() - start
     epochs_run = csv_logger.epochs_written
     result = TrainResult(run, run.saved_models / f"{BEST_NAME}.ckpt", run.saved_models / f"{LAST_NAME}.ckpt",
-                         epochs_run=epochs_run, mlflow_run_id=mlflow_logger.run_id if mlflow_logger else None)
+                         epochs_run=epochs_run, module=module, datamodule=datamodule, splits=splits,
+                         is_global_zero=trainer.is_global_zero)
     if not trainer.is_global_zero:
         return result
     log.info("Training runtime : %.1f s (%d epochs, average %.2f s per epoch)", runtime, epochs_run,
              runtime / max(epochs_run, 1))
     plot_training_curves(run.metrics_csv, run.curves_png)
-
     if result.best_checkpoint.exists():
         write_model_file(result.best_checkpoint, run.saved_models / BEST_MODEL_NAME)
         state = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
-    sets = [("validation_set", splits.valid), ("test_set", splits.test)]
-    results = evaluate_module(module, [(name, datamodule.loader_for(files)) for name, files in sets if files])
-    report_results(results, splits.class_names, run.root, mlflow_logger=mlflow_logger,
-                   title="Best model (max val_accuracy)")
-    result.accuracies = {name: values["accuracy"] for name, values in results.items()}
-    if splits.test is None:
-        log.info("No test set given: only results on the validation set are available")
-    if training.trained_model_path:
-        target = Path(training.trained_model_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_model_file(result.best_checkpoint, target)
-    log.info("operation finished: training")
-    finish_mlflow_run(mlflow_logger, run)
+        if training.trained_model_path:
+            target = Path(training.trained_model_path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_model_file(result.best_checkpoint, target)
     return result

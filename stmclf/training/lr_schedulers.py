@@ -18,6 +18,16 @@ from stmclf.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def set_learning_rate(trainer: "L.Trainer", lr: float) -> None:
+    for optimizer in trainer.optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+
+def get_learning_rate(trainer: "L.Trainer") -> float:
+    return float(trainer.optimizers[0].param_groups[0]["lr"])
+
+
 class EpochLRSchedule(Callback):
     """Base class: subclasses define :meth:`schedule`."""
 
@@ -30,8 +40,6 @@ class EpochLRSchedule(Callback):
         raise NotImplementedError
 
     def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        from stmclf.training.callbacks import get_learning_rate, set_learning_rate
-
         lr = float(self.schedule(trainer.current_epoch, get_learning_rate(trainer)))
         set_learning_rate(trainer, lr)
         if self.verbose:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, one_line
 
 MODEL_FORMAT = "stmclf-model/1"
 BEST_MODEL_NAME = "best_model.pt"
@@ -27,7 +27,7 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a stmclf file"
-        raise ConfigError(key, f"{path} is not a stmclf checkpoint ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(key, f"{path} is not a stmclf checkpoint ({one_line(exc)})") from None
     if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
         raise ConfigError(key, f"{path} is not a stmclf checkpoint (expecting a file written by stmclf fit: "
                                f"last_augmented_model.ckpt, best_augmented_model.ckpt or {BEST_MODEL_NAME})")
@@ -55,4 +55,51 @@ def load_classifier(path: str | Path, key: str = "general.model_path"):
     if missing or unexpected:
         raise ConfigError(key, f"{path} does not match the model it describes "
                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return module.eval()
+
+
+def dataset_class_names(cfg) -> list[str] | None:
+    """The class names of the config's dataset (``dataset.class_names``, else the class folders of
+    its first path), or None without a dataset."""
+    dataset = getattr(cfg, "dataset", None)
+    if dataset is None:
+        return None
+    if dataset.class_names:
+        return sorted(dataset.class_names)  # label indices follow the sorted names, as in training
+    from stmclf.data.datamodule import ImageDataModule, ImageFormat
+
+    try:
+        return list(ImageDataModule(dataset, ImageFormat(8, 8), batch_size=1, num_workers=0)
+                    .prepare_splits().class_names)
+    except ConfigError:
+        return None
+
+
+def load_source_module(source, cfg=None, *, class_names=None, trust_model_file: bool = False):
+    """The :class:`ClassifierModule` (eval mode, CPU) of any torch-readable model source
+    (:class:`stmclf.models.source.ModelSource`): a stmclf file as trained, or an imported
+    Keras/ONNX/torch model wrapped with the config's rescaling and the dataset's class names
+    (``class_0`` … when there is no dataset)."""
+    from stmclf.models.importers import load_model_file
+    from stmclf.models.heads import head_units
+    from stmclf.models.model_file_entry import model_file_spec
+    from stmclf.training.module import ClassifierModule
+
+    if source.kind == "stmclf":
+        return load_classifier(source.path, source.key)
+    trust = trust_model_file or bool(getattr(cfg, "trust_model_file", False))
+    imported = load_model_file(source.path, trust_model_file=trust, key=source.key)
+    names = list(class_names) if class_names is not None else dataset_class_names(cfg)
+    if names is None:
+        names = [f"class_{i}" for i in range(max(imported.num_outputs, 2))]
+    if head_units(len(names)) != imported.num_outputs:
+        raise ConfigError(source.key, f"{source.path} has {imported.num_outputs} outputs, the dataset has "
+                                      f"{len(names)} classes ({', '.join(names[:10])})")
+    preprocessing = getattr(cfg, "preprocessing", None)
+    rescaling = (preprocessing.rescaling.scale, preprocessing.rescaling.offset) if preprocessing is not None \
+        else (1 / 255.0, 0.0)
+    module = ClassifierModule(model_spec=model_file_spec(source.path.resolve(), imported.input_shape, trust),
+                              class_names=names, input_shape=list(imported.input_shape),
+                              rescaling=(float(rescaling[0]), float(rescaling[1])), optimizer=None,
+                              dropout=imported.dropout_rate if imported.has_dropout else None)
     return module.eval()

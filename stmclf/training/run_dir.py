@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from stmclf.config import RunConfig
+from stmclf.errors import UserError
 
 LOG_NAME = "stmclf.log"
+CONFIG_NAME = "config.yaml"
+log = logging.getLogger("stmclf")
 
 
 @dataclass(frozen=True)
@@ -29,21 +33,96 @@ class RunDir:
         return self.root / "training_curves.png"
 
 
-def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None) -> RunDir:
-    """Create the run directory, save the resolved config and attach the log file (rank 0 only in
-    a distributed run)."""
+def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Path | None = None) -> RunDir:
+    """The run directory: ``root`` when given (an existing run, reused on purpose: its
+    ``config.yaml`` is kept), else a new one from ``hydra.run.dir`` (the resolved config is saved in
+    it). A new run never writes into another run's folder: when ``hydra.run.dir`` already holds one
+    (its ``config.yaml``), the new run takes ``<dir>_1``, ``<dir>_2``, … (claimed atomically, so
+    two processes started in the same second get different folders). The log file is attached and
+    unfinished checkpoint files of an interrupted save are removed (rank 0 only in a distributed
+    run). A folder that cannot be written is a one-line :class:`UserError` naming it."""
     from stmclf.training.tracking import is_global_zero
 
     if write_files is None:
         write_files = is_global_zero()
-    root = cfg.run_dir.resolve()
+    key = "hydra.run.dir" if root is None else "run directory"
+    wanted = None
+    if root is not None:
+        root = Path(root).resolve()
+    elif write_files:
+        wanted = cfg.run_dir.resolve()
+        root = _claim_new_run_dir(wanted, cfg.resolved_yaml)
+    else:  # other ranks of a distributed run: rank 0 owns the folder and writes every file
+        root = cfg.run_dir.resolve()
     run = RunDir(root, root / cfg.general.saved_models_dir, root / cfg.general.logs_dir)
     if write_files:
-        for path in (run.root, run.saved_models, run.logs):
-            path.mkdir(parents=True, exist_ok=True)
-        (root / "config.yaml").write_text(cfg.resolved_yaml)
-        attach_log_file(run.log_file)
+        try:
+            for path in (run.root, run.saved_models, run.logs):
+                path.mkdir(parents=True, exist_ok=True)
+            config = root / CONFIG_NAME
+            if not config.exists():
+                config.write_text(cfg.resolved_yaml)
+            elif cfg.resolved_yaml and config.read_text() != cfg.resolved_yaml:
+                (root / f"config_{_stamp()}.yaml").write_text(cfg.resolved_yaml)
+            attach_log_file(run.log_file)
+        except OSError as exc:
+            raise _unwritable(key, root, exc) from None
+        if wanted is not None and root != wanted:
+            log.warning("hydra.run.dir %s holds another run: this run writes into %s", wanted, root)
+        from stmclf.training.checkpoint_io import remove_orphan_temp_files
+
+        remove_orphan_temp_files(run.saved_models)
     return run
+
+
+def _unwritable(key: str, root: Path, exc: OSError) -> UserError:
+    reason = exc.strerror or str(exc)
+    if exc.filename and Path(exc.filename) != root:
+        reason = f"{exc.filename}: {reason}"
+    return UserError(f"{key}: cannot write the run directory {root}: {reason}")
+
+
+def _claim_new_run_dir(base: Path, resolved_yaml: str, limit: int = 10_000) -> Path:
+    """``base``, or the first free ``base_1``, ``base_2``, …: a folder is taken once it holds a
+    ``config.yaml``, and this process takes one by creating that file exclusively (``O_EXCL``)."""
+    for n in range(limit):
+        candidate = base if n == 0 else base.with_name(f"{base.name}_{n}")
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            fd = os.open(candidate / CONFIG_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue  # another run's folder (or a file of that name)
+        except OSError as exc:
+            raise _unwritable("hydra.run.dir", candidate, exc) from None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(resolved_yaml)
+        except OSError as exc:
+            raise _unwritable("hydra.run.dir", candidate, exc) from None
+        return candidate
+    raise UserError(f"hydra.run.dir: {base} and {limit - 1} numbered folders beside it hold other runs")
+
+
+def _stamp() -> str:
+    import time
+
+    return time.strftime("%Y_%m_%d_%H_%M_%S")
+
+
+def is_run_dir(path: Path) -> bool:
+    """A stmclf run directory: it holds the run's ``config.yaml`` and its log."""
+    path = Path(path)
+    return (path / "config.yaml").is_file() and (path / LOG_NAME).is_file()
+
+
+def find_run_dir(path: str | Path, levels: int = 3) -> Path | None:
+    """The run directory that holds ``path`` (a model file inside ``<run>/saved_models/`` or
+    ``<run>/quantized_models/``), or None."""
+    current = Path(path).resolve()
+    for parent in list(current.parents)[:levels]:
+        if is_run_dir(parent):
+            return parent
+    return None
 
 
 def attach_log_file(path: Path) -> None:

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import logging
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import urlparse
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from stmclf.errors import UserError, one_line
 from stmclf.figures import save_figure
 
 log = logging.getLogger(__name__)
@@ -109,9 +113,109 @@ def resolve_tracking_uri(uri: str) -> tuple[str, Optional[str]]:
         return uri, None
     if parsed.scheme and len(parsed.scheme) > 1:
         return uri, None
-    root = Path(uri).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+    root = store_directory(uri)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _store_error(root, exc) from None
+    artifacts = (root / "artifacts").as_uri()
+    with store_lock(root):
+        relocate_store(root / "mlflow.db", artifacts)
+    return f"sqlite:///{root / 'mlflow.db'}", artifacts
+
+
+def store_directory(uri: str) -> Optional[Path]:
+    """The folder of a directory store (``mlflow.uri: ./experiments_outputs/mlruns``), or None for
+    a URI with a scheme."""
+    parsed = urlparse(uri)
+    if parsed.scheme and (parsed.scheme == "file" or len(parsed.scheme) > 1):
+        return None
+    return Path(uri).expanduser().resolve()
+
+
+def _store_error(root: Path, exc: BaseException) -> UserError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+    if isinstance(exc, OSError) and exc.filename and Path(exc.filename) != root:
+        reason = f"{exc.filename}: {reason}"
+    return UserError(f"mlflow.uri: cannot write the MLflow store {root}: {reason}")
+
+
+@contextmanager
+def store_lock(root: Path) -> Iterator[None]:
+    """Exclusive lock on ``<store>/.lock`` (``flock``, released if the process dies): creating the
+    SQLite store and its experiments is serialized between processes that start together."""
+    try:
+        handle = open(root / ".lock", "a")
+    except OSError as exc:
+        raise _store_error(root, exc) from None
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+_STORE_WRITE_ERRORS = ("readonly database", "read-only", "unable to open database", "disk is full",
+                       "disk i/o error", "permission denied", "no space left")
+_STORE_RETRY_ERRORS = ("database is locked", "already exists", "database table is locked")
+
+
+def _store_call(root: Optional[Path], action: Callable[[], Any], attempts: int = 5) -> Any:
+    """``action()`` on the store of ``root`` (under its lock when it is a directory store): a
+    store that cannot be written is a one-line error naming it; a store busy with another process
+    (locked, schema created meanwhile) is retried."""
+    for attempt in range(attempts):
+        try:
+            if root is None:
+                return action()
+            with store_lock(root):
+                return action()
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/MLflow errors, told apart by their text
+            text = " ".join(str(e).lower() for e in _chain(exc))
+            if any(word in text for word in _STORE_RETRY_ERRORS) and attempt + 1 < attempts:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            if root is not None and any(word in text for word in _STORE_WRITE_ERRORS + _STORE_RETRY_ERRORS):
+                raise _store_error(root, exc) from None
+            raise
+
+
+def _chain(exc: Optional[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    while exc is not None and len(out) < 10:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def relocate_store(db: Path, artifacts_uri: str) -> int:
+    """A directory store that was moved (``experiments_outputs/`` copied elsewhere) still records
+    its old artifact location: point the experiments and runs whose artifact folder no longer
+    exists at the store's own ``artifacts`` folder. Returns the number of experiments moved."""
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    moved = 0
+    with sqlite3.connect(db, timeout=60) as con:
+        if not con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='experiments'").fetchone():
+            return 0
+        for (location,) in con.execute("SELECT DISTINCT artifact_location FROM experiments").fetchall():
+            if not location or location == artifacts_uri or not location.startswith("file:") \
+                    or not location.rstrip("/").endswith("/artifacts") or Path(urlparse(location).path).exists():
+                continue
+            old = location.rstrip("/")
+            con.execute("UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?) "
+                        "WHERE artifact_location LIKE ?", (artifacts_uri, len(old) + 1, old + "%"))
+            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE artifact_uri LIKE ?",
+                        (artifacts_uri, len(old) + 1, old + "%"))
+            moved += 1
+    if moved:
+        log.info("MLflow store %s was moved: artifact locations now under %s", db.parent, artifacts_uri)
+    return moved
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -137,14 +241,15 @@ def loggable_params(config: dict[str, Any]) -> dict[str, str]:
     return params
 
 
-def make_mlflow_logger(uri: str, experiment: str, run_name: str, run_id: Optional[str] = None):
-    """Lightning's MLFlowLogger for a new run, or for the existing run ``run_id`` (chains)."""
+def make_mlflow_logger(uri: str, experiment: str, run_name: str, run_id: Optional[str] = None,
+                       tags: Optional[dict[str, str]] = None):
+    """Lightning's MLFlowLogger for a new run, or for the existing run ``run_id``."""
     from lightning.pytorch.loggers import MLFlowLogger
 
     tracking_uri, artifact_location = resolve_tracking_uri(uri)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     return MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
-                        artifact_location=artifact_location, log_model=False, run_id=run_id)
+                        artifact_location=artifact_location, log_model=False, run_id=run_id, tags=tags)
 
 
 def log_artifacts(mlflow_logger, paths: Iterable[Path]) -> None:
@@ -152,7 +257,7 @@ def log_artifacts(mlflow_logger, paths: Iterable[Path]) -> None:
     for path in paths:
         path = Path(path)
         if path.is_dir():
-            client.log_artifacts(run_id, str(path))
+            client.log_artifacts(run_id, str(path), artifact_path=path.name)
         elif path.exists():
             client.log_artifact(run_id, str(path))
 
@@ -164,19 +269,87 @@ def is_global_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def start_mlflow_run(cfg, run, operation_mode: str, extra_params: Optional[dict] = None):
-    """An MLflow run for ``operation_mode`` in the experiment ``general.project_name``, named after the
-    run directory, with the flattened config as params (rank 0 only: Lightning's logger)."""
-    mlflow_logger = make_mlflow_logger(cfg.mlflow.uri, cfg.general.project_name, run.root.name)
-    mlflow_logger.log_hyperparams({"operation_mode": operation_mode, **(extra_params or {}),
-                                   **loggable_params(cfg.to_dict())})
+# ---------------------------------------------------------------------------------------------
+# One MLflow parent run per run directory, one child run per stage.
+
+RUN_RECORD = "mlflow_run.json"
+"""In the run directory: the tracking URI, experiment and parent run id of the run's journey."""
+
+
+def _experiment_id(client, name: str, artifact_location: Optional[str]) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # noqa: BLE001 - created meanwhile by another process
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def parent_run_id(cfg, run, model_name: str = "") -> str:
+    """The MLflow parent run of the run directory ``run`` (created at its first stage, named after
+    the directory and the model); its id is kept in ``<run>/mlflow_run.json``."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    tracking_uri, artifact_location = resolve_tracking_uri(cfg.mlflow.uri)
+    store = store_directory(cfg.mlflow.uri)
+    # Opening a new store creates its tables: one process at a time.
+    client = _store_call(store, lambda: MlflowClient(tracking_uri=tracking_uri))
+    record_path = Path(run.root) / RUN_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    if record.get("tracking_uri") == tracking_uri and record.get("parent_run_id"):
+        try:
+            client.get_run(record["parent_run_id"])
+            return record["parent_run_id"]
+        except Exception:  # noqa: BLE001 - deleted, or another store: make a new one
+            pass
+    experiment_id = _store_call(store, lambda: _experiment_id(client, cfg.general.project_name, artifact_location))
+    name = f"{Path(run.root).name} {model_name}".strip()
+    parent = _store_call(store, lambda: client.create_run(
+        experiment_id, run_name=name, tags={"stmclf.run_dir": str(run.root), "stmclf.model": model_name}))
+    client.set_terminated(parent.info.run_id)
+    record_path.write_text(json.dumps({"tracking_uri": tracking_uri, "experiment": cfg.general.project_name,
+                                       "parent_run_id": parent.info.run_id}, indent=1))
+    return parent.info.run_id
+
+
+def start_mlflow_run(cfg, run, stage: str, extra_params: Optional[dict] = None, model_name: str = ""):
+    """A child MLflow run for ``stage`` (train, export, evaluate, benchmark, predict, …) under the
+    parent run of the run directory, with the flattened config as params (rank 0 only)."""
+    parent = parent_run_id(cfg, run, model_name)
+    mlflow_logger = make_mlflow_logger(cfg.mlflow.uri, cfg.general.project_name, stage,
+                                       tags={"mlflow.parentRunId": parent, "stmclf.stage": stage})
+    params = {"operation_mode": cfg.operation_mode or stage, "stage": stage, **(extra_params or {}),
+              **loggable_params(cfg.redacted_dict())}
+    _store_call(store_directory(cfg.mlflow.uri), lambda: mlflow_logger.log_hyperparams(params))
     return mlflow_logger
 
 
-def finish_mlflow_run(mlflow_logger, run) -> None:
-    """Write the HTML report, log the whole run directory as artifacts and close the run."""
-    from stmclf.evaluate.report import write_report
-
-    write_report(run.root)
-    log_artifacts(mlflow_logger, [run.root])
+def finish_mlflow_run(mlflow_logger, run, artifacts: Iterable[Path] = (), summary: Iterable[Path] = ()) -> None:
+    """Close a stage's run: its ``artifacts`` logged to it; its metrics and the run's ``summary``
+    files (report, results) copied to the parent run, so the parent shows the whole journey."""
+    if mlflow_logger is None:
+        return
+    log_artifacts(mlflow_logger, artifacts)
     mlflow_logger.finalize("FINISHED")
+    client = mlflow_logger.experiment
+    child = client.get_run(mlflow_logger.run_id)
+    parent = child.data.tags.get("mlflow.parentRunId")
+    if not parent:
+        return
+    from mlflow.entities import Metric
+
+    metrics = [Metric(key, value, int(child.info.end_time or 0), 0) for key, value in child.data.metrics.items()]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(parent, metrics=metrics[start:start + 500])
+    for path in summary:
+        if Path(path).is_file():
+            client.log_artifact(parent, str(path))

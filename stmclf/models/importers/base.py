@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import ConfigError, UserError, one_line
 from stmclf.models.graph import KerasGraph
 
 KINDS = ("keras_h5", "onnx", "torchscript", "torch_export", "pickled_module")
@@ -24,19 +24,14 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
 
 
-def one_line(value: Any) -> str:
-    text = " ".join(str(value).split())
-    return text or type(value).__name__
-
-
 def first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {one_line(lines[0])}" if lines else type(exc).__name__
+    """``ValueError: first line of the message`` (:func:`stmclf.errors.one_line`, typed)."""
+    return one_line(exc, typed=True)
 
 
 def file_error(key: str, path: Path | str, message: str) -> UserError:
     """A one-line :class:`ConfigError` ``key: path: message``."""
-    return ConfigError(key, f"{path}: {one_line(message)}")
+    return ConfigError(key, f"{path}: {one_line(message, whole=True)}")
 
 
 @dataclass

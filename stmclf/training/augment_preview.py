@@ -3,7 +3,8 @@
 The reference's ``test_data_augment.py`` shows blocking windows; this writes one PNG. Images
 are taken from the training set (seeded), loaded exactly as training loads them, rescaled,
 augmented with the config's ``data_augmentation`` (or ``custom_data_augmentation``), and mapped
-back to pixels for display.
+back to pixels for display (with the training module's batch augmentation, hence here and not
+in :mod:`stmclf.augment`, which sits below training).
 """
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import numpy as np
 import torch
 
 from stmclf.config import RunConfig
+from stmclf.data.decode import ImageFormat
+from stmclf.data.folder import make_splits
 from stmclf.errors import ConfigError, UserError
 from stmclf.figures import save_figure
+from stmclf.training.module import build_batch_augmentation
 
 
 def _input_shape(cfg: RunConfig) -> list[int]:
@@ -26,10 +30,6 @@ def _input_shape(cfg: RunConfig) -> list[int]:
 
 
 def augment_preview(cfg: RunConfig, num_images: int, seed: int, out: Path) -> Path:
-    from stmclf.data.datamodule import ImageFormat
-    from stmclf.data.folder import make_splits
-    from stmclf.training.module import build_batch_augmentation
-
     if cfg.dataset is None or cfg.preprocessing is None:
         raise ConfigError("dataset", "the preview needs the dataset and preprocessing sections")
     if not cfg.data_augmentation and not cfg.custom_data_augmentation:

@@ -18,7 +18,7 @@ import numpy as np
 
 from stmclf.errors import UserError
 
-log = logging.getLogger("stmclf.export")
+log = logging.getLogger("stmclf.evaluate")
 
 MODEL_SUFFIXES = (".ckpt", ".pt", ".onnx", ".tflite")
 
@@ -100,26 +100,27 @@ class TflitePredictor(Predictor):
 
 
 def load_predictor(artifact: Any, *, rescaling: Optional[Sequence[float]] = None, label: Optional[str] = None,
-                   threads: Optional[int] = None) -> Predictor:
-    """A :class:`Predictor` for a module, a Predictor, or a model file (by suffix)."""
+                   threads: Optional[int] = None, cfg=None) -> Predictor:
+    """A :class:`Predictor` for a module, a Predictor, or a model file of any kind
+    (:mod:`stmclf.models.source`: torch-readable files become a :class:`TorchPredictor`; ``cfg``
+    gives an imported model its class names and rescaling)."""
     if isinstance(artifact, Predictor):
         return artifact
     if hasattr(artifact, "preprocess") and hasattr(artifact, "model"):
         return TorchPredictor(artifact, label or "Float model")
-    path = Path(artifact)
-    if not path.is_file():
-        raise UserError(f"{path}: no such model file")
-    suffix = path.suffix.lower()
-    if suffix in (".ckpt", ".pt"):
-        from stmclf.training.model_file import load_classifier
+    from stmclf.models.source import resolve_model_source
 
-        return TorchPredictor(load_classifier(path), label or "Float model")
-    if suffix == ".onnx":
-        return OnnxPredictor(path, rescaling, label, threads)
-    if suffix == ".tflite":
-        return TflitePredictor(path, rescaling, label, threads)
-    raise UserError(f"{path}: unsupported model file type {suffix or '(none)'}; expecting one of "
-                    f"{', '.join(MODEL_SUFFIXES)}")
+    source = resolve_model_source(artifact).require("evaluate", "evaluation")
+    if not source.is_artifact:  # a float ONNX runs in onnxruntime, as deployed (imported only to train/export)
+        from stmclf.training.model_file import load_source_module
+
+        return TorchPredictor(load_source_module(source, cfg), label or "Float model")
+    if source.kind.startswith("onnx"):
+        return OnnxPredictor(source.path, rescaling, label, threads)
+    if source.kind.startswith("tflite"):
+        return TflitePredictor(source.path, rescaling, label, threads)
+    raise UserError(f"{source.path}: {source.text}; expecting a stmclf model, a Keras .h5, an ONNX or a TFLite "
+                    f"model")
 
 
 def _loss(scores: np.ndarray, labels: np.ndarray, outputs: str) -> float:
@@ -207,3 +208,46 @@ def print_comparison(rows: list[dict], title: str = "Float vs exported models") 
         log.info("%s %s accuracy %.2f %% (float %.2f %%, delta %+.2f%s)", row["model"], row["set"].replace("_", " "),
                  row["accuracy"], row["reference_accuracy"], row["delta"],
                  "" if row["agreement"] is None else f", top-1 agreement {row['agreement']:.2f} %")
+
+
+ARTIFACT_LABELS = {"onnx": ("ONNX float", "onnx_float"), "tflite": ("TFLite float", "tflite_float"),
+                   "onnx_qdq": ("ONNX QDQ int8", "onnx_int"), "tflite_int8": ("TFLite int8", "tflite_int")}
+
+
+def evaluate_export(cfg, result, run_root: Path, *, mlflow_logger=None) -> list[dict]:
+    """Accuracy of the source model and of every file of an export (an
+    :class:`~stmclf.export.export.ExportResult`) on the evaluation set (test set, else validation
+    set), each reported like the evaluation mode (table, confusion matrix PNG, ``results.json``,
+    MLflow), then the float → exported comparison table. Returns its rows ([] without a set)."""
+    from stmclf.evaluate.results import report_results
+    from stmclf.export.export import StageTimer
+
+    datamodule, evaluation = result.evaluation or (None, None)
+    if evaluation is None:
+        log.info("No evaluation set (dataset.test_path, validation_path or training_path): accuracies not measured")
+        return []
+    name, files = evaluation
+    threads = getattr(getattr(cfg, "general", None), "num_threads_tflite", None)
+    module = result.module
+    class_names = list(module.class_names)
+    primary = result.quantized_model
+    artifacts = [("Float model", "float", module)]
+    for key, (label, kind) in ARTIFACT_LABELS.items():
+        if key in result:
+            artifacts.append((label, "int" if result[key] == primary else kind, result[key]))
+    loader = datamodule.loader_for(files)  # one loader (and its workers) for every artifact
+    timer = StageTimer(result.timings)
+    for label, kind, artifact in artifacts:
+        with timer("evaluate_" + label.lower().replace(" ", "_")), timer("evaluation"):
+            results = evaluate_artifact(artifact, [(name, loader)], rescaling=result.rescaling, label=label,
+                                        keep_predictions=True, threads=threads)
+        result.results[label] = results
+        report_results(results, class_names, run_root, kind=kind, model_label=label, mlflow_logger=mlflow_logger)
+    reference = result.results["Float model"]
+    rows = comparison_rows(reference, {k: v for k, v in result.results.items() if k != "Float model"})
+    if rows:
+        print_comparison(rows)
+    result.checks["comparison"] = rows
+    if result.export_dir is not None:
+        result.write_summary()
+    return rows

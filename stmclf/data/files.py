@@ -1,0 +1,150 @@
+"""Image files on disk: the per-subset file list, the subsets of a dataset, and listing a folder
+dataset (``<root>/<class_name>/<image files>``).
+
+- class names: given (sorted, a subset filter) or inferred from the first existing path among
+  training, validation, test and quantization (sorted sub-directory names);
+- label = index in the sorted class list;
+- per class, file names sorted; then the whole (path, label) list is shuffled once with
+  ``numpy.random.RandomState(dataset.seed)``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from stmclf.data.decode import ImageFormat, load_image
+from stmclf.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+
+
+@dataclass
+class FileList:
+    """Image files and integer labels of one subset, in loading order."""
+
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    root: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, start: int, stop: Optional[int] = None) -> "FileList":
+        return FileList(self.paths[start:stop], self.labels[start:stop], self.root)
+
+    def describe(self, index: int) -> str:
+        """How to name item ``index`` in messages."""
+        return self.paths[index]
+
+    def load(self, index: int, fmt: ImageFormat) -> np.ndarray:
+        """Item ``index`` decoded and resized to ``fmt`` (uint8 HWC)."""
+        return load_image(self.paths[index], fmt)
+
+    def cache_identity(self) -> list[str]:
+        """What the image cache key hashes: the files (with their sizes and times)."""
+        return self.paths
+
+
+@dataclass
+class Splits:
+    """The subsets of a dataset: file lists (:class:`FileList`) or any image source with
+    ``labels``, ``load(index, fmt)``, ``describe(index)`` and ``cache_identity()``."""
+
+    class_names: list[str]
+    train: Optional[FileList] = None
+    valid: Optional[FileList] = None
+    test: Optional[FileList] = None
+    quantization: Optional[FileList] = None
+
+    @property
+    def evaluation(self) -> Optional[FileList]:
+        """The set evaluations use: test if given, else validation."""
+        return self.test if self.test is not None else self.valid
+
+
+def class_dirs(root: Path, key: str) -> list[str]:
+    if not root.is_dir():
+        raise ConfigError(key, f"unable to find the dataset root directory {root}")
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise ConfigError(key, f"expecting class sub-directories under the dataset root directory {root}")
+    return names
+
+
+def infer_class_names(paths: Sequence[tuple[str, Optional[str]]]) -> list[str]:
+    """Sorted sub-directory names of the first given path (key, path) that exists."""
+    for key, path in paths:
+        if path:
+            names = class_dirs(Path(path), key)
+            log.info("Found %d classes in dataset %s", len(names), path)
+            return names
+    raise ConfigError("dataset.class_names", "no dataset path given to infer the class names from")
+
+
+def outside_root(path: str, real_root: str) -> Optional[str]:
+    """Where ``path`` really is (symbolic links resolved) when that is outside ``real_root`` (a
+    resolved directory), else None."""
+    target = os.path.realpath(path)
+    return target if os.path.commonpath([target, real_root]) != real_root else None
+
+
+def list_images(root: str, class_names: Sequence[str], key: str, seed: int) -> FileList:
+    """All image files of ``class_names`` under ``root``, shuffled once with ``seed``.
+
+    Files that are symbolic links to outside ``root`` (or inside a class folder that is one) are
+    read like the others, with one warning line per dataset path: ``stmclf data check`` lists them.
+    """
+    base = Path(root)
+    present = set(class_dirs(base, key))
+    missing = [c for c in class_names if c not in present]
+    if missing:
+        raise ConfigError(key, f"class folder(s) {', '.join(missing)} not found in {root}")
+    paths: list[str] = []
+    labels: list[int] = []
+    skipped = 0
+    real_root = os.path.realpath(base)
+    escaping: list[tuple[str, str]] = []
+    for label, name in enumerate(sorted(class_names)):
+        folder = base / name
+        folder_escapes = outside_root(str(folder), real_root) is not None
+        try:
+            with os.scandir(folder) as it:  # DirEntry: file types without a stat call per file
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as exc:
+            raise ConfigError(key, f"unable to list the class folder {folder}: {exc.strerror or exc}") from None
+        for entry in entries:
+            path = str(folder / entry.name)
+            if entry.is_dir():
+                raise ConfigError(key, f"class directories should only contain image files; found sub-directory {path}")
+            if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+                skipped += 1
+                continue
+            if folder_escapes or entry.is_symlink():
+                target = outside_root(path, real_root)
+                if target is not None:
+                    escaping.append((path, target))
+            paths.append(path)
+            labels.append(label)
+    if skipped:
+        log.warning("%s: skipped %d file(s) that are not JPEG, PNG, BMP or GIF (see `stmclf data check`)", root, skipped)
+    if escaping:
+        log.warning("%s: %d file(s) are symbolic links to outside the dataset root, read anyway (e.g. %s -> %s); "
+                    "`stmclf data check` lists them", root, len(escaping), *escaping[0])
+    if not paths:
+        raise ConfigError(key, f"no image files found under {root}")
+    order = np.random.RandomState(seed).permutation(len(paths))
+    return FileList([paths[i] for i in order], [labels[i] for i in order], str(root))
+
+
+def split_training(files: FileList, validation_split: float) -> tuple[FileList, FileList]:
+    """A training-only dataset's split, after the shuffle: the first ⌊N·(1 − validation_split)⌋
+    files train, the rest validate."""
+    n_train = int(len(files) * (1.0 - validation_split))
+    return files.subset(0, n_train), files.subset(n_train)

@@ -1,0 +1,137 @@
+"""The commands of one journey — ``stmclf fit | export | benchmark | predict | deploy-header`` —
+each writing into one run folder: ``--run RUN_DIR``, else the run folder that holds the model
+file given (``--ckpt``/``--model`` inside ``<run>/saved_models/`` or ``<run>/quantized_models/``),
+else a new one from ``hydra.run.dir``."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+from stmclf.config import RunConfig
+from stmclf.errors import ConfigError, UserError
+from stmclf.orchestration.journey import Journey, resolve_run_dir
+from stmclf.orchestration.stages import (benchmark_stage, export_stage, model_label, predict_stage,
+                                         train_stage)
+
+log = logging.getLogger("stmclf")
+
+
+def fit_command(cfg: RunConfig, callbacks: Sequence = ()):
+    """``stmclf fit``: the training stage (train, then the best model's accuracy)."""
+    result, journey = train_stage(cfg, callbacks=callbacks)
+    if result.is_global_zero:
+        journey.finish("training")
+    return result
+
+
+def run_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
+    """The trained model of a run folder: ``<run>/<saved_models>/best_model.pt``."""
+    from stmclf.training.model_file import BEST_MODEL_NAME
+
+    if run_root is None:
+        return None
+    path = Path(run_root) / cfg.general.saved_models_dir / BEST_MODEL_NAME
+    return path if path.is_file() else None
+
+
+def run_quantized_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
+    """The int8 model an export wrote into a run folder (from its ``export_summary.json``)."""
+    from stmclf.export.export import SUMMARY_NAME
+
+    if run_root is None:
+        return None
+    export_dir = (cfg.quantization.export_dir if cfg.quantization else None) or "quantized_models"
+    try:
+        files = json.loads((Path(run_root) / export_dir / SUMMARY_NAME).read_text()).get("files") or {}
+    except (OSError, ValueError):
+        return None
+    primary = ("onnx_qdq", "tflite_int8") if cfg.quantization is not None and \
+        str(cfg.quantization.quantizer or "").lower() == "onnx_quantizer" else ("tflite_int8", "onnx_qdq")
+    for key in (*primary, "tflite", "onnx"):
+        if files.get(key) and Path(files[key]).is_file():
+            return Path(files[key])
+    return None
+
+
+def export_command(cfg: RunConfig, ckpt: Optional[str] = None, *, run: Optional[str] = None,
+                   formats: Sequence[str] = ("onnx", "tflite"), int8: Optional[bool] = None):
+    """``stmclf export``: float (and int8) files of a model into ``<run>/quantized_models``,
+    checked, then evaluated."""
+    from stmclf.export.export import ExportSettings, parse_formats
+
+    root = resolve_run_dir(run, ckpt, cfg)
+    model = ckpt or cfg.general.model_path or run_model(root, cfg)
+    if not model:
+        raise ConfigError("general.model_path", "export needs the model to export: --ckpt PATH, "
+                                                "general.model_path, or --run RUN_DIR of a training run")
+    formats = parse_formats(formats)
+    int8 = cfg.quantization is not None if int8 is None else bool(int8)
+    settings = ExportSettings.from_config(cfg)  # config errors before any file is written
+    journey = Journey(cfg, root, model_name=model_label(cfg, model))
+    log.info("operation_mode: export")
+    result = export_stage(journey, model, formats=formats, int8=int8, evaluate=True, settings=settings)
+    journey.finish("export")
+    return result, journey
+
+
+def benchmark_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optional[str] = None,
+                      board: Optional[str] = None):
+    """``stmclf benchmark``: footprint of a model on a board, into its run folder's ``benchmark.json``."""
+    from stmclf.benchmark.run import board_name, cloud_login_first
+
+    root = resolve_run_dir(run, model or cfg.general.model_path, cfg)
+    model = model or cfg.general.model_path or run_quantized_model(root, cfg)
+    if not model:
+        raise ConfigError("general.model_path", "benchmarking needs a .tflite or .onnx model (--model, "
+                                                "general.model_path, or --run RUN_DIR of an exported run)")
+    from stmclf.models.source import resolve_model_source
+
+    resolve_model_source(model).require("benchmark", "benchmarking")
+    board_name(cfg, board)  # a bad board name fails before anything is written
+    client = cloud_login_first(cfg, cfg.offline)
+    journey = Journey(cfg, root, model_name=model_label(cfg, model))
+    log.info("operation_mode: benchmarking")
+    footprint = benchmark_stage(journey, Path(model), board=board, client=client)
+    journey.finish("benchmarking")
+    return footprint
+
+
+def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optional[str] = None, *,
+                    run: Optional[str] = None, use_config: bool = True):
+    """``stmclf predict``: every image of a folder → ``<run>/predictions/``."""
+    root = resolve_run_dir(run, model, cfg)
+    model = model or cfg.general.model_path or run_model(root, cfg)
+    if not model:
+        raise ConfigError("general.model_path", "prediction needs a model (a stmclf .pt/.ckpt, Keras .h5, .onnx "
+                                                "or .tflite)")
+    if images is None:
+        if cfg.prediction is None or not cfg.prediction.test_files_path:
+            raise ConfigError("prediction.test_files_path", "prediction needs the directory of images to classify")
+        images = cfg.prediction.test_files_path
+    if use_config and cfg.prediction is not None and cfg.prediction.target not in (None, "host"):
+        raise ConfigError("prediction.target", f"{cfg.prediction.target!r}: only host prediction is supported")
+    journey = Journey(cfg, root, model_name=model_label(cfg, model))
+    log.info("operation_mode: prediction")
+    result = predict_stage(journey, model, images, use_config=use_config)
+    journey.finish("prediction")
+    return result
+
+
+def deploy_header_command(run: str, out: Optional[str] = None) -> Path:
+    """``stmclf deploy-header --run RUN``: ``<run>/generated/ai_model_config.h``, recorded in the
+    run's MLflow parent run as the ``deploy`` stage."""
+    from stmclf.benchmark.deploy_header import write_deploy_header
+    from stmclf.config import load_config
+
+    root = Path(run)
+    config = root / "config.yaml"
+    if not config.is_file():
+        raise UserError(f"{root}: no config.yaml; is this a stmclf run directory?")
+    cfg = load_config(["--config", str(config)], prog="stmclf deploy-header")
+    journey = Journey(cfg, root)
+    with journey.stage("deploy", artifacts=[Path(out)] if out else ()):
+        header = write_deploy_header(root, out)
+    journey.finish("deploy-header")
+    return header

@@ -1,0 +1,99 @@
+"""``operation_mode`` → its stages (the table is :data:`stmclf.config.modes.MODES`)."""
+from __future__ import annotations
+
+import logging
+
+from stmclf.config import RunConfig
+from stmclf.config.modes import MODES, OPERATION_MODES, OperationMode
+from stmclf.errors import ConfigError
+from stmclf.orchestration.journey import Journey
+from stmclf.orchestration.stages import (benchmark_stage, evaluate_stage, export_stage, model_label, predict_stage,
+                                         train_stage)
+
+log = logging.getLogger("stmclf")
+
+
+def run_mode(cfg: RunConfig) -> None:
+    """Run the stages of ``cfg.operation_mode`` in one run folder and one MLflow parent run."""
+    name = cfg.operation_mode
+    if name is None:
+        raise ConfigError("operation_mode", f"missing; one of: {', '.join(OPERATION_MODES)}")
+    mode = MODES[name]
+    if not mode.available:
+        available = ", ".join(m for m, spec in MODES.items() if spec.available)
+        raise ConfigError("operation_mode", f"{name!r} is not available in stmclf (it builds and flashes the "
+                                            f"board application); available: {available}")
+    if mode.has("train"):
+        _train_then(cfg, mode)
+    else:
+        _from_model_file(cfg, mode)
+
+
+def _quantization_settings(cfg: RunConfig, mode: OperationMode):
+    from stmclf.export.export import ExportSettings, quantizer_formats
+
+    if cfg.quantization is None:
+        raise ConfigError("quantization", f"missing 'quantization' section: {mode.name} quantizes the model")
+    return quantizer_formats(cfg), ExportSettings.from_config(cfg)
+
+
+def _cloud_client(cfg: RunConfig, mode: OperationMode):
+    """Chains that end in a benchmark log in to the cloud before the long steps (the reference's order)."""
+    if not mode.has("benchmark"):
+        return None
+    from stmclf.benchmark.run import board_name, cloud_login_first
+
+    board_name(cfg)  # a bad board name fails before anything runs
+    return cloud_login_first(cfg, cfg.offline)
+
+
+def _train_then(cfg: RunConfig, mode: OperationMode) -> None:
+    """training, chain_tqe, chain_tqeb: train → (quantize the best model → evaluate → benchmark)."""
+    quantize = _quantization_settings(cfg, mode) if mode.has("quantize") else None  # errors before training
+    client = _cloud_client(cfg, mode)
+    result, journey = train_stage(cfg)
+    if not result.is_global_zero:
+        return
+    if quantize is not None:
+        formats, settings = quantize
+        exported = export_stage(journey, result.best_model, formats=formats, int8=True,
+                                evaluate=mode.has("evaluate"), settings=settings)
+        if mode.has("benchmark"):
+            benchmark_stage(journey, exported.quantized_model, client=client)
+    journey.finish(mode.name)
+
+
+def _from_model_file(cfg: RunConfig, mode: OperationMode) -> None:
+    """Modes that start from ``general.model_path``: evaluation, quantization, prediction,
+    benchmarking, chain_eqe, chain_eqeb, chain_qb."""
+    from stmclf.models.source import resolve_model_source
+
+    first = next(s for s in mode.stages if s in ("quantize", "evaluate", "predict", "benchmark"))
+    if not cfg.general.model_path:
+        from stmclf.models.source import ACCEPTS, KIND_TEXT
+
+        accepts = ", ".join(KIND_TEXT[k] for k in ACCEPTS[first] if k not in ("torch_export", "pickled_module"))
+        raise ConfigError("general.model_path", f"{mode.name} needs the model file: {accepts}")
+    source = resolve_model_source(cfg.general.model_path).require(first, mode.name)
+    quantize = _quantization_settings(cfg, mode) if mode.has("quantize") else None
+    if mode.has("predict") and (cfg.prediction is None or not cfg.prediction.test_files_path):
+        raise ConfigError("prediction.test_files_path", "prediction needs the directory of images to classify")
+    if mode.has("predict") and cfg.prediction.target not in (None, "host"):
+        raise ConfigError("prediction.target", f"{cfg.prediction.target!r}: only host prediction is supported")
+    client = _cloud_client(cfg, mode)
+    journey = Journey(cfg, model_name=model_label(cfg, source.path))
+    log.info("operation_mode: %s", mode.name)
+    log.info("Model file : %s (%s)", source.path, source.text)
+    benchmarked = source.path
+    if quantize is not None:
+        formats, settings = quantize
+        exported = export_stage(journey, source.path, formats=formats, int8=True, evaluate=mode.has("evaluate"),
+                                settings=settings)
+        benchmarked = exported.quantized_model
+    elif mode.has("evaluate"):
+        evaluate_stage(journey, source.path)
+    if mode.has("predict"):
+        predict_stage(journey, source.path, cfg.prediction.test_files_path)
+    if mode.has("benchmark"):
+        benchmark_stage(journey, benchmarked, client=client)
+    journey.finish(mode.name)

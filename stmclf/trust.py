@@ -1,0 +1,84 @@
+"""``--trust-code``: Python code named by a config runs only when the command line says so.
+
+A config can name Python code: ``training.model.custom_model`` (``FILE.py:FUNCTION`` or
+``MODULE:FUNCTION``), ``custom_data_augmentation.function_name`` (the same forms) and callback
+class paths in ``training.callbacks`` outside ``lightning.``, ``torch.`` and ``stmclf.``.
+Importing them runs that code, so a config downloaded from somewhere could run anything. Each
+loader calls :func:`require_trusted_code` *before* importing: without ``--trust-code`` it stops
+with one line naming the key, the file or module and the flag.
+
+The permission is process-wide and comes only from the command line: :func:`stmclf.config.from_namespace`
+sets it from ``--trust-code`` every time a command's config is parsed (there is no config-file key
+for it), so it also covers the models a checkpoint rebuilds from its stored spec (resume,
+evaluation, export, ``pretrained_model_path``). Scripts and tests use :func:`trusting_code`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from stmclf.errors import ConfigError
+
+FLAG = "--trust-code"
+TRUSTED_PACKAGES = ("lightning", "torch", "stmclf")
+"""Top-level packages whose classes ``training.callbacks`` may name without ``--trust-code``."""
+
+_trusted = False
+
+
+def code_trusted() -> bool:
+    """Whether Python code named by the config may be imported (``--trust-code`` was given)."""
+    return _trusted
+
+
+def set_code_trust(enabled: bool) -> None:
+    """Allow (or refuse) code named by the config, for the rest of the process."""
+    global _trusted
+    _trusted = bool(enabled)
+
+
+@contextmanager
+def trusting_code(enabled: bool = True) -> Iterator[None]:
+    """Allow (or refuse) code named by the config inside the ``with`` block."""
+    before = _trusted
+    set_code_trust(enabled)
+    try:
+        yield
+    finally:
+        set_code_trust(before)
+
+
+def require_trusted_code(key: str, target: str, kind: str) -> None:
+    """Raise the one-line ConfigError unless ``--trust-code`` was given. ``target`` is the text of
+    the config (``my_model.py:build``), ``kind`` ``"file"`` or ``"module"``."""
+    if not _trusted:
+        raise ConfigError(key, f"{target} runs Python code from a {kind} named by the config; "
+                               f"pass {FLAG} if you trust it")
+
+
+def is_trusted_class_path(path: str) -> bool:
+    """A callback class path under ``lightning.``, ``torch.`` or ``stmclf.`` (needs no flag)."""
+    return path.split(".", 1)[0] in TRUSTED_PACKAGES
+
+
+def check_config_code(cfg, *, model: bool = True) -> None:
+    """Refuse, before anything is imported or any data is read, the code the config names without
+    ``--trust-code``: ``training.model.custom_model`` (when ``model``: a fresh model is built from
+    ``training.model``) and ``custom_data_augmentation.function_name`` (callback class paths are
+    checked by :func:`stmclf.training.callbacks.build_callbacks`)."""
+    if _trusted:
+        return
+    training = getattr(cfg, "training", None)
+    spec = getattr(training, "model", None) if model else None
+    target = spec.get("custom_model") if isinstance(spec, Mapping) and spec.get("name") == "custom" else None
+    if isinstance(target, str):
+        require_trusted_code("training.model.custom_model", target, _kind(target.rpartition(":")[0]))
+    custom = getattr(cfg, "custom_data_augmentation", None)
+    target = getattr(custom, "function_name", None)
+    if isinstance(target, str) and not getattr(cfg, "data_augmentation", None):
+        require_trusted_code("custom_data_augmentation.function_name", target,
+                             _kind(target.strip().rpartition(":")[0]))
+
+
+def _kind(where: str) -> str:
+    return "file" if where.endswith(".py") or "/" in where or "\\" in where else "module"

@@ -1,0 +1,47 @@
+"""The command line as users of ST's service and Lightning expect: short help, Hydra overrides."""
+from __future__ import annotations
+
+import pytest
+
+from stmclf.cli.main import main
+
+
+@pytest.mark.parametrize("command", ["fit", "run", "export", "predict", "benchmark", "summary", "plot-lr",
+                                     "augment-preview"])
+def test_help_is_short_plain_and_starts_with_the_commands_options(command, capsys):
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert len(lines) <= 60, len(lines)
+    assert lines[0].startswith(f"usage: stmclf {command} --config FILE")
+    assert ":class:" not in text and "``" not in text
+    options = [line.split()[0] for line in lines if line.startswith("  --")]
+    assert "--help-trainer" in text and "--trainer.devices" not in text
+    if command == "export":
+        assert options[:2] == ["--ckpt", "--run"]  # the command's own options first
+    if command == "fit":
+        assert options[0].startswith("--ckpt_path")
+
+
+def test_help_trainer_lists_lightning_options_in_plain_text(capsys):
+    assert main(["fit", "--help-trainer"]) == 0
+    text = capsys.readouterr().out
+    assert "--trainer.devices" in text and "--trainer.precision" in text and ":class:" not in text
+
+
+def test_hydra_overrides_parse_like_flags(tmp_path, capsys, image_folder):
+    from conftest import config_text
+
+    (tmp_path / "c.yaml").write_text(config_text(image_folder, tmp_path / "run", tmp_path / "ml", epochs=2))
+    with pytest.raises(SystemExit) as done:  # --print_config prints, then exits (jsonargparse)
+        main(["fit", "--config", str(tmp_path / "c.yaml"), "training.epochs=1", "+training.batch_size=4",
+              "trainer.max_time=00:00:10:00", "--print_config"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "  epochs: 1\n" in out and "  batch_size: 4\n" in out and "max_time: 00:00:10:00" in out
+    # the same errors as --key value
+    assert main(["fit", "--config", str(tmp_path / "c.yaml"), "training.epochz=1"]) == 2
+    flag_err = capsys.readouterr().err
+    assert main(["fit", "--config", str(tmp_path / "c.yaml"), "--training.epochz", "1"]) == 2
+    assert capsys.readouterr().err == flag_err
+    assert flag_err.startswith("stmclf: error: training.epochz: unknown key")

@@ -1,0 +1,345 @@
+"""Hostile and broken configs (issue 12): every one stops with exactly one stderr line naming the
+key or the file, exit code 2, no traceback, within 2 s, and nothing written.
+
+Each case is a real ``stmclf fit`` of a config that is valid except for one thing. The cases that
+used to hang (number towers, alias bombs, runaway interpolation) run in subprocesses, all started
+at once, each with a wall-clock timeout: a regression fails them instead of hanging the suite.
+The other cases run in-process with a timer.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Union
+
+import pytest
+
+from conftest import config_text
+from stmclf.cli.main import main
+
+LIMIT_S = 2.0
+"""Seconds a refused config may take, parser and imports already warm."""
+HANG_TIMEOUT_S = 180
+"""Wall clock for a subprocess case, its imports included (a hang regression hits this)."""
+
+SCHEDULE_BLOCK = """\
+    ReduceLROnPlateau:
+      monitor: val_accuracy
+      factor: 0.5
+      patience: 10
+"""
+
+Content = Union[str, bytes]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    make: Callable[[str, Path], Content]
+    """(valid config text, case folder) → the config file's content."""
+    expected: str
+    """Regex the error line must match; ``{file}`` stands for the config path."""
+    args: tuple[str, ...] = ()
+    isolated: bool = False
+    """Run in a subprocess with a timeout (the cases that hung before issue 12)."""
+    config_arg: Callable[[Path], str] | None = field(default=None)
+    """The ``--config`` value, when it is not the written file (a directory, a device)."""
+
+
+def sub(old: str, new: str) -> Callable[[str, Path], str]:
+    def make(text: str, _: Path) -> str:
+        assert old in text, old
+        return text.replace(old, new, 1)
+    return make
+
+
+def append(extra: str) -> Callable[[str, Path], str]:
+    return lambda text, _: text + textwrap.dedent(extra)
+
+
+def schedule(expr: str) -> Callable[[str, Path], str]:
+    return sub(SCHEDULE_BLOCK, f"    LearningRateScheduler:\n      schedule: {expr}\n")
+
+
+def hydra(extra: str) -> Callable[[str, Path], str]:
+    return sub("hydra:\n", "hydra:\n" + extra)
+
+
+def alias_bomb(text: str, _: Path) -> str:
+    """The "billion laughs": 9 levels of 9 aliases each, 9**9 leaves once expanded."""
+    lines = ["  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return text.replace("hydra:\n", "hydra:\n" + "\n".join(lines) + "\n")
+
+
+def interpolation_bomb(text: str, _: Path) -> str:
+    """Each value refers 8 times to the next: 8**12 copies if nothing bounds it."""
+    lines = [f"  k{i}: " + "${hydra.k%d}" % (i + 1) * 8 for i in range(12)] + ["  k12: " + "x" * 200]
+    return text.replace("hydra:\n", "hydra:\n" + "\n".join(lines) + "\n")
+
+
+def png_bytes(text: str, folder: Path) -> bytes:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(folder / "x.png")
+    return (folder / "x.png").read_bytes()
+
+
+def _dir(folder: Path) -> str:
+    (folder / "a_directory").mkdir(exist_ok=True)
+    return str(folder / "a_directory")
+
+
+TOWER = "((((9**64)**64)**64)**64)"
+FILE = r"{file}"
+
+CASES = [
+    # --- numbers: bounded arithmetic, sane integer ranges
+    Case("power-tower-epochs", sub("epochs: 1\n", f"epochs: {TOWER}\n"), r"^training\.epochs: .*out of bounds",
+         isolated=True),
+    Case("power-tower-any-key", sub("alpha: 0.35", "alpha: 9**9**9**9"), r"^training\.model\.alpha: .*out of bounds",
+         isolated=True),
+    Case("override-power-tower", lambda t, _: t, r"^training\.epochs: .*out of bounds",
+         args=("--training.epochs", TOWER), isolated=True),
+    Case("float-overflow", sub("scale: 1/127.5", "scale: 1e308*10"),
+         r"^preprocessing\.rescaling\.scale: .*out of bounds \(a float overflow\)"),
+    Case("float-literal-overflow", sub("offset: -1", "offset: -1e999"), r"^preprocessing\.rescaling\.offset: .*out of bounds"),
+    Case("epochs-1e100", sub("epochs: 1\n", "epochs: 1e100\n"), r"^training\.epochs: expected int"),
+    Case("epochs-10**30", sub("epochs: 1\n", "epochs: 10**30\n"), r"^training\.epochs: must be at most 1,000,000 \(got 1e\+30\)"),
+    Case("epochs-zero", sub("epochs: 1\n", "epochs: 0\n"), r"^training\.epochs: must be a positive integer \(got 0\)"),
+    Case("batch-size-huge", sub("batch_size: 8", "batch_size: 100000"), r"^training\.batch_size: must be at most 65,536"),
+    Case("batch-size-negative", sub("batch_size: 8", "batch_size: -8"), r"^training\.batch_size: must be a positive integer"),
+    Case("override-batch-size", lambda t, _: t, r"^training\.batch_size: must be at most 65,536",
+         args=("--training.batch_size", "1000000")),
+    Case("num-workers-huge", sub("num_workers: 0", "num_workers: 100000"), r"^dataset\.num_workers: must be at most 256"),
+    Case("seed-negative", sub("global_seed: 7", "global_seed: -1"), r"^general\.global_seed: must be an integer from 0"),
+    Case("input-shape-huge", sub("(32, 32, 3)", "(100000, 100000, 3)"),
+         r"^training\.model\.input_shape: the height must be from 1 to 8,192"),
+    Case("input-shape-channels", sub("(32, 32, 3)", "(32, 32, 7)"),
+         r"^training\.model\.input_shape: the channels must be from 1 to 4"),
+    Case("input-shape-pair", sub("(32, 32, 3)", "(32, 32)"), r"^training\.model\.input_shape: expecting \(height, width"),
+    Case("memory-estimate", lambda t, f: sub("(32, 32, 3)", "(8192, 8192, 3)")(t, f).replace("batch_size: 8", "batch_size: 65536"),
+         r"^training\.batch_size: a batch of 65,536 images of 8192x8192x3 needs at least [\d,.]+ GiB"),
+    # --- YAML: anchors, duplicates, nesting, size
+    Case("alias-bomb", alias_bomb, FILE + r": invalid YAML \(line \d+, column \d+\): .*more than 5,000 values",
+         isolated=True),
+    Case("many-aliases", hydra("  base: &b 1\n  many: [" + ", ".join(["*b"] * 150) + "]\n"),
+         FILE + r": .*anchors/aliases are limited to 100"),
+    Case("alias-cycle", hydra("  loop: &a [1, *a]\n"), FILE + r": .*alias \*a refers to a value that contains it"),
+    Case("duplicate-section", append("training:\n  epochs: 3\n"), FILE + r": .*duplicate key training \(lines \d+ and \d+\)"),
+    Case("duplicate-key", sub("epochs: 1\n", "epochs: 1\n  epochs: 50\n"),
+         FILE + r": .*duplicate key training\.epochs \(lines (\d+) and (?!\1)\d+\)"),
+    Case("duplicate-key-flow", sub("    Adam:\n      learning_rate: 0.005\n",
+                                   "    Adam: {learning_rate: 0.005, learning_rate: 5}\n"),
+         FILE + r": .*duplicate key training\.optimizer\.Adam\.learning_rate \(lines (\d+) and \1\)"),
+    Case("nesting-10000", lambda t, _: t + "deep: " + "[" * 10_000 + "\n", FILE + r": invalid YAML .*nesting"),
+    Case("nesting-100", hydra("  deep: " + "[" * 100 + "1" + "]" * 100 + "\n"), FILE + r": .*nesting deeper than 64"),
+    Case("too-many-values", hydra("  many: [" + ", ".join(f"v{i}" for i in range(6000)) + "]\n"),
+         FILE + r": .*more than 5,000 values"),
+    Case("long-line-key", lambda t, _: t + "x" * 500_000 + ": 1\n", FILE + r": invalid YAML \(line \d+, column 500001\)"),
+    Case("long-line-value", lambda t, _: t + "junk_section: " + "x" * 500_000 + "\n",
+         r"^junk_section: unknown top-level section"),
+    Case("long-digits", sub("epochs: 1\n", "epochs: " + "1" * 100_000 + "\n"), FILE + r": invalid value in the YAML: .*digits"),
+    Case("file-over-1-MiB", lambda t, _: t + ("# padding\n" * 120_000), FILE + r": [\d.]+ MiB is too large"),
+    Case("binary-png", png_bytes, FILE + r": a binary file"),
+    Case("latin-1", lambda t, _: t.replace("pytest_project", "caf\u00e9").encode("latin-1"),
+         FILE + r": not UTF-8 text \(byte 0xe9 on line 2\)"),
+    Case("empty-file", lambda t, _: "", FILE + r": expecting a YAML mapping .* found nothing \(an empty file\)"),
+    Case("comments-only", lambda t, _: "# nothing here\n", FILE + r": expecting a YAML mapping .* found nothing"),
+    Case("top-level-list", lambda t, _: "- general\n- training\n", FILE + r": expecting a YAML mapping .* found a list"),
+    Case("top-level-text", lambda t, _: "just some words\n", FILE + r": expecting a YAML mapping .* found text"),
+    Case("top-level-int-key", append("1: 2\n"), FILE + r": top-level key 1 is not a section name"),
+    Case("directory", lambda t, _: t, FILE + r": not a regular file", config_arg=_dir),
+    Case("device", lambda t, _: t, r"^/dev/zero: not a regular file", config_arg=lambda _: "/dev/zero"),
+    Case("yaml-syntax", sub("epochs: 1\n", "epochs: [1\n"), FILE + r": invalid YAML \(line \d+, column \d+\)"),
+    Case("tab-indent", sub("  epochs: 1\n", "\tepochs: 1\n"), FILE + r": invalid YAML \(line \d+"),
+    Case("python-tag", append("extra: !!python/object/apply:os.system ['touch pwned']\n"),
+         FILE + r": invalid YAML .*(constructor|python/object)"),
+    # --- schema
+    Case("unknown-section", append("foo: 1\n"), r"^foo: unknown top-level section; allowed: general"),
+    Case("unknown-key", sub("  epochs: 1\n", "  epoch: 1\n"), r"^training\.epoch: unknown key; allowed in training"),
+    Case("wrong-type", sub("batch_size: 8", "batch_size: eight"), r"^training\.batch_size: expected int, got 'eight'"),
+    Case("section-is-list", lambda t, _: t.replace("mlflow:\n  uri:", "mlflow: [1, 2]\nx_uri:", 1).replace("x_uri:", "#"),
+         r"^mlflow: "),
+    Case("bad-operation-mode", sub("operation_mode: training", "operation_mode: trainnig"), r"^operation_mode: expected one of"),
+    # --- LearningRateScheduler expressions
+    Case("schedule-code", schedule("\"lambda epoch, lr: __import__('os').system('touch pwned')\""),
+         r"^training\.callbacks\.LearningRateScheduler\.schedule: "),
+    Case("schedule-power-tower", schedule(f"'lambda epoch, lr: lr * {TOWER}'"),
+         r"^training\.callbacks\.LearningRateScheduler\.schedule: .*more than 1000 bits", isolated=True),
+    Case("schedule-syntax", schedule("'lambda epoch, lr: lr *'"),
+         r"^training\.callbacks\.LearningRateScheduler\.schedule: invalid syntax"),
+    Case("schedule-too-long", schedule("'lambda epoch, lr: lr" + " * 1.0" * 100 + "'"),
+         r"^training\.callbacks\.LearningRateScheduler\.schedule: the expression has \d+ characters; at most 500"),
+    Case("schedule-division-by-zero", schedule("'lambda epoch, lr: lr / epoch'"),
+         r"^training\.callbacks\.LearningRateScheduler\.schedule: evaluating the schedule fails at epoch 0: ZeroDivision"),
+    Case("schedule-not-text", schedule("[1, 2]"), r"^training\.callbacks\.LearningRateScheduler\.schedule: expecting an expression"),
+    # --- interpolation
+    Case("env-var-unset", sub("project_name: pytest_project", "project_name: ${STMCLF_HOSTILE_UNSET_VARIABLE}"),
+         r"^general\.project_name: environment variable STMCLF_HOSTILE_UNSET_VARIABLE is not set"),
+    Case("interpolation-unsupported", sub("project_name: pytest_project", "project_name: ${foo:bar}"),
+         r"^general\.project_name: unsupported interpolation"),
+    Case("interpolation-missing-key", sub("project_name: pytest_project", "project_name: ${nope.key}"),
+         r"^general\.project_name: \$\{nope\.key\} refers to a key that does not exist"),
+    Case("interpolation-loop", sub("project_name: pytest_project", "project_name: x${general.project_name}"),
+         r"^general\.project_name: interpolation (does not terminate|gives more than)"),
+    Case("interpolation-bomb", interpolation_bomb, r"^hydra\.k0: interpolation gives more than 65,536 characters",
+         isolated=True),
+]
+IN_PROCESS = [c for c in CASES if not c.isolated]
+ISOLATED = [c for c in CASES if c.isolated]
+
+
+def _prepare(case: Case, root: Path, image_folder: Path) -> tuple[Path, list[str], str]:
+    """Write the case's config into ``root/<id>/``; (folder, argv, expected regex)."""
+    folder = root / case.id
+    folder.mkdir(parents=True)
+    base = config_text(image_folder, folder / "run", folder / "mlruns", epochs=1)
+    content = case.make(base, folder)
+    path = folder / "config.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    config = case.config_arg(folder) if case.config_arg else str(path)
+    expected = "^" + case.expected.replace(FILE, re.escape(config)) if FILE in case.expected \
+        else case.expected
+    return folder, ["fit", "--config", config, *case.args], expected
+
+
+def _check(case: Case, folder: Path, before: set[str], code: int, out: str, err: str, elapsed: float,
+           expected: str) -> None:
+    assert "Traceback" not in out + err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{err[-3000:]}"
+    assert code == 2, (code, err)
+    assert lines[0].startswith("stmclf: error: "), lines[0]
+    message = lines[0][len("stmclf: error: "):]
+    assert re.search(expected, message), f"{message[:500]!r} does not match {expected[:300]!r}"
+    assert len(lines[0]) < 1000, "the line should be cut short"
+    assert elapsed < LIMIT_S, f"{case.id} took {elapsed:.2f} s"
+    assert not (folder / "run").exists() and not (folder / "mlruns").exists(), "a run was started"
+    assert {p.name for p in folder.iterdir()} == before, "the failed command wrote files"
+    assert not (Path.cwd() / "pwned").exists()
+
+
+@pytest.fixture(scope="module")
+def warm_cli():
+    """Import what ``stmclf fit`` imports before its first check, so the timer measures the check."""
+    from stmclf.config.parser import build_parser
+    import stmclf.orchestration  # noqa: F401
+    import stmclf.training.fit  # noqa: F401
+
+    build_parser("warm-up")
+
+
+@pytest.mark.parametrize("case", IN_PROCESS, ids=[c.id for c in IN_PROCESS])
+def test_hostile_config_in_process(case, tmp_path, image_folder, capsys, monkeypatch, warm_cli):
+    monkeypatch.chdir(tmp_path)  # the default experiments_outputs/ would land here
+    monkeypatch.delenv("STMCLF_HOSTILE_UNSET_VARIABLE", raising=False)
+    folder, argv, expected = _prepare(case, tmp_path, image_folder)
+    before = {p.name for p in folder.iterdir()}
+    capsys.readouterr()
+    start = time.monotonic()
+    code = main(argv)
+    elapsed = time.monotonic() - start
+    out, err = capsys.readouterr()
+    _check(case, folder, before, code, out, err, elapsed, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [case.id]
+
+
+WRAPPER = """\
+import sys, time
+from stmclf.cli.main import main
+from stmclf.config.parser import build_parser
+import stmclf.orchestration, stmclf.training.fit
+build_parser("warm-up")
+start = time.process_time()  # CPU seconds: the cases run side by side, a hang is CPU-bound
+code = main(sys.argv[1:])
+print(f"\\nSTMCLF_CASE {time.process_time() - start:.3f} {code}")
+"""
+
+
+@pytest.fixture(scope="module")
+def isolated_runs(tmp_path_factory, image_folder):
+    """Start every subprocess case at once; each test then waits for its own."""
+    root = tmp_path_factory.mktemp("hostile")
+    runs = {}
+    for case in ISOLATED:
+        folder, argv, expected = _prepare(case, root, image_folder)
+        before = {p.name for p in folder.iterdir()}
+        proc = subprocess.Popen([sys.executable, "-c", WRAPPER, *argv], cwd=folder, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        runs[case.id] = (proc, folder, before, expected, time.monotonic())
+    yield runs
+    for proc, *_ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("case", ISOLATED, ids=[c.id for c in ISOLATED])
+def test_hostile_config_subprocess(case, isolated_runs):
+    proc, folder, before, expected, started = isolated_runs[case.id]
+    try:
+        out, err = proc.communicate(timeout=max(1.0, HANG_TIMEOUT_S - (time.monotonic() - started)))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"{case.id}: stmclf fit still running after {HANG_TIMEOUT_S} s (hangs)")
+    marker = re.search(r"STMCLF_CASE ([\d.]+) (-?\d+)\s*$", out)
+    assert marker, f"no result line; exit code {proc.returncode}, stderr:\n{err[-3000:]}"
+    elapsed, code = float(marker.group(1)), int(marker.group(2))
+    _check(case, folder, before, code, out, err, elapsed, expected)
+
+
+def test_corpus_size():
+    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+
+
+SECRET = "s3cr3t-T0KEN-9f41c7"
+
+
+def test_environment_secrets_are_not_written(tmp_path, image_folder, monkeypatch):
+    """A value from an environment variable is used by the run but written as ${NAME}: in the run's
+    config.yaml, in the MLflow parameters, and in no byte of any file of the run or MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    from stmclf.config import load_config
+    from stmclf.training.tracking import resolve_tracking_uri
+
+    monkeypatch.setenv("STMCLF_TEST_SECRET", SECRET)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1) + textwrap.dedent("""\
+        tools:
+          stedgeai:
+            version: ${STMCLF_TEST_SECRET}
+        deployment:
+          c_project_path: ${oc.env:STMCLF_TEST_SECRET}/project/${general.project_name}
+        """))
+    cfg = load_config(["--config", str(config)])
+    assert cfg.tools.stedgeai.version == SECRET  # the run uses the resolved values
+    assert cfg.deployment.c_project_path == f"{SECRET}/project/pytest_project"
+    assert SECRET not in cfg.resolved_yaml and SECRET not in repr(cfg.redacted_dict())
+
+    assert main(["fit", "--config", str(config), "--training.precision", "32"]) == 0
+    written = (tmp_path / "run" / "config.yaml").read_text()
+    assert "version: ${STMCLF_TEST_SECRET}" in written
+    assert "c_project_path: ${oc.env:STMCLF_TEST_SECRET}/project/pytest_project" in written  # ${a.b} resolved
+    files = [p for root in (tmp_path / "run", tmp_path / "mlruns") for p in root.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".db" for p in files) and any(p.suffix == ".ckpt" for p in files)
+    leaks = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaks, f"the secret is written in {leaks}"
+
+    tracking_uri, _ = resolve_tracking_uri(str(tmp_path / "mlruns"))
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("pytest_project")
+    runs = client.search_runs([experiment.experiment_id])
+    (train,) = [r for r in runs if r.info.run_name == "train"]
+    assert train.data.params["tools.stedgeai.version"] == "${STMCLF_TEST_SECRET}"

@@ -1,0 +1,201 @@
+"""One journey, one run folder, one MLflow parent run: fit → export → benchmark → deploy-header,
+model sources, resume from the command line."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from stmclf.cli.main import main
+from stmclf.training.tracking import resolve_tracking_uri
+
+QUANTIZATION = """\
+quantization:
+  quantizer: TFlite_converter
+  quantization_type: PTQ
+  quantization_input_type: uint8
+  quantization_output_type: float
+  granularity: per_channel
+  export_dir: quantized_models
+"""
+
+
+def _runs(mlruns):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(str(mlruns))[0])
+    experiment = client.get_experiment_by_name("pytest_project")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+@pytest.fixture(scope="module")
+def journey(tmp_path_factory, image_folder):
+    """``stmclf fit`` into a time-stamped run folder (the default form of hydra.run.dir)."""
+    from conftest import config_text
+
+    tmp = tmp_path_factory.mktemp("journey")
+    text = config_text(image_folder, tmp / "runs/${now:%Y_%m_%d_%H_%M_%S}", tmp / "mlruns", epochs=2,
+                       extra=QUANTIZATION)
+    (tmp / "c.yaml").write_text(text)
+    assert main(["fit", "--config", str(tmp / "c.yaml")]) == 0
+    (run,) = list((tmp / "runs").iterdir())
+    return tmp, run
+
+
+@pytest.mark.slow
+def test_fit_export_benchmark_deploy_stay_in_one_run_folder(journey, capsys):
+    tmp, run = journey
+    assert main(["export", "--run", str(run), "--int8"]) == 0
+    assert main(["benchmark", "--run", str(run), "--offline"]) == 0
+    assert main(["deploy-header", "--run", str(run)]) == 0
+    assert main(["report", "--run", str(run)]) == 0
+    assert [p.name for p in (tmp / "runs").iterdir()] == [run.name]  # nothing outside the run folder
+    for name in ("saved_models/best_model.pt", "quantized_models/quantized_model.tflite",
+                 "quantized_models/export_summary.json", "benchmark.json", "generated/ai_model_config.h",
+                 "results.json", "report.html", "mlflow_run.json"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "benchmark.json").read_text())["source"] == "offline-estimate"
+    kinds = {r["kind"] for r in json.loads((run / "results.json").read_text())}
+    assert {"float", "int", "onnx_float", "tflite_float"} <= kinds
+    # The run's own config.yaml was kept (the commands read it; nothing rewrote it).
+    assert "operation_mode: training" in (run / "config.yaml").read_text()
+
+    client, runs = _runs(tmp / "mlruns")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == f"{run.name} mobilenet α0.35"
+    children = {r.data.tags["stmclf.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")
+                == parent.info.run_id}
+    assert set(children) == {"train", "export", "evaluate", "benchmark", "deploy"}
+    assert len(runs) == 6
+    assert "int_acc_validation_set" in children["evaluate"].data.metrics
+    assert "MACCs M" in children["benchmark"].data.metrics
+    # the parent shows the journey: metrics of every stage and the report
+    assert {"float_acc_validation_set", "int_acc_validation_set", "MACCs M"} <= set(parent.data.metrics)
+    assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "generated" in {a.path for a in client.list_artifacts(children["deploy"].info.run_id)}
+
+
+@pytest.mark.slow
+def test_export_infers_the_run_folder_from_the_checkpoint(journey, tmp_path):
+    tmp, run = journey
+    model = run / "saved_models/best_model.pt"
+    assert main(["export", "--config", str(tmp / "c.yaml"), "--ckpt", str(model), "--format", "onnx",
+                 "--no_int8"]) == 0
+    assert (run / "quantized_models/best_model.onnx").is_file()
+    assert [p.name for p in (tmp / "runs").iterdir()] == [run.name]
+
+
+def test_resume_from_the_command_line_keeps_training_model_and_the_best_score(journey, tmp_path, capsys):
+    """--ckpt_path with training.model still in the config; the earlier best score is kept."""
+    tmp, run = journey
+    last = run / "saved_models/last_augmented_model.ckpt"
+    before = torch.load(last, weights_only=True)
+    best_key = next(k for k in before["callbacks"] if "val_accuracy" in k)
+    earlier_best = float(before["callbacks"][best_key]["best_model_score"])
+    from conftest import config_text
+
+    text = config_text(tmp / "data_unused", tmp_path / "resumed", tmp / "mlruns", epochs=3, extra=QUANTIZATION)
+    text = text.replace(f"training_path: {tmp / 'data_unused'}",
+                        f"training_path: {before['hyper_parameters'] and _train_dir(run)}")
+    (tmp_path / "r.yaml").write_text(text)
+    # Lightning's name, from the command line, training.model untouched; the model also differs
+    assert main(["fit", "--config", str(tmp_path / "r.yaml"), "--ckpt_path", str(last),
+                 "--training.model.alpha", "0.5"]) == 0
+    err = capsys.readouterr()
+    assert "differs from the checkpoint's model" in err.out + err.err
+    resumed = torch.load(tmp_path / "resumed/saved_models/last_augmented_model.ckpt", weights_only=True)
+    assert resumed["epoch"] == 2
+    state = resumed["callbacks"][best_key]
+    assert float(state["best_model_score"]) >= earlier_best
+    best = torch.load(tmp_path / "resumed/saved_models/best_augmented_model.ckpt", weights_only=True)
+    assert float(best["callbacks"][best_key]["best_model_score"]) == pytest.approx(float(state["best_model_score"]))
+    # the best checkpoint is the best of the whole run: epoch 1 or 2 of the first part, or epoch 3
+    assert (best["epoch"] < 2) == (float(state["best_model_score"]) == pytest.approx(earlier_best))
+
+
+def _train_dir(run) -> str:
+    for line in (run / "config.yaml").read_text().splitlines():
+        if line.strip().startswith("training_path:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no training_path in the run's config")
+
+
+def test_resume_training_from_as_an_override_with_training_model_present(journey, tmp_path):
+    tmp, run = journey
+    last = run / "saved_models/last_augmented_model.ckpt"
+    from conftest import config_text
+
+    text = config_text(tmp / "x", tmp_path / "resumed2", tmp / "mlruns", epochs=3).replace(
+        f"training_path: {tmp / 'x'}", f"training_path: {_train_dir(run)}")
+    (tmp_path / "r.yaml").write_text(text)
+    assert main(["fit", "--config", str(tmp_path / "r.yaml"), "--training.resume_training_from", str(last)]) == 0
+    rows = (tmp_path / "resumed2/logs/metrics/train_metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2"]
+
+
+def test_moved_mlflow_store_keeps_its_artifacts_readable(journey, tmp_path):
+    tmp, run = journey
+    moved = tmp_path / "elsewhere/mlruns"
+    shutil.copytree(tmp / "mlruns", moved)
+    shutil.rmtree(tmp_path / "elsewhere/mlruns/artifacts", ignore_errors=True)
+    shutil.copytree(tmp / "mlruns/artifacts", moved / "artifacts")
+    original = tmp / "mlruns"
+    hidden = tmp / "mlruns_hidden"
+    original.rename(hidden)  # the old location is gone, as after a move
+    try:
+        client, runs = _runs(moved)
+        train = next(r for r in runs if r.data.tags.get("stmclf.stage") == "train")
+        assert str(moved) in train.info.artifact_uri
+        local = client.download_artifacts(train.info.run_id, "config.yaml", str(tmp_path))
+        assert "operation_mode: training" in open(local).read()
+    finally:
+        hidden.rename(original)
+
+
+def test_model_sources_are_told_by_content(tmp_path, journey):
+    from stmclf.errors import ConfigError
+    from stmclf.models.source import resolve_model_source
+
+    tmp, run = journey
+    best = resolve_model_source(run / "saved_models/best_model.pt")
+    assert best.kind == "stmclf" and best.can("quantize") and not best.can("benchmark")
+    renamed = tmp_path / "model.onnx"  # the name lies: the content decides
+    shutil.copy(run / "saved_models/best_model.pt", renamed)
+    assert resolve_model_source(renamed).kind == "stmclf"
+    with pytest.raises(ConfigError) as err:
+        best.require("benchmark", "benchmarking")
+    message = str(err.value)
+    assert message.startswith("general.model_path: ") and "best_model.pt is a stmclf model" in message
+    assert "benchmarking accepts a float ONNX model" in message and "\n" not in message
+    (tmp_path / "junk.h5").write_bytes(b"not a model at all")
+    assert resolve_model_source(tmp_path / "junk.h5").kind == "unknown"
+    with pytest.raises(ConfigError, match="unable to find"):
+        resolve_model_source(tmp_path / "missing.tflite")
+
+
+@pytest.mark.slow
+def test_exported_files_are_sorted_by_kind(journey):
+    from stmclf.models.source import resolve_model_source
+
+    tmp, run = journey
+    folder = run / "quantized_models"
+    if not (folder / "quantized_model.tflite").exists():
+        assert main(["export", "--run", str(run), "--int8"]) == 0
+    kinds = {p.name: resolve_model_source(p).kind for p in folder.iterdir() if p.suffix in (".onnx", ".tflite")}
+    assert kinds["best_model.onnx"] == "onnx_float"
+    assert kinds["best_model_quant_qdq_pc.onnx"] == "onnx_qdq"
+    assert kinds["best_model_float32.tflite"] == "tflite_float"
+    assert kinds["quantized_model.tflite"] == "tflite_int8"
+
+
+def test_benchmark_refuses_a_training_checkpoint_in_one_line(journey, capsys):
+    tmp, run = journey
+    code = main(["benchmark", "--config", str(tmp / "c.yaml"), "--model",
+                 str(run / "saved_models/best_model.pt"), "--offline"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "is a stmclf model" in err and "stmclf export --int8" in err
