@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from data_throughput import _epochs as loader_epoch_rates  # noqa: E402
-from train_throughput import MODELS, SEED_AUGMENTATION, TrainBatchTimer  # noqa: E402
+from train_throughput import TrainBatchTimer, bench_config_text  # noqa: E402
 
 from stmclf.config import load_config  # noqa: E402
 from stmclf.data.datamodule import ImageDataModule, ImageFormat  # noqa: E402
@@ -254,28 +254,11 @@ def write_config(work: Path, train_dir: Path, val_dir: Path, args, workers: int,
     if args.max_fit_minutes:
         minutes = int(args.max_fit_minutes)
         trainer["max_time"] = f"00:{minutes // 60:02d}:{minutes % 60:02d}:00"
-    trainer_yaml = "\n".join(f"  {k}: {json.dumps(v)}" for k, v in trainer.items())
     config = work / "gpu_check.yaml"
-    config.write_text(f"""
-general: {{project_name: gpu_check, global_seed: {SEED}}}
-operation_mode: training
-dataset: {{name: digits, training_path: {train_dir}, validation_path: {val_dir}, num_workers: {workers}}}
-preprocessing:
-  rescaling: {{scale: 1/127.5, offset: -1}}
-  resizing: {{aspect_ratio: fit, interpolation: bilinear}}
-  color_mode: rgb
-training:
-  model:
-    {MODELS[MODEL][1]}
-    input_shape: ({args.img_size}, {args.img_size}, 3)
-  batch_size: {args.batch_size}
-  epochs: {args.epochs}
-  optimizer: {{Adam: {{learning_rate: {args.lr}}}}}
-mlflow: {{uri: {work / 'mlruns'}}}
-hydra: {{run: {{dir: {work / 'run'}}}}}
-trainer:
-{trainer_yaml}
-""" + SEED_AUGMENTATION)
+    config.write_text(bench_config_text(
+        dataset={"name": "digits", "training_path": train_dir, "validation_path": val_dir, "num_workers": workers},
+        model=MODEL, size=args.img_size, batch=args.batch_size, epochs=args.epochs, run_root=work, lr=args.lr,
+        general={"project_name": "gpu_check", "global_seed": SEED}, trainer=trainer, augment=True))
     return config
 
 

@@ -16,11 +16,13 @@ column is ST's service measured on this machine kind (shared/spec/performance_ta
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -89,14 +91,15 @@ SEED_AUGMENTATION = """data_augmentation:
 """
 
 
-def fit_throughput(train_dir: str, run_root: Path, epochs: int, batch: int, precision: str,
-                   model: str = "mobilenetv2", augment: bool = False) -> float:
-    run_root.mkdir(parents=True, exist_ok=True)
-    config = run_root / "bench.yaml"
-    config.write_text(f"""
-general: {{project_name: bench}}
+def bench_config_text(*, dataset: dict, model: str, size: int, batch: int, epochs: int, run_root: Path,
+                      lr: float = 0.001, general: Optional[dict] = None, trainer: Optional[dict] = None,
+                      augment: bool = False) -> str:
+    """The training config the speed scripts run (benchmarks and gpu_check)."""
+    trainer = {"enable_progress_bar": False, "enable_model_summary": False, **(trainer or {})}
+    return f"""
+general: {json.dumps(general or {"project_name": "bench"})}
 operation_mode: training
-dataset: {{training_path: {train_dir}, validation_split: 0.05}}
+dataset: {json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in dataset.items()})}
 preprocessing:
   rescaling: {{scale: 1/127.5, offset: -1}}
   resizing: {{aspect_ratio: fit, interpolation: bilinear}}
@@ -104,14 +107,23 @@ preprocessing:
 training:
   model:
     {MODELS[model][1]}
-    input_shape: ({MODELS[model][3]}, {MODELS[model][3]}, 3)
+    input_shape: ({size}, {size}, 3)
   batch_size: {batch}
   epochs: {epochs}
-  optimizer: {{Adam: {{learning_rate: 0.001}}}}
+  optimizer: {{Adam: {{learning_rate: {lr}}}}}
 mlflow: {{uri: {run_root / 'mlruns'}}}
 hydra: {{run: {{dir: {run_root / 'run'}}}}}
-trainer: {{enable_progress_bar: false, enable_model_summary: false}}
-""" + (SEED_AUGMENTATION if augment else ""))
+trainer: {json.dumps(trainer)}
+""" + (SEED_AUGMENTATION if augment else "")
+
+
+def fit_throughput(train_dir: str, run_root: Path, epochs: int, batch: int, precision: str,
+                   model: str = "mobilenetv2", augment: bool = False) -> float:
+    run_root.mkdir(parents=True, exist_ok=True)
+    config = run_root / "bench.yaml"
+    config.write_text(bench_config_text(dataset={"training_path": train_dir, "validation_split": 0.05}, model=model,
+                                        size=MODELS[model][3], batch=batch, epochs=epochs, run_root=run_root,
+                                        augment=augment))
     argv = ["--config", str(config), "--trainer.precision", precision]
     timer = TrainBatchTimer()
     train(load_config(argv), callbacks=[timer])

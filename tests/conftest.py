@@ -44,6 +44,17 @@ def image_folder(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("data") / "train")
 
 
+QUANTIZATION = """quantization:
+  quantizer: TFlite_converter
+  quantization_type: PTQ
+  quantization_input_type: uint8
+  quantization_output_type: float
+  granularity: per_channel
+  export_dir: quantized_models
+"""
+"""The ST quantization section (int8 TFLite, uint8 in, float out), for ``config_text(extra=...)``."""
+
+
 DEFAULT_MODEL = """\
   model:
     name: mobilenet

@@ -5,16 +5,10 @@ import json
 
 import pytest
 
-from conftest import config_text
+from conftest import QUANTIZATION as QUANTIZATION_ONLY, config_text
 from stmclf.cli.main import main
 
-QUANTIZATION = """quantization:
-  quantizer: TFlite_converter
-  quantization_type: PTQ
-  quantization_input_type: uint8
-  quantization_output_type: float
-  granularity: per_channel
-benchmarking:
+QUANTIZATION = QUANTIZATION_ONLY + """benchmarking:
   board: STM32H747I-DISCO
 tools:
   stedgeai:

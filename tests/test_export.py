@@ -28,7 +28,7 @@ def _config(tmp: Path, train_dir, test_dir, extra: str = "", run: str = "run"):
     return load_config(["--config", str(path)])
 
 
-def _train_module(cfg, steps: int = 80):
+def _train_module(cfg, steps: int = 200):
     """A MobileNetV2-0.35 at 32×32 trained for a few Adam steps (confident on the colour classes)."""
     from stmclf.data.datamodule import ImageDataModule, ImageFormat
     from stmclf.export.images import load_images

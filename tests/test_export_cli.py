@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import config_text
+from conftest import QUANTIZATION, config_text
 from stmclf.cli.main import main
 
 
@@ -33,15 +33,6 @@ def test_export_cli_then_evaluate_every_artifact(tmp_path, image_folder):
         records = json.loads((tmp_path / f"eval_{artifact.stem}/results.json").read_text())
         assert records[0]["set"] == "validation_set" and 0 <= records[0]["accuracy"] <= 100
 
-
-QUANTIZATION = """quantization:
-  quantizer: TFlite_converter
-  quantization_type: PTQ
-  quantization_input_type: uint8
-  quantization_output_type: float
-  granularity: per_channel
-  export_dir: quantized_models
-"""
 
 
 @pytest.mark.slow

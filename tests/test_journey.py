@@ -8,18 +8,10 @@ import shutil
 import pytest
 import torch
 
+from conftest import QUANTIZATION
 from stmclf.cli.main import main
 from stmclf.training.tracking import resolve_tracking_uri
 
-QUANTIZATION = """\
-quantization:
-  quantizer: TFlite_converter
-  quantization_type: PTQ
-  quantization_input_type: uint8
-  quantization_output_type: float
-  granularity: per_channel
-  export_dir: quantized_models
-"""
 
 
 def _runs(mlruns):
