@@ -154,15 +154,17 @@ def test_model_sources_are_told_by_content(tmp_path, journey):
 
     tmp, run = journey
     best = resolve_model_source(run / "saved_models/best_model.pt")
-    assert best.kind == "stmclf" and best.can("quantize") and not best.can("benchmark")
+    assert best.kind == "stmclf" and best.can("quantize") and best.can("resume") and best.is_torch
     renamed = tmp_path / "model.onnx"  # the name lies: the content decides
     shutil.copy(run / "saved_models/best_model.pt", renamed)
     assert resolve_model_source(renamed).kind == "stmclf"
+    weights = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, weights)
     with pytest.raises(ConfigError) as err:
-        best.require("benchmark", "benchmarking")
+        resolve_model_source(weights).require("evaluate", "evaluation")
     message = str(err.value)
-    assert message.startswith("general.model_path: ") and "best_model.pt is a stmclf model" in message
-    assert "benchmarking accepts a float ONNX model" in message and "\n" not in message
+    assert message.startswith("general.model_path: ") and "weights.pt is a state dict" in message
+    assert "evaluation accepts a stmclf model" in message and "\n" not in message
     (tmp_path / "junk.h5").write_bytes(b"not a model at all")
     assert resolve_model_source(tmp_path / "junk.h5").kind == "unknown"
     with pytest.raises(ConfigError, match="unable to find"):
@@ -184,10 +186,15 @@ def test_exported_files_are_sorted_by_kind(journey):
     assert kinds["quantized_model.tflite"] == "tflite_int8"
 
 
-def test_benchmark_refuses_a_training_checkpoint_in_one_line(journey, capsys):
+def test_benchmark_of_a_trained_model_measures_its_float_onnx(journey, tmp_path, capsys):
     tmp, run = journey
-    code = main(["benchmark", "--config", str(tmp / "c.yaml"), "--model",
-                 str(run / "saved_models/best_model.pt"), "--offline"])
+    assert main(["benchmark", "--config", str(tmp / "c.yaml"), "--model", str(run / "saved_models/best_model.pt"),
+                 "--run", str(tmp_path / "b"), "--offline"]) == 0
+    assert (tmp_path / "b/benchmark_models/best_model.onnx").is_file()
+    assert json.loads((tmp_path / "b/benchmark.json").read_text())["source"] == "offline-estimate"
+    state_dict = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, state_dict)
+    code = main(["benchmark", "--config", str(tmp / "c.yaml"), "--model", str(state_dict), "--offline"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "is a stmclf model" in err and "stmclf export --int8" in err
+    assert "weights.pt is a state dict" in err and "benchmarking accepts" in err

@@ -253,15 +253,25 @@ def _one_error_line(stderr: str, model: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("stmclf: error:") and str(model) in lines[0], stderr
 
 
-def test_benchmarking_a_keras_file_is_refused(artifacts, tmp_path):
-    paths = ExamplePaths(str(artifacts.keras.h5), artifacts.data, artifacts.mlruns, tmp_path / "run")
+def test_benchmarking_a_keras_file_measures_its_float_model(artifacts, tmp_path):
+    """ST's service benchmarks a Keras .h5 as it is (float): stmclf measures its float ONNX export."""
+    assert run_example("benchmarking", artifacts.keras.h5, tmp_path / "run", artifacts) == 0
+    bench = check_benchmark(tmp_path / "run")
+    converted = tmp_path / "run" / "benchmark_models" / f"{artifacts.keras.h5.stem}.onnx"
+    assert converted.is_file() and bench["source"] == "offline-estimate"
+
+
+def test_benchmarking_a_file_that_is_no_model_is_refused(artifacts, tmp_path):
+    junk = tmp_path / "model.h5"
+    junk.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))  # an HDF5 signature, no Keras model behind it
+    paths = ExamplePaths(str(junk), artifacts.data, artifacts.mlruns, tmp_path / "run")
     config = write_yaml(ST_EXAMPLES["benchmarking"](paths), tmp_path / "benchmarking_config.yaml")
     stmclf = Path(sys.executable).with_name("stmclf")
     command = [str(stmclf)] if stmclf.exists() else [sys.executable, "-m", "stmclf.cli.main"]
     proc = subprocess.run([*command, "run", "--config", str(config), "--offline"], capture_output=True, text=True,
                           check=False, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 2
-    _one_error_line(proc.stderr, artifacts.keras.h5)
+    _one_error_line(proc.stderr, junk)
 
 
 def test_quantizing_a_tflite_file_is_refused(artifacts, tmp_path, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from stmclf.config import RunConfig
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, UserError
 
 log = logging.getLogger("stmclf.benchmark")
 DEFAULT_BOARD = "STM32H747I-DISCO"
@@ -114,7 +114,11 @@ def benchmark_artifact(cfg: RunConfig, model_path: Path, run_root: Path, *, boar
     """Measure, then report: table, ``benchmark.json``, log lines, MLflow metrics and params."""
     from stmclf.models.source import resolve_model_source
 
-    model_path = resolve_model_source(model_path).require("benchmark", "benchmarking").path
+    source = resolve_model_source(model_path).require("benchmark", "benchmarking")
+    if not source.is_artifact:
+        raise UserError(f"{source.path} is {source.text}: the benchmark measures ONNX and TFLite files (stmclf "
+                        "benchmark exports other models to a float ONNX first)")
+    model_path = source.path
     footprint = measure(cfg, model_path, run_root, board=board, offline=offline, client=client)
     print_footprint(footprint)
     footprint.write_json(run_root / "benchmark.json", board_capacity(footprint.board or board_name(cfg, board)))

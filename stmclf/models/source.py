@@ -7,12 +7,14 @@ name alone, never by unpickling code):
 
 | kind | what | train | evaluate / predict | quantize / export | benchmark |
 |---|---|---|---|---|---|
-| ``stmclf`` | stmclf checkpoint (``.ckpt``) or model file (``best_model.pt``) | yes | yes | yes | — |
-| ``keras_h5`` | Keras ``.h5`` (tf_keras / Keras 2 ``model.save``) | yes | yes | yes | — |
+| ``stmclf`` | stmclf checkpoint (``.ckpt``) or model file (``best_model.pt``) | yes | yes | yes | float |
+| ``keras_h5`` | Keras ``.h5`` (tf_keras / Keras 2 ``model.save``) | yes | yes | yes | float |
 | ``onnx_float`` | float ONNX | yes | yes | yes | yes |
 | ``onnx_qdq`` | int8 QDQ ONNX | — | yes | — | yes |
 | ``tflite_float`` / ``tflite_int8`` | TFLite | — | yes | — | yes |
-| ``torchscript``, ``torch_export``, ``pickled_module`` | torch files | yes | yes | yes | — |
+| ``torchscript``, ``torch_export``, ``pickled_module`` | torch files | yes | yes | yes | float |
+
+"float" in the benchmark column: the file is exported to a float ONNX first, and that is measured.
 
 A source a stage cannot use is refused by :meth:`ModelSource.require` with one line naming the
 file, its kind and what the stage accepts.
@@ -50,9 +52,11 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "evaluate": (*TORCH_KINDS, "onnx_qdq", "tflite_float", "tflite_int8"),
     "predict": (*TORCH_KINDS, "onnx_qdq", "tflite_float", "tflite_int8"),
     "quantize": TORCH_KINDS,
-    "benchmark": ARTIFACT_KINDS,
+    "benchmark": (*ARTIFACT_KINDS, *TORCH_KINDS),
 }
-HINTS = {"benchmark": " (export it first: stmclf export --int8)",
+"""A model that is not an ONNX/TFLite file is benchmarked as its float ONNX export (ST's service
+likewise measures a Keras .h5 as the float model it is)."""
+HINTS = {
          "quantize": " (an exported model cannot be quantized again: give the float model it came from)",
          "resume": " (a last_augmented_model.ckpt written by stmclf fit)"}
 

@@ -82,11 +82,34 @@ def evaluate_stage(journey: Journey, model) -> dict[str, float]:
         return evaluate_model(journey.cfg, model, journey.root, mlflow_logger=mlflow_logger)
 
 
+def benchmarkable(journey: Journey, model: Path) -> Path:
+    """``model`` when it is an ONNX/TFLite file; else (a Keras .h5, a stmclf or torch model) its
+    float ONNX export, written to ``<run>/benchmark_models/`` and checked against the model."""
+    from stmclf.models.source import resolve_model_source
+
+    source = resolve_model_source(model).require("benchmark", "benchmarking")
+    if source.is_artifact:
+        return source.path
+    from stmclf.export.onnx_export import check_onnx, export_onnx
+    from stmclf.export.images import random_images
+    from stmclf.training.model_file import load_source_module
+
+    module = load_source_module(source, journey.cfg).cpu().eval()
+    out = journey.root / "benchmark_models" / f"{source.path.stem}.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(module, out, batch_size=1, softmax=True)
+    h, w, c = (int(v) for v in module.hparams.input_shape)
+    check_onnx(module, out, random_images(8, (c, h, w)))
+    log.info("Benchmarking %s (%s) as its float ONNX export %s", source.path, source.text, out)
+    return out
+
+
 def benchmark_stage(journey: Journey, model: Optional[Path], *, board: Optional[str] = None, client=None):
     from stmclf.benchmark.run import benchmark_artifact
 
     if model is None:
         raise UserError("benchmark: the export wrote no int8 model to benchmark (see the log above)")
+    model = benchmarkable(journey, Path(model))
     with journey.stage("benchmark", extra_params={"model_path": str(model)}) as mlflow_logger:
         return benchmark_artifact(journey.cfg, Path(model), journey.root, board=board, offline=journey.cfg.offline,
                                   client=client, mlflow_logger=mlflow_logger)
