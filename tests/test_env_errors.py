@@ -167,6 +167,24 @@ def test_disk_full_while_saving_a_checkpoint(tmp_path, image_folder, mount):
         assert torch.load(saved / name, weights_only=True)["epoch"] == 0
 
 
+@pytest.mark.slow
+def test_disk_full_under_the_mlflow_store_during_training(tmp_path, image_folder, mount):
+    """The MLflow store's disk fills up after the first epoch: MLflow's next write fails deep in
+    SQLite; the run ends with one line naming the store, the checkpoints stay whole."""
+    disk = mount(tmp_path / "small", "size=8m")
+    (tmp_path / "filler.py").write_text(FILLER)
+    config = _config(tmp_path, image_folder, tmp_path / "run", disk / "mlruns", epochs=3)
+    config.write_text(config.read_text().replace(
+        "  callbacks:\n", f"  callbacks:\n    filler.FillDisk:\n      path: {disk}\n      epoch: 1\n"
+                          "      leave_kb: 0\n", 1))
+    code, _, err = run_cli("fit", "--config", str(config), "--trust-code", cwd=tmp_path)
+    line = _error_line(code, err)
+    assert line.startswith("stmclf: error: ") and ("mlflow.uri" in line or str(disk) in line), line
+    assert "No space left on device" in line or "disk is full" in line, line
+    last = tmp_path / "run/saved_models/last_augmented_model.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] >= 0
+
+
 def test_atomic_save_on_a_full_disk_keeps_the_previous_file(tmp_path, mount):
     disk = mount(tmp_path / "small", "size=1m")
     target = disk / "model.ckpt"

@@ -439,6 +439,9 @@ def _quiet_libraries() -> None:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning.pytorch.accelerators.cuda", "alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow logs a store failure with its traceback before raising it; the raised error is
+    # reported in one line (environment_failure)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _setup_console_logging() -> None:
@@ -476,10 +479,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as exc:
         print(f"stmclf: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a full or read-only disk met deep in a library
+        problem = environment_failure(exc)
+        if problem is None:
+            raise
+        print(f"stmclf: error: {problem}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("stmclf: interrupted; a training run resumes from its last checkpoint "
               "(training.resume_training_from: <run>/saved_models/last_augmented_model.ckpt)", file=sys.stderr)
         return 130
+
+
+ENVIRONMENT_ERRNOS = (28, 30, 13, 122)  # ENOSPC, EROFS, EACCES, EDQUOT
+SQLITE_FAILURES = {"database or disk is full": "No space left on device",
+                   "attempt to write a readonly database": "read-only"}
+
+
+def environment_failure(exc: BaseException):
+    """One line for a full or read-only disk met inside a library (MLflow's SQLite store, a
+    logger's file), found anywhere in the exception's chain; None for any other failure."""
+    from stmclf.errors import one_line
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            return f"{exc.filename}: {exc.strerror}" if exc.filename else one_line(exc)
+        for marker, what in SQLITE_FAILURES.items():
+            if marker in str(exc):
+                return f"mlflow.uri: the MLflow store cannot be written ({what}: {marker})"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def run() -> None:
