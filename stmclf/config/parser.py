@@ -94,14 +94,17 @@ class _BoundedComposer(yaml.composer.Composer):
         self._sizes[id(node)] = self._nodes - before
         return node
 
-    def compose_sequence_node(self, anchor: Any) -> Any:
-        start = self.peek_event()
-        tag = start.tag if start.tag not in (None, "!") else self.resolve(yaml.SequenceNode, None, start.implicit)
-        node = yaml.SequenceNode(tag, [],
-                                 start.start_mark, None, flow_style=start.flow_style)
-        self.get_event()
+    def _open_collection(self, node_class: type, anchor: Any) -> Any:
+        """The empty sequence/mapping node of the next start event (PyYAML's own opening steps)."""
+        start = self.get_event()
+        tag = start.tag if start.tag not in (None, "!") else self.resolve(node_class, None, start.implicit)
+        node = node_class(tag, [], start.start_mark, None, flow_style=start.flow_style)
         if anchor is not None:
             self.anchors[anchor] = node
+        return node
+
+    def compose_sequence_node(self, anchor: Any) -> Any:
+        node = self._open_collection(yaml.SequenceNode, anchor)
         index = 0
         while not self.check_event(yaml.SequenceEndEvent):
             self._path.append(index)
@@ -112,13 +115,7 @@ class _BoundedComposer(yaml.composer.Composer):
         return node
 
     def compose_mapping_node(self, anchor: Any) -> Any:
-        start = self.peek_event()
-        tag = start.tag if start.tag not in (None, "!") else self.resolve(yaml.MappingNode, None, start.implicit)
-        node = yaml.MappingNode(tag, [],
-                                start.start_mark, None, flow_style=start.flow_style)
-        self.get_event()
-        if anchor is not None:
-            self.anchors[anchor] = node
+        node = self._open_collection(yaml.MappingNode, anchor)
         seen: dict[tuple[str, str], int] = {}  # (tag, text) of each scalar key → its line
         while not self.check_event(yaml.MappingEndEvent):
             key_node = self.compose_node(node, None)

@@ -20,7 +20,6 @@ from stmclf.errors import UserError
 
 log = logging.getLogger("stmclf.evaluate")
 
-MODEL_SUFFIXES = (".ckpt", ".pt", ".onnx", ".tflite")
 
 
 class Predictor:

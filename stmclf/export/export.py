@@ -41,8 +41,6 @@ log = logging.getLogger("stmclf.export")
 FORMATS = ("onnx", "tflite")
 MODEL_BASENAME = "best_model"
 SUMMARY_NAME = "export_summary.json"
-FOREIGN_SUFFIXES = {".h5": "a Keras model", ".keras": "a Keras model", ".onnx": "an ONNX model",
-                    ".tflite": "a TFLite model", ".pb": "a TensorFlow graph"}
 
 
 @dataclass
