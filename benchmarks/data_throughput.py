@@ -13,24 +13,35 @@ Issue "data never the bottleneck". Workloads (batch 64, 128×128 RGB, bilinear f
 
 Tables:
 
-1. one core, per image: decode, resize and ``load_image`` (what epoch 1 does per file) against
-   the seed's implementation (PIL reading the path, dense ``einsum`` resize) in the same process,
-   and how many of the images differ from it;
+1. one core, per image: decode, resize, and both (what epoch 1 does per file): the seed's
+   implementation (PIL reading the path, dense ``einsum`` resize), today's per-file functions
+   (``decode_image``, ``resize_image``, ``load_image``) and the batch path that epoch 1's loader
+   workers run, 64 files at a time (``decode_for_resize``: grey sources stay one channel;
+   ``resize_into``: same-size exact resizes as two GEMMs per batch; ``load_images``: both); how
+   many images differ from the seed's, and between the batch path and ``load_image`` (must be 0);
 2. the real ``ImageDataModule`` train loader (default worker count, image cache on in a temporary
    ``$STMCLF_CACHE``, a fresh cache per row): epoch 1 (worker start, decode, resize, cache fill)
    and the later epochs (cache filled). Rows without augmentation count uint8 batches arriving on
    ``--device``; "+ seed augmentation" rows also do what training does on each batch
-   (channels_last, ``float()·scale + offset``, the seed's six functions). The first row runs the
-   same loader with the seed's ``load_image`` patched in (the baseline for epoch 1). Once every
-   image is cached, the loader reads whole batches in the main process on CPU-only machines;
+   (channels_last, ``float()·scale + offset``, the seed's six functions). The first two rows are
+   the baselines for epoch 1: the same loader decoding file by file (``FileList.load``, as before
+   the batch path) with the seed's ``load_image`` patched in, then with today's. Once every image
+   is cached, the loader reads whole batches in the main process on CPU-only machines. Epoch 1
+   is also given after its first batch (worker start-up, ~0.1–0.2 s, left out: a steady rate, as
+   the reference's), and CPU-bound: cores × images / CPU seconds of the main process and its
+   workers, what the epoch reaches with the cores to itself (the figure that survives a shared,
+   busy machine);
 3. each seed augmentation kernel on a 64×3×128×128 batch;
 4. the MobileNetV2-0.35 @128 fp32 channels_last train step (``train_throughput.raw_throughput``
    on CPU, the same step on a CUDA device), which table 2's last column divides by.
 
-The reference's loader (performance_targets.md, TensorFlow on 2 cores): 9,173 img/s for
-224-px JPEG → 128 and 18,071 img/s for 28-px PNG → 128. Pin 2 cores to compare with it
-(``taskset -c 0,1``): the worker count and torch's threads follow the CPU affinity.
-Every ratio compares numbers measured in this run (except the reference's, quoted).
+The reference's loader is measured in this run on the same files (``reference_loader.py``:
+TensorFlow tf.data, read → decode → bilinear resize → batch, AUTOTUNE, in its own process; best
+of ``--reference-runs``): table 2's "/ ref" columns divide by it. performance_targets.md quotes
+9,173 img/s (224-px JPEG → 128) and 18,071 img/s (28-px PNG → 128) on 2 cores of another CPU
+(``--reference quoted`` uses those). Pin 2 cores to compare (``taskset -c 0,1``): the worker
+count, torch's and TensorFlow's threads follow the CPU affinity. Every ratio compares numbers
+measured in this run.
 """
 from __future__ import annotations
 
@@ -41,6 +52,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -55,13 +67,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from stmclf.augment import build_augmentation  # noqa: E402
 from stmclf.augment.bench import SEED_PIPELINE  # noqa: E402
 from stmclf.config.sections import Dataset as DatasetSection  # noqa: E402
-from stmclf.data import datamodule as dm  # noqa: E402
+from stmclf.data import files as data_files  # noqa: E402
 from stmclf.data.datamodule import ImageDataModule, ImageFormat, load_image  # noqa: E402
-from stmclf.data.decode import PIL_MODES, decode_image  # noqa: E402
-from stmclf.data.resize import resize_image, resize_matrix  # noqa: E402
+from stmclf.data.decode import PIL_MODES, decode_for_resize, decode_image, read_file  # noqa: E402
+from stmclf.data.files import load_images  # noqa: E402
+from stmclf.data.resize import resize_image, resize_into, resize_matrix  # noqa: E402
+from stmclf.training.allocator import keep_freed_memory  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-REFERENCE = {"jpeg224": 9173, "png28": 18071}  # img/s, the reference's input pipeline alone, 2 cores
+QUOTED_REFERENCE = {"jpeg224": 9173, "png28": 18071}  # img/s, performance_targets.md, 2 cores of another CPU
 SCALE, OFFSET = 1 / 127.5, -1.0
 BATCH = 64
 
@@ -173,32 +187,53 @@ def per_image_us(fn: Callable[[object], object], items: list, repeats: int) -> f
     return best / len(items) * 1e6
 
 
+def per_batch_us(fn: Callable[[list], object], items: list, repeats: int) -> float:
+    """Like :func:`per_image_us`, with ``fn`` called on batches of :data:`BATCH` items."""
+    batches = [items[i:i + BATCH] for i in range(0, len(items), BATCH)]
+    fn(batches[0])
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for batch in batches:
+            fn(batch)
+        best = min(best, time.perf_counter() - start)
+    return best / len(items) * 1e6
+
+
 def stage_table(folders: dict[str, str], fmt: ImageFormat, count: int, repeats: int) -> list[tuple]:
+    """Per data kind and stage: (data, stage, seed µs, per-item µs, batch path µs) per image, and
+    the counts of images differing from the seed's and between the two paths of today."""
     from threadpoolctl import threadpool_limits
 
     rows = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a loader worker's setting
+    out = np.empty((BATCH, fmt.height, fmt.width, fmt.channels), np.uint8)
     try:
         with threadpool_limits(1):
             for name, root in folders.items():
                 paths = sorted(str(p) for p in Path(root).rglob("*.*") if not p.name.startswith("."))[:count]
                 images = [decode_image(p, fmt.color_mode) for p in paths]
-                for stage, seed_fn, new_fn, items in (
+                kept = [decode_for_resize(read_file(p), fmt.color_mode, p) for p in paths]  # grey kept grey
+                size = (fmt.height, fmt.width, fmt.interpolation)
+                for stage, seed_fn, item_fn, batch_fn, items, batch_items in (
                         ("decode", lambda p: seed_decode(p, fmt.color_mode), lambda p: decode_image(p, fmt.color_mode),
-                         paths),
-                        ("resize", lambda a: seed_resize(a, fmt.height, fmt.width, fmt.interpolation),
-                         lambda a: resize_image(a, fmt.height, fmt.width, fmt.interpolation), images),
-                        ("load_image", lambda p: seed_resize(seed_decode(p, fmt.color_mode), fmt.height, fmt.width,
-                                                             fmt.interpolation),
-                         lambda p: load_image(p, fmt), paths)):
-                    before = per_image_us(seed_fn, items, repeats)
-                    after = per_image_us(new_fn, items, repeats)
-                    rows.append((name, stage, before, after))
-                same = sum(not np.array_equal(load_image(p, fmt), seed_resize(seed_decode(p, fmt.color_mode), fmt.height,
-                                                                                fmt.width, fmt.interpolation))
-                           for p in paths)
-                rows.append((name, f"images differing from the seed's ({len(paths)})", same, None))
+                         lambda ps: [decode_for_resize(read_file(p), fmt.color_mode, p) for p in ps], paths, paths),
+                        ("resize", lambda a: seed_resize(a, *size), lambda a: resize_image(a, *size),
+                         lambda batch: resize_into(batch, out[:len(batch)], fmt.interpolation), images, kept),
+                        ("decode + resize (epoch 1's work per file)", lambda p: seed_load_image(p, fmt),
+                         lambda p: load_image(p, fmt), lambda ps: load_images(ps, fmt, out[:len(ps)]), paths, paths)):
+                    rows.append((name, stage, per_image_us(seed_fn, items, repeats),
+                                 per_image_us(item_fn, items, repeats), per_batch_us(batch_fn, batch_items, repeats)))
+                batched = np.empty((len(paths), *out.shape[1:]), np.uint8)
+                for i in range(0, len(paths), BATCH):
+                    load_images(paths[i:i + BATCH], fmt, batched[i:i + BATCH])
+                per_item = [load_image(p, fmt) for p in paths]
+                seed = sum(not np.array_equal(a, seed_load_image(p, fmt)) for a, p in zip(per_item, paths))
+                paths_differ = sum(not np.array_equal(a, b) for a, b in zip(per_item, batched))
+                rows.append((name, f"images differing from the seed's ({len(paths)})", seed, None, None))
+                rows.append((name, f"images differing between the batch path and load_image ({len(paths)})",
+                             paths_differ, None, None))
     finally:
         torch.set_num_threads(threads)
     return rows
@@ -208,43 +243,73 @@ def stage_table(folders: dict[str, str], fmt: ImageFormat, count: int, repeats: 
 # 2. the real loader
 # ---------------------------------------------------------------------------------------------
 def loader_epochs(train_dir: str, fmt: ImageFormat, epochs: int, augment: bool, device: torch.device,
-                  mode: str = "per-item") -> tuple[list[float], int]:
-    """img/s of each epoch of the train loader (fresh cache): uint8 batches moved to ``device``;
-    with ``augment``, then also converted and augmented as training does (channels_last,
-    float·scale + offset, the seed pipeline)."""
+                  mode: str = "batch") -> "LoaderRun":
+    """Each epoch of the train loader (fresh cache): uint8 batches moved to ``device``; with
+    ``augment``, then also converted and augmented as training does (channels_last,
+    float·scale + offset, the seed pipeline). ``mode``: ``batch`` (the loader as it is), ``per-item``
+    (the dataset decodes file by file with ``load_image``, the path before the batch one), ``seed``
+    (file by file with the seed's ``load_image``)."""
     section = DatasetSection(training_path=train_dir, validation_path=train_dir)
     module = ImageDataModule(section, fmt, BATCH)
     module.setup("fit")
-    if mode == "seed":  # workers fork from this process on the first epoch: they inherit the patch
-        dm.load_image = seed_load_image
+    # Workers fork from this process on the first epoch: they inherit the patches.
+    load_many = data_files.FileList.load_many
+    if mode in ("seed", "per-item"):
+        data_files.FileList.load_many = None  # the dataset falls back to one source.load per file
+    if mode == "seed":
+        data_files.load_image = seed_load_image
     try:
-        rates, used = _epochs(module.train_dataloader(), epochs, augment, device)
+        return _epochs(module.train_dataloader(), epochs, augment, device)
     finally:
-        dm.load_image = load_image
-    return rates, used
+        data_files.FileList.load_many = load_many
+        data_files.load_image = load_image
 
 
-def _epochs(loader, epochs: int, augment: bool, device: torch.device) -> tuple[list[float], int]:
+@dataclass
+class LoaderRun:
+    rates: list[float]  # img/s of each epoch, wall clock
+    workers: int
+    steady: float  # epoch 1's img/s after its first batch (worker start-up left out)
+    cpu_bound: float  # epoch 1's img/s if the cores were ours: cores × images / CPU seconds (main + workers)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux's /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _epochs(loader, epochs: int, augment: bool, device: torch.device) -> LoaderRun:
     aug = build_augmentation(SEED_PIPELINE, (OFFSET, 255 * SCALE + OFFSET), channels=3) if augment else None
-    rates = []
+    rates, steady, cpu_bound = [], 0.0, 0.0
     for epoch in range(epochs):
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        count = 0
-        start = time.perf_counter()
+        count, first = 0, None
+        start, cpu = time.perf_counter(), time.process_time()
         for images, labels in loader:
             x = images.to(device, non_blocking=True)
             if aug is not None:  # what ClassifierModule.on_after_batch_transfer does in training
                 x = x.to(memory_format=torch.channels_last).float().mul_(SCALE).add_(OFFSET)
                 x = aug(x, epoch=epoch)
             count += int(labels.shape[0])
+            if first is None:
+                first = (time.perf_counter(), count)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        rates.append(count / (time.perf_counter() - start))
-    used = loader.num_workers
+        end = time.perf_counter()
+        rates.append(count / (end - start))
+        if epoch == 0:
+            steady = (count - first[1]) / max(end - first[0], 1e-9)
+            workers = getattr(getattr(loader, "_iterator", None), "_workers", [])  # persistent: still alive
+            used = time.process_time() - cpu + sum(_cpu_seconds(w.pid) for w in workers)
+            cpu_bound = len(os.sched_getaffinity(0)) * count / used
     if getattr(loader, "_iterator", None) is not None:
         loader._iterator._shutdown_workers()
-    return rates, used
+    return LoaderRun(rates, loader.num_workers, steady, cpu_bound)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,9 +390,14 @@ def main() -> None:
     parser.add_argument("--fashion-mnist", type=Path, default=FMNIST,
                         help="folder of Fashion-MNIST's IDX files (synthetic images when it is missing)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["stages", "loader", "kernels", "step"])
+    parser.add_argument("--reference", choices=["measure", "quoted"], default="measure",
+                        help="the reference loader's img/s: measured here on the same files (TensorFlow) or "
+                             "performance_targets.md's")
+    parser.add_argument("--reference-runs", type=int, default=2)
     args = parser.parse_args()
     FMNIST = args.fashion_mnist
     logging.getLogger("stmclf").setLevel(logging.WARNING)
+    keep_freed_memory()  # as `stmclf fit` does before its loaders start: the workers inherit it
     device = torch.device(args.device)
     fmt = ImageFormat(128, 128, "rgb", "bilinear", "fit")
     cores = len(os.sched_getaffinity(0))
@@ -346,25 +416,33 @@ def main() -> None:
 
         if "stages" not in args.skip:
             rows = stage_table(folders, fmt, args.stage_images, args.repeats)
-            print("\n### 1. One core, per image (µs, best of %d; seed = PIL from path + dense einsum)\n" % args.repeats)
-            print(table(["data", "stage", "seed µs", "now µs", "seed / now"],
-                        [(n, s, f"{b:.1f}", f"{a:.1f}", f"{b / a:.2f}×") if a is not None else (n, s, b, "", "")
-                         for n, s, b, a in rows]), flush=True)
+            print("\n### 1. One core, per image (µs, best of %d; seed = PIL from path + dense einsum; batch path = "
+                  "what epoch 1's loader workers run, %d files at a time)\n" % (args.repeats, BATCH))
+            print(table(["data", "stage", "seed µs", "per file µs", "batch path µs", "seed / batch path"],
+                        [(n, s, f"{b:.1f}", f"{i:.1f}", f"{a:.1f}", f"{b / a:.2f}×") if a is not None
+                         else (n, s, b, "", "", "") for n, s, b, i, a in rows]), flush=True)
 
-        results: dict[tuple[str, str], tuple[list[float], int]] = {}
+        results: dict[tuple[str, str], LoaderRun] = {}
         if "loader" in args.skip:
             folders_for_loader = {}
         else:
             folders_for_loader = folders
+        reference = dict(QUOTED_REFERENCE)
         for name, root in folders_for_loader.items():
-            variants = [("default loader, the seed's decode + resize (before)", False, "seed"),
-                        ("default loader", False, "per-item"),
-                        ("default loader + seed augmentation", True, "per-item")]
+            if args.reference == "measure":
+                reference[name] = reference_rate(root, fmt, args.reference_runs)
+                print(f"  {name:8s} {'reference loader (TensorFlow tf.data, this run)':64s} {reference[name]:8.0f}",
+                      flush=True)
+            variants = [("default loader, the seed's decode + resize per file (before)", False, "seed"),
+                        ("default loader, today's decode + resize per file", False, "per-item"),
+                        ("default loader (batch path)", False, "batch"),
+                        ("default loader + seed augmentation", True, "batch")]
             for label, augment, mode in variants:
                 with _fresh_cache(tmp, f"{name}-{label}"):
-                    rates, used = loader_epochs(root, fmt, max(2, args.epochs), augment, device, mode)
-                results[(name, label)] = (rates, used)
-                print(f"  {name:8s} {label:62s} {used} workers " + " ".join(f"{r:8.0f}" for r in rates), flush=True)
+                    run = results[(name, label)] = loader_epochs(root, fmt, max(2, args.epochs), augment, device, mode)
+                print(f"  {name:8s} {label:64s} {run.workers} workers " + " ".join(f"{r:8.0f}" for r in run.rates)
+                      + f"  (epoch 1 after its first batch {run.steady:,.0f}, CPU-bound {run.cpu_bound:,.0f})",
+                      flush=True)
 
         kernels = [] if "kernels" in args.skip else kernel_table(device, args.repeats)
         step = None if "step" in args.skip else train_step_rate(device, steps=10 if device.type == "cpu" else 50)
@@ -372,14 +450,17 @@ def main() -> None:
         if results:
             print("\n### 2. Train loader (ImageDataModule train loader, image cache on), img/s\n")
             rows = []
-            for (name, label), (rates, used) in results.items():
-                e2 = min(rates[1:])
-                rows.append((name, label, used, f"{rates[0]:,.0f}", " / ".join(f"{r:,.0f}" for r in rates[1:]),
-                             f"{REFERENCE[name]:,}",
-                             f"{rates[0] / REFERENCE[name]:.2f}", f"{e2 / REFERENCE[name]:.2f}",
-                             f"{e2 / step:.1f}" if step else "—"))
-            print(table(["data", "loader", "workers", "epoch 1", "epochs 2, 3, ...", "reference loader",
-                         "epoch 1 / ref", "epoch 2+ (slowest) / ref", "epoch 2+ (slowest) / train step"], rows))
+            for (name, label), run in results.items():
+                e2, ref = min(run.rates[1:]), reference[name]
+                rows.append((name, label, run.workers, f"{run.rates[0]:,.0f}", f"{run.steady:,.0f}",
+                             f"{run.cpu_bound:,.0f}", " / ".join(f"{r:,.0f}" for r in run.rates[1:]), f"{ref:,}",
+                             f"{run.rates[0] / ref:.2f}", f"{run.steady / ref:.2f}", f"{run.cpu_bound / ref:.2f}",
+                             f"{e2 / ref:.2f}", f"{e2 / step:.1f}" if step else "—"))
+            print(table(["data", "loader", "workers", "epoch 1", "epoch 1 after its first batch",
+                         f"epoch 1 CPU-bound ({cores} cores / CPU s)", "epochs 2, 3, ...",
+                         f"reference loader ({args.reference})",
+                         "epoch 1 / ref", "after first batch / ref", "CPU-bound / ref", "epoch 2+ (slowest) / ref",
+                         "epoch 2+ (slowest) / train step"], rows))
         if kernels:
             print(f"\n### 3. Seed augmentation kernels, {BATCH}×3×128×128 float channels_last on {device}\n")
             print(table(["function", "img/s", "ms / batch", "kernel / train step"],
@@ -388,6 +469,21 @@ def main() -> None:
         if step:
             print(f"\n### 4. MobileNetV2-0.35 @128 fp32 channels_last train step on {device}: {step:,.0f} img/s "
                   f"(batch {BATCH}; reference's performance_targets.md: 269 img/s raw PyTorch step on 2 cores)")
+
+
+def reference_rate(folder: str, fmt: ImageFormat, runs: int) -> float:
+    """The reference's tf.data loader on ``folder`` (``reference_loader.py`` in a child process):
+    the best img/s of ``runs`` cold passes."""
+    import json
+    import subprocess
+
+    best = 0.0
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_loader.py"), folder,
+                               "--size", str(fmt.height), "--channels", str(fmt.channels), "--batch", str(BATCH)],
+                              capture_output=True, text=True, check=True)
+        best = max(best, json.loads(done.stdout.strip().splitlines()[-1])["img_per_s"])
+    return best
 
 
 @contextlib.contextmanager

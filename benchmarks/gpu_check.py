@@ -268,7 +268,7 @@ def measure_loader(argv: list[str], epochs: int, device: torch.device) -> list[f
     cfg = load_config(argv)
     fmt = ImageFormat.from_config(cfg.preprocessing, cfg.training.model["input_shape"])
     module = ImageDataModule(cfg.dataset, fmt, cfg.training.batch_size, cfg.dataset.num_workers, shuffle_seed=SEED)
-    rates, _ = loader_epoch_rates(module.train_dataloader(), epochs, False, device)
+    rates = loader_epoch_rates(module.train_dataloader(), epochs, False, device).rates
     return rates
 
 

@@ -259,11 +259,14 @@ def test_a_bad_file_is_replaced_by_the_next_readable_one(tmp_path, monkeypatch, 
     files = FileList(order, [0, 1, 2, 3, 4])
     caplog.set_level(logging.WARNING, logger="stmclf.data")
     training = ImageFileDataset(files, FMT).replacing()
-    images, labels = zip(*training.__getitems__([1, 2, 4, 0]))
-    assert list(labels) == [3, 3, 4, 0]  # both bad files → index 3, the next readable one
+    images, labels = training.__getitems__([1, 2, 4, 0])
+    assert labels.tolist() == [3, 3, 4, 0]  # both bad files → index 3, the next readable one
     assert torch.equal(images[0], torch.from_numpy(decode_image(good[1]).transpose(2, 0, 1).copy()))
+    assert [training[i][1] for i in (1, 2, 4, 0)] == [3, 3, 4, 0]  # item by item: the same
     evaluation = ImageFileDataset(files, FMT)
-    assert [item is None for item in evaluation.__getitems__([1, 2, 3])] == [True, True, False]
+    images, labels = evaluation.__getitems__([1, 2, 3])
+    assert labels.tolist() == [3] and images.shape == (1, 3, 32, 32)  # the bad files left out
+    assert [evaluation[i] is None for i in (1, 2, 3)] == [True, True, False]
     for path in order[1:3]:
         assert sum(path in r.getMessage() for r in caplog.records) == 2  # once per dataset: two runs here
 

@@ -1,12 +1,14 @@
 """Decoding and resizing real files (PNG, JPEG, BMP, GIF) as TensorFlow's loader does."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from stmclf.data.datamodule import ImageFormat, load_image
-from stmclf.data.decode import decode_image
+from stmclf.data.decode import CHANNELS, decode_image
 from stmclf.data.resize import METHODS, center_crop_or_pad, resize_float, resize_image
 from stmclf.errors import UserError
 
@@ -185,6 +187,8 @@ def test_decode_reads_from_memory_with_the_same_pixels_and_errors(tmp_path, pict
         for mode, pil_mode in (("rgb", "RGB"), ("grayscale", "L"), ("rgba", "RGBA")):
             with Image.open(path) as image:
                 expected = np.asarray(image.convert(pil_mode))
+            if fmt == "jpeg" and mode != "rgba":  # TF's IFAST pixels (test_jpeg_pixels_are_tensorflows)
+                expected = _tf_jpeg(path.read_bytes(), CHANNELS[mode]).reshape(expected.shape)
             got = decode_image(str(path), mode)
             assert np.array_equal(got.reshape(expected.shape), expected), (fmt, mode)
             assert np.array_equal(decode_bytes(path.read_bytes(), mode), got)
@@ -201,13 +205,64 @@ def test_decode_reads_from_memory_with_the_same_pixels_and_errors(tmp_path, pict
         decode_image(str(truncated))
 
 
-def test_load_image_224_jpeg_to_128_equals_pil_and_the_dense_definition(tmp_path):
+def test_load_image_224_jpeg_to_128_equals_tensorflows_decode_and_the_dense_definition(tmp_path):
     rng = np.random.default_rng(2)
     smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).resize((224, 224)))
     Image.fromarray(smooth).save(tmp_path / "x.jpg", quality=90)
     for method in ("bilinear", "nearest", "area"):
         image = load_image(str(tmp_path / "x.jpg"), ImageFormat(128, 128, "rgb", method, "fit"))
-        with Image.open(tmp_path / "x.jpg") as pil:
-            decoded = np.asarray(pil.convert("RGB"))
+        decoded = _tf_jpeg((tmp_path / "x.jpg").read_bytes(), 3)
         expected = np.clip(np.rint(_dense_reference(decoded, 128, 128, method)), 0, 255).astype(np.uint8)
         assert np.array_equal(image, expected), method
+
+
+def _tf_jpeg(data: bytes, channels: int) -> np.ndarray:
+    tf = pytest.importorskip("tensorflow")
+    return tf.io.decode_jpeg(data, channels=channels).numpy()
+
+
+@pytest.mark.parametrize("options", [dict(quality=90), dict(quality=75, subsampling="4:4:4"),
+                                     dict(quality=95, subsampling="4:2:2"), dict(quality=85, progressive=True),
+                                     dict(quality=90, grey=True)])
+def test_jpeg_pixels_are_tensorflows(picture, options):
+    """ST's loader decodes with TF's ``decode_jpeg`` (fast integer IDCT): the loader's JPEG pixels
+    are the same, in rgb and grayscale, for every chroma subsampling, progressive and grey files;
+    PIL's (accurate IDCT) differ by a few levels."""
+    from stmclf.data.decode import decode_bytes
+
+    options = dict(options)
+    image = Image.fromarray(picture).convert("L") if options.pop("grey", False) else Image.fromarray(picture)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **options)
+    data = buffer.getvalue()
+    for mode in ("rgb", "grayscale"):
+        expected = _tf_jpeg(data, CHANNELS[mode])
+        assert np.array_equal(decode_bytes(data, mode), expected), mode
+    if image.mode == "RGB":
+        assert not np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), _tf_jpeg(data, 3))
+
+
+def test_jpeg_without_simplejpeg_is_pil_and_errors_match(monkeypatch, picture, tmp_path):
+    """The fast path is optional: without ``simplejpeg`` PIL decodes (accurate IDCT, within a few
+    levels of TF); a truncated JPEG and a bomb give the same one-line errors on both paths."""
+    from stmclf.data import decode
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    fast = decode.decode_bytes(data, "rgb")
+    errors = {}
+    for available in (True, False):
+        with monkeypatch.context() as patch:
+            if not available:
+                patch.setattr(decode, "_SIMPLEJPEG", False)
+            pixels = decode.decode_bytes(data, "rgb")
+            assert np.abs(pixels.astype(int) - fast.astype(int)).max() <= (0 if available else 8)
+            with pytest.raises(UserError) as cut:
+                decode.decode_bytes(data[:300], "rgb", "cut.jpg")
+            patch.setattr(decode, "_limit", 100)
+            with pytest.raises(UserError) as bomb:
+                decode.decode_bytes(data, "rgb", "big.jpg")
+        errors[available] = (cut.value.kind, bomb.value.kind, str(bomb.value))
+    assert errors[True] == errors[False]
+    assert errors[True][:2] == ("corrupt", "bomb")

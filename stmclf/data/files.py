@@ -17,8 +17,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from stmclf.data.decode import ImageFormat, load_image
-from stmclf.errors import ConfigError
+from stmclf.data.decode import ImageFormat, decode_for_resize, load_image, read_file
+from stmclf.data.resize import resize_into, stackable
+from stmclf.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,42 @@ class FileList:
         """Item ``index`` decoded and resized to ``fmt`` (uint8 HWC)."""
         return load_image(self.paths[index], fmt)
 
+    def load_many(self, indices: Sequence[int], fmt: ImageFormat, out: np.ndarray) -> list[Optional[UserError]]:
+        """Items ``indices`` into ``out`` (:func:`load_images`)."""
+        return load_images([self.paths[i] for i in indices], fmt, out)
+
     def cache_identity(self) -> list[str]:
         """What the image cache key hashes: the files (with their sizes and times)."""
         return self.paths
+
+
+def load_images(paths: Sequence[str], fmt: ImageFormat, out: np.ndarray) -> list[Optional[UserError]]:
+    """Decode and resize ``paths[k]`` into ``out[k]`` (uint8 (N, H, W, C)) with :func:`load_image`'s
+    pixels, a batch's work shared (the loader's first epoch): grey sources are resized as one channel
+    (:func:`~stmclf.data.decode.decode_for_resize`), small images of one size together
+    (:func:`~stmclf.data.resize.resize_into`); the others are resized as soon as decoded, while
+    their pixels are in the CPU's caches. Returns each file's error (None: loaded); the row of a
+    file that does not decode is left as it was."""
+    stacked, rows, errors = [], [], []
+    for k, path in enumerate(paths):
+        try:
+            image = decode_for_resize(read_file(path), fmt.color_mode, path)
+        except UserError as exc:
+            errors.append(exc)
+            continue
+        errors.append(None)
+        if stackable(image.shape, fmt.height, fmt.width, fmt.interpolation, fmt.aspect_ratio):
+            stacked.append(image)
+            rows.append(k)
+        else:
+            resize_into([image], out[k:k + 1], fmt.interpolation, fmt.aspect_ratio)
+    if stacked:
+        whole = rows == list(range(rows[0], rows[0] + len(rows)))
+        target = out[rows[0]:rows[0] + len(rows)] if whole else np.empty((len(rows), *out.shape[1:]), np.uint8)
+        resize_into(stacked, target, fmt.interpolation, fmt.aspect_ratio)
+        if not whole:
+            out[rows] = target
+    return errors
 
 
 @dataclass
