@@ -25,8 +25,12 @@ def test_chain_tqeb_offline_then_benchmark_and_header(tmp_path, image_folder, ca
     (tmp_path / "tqeb.yaml").write_text(text.replace("operation_mode: training", "operation_mode: chain_tqeb"))
     assert main(["run", "--config", str(tmp_path / "tqeb.yaml"), "--offline"]) == 0
     bench = json.loads((tmp_path / "tqeb/benchmark.json").read_text())
-    assert bench["source"] == "offline-estimate"
+    assert bench["source"] == "estimate"
     assert bench["rom_size"] > 0 and bench["ram_size"] > 0 and bench["macc"] > 0
+    # the chain's int8 TFLite: TFLM's measured arena, the fit check on it, the latency on the H747
+    assert bench["tflm"]["source"] == "tflm" and bench["tflm"]["arena_bytes"] > 0
+    assert bench["ram_fit"]["ram_source"] == "tflm" and bench["ram_fit"]["fits"]
+    assert bench["latency"]["source"] == "estimate" and bench["latency"]["ms"] > 0
     assert "Benchmark" in (tmp_path / "tqeb/report.html").read_text()
     int8 = tmp_path / "tqeb/quantized_models/quantized_model.tflite"
 
@@ -35,7 +39,7 @@ def test_chain_tqeb_offline_then_benchmark_and_header(tmp_path, image_folder, ca
         "general:\n", f"general:\n  model_path: {tmp_path / 'tqeb/saved_models/best_model.pt'}\n", 1)
     (tmp_path / "qb.yaml").write_text(cfg)
     assert main(["run", "--config", str(tmp_path / "qb.yaml"), "--offline"]) == 0
-    assert json.loads((tmp_path / "qb/benchmark.json").read_text())["source"] == "offline-estimate"
+    assert json.loads((tmp_path / "qb/benchmark.json").read_text())["source"] == "estimate"
 
     (tmp_path / "b.yaml").write_text(config_text(image_folder, tmp_path / "b", tmp_path / "ml", model="",
                                                  extra=QUANTIZATION))
@@ -68,5 +72,5 @@ def test_fallback_order_ends_with_the_offline_estimate(tmp_path, image_folder, m
     text = config_text(image_folder, tmp_path / "t", tmp_path / "ml", epochs=1, extra=QUANTIZATION)
     (tmp_path / "t.yaml").write_text(text.replace("operation_mode: training", "operation_mode: chain_tqeb"))
     assert main(["run", "--config", str(tmp_path / "t.yaml")]) == 0
-    assert json.loads((tmp_path / "t/benchmark.json").read_text())["source"] == "offline-estimate"
+    assert json.loads((tmp_path / "t/benchmark.json").read_text())["source"] == "estimate"
     assert "not-a-password" not in (tmp_path / "t/stmclf.log").read_text()

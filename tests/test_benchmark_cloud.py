@@ -304,7 +304,7 @@ def test_upload_benchmark_and_parse(devcloud, creds, model, monkeypatch):
     assert trigger.headers["Accept"] == "application/json"
     assert len(devcloud.requests_to("/api/benchmark/benchmark/bm-")) == 9  # every state polled
     # result → reference fields
-    assert fp.source == "board" and fp.board == BOARD and fp.target == "mcu"
+    assert (fp.source, fp.cloud_mode) == ("cloud", "board") and fp.board == BOARD and fp.target == "mcu"
     assert (fp.ram_size, fp.rom_size, fp.macc) == (ACTIVATIONS, WEIGHTS, sum(NODE_MACC))
     assert fp.estimated_library_ram_size == KERNEL_RAM + EXTRA_RAM + TOOLCHAIN_RAM
     assert fp.estimated_library_flash_size == KERNEL_FLASH + EXTRA_FLASH + TOOLCHAIN_FLASH
@@ -323,7 +323,8 @@ def test_upload_benchmark_and_parse(devcloud, creds, model, monkeypatch):
     assert m["Internal RAM usage"] == 147.0 and m["External RAM usage"] == 64.0
     assert "External Flash usage" not in m  # only reported when external flash is used
     record = fp.to_dict()
-    assert record["source"] == "board" and record["cycles M"] == m["cycles"] and record["cycles"] == CYCLES
+    assert (record["source"], record["cloud_mode"]) == ("cloud", "board")
+    assert record["cycles M"] == m["cycles"] and record["cycles"] == CYCLES
     assert Footprint.from_dict(json.loads(json.dumps(record))) == fp
 
 
@@ -400,7 +401,7 @@ def test_analyze(devcloud, creds, model):
     assert args["model"] == name and args["optimization"] == "ram" and args["fromModel"] == "tag_1"
     assert args["atonnOptions"] == {} and "statsType" in args
     assert devcloud.requests_to("/stm32ai//run/")  # polled
-    assert fp.source == "cloud-analyze" and fp.board is None
+    assert (fp.source, fp.cloud_mode) == ("cloud", "analyze") and fp.board is None
     assert (fp.ram_size, fp.rom_size, fp.macc) == (ACTIVATIONS, WEIGHTS, sum(NODE_MACC))
     assert fp.estimated_library_flash_size == KERNEL_FLASH + EXTRA_FLASH + TOOLCHAIN_FLASH
     assert fp.cycles is None and "inference_time ms" not in fp.metrics()
@@ -416,10 +417,10 @@ def test_analyze_error(devcloud, creds, model):
 def test_cloud_footprint_falls_back_to_analyze(devcloud, creds, model):
     devcloud.benchmark_error = "board busy"
     fp = cloud_footprint(model, BOARD, version="10.0.0", client=client())
-    assert fp.source == "cloud-analyze" and "board busy" in fp.notes[0]
+    assert fp.cloud_mode == "analyze" and "board busy" in fp.notes[0]
     devcloud.benchmark_error = None
     fp = cloud_footprint(model, BOARD, client=client())
-    assert fp.source == "board"
+    assert (fp.source, fp.cloud_mode) == ("cloud", "board")
     with pytest.raises(UnknownBoard):
         cloud_footprint(model, "NOPE-BOARD", client=client())
 
@@ -464,3 +465,9 @@ def test_footprint_record():
                             "macc": 1_500_000}
     with pytest.raises(ValueError):
         Footprint(source="guess")
+    # benchmark.json files written before the source names were renamed still read
+    old = Footprint.from_dict({"source": "board", "board": "STM32H747I-DISCO", "ram_size": 1, "duration_ms": 2.0})
+    assert (old.source, old.cloud_mode, old.label) == ("cloud", "board", "cloud (board run)")
+    assert Footprint.from_dict({"source": "cloud-analyze"}).cloud_mode == "analyze"
+    assert (Footprint.from_dict({"source": "offline-estimate"}).source,
+            Footprint.from_dict({"source": "offline-estimate"}).cloud_mode) == ("estimate", None)

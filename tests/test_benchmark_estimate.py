@@ -271,7 +271,7 @@ def test_int8_tflite_estimate_matches_the_published_footprint(zoo, name):
     assert abs(ours_a - activations_kib) / activations_kib < 0.10, (ours_a, activations_kib)
     assert est.fit is not None and est.fit.fits_internal
     footprint = est.footprint()
-    assert footprint.source == "offline-estimate" and footprint.rom_size == est.weights_bytes
+    assert footprint.source == "estimate" and footprint.rom_size == est.weights_bytes
     assert footprint.ram_size == est.activations_bytes and footprint.macc == est.macc
     assert footprint.total_ram_io_size == 0  # the I/O buffers are inside the activations
     assert footprint.metrics()["Flash weights KiB"] == round(ours_w, 2)

@@ -210,7 +210,7 @@ def test_artifact_evaluation_and_reports(exported, setup):
     records = json.loads((run / "results.json").read_text())
     assert {(r["kind"], r["model"]) for r in records} == {
         ("float", "Float model"), ("onnx_float", "ONNX float"), ("tflite_float", "TFLite float"),
-        ("onnx_int", "ONNX QDQ int8"), ("int", "TFLite int8")}
+        ("onnx_int", "ONNX QDQ int8"), ("int", "TFLite int8"), ("tflm", "TFLite int8 on TFLM")}
     for kind in ("float", "int", "onnx_int", "onnx_float", "tflite_float"):
         assert (run / f"{kind}_model_confusion_matrix_test_set.png").is_file()
     summary = json.loads(exported["summary"].read_text())

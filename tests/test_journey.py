@@ -48,7 +48,7 @@ def test_fit_export_benchmark_deploy_stay_in_one_run_folder(journey, capsys):
                  "quantized_models/export_summary.json", "benchmark.json", "generated/ai_model_config.h",
                  "results.json", "report.html", "mlflow_run.json"):
         assert (run / name).is_file(), name
-    assert json.loads((run / "benchmark.json").read_text())["source"] == "offline-estimate"
+    assert json.loads((run / "benchmark.json").read_text())["source"] == "estimate"
     kinds = {r["kind"] for r in json.loads((run / "results.json").read_text())}
     assert {"float", "int", "onnx_float", "tflite_float"} <= kinds
     # The run's own config.yaml was kept (the commands read it; nothing rewrote it).
@@ -126,7 +126,7 @@ def test_resume_training_from_as_an_override_with_training_model_present(journey
     (tmp_path / "r.yaml").write_text(text)
     assert main(["fit", "--config", str(tmp_path / "r.yaml"), "--training.resume_training_from", str(last)]) == 0
     rows = (tmp_path / "resumed2/logs/metrics/train_metrics.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["2"]
+    assert [r.split(",")[0] for r in rows[1:]] == ["3"]
 
 
 def test_moved_mlflow_store_keeps_its_artifacts_readable(journey, tmp_path):
@@ -191,7 +191,7 @@ def test_benchmark_of_a_trained_model_measures_its_float_onnx(journey, tmp_path,
     assert main(["benchmark", "--config", str(tmp / "c.yaml"), "--model", str(run / "saved_models/best_model.pt"),
                  "--run", str(tmp_path / "b"), "--offline"]) == 0
     assert (tmp_path / "b/benchmark_models/best_model.onnx").is_file()
-    assert json.loads((tmp_path / "b/benchmark.json").read_text())["source"] == "offline-estimate"
+    assert json.loads((tmp_path / "b/benchmark.json").read_text())["source"] == "estimate"
     state_dict = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(2)}, state_dict)
     code = main(["benchmark", "--config", str(tmp / "c.yaml"), "--model", str(state_dict), "--offline"])

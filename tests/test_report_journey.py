@@ -124,7 +124,7 @@ def run(tmp_path) -> Path:
     result.write_summary()
 
     # benchmark and deploy
-    Footprint(source="offline-estimate", board="STM32H747I-DISCO", rom_size=150_000, ram_size=120_000,
+    Footprint(source="estimate", board="STM32H747I-DISCO", rom_size=150_000, ram_size=120_000,
               macc=5_600_000, estimated_library_ram_size=10_000, estimated_library_flash_size=40_000,
               duration_ms=12.5, notes=["<script>alert(1)</script>"]).write_json(run / "benchmark.json")
     io = {"input": {"dtype": "uint8", "shape": (1, 32, 32, 3), "scale": 0.0078125, "zero_point": 128},
@@ -170,7 +170,7 @@ def test_report_shows_the_whole_journey(run):
 
     # footprint vs the board (the writer does not record the board's memory yet)
     assert row(page, "board")[1] == ["board", "STM32H747I-DISCO"]
-    assert row(page, "source")[1] == ["source", "offline estimate (offline-estimate)"]
+    assert row(page, "source")[1] == ["source", "offline estimate (estimate)"]
     assert row(page, "flash: weights")[1] == ["flash: weights", "146.48 KiB (150,000 bytes)"]
     assert row(page, "flash: total")[1] == ["flash: total", "185.55 KiB (190,000 bytes)"]
     assert row(page, "RAM: activations")[1] == ["RAM: activations", "117.19 KiB (120,000 bytes)"]

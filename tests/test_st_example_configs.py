@@ -258,7 +258,7 @@ def test_benchmarking_a_keras_file_measures_its_float_model(artifacts, tmp_path)
     assert run_example("benchmarking", artifacts.keras.h5, tmp_path / "run", artifacts) == 0
     bench = check_benchmark(tmp_path / "run")
     converted = tmp_path / "run" / "benchmark_models" / f"{artifacts.keras.h5.stem}.onnx"
-    assert converted.is_file() and bench["source"] == "offline-estimate"
+    assert converted.is_file() and bench["source"] == "estimate"
 
 
 def test_benchmarking_a_file_that_is_no_model_is_refused(artifacts, tmp_path):

@@ -1,5 +1,6 @@
-"""STM32 boards: the names the reference accepts for ``benchmarking.board`` and the memory each
-board offers a model (for the offline fit check of :mod:`stmclf.benchmark.estimate`).
+"""STM32 boards: the names the reference accepts for ``benchmarking.board``, the memory each
+board offers a model (for the offline fit check of :mod:`stmclf.benchmark.estimate`), and the core
+and clock a model runs at (for the offline latency model of :mod:`stmclf.benchmark.latency`).
 
 Sizes are in KiB (internal) and MiB (external). Where the reference ships a board table (its
 ``boards.json``, §8.6 of the reference inventory) its values are used as is, clock included
@@ -32,6 +33,11 @@ class Board:
     mpu: bool = False              # Linux MPU board (no MCU memory budget)
     source: str = "datasheet"      # "reference" (the reference's boards.json) or "datasheet"
     note: str = ""
+
+    @property
+    def cpu(self) -> str:
+        """The core a model runs on: the first of ``core`` (``"Cortex-M7"`` for the H747's M7 + M4)."""
+        return self.core.split(" + ")[0].split(" (")[0].strip()
 
     @property
     def flash_bytes(self) -> int:

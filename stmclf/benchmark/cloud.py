@@ -422,7 +422,7 @@ def parse_analyze_result(result: dict, *, model: Optional[str] = None) -> Footpr
     else:
         macc = to_int(report.get("rom_n_macc"), 0)
     return Footprint(
-        source="cloud-analyze", ram_size=sums["activations"], rom_size=sums["weights"], macc=macc,
+        source="cloud", cloud_mode="analyze", ram_size=sums["activations"], rom_size=sums["weights"], macc=macc,
         total_ram_io_size=sums["io"],
         estimated_library_ram_size=sums["runtime_ram"] if sums["has_runtime"] else None,
         estimated_library_flash_size=sums["runtime_flash"] if sums["has_runtime"] else None,
@@ -443,7 +443,7 @@ def parse_benchmark_result(result: dict, *, board: str, mpu: bool = False, model
         tool_str = (f"{tool.get('name', '')} {tool.get('major', '')}.{tool.get('minor', '')}.{tool.get('micro', '')}"
                     .strip() if tool else None)
         return Footprint(
-            source="board", board=board, target="mpu", device=bench.get("board"),
+            source="cloud", cloud_mode="board", board=board, target="mpu", device=bench.get("board"),
             duration_ms=to_float(exec_time.get("duration_ms")), npu_percent=to_float(exec_time.get("npu_percent")),
             gpu_percent=to_float(exec_time.get("gpu_percent")), cpu_percent=to_float(exec_time.get("cpu_percent")),
             rom_size=to_int(bench.get("model_size"), None), ram_size=to_int(bench.get("ram_peak"), None),
@@ -480,7 +480,8 @@ def parse_benchmark_result(result: dict, *, board: str, mpu: bool = False, model
     internal_flash = sum(params.get(f"{name}_array", 0) for name in mapping.get("layersInExternalFlash") or [])
     external_flash = sum(params.get(f"{name}_array", 0) for name in mapping.get("layersInInternalFlash") or [])
     return Footprint(
-        source="board", board=board, target="mcu", ram_size=sums["activations"], rom_size=sums["weights"], macc=macc,
+        source="cloud", cloud_mode="board", board=board, target="mcu", ram_size=sums["activations"],
+        rom_size=sums["weights"], macc=macc,
         total_ram_io_size=sums["io"], estimated_library_ram_size=sums["runtime_ram"],
         estimated_library_flash_size=sums["runtime_flash"],
         cycles=to_int(exec_time.get("cycles"), None), duration_ms=to_float(exec_time.get("duration_ms")),

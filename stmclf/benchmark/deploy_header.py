@@ -11,8 +11,9 @@ application expects (``NB_CLASSES``, ``CLASSES_TABLE``, ``INPUT_HEIGHT``, ``ASPE
 zero point are added (``INPUT_QUANT_SCALE``, ``INPUT_QUANT_ZERO_POINT``, ``OUTPUT_QUANT_*``) so
 that firmware can quantize frames and read scores without querying the network at run time.
 
-Everything comes from the run directory: ``config.yaml`` (pre-processing, class names,
-``quantization.export_dir``, ``deployment.hardware_setup``), the class names the run recorded
+Everything comes from the run directory: its config (``config.yaml`` and ``stmclf_extras.yaml``:
+pre-processing, class names, ``quantization.export_dir``, ``deployment.hardware_setup``), the
+class names the run recorded
 (``<export_dir>/export_summary.json`` or ``results.json``) when the config infers them from the
 dataset folders, and the int8 TFLite model (``<export_dir>/quantized_model.tflite``), whose
 input/output types, shapes and quantization parameters are read with LiteRT's interpreter.
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import yaml
 
 from stmclf.errors import ConfigError, UserError, one_line
 
@@ -75,16 +75,10 @@ def write_deploy_header(run_dir: Path, out: Optional[Path] = None) -> Path:
 
 
 def _read_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir}: no config.yaml; is this a stmclf run directory?")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({one_line(exc)})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of config sections")
-    return data
+    """The run's resolved config (``config.yaml`` with ``stmclf_extras.yaml`` merged over it)."""
+    from stmclf.config.run_files import read_run_config
+
+    return read_run_config(run_dir)
 
 
 def _get(cfg: dict, *keys: str) -> Any:

@@ -867,6 +867,8 @@ class LayerEstimate:
     macc: int
     weights_bytes: int
     scratch_bytes: int
+    kernel: tuple[int, int] = (1, 1)   # conv/depthwise/pooling window (the latency model's layer types)
+    depthwise: bool = False
 
 
 @dataclass
@@ -884,6 +886,14 @@ class FitCheck:
     flash: str                  # "internal", "external", "no"
     ram: str                    # "internal", "internal-split", "external", "no"
     mpu: bool = False
+    ram_source: str = "estimate"  # whose RAM figure: "estimate", "tflm" (measured arena), "stedgeai", "cloud"
+
+    @property
+    def ram_what(self) -> str:
+        """What ``ram_needed`` is, in words."""
+        if self.ram_source == "tflm":
+            return "TFLM measured arena"
+        return f"activations ({self.ram_source}) + runtime"
 
     @property
     def fits(self) -> bool:
@@ -902,21 +912,50 @@ class FitCheck:
                "external": "needs the external RAM", "no": "does not fit in RAM"}[self.ram]
         return (f"{self.board}: weights + code ~{self.flash_needed / KIB:.1f} KiB {flash} "
                 f"({self.flash_internal / KIB:.0f} KiB internal, {self.flash_external / KIB / KIB:g} MiB external); "
-                f"activations + runtime ~{self.ram_needed / KIB:.1f} KiB {ram} "
+                f"{self.ram_what} ~{self.ram_needed / KIB:.1f} KiB {ram} "
                 f"({self.ram_internal / KIB:.0f} KiB internal, largest block {self.ram_largest_block / KIB:.0f} KiB, "
                 f"{self.ram_external / KIB / KIB:g} MiB external)")
 
+    def problem(self) -> Optional[str]:
+        """None when the model fits; else one line naming the board, each figure that does not fit
+        and where it comes from."""
+        if self.fits:
+            return None
+        def external(size: int, what: str) -> str:
+            return f"{size / KIB / KIB:g} MiB external {what}" if size else f"no external {what}"
+
+        parts = []
+        if self.ram == "no":
+            parts.append(f"RAM needs {self.ram_needed / KIB:.1f} KiB ({self.ram_what}) but the board has "
+                         f"{self.ram_internal / KIB:.0f} KiB internal and {external(self.ram_external, 'RAM')}")
+        if self.flash == "no":
+            parts.append(f"flash needs {self.flash_needed / KIB:.1f} KiB (weights + code) but the board has "
+                         f"{self.flash_internal / KIB:.0f} KiB internal and {external(self.flash_external, 'flash')}")
+        return f"the model does not fit {self.board}: " + "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"board": self.board, "fits": self.fits, "fits_internal": self.fits_internal, "flash": self.flash,
+               "ram": self.ram, "ram_source": self.ram_source, "ram_needed_bytes": self.ram_needed,
+               "flash_needed_bytes": self.flash_needed, "summary": self.summary()}
+        if self.problem():
+            out["problem"] = self.problem()
+        return out
+
 
 def fit_check(weights_bytes: int, activations_bytes: int, board: str, *,
-              code_flash: int = CODE_FLASH_ALLOWANCE, runtime_ram: int = RUNTIME_RAM_ALLOWANCE) -> FitCheck:
+              code_flash: int = CODE_FLASH_ALLOWANCE, runtime_ram: int = RUNTIME_RAM_ALLOWANCE,
+              ram_source: str = "estimate") -> FitCheck:
     """Compare a model's flash and RAM needs with ``board``'s memories (ConfigError for an
-    unknown board). Flash: weights + ``code_flash``; RAM: activations + ``runtime_ram``."""
+    unknown board). Flash: weights + ``code_flash``; RAM: activations + ``runtime_ram``, where
+    ``ram_source`` says whose activation figure it is (``"tflm"``: TFLite Micro's measured arena,
+    persistent runtime buffers included: pass ``runtime_ram=0``)."""
     from stmclf.benchmark.boards import get_board
 
     spec = get_board(board)
     flash_needed, ram_needed = weights_bytes + code_flash, activations_bytes + runtime_ram
     if spec.mpu:
-        return FitCheck(spec.name, flash_needed, ram_needed, 0, 0, 0, 0, 0, "internal", "internal", mpu=True)
+        return FitCheck(spec.name, flash_needed, ram_needed, 0, 0, 0, 0, 0, "internal", "internal", mpu=True,
+                        ram_source=ram_source)
     if flash_needed <= spec.flash_bytes:
         flash = "internal"
     elif weights_bytes <= spec.ext_flash_bytes and code_flash <= max(spec.flash_bytes, spec.ext_flash_bytes):
@@ -932,7 +971,7 @@ def fit_check(weights_bytes: int, activations_bytes: int, board: str, *,
     else:
         ram = "no"
     return FitCheck(spec.name, flash_needed, ram_needed, spec.flash_bytes, spec.ram_bytes, spec.largest_ram_bytes,
-                    spec.ext_flash_bytes, spec.ext_ram_bytes, flash, ram)
+                    spec.ext_flash_bytes, spec.ext_ram_bytes, flash, ram, ram_source=ram_source)
 
 
 @dataclass
@@ -963,18 +1002,17 @@ class Estimate:
 
     def footprint(self, board: Optional[str] = None):
         """This estimate as a :class:`~stmclf.benchmark.results.Footprint` (``source
-        "offline-estimate"``; runtime RAM and code flash unknown). As in ST's reports of a model
+        "estimate"``; runtime RAM and code flash unknown). As in ST's reports of a model
         generated with ``--allocate-inputs --allocate-outputs``, the I/O buffers are in
         ``ram_size`` and ``total_ram_io_size`` (the I/O buffers outside the activations) is 0."""
         from stmclf.benchmark.results import Footprint
 
         notes = [f"offline estimate ({self.fmt}, scratch model {self.conventions.scratch!r}); the input/output "
                  f"buffers ({self.io_bytes} B) are allocated in, and counted in, the activations"]
-        if self.fit is not None:
-            notes.append(self.fit.summary())
-        return Footprint(source="offline-estimate", board=board or (self.fit.board if self.fit else None),
+        return Footprint(source="estimate", board=board or (self.fit.board if self.fit else None),
                          target="mcu", ram_size=self.activations_bytes, rom_size=self.weights_bytes, macc=self.macc,
-                         total_ram_io_size=0, model=self.model.name, notes=notes)
+                         total_ram_io_size=0, model=self.model.name, notes=notes,
+                         ram_fit=self.fit.to_dict() if self.fit is not None else None)
 
     def summary_lines(self) -> list[str]:
         lines = [f"Offline estimate of {self.model.name} ({self.fmt}, {'int8' if self.quantized else 'float'})",
@@ -1008,8 +1046,7 @@ class Estimate:
                                "input_overlap": self.conventions.input_overlap,
                                "scratch": self.conventions.scratch, "alignment": self.conventions.alignment}}
         if self.fit is not None:
-            out["fit"] = {"board": self.fit.board, "fits": self.fit.fits, "fits_internal": self.fit.fits_internal,
-                          "flash": self.fit.flash, "ram": self.fit.ram, "summary": self.fit.summary()}
+            out["fit"] = self.fit.to_dict()
         return out
 
 
@@ -1031,7 +1068,8 @@ def estimate_footprint(model: str | Path, *, board: Optional[str] = None,
         wbytes = sum(graph.tensors[n].nbytes for n in set(op.inputs) if n in weight_names)
         layers.append(LayerEstimate(op.index, op.name, op.op_type, op.kind, out.shape if out else (),
                                     out.dtype if out else "", op_macc(graph, op), wbytes,
-                                    scratch_bytes(graph, op, conventions)))
+                                    scratch_bytes(graph, op, conventions),
+                                    tuple(op.attrs.get("kernel", (1, 1))), _is_depthwise(op)))
     peak = plan.peak_layer
     peak_name = (graph.ops[peak].name if peak is not None and 0 <= peak < len(graph.ops)
                  else ("model input" if peak == -1 else None))

@@ -1,5 +1,9 @@
-"""One footprint record for every way of measuring a model: a board run on the STM32Cube.AI
-Developer Cloud, a cloud ``analyze``, a local ``stedgeai generate``, or the offline estimate.
+"""One footprint record for every way of measuring a model: a board run or an ``analyze`` on the
+STM32Cube.AI Developer Cloud (``source "cloud"``, ``cloud_mode`` "board" or "analyze"), a local
+``stedgeai generate`` (``"stedgeai"``) or the offline estimate (``"estimate"``); next to it, the
+arena TFLite Micro really allocates (``tflm``, source ``"tflm"``), the offline latency estimate
+(``latency``, source ``"estimate"``) and the board-fit check with the RAM figure it used
+(``ram_fit``).
 
 The byte/cycle fields carry the reference client's result attribute names (``ram_size``,
 ``rom_size``, ``macc``, ``estimated_library_ram_size``, ... of ``stm32ai_dc``'s
@@ -23,7 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-SOURCES = ("board", "cloud-analyze", "stedgeai", "offline-estimate")
+SOURCES = ("estimate", "tflm", "stedgeai", "cloud")
+# The names of benchmark.json files written before the rename: source → (source, cloud_mode).
+LEGACY_SOURCES = {"offline-estimate": ("estimate", None), "board": ("cloud", "board"),
+                  "cloud-analyze": ("cloud", "analyze")}
+CLOUD_MODES = ("board", "analyze")
 
 
 def _kib(value: Optional[float]) -> Optional[float]:
@@ -32,8 +40,9 @@ def _kib(value: Optional[float]) -> Optional[float]:
 
 @dataclass
 class Footprint:
-    source: str                                   # one of SOURCES
+    source: str                                   # one of SOURCES (the names of LEGACY_SOURCES are read too)
     board: Optional[str] = None                   # benchmark board (board runs) or None
+    cloud_mode: Optional[str] = None              # source "cloud": "board" (a run on the board) or "analyze"
     target: str = "mcu"                           # "mcu" or "mpu"
     # --- sizes (bytes) and compute --------------------------------------------------------
     ram_size: Optional[int] = None                # activations (MCU) / peak RAM (MPU)
@@ -62,10 +71,24 @@ class Footprint:
     cli_parameters: Optional[str] = None
     model: Optional[str] = None                   # model file name as sent to the tool
     notes: list[str] = field(default_factory=list)  # e.g. why a fallback was taken
+    # --- companions measured or estimated next to the footprint -----------------------------
+    tflm: Optional[dict[str, Any]] = None         # source "tflm": TFLite Micro's measured arena (or why none)
+    latency: Optional[dict[str, Any]] = None      # source "estimate": offline latency (or why none)
+    ram_fit: Optional[dict[str, Any]] = None      # the board-fit check and the RAM figure it used
 
     def __post_init__(self) -> None:
+        if self.source in LEGACY_SOURCES:
+            self.source, mode = LEGACY_SOURCES[self.source]
+            self.cloud_mode = self.cloud_mode or mode
         if self.source not in SOURCES:
             raise ValueError(f"Footprint.source must be one of {SOURCES}, got {self.source!r}")
+        if self.cloud_mode is not None and self.cloud_mode not in CLOUD_MODES:
+            raise ValueError(f"Footprint.cloud_mode must be one of {CLOUD_MODES}, got {self.cloud_mode!r}")
+
+    @property
+    def label(self) -> str:
+        """``cloud (board run)``, ``estimate``, ...: the source as the output names it."""
+        return f"{self.source} ({self.cloud_mode} run)" if self.source == "cloud" and self.cloud_mode else self.source
 
     # --- derived values in the reference's units ----------------------------------------
     @property
@@ -109,17 +132,31 @@ class Footprint:
         out["cycles"] = None if self.cycles is None or self.cycles < 0 else round(self.cycles / 1e6, 3)
         out["inference_time ms"] = (None if self.duration_ms is None or self.duration_ms < 0
                                     else round(self.duration_ms, 2))
+        out.update(self.companion_metrics())
         return {k: v for k, v in out.items() if v is not None}
+
+    def companion_metrics(self) -> dict[str, float]:
+        """stmclf's figures next to the reference's: the TFLM arena and the latency estimate."""
+        out: dict[str, float] = {}
+        tflm = self.tflm or {}
+        if tflm.get("arena_bytes") is not None:
+            out["TFLM arena KiB"] = _kib(tflm["arena_bytes"])
+            out["TFLM persistent KiB"] = _kib(tflm["persistent_bytes"])
+        latency = self.latency or {}
+        if latency.get("ms") is not None:
+            out["Latency estimate ms"] = round(latency["ms"], 2)
+            out["Inferences/s estimate"] = round(latency["inferences_per_s"], 2)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-able record for ``benchmark.json``: provenance, the reference's metric
         names (``cycles`` in millions as ``cycles M``), then the raw fields (bytes, cycles)."""
-        head = {"source": self.source, "board": self.board, "target": self.target, "device": self.device,
-                "tool_version": self.cli_version_str, "model": self.model}
+        head = {"source": self.source, "cloud_mode": self.cloud_mode, "board": self.board, "target": self.target,
+                "device": self.device, "tool_version": self.cli_version_str, "model": self.model}
         out: dict[str, Any] = {k: v for k, v in head.items() if v is not None}
         # metric "cycles" (millions) would collide with the raw field: it is "cycles M" here
         out.update({("cycles M" if k == "cycles" else k): v for k, v in self.metrics().items()})
-        skip = {"source", "board", "target", "device", "cli_version_str", "model", "notes"}
+        skip = {"source", "cloud_mode", "board", "target", "device", "cli_version_str", "model", "notes"}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name not in skip and value is not None:

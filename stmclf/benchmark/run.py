@@ -7,8 +7,15 @@ The numbers come from the first source that works, in this order (the output say
    login failure when the executable is configured),
 4. the offline estimate (``--offline``, or when nothing else is available): MACC, weights flash
    and activation RAM computed from the model file.
+Whatever the source, three companions are added (:func:`add_companions`): the tensor arena TFLite
+Micro really allocates for a ``.tflite`` model (source ``tflm``: head = planned tensors, tail =
+persistent buffers; none for ONNX), the offline latency on the board (source ``estimate``,
+:mod:`stmclf.benchmark.latency`; none after a board run, which measured it, and none for boards the
+calibration does not cover), and the board-fit check, on the TFLM arena when there is one (a real
+runtime's allocation) and on the source's activations otherwise, naming the figure it used.
 Results go to the terminal, ``<run>/benchmark.json`` (the reference's field names plus
-``source``) and MLflow; run directories and MLflow runs are :mod:`stmclf.orchestration`'s.
+``source``, and ``tflm``, ``latency``, ``ram_fit``) and MLflow; run directories and MLflow runs are
+:mod:`stmclf.orchestration`'s.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from stmclf.config import RunConfig
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import ConfigError, UserError, one_line
 
 log = logging.getLogger("stmclf.benchmark")
 DEFAULT_BOARD = "STM32H747I-DISCO"
@@ -65,17 +72,25 @@ def cloud_login_first(cfg: RunConfig, offline: bool):
 
 def measure(cfg: RunConfig, model_path: Path, run_root: Path, *, board: Optional[str] = None,
             offline: bool = False, client=None):
-    """The footprint of ``model_path`` from the first source that works (see the module doc)."""
+    """The footprint of ``model_path`` from the first source that works (see the module doc), with
+    its companions (TFLM arena, latency estimate, board fit)."""
+    board = board_name(cfg, board)
+    footprint, estimate = _measure(cfg, model_path, run_root, board, offline, client)
+    add_companions(footprint, model_path, board, estimate)
+    return footprint
+
+
+def _measure(cfg: RunConfig, model_path: Path, run_root: Path, board: str, offline: bool, client):
+    """(footprint, the offline Estimate when that is the source, else None)."""
     from stmclf.benchmark.estimate import estimate_footprint
 
-    board = board_name(cfg, board)
     tool = _tool(cfg)
     if not offline and tool is not None and tool.on_cloud:
         from stmclf.benchmark.cloud import CloudError, LoginError, ServiceUnreachable, cloud_footprint
 
         try:
             return cloud_footprint(model_path, board, version=tool.version, optimization=tool.optimization,
-                                   client=client, work_dir=run_root / "stm32ai_files")
+                                   client=client, work_dir=run_root / "stm32ai_files"), None
         except (LoginError, ServiceUnreachable) as exc:
             log.warning("Developer Cloud: %s; falling back", exc)
         except CloudError:
@@ -86,22 +101,114 @@ def measure(cfg: RunConfig, model_path: Path, run_root: Path, *, board: Optional
         try:
             return stedgeai_footprint(model_path, run_root / "stm32ai_files",
                                       path_to_stedgeai=tool.path_to_stedgeai or tool.path_to_stm32ai,
-                                      optimization=tool.optimization, version=tool.version)
+                                      optimization=tool.optimization, version=tool.version), None
         except StEdgeAiError as exc:
             if not tool.on_cloud:  # the configured local tool itself is broken: say so
                 raise
             log.warning("local stedgeai: %s; falling back to the offline estimate", exc)
-    estimate = estimate_footprint(model_path, board=board)
+    estimate = estimate_footprint(model_path)  # the board-fit check comes with the companions
     for line in estimate.summary_lines():
         log.info("%s", line)
-    return estimate.footprint(board)
+    return estimate.footprint(board), estimate
+
+
+def tflm_record(model_path: Path) -> dict:
+    """TFLite Micro's measured arena of a ``.tflite`` model (source ``tflm``), or why there is none."""
+    if model_path.suffix.lower() != ".tflite":
+        return {"source": "tflm", "available": False, "reason": "n/a (ONNX model: TFLite Micro runs .tflite files)"}
+    from stmclf.export.tflm import TflmError, measure_arena
+
+    try:
+        arena = measure_arena(model_path)
+    except TflmError as exc:
+        log.warning("%s", exc)
+        return {"source": "tflm", "available": False, "reason": one_line(exc)}
+    return {"source": "tflm", "available": True, "arena_bytes": arena.total_bytes, "head_bytes": arena.head_bytes,
+            "tail_bytes": arena.tail_bytes, "persistent_bytes": arena.persistent_bytes,
+            "nonpersistent_bytes": arena.nonpersistent_bytes}
+
+
+def latency_record(model_path: Path, board: str, estimate=None) -> dict:
+    """The offline latency on ``board`` (source ``estimate``), or why there is none."""
+    from stmclf.benchmark.estimate import estimate_footprint
+    from stmclf.benchmark.latency import NoLatency, estimate_latency
+
+    try:
+        return estimate_latency(estimate or estimate_footprint(model_path), board).to_dict()
+    except (NoLatency, UserError) as exc:
+        return {"source": "estimate", "available": False, "board": board, "reason": one_line(exc)}
+
+
+def board_fit(footprint, board: str):
+    """The board-fit check of ``footprint``: RAM from ST's own tools when they measured it (a
+    ``cloud`` or ``stedgeai`` result: STM32Cube.AI's runtime is what gets deployed), else from the
+    TFLM arena when measured (a real MCU runtime, more conservative than the estimate), else from
+    the estimate's activations (+ its runtime RAM, or the allowance); None for MPU results and
+    boards stmclf's table does not know."""
+    from stmclf.benchmark.estimate import CODE_FLASH_ALLOWANCE, RUNTIME_RAM_ALLOWANCE, fit_check
+
+    if footprint.target == "mpu" or footprint.rom_size is None or footprint.ram_size is None:
+        return None
+    code = footprint.estimated_library_flash_size
+    code = CODE_FLASH_ALLOWANCE if code is None else code
+    arena = (footprint.tflm or {}).get("arena_bytes")
+    try:
+        if arena is not None and footprint.source not in ("cloud", "stedgeai"):
+            return fit_check(footprint.rom_size, arena, board, code_flash=code, runtime_ram=0, ram_source="tflm")
+        runtime = footprint.estimated_library_ram_size
+        return fit_check(footprint.rom_size, footprint.ram_size, board, code_flash=code,
+                         runtime_ram=RUNTIME_RAM_ALLOWANCE if runtime is None else runtime,
+                         ram_source=footprint.source)
+    except ConfigError:  # a cloud board stmclf's table does not know
+        return None
+
+
+def add_companions(footprint, model_path: Path, board: str, estimate=None) -> None:
+    """Fill ``footprint.tflm``, ``.latency`` and ``.ram_fit`` (module doc) and log them."""
+    if footprint.target != "mpu":
+        footprint.tflm = tflm_record(model_path)
+    if footprint.duration_ms is None:  # a board run measured the time itself
+        footprint.latency = latency_record(model_path, board, estimate)
+    fit = board_fit(footprint, board)
+    footprint.ram_fit = fit.to_dict() if fit is not None else None
+    for level, line in companion_lines(footprint):
+        log.log(level, "%s", line)
+
+
+def companion_lines(footprint) -> list[tuple[int, str]]:
+    """(logging level, line) for the RAM figures, the board fit and the latency."""
+    lines: list[tuple[int, str]] = []
+    tflm = footprint.tflm
+    if tflm is not None:
+        kib = {k: tflm.get(k, 0) / 1024 for k in ("arena_bytes", "head_bytes", "tail_bytes")}
+        ram = (f"RAM: activations {footprint.ram_size / 1024:.2f} KiB ({footprint.label})"
+               if footprint.ram_size is not None else f"RAM: {footprint.label}")
+        arena = (f"TFLM measured arena {kib['arena_bytes']:.2f} KiB (head {kib['head_bytes']:.2f} KiB of planned "
+                 f"tensors + tail {kib['tail_bytes']:.2f} KiB of persistent buffers)" if tflm.get("available")
+                 else f"TFLM: {tflm.get('reason')}")
+        lines.append((logging.INFO, f"{ram}; {arena}"))
+    fit = footprint.ram_fit
+    if fit is not None:
+        lines.append((logging.INFO, f"Board fit (RAM from the {_ram_words(fit['ram_source'])}): {fit['summary']}"))
+        if fit.get("problem"):
+            lines.append((logging.WARNING, fit["problem"]))
+    latency = footprint.latency
+    if latency is not None:
+        lines.append((logging.INFO, latency["summary"]) if latency.get("ms") is not None
+                     else (logging.WARNING, latency["reason"]))
+    return lines
+
+
+def _ram_words(ram_source: str) -> str:
+    return {"tflm": "TFLM measured arena, a real runtime's allocation",
+            "estimate": "offline estimate: no TFLM arena"}.get(ram_source, f"{ram_source} activations")
 
 
 def print_footprint(footprint) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"Footprint ({footprint.source}{', ' + footprint.board if footprint.board else ''})")
+    table = Table(title=f"Footprint ({footprint.label}{', ' + footprint.board if footprint.board else ''})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in footprint.metrics().items():
@@ -122,7 +229,7 @@ def benchmark_artifact(cfg: RunConfig, model_path: Path, run_root: Path, *, boar
     footprint = measure(cfg, model_path, run_root, board=board, offline=offline, client=client)
     print_footprint(footprint)
     footprint.write_json(run_root / "benchmark.json", board_capacity(footprint.board or board_name(cfg, board)))
-    log.info("Benchmark of %s: source %s", model_path.name, footprint.source)
+    log.info("Benchmark of %s: source %s", model_path.name, footprint.label)
     for name, value in footprint.metrics().items():
         log.info("%s : %s", name, value)
     if mlflow_logger is not None:
@@ -130,5 +237,6 @@ def benchmark_artifact(cfg: RunConfig, model_path: Path, run_root: Path, *, boar
         tool = _tool(cfg)
         mlflow_logger.log_hyperparams({"stm32ai_version": str(tool.version if tool else None),
                                        "target": footprint.board or board_name(cfg, board),
-                                       "benchmark_source": footprint.source})
+                                       "benchmark_source": footprint.label,
+                                       "ram_fit_source": str((footprint.ram_fit or {}).get("ram_source"))})
     return footprint

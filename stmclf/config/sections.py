@@ -117,6 +117,10 @@ class Quantization:
     target_opset: int = 17
     optimize: bool = False
     extra_options: Optional[str] = None
+    # stmclf addition (docs/config.md)
+    tflm_check_images: int = 32
+    """Evaluation images the int8 TFLite runs on TensorFlow Lite Micro after the export (stmclf/export/tflm.py);
+    0 skips the check."""
 
 
 @dataclass

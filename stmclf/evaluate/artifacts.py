@@ -213,6 +213,26 @@ ARTIFACT_LABELS = {"onnx": ("ONNX float", "onnx_float"), "tflite": ("TFLite floa
                    "onnx_qdq": ("ONNX QDQ int8", "onnx_int"), "tflite_int8": ("TFLite int8", "tflite_int")}
 
 
+TFLM_LABEL = "TFLite int8 on TFLM"
+
+
+def _record_tflm(result, reference: dict[str, dict], class_names: Sequence[str], run_root: Path) -> None:
+    """The export's TensorFlow Lite Micro accuracy (``tflm_*`` checks, see
+    :func:`stmclf.export.export.tflm_check`) as a ``results.json`` record: on the evaluation set
+    when it ran on all of it, else on the set ``<set>_first_<N>`` (no float baseline to compare)."""
+    from stmclf.evaluate.results import record_results
+
+    checks = result.checks
+    name, count, accuracy = checks.get("tflm_set"), checks.get("tflm_images"), checks.get("tflm_accuracy")
+    if name is None or accuracy is None or not count:
+        return
+    if reference.get(name, {}).get("count") != count:
+        name = f"{name}_first_{count}"
+    record_results(run_root, "tflm", TFLM_LABEL, {name: {"accuracy": accuracy, "loss": None, "count": count}},
+                   class_names)
+    log.info("%s %s accuracy %.2f %% (%d images)", TFLM_LABEL, name.replace("_", " "), accuracy, count)
+
+
 def evaluate_export(cfg, result, run_root: Path, *, mlflow_logger=None) -> list[dict]:
     """Accuracy of the source model and of every file of an export (an
     :class:`~stmclf.export.export.ExportResult`) on the evaluation set (test set, else validation
@@ -247,6 +267,7 @@ def evaluate_export(cfg, result, run_root: Path, *, mlflow_logger=None) -> list[
     if rows:
         print_comparison(rows)
     result.checks["comparison"] = rows
+    _record_tflm(result, reference, class_names, run_root)
     if result.export_dir is not None:
         result.write_summary()
     return rows

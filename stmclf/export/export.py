@@ -18,7 +18,9 @@ Files, in ``<out_dir>/<quantization.export_dir>`` (``quantized_models`` by defau
 
 Every file is checked before it is shipped: the float ONNX against torch (max |difference| ≤ 1e-3),
 the float TFLite against torch (≤ 1e-3 and ≥ 99 % top-1 agreement; otherwise no TFLite file at
-all); the int8 files are compared with torch on the same images (top-1 agreement, logged).
+all); the int8 files are compared with torch on the same images (top-1 agreement, logged). The
+int8 TFLite is then run on TensorFlow Lite Micro (:func:`tflm_check`, ``quantization.tflm_check_images``
+images, default 32): arena, agreement with LiteRT, accuracy; a model TFLM cannot run is a warning.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ log = logging.getLogger("stmclf.export")
 FORMATS = ("onnx", "tflite")
 MODEL_BASENAME = "best_model"
 SUMMARY_NAME = "export_summary.json"
+DEFAULT_TFLM_CHECK_IMAGES = 32
 
 
 @dataclass
@@ -54,6 +57,7 @@ class ExportSettings:
     output_type: str = "float"
     calib_moving_average: bool = False
     primary: str = "tflite"  # which int8 file is "the" quantized model (metric int_acc_*)
+    tflm_check_images: int = DEFAULT_TFLM_CHECK_IMAGES  # stmclf: int8 TFLite run on TFLM (0: no check)
 
     @classmethod
     def from_config(cls, cfg) -> "ExportSettings":
@@ -74,12 +78,16 @@ class ExportSettings:
             raise ConfigError("quantization.extra_options", f"{extra!r} is not supported; use calib_moving_average "
                                                             f"or leave it out")
         quantizer = str(section.quantizer or "").lower()
+        tflm_images = getattr(section, "tflm_check_images", DEFAULT_TFLM_CHECK_IMAGES)
+        if not isinstance(tflm_images, int) or isinstance(tflm_images, bool) or tflm_images < 0:
+            raise ConfigError("quantization.tflm_check_images", f"{tflm_images!r} is not allowed; give a number of "
+                                                                f"images ≥ 0 (0 skips the TensorFlow Lite Micro check)")
         return cls(export_dir=section.export_dir or "quantized_models",
                    per_channel=section.granularity != "per_tensor", opset=int(section.target_opset or 17),
                    input_type=normalise_io_type(section.quantization_input_type),
                    output_type=normalise_io_type(section.quantization_output_type),
                    calib_moving_average=extra == "calib_moving_average",
-                   primary="onnx" if quantizer == "onnx_quantizer" else "tflite")
+                   primary="onnx" if quantizer == "onnx_quantizer" else "tflite", tflm_check_images=tflm_images)
 
 
 ARTIFACT_KEYS = ("onnx", "onnx_qdq", "tflite", "tflite_int8", "summary")
@@ -277,6 +285,9 @@ def export_run(cfg, model, out_dir: Path, *, formats: Sequence[str] = FORMATS, i
                 result.checks["tflite_int8_input"] = {"dtype": str(tfl.int8_input.dtype), "scale": tfl.int8_input.scale,
                                                       "zero_point": tfl.int8_input.zero_point}
                 _warn_low_agreement("TFLite int8", tfl.int8_agreement, images.random_calibration)
+                with timer("tflm_check"):
+                    tflm_check(result, tfl.int8_path, images, datamodule, evaluation, rescaling,
+                               settings.tflm_check_images)
 
     result.evaluation, result.notes = (datamodule, evaluation), list(images.notes)
     result.timings["total"] = round(time.perf_counter() - total_start, 3)
@@ -285,6 +296,86 @@ def export_run(cfg, model, out_dir: Path, *, formats: Sequence[str] = FORMATS, i
     result.formats, result.int8, result.rescaling = tuple(formats), int8, tuple(rescaling)
     result.write_summary()
     return result
+
+
+def tflm_check(result: ExportResult, int8_path: Path, images, datamodule, evaluation, rescaling,
+               count: int) -> None:
+    """Run the int8 TFLite on TensorFlow Lite Micro (:mod:`stmclf.export.tflm`) on the first
+    ``count`` evaluation images (else the check images), fed exactly what LiteRT is fed, and
+    record in ``result.checks`` (``tflm_*``) the arena, top-1 agreement and max |difference| of the
+    dequantized outputs vs LiteRT, and the accuracy when the images have labels. TFLM failing (an
+    op it lacks, an arena that does not fit, a missing package) is one warning line: the
+    LiteRT-checked file stays."""
+    from stmclf.export.images import load_images, rescale
+    from stmclf.export.tflite import TfliteModel, nhwc
+    from stmclf.export.tflm import INSTALL_HINT, TflmError, TflmMissing, run_tflm_with_arena
+
+    checks = result.checks
+    if count <= 0:
+        checks["tflm_check"] = "disabled"
+        log.info("TFLM check: disabled (quantization.tflm_check_images: 0)")
+        return
+    pixels, labels = images.check, (images.check_labels if evaluation is not None else None)
+    if evaluation is not None and count > len(pixels):
+        pixels, labels = load_images(datamodule, evaluation[1], count)
+    pixels = pixels[:count]
+    labels = labels[:count] if labels is not None else None
+    model = TfliteModel(int8_path)
+    inputs = (model.raw_pixel_input(nhwc(pixels)) if checks.get("tflite_int8_raw_pixels")
+              else model.quantize_input(nhwc(rescale(pixels, rescaling))))
+    try:
+        run = run_tflm_with_arena(int8_path, inputs)
+    except TflmMissing:
+        checks.update(tflm_check="skipped", tflm_message=f"TFLM check skipped: tflite_micro is not installed "
+                                                         f"({INSTALL_HINT})")
+        log.warning(checks["tflm_message"])
+        return
+    except TflmError as exc:
+        checks.update(tflm_check="failed", tflm_message=f"TFLM check: {str(exc).removeprefix('TFLM: ')}; "
+                                                        f"{int8_path.name} is kept (checked with LiteRT)")
+        log.warning(checks["tflm_message"])
+        return
+    litert = model.run_raw(inputs)
+    tflm, arena = run.outputs.reshape(len(litert), -1), run.arena
+    agreement = 100.0 * float(np.mean(tflm.argmax(1) == litert.argmax(1))) if len(litert) else 100.0
+    max_diff = float(np.max(np.abs(tflm - litert))) if len(litert) else 0.0
+    checks.update(tflm_check="ok", tflm_images=len(litert), tflm_arena_bytes=arena.total_bytes,
+                  tflm_arena_head_bytes=arena.head_bytes, tflm_arena_tail_bytes=arena.tail_bytes,
+                  tflm_agreement=round(agreement, 2), tflm_max_diff=round(max_diff, 6))
+    accuracy = ""
+    if labels is not None and len(labels):
+        checks["tflm_accuracy"] = round(100.0 * float(np.mean(tflm.argmax(1) == labels)), 2)
+        checks["tflm_set"] = evaluation[0]
+        accuracy = f", accuracy {checks['tflm_accuracy']:.1f} %"
+    checks["tflm_message"] = (f"TFLM check: int8 model runs on TensorFlow Lite Micro — {arena.describe()}, top-1 "
+                              f"agreement {agreement:.1f} % vs LiteRT, max |Δ| {max_diff:.4f}{accuracy} "
+                              f"({len(litert)} images, {run.seconds:.1f} s)")
+    log.info(checks["tflm_message"])
+    if agreement < 99.0:  # which kernels differ: LiteRT's own reference kernels on the images that disagree
+        differ = np.flatnonzero(tflm.argmax(1) != litert.argmax(1))
+        reference = _litert_reference_kernels(model).run_raw(inputs[differ])
+        ref_diff = float(np.max(np.abs(tflm[differ] - reference)))
+        checks["tflm_litert_reference_max_diff"] = round(ref_diff, 6)
+        why = (f"TFLM matches LiteRT's reference kernels (max |Δ| {ref_diff:.4f}): LiteRT's optimized int8 kernels "
+               f"round differently and this model's top scores are near ties" if ref_diff <= 1e-6 else
+               f"TFLM differs from LiteRT's reference kernels too (max |Δ| {ref_diff:.4f}): the MCU runtime "
+               f"computes this model differently")
+        log.warning("TFLM check: TensorFlow Lite Micro and LiteRT disagree on %.1f %% of the images; %s",
+                    100.0 - agreement, why)
+
+
+def _litert_reference_kernels(model):
+    """``model`` (a :class:`~stmclf.export.tflite.TfliteModel`) with LiteRT's reference kernels
+    (``BUILTIN_REF``: no XNNPACK, no optimized kernels) — what TFLM's kernels are ported from."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from stmclf.export.tflite import captured_output
+
+    with captured_output(None):
+        model.interpreter = Interpreter(model_path=str(model.path),
+                                        experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        model.interpreter.allocate_tensors()
+    return model
 
 
 def _warn_low_agreement(label: str, agreement: float, random_calibration: bool) -> None:

@@ -64,6 +64,9 @@ def export_stage(journey: Journey, model, *, formats: Sequence[str], int8: bool,
             mlflow_logger.log_metrics({f"export_time_{k}": v for k, v in result.timings.items()})
             mlflow_logger.log_metrics({k: float(v) for k, v in result.checks.items()
                                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            tflm = {k: v for k, v in result.checks.items() if k in ("tflm_check", "tflm_message")}
+            if tflm:  # the TensorFlow Lite Micro check: ok / failed (why) / skipped / disabled
+                mlflow_logger.log_hyperparams(tflm)
         for key, path in result.items():
             log.info("Exported %s: %s", key, path)
     if evaluate:
