@@ -1,6 +1,8 @@
 """`stmclf augment-preview` writes a before/after grid PNG from the config's augmentation."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from PIL import Image
 
@@ -19,6 +21,13 @@ def test_preview_png(write_config, tmp_path):
     assert np.array_equal(image, np.asarray(Image.open(again)))  # seeded: same picture
 
 
-def test_preview_without_augmentation_is_an_error(write_config, tmp_path, capsys):
-    assert main(["augment-preview", "--config", str(write_config()), "--out", str(tmp_path / "x.png")]) == 2
-    assert "data_augmentation: no data_augmentation" in capsys.readouterr().err
+def test_preview_without_augmentation_shows_the_preprocessing(write_config, tmp_path, caplog):
+    """No data_augmentation: one notice and the grid of each file as stored above the model
+    input, instead of an error."""
+    out = tmp_path / "x.png"
+    with caplog.at_level(logging.WARNING, logger="stmclf"):
+        assert main(["augment-preview", "--config", str(write_config()), "--num-images", "3", "--out", str(out)]) == 0
+    notices = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(notices) == 1 and "no data_augmentation" in notices[0] and "preprocessing alone" in notices[0]
+    image = np.asarray(Image.open(out))
+    assert image.shape[0] > 100 and image.shape[1] > 200

@@ -125,6 +125,12 @@ def test_seed_example_parses_unchanged(seed_file):
     assert cfg.trainer["accelerator"] == "auto"
 
 
+def test_an_empty_trainer_section_means_lightnings_defaults(seed_file):
+    seed_file.write_text(seed_file.read_text() + "\ntrainer:\n")
+    cfg = load_config(["--config", str(seed_file)])
+    assert cfg.trainer == {}
+
+
 def test_overrides_and_trainer_section(seed_file):
     cfg = load_config(["--config", str(seed_file), "--training.epochs", "3",
                        "--preprocessing.rescaling.scale", "1/255", "--trainer.precision", "bf16-mixed",

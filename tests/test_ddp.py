@@ -20,7 +20,7 @@ def test_two_process_ddp_run_writes_one_set_of_artifacts(tmp_path, image_folder)
     assert sorted(p.name for p in (run / "saved_models").iterdir()) == [
         "best_augmented_model.ckpt", "best_model.pt", "last_augmented_model.ckpt"]
     with open(run / "logs/metrics/train_metrics.csv") as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
     assert len(list((run / "logs").glob("events.out.tfevents.*"))) == 1
     log = (run / "stmclf.log").read_text()
     assert log.count("operation finished: training") == 1

@@ -111,6 +111,20 @@ def test_plot_lr(write_config, tmp_path, capsys):
     out = tmp_path / "lr.png"
     assert main(["plot-lr", "--config", str(config), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
-    plateau = write_config("plateau.yaml")
-    assert main(["plot-lr", "--config", str(plateau), "--out", str(out)]) == 2
-    assert "cannot be plotted before training" in capsys.readouterr().err
+    plateau = write_config("plateau.yaml")  # ReduceLROnPlateau: factor 0.5, patience 10
+    assert main(["plot-lr", "--config", str(plateau), "--out", str(tmp_path / "plateau.png")]) == 0
+    assert (tmp_path / "plateau.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_lr_of_reduce_lr_on_plateau_is_its_fastest_decay(write_config):
+    """Keras's rules: the first epoch always improves, patience=3 reduces at the end of the 4th
+    epoch, cooldown=2 counts from the second epoch after a reduction, min_lr is the floor."""
+    from stmclf.config import load_config
+    from stmclf.training.plot_lr import learning_rates
+
+    config = write_config(epochs=14)
+    config.write_text(config.read_text().replace("      patience: 10\n", "      patience: 3\n      cooldown: 2\n"
+                                                 "      min_lr: 0.001\n"))
+    name, rates = learning_rates(load_config(["--config", str(config)]))
+    assert name == "ReduceLROnPlateau"
+    assert rates == pytest.approx([0.005] * 4 + [0.0025] * 4 + [0.00125] * 4 + [0.001] * 2)

@@ -56,4 +56,4 @@ def test_seed_training_config_trains_and_resumes(tmp_path, keras_imagenet_file, 
     assert main(["run", "--config", str(resume), "--training.epochs", "2",
                  "--trainer.enable_progress_bar", "false"]) == 0
     with open(tmp_path / "experiments_outputs/resumed/logs/metrics/train_metrics.csv") as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1"]
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["2"]

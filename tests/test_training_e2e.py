@@ -37,7 +37,7 @@ def test_run_directory_layout(trained):
         assert (run / name).is_file(), name
     assert list((run / "logs").glob("events.out.tfevents.*"))
     rows = _rows(run / "logs/metrics/train_metrics.csv")
-    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert [r["epoch"] for r in rows] == ["1", "2"]  # epochs from 1
     assert set(rows[0]) == {"epoch", "accuracy", "loss", "lr", "val_accuracy", "val_loss"}
     assert float(rows[0]["lr"]) == pytest.approx(0.005)
     log = (run / "stmclf.log").read_text()
@@ -88,7 +88,7 @@ def test_resume_continues_epoch_count(trained, tmp_path, image_folder):
     (tmp_path / "resume.yaml").write_text(text)
     result = train(load_config(["--config", str(tmp_path / "resume.yaml")]))
     rows = _rows(tmp_path / "resumed/logs/metrics/train_metrics.csv")
-    assert [r["epoch"] for r in rows] == ["2", "3"]
+    assert [r["epoch"] for r in rows] == ["3", "4"]
     assert result.epochs_run == 2
     resumed = torch.load(result.last_checkpoint, weights_only=True)
     assert resumed["epoch"] == 3

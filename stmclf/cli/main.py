@@ -62,7 +62,8 @@ def _format_rows(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
 
 COMMON_OPTIONS = {
     "config": ("--config FILE", "ST model-zoo YAML config file (may be given more than once)"),
-    "print_config": ("--print_config", "print the resolved config and exit"),
+    "print_config": ("--print_config[=st|extras]", "print the resolved config and exit; =st: ST's schema only (a "
+                     "run's config.yaml), =extras: the rest (its stmclf_extras.yaml)"),
     "trust_model_file": None, "trust_code": None, "offline": None,
 }
 """Options every config command has (shown after the command's own); a tuple replaces the text."""
@@ -157,7 +158,8 @@ def _run(cfg) -> None:
 
 
 def _with_run_config(argv: Sequence[str]) -> list[str]:
-    """``--run RUN_DIR`` without ``--config``: the run's own ``config.yaml`` is the config."""
+    """``--run RUN_DIR`` without ``--config``: the run's own config is the config (its
+    ``config.yaml``, then its ``stmclf_extras.yaml`` when there is one)."""
     argv = list(argv)
     if "--config" in argv or any(a.startswith("--config=") for a in argv):
         return argv
@@ -165,12 +167,9 @@ def _with_run_config(argv: Sequence[str]) -> list[str]:
         run = argv[i + 1] if arg == "--run" and i + 1 < len(argv) else \
             (arg.split("=", 1)[1] if arg.startswith("--run=") else None)
         if run is not None:
-            from pathlib import Path
+            from stmclf.config.run_files import run_config_args
 
-            config = Path(run) / "config.yaml"
-            if not config.is_file():
-                raise UserError(f"--run {run}: no config.yaml there; is this a stmclf run directory?")
-            return ["--config", str(config), *argv]
+            return [*run_config_args(run, label=f"--run {run}"), *argv]
     return argv
 
 
@@ -199,7 +198,7 @@ def _data(argv: Sequence[str]) -> int:
     if checking:
         from stmclf.config.parser import parse_args
 
-        return _data_check(check, parse_args(parser, argv).check)
+        return _data_check(check, parse_args(check, list(argv[1:])))  # the check parser: its --print_config
     args = _parse_small(parser, argv)
     if args.action == "fetch":
         from stmclf.data.fetch import fetch_dataset
@@ -423,10 +422,16 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 
 
 NOISY_WARNINGS = (
-    r".*overridden `on_after_batch_transfer`.*",  # our module owns the on-device preprocessing
-    r".*is smaller than the logging interval.*",  # we log per epoch
-    r".*isinstance\(treespec, LeafSpec\).*",
-    r".*does not have many workers which may be a bottleneck.*",  # workers are sized to the cores
+    # (message, category, module that warns): third-party warnings that are harmless with stmclf's
+    # settings, hidden in one place; any other warning (a user's misconfiguration) stays visible.
+    (r".*overridden `on_after_batch_transfer`", UserWarning, r"lightning\."),  # our module owns preprocessing
+    (r".*is smaller than the logging interval", UserWarning, r"lightning\."),  # we log per epoch
+    (r".*isinstance\(treespec, LeafSpec\)", FutureWarning, r"lightning\."),  # Lightning vs torch's pytree
+    (r".*does not have many workers which may be a bottleneck", UserWarning, r"lightning\."),  # sized to the cores
+    (r"Precision \S+ is not supported by the model summary", UserWarning, r"lightning\."),  # size in fp32: right
+    (r"Checkpoint directory .* exists and is not empty", UserWarning, r"lightning\."),  # a resumed run's folder
+    # DDP: the epoch (logged step) and the learning rate are the same on every rank
+    (r"It is recommended to use `self\.log\('(step|lr)', \.\.\., sync_dist=True\)`", UserWarning, r"lightning\."),
 )
 
 
@@ -434,8 +439,8 @@ def _quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for pattern in NOISY_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
+    for message, category, module in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning.pytorch.accelerators.cuda", "alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -444,13 +449,36 @@ def _quiet_libraries() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
+class _PlainHandler(logging.StreamHandler):
+    """Console logging when stdout is not a terminal (piped, CI): one plain line per record, an INFO
+    message bare and any other prefixed with its level, written to the current ``sys.stdout``."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):  # the stdout of the moment (a test's capture, a redirect), as Rich's console does
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno == logging.INFO else f"{record.levelname} {text}"
+
+
 def _setup_console_logging() -> None:
     from rich.logging import RichHandler
 
     logger = logging.getLogger("stmclf")
-    if not any(isinstance(h, RichHandler) for h in logger.handlers):
-        handler = RichHandler(show_path=False, show_time=False, markup=False)
+    if not any(isinstance(h, (RichHandler, _PlainHandler)) for h in logger.handlers):
+        handler = (RichHandler(show_path=False, show_time=False, markup=False) if sys.stdout.isatty()
+                   else _PlainHandler())
         handler.setFormatter(logging.Formatter("%(message)s"))
+        # records for the log file only (training.progress.EpochLine while the Rich bar shows the epoch)
+        handler.addFilter(lambda record: not getattr(record, "file_only", False))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 

@@ -10,6 +10,7 @@ import yaml
 
 from stmclf.config import rules
 from stmclf.config.interpolate import env_references, interpolate, redact, time_stamped_keys
+from stmclf.config.st_schema import config_yaml, split_yaml
 from stmclf.config.sections import (DEFAULT_RUN_DIR, Benchmarking, CustomDataAugmentation, Dataset,
                                     Deployment, Evaluation, General, Mlflow, Prediction,
                                     Preprocessing, Quantization, Tools, Training)
@@ -38,6 +39,8 @@ class RunConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
     config_files: list[str] = field(default_factory=list)
     resolved_yaml: str = ""
+    """The whole resolved config (what ``--print_config`` shows); a run writes it split in two:
+    :meth:`written_files`."""
     trust_model_file: bool = False
     """Command line only: allow a pickled torch module as general.model_path."""
     trust_code: bool = False
@@ -72,24 +75,38 @@ class RunConfig:
         ``${NAME}`` references (what MLflow parameters and written configs may show)."""
         return redact(self.to_dict(), self.env_references)
 
+    def written_files(self) -> tuple[str, str]:
+        """The texts of a run's ``config.yaml`` (ST's schema only) and ``stmclf_extras.yaml``
+        (``trainer`` and stmclf's keys), split from :attr:`resolved_yaml` (stmclf/config/st_schema.py)."""
+        return split_yaml(self.resolved_yaml)
+
 
 CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(RunConfig)) - {"config_files", "resolved_yaml",
                                                                         "trust_model_file", "trust_code",
                                                                         "offline"}
-"""Top-level keys a run's config.yaml holds: the YAML sections and ``trainer``."""
+"""Top-level keys of a resolved config: the YAML sections and ``trainer`` (a run writes them to
+``config.yaml`` and ``stmclf_extras.yaml``); command-line options are not among them."""
 
 
-def from_namespace(parser, ns) -> RunConfig:
-    """Turn a parsed jsonargparse namespace into a validated :class:`RunConfig`."""
+def resolved_yaml(parser, ns, *, skip_default: bool = False, skip_unset: bool = False) -> str:
+    """The resolved config of a parsed namespace as YAML: the sections and ``trainer``, without
+    the command-line options (``--offline``, ``--trust-*``, ``--ckpt_path``, ``--print_config``);
+    values from environment variables stay ``${NAME}``."""
     config_ns = ns.clone()
     for key in list(config_ns.keys()):
         if "." not in key and key not in CONFIG_KEYS:  # command-line options (--offline, --ckpt_path, ...)
             config_ns.pop(key, None)
-    resolved = parser.dump(config_ns, skip_none=False, skip_validation=True)
+    resolved = parser.dump(config_ns, skip_unset=skip_unset, skip_default=skip_default, skip_validation=True)
     refs = env_references()  # environment-variable values stay ${NAME} in the written config
     if refs:
-        resolved = yaml.safe_dump(redact(yaml.safe_load(resolved), refs), default_flow_style=False,
-                                  allow_unicode=True, sort_keys=False)
+        resolved = config_yaml(redact(yaml.safe_load(resolved), refs))
+    return resolved
+
+
+def from_namespace(parser, ns) -> RunConfig:
+    """Turn a parsed jsonargparse namespace into a validated :class:`RunConfig`."""
+    resolved = resolved_yaml(parser, ns)
+    refs = env_references()
     init = parser.instantiate_classes(ns)
     values = {}
     for f in dataclasses.fields(RunConfig):
@@ -98,7 +115,8 @@ def from_namespace(parser, ns) -> RunConfig:
         value = init.get(f.name)
         if value is not None:
             values[f.name] = value
-    values["trainer"] = ns.get("trainer").as_dict()
+    trainer = ns.get("trainer")  # None for an empty `trainer:` section
+    values["trainer"] = trainer.as_dict() if trainer is not None else {}
     values["config_files"] = [str(p) for p in (ns.get("config") or [])]
     values["resolved_yaml"] = resolved
     values["trust_model_file"] = bool(ns.get("trust_model_file", False))

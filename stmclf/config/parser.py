@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import stat
+import sys
 import typing
 from typing import Any, Optional, Sequence
 
@@ -273,9 +274,13 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
     import lightning
 
     parser = ArgumentParser(prog=prog, description=description, parser_mode=PARSER_MODE,
-                            exit_on_error=False, default_meta=False)
+                            exit_on_error=False, default_meta=False, print_config=None)
     parser.add_argument("--config", action=ConfigFileAction,
                         help="ST model-zoo YAML config file (may be given more than once)")
+    parser.add_argument("--print_config", type=Optional[str], default=None, metavar="[=st|extras]",
+                        help="print the resolved config and exit; =st: ST's schema only (the run's config.yaml), "
+                             "=extras: the rest (stmclf_extras.yaml); flags skip_default, skip_unset may follow "
+                             "after a comma")
     parser.add_argument("--trust-model-file", "--trust_model_file", dest="trust_model_file", action="store_true",
                         default=False, help="allow general.model_path to be a pickled torch module (runs code "
                                             "from the file: only for files you trust)")
@@ -428,7 +433,10 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     key: Optional[str] = None
     for arg in argv:
-        if arg.startswith("--"):
+        if arg == "--print_config":  # no flags: the whole config (flags only as --print_config=FLAGS)
+            out.append("--print_config=")
+            key = None
+        elif arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
             out.append(f"--{name}={_convert_override(name, value)}" if eq else arg)
             key = None if eq else name
@@ -448,10 +456,11 @@ HYDRA_OVERRIDE = re.compile(r"^\+?[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 
 def parse_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
-    """Parse ``argv``; any problem becomes a one-line :class:`UserError`."""
+    """Parse ``argv``; any problem becomes a one-line :class:`UserError`. With ``--print_config``
+    the config is printed (:func:`print_config_text`) and the process exits with code 0."""
     clear_env_references()  # filled by load_yaml, read by stmclf.config.from_namespace
     try:
-        return parser.parse_args(convert_overrides(argv))
+        ns = parser.parse_args(convert_overrides(argv))
     except UserError:
         raise
     except Exception as exc:  # jsonargparse raises ArgumentError/TypeError subclasses
@@ -460,3 +469,35 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
             raise UserError(str(cause)) from None
         message = re.sub(r"^Problems parsing config\s*:\s*", "", str(exc))
         raise UserError(one_line_error(message)) from None
+    flags = ns.get("print_config")
+    if flags is not None:
+        sys.stdout.write(print_config_text(parser, ns, flags))
+        raise SystemExit(0)
+    return ns
+
+
+PRINT_CONFIG_FORMS = ("st", "extras")
+"""``--print_config=st``: what the run's ``config.yaml`` holds; ``=extras``: its ``stmclf_extras.yaml``."""
+PRINT_CONFIG_FLAGS = {"skip_default": "skip_default", "skip_unset": "skip_unset", "skip_null": "skip_unset"}
+"""jsonargparse's ``--print_config`` flags, kept (``skip_null`` is its old name of ``skip_unset``)."""
+
+
+def print_config_text(parser: ArgumentParser, ns: Namespace, flags: str) -> str:
+    """The YAML ``--print_config=FLAGS`` prints: the whole resolved config (no form), ST's schema
+    only (``st``) or the rest (``extras``); the command-line options are never part of it."""
+    from stmclf.config import resolved_yaml
+    from stmclf.config.st_schema import split_yaml
+
+    words = [w.strip() for w in flags.split(",") if w.strip()]
+    forms = [w for w in words if w in PRINT_CONFIG_FORMS]
+    bad = [w for w in words if w not in PRINT_CONFIG_FORMS and w not in PRINT_CONFIG_FLAGS]
+    if bad or len(forms) > 1:
+        raise UserError(f"--print_config={flags}: {'unknown flag ' + repr(bad[0]) if bad else 'st and extras together'}"
+                        f"; allowed: --print_config, --print_config=st or =extras, optionally with "
+                        f"{', '.join(PRINT_CONFIG_FLAGS)} after a comma")
+    options = {PRINT_CONFIG_FLAGS[w]: True for w in words if w in PRINT_CONFIG_FLAGS}
+    text = resolved_yaml(parser, ns, **options)
+    if not forms:
+        return text
+    st, extras = split_yaml(text)
+    return st if forms[0] == "st" else extras

@@ -5,16 +5,20 @@ note instead of the section, never a crash):
 
 - Journey: which stage left which file.
 - Accuracy: one row per artifact and set — the float model, ONNX float / QDQ int8, TFLite float /
-  int8 — from ``results.json`` and ``<export_dir>/export_summary.json``: accuracy, delta vs the
-  float model (points; the float → int8 deltas highlighted), file size, top-1 agreement with the
-  float model when the export measured it; the export's checks and timings below.
+  int8, the int8 TFLite on TensorFlow Lite Micro — from ``results.json`` and
+  ``<export_dir>/export_summary.json``: accuracy, delta vs the float model (points; the float →
+  int8 deltas highlighted), file size, top-1 agreement with the float model when the export
+  measured it; the export's checks (the TensorFlow Lite Micro check's line highlighted) and
+  timings below.
 - Training: curves, confusion matrices and per-class accuracy of every evaluated model.
 - Benchmark: the footprint in ``benchmark.json`` (flash / RAM of weights and activations, MACC,
-  inference time) against the board's capacity when the record carries it
-  (``board_flash_bytes``, ``board_ram_bytes``, optional ``board_ext_flash_bytes``/``_ram_bytes``).
+  inference time, TFLM measured arena, offline latency estimate) against the board's capacity when
+  the record carries it (``board_flash_bytes``, ``board_ram_bytes``, optional
+  ``board_ext_flash_bytes``/``_ram_bytes``), and the board-fit check with the RAM figure it used;
+  records with the source names used before (``board``, ``cloud-analyze``, ``offline-estimate``) read too.
 - Deployment header: the key macros of ``generated/ai_model_config.h``.
 - Predictions: the first rows of ``predictions/predictions.csv``.
-- Config: the resolved ``config.yaml``.
+- Config: the run's ``config.yaml`` (ST's schema) and ``stmclf_extras.yaml`` (stmclf's keys).
 
 Everything read from the run directory is untrusted: every string is HTML-escaped, and only files
 inside the run directory are read (``benchmark.json`` is read as plain JSON: the benchmark layer
@@ -35,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME, read_run_config
 from stmclf.errors import UserError, one_line
-from stmclf.evaluate.artifacts import ARTIFACT_LABELS
+from stmclf.evaluate.artifacts import ARTIFACT_LABELS, TFLM_LABEL
 from stmclf.evaluate.predict import CSV_NAME, PREDICTIONS_DIR
 from stmclf.export.export import MODEL_BASENAME, SUMMARY_NAME
 
@@ -55,14 +60,16 @@ MAX_PROB_COLUMNS = 10
 DEFAULT_FILES = {"onnx": (f"{MODEL_BASENAME}.onnx",),
                  "onnx_qdq": (f"{MODEL_BASENAME}_quant_qdq_pc.onnx", f"{MODEL_BASENAME}_quant_qdq_pt.onnx"),
                  "tflite": (f"{MODEL_BASENAME}_float32.tflite",), "tflite_int8": ("quantized_model.tflite",)}
-LABEL_KEYS = {label: key for key, (label, _) in ARTIFACT_LABELS.items()}
-ARTIFACT_ORDER = [FLOAT_LABEL, "ONNX float", "TFLite float", "ONNX QDQ int8", "TFLite int8"]
+LABEL_KEYS = {label: key for key, (label, _) in ARTIFACT_LABELS.items()} | {TFLM_LABEL: "tflite_int8"}
+ARTIFACT_ORDER = [FLOAT_LABEL, "ONNX float", "TFLite float", "ONNX QDQ int8", "TFLite int8", TFLM_LABEL]
 INT8_KINDS = {"int", "onnx_int", "tflite_int"}
 CHECK_AGREEMENT = {"onnx_qdq": "onnx_qdq_agreement", "tflite": "tflite_float_agreement",
                    "tflite_int8": "tflite_int8_agreement"}
-SOURCE_NAMES = {"board": "board run (STM32Cube.AI Developer Cloud)", "cloud-analyze": "cloud analyze",
-                "stedgeai": "local stedgeai generate", "offline-estimate": "offline estimate",
-                "tflm": "TFLite Micro"}
+SOURCE_NAMES = {"cloud": "STM32Cube.AI Developer Cloud", "stedgeai": "local stedgeai generate",
+                "estimate": "offline estimate", "tflm": "TFLite Micro",
+                # the names of benchmark.json files written before the rename
+                "board": "board run (STM32Cube.AI Developer Cloud)", "cloud-analyze": "cloud analyze",
+                "offline-estimate": "offline estimate"}
 HEADER_MACROS = ("NB_CLASSES", "CLASSES_TABLE", "INPUT_HEIGHT", "INPUT_WIDTH", "INPUT_CHANNELS", "QUANT_INPUT_TYPE",
                  "QUANT_OUTPUT_TYPE", "INPUT_QUANT_SCALE", "INPUT_QUANT_ZERO_POINT", "OUTPUT_QUANT_SCALE",
                  "OUTPUT_QUANT_ZERO_POINT", "ASPECT_RATIO_MODE", "PP_COLOR_MODE", "CAMERA_INTERFACE",
@@ -178,7 +185,9 @@ class RunFiles:
     def __init__(self, run_dir: Path) -> None:
         self.root = run_dir
         self.notes: dict[str, str] = {}
-        self.config_text = (run_dir / "config.yaml").read_text(encoding="utf-8", errors="replace")
+        self.config_text = (run_dir / CONFIG_NAME).read_text(encoding="utf-8", errors="replace")
+        extras = run_dir / EXTRAS_NAME  # not in runs written before the split
+        self.extras_text = extras.read_text(encoding="utf-8", errors="replace") if extras.is_file() else None
         self.cfg = self._config()
         quantization = self.cfg.get("quantization") if isinstance(self.cfg.get("quantization"), dict) else {}
         general = self.cfg.get("general") if isinstance(self.cfg.get("general"), dict) else {}
@@ -203,14 +212,11 @@ class RunFiles:
         self.predictions = run_dir / PREDICTIONS_DIR / CSV_NAME
 
     def _config(self) -> dict:
-        import yaml
-
         try:
-            data = yaml.safe_load(self.config_text)
-        except yaml.YAMLError as exc:
-            self.notes["config"] = f"config.yaml: not valid YAML ({one_line(exc)}); default folders assumed"
+            return read_run_config(self.root)
+        except UserError as exc:
+            self.notes["config"] = f"{one_line(exc)}; default folders assumed"
             return {}
-        return data if isinstance(data, dict) else {}
 
     @staticmethod
     def _valid_record(record: Any) -> bool:
@@ -379,6 +385,9 @@ def _export_details(run: RunFiles) -> str:
     checks = summary.get("checks")
     if isinstance(checks, dict):
         head += [[_e(f"checks.{k}"), _e(v)] for k, v in checks.items() if _scalar(v)]
+        if isinstance(checks.get("tflm_message"), str):  # the TensorFlow Lite Micro check, ok or why not
+            parts.append(f'<p class="{"ok" if checks.get("tflm_check") == "ok" else "note"}">'
+                         f'{_e(checks["tflm_message"])}</p>')
     if head:
         parts.append(_table(["field", "value"], head))
     timings = summary.get("timings")
@@ -456,8 +465,9 @@ def _benchmark(run: RunFiles) -> str:
     mpu = b.get("target") == "mpu"
     source = str(b.get("source") or "")
     rows = [["board", _e(b.get("board") or "(none)")],
-            ["source", _e(SOURCE_NAMES.get(source, source) or "unknown") + (f" <small>({_e(source)})</small>"
-                                                                           if source in SOURCE_NAMES else "")]]
+            ["source", _e(SOURCE_NAMES.get(source, source) or "unknown")
+             + (f" {_e(b['cloud_mode'])} run" if b.get("cloud_mode") else "")
+             + (f" <small>({_e(source)})</small>" if source in SOURCE_NAMES else "")]]
     for key, label in (("target", "target"), ("device", "device"), ("tool_version", "tool version"),
                        ("model", "model file")):
         if b.get(key) is not None:
@@ -478,6 +488,18 @@ def _benchmark(run: RunFiles) -> str:
     duration = duration if duration is not None and duration >= 0 else _num(b.get("inference_time ms"))
     if duration is not None:
         rows.append(["inference time", f"{duration:.2f} ms"])
+    companions = {k: b[k] if isinstance(b.get(k), dict) else {} for k in ("tflm", "latency", "ram_fit")}
+    tflm, latency = companions["tflm"], companions["latency"]
+    if _int(tflm.get("arena_bytes")) is not None:
+        rows.append(["RAM: TFLM measured arena", _bytes(tflm["arena_bytes"]) + " <small>head "
+                     + _e(human_size(tflm.get("head_bytes") or 0)) + " + tail (persistent) "
+                     + _e(human_size(tflm.get("tail_bytes") or 0)) + "</small>"])
+    elif tflm.get("reason"):
+        rows.append(["RAM: TFLM measured arena", _e(tflm["reason"])])
+    if _num(latency.get("ms")) is not None:
+        rows.append(["latency (offline estimate)", _e(latency.get("summary") or f"{latency['ms']:.1f} ms")])
+    elif latency.get("reason"):
+        rows.append(["latency (offline estimate)", _e(latency["reason"])])
     cycles = _int(b.get("cycles"))
     if cycles is not None and cycles >= 0:
         rows.append(["cycles", f"{cycles:,}"])
@@ -496,12 +518,19 @@ def _benchmark(run: RunFiles) -> str:
         fit = [_fit_row("flash", total_flash if total_flash is not None else weights,
                         "weights + code" if total_flash is not None else "weights only", board_flash, ext_flash),
                _fit_row("RAM", total_ram if total_ram is not None else activations,
-                        "activations + runtime" if total_ram is not None else "activations only", board_ram, ext_ram)]
+                        "activations + runtime" if total_ram is not None else "activations only", board_ram, ext_ram),
+               _fit_row("RAM", _int(tflm.get("arena_bytes")), "TFLM measured arena", board_ram, ext_ram)]
         parts.append(f"<h3>Fit on {_e(b.get('board') or 'the board')}</h3>")
         parts.append(_table(["memory", "used", "available", "use", "fits"], [r for r in fit if r]))
         if board_flash is None or board_ram is None:
             parts.append(_note(f"{BENCHMARK_FILE} does not record the board's memory sizes (board_flash_bytes, "
                                f"board_ram_bytes): capacity not shown"))
+        ram_fit = companions["ram_fit"]
+        if ram_fit.get("summary"):
+            used = "the TFLM measured arena" if ram_fit.get("ram_source") == "tflm" else "the activations"
+            parts.append(f"<p>Board-fit check (RAM from {used}): {_e(ram_fit['summary'])}</p>")
+        if ram_fit.get("problem"):
+            parts.append(f'<p class="bad">{_e(ram_fit["problem"])}</p>')
     notes = b.get("notes")
     if isinstance(notes, list) and notes:
         parts.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
@@ -633,7 +662,9 @@ def _predictions(run: RunFiles) -> str:
 
 def _config(run: RunFiles) -> str:
     note = _note(run.notes["config"]) if "config" in run.notes else ""
-    return "<h2>Config</h2>" + note + "<pre>" + _e(run.config_text) + "</pre>"
+    extras = "" if run.extras_text is None else \
+        f"<h3>{_e(EXTRAS_NAME)}</h3><pre>" + _e(run.extras_text) + "</pre>"
+    return f"<h2>Config</h2>{note}<h3>{_e(CONFIG_NAME)}</h3><pre>" + _e(run.config_text) + "</pre>" + extras
 
 
 def _section(name: str, render: Callable[[RunFiles], str], run: RunFiles) -> str:
@@ -652,7 +683,7 @@ SECTIONS: tuple[tuple[str, Callable[[RunFiles], str]], ...] = (
 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG_NAME).is_file():
         raise UserError(f"report: {run_dir} is not a stmclf run directory (no config.yaml)")
     run = RunFiles(run_dir)
     parts = [f"<h1>stmclf run {_e(run_dir.name)}</h1>"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from stmclf.config import RunConfig
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import ConfigError
 from stmclf.orchestration.journey import Journey, resolve_run_dir
 from stmclf.orchestration.stages import (benchmark_stage, export_stage, model_label, predict_stage,
                                          train_stage)
@@ -124,12 +124,10 @@ def deploy_header_command(run: str, out: Optional[str] = None) -> Path:
     run's MLflow parent run as the ``deploy`` stage."""
     from stmclf.benchmark.deploy_header import write_deploy_header
     from stmclf.config import load_config
+    from stmclf.config.run_files import run_config_args
 
     root = Path(run)
-    config = root / "config.yaml"
-    if not config.is_file():
-        raise UserError(f"{root}: no config.yaml; is this a stmclf run directory?")
-    cfg = load_config(["--config", str(config)], prog="stmclf deploy-header")
+    cfg = load_config(run_config_args(root), prog="stmclf deploy-header")
     journey = Journey(cfg, root)
     with journey.stage("deploy", artifacts=[Path(out)] if out else ()):
         header = write_deploy_header(root, out)

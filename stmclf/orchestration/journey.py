@@ -15,20 +15,21 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from stmclf.config import RunConfig
+from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME
 from stmclf.training.run_dir import RunDir, create_run_dir, find_run_dir
 from stmclf.training.tracking import finish_mlflow_run, is_global_zero, start_mlflow_run
 
 log = logging.getLogger("stmclf")
 
 STAGE_ARTIFACTS = {
-    "train": ("config.yaml", "stmclf.log", "training_curves.png", "{saved_models}", "{logs}/metrics"),
+    "train": (CONFIG_NAME, EXTRAS_NAME, "stmclf.log", "training_curves.png", "{saved_models}", "{logs}/metrics"),
     "export": ("{export_dir}",),
     "evaluate": ("results.json",),
     "benchmark": ("benchmark.json",),
     "predict": ("predictions",),
     "deploy": ("generated",),
 }
-SUMMARY_FILES = ("report.html", "results.json", "benchmark.json", "config.yaml")
+SUMMARY_FILES = ("report.html", "results.json", "benchmark.json", CONFIG_NAME, EXTRAS_NAME)
 
 
 def _time_stamped(cfg: Optional[RunConfig]) -> bool:

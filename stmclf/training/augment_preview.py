@@ -4,21 +4,26 @@ The reference's ``test_data_augment.py`` shows blocking windows; this writes one
 are taken from the training set (seeded), loaded exactly as training loads them, rescaled,
 augmented with the config's ``data_augmentation`` (or ``custom_data_augmentation``), and mapped
 back to pixels for display (with the training module's batch augmentation, hence here and not
-in :mod:`stmclf.augment`, which sits below training).
+in :mod:`stmclf.augment`, which sits below training). A config without augmentation gets the
+preprocessing alone: each image as stored, then as the model sees it (resized, colour mode).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from stmclf.config import RunConfig
-from stmclf.data.decode import ImageFormat
-from stmclf.data.folder import make_splits
+from stmclf.data.cifar import convert_color
+from stmclf.data.decode import ImageFormat, decode_image
+from stmclf.data.folder import FileList, make_splits
 from stmclf.errors import ConfigError, UserError
 from stmclf.figures import save_figure
 from stmclf.training.module import build_batch_augmentation
+
+log = logging.getLogger(__name__)
 
 
 def _input_shape(cfg: RunConfig) -> list[int]:
@@ -32,8 +37,6 @@ def _input_shape(cfg: RunConfig) -> list[int]:
 def augment_preview(cfg: RunConfig, num_images: int, seed: int, out: Path) -> Path:
     if cfg.dataset is None or cfg.preprocessing is None:
         raise ConfigError("dataset", "the preview needs the dataset and preprocessing sections")
-    if not cfg.data_augmentation and not cfg.custom_data_augmentation:
-        raise ConfigError("data_augmentation", "no data_augmentation or custom_data_augmentation section to preview")
     fmt = ImageFormat.from_config(cfg.preprocessing, _input_shape(cfg))
     splits = make_splits(cfg.dataset)
     source = splits.train if splits.train is not None else splits.valid
@@ -44,6 +47,14 @@ def augment_preview(cfg: RunConfig, num_images: int, seed: int, out: Path) -> Pa
     scale, offset = cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset
     batch = torch.from_numpy(np.stack([source.load(int(i), fmt) for i in picks])).permute(0, 3, 1, 2)
     images = batch.float() * scale + offset
+    to_pixels = lambda x: ((x - offset) / scale).clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    labels = [splits.class_names[source.labels[int(i)]] for i in picks]
+    if not cfg.data_augmentation and not cfg.custom_data_augmentation:
+        log.warning("augment-preview: no data_augmentation in the config; the grid shows the preprocessing alone "
+                    "(image file → model input)")
+        _save_grid([_stored(source, int(i)) for i in picks], list(to_pixels(images)), labels,
+                   ("file", f"model input {fmt.width}×{fmt.height}"), out)
+        return out
     custom = cfg.custom_data_augmentation
     augment = build_batch_augmentation(
         dict(cfg.data_augmentation) if cfg.data_augmentation else None,
@@ -51,12 +62,19 @@ def augment_preview(cfg: RunConfig, num_images: int, seed: int, out: Path) -> Pa
         (offset, 255.0 * scale + offset), fmt.channels)
     generator = torch.Generator().manual_seed(seed)
     augmented = augment(images.clone(), generator=generator, epoch=0)
-    to_pixels = lambda x: ((x - offset) / scale).clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
-    _save_grid(to_pixels(images), to_pixels(augmented), [splits.class_names[source.labels[int(i)]] for i in picks], out)
+    _save_grid(list(to_pixels(images)), list(to_pixels(augmented)), labels, ("original", "augmented"), out)
     return out
 
 
-def _save_grid(before: np.ndarray, after: np.ndarray, labels: list[str], out: Path) -> None:
+def _stored(source, index: int) -> np.ndarray:
+    """Item ``index`` as stored: its own size, in RGB for display."""
+    if isinstance(source, FileList):
+        return decode_image(source.paths[index], "rgb")
+    return convert_color(source.images[source.indices[index]], "rgb")
+
+
+def _save_grid(before: list[np.ndarray], after: list[np.ndarray], labels: list[str], rows: tuple[str, str],
+               out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,10 +82,10 @@ def _save_grid(before: np.ndarray, after: np.ndarray, labels: list[str], out: Pa
 
     n = len(labels)
     fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 4.0), squeeze=False)
-    gray = before.shape[-1] == 1
     for col in range(n):
-        for row, (images, title) in enumerate(((before, "original"), (after, "augmented"))):
+        for row, (images, title) in enumerate(zip((before, after), rows)):
             ax = axes[row][col]
+            gray = images[col].shape[-1] == 1
             image = images[col][..., 0] if gray else images[col][..., :3]
             ax.imshow(image, cmap="gray" if gray else None, vmin=0, vmax=255)
             ax.set_xticks([])

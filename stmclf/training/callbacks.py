@@ -70,11 +70,9 @@ class ReduceLROnPlateau(Callback):
             return current > self.best + self.min_delta
         return current < self.best - self.min_delta
 
-    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None or trainer.sanity_checking:
-            return
-        current = float(value)
+    def step(self, current: float, lr: float) -> float:
+        """The learning rate after an epoch whose monitored value is ``current`` (also used by
+        ``stmclf plot-lr`` to draw the fastest possible decay)."""
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
@@ -84,13 +82,22 @@ class ReduceLROnPlateau(Callback):
         elif self.cooldown_counter <= 0:
             self.wait += 1
             if self.wait >= self.patience:
-                old = get_learning_rate(trainer)
-                new = max(old * self.factor, self.min_lr)
-                if old - new > 1e-12:
-                    set_learning_rate(trainer, new)
-                    log.info("Epoch %d: ReduceLROnPlateau reducing learning rate to %g.", trainer.current_epoch + 1, new)
                 self.cooldown_counter = self.cooldown
                 self.wait = 0
+                new = max(lr * self.factor, self.min_lr)
+                if lr - new > 1e-12:
+                    return new
+        return lr
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or trainer.sanity_checking:
+            return
+        old = get_learning_rate(trainer)
+        new = self.step(float(value), old)
+        if new != old:
+            set_learning_rate(trainer, new)
+            log.info("Epoch %d: ReduceLROnPlateau reducing learning rate to %g.", trainer.current_epoch + 1, new)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}

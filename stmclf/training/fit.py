@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
 from stmclf.training.precision import default_precision
 from stmclf.training.run_dir import RunDir, create_run_dir
-from stmclf.training.progress import EpochSeed, MidEpochCheckpoint, ProgressBar, checkpoint_interval, is_mid_epoch
+from stmclf.training.progress import (EpochLine, EpochSeed, EpochStep, MidEpochCheckpoint, ProgressBar,
+                                     checkpoint_interval, is_mid_epoch)
 from stmclf.training.qat import qat_callbacks
 from stmclf.training.tracking import EpochCSVLogger, make_tensorboard_logger, plot_training_curves
 from stmclf.trust import check_config_code
@@ -305,7 +307,8 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     log.info("Training set: %d images, validation set: %d images%s", len(splits.train), len(splits.valid),
              f", test set: {len(splits.test)} images" if splits.test is not None else "")
     if resume:
-        log.info("Resuming from %s (epoch %d)", training.resume_training_from, resume.get("epoch", 0) + 1)
+        log.info("Resuming from %s: %d epoch(s) done, continuing at epoch %d of %d",
+                 training.resume_training_from, finished, finished + 1, training.epochs)
     else:
         log.info("Pretrained weights : %s", weights_source or "none (training from scratch)")
 
@@ -318,10 +321,14 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     csv_logger = EpochCSVLogger(run.metrics_csv)
     loggers = [make_tensorboard_logger(run.root, cfg.general.logs_dir), *([mlflow_logger] if mlflow_logger else [])]
     options = _trainer_options(cfg)
-    progress = [ProgressBar()] if options.get("enable_progress_bar", True) else []
+    # The Rich bar only in a terminal; piped or in CI, one plain line per epoch (EpochLine) and no
+    # sanity-check or validation bars.
+    rich_bar = bool(options.get("enable_progress_bar", True)) and sys.stdout.isatty()
+    options["enable_progress_bar"] = rich_bar
+    progress = [ProgressBar()] if rich_bar else []
     trainer = make_trainer(max_epochs=training.epochs,
-                           callbacks=[EpochSeed(seed), *user_callbacks, best, last, mid_epoch, csv_logger, *progress,
-                                      *callbacks],
+                           callbacks=[EpochSeed(seed), EpochStep(), *user_callbacks, best, last, mid_epoch, csv_logger,
+                                      EpochLine(console=not rich_bar), *progress, *callbacks],
                            logger=loggers, default_root_dir=str(run.root), deterministic=cfg.general.deterministic_ops,
                            plugins=[AtomicCheckpointIO()], **options)
 

@@ -216,13 +216,83 @@ def _restore_accumulators(pl_module, state: dict[str, Any]) -> None:
         metric._computed = None
 
 
+# -- what the user sees of each epoch ------------------------------------------------------------
+# Epochs count from 1 and accuracies are in % wherever they are shown (bar, epoch lines, CSV,
+# curves, MLflow/TensorBoard steps); Lightning's own counter (checkpoints, schedules) stays 0-based.
+ACCURACY_METRICS = ("accuracy", "val_accuracy")
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+"""The per-epoch metrics shown, in this order (Keras's names)."""
+
+
+def shown_epoch(trainer) -> int:
+    """The epoch being trained, counted from 1."""
+    return int(trainer.current_epoch) + 1
+
+
+def metric_text(name: str, value: Any) -> str:
+    """One metric as shown: an accuracy in % with two decimals, a loss with four, a rate with %g."""
+    value = float(value)
+    if name in ACCURACY_METRICS:
+        return f"{100.0 * value:.2f} %"
+    if name == "lr":
+        return f"{value:g}"
+    return f"{value:.4f}"
+
+
+def epoch_line(epoch: int, epochs: Optional[int], metrics: dict[str, Any], seconds: float) -> str:
+    """``epoch 3/15  loss 0.4312  accuracy 86.20 %  val_loss 0.3811  val_accuracy 88.90 %  lr 0.002  12.3 s``."""
+    parts = [f"epoch {epoch}/{epochs}" if epochs and epochs > 0 else f"epoch {epoch}"]
+    parts += [f"{name} {metric_text(name, metrics[name])}" for name in (*EPOCH_METRICS, "lr") if name in metrics]
+    parts.append(f"{seconds:.1f} s")
+    return "  ".join(parts)
+
+
+class EpochLine(Callback):
+    """One line per epoch (rank 0): epoch from 1, metrics, learning rate and duration, logged to
+    ``stmclf.log``. With ``console=False`` (the Rich bar shows the epochs in a terminal) the record
+    carries ``file_only``, which the CLI's console handler leaves out."""
+
+    def __init__(self, console: bool = True) -> None:
+        self.console = console
+        self._start = time.monotonic()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        line = epoch_line(shown_epoch(trainer), trainer.max_epochs, dict(trainer.callback_metrics),
+                          time.monotonic() - self._start)
+        log.info(line, extra={"file_only": not self.console})
+
+
+class EpochStep(Callback):
+    """The logged metrics' step is the epoch counted from 1 (Lightning's ``step`` metric): MLflow and
+    TensorBoard show the same epoch numbers as the CSV and the epoch lines."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        pl_module.log("step", float(shown_epoch(trainer)), on_step=False, on_epoch=True)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            pl_module.log("step", float(shown_epoch(trainer)), on_step=False, on_epoch=True)
+
+
 class ProgressBar(RichProgressBar):
-    """Rich progress bar showing only the Keras-named metrics (no logger version number)."""
+    """Rich progress bar for a terminal: ``Epoch 1/N``, then the Keras-named metrics in a fixed
+    order, accuracies in % (no logger version number)."""
 
     def __init__(self) -> None:
         super().__init__(leave=True)
 
+    def _get_train_description(self, current_epoch: int) -> str:
+        epochs = self.trainer.max_epochs
+        text = f"Epoch {current_epoch + 1}" + (f"/{epochs}" if epochs is not None and epochs > 0 else "")
+        return f"{text:{len(self.validation_description)}}"  # as wide as "Validation": no flicker
+
     def get_metrics(self, trainer, pl_module):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        return metrics
+        shown = {name: metric_text(name, metrics.pop(name)) for name in EPOCH_METRICS if name in metrics}
+        return {**shown, **metrics}

@@ -1,4 +1,5 @@
-"""The run directory (``hydra.run.dir``): layout, resolved config, log file."""
+"""The run directory (``hydra.run.dir``): layout, resolved config (``config.yaml`` with ST's
+schema, ``stmclf_extras.yaml`` with the rest: stmclf/config/run_files.py), log file."""
 from __future__ import annotations
 
 import logging
@@ -6,11 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from stmclf.config import RunConfig
+from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME, read_run_config
 from stmclf.errors import UserError
 
 LOG_NAME = "stmclf.log"
-CONFIG_NAME = "config.yaml"
 log = logging.getLogger("stmclf")
 
 
@@ -35,23 +38,27 @@ class RunDir:
 
 def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Path | None = None) -> RunDir:
     """The run directory: ``root`` when given (an existing run, reused on purpose: its
-    ``config.yaml`` is kept), else a new one from ``hydra.run.dir`` (the resolved config is saved in
-    it). A new run never writes into another run's folder: when ``hydra.run.dir`` already holds one
-    (its ``config.yaml``), the new run takes ``<dir>_1``, ``<dir>_2``, … (claimed atomically, so
-    two processes started in the same second get different folders). The log file is attached and
-    unfinished checkpoint files of an interrupted save are removed (rank 0 only in a distributed
-    run). A folder that cannot be written is a one-line :class:`UserError` naming it."""
+    ``config.yaml`` and ``stmclf_extras.yaml`` are kept; a different config is saved beside them as
+    ``config_<time>.yaml`` and ``stmclf_extras_<time>.yaml``), else a new one from
+    ``hydra.run.dir`` (the resolved config is saved in it: ST's schema in ``config.yaml``, the rest
+    in ``stmclf_extras.yaml``). A new run never writes into another run's folder: when
+    ``hydra.run.dir`` already holds one (its ``config.yaml``), the new run takes ``<dir>_1``,
+    ``<dir>_2``, … (claimed atomically, so two processes started in the same second get different
+    folders). The log file is attached and unfinished checkpoint files of an interrupted save are
+    removed (rank 0 only in a distributed run). A folder that cannot be written is a one-line
+    :class:`UserError` naming it."""
     from stmclf.training.tracking import is_global_zero
 
     if write_files is None:
         write_files = is_global_zero()
     key = "hydra.run.dir" if root is None else "run directory"
     wanted = None
+    st_text, extras_text = cfg.written_files()
     if root is not None:
         root = Path(root).resolve()
     elif write_files:
         wanted = cfg.run_dir.resolve()
-        root = _claim_new_run_dir(wanted, cfg.resolved_yaml)
+        root = _claim_new_run_dir(wanted, st_text)
     else:  # other ranks of a distributed run: rank 0 owns the folder and writes every file
         root = cfg.run_dir.resolve()
     run = RunDir(root, root / cfg.general.saved_models_dir, root / cfg.general.logs_dir)
@@ -60,10 +67,16 @@ def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Pat
             for path in (run.root, run.saved_models, run.logs):
                 path.mkdir(parents=True, exist_ok=True)
             config = root / CONFIG_NAME
-            if not config.exists():
-                config.write_text(cfg.resolved_yaml)
-            elif cfg.resolved_yaml and config.read_text() != cfg.resolved_yaml:
-                (root / f"config_{_stamp()}.yaml").write_text(cfg.resolved_yaml)
+            if wanted is not None or not config.exists():  # a new run (its config.yaml claimed above)
+                if wanted is None:
+                    config.write_text(st_text)
+                if extras_text:
+                    (root / EXTRAS_NAME).write_text(extras_text)
+            elif cfg.resolved_yaml and not _same_config(root, cfg.resolved_yaml):
+                stamp = _stamp()
+                (root / f"config_{stamp}.yaml").write_text(st_text)
+                if extras_text:
+                    (root / f"{Path(EXTRAS_NAME).stem}_{stamp}.yaml").write_text(extras_text)
             attach_log_file(run.log_file)
         except OSError as exc:
             raise _unwritable(key, root, exc) from None
@@ -75,6 +88,15 @@ def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Pat
     return run
 
 
+def _same_config(root: Path, resolved_yaml: str) -> bool:
+    """The run folder's config (its two files merged, or an older run's single ``config.yaml``)
+    is ``resolved_yaml``."""
+    try:
+        return read_run_config(root) == yaml.safe_load(resolved_yaml)
+    except UserError:  # a run config edited into something unreadable: keep the new one beside it
+        return False
+
+
 def _unwritable(key: str, root: Path, exc: OSError) -> UserError:
     reason = exc.strerror or str(exc)
     if exc.filename and Path(exc.filename) != root:
@@ -82,9 +104,10 @@ def _unwritable(key: str, root: Path, exc: OSError) -> UserError:
     return UserError(f"{key}: cannot write the run directory {root}: {reason}")
 
 
-def _claim_new_run_dir(base: Path, resolved_yaml: str, limit: int = 10_000) -> Path:
+def _claim_new_run_dir(base: Path, config_text: str, limit: int = 10_000) -> Path:
     """``base``, or the first free ``base_1``, ``base_2``, …: a folder is taken once it holds a
-    ``config.yaml``, and this process takes one by creating that file exclusively (``O_EXCL``)."""
+    ``config.yaml``, and this process takes one by creating that file (with ``config_text``)
+    exclusively (``O_EXCL``)."""
     for n in range(limit):
         candidate = base if n == 0 else base.with_name(f"{base.name}_{n}")
         try:
@@ -96,7 +119,7 @@ def _claim_new_run_dir(base: Path, resolved_yaml: str, limit: int = 10_000) -> P
             raise _unwritable("hydra.run.dir", candidate, exc) from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(resolved_yaml)
+                handle.write(config_text)
         except OSError as exc:
             raise _unwritable("hydra.run.dir", candidate, exc) from None
         return candidate
@@ -112,7 +135,7 @@ def _stamp() -> str:
 def is_run_dir(path: Path) -> bool:
     """A stmclf run directory: it holds the run's ``config.yaml`` and its log."""
     path = Path(path)
-    return (path / "config.yaml").is_file() and (path / LOG_NAME).is_file()
+    return (path / CONFIG_NAME).is_file() and (path / LOG_NAME).is_file()
 
 
 def find_run_dir(path: str | Path, levels: int = 3) -> Path | None:

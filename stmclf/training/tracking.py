@@ -16,13 +16,15 @@ from lightning.pytorch.callbacks import Callback
 
 from stmclf.errors import UserError, one_line
 from stmclf.figures import save_figure
+from stmclf.training.progress import ACCURACY_METRICS, shown_epoch
 
 log = logging.getLogger(__name__)
 CSV_COLUMNS = ("epoch", "accuracy", "loss", "lr", "val_accuracy", "val_loss")
 
 
 class EpochCSVLogger(Callback):
-    """Keras ``CSVLogger``: one row per epoch (epoch, accuracy, loss, lr, val_accuracy, val_loss).
+    """Keras ``CSVLogger``'s columns: one row per epoch (epoch, accuracy, loss, lr, val_accuracy,
+    val_loss), in the units stmclf shows everywhere: epochs from 1, accuracies in %.
 
     Appends, so a resumed run continues the same file; flushed every epoch."""
 
@@ -34,10 +36,11 @@ class EpochCSVLogger(Callback):
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch}
+        row = {"epoch": shown_epoch(trainer)}
         for column in CSV_COLUMNS[1:]:
             value = metrics.get(column)
-            row[column] = "" if value is None else f"{float(value):.6g}"
+            scale = 100.0 if column in ACCURACY_METRICS else 1.0
+            row[column] = "" if value is None else f"{scale * float(value):.6g}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
         with self.path.open("a", newline="") as handle:
@@ -54,7 +57,7 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
 
 
 def plot_training_curves(csv_path: Path, out: Path) -> Optional[Path]:
-    """Accuracy and loss per epoch, training vs validation, as a PNG."""
+    """Accuracy (%) and loss per epoch (from 1, as in the CSV), training vs validation, as a PNG."""
     if not Path(csv_path).exists():
         return None
     rows = read_metrics_csv(csv_path)
@@ -64,8 +67,9 @@ def plot_training_curves(csv_path: Path, out: Path) -> Optional[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    epochs = [int(r["epoch"]) + 1 for r in rows]
+    epochs = [int(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("accuracy", "loss")):
         for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
@@ -73,7 +77,8 @@ def plot_training_curves(csv_path: Path, out: Path) -> Optional[Path]:
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
-        ax.set_title(metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title("accuracy (%)" if metric == "accuracy" else metric)
         ax.grid(alpha=0.3)
         ax.legend()
     return save_figure(fig, out)
