@@ -20,7 +20,7 @@ Tables:
    ``resize_into``: same-size exact resizes as two GEMMs per batch; ``load_images``: both); how
    many images differ from the seed's, and between the batch path and ``load_image`` (must be 0);
 2. the real ``ImageDataModule`` train loader (default worker count, image cache on in a temporary
-   ``$STMCLF_CACHE``, a fresh cache per row): epoch 1 (worker start, decode, resize, cache fill)
+   ``$STMCLF_CACHE``, a fresh cache and a fresh process per row): epoch 1 (worker start, decode, resize, cache fill)
    and the later epochs (cache filled). Rows without augmentation count uint8 batches arriving on
    ``--device``; "+ seed augmentation" rows also do what training does on each batch
    (channels_last, ``float()·scale + offset``, the seed's six functions). The first two rows are
@@ -39,7 +39,10 @@ The reference's loader is measured in this run on the same files (``reference_lo
 TensorFlow tf.data, read → decode → bilinear resize → batch, AUTOTUNE, in its own process; best
 of ``--reference-runs``): table 2's "/ ref" columns divide by it. performance_targets.md quotes
 9,173 img/s (224-px JPEG → 128) and 18,071 img/s (28-px PNG → 128) on 2 cores of another CPU
-(``--reference quoted`` uses those). Pin 2 cores to compare (``taskset -c 0,1``): the worker
+(``--reference quoted`` uses those). Run one data kind per invocation (``--only png28``, then
+``--only jpeg224``): in one invocation the second kind's epoch 1 is slower whichever comes second
+(PNG 11,700 → 5,100 img/s after the JPEG rows), even with each row in a fresh process — a machine
+effect we have not pinned down. Pin 2 cores to compare (``taskset -c 0,1``): the worker
 count, torch's and TensorFlow's threads follow the CPU affinity. Every ratio compares numbers
 measured in this run.
 """
@@ -273,6 +276,35 @@ class LoaderRun:
     cpu_bound: float  # epoch 1's img/s if the cores were ours: cores × images / CPU seconds (main + workers)
 
 
+def loader_row(train_dir: str, epochs: int, augment: bool, device: str, mode: str) -> LoaderRun:
+    """:func:`loader_epochs` in a fresh process (this script with ``--row``), as ``stmclf fit``
+    starts its loader: workers fork from a small process. Run in this process one row after the
+    other, each later row's workers inherit a larger heap (the earlier rows' batches and
+    augmentation temporaries, kept by ``keep_freed_memory``) and pay its copy-on-write faults:
+    measured, the second data kind's epoch 1 lost up to 60 % that way, whichever kind came second."""
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, __file__, "--row", json.dumps(
+        {"train_dir": train_dir, "epochs": epochs, "augment": augment, "device": device, "mode": mode})],
+        capture_output=True, text=True, env=os.environ)
+    if done.returncode:
+        raise SystemExit(f"loader row {mode} on {train_dir} failed:\n{done.stderr[-3000:]}")
+    return LoaderRun(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _row_main(spec: str) -> None:
+    import dataclasses
+    import json
+
+    row = json.loads(spec)
+    logging.getLogger("stmclf").setLevel(logging.WARNING)
+    keep_freed_memory()  # as `stmclf fit` does before its loaders start: the workers inherit it
+    fmt = ImageFormat(128, 128, "rgb", "bilinear", "fit")
+    run = loader_epochs(row["train_dir"], fmt, row["epochs"], row["augment"], torch.device(row["device"]), row["mode"])
+    print(json.dumps(dataclasses.asdict(run)))
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux's /proc; 0 elsewhere)."""
     try:
@@ -439,7 +471,7 @@ def main() -> None:
                         ("default loader + seed augmentation", True, "batch")]
             for label, augment, mode in variants:
                 with _fresh_cache(tmp, f"{name}-{label}"):
-                    run = results[(name, label)] = loader_epochs(root, fmt, max(2, args.epochs), augment, device, mode)
+                    run = results[(name, label)] = loader_row(root, max(2, args.epochs), augment, args.device, mode)
                 print(f"  {name:8s} {label:64s} {run.workers} workers " + " ".join(f"{r:8.0f}" for r in run.rates)
                       + f"  (epoch 1 after its first batch {run.steady:,.0f}, CPU-bound {run.cpu_bound:,.0f})",
                       flush=True)
@@ -479,6 +511,7 @@ def reference_rate(folder: str, fmt: ImageFormat, runs: int) -> float:
 
     best = 0.0
     for _ in range(runs):
+        os.sync()  # as each of our rows starts (_fresh_cache)
         done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_loader.py"), folder,
                                "--size", str(fmt.height), "--channels", str(fmt.channels), "--batch", str(BATCH)],
                               capture_output=True, text=True, check=True)
@@ -488,7 +521,10 @@ def reference_rate(folder: str, fmt: ImageFormat, runs: int) -> float:
 
 @contextlib.contextmanager
 def _fresh_cache(tmp: str, label: str):
-    """Each loader configuration fills its own cache (epoch 1 always decodes)."""
+    """Each loader configuration fills its own cache (epoch 1 always decodes), starting with no
+    dirty pages left by the rows before it (``os.sync``: the previous configuration's cache file,
+    ~0.5 GB per 10,000 images, is otherwise written back to disk during the next row's epoch 1)."""
+    os.sync()
     previous = os.environ.get("STMCLF_CACHE")
     os.environ["STMCLF_CACHE"] = str(Path(tmp) / "cache" / label.replace(" ", "_").replace("(", "").replace(")", ""))
     try:
@@ -499,4 +535,7 @@ def _fresh_cache(tmp: str, label: str):
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--row":  # one loader configuration (loader_row)
+        _row_main(sys.argv[2])
+    else:
+        main()

@@ -123,8 +123,24 @@ def _outcome(decode, data: bytes, mode: str):
         return exc.kind, str(exc)
 
 
-def test_plain_png_path_and_every_oddity_decode_like_pil():
+def _bad_deflate(pixels: np.ndarray) -> bytes:
+    """A PNG whose chunks and checksums are right but whose IDAT is not zlib data."""
+    good = _png(pixels)
+    start = good.index(b"IDAT") - 4
+    length = struct.unpack_from(">I", good, start)[0]
+    return good[:start] + _chunk(b"IDAT", b"\x78\x9c" + b"\xff" * (length - 2)) + good[start + 12 + length:]
+
+
+@pytest.mark.parametrize("spng", [True, False], ids=["libspng", "pil"])
+def test_plain_png_path_and_every_oddity_decode_like_pil(spng, monkeypatch):
+    from stmclf.data import decode
+
+    if spng:
+        pytest.importorskip("pyspng")
+    else:
+        monkeypatch.setattr(decode, "_PYSPNG", False)
     grey, rgb = _noise((9, 11), 20)[..., None], _noise((9, 11, 3), 21)
+    smooth = np.clip(np.add.outer(np.arange(40), np.arange(30))[..., None] * [3, 2, 1], 0, 255).astype(np.uint8)
     text = _chunk(b"tEXt", b"Comment\x00hello")
     cases = {"grey": _png(grey), "rgb": _png(rgb), "rgba": _png(_noise((5, 6, 4), 22)),
              "gamma chunk": _png(rgb, extra=_chunk(b"gAMA", struct.pack(">I", 45455))),
@@ -133,7 +149,9 @@ def test_plain_png_path_and_every_oddity_decode_like_pil():
              "IDAT split by another chunk": _png(rgb, extra=text, split=True),
              "bad IDAT checksum": _png(rgb, bad_crc=True), "truncated": _png(rgb)[:-30],
              "bad header checksum": _png(rgb)[:29] + b"\0\0\0\0" + _png(rgb)[33:],
-             "no image data": _png(rgb)[:33] + _chunk(b"IEND", b"")}
+             "no image data": _png(rgb)[:33] + _chunk(b"IEND", b""),
+             "PIL-written (filtered rows)": _saved(smooth, "PNG"), "PIL-written grey": _saved(smooth[..., 0], "PNG"),
+             "not zlib data": _bad_deflate(rgb)}
     errors = 0
     for name, data in cases.items():
         for mode in ("rgb", "grayscale", "rgba"):
@@ -143,9 +161,11 @@ def test_plain_png_path_and_every_oddity_decode_like_pil():
                 assert got == want, (name, mode)
             else:
                 np.testing.assert_array_equal(np.broadcast_to(got, want.shape), want, err_msg=f"{name} {mode}")
-    assert errors >= 9  # the oddities PIL refuses are refused with the same words
-    plain = [name for name, data in cases.items() if _png_plain(data) is not None]
-    assert plain == ["grey", "rgb", "rgba", "gamma chunk", "IDAT in two chunks"]  # the others: PIL's usual path
+    assert errors >= 10  # the oddities PIL refuses are refused with the same words
+    plain = [name for name, data in cases.items() if decode._png_plain_chunks(data) is not None]
+    assert plain == ["grey", "rgb", "rgba", "gamma chunk", "IDAT in two chunks", "PIL-written (filtered rows)",
+                     "PIL-written grey", "not zlib data"]  # the others: PIL's usual path
+    assert _png_plain(cases["not zlib data"]) is None and decode._png_plain_pixels(cases["not zlib data"]) is None
 
 
 def test_exact_resizes_are_batched_and_equal_one_by_one():
