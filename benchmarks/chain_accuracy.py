@@ -1,6 +1,6 @@
 """The ResNet-8 Fashion-MNIST chain, per precision and seed: accuracy, int8 drop and wall time.
 
-    .venv/bin/python benchmarks/chain_accuracy.py [--precision 32 bf16-mixed] [--seeds 1 2 3]
+    .venv/bin/python benchmarks/chain_accuracy.py [--precision 32 bf16-mixed default] [--seeds 1 2 3]
         [--mode chain_tqe|training] [--jobs 1] [--epochs 15] [--device cpu|cuda] [--out chain.json]
 
 The workload of performance_targets.md: full Fashion-MNIST (Debian's ``dataset-fashion-mnist``,
@@ -107,8 +107,9 @@ def one_run(args, work: Path, train: Path, test: Path, precision: str, seed: int
                                     root=root, accelerator="gpu" if args.device == "cuda" else "cpu"))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), STMCLF_CACHE=str(root / "cache"),
                PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    command = [sys.executable, "-m", "stmclf.cli.main", "run", "--config", str(config),
-               "--trainer.precision", precision, "--offline"]
+    command = [sys.executable, "-m", "stmclf.cli.main", "run", "--config", str(config), "--offline"]
+    if precision != "default":  # "default": stmclf chooses (bf16-mixed where the CPU/GPU has bf16, else 32)
+        command += ["--trainer.precision", precision]
     if args.no_mlflow:  # training only, through train() as the speed scripts call it
         command = [sys.executable, __file__, "--train-only", str(config), precision]
     start = time.perf_counter()
@@ -138,7 +139,8 @@ def train_only(config: str, precision: str) -> None:
     from stmclf.evaluate.mode import evaluate_trained
     from stmclf.training.fit import train
 
-    result = train(load_config(["--config", config, "--trainer.precision", precision]))
+    argv = ["--config", config] + ([] if precision == "default" else ["--trainer.precision", precision])
+    result = train(load_config(argv))
     evaluate_trained(result, result.run_dir.root)
 
 

@@ -10,14 +10,18 @@ synthetic PNGs), with and without the seed's augmentation block (contrast 0.4, b
 `stmclf fit` is measured in-process through its real pipeline (loader workers, image cache,
 on-device rescaling and augmentation, channels_last, the training step, callbacks) from the
 second epoch on, training batches only (validation excluded). The raw step is the same model,
-optimizer and loss on uint8 tensors already in memory, without augmentation. The reference
-column is ST's service measured on this machine kind (shared/spec/performance_targets.md).
+optimizer and loss on uint8 tensors already in memory, without augmentation. The "TF step"
+column is the reference's tf_keras ``fit`` step on the same model and batch, measured in the same
+run in its own process (``benchmarks/reference_train.py``; off with ``--no-tf``); the quoted
+column is ST's whole service as measured on this machine kind (shared/spec/performance_targets.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -156,6 +160,18 @@ def raw_throughput(batch: int, steps: int, precision: str, classes: int = 10,
     return steps * batch / (time.perf_counter() - start)
 
 
+def tf_step_throughput(model_name: str, batch: int, steps: int) -> Optional[float]:
+    """The reference's tf_keras training step (benchmarks/reference_train.py), in its own process."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "reference_train.py"), model_name, "--batch", str(batch),
+               "--steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        print(f"reference_train.py failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1])["img_per_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1920, help="training images (per epoch)")
@@ -164,11 +180,14 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=["mobilenetv2"], choices=list(MODELS))
     parser.add_argument("--precision", nargs="*", default=["32"], help="e.g. 32 bf16-mixed")
     parser.add_argument("--augment", nargs="*", default=["off"], choices=["off", "seed"])
+    parser.add_argument("--no-tf", action="store_true", help="skip the reference's tf_keras step")
     args = parser.parse_args()
     logging.getLogger("stmclf").setLevel(logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         source, train_dir = make_dataset(Path(tmp), args.images)
+        tf_step = {model: None if args.no_tf else tf_step_throughput(model, args.batch, 20 if model == "mobilenetv2" else 40)
+                   for model in args.models}
         for model in args.models:
             for augment in args.augment:
                 for precision in args.precision:
@@ -178,15 +197,15 @@ def main() -> None:
                                          model_name=model)
                     rows.append((model, augment, precision, fit, raw))
     print(f"\nbatch {args.batch}, {source}, torch threads {torch.get_num_threads()}")
-    print("| model | augmentation | precision | stmclf fit img/s | raw step img/s | fit / raw | reference img/s "
-          "| fit / reference |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | augmentation | precision | stmclf fit img/s | raw step img/s | fit / raw | TF step img/s "
+          "| fit / TF step | quoted reference img/s | fit / quoted |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model, augment, precision, fit, raw in rows:
-        reference = REFERENCE.get((model, augment))
-        ref_text = f"{reference:,}" if reference else "—"
-        ratio = f"{fit / reference:.2f}" if reference else "—"
+        reference, tf = REFERENCE.get((model, augment)), tf_step[model]
+        tf_text = f"{tf:,.0f} | {fit / tf:.2f}" if tf else "— | —"
+        ref_text = f"{reference:,} | {fit / reference:.2f}" if reference else "— | —"
         print(f"| {MODELS[model][0]} | {augment} | {precision} | {fit:,.0f} | {raw:,.0f} | {fit / raw:.2f} | "
-              f"{ref_text} | {ratio} |")
+              f"{tf_text} | {ref_text} |")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ automatic names of a fresh session (``conv2d``, ``batch_normalization``, ``activ
 
 As in the reference, the average pool has a fixed 8×8 window (stride 8): a 32×32 input ends on an
 8×8 map and a 1×1 pool; larger inputs give a larger pooled map (and a wider Dense); inputs whose
-last map (H/4) is smaller than 8 are rejected. The reference's L2 kernel regularizer (1e-4) is a
-training-loss term, not a layer, and is not part of the model here. Depth 8 on (32, 32, 3) has 30
+last map (H/4) is smaller than 8 are rejected. Every convolution carries the reference's L2 kernel
+regularizer (1e-4), which training adds to the loss as Keras does
+(:mod:`stmclf.models.regularization`). Depth 8 on (32, 32, 3) has 30
 Keras layers and 78,666 Keras parameters for 10 classes. Backbone transfer copies layers 0..24,
 the reference's ``end_layer_index`` for every depth.
 """
@@ -28,10 +29,12 @@ from stmclf.models.heads import head_units
 from stmclf.models.layers import (Activation, Add, Conv2D, Dense, Dropout, Flatten, KerasNames,
                                   average_pooling2d, batch_norm)
 from stmclf.models.registry import register_model
+from stmclf.models.regularization import set_kernel_regularizer
 
 DEPTHS = (8, 20, 32)
 BACKBONE_END_INDEX = 24  # the reference's end_layer_index for resnet v1 (any depth)
 POOL_SIZE = 8
+L2 = 1e-4  # the reference's kernel_regularizer=l2(1e-4) on every convolution
 
 
 def he_normal_(weight: nn.Parameter) -> None:
@@ -45,7 +48,7 @@ def _conv(filters: int, kernel: int, strides: int):
     def make(in_shape):
         layer = Conv2D(in_shape, filters, kernel, strides, padding="same", use_bias=True)
         he_normal_(layer.weight)
-        return layer
+        return set_kernel_regularizer(layer, l2=L2)
     return make
 
 

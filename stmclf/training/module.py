@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from stmclf.models.regularization import kernel_regularization_terms, regularization_loss
 from stmclf.training.optimizers import build_optimizer
 
 
@@ -77,6 +78,7 @@ class ClassifierModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(metric_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(metric_classes, average="micro", validate_args=False)
         self._epoch_loss_sum, self._epoch_images = torch.zeros(()), 0
+        self._regularized = kernel_regularization_terms(self.model)
 
     @property
     def model_name(self) -> str:
@@ -115,6 +117,9 @@ class ClassifierModule(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits.float(), targets, weight=self.class_weights if training else None,
                                label_smoothing=self.label_smoothing if training else 0.0)
+        penalty = regularization_loss(self._regularized)
+        if penalty is not None:  # Keras adds its kernel regularizers to every loss it reports
+            loss = loss + penalty
         metric.update(logits.detach(), labels)
         return loss, int(labels.shape[0])
 

@@ -13,12 +13,15 @@ The model is made to output logits: a final softmax (an ``Activation("softmax")`
 layer, or the softmax activation of the last Conv2D / Dense, possibly followed by Reshape / Flatten
 / Dropout / linear layers) is removed — the layer keeps its name and index — and
 ``output_is_softmax`` says so. Layers that were frozen in the file are trainable again (the
-reference does the same; ``frozen_layers`` freezes layers). Regularizers, constraints and
-initializers of the file are not used.
+reference does the same; ``frozen_layers`` freezes layers). The file's L1/L2 kernel regularizers
+(Conv2D, DepthwiseConv2D, SeparableConv2D, Dense) stay part of the training loss, as in Keras
+(:mod:`stmclf.models.regularization`); other regularizers, constraints and initializers are not
+used (a warning names each layer whose regularizer is dropped).
 """
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,9 @@ from stmclf.models.layers import (Activation, Add, AveragePooling2D, BatchNormal
                                   Dense, DepthwiseConv2D, Dropout, Flatten, GlobalAveragePooling2D,
                                   GlobalMaxPooling2D, LeakyReLU, MaxPooling2D, Multiply, ReLU, Rescaling, Reshape,
                                   SampleDropout, SeparableConv2D, Shape, SoftmaxLogits, ZeroPadding2D)
+from stmclf.models.regularization import keras_regularizer, set_kernel_regularizer
+
+log = logging.getLogger("stmclf.models.importers")
 
 
 class _Unsupported(Exception):
@@ -240,6 +246,16 @@ def _fix_keras3(layer: nn.Module, name: str | None, ctx: _Context) -> nn.Module:
     return layer
 
 
+def _regularized(layer: nn.Module, spec: _Spec, key: str) -> nn.Module:
+    """``layer`` with the file's L1/L2 regularizer under ``key`` (a training-loss term, as in Keras)."""
+    try:
+        l1, l2 = keras_regularizer(spec.config.get(key))
+    except ValueError as exc:
+        log.warning("%s: layer %r: %s; it is not used in training", key, spec.name, exc)
+        return layer
+    return set_kernel_regularizer(layer, l1, l2) if (l1 or l2) else layer
+
+
 def _layer_activation(spec: _Spec, ctx: _Context) -> str | None:
     name = _activation(spec.config.get("activation"))
     return None if spec.name in ctx.strip else name
@@ -252,9 +268,10 @@ def _conv2d(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
     if int(cfg.get("groups", 1)) != 1:
         raise _Unsupported(f"groups {cfg['groups']} (1 only)")
     act = _layer_activation(spec, ctx)
-    return lambda s: _fix_keras3(Conv2D(s, int(cfg["filters"]), _pair(cfg["kernel_size"], "kernel_size"),
-                                        _pair(cfg.get("strides", 1), "strides"), _padding(cfg),
-                                        bool(cfg.get("use_bias", True)), act), act, ctx)
+    return lambda s: _regularized(_fix_keras3(Conv2D(s, int(cfg["filters"]), _pair(cfg["kernel_size"], "kernel_size"),
+                                                     _pair(cfg.get("strides", 1), "strides"), _padding(cfg),
+                                                     bool(cfg.get("use_bias", True)), act), act, ctx),
+                                  spec, "kernel_regularizer")
 
 
 def _depthwise(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
@@ -262,10 +279,11 @@ def _depthwise(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
     _check_format(cfg)
     _check_dilation(cfg)
     act = _layer_activation(spec, ctx)
-    return lambda s: _fix_keras3(DepthwiseConv2D(s, _pair(cfg["kernel_size"], "kernel_size"),
-                                                 _pair(cfg.get("strides", 1), "strides"), _padding(cfg),
-                                                 bool(cfg.get("use_bias", True)), int(cfg.get("depth_multiplier", 1)),
-                                                 act), act, ctx)
+    return lambda s: _regularized(_fix_keras3(DepthwiseConv2D(s, _pair(cfg["kernel_size"], "kernel_size"),
+                                                              _pair(cfg.get("strides", 1), "strides"), _padding(cfg),
+                                                              bool(cfg.get("use_bias", True)),
+                                                              int(cfg.get("depth_multiplier", 1)), act), act, ctx),
+                                  spec, "depthwise_regularizer")
 
 
 def _separable(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
@@ -279,6 +297,8 @@ def _separable(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
                                 _pair(cfg.get("strides", 1), "strides"), _padding(cfg), bool(cfg.get("use_bias", True)),
                                 int(cfg.get("depth_multiplier", 1)), act)
         _fix_keras3(layer.pointwise, act, ctx)
+        _regularized(layer.depthwise, spec, "depthwise_regularizer")
+        _regularized(layer.pointwise, spec, "pointwise_regularizer")
         return layer
 
     return build
@@ -291,7 +311,8 @@ def _dense(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
     def build(s: Shape) -> nn.Module:
         if len(s) != 1:
             raise _Unsupported(f"a Dense layer on a {len(s)}-D input {s} (flatten or pool to a vector first)")
-        return _fix_keras3(Dense(s, int(cfg["units"]), bool(cfg.get("use_bias", True)), act), act, ctx)
+        return _regularized(_fix_keras3(Dense(s, int(cfg["units"]), bool(cfg.get("use_bias", True)), act), act, ctx),
+                            spec, "kernel_regularizer")
 
     return build
 
