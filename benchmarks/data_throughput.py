@@ -506,16 +506,14 @@ def main() -> None:
 def reference_rate(folder: str, fmt: ImageFormat, runs: int) -> float:
     """The reference's tf.data loader on ``folder`` (``reference_loader.py`` in a child process):
     the best img/s of ``runs`` cold passes."""
-    import json
-    import subprocess
+    from child_json import run_child_json
 
     best = 0.0
     for _ in range(runs):
         os.sync()  # as each of our rows starts (_fresh_cache)
-        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_loader.py"), folder,
-                               "--size", str(fmt.height), "--channels", str(fmt.channels), "--batch", str(BATCH)],
-                              capture_output=True, text=True, check=True)
-        best = max(best, json.loads(done.stdout.strip().splitlines()[-1])["img_per_s"])
+        result = run_child_json("reference_loader.py", folder, "--size", str(fmt.height), "--channels",
+                                str(fmt.channels), "--batch", str(BATCH))
+        best = max(best, result["img_per_s"])
     return best
 
 

@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from child_json import run_child_json  # noqa: E402
 from stmclf.config import load_config  # noqa: E402
 from stmclf.models import build_model  # noqa: E402
 from stmclf.training.fit import train  # noqa: E402
@@ -162,14 +162,12 @@ def raw_throughput(batch: int, steps: int, precision: str, classes: int = 10,
 
 def tf_step_throughput(model_name: str, batch: int, steps: int) -> Optional[float]:
     """The reference's tf_keras training step (benchmarks/reference_train.py), in its own process."""
-    command = [sys.executable, str(ROOT / "benchmarks" / "reference_train.py"), model_name, "--batch", str(batch),
-               "--steps", str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        print(f"reference_train.py failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    try:
+        return run_child_json("reference_train.py", model_name, "--batch", str(batch), "--steps", str(steps),
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))["img_per_s"]
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
         return None
-    return json.loads(lines[-1])["img_per_s"]
 
 
 def main() -> None:

@@ -17,12 +17,17 @@ from torch import nn
 Terms = list[tuple[float, float, nn.Parameter]]
 
 
+def _coefficients(l1: float, l2: float) -> tuple[float, float]:
+    """(l1, l2) as floats; ValueError unless both are finite and >= 0 (NaN included)."""
+    l1, l2 = float(l1), float(l2)
+    if not (0.0 <= l1 < float("inf") and 0.0 <= l2 < float("inf")):
+        raise ValueError(f"regularizer values must be finite and >= 0, got l1={l1}, l2={l2}")
+    return l1, l2
+
+
 def set_kernel_regularizer(layer: nn.Module, l1: float = 0.0, l2: float = 0.0) -> nn.Module:
     """Mark ``layer.weight`` as regularized (Keras ``kernel_regularizer``); returns the layer."""
-    for name, value in (("l1", l1), ("l2", l2)):
-        if not float(value) >= 0.0:  # also refuses NaN
-            raise ValueError(f"kernel regularizer {name} must be >= 0, got {value!r}")
-    layer.kernel_l1, layer.kernel_l2 = float(l1), float(l2)
+    layer.kernel_l1, layer.kernel_l2 = _coefficients(l1, l2)
     return layer
 
 
@@ -39,13 +44,9 @@ def keras_regularizer(config: Any) -> tuple[float, float]:
     if defaults is None or not isinstance(values, Mapping):
         raise ValueError(f"unsupported regularizer {config.get('class_name')!r} (L1, L2 and L1L2 are used)")
     try:
-        l1 = float(values.get("l1", defaults[0]) or 0.0)
-        l2 = float(values.get("l2", defaults[1]) or 0.0)
-    except (TypeError, ValueError):
+        return _coefficients(values.get("l1", defaults[0]) or 0.0, values.get("l2", defaults[1]) or 0.0)
+    except TypeError:
         raise ValueError(f"regularizer values must be numbers, got {dict(values)!r}") from None
-    if not (0.0 <= l1 < float("inf") and 0.0 <= l2 < float("inf")):
-        raise ValueError(f"regularizer values must be finite and >= 0, got l1={l1}, l2={l2}")
-    return l1, l2
 
 
 def kernel_regularization_terms(model: nn.Module) -> Terms:
