@@ -17,7 +17,8 @@ Tables:
    implementation (PIL reading the path, dense ``einsum`` resize), today's per-file functions
    (``decode_image``, ``resize_image``, ``load_image``) and the batch path that epoch 1's loader
    workers run, 64 files at a time (``decode_for_resize``: grey sources stay one channel;
-   ``resize_into``: same-size exact resizes as two GEMMs per batch; ``load_images``: both); how
+   ``resize_into``: exact bilinear resizes through OpenCV, else same-size exact resizes as two
+   GEMMs per batch; ``load_images``: both); how
    many images differ from the seed's, and between the batch path and ``load_image`` (must be 0);
 2. the real ``ImageDataModule`` train loader (default worker count, image cache on in a temporary
    ``$STMCLF_CACHE``, a fresh cache and a fresh process per row): epoch 1 (worker start, decode, resize, cache fill)

@@ -332,3 +332,42 @@ def test_block_resizes_equal_the_general_path(size, target, method):
     image = _noise(size, 60)
     expected = np.clip(np.rint(resize_float(image, *target, method)), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(resize_uint8(image, *target, method), expected)
+
+
+OPENCV_CASES = [((224, 224, 3), (128, 128)), ((28, 28, 1), (128, 128)), ((28, 28, 3), (128, 128)),
+                ((256, 256, 4), (128, 64)), ((224, 160, 1), (128, 80)), ((64, 48, 3), (128, 96))]
+
+
+@pytest.mark.parametrize("size, target", OPENCV_CASES)
+def test_opencv_bilinear_gives_the_numpy_paths_pixels(size, target, monkeypatch):
+    """Exact bilinear resizes go through OpenCV when it is installed (the loader's 224 → 128 and
+    28 → 128): the same pixels as the numpy paths, ties (exact .5 values) rounded to even,
+    whatever the layout of the input or of the rows written."""
+    cv2 = pytest.importorskip("cv2")
+    from stmclf.data import resize
+
+    monkeypatch.setattr(resize, "_OPENCV", cv2)
+    assert resize.opencv_exact(size, *target, "bilinear")
+    assert not resize.opencv_exact(size, *target, "bicubic") and not resize.opencv_exact((100, 100, 3), 30, 30, "bilinear")
+    image = _noise(size, 70)
+    exact = resize.resize_float(image, *target, "bilinear")
+    assert np.count_nonzero(exact - np.floor(exact) == 0.5) > 10  # ties to round
+    strided = np.ascontiguousarray(image[::-1, ::-1])[::-1, ::-1]  # negative strides
+    channels = 3 if size[2] == 1 else size[2]
+    images = [image, _noise(size, 71)]
+    out = np.zeros((2, *target, channels), np.uint8)
+    resize_into(images, out, "bilinear")
+    columns = np.zeros((2, target[0], target[1] + 5, channels), np.uint8)[:, :, 5:]  # rows not C-contiguous
+    resize_into(images, columns, "bilinear")
+    with_opencv = [resize.resize_uint8(image, *target, "bilinear"), resize.resize_uint8(strided, *target, "bilinear")]
+
+    monkeypatch.setattr(resize, "_OPENCV", False)  # the numpy/torch paths
+    assert not resize.opencv_exact(size, *target, "bilinear")
+    expected = resize.resize_uint8(image, *target, "bilinear")
+    np.testing.assert_array_equal(expected, np.clip(np.rint(exact), 0, 255).astype(np.uint8))
+    for got in with_opencv:
+        np.testing.assert_array_equal(got, expected)
+    reference = np.zeros_like(out)
+    resize_into(images, reference, "bilinear")
+    np.testing.assert_array_equal(out, reference)
+    np.testing.assert_array_equal(columns, reference)
