@@ -26,7 +26,6 @@ gradient over ``--batches`` batches (the noise of minibatch sampling, which SGD 
 from __future__ import annotations
 
 import argparse
-import gzip
 import statistics
 import sys
 import time
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stmclf.data.fetch import read_idx  # noqa: E402
 from stmclf.models import build_model  # noqa: E402
 from stmclf.models.regularization import kernel_regularization_terms, regularization_loss  # noqa: E402
 
@@ -58,10 +58,8 @@ VARIANTS = {  # name → the layer kinds computed in fp32 inside bf16 autocast (
 
 
 def fashion_mnist(count: int, source: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    with gzip.open(source / "train-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:count]
-    with gzip.open(source / "train-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:count]
+    images = read_idx(source / "train-images-idx3-ubyte.gz")[:count, None]
+    labels = read_idx(source / "train-labels-idx1-ubyte.gz")[:count]
     x = F.interpolate(torch.from_numpy(images.copy()).float(), size=(32, 32), mode="bilinear", align_corners=False)
     x = x.round().clamp(0, 255).div(127.5).sub(1).expand(-1, 3, -1, -1).contiguous()
     return x, torch.from_numpy(labels.astype(np.int64))
@@ -131,23 +129,22 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
+def step_from(state: dict, xb: torch.Tensor, yb: torch.Tensor, variant: str, dtype: torch.dtype):
+    """:func:`step` of a fresh model in ``dtype`` holding ``state``."""
+    model = build_model(dict(SPEC), num_classes=10, dropout=None).to(dtype)
+    model.load_state_dict(state)
+    model.train()
+    return step(model, xb, yb, kernel_regularization_terms(model), variant, groups_of(model), dtype)
+
+
 def measure(state: dict, x: torch.Tensor, y: torch.Tensor, batches: int, batch: int, repeats: int) -> list[dict]:
-    rows, exact = [], []
+    rows = []
+    slices = [(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(batches)]
+    exact = [step_from(state, xb, yb, "fp32", torch.float64) for xb, yb in slices]  # the same for every variant
     for variant in VARIANTS:
         errors: dict[str, list[float]] = {k: [] for k in ("loss", "all", "running_var", *GROUPS)}
-        for i in range(batches):
-            xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
-            results = []
-            for dtype in (torch.float64, torch.float32):
-                model = build_model(dict(SPEC), num_classes=10, dropout=None).to(dtype)
-                model.load_state_dict(state)
-                model.train()
-                groups = groups_of(model)
-                results.append(step(model, xb, yb, kernel_regularization_terms(model),
-                                    "fp32" if dtype == torch.float64 else variant, groups, dtype))
-            (loss64, grads64, running64), (loss, grads, running) = results
-            if variant == "fp32":
-                exact.append(grads64)
+        for (xb, yb), (loss64, grads64, running64) in zip(slices, exact):
+            loss, grads, running = step_from(state, xb, yb, variant, torch.float32)
             errors["loss"].append(abs(loss - loss64) / abs(loss64))
             errors["all"].append(relative(torch.cat(list(grads.values())), torch.cat(list(grads64.values()))))
             errors["running_var"].append(relative(running, running64))
@@ -157,6 +154,7 @@ def measure(state: dict, x: torch.Tensor, y: torch.Tensor, batches: int, batch: 
                      "seconds": step_seconds(state, x[:batch], y[:batch], variant, repeats)})
     # What the step's gradient is an estimate of: each batch's exact gradient against the mean over
     # the batches (minibatch sampling noise, the error SGD already lives with).
+    exact = [grads64 for _, grads64, _ in exact]
     mean = {kind: sum(g[kind] for g in exact) / len(exact) for kind in GROUPS}
     noise = {kind: statistics.mean(relative(g[kind], mean[kind]) for g in exact) for kind in GROUPS}
     noise["all"] = statistics.mean(relative(torch.cat([g[k] for k in GROUPS]), torch.cat([mean[k] for k in GROUPS]))
