@@ -2,6 +2,8 @@
 gradient clipping and accumulation."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -123,6 +125,40 @@ def test_freed_memory_is_kept_on_glibc():
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is expected
     assert keep_freed_memory() is expected  # idempotent
+
+
+def test_nvml_probe_is_skipped_only_where_nvml_is_missing(monkeypatch):
+    from stmclf.training.cuda_probe import skip_absent_nvml
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # what importing Lightning sets
+    available = torch.cuda.is_available()
+    missing = torch.cuda._device_count_nvml() < 0
+    assert skip_absent_nvml() is missing
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == ("0" if missing else "1")
+    assert torch.cuda.is_available() is available  # the same answer either way
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "0")
+    assert skip_absent_nvml() is False  # not set by Lightning: left alone
+
+
+def test_batch_seeding_draws_what_torch_manual_seed_draws():
+    """The per-batch re-seed (exact resume) seeds Python, NumPy and torch's CPU generator as
+    ``torch.manual_seed`` and ``seed_everything`` would, without its per-call CUDA probing."""
+    import random
+
+    import numpy as np
+
+    from stmclf.training.progress import _seed_all, batch_seed
+
+    seed = batch_seed(7, 2, 5)
+    _seed_all(seed)
+    ours = (random.random(), np.random.rand(), torch.rand(3), torch.randint(0, 9, (4,)))
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    theirs = (random.random(), np.random.rand(), torch.rand(3), torch.randint(0, 9, (4,)))
+    assert ours[:2] == theirs[:2] and torch.equal(ours[2], theirs[2]) and torch.equal(ours[3], theirs[3])
+    _seed_all(seed + 1)
+    assert not torch.equal(torch.rand(3), theirs[2])
 
 
 @pytest.mark.parametrize("text", ["32", "'32'", "bf16-mixed"])

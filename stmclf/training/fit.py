@@ -19,6 +19,7 @@ from stmclf.models.pretrained import apply_pretrained
 from stmclf.models.registry import check_model_spec
 from stmclf.models.source import ModelSource
 from stmclf.training.allocator import keep_freed_memory
+from stmclf.training.cuda_probe import skip_absent_nvml
 from stmclf.training.callbacks import build_callbacks
 from stmclf.training.checkpoint_io import AtomicCheckpointIO
 from stmclf.training.model_file import BEST_MODEL_NAME, read_checkpoint, write_model_file
@@ -274,6 +275,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
         qat_callbacks(training.qat, cfg.quantization, training.epochs)
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels crawl late in training
     keep_freed_memory()
+    skip_absent_nvml()
     seed = 123 if cfg.general.global_seed is None else cfg.general.global_seed
     L.seed_everything(seed, workers=True, verbose=False)
 

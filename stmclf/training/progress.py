@@ -46,9 +46,17 @@ def batch_seed(seed: int, epoch: int, batch: int) -> int:
 
 
 def _seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch's generators for the next batch. Not ``torch.manual_seed``:
+    before CUDA is initialised (every CPU run) it queues a lazy CUDA seeding with a formatted
+    traceback of the caller's stack and probes NVML for a device count, ~330 µs per call under
+    Lightning's loop (1 % of a ResNet-8 step); the device generators are seeded where they exist."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
+    if torch.backends.mps.is_available():
+        torch.mps.manual_seed(seed)
 
 
 def checkpoint_interval(spec: Any) -> dict[str, float]:
