@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stmclf.data.cache import BAD, FILLED
+from stmclf.data.cache import BAD, FILLED, GREY
 from stmclf.data.datamodule import ImageFileDataset, ImageFormat, collate_skip_bad
 from stmclf.data.decode import ImageDecodeError, _png_plain, decode_bytes, decode_for_resize, load_image
 from stmclf.data.files import FileList, load_images
@@ -88,6 +88,7 @@ def mixed(tmp_path_factory) -> list[str]:
     return [str(root / name) for name in files]
 
 
+GREY_SOURCES = ("grey_a.png", "grey_b.png", "grey_c.png", "grey_4bit.png", "grey_photo.jpg", "deep.png")
 FORMATS = [ImageFormat(32, 32), ImageFormat(128, 128), ImageFormat(16, 24, "grayscale"),
            ImageFormat(32, 32, "rgba"), ImageFormat(56, 56, interpolation="area"),
            ImageFormat(40, 40, interpolation="nearest"), ImageFormat(36, 36, interpolation="bicubic"),
@@ -98,9 +99,15 @@ FORMATS = [ImageFormat(32, 32), ImageFormat(128, 128), ImageFormat(16, 24, "gray
                                                        f"{f.aspect_ratio}")
 def test_batch_path_pixels_are_load_images(mixed, fmt):
     out = np.full((len(mixed), fmt.height, fmt.width, fmt.channels), 7, np.uint8)
-    assert load_images(mixed, fmt, out) == [None] * len(mixed)
+    grey = np.zeros(len(mixed), dtype=bool)
+    assert load_images(mixed, fmt, out, grey) == [None] * len(mixed)
     for path, pixels in zip(mixed, out):
         np.testing.assert_array_equal(pixels, load_image(path, fmt), err_msg=path)
+    # grey: a grey source for an RGB model, every channel of its row the same plane
+    expected = [fmt.color_mode == "rgb" and Path(p).name in GREY_SOURCES for p in mixed]  # rgba: converted
+    assert grey.tolist() == expected
+    for pixels in out[grey]:
+        assert (pixels == pixels[..., :1]).all()
 
 
 def test_grey_sources_stay_one_channel_and_replicate_to_the_same_pixels(mixed):
@@ -108,8 +115,7 @@ def test_grey_sources_stay_one_channel_and_replicate_to_the_same_pixels(mixed):
         data = Path(path).read_bytes()
         kept = decode_for_resize(data, "rgb", path)
         rgb = decode_bytes(data, "rgb", path)
-        grey_source = Path(path).name in ("grey_a.png", "grey_b.png", "grey_c.png", "grey_4bit.png",
-                                              "grey_photo.jpg", "deep.png")
+        grey_source = Path(path).name in GREY_SOURCES
         assert kept.shape[2] == (1 if grey_source else 3), path
         np.testing.assert_array_equal(np.broadcast_to(kept, rgb.shape), rgb, err_msg=path)
         for mode in ("grayscale", "rgba"):  # only rgb keeps a grey source grey
@@ -255,7 +261,11 @@ def test_cache_filled_by_the_batch_path_gives_epoch_2_the_same_pixels(dataset_fi
     first = [collate_skip_bad(dataset.__getitems__(b)) for b in batches]
     flags = dataset.cache.flags
     bad = {5, 10, 11}
-    assert [flags[i] for i in range(len(dataset_files))] == [BAD if i in bad else FILLED for i in range(len(dataset_files))]
+    # a grey source's record holds its one plane (GREY), a colour one all three channels (FILLED)
+    kinds = [BAD if i in bad else GREY if decode_for_resize(Path(path).read_bytes()).shape[2] == 1 else FILLED
+             for i, path in enumerate(dataset_files.paths)]
+    assert {GREY, FILLED, BAD} <= set(kinds)
+    assert [flags[i] for i in range(len(dataset_files))] == kinds
     assert dataset.cache_complete()
     again = ImageFileDataset(dataset_files, fmt).replacing()  # a later run: the cache alone serves it
     for batch, (images, labels) in zip(batches, first):
@@ -263,6 +273,38 @@ def test_cache_filled_by_the_batch_path_gives_epoch_2_the_same_pixels(dataset_fi
         assert torch.equal(cached_images, images) and torch.equal(cached_labels, labels)
     for i in set(range(len(dataset_files))) - bad:
         np.testing.assert_array_equal(again.cache.take(np.array([i]))[0], load_image(dataset_files.paths[i], fmt))
+
+
+def test_grey_images_are_cached_as_one_plane(dataset_files, tmp_path, monkeypatch):
+    """A grey source in an RGB cache: only its plane is written (the rest of its record is the
+    untouched, zero-filled file), and every reader gets RGB rows: whole batches, mixed grey and
+    colour batches, one item, the numpy fallback without OpenCV."""
+    from stmclf.data import resize
+
+    monkeypatch.setenv("STMCLF_CACHE", str(tmp_path / "cache"))
+    fmt = ImageFormat(32, 32)
+    dataset = ImageFileDataset(dataset_files, fmt).replacing()
+    dataset.__getitems__(list(range(len(dataset_files))))
+    flags = dataset.cache.flags
+    grey_rows = np.flatnonzero(flags == GREY)
+    assert len(grey_rows) >= 5 and np.count_nonzero(flags == FILLED) >= 5
+    raw = np.fromfile(dataset.cache.data_path, np.uint8).reshape(len(dataset_files), -1)
+    for i in grey_rows:
+        expected = load_image(dataset_files.paths[i], fmt)
+        np.testing.assert_array_equal(raw[i, :32 * 32], expected[..., 0].ravel())
+        assert not raw[i, 32 * 32:].any()  # two thirds of the record never written
+    for i in np.flatnonzero(flags == FILLED):
+        np.testing.assert_array_equal(raw[i], load_image(dataset_files.paths[i], fmt).ravel())
+    again = ImageFileDataset(dataset_files, fmt)  # a later run, served by the cache
+    order = [int(i) for i in np.random.default_rng(1).permutation(np.flatnonzero(flags != BAD))]
+    for opencv in (resize._opencv(), False):
+        monkeypatch.setattr(resize, "_OPENCV", opencv)
+        for rows in (order, [int(i) for i in grey_rows], order[:1]):
+            images, labels = again._cached_batch(rows)
+            for image, index in zip(images, rows):
+                np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), load_image(dataset_files.paths[index], fmt))
+        image, _ = again[int(grey_rows[0])]  # one item
+        np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), load_image(dataset_files.paths[grey_rows[0]], fmt))
 
 
 def test_worker_batches_equal_the_in_process_ones(dataset_files, tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from stmclf.config.sections import Dataset as DatasetSection
-from stmclf.data.cache import BAD, FILLED, open_cache
+from stmclf.data.cache import BAD, open_cache, stored
 from stmclf.data.decode import load_image  # noqa: F401  (re-exported)
 from stmclf.data.decode import DEFAULT_MAX_PIXELS, ImageFormat, max_image_pixels
 from stmclf.data.files import FileList, Splits
@@ -214,7 +214,7 @@ class ImageFileDataset(Dataset):
         go back (:class:`CachedRows`): the main process reads the pixels from the cache."""
         bad = self._flags()[0]
         flags = self.cache.flags if self.cache is not None else None
-        todo = [i for i in dict.fromkeys(indices) if not bad[i] and (flags is None or flags[i] != FILLED)]
+        todo = [i for i in dict.fromkeys(indices) if not bad[i] and (flags is None or not stored(flags[i]))]
         shape = (self.fmt.height, self.fmt.width, self.fmt.channels)
         rows_only = self.rows_from_cache and self.cache is not None and get_worker_info() is not None
         whole = todo == list(indices)  # the usual first-epoch batch: the decoded images are the batch
@@ -223,7 +223,8 @@ class ImageFileDataset(Dataset):
         else:
             fresh = _batch_buffer((len(todo), *shape)) if whole else torch.empty((len(todo), *shape), dtype=torch.uint8)
             pixels = fresh.numpy()
-        errors = self._load_many(todo, pixels)
+        grey = np.zeros(len(todo), dtype=bool)
+        errors = self._load_many(todo, pixels, grey)
         loaded, failed = {}, {}
         for k, (index, exc) in enumerate(zip(todo, errors)):
             if exc is None:
@@ -232,7 +233,8 @@ class ImageFileDataset(Dataset):
                 self._fail(index, exc)
                 failed[index] = exc
         if self.cache is not None and loaded:
-            self.cache.put(list(loaded), pixels if len(loaded) == len(todo) else pixels[list(loaded.values())])
+            kept = slice(None) if len(loaded) == len(todo) else list(loaded.values())
+            self.cache.put(list(loaded), pixels[kept], grey[kept])
         if whole and not failed:
             return CachedRows(todo) if rows_only else self._collated(fresh, todo)
         chosen: list[tuple[int, np.ndarray]] = []
@@ -264,11 +266,12 @@ class ImageFileDataset(Dataset):
         index = np.asarray(rows, dtype=np.intp)
         return tuple(self._collated(torch.from_numpy(self.cache.take(index)), index))
 
-    def _load_many(self, indices: list[int], out: np.ndarray) -> list[Optional[UserError]]:
-        """Images ``indices`` into ``out``; each one's error (None: loaded)."""
+    def _load_many(self, indices: list[int], out: np.ndarray, grey: np.ndarray) -> list[Optional[UserError]]:
+        """Images ``indices`` into ``out``; each one's error (None: loaded). ``grey[k]`` set where
+        the source says image ``k`` is one plane in every channel (the cache keeps the plane)."""
         load_many = getattr(self.files, "load_many", None)
         if load_many is not None:
-            return load_many(indices, self.fmt, out)
+            return load_many(indices, self.fmt, out, grey=grey)
         errors: list[Optional[UserError]] = []
         for k, index in enumerate(indices):
             try:
@@ -287,11 +290,11 @@ class ImageFileDataset(Dataset):
     def _cached_batch(self, indices: list[int]) -> Optional["CollatedBatch"]:
         flags = self.cache.flags
         rows = np.asarray(indices, dtype=np.intp)
-        if not (flags[rows] == FILLED).all():
+        if not stored(flags[rows]).all():
             bad = self._flags()[0]
             resolved = []
             for i in indices:
-                if flags[i] == FILLED:
+                if stored(flags[i]):
                     resolved.append(i)
                     continue
                 if not (flags[i] == BAD or bad[i]):
@@ -311,7 +314,7 @@ class ImageFileDataset(Dataset):
         n = len(self.files)
         for step in range(1, n):
             other = (index + step) % n
-            if flags[other] == FILLED:
+            if stored(flags[other]):
                 return other
             if not (flags[other] == BAD or bad[other]):
                 return None

@@ -48,22 +48,25 @@ class FileList:
         """Item ``index`` decoded and resized to ``fmt`` (uint8 HWC)."""
         return load_image(self.paths[index], fmt)
 
-    def load_many(self, indices: Sequence[int], fmt: ImageFormat, out: np.ndarray) -> list[Optional[UserError]]:
+    def load_many(self, indices: Sequence[int], fmt: ImageFormat, out: np.ndarray,
+                  grey: Optional[np.ndarray] = None) -> list[Optional[UserError]]:
         """Items ``indices`` into ``out`` (:func:`load_images`)."""
-        return load_images([self.paths[i] for i in indices], fmt, out)
+        return load_images([self.paths[i] for i in indices], fmt, out, grey)
 
     def cache_identity(self) -> list[str]:
         """What the image cache key hashes: the files (with their sizes and times)."""
         return self.paths
 
 
-def load_images(paths: Sequence[str], fmt: ImageFormat, out: np.ndarray) -> list[Optional[UserError]]:
+def load_images(paths: Sequence[str], fmt: ImageFormat, out: np.ndarray,
+                grey: Optional[np.ndarray] = None) -> list[Optional[UserError]]:
     """Decode and resize ``paths[k]`` into ``out[k]`` (uint8 (N, H, W, C)) with :func:`load_image`'s
     pixels, a batch's work shared (the loader's first epoch): grey sources are resized as one channel
     (:func:`~stmclf.data.decode.decode_for_resize`), small images of one size together
     (:func:`~stmclf.data.resize.resize_into`); the others are resized as soon as decoded, while
     their pixels are in the CPU's caches. Returns each file's error (None: loaded); the row of a
-    file that does not decode is left as it was."""
+    file that does not decode is left as it was. ``grey`` (bool (N,)), when given: set where the
+    source was grey and ``out`` has more channels (every channel of the row is the same plane)."""
     stacked, rows, errors = [], [], []
     for k, path in enumerate(paths):
         try:
@@ -72,6 +75,8 @@ def load_images(paths: Sequence[str], fmt: ImageFormat, out: np.ndarray) -> list
             errors.append(exc)
             continue
         errors.append(None)
+        if grey is not None:
+            grey[k] = image.shape[2] == 1 < out.shape[3]
         if stackable(image.shape, fmt.height, fmt.width, fmt.interpolation, fmt.aspect_ratio):
             stacked.append(image)
             rows.append(k)

@@ -390,6 +390,19 @@ def _resize_opencv(image: np.ndarray, out: np.ndarray) -> None:
         cv2.convertScaleAbs(resized, dst=out)
 
 
+def replicate_planes(planes: np.ndarray, out: np.ndarray) -> None:
+    """Copy uint8 planes (N, H, W) into every channel of ``out`` (N, H, W, C): grey images as RGB
+    rows. OpenCV's ``cvtColor`` when it is there (0.7 µs per 128×128 image), else a channel at a
+    time (a broadcast assignment over the interleaved channels is ~50 µs)."""
+    cv2 = _opencv()
+    n, height, width, channels = out.shape
+    if cv2 and channels == 3 and n and out.flags.c_contiguous and planes.flags.c_contiguous:
+        cv2.cvtColor(planes.reshape(n * height, width), cv2.COLOR_GRAY2RGB, dst=out.reshape(n * height, width, 3))
+        return
+    for channel in range(channels):
+        out[..., channel] = planes
+
+
 @lru_cache(maxsize=256)
 def _blocks(n_in: int, n_out: int, method: str) -> "np.ndarray | None":
     """The (p_out, p_in) block when ``method``'s matrix along this axis is that block repeated down
