@@ -324,6 +324,34 @@ def test_worker_batches_equal_the_in_process_ones(dataset_files, tmp_path, monke
         assert torch.equal(a, b) and torch.equal(la, lb)
 
 
+class _FreezeCounts(torch.utils.data.Dataset):
+    """Each item: how many objects the process that loads it has frozen out of its collections."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        import gc
+
+        return gc.get_freeze_count()
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_loader_workers_fork_with_the_parents_objects_frozen(persistent):
+    """Workers inherit the parent's objects frozen (their collections neither visit nor copy
+    them); the parent's own collector is back to normal once they have started, every epoch."""
+    import gc
+
+    from stmclf.data.datamodule import WorkerLoader
+
+    loader = WorkerLoader(_FreezeCounts(), batch_size=2, num_workers=1, persistent_workers=persistent)
+    for _ in range(2):
+        counts = [int(c) for batch in loader for c in batch]
+        assert gc.get_freeze_count() == 0
+        assert len(counts) == 4 and min(counts) > 10_000  # torch alone brings ~10^5 objects
+    assert [int(c) for batch in WorkerLoader(_FreezeCounts(), batch_size=2) for c in batch] == [0] * 4
+
+
 def test_image_loader_workers_send_cache_rows_and_batches_match(tmp_path, monkeypatch):
     """CPU loader workers filling a fresh cache send back rows (``CachedRows``), read here from the
     cache: the batches equal those decoded in process without a cache, bad files included."""
