@@ -40,12 +40,20 @@ The reference's loader is measured in this run on the same files (``reference_lo
 TensorFlow tf.data, read → decode → bilinear resize → batch, AUTOTUNE, in its own process; best
 of ``--reference-runs``): table 2's "/ ref" columns divide by it. performance_targets.md quotes
 9,173 img/s (224-px JPEG → 128) and 18,071 img/s (28-px PNG → 128) on 2 cores of another CPU
-(``--reference quoted`` uses those). Run one data kind per invocation (``--only png28``, then
-``--only jpeg224``): in one invocation the second kind's epoch 1 is slower whichever comes second
-(PNG 11,700 → 5,100 img/s after the JPEG rows), even with each row in a fresh process — a machine
-effect we have not pinned down. Pin 2 cores to compare (``taskset -c 0,1``): the worker
+(``--reference quoted`` uses those). Pin 2 cores to compare (``taskset -c 0,1``): the worker
 count, torch's and TensorFlow's threads follow the CPU affinity. Every ratio compares numbers
 measured in this run.
+
+Memory state. Epoch 1 writes the cache: 12 new 4 KiB pages per 128×128 RGB image (4 for a grey
+source). On a VM whose host backs guest memory on first touch and takes free memory back
+(virtio-balloon free page reporting, e.g. Firecracker), a page the host must back again costs
+7–11 µs, against ~1.4 µs for memory freed moments ago: epoch 1 then depends on what the machine
+did before (this is what made "the second data kind slower" in earlier runs). Each row deletes
+its cache when it ends, so by default the next row reuses those pages (warm, as on a machine
+whose memory is backed: a desktop, most cloud VMs). ``--settle S`` waits S seconds after that
+before the reference and before each row, so that the host has taken the freed memory back
+(~75 s here): every row then meets the cold memory of a fresh VM's first epoch. tf.data keeps
+no cache; its transient buffers are reused from one batch to the next.
 """
 from __future__ import annotations
 
@@ -427,6 +435,9 @@ def main() -> None:
                         help="the reference loader's img/s: measured here on the same files (TensorFlow) or "
                              "performance_targets.md's")
     parser.add_argument("--reference-runs", type=int, default=2)
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds to wait before the reference and each row, the previous row's cache deleted "
+                             "(cold memory on a VM whose host reclaims free pages; see the module docstring)")
     args = parser.parse_args()
     FMNIST = args.fashion_mnist
     logging.getLogger("stmclf").setLevel(logging.WARNING)
@@ -463,7 +474,7 @@ def main() -> None:
         reference = dict(QUOTED_REFERENCE)
         for name, root in folders_for_loader.items():
             if args.reference == "measure":
-                reference[name] = reference_rate(root, fmt, args.reference_runs)
+                reference[name] = reference_rate(root, fmt, args.reference_runs, args.settle)
                 print(f"  {name:8s} {'reference loader (TensorFlow tf.data, this run)':64s} {reference[name]:8.0f}",
                       flush=True)
             variants = [("default loader, the seed's decode + resize per file (before)", False, "seed"),
@@ -471,7 +482,7 @@ def main() -> None:
                         ("default loader (batch path)", False, "batch"),
                         ("default loader + seed augmentation", True, "batch")]
             for label, augment, mode in variants:
-                with _fresh_cache(tmp, f"{name}-{label}"):
+                with _fresh_cache(tmp, f"{name}-{label}", args.settle):
                     run = results[(name, label)] = loader_row(root, max(2, args.epochs), augment, args.device, mode)
                 print(f"  {name:8s} {label:64s} {run.workers} workers " + " ".join(f"{r:8.0f}" for r in run.rates)
                       + f"  (epoch 1 after its first batch {run.steady:,.0f}, CPU-bound {run.cpu_bound:,.0f})",
@@ -504,7 +515,7 @@ def main() -> None:
                   f"(batch {BATCH}; reference's performance_targets.md: 269 img/s raw PyTorch step on 2 cores)")
 
 
-def reference_rate(folder: str, fmt: ImageFormat, runs: int) -> float:
+def reference_rate(folder: str, fmt: ImageFormat, runs: int, settle: float = 0.0) -> float:
     """The reference's tf.data loader on ``folder`` (``reference_loader.py`` in a child process):
     the best img/s of ``runs`` cold passes."""
     from child_json import run_child_json
@@ -512,6 +523,7 @@ def reference_rate(folder: str, fmt: ImageFormat, runs: int) -> float:
     best = 0.0
     for _ in range(runs):
         os.sync()  # as each of our rows starts (_fresh_cache)
+        time.sleep(settle)
         result = run_child_json("reference_loader.py", folder, "--size", str(fmt.height), "--channels",
                                 str(fmt.channels), "--batch", str(BATCH))
         best = max(best, result["img_per_s"])
@@ -519,16 +531,22 @@ def reference_rate(folder: str, fmt: ImageFormat, runs: int) -> float:
 
 
 @contextlib.contextmanager
-def _fresh_cache(tmp: str, label: str):
+def _fresh_cache(tmp: str, label: str, settle: float = 0.0):
     """Each loader configuration fills its own cache (epoch 1 always decodes), starting with no
     dirty pages left by the rows before it (``os.sync``: the previous configuration's cache file,
-    ~0.5 GB per 10,000 images, is otherwise written back to disk during the next row's epoch 1)."""
+    ~0.5 GB per 10,000 images, is otherwise written back to disk during the next row's epoch 1),
+    after ``settle`` seconds; the cache is deleted when the row ends (its memory freed)."""
+    import shutil
+
     os.sync()
+    time.sleep(settle)
     previous = os.environ.get("STMCLF_CACHE")
-    os.environ["STMCLF_CACHE"] = str(Path(tmp) / "cache" / label.replace(" ", "_").replace("(", "").replace(")", ""))
+    folder = Path(tmp) / "cache" / label.replace(" ", "_").replace("(", "").replace(")", "")
+    os.environ["STMCLF_CACHE"] = str(folder)
     try:
         yield
     finally:
+        shutil.rmtree(folder, ignore_errors=True)
         if previous is not None:
             os.environ["STMCLF_CACHE"] = previous
 
