@@ -61,6 +61,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -435,7 +436,7 @@ def main() -> None:
                         help="the reference loader's img/s: measured here on the same files (TensorFlow) or "
                              "performance_targets.md's")
     parser.add_argument("--reference-runs", type=int, default=2)
-    parser.add_argument("--settle", type=float, default=0.0,
+    parser.add_argument("--settle", type=_seconds, default=0.0,
                         help="seconds to wait before the reference and each row, the previous row's cache deleted "
                              "(cold memory on a VM whose host reclaims free pages; see the module docstring)")
     args = parser.parse_args()
@@ -522,12 +523,25 @@ def reference_rate(folder: str, fmt: ImageFormat, runs: int, settle: float = 0.0
 
     best = 0.0
     for _ in range(runs):
-        os.sync()  # as each of our rows starts (_fresh_cache)
-        time.sleep(settle)
+        _settle(settle)  # as each of our rows starts (_fresh_cache)
         result = run_child_json("reference_loader.py", folder, "--size", str(fmt.height), "--channels",
                                 str(fmt.channels), "--batch", str(BATCH))
         best = max(best, result["img_per_s"])
     return best
+
+
+def _settle(seconds: float) -> None:
+    """No dirty pages left behind (written back now, not during the next measurement), then wait
+    ``seconds`` (``--settle``: freed memory handed back to the host)."""
+    os.sync()
+    time.sleep(seconds)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expecting seconds >= 0, got {text!r}")
+    return value
 
 
 @contextlib.contextmanager
@@ -536,10 +550,7 @@ def _fresh_cache(tmp: str, label: str, settle: float = 0.0):
     dirty pages left by the rows before it (``os.sync``: the previous configuration's cache file,
     ~0.5 GB per 10,000 images, is otherwise written back to disk during the next row's epoch 1),
     after ``settle`` seconds; the cache is deleted when the row ends (its memory freed)."""
-    import shutil
-
-    os.sync()
-    time.sleep(settle)
+    _settle(settle)
     previous = os.environ.get("STMCLF_CACHE")
     folder = Path(tmp) / "cache" / label.replace(" ", "_").replace("(", "").replace(")", "")
     os.environ["STMCLF_CACHE"] = str(folder)

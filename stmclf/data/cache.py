@@ -120,10 +120,7 @@ class ImageCache:
             planes = np.ascontiguousarray(images[grey, :, :, 0], dtype=np.uint8)
             record = int(np.prod(self.shape[1:]))
             for index, plane in zip(rows[grey], planes):
-                view, offset = memoryview(plane).cast("B"), int(index) * record
-                while view:
-                    written = os.pwrite(self._fd, view, offset)
-                    view, offset = view[written:], offset + written
+                self._pwrite(plane, int(index) * record)
             self._flags[rows[grey]] = GREY
             if grey.all():
                 return
@@ -133,12 +130,16 @@ class ImageCache:
         start = 0
         for k in range(1, len(indices) + 1):
             if k == len(indices) or indices[k] != indices[k - 1] + 1:
-                view, offset = memoryview(images[start:k]).cast("B"), int(indices[start]) * size
-                while view:
-                    written = os.pwrite(self._fd, view, offset)
-                    view, offset = view[written:], offset + written
+                self._pwrite(images[start:k], int(indices[start]) * size)
                 start = k
         self._flags[np.asarray(indices, dtype=np.intp)] = FILLED
+
+    def _pwrite(self, pixels: np.ndarray, offset: int) -> None:
+        """Write the contiguous ``pixels`` at byte ``offset`` of the data file (all of them)."""
+        view = memoryview(pixels).cast("B")
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
 
     def mark_bad(self, index: int) -> None:
         """Record that file ``index`` does not decode (later epochs and runs skip it)."""
@@ -175,11 +176,9 @@ class ImageCache:
         if not grey.all():
             out[~grey] = np.take(self._data, indices[~grey], axis=0)
         planes = self._data.reshape(n, -1)[:, :height * width][indices[grey]]  # only the planes' pages
-        if grey.all():
-            replicate_planes(planes.reshape(-1, height, width), out)
-        else:
-            rows = np.empty((len(planes), height, width, channels), np.uint8)
-            replicate_planes(planes.reshape(-1, height, width), rows)
+        rows = out if grey.all() else np.empty((len(planes), height, width, channels), np.uint8)
+        replicate_planes(planes.reshape(-1, height, width), rows)
+        if rows is not out:
             out[grey] = rows
         return out
 
