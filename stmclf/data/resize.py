@@ -25,8 +25,8 @@ All paths compute the same sums up to float32 rounding order.
 
 uint8 images whose bilinear resize is exact in float32 (:func:`exact_resize`: 224 → 128, 28 →
 128, 2:1, ...) go through OpenCV (``opencv-python-headless``, optional: the paths above
-otherwise) when it is installed: its float32 ``INTER_LINEAR`` samples at TF's half-pixel
-positions with TF's edge clamping, every product and sum is exact, and ``convertScaleAbs`` rounds
+otherwise) when it is installed: its ``INTER_LINEAR`` on uint16 samples at TF's half-pixel
+positions with TF's edge clamping, computes in float32 (every product and sum exact) and rounds
 half to even: the same pixels, 2–3× faster (the loader's first epoch).
 """
 from __future__ import annotations
@@ -367,11 +367,12 @@ def opencv_exact(shape: tuple[int, ...], height: int, width: int, method: str) -
 
 def _resize_opencv(image: np.ndarray, out: np.ndarray) -> None:
     """uint8 (h, w, c) → ``out`` (uint8 C-contiguous (height, width, C), C = c, or c = 1 replicated
-    into C channels) for :func:`opencv_exact` cases. OpenCV's float32 ``INTER_LINEAR`` samples at
-    ``(i + 0.5)·scale − 0.5`` and clamps at the edges as TF's ``ResizeBilinear`` does; with
-    few-bit weights every product and partial sum is a float32 exactly (any order, FMA or not),
-    and ``convertScaleAbs`` (the values are ≥ 0) rounds half to even and saturates, as
-    :func:`resize_uint8` does."""
+    into C channels) for :func:`opencv_exact` cases. OpenCV's ``INTER_LINEAR`` on a uint16 image
+    samples at ``(i + 0.5)·scale − 0.5`` and clamps at the edges as TF's ``ResizeBilinear`` does,
+    computes in float32 and rounds half to even, as :func:`resize_uint8` does: with few-bit weights
+    every product and partial sum is a float32 exactly (any order, FMA or not), and a bilinear mix
+    of uint8 values stays within 0..255. (uint16 rather than float32 in and out: 224 → 128 RGB
+    21 vs 32 µs, the same pixels.)"""
     if not out.flags.c_contiguous:  # OpenCV writes into C-contiguous arrays only
         target = np.empty(out.shape, np.uint8)
         _resize_opencv(image, target)
@@ -379,15 +380,15 @@ def _resize_opencv(image: np.ndarray, out: np.ndarray) -> None:
         return
     cv2 = _opencv()
     height, width, channels = out.shape
-    source = image.astype(np.float32, order="C")
+    source = image.astype(np.uint16, order="C")
     resized = cv2.resize(source if image.shape[2] > 1 else source[:, :, 0], (width, height),
                          interpolation=cv2.INTER_LINEAR)
     if resized.ndim == 2 and channels == 3:  # a grey source for an RGB model: resized once
-        cv2.cvtColor(cv2.convertScaleAbs(resized), cv2.COLOR_GRAY2RGB, dst=out)
+        cv2.cvtColor(resized.astype(np.uint8), cv2.COLOR_GRAY2RGB, dst=out)
     elif resized.ndim == 2:
-        out[...] = cv2.convertScaleAbs(resized)[:, :, None]
+        np.copyto(out, resized[:, :, None], casting="unsafe")
     else:
-        cv2.convertScaleAbs(resized, dst=out)
+        np.copyto(out, resized, casting="unsafe")
 
 
 def replicate_planes(planes: np.ndarray, out: np.ndarray) -> None:
