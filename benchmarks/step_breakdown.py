@@ -77,15 +77,15 @@ def record_inputs(model: torch.nn.Module, images: torch.Tensor, precision: str) 
     for name, module in model.named_modules():
         if not list(module.children()):
             handles.append(module.register_forward_pre_hook(
-                lambda m, args, name=name: calls.append((name, m, [a.detach() for a in args]))))
+                lambda m, args, name=name: calls.append((name, m, list(args)))))
     x = images.float().mul_(1 / 127.5).sub_(1)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
         model(x)
     for handle in handles:
         handle.remove()
-    # The model's input needs no gradient; every later activation does.
-    return [(name, module, [a.clone().requires_grad_(a.is_floating_point() and k > 0) for a in args])
-            for k, (name, module, args) in enumerate(calls)]
+    # An input that needed a gradient in the step (an activation, not the images) needs one here.
+    return [(name, module, [a.detach().clone().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
+                            for a in args]) for name, module, args in calls]
 
 
 def conv_flops(module: torch.nn.Module, out: torch.Tensor) -> float:
@@ -108,14 +108,16 @@ def layer_times(calls: list[tuple], precision: str, repeats: int,
                 return module(*args)
 
             grads = torch.randn_like(out)
-            wants = [a for a in args if a.requires_grad] + [p for p in module.parameters() if p.requires_grad]
+            wants = ([a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+                     + [p for p in module.parameters() if p.requires_grad])
             forward_s = best_seconds(forward, repeats)
             if wants and out.requires_grad:
                 both = best_seconds(lambda: torch.autograd.grad(forward(), wants, grads), repeats)
             else:
                 both = forward_s
         if each:
-            shapes = " + ".join("×".join(map(str, a.shape)) + f" {str(a.dtype)[6:]}" for a in args)
+            shapes = " + ".join("×".join(map(str, a.shape)) + f" {str(a.dtype)[6:]}" for a in args
+                                if isinstance(a, torch.Tensor))
             print(f"  {name:24s} {type(module).__name__:20s} {shapes:32s} forward {forward_s * 1e6:7.0f} µs  "
                   f"backward {max(both - forward_s, 0.0) * 1e6:7.0f} µs")
         row = table[kind]
