@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/step_breakdown.py [--model resnet8] [--batch 128] [--precision bf16-mixed]
 
-The model, optimizer and loss of ``train_throughput.raw_throughput`` (channels_last, Adam fused,
+The model, optimizer and loss of ``train_throughput.raw_step`` (channels_last, Adam fused,
 uint8 batch rescaled on the fly, ``torch.autocast`` for ``bf16-mixed``). One forward pass records
 what every leaf layer receives (shape, dtype, memory format, whether it needs a gradient); each
 layer is then run alone on inputs like those, forward and forward + backward (its weight
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from stmclf.training.allocator import keep_freed_memory  # noqa: E402
-from train_throughput import MODELS, build_model  # noqa: E402
+from train_throughput import MODELS, raw_step  # noqa: E402
 
 KINDS = {"Conv2D": "convolution", "DepthwiseConv2D": "convolution", "BatchNormalization": "BatchNorm",
          "Activation": "activation", "ReLU": "activation", "Add": "add", "Dense": "dense"}
@@ -50,25 +50,9 @@ def best_seconds(fn: Callable[[], object], repeats: int, rounds: int = 5) -> flo
 
 
 def make_step(model_name: str, batch: int, precision: str):
-    """The raw train step of ``train_throughput.raw_throughput`` on a fixed random batch."""
-    _, _, spec, size = MODELS[model_name]
+    """The raw train step of ``train_throughput.raw_step``, its weights and batch seeded."""
     torch.manual_seed(0)
-    model = build_model({**spec, "input_shape": (size, size, 3)}, num_classes=10,
-                        dropout=None).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7, fused=True)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (batch,))
-    model.train()
-
-    def step() -> None:
-        x = images.float().mul_(1 / 127.5).sub_(1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            loss = torch.nn.functional.cross_entropy(model(x), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return model, images, step
+    return raw_step(batch, precision, model_name=model_name)
 
 
 def record_inputs(model: torch.nn.Module, images: torch.Tensor, precision: str) -> list[tuple]:

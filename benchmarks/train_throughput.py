@@ -134,8 +134,9 @@ def fit_throughput(train_dir: str, run_root: Path, epochs: int, batch: int, prec
     return timer.images / timer.seconds
 
 
-def raw_throughput(batch: int, steps: int, precision: str, classes: int = 10,
-                   model_name: str = "mobilenetv2") -> float:
+def raw_step(batch: int, precision: str, classes: int = 10, model_name: str = "mobilenetv2"):
+    """(model, uint8 images, step): one train step of the model (channels_last, fused Adam, the
+    images rescaled on the fly, ``torch.autocast`` for ``bf16-mixed``) on a fixed random batch."""
     _, _, spec, size = MODELS[model_name]
     model = build_model({**spec, "input_shape": (size, size, 3)},
                         num_classes=classes, dropout=None).to(memory_format=torch.channels_last)
@@ -152,6 +153,12 @@ def raw_throughput(batch: int, steps: int, precision: str, classes: int = 10,
         loss.backward()
         optimizer.step()
 
+    return model, images, step
+
+
+def raw_throughput(batch: int, steps: int, precision: str, classes: int = 10,
+                   model_name: str = "mobilenetv2") -> float:
+    _, _, step = raw_step(batch, precision, classes, model_name)
     for _ in range(3):
         step()
     start = time.perf_counter()
