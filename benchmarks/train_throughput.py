@@ -1,7 +1,7 @@
 """Training throughput: `stmclf fit` against a raw PyTorch train step on in-memory tensors.
 
     .venv/bin/python benchmarks/train_throughput.py [--images 1920] [--epochs 3]
-        [--models mobilenetv2 resnet8] [--precision 32 bf16-mixed] [--augment off seed]
+        [--models mobilenetv2 resnet8] [--precision 32 bf16-mixed] [--augment off seed] [--rounds 3]
 
 Workloads: MobileNetV2-0.35 at 128×128 and ResNet-8 at 32×32, batch 64, from a PNG class
 folder (Fashion-MNIST 28×28 PNGs when Debian's dataset-fashion-mnist is installed, else
@@ -14,6 +14,9 @@ optimizer and loss on uint8 tensors already in memory, without augmentation. The
 column is the reference's tf_keras ``fit`` step on the same model and batch, measured in the same
 run in its own process (``benchmarks/reference_train.py``; off with ``--no-tf``); the quoted
 column is ST's whole service as measured on this machine kind (shared/spec/performance_targets.md).
+On a machine whose speed drifts (a shared VM), ``--rounds N`` measures everything N times, the TF
+step and ours alternated in each round, and adds the median and range of the ratios taken within
+each round.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -186,32 +190,64 @@ def main() -> None:
     parser.add_argument("--precision", nargs="*", default=["32"], help="e.g. 32 bf16-mixed")
     parser.add_argument("--augment", nargs="*", default=["off"], choices=["off", "seed"])
     parser.add_argument("--no-tf", action="store_true", help="skip the reference's tf_keras step")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure everything this many times, alternating the TF step and ours in each round")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps of the raw and TF steps (default 20 for MobileNetV2, 60 / 40 for ResNet-8)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     logging.getLogger("stmclf").setLevel(logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         source, train_dir = make_dataset(Path(tmp), args.images)
-        tf_step = {model: None if args.no_tf else tf_step_throughput(model, args.batch, 20 if model == "mobilenetv2" else 40)
-                   for model in args.models}
-        for model in args.models:
-            for augment in args.augment:
-                for precision in args.precision:
-                    run = Path(tmp) / f"fit_{model}_{augment}_{precision}"
-                    fit = fit_throughput(train_dir, run, args.epochs, args.batch, precision, model, augment == "seed")
-                    raw = raw_throughput(args.batch, steps=20 if model == "mobilenetv2" else 60, precision=precision,
-                                         model_name=model)
-                    rows.append((model, augment, precision, fit, raw))
+        for round_ in range(1, args.rounds + 1):
+            for model in args.models:
+                small = model != "mobilenetv2"
+                tf = None if args.no_tf else tf_step_throughput(model, args.batch, args.steps or (40 if small else 20))
+                for augment in args.augment:
+                    for precision in args.precision:
+                        run = Path(tmp) / f"fit_{model}_{augment}_{precision}_{round_}"
+                        fit = fit_throughput(train_dir, run, args.epochs, args.batch, precision, model,
+                                             augment == "seed")
+                        raw = raw_throughput(args.batch, steps=args.steps or (60 if small else 20),
+                                             precision=precision, model_name=model)
+                        rows.append((round_, model, augment, precision, fit, raw, tf))
     print(f"\nbatch {args.batch}, {source}, torch threads {torch.get_num_threads()}")
-    print("| model | augmentation | precision | stmclf fit img/s | raw step img/s | fit / raw | TF step img/s "
-          "| fit / TF step | quoted reference img/s | fit / quoted |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for model, augment, precision, fit, raw in rows:
-        reference, tf = REFERENCE.get((model, augment)), tf_step[model]
+    print(throughput_table(rows))
+    if args.rounds > 1:
+        print(f"\n{args.rounds} rounds, each measuring the TF step, then stmclf fit and the raw step:")
+        print(ratio_summary(rows))
+
+
+def throughput_table(rows: list) -> str:
+    """One markdown row per (round, model, augmentation, precision)."""
+    lines = ["| round | model | augmentation | precision | stmclf fit img/s | raw step img/s | fit / raw "
+             "| TF step img/s | fit / TF step | quoted reference img/s | fit / quoted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for round_, model, augment, precision, fit, raw, tf in rows:
+        reference = REFERENCE.get((model, augment))
         tf_text = f"{tf:,.0f} | {fit / tf:.2f}" if tf else "— | —"
         ref_text = f"{reference:,} | {fit / reference:.2f}" if reference else "— | —"
-        print(f"| {MODELS[model][0]} | {augment} | {precision} | {fit:,.0f} | {raw:,.0f} | {fit / raw:.2f} | "
-              f"{tf_text} | {ref_text} |")
+        lines.append(f"| {round_} | {MODELS[model][0]} | {augment} | {precision} | {fit:,.0f} | {raw:,.0f} | "
+                     f"{fit / raw:.2f} | {tf_text} | {ref_text} |")
+    return "\n".join(lines)
 
+
+def ratio_summary(rows: list) -> str:
+    """Per (model, augmentation, precision): the median and range over the rounds of fit / TF step
+    and fit / raw, each ratio taken within its round (this VM's speed drifts between rounds)."""
+    groups: dict = {}
+    for _, model, augment, precision, fit, raw, tf in rows:
+        groups.setdefault((model, augment, precision), []).append((fit / tf if tf else None, fit / raw))
+    lines = ["| model | augmentation | precision | fit / TF step: median (min–max) | fit / raw: median (min–max) |",
+             "|---|---|---|---|---|"]
+    for (model, augment, precision), ratios in groups.items():
+        cells = []
+        for values in ([r[0] for r in ratios if r[0] is not None], [r[1] for r in ratios]):
+            cells.append(f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})" if values else "—")
+        lines.append(f"| {MODELS[model][0]} | {augment} | {precision} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()
