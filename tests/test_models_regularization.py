@@ -48,6 +48,25 @@ def test_training_loss_adds_the_penalty_and_its_gradient() -> None:
     torch.testing.assert_close(stem.weight.grad, ce_grad + 2e-4 * stem.weight.detach(), rtol=1e-4, atol=1e-7)
 
 
+def test_each_kernel_gets_exactly_its_own_gradient_whatever_its_group() -> None:
+    torch.manual_seed(0)
+    layers = [set_kernel_regularizer(torch.nn.Conv2d(3, 4, 3), l2=1e-4), torch.nn.Linear(5, 2),
+              set_kernel_regularizer(torch.nn.Conv2d(4, 4, 1), l2=1e-4),
+              set_kernel_regularizer(torch.nn.Linear(4, 3), l1=0.01, l2=0.5),
+              set_kernel_regularizer(torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last), l2=1e-4)]
+    model = torch.nn.ModuleList(layers)
+    terms = kernel_regularization_terms(model)
+    assert len(terms) == 4  # the unregularized Linear has none
+    penalty = regularization_loss(terms)
+    expected = sum(l2 * w.detach().double().square().sum() + l1 * w.detach().double().abs().sum()
+                   for l1, l2, w in terms)
+    assert float(penalty) == pytest.approx(float(expected), rel=1e-6)
+    penalty.backward()
+    for l1, l2, w in terms:
+        torch.testing.assert_close(w.grad, 2 * l2 * w.detach() + l1 * torch.sign(w.detach()), rtol=1e-6, atol=0)
+    assert layers[1].weight.grad is None
+
+
 def test_an_unregularized_model_has_no_term() -> None:
     model = build_model({"name": "mobilenet", "version": "v2", "alpha": 0.35, "input_shape": (32, 32, 3)},
                         num_classes=3, dropout=None)
