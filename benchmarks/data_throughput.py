@@ -42,7 +42,10 @@ of ``--reference-runs``): table 2's "/ ref" columns divide by it. performance_ta
 9,173 img/s (224-px JPEG → 128) and 18,071 img/s (28-px PNG → 128) on 2 cores of another CPU
 (``--reference quoted`` uses those). Pin 2 cores to compare (``taskset -c 0,1``): the worker
 count, torch's and TensorFlow's threads follow the CPU affinity. Every ratio compares numbers
-measured in this run.
+measured in this run. ``--alternate N`` adds table 2b: N rounds per data kind, each the reference
+loader's pass then the default loader's epochs (fresh process, fresh cache), with each round's
+ratio, the ratio of the means and the median ratio: on a machine whose speed drifts over minutes
+(a shared VM), only ratios taken within a round compare like with like.
 
 Memory state. Epoch 1 writes the cache: 12 new 4 KiB pages per 128×128 RGB image (4 for a grey
 source). On a VM whose host backs guest memory on first touch and takes free memory back
@@ -62,6 +65,7 @@ import contextlib
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -436,6 +440,10 @@ def main() -> None:
                         help="the reference loader's img/s: measured here on the same files (TensorFlow) or "
                              "performance_targets.md's")
     parser.add_argument("--reference-runs", type=int, default=2)
+    parser.add_argument("--alternate", type=int, default=0, metavar="N",
+                        help="also N rounds per data kind of the reference loader then the default loader's epoch 1, "
+                             "each in a fresh process and cache, with each round's ratio (a machine whose speed "
+                             "drifts: compare only within a round)")
     parser.add_argument("--settle", type=_seconds, default=0.0,
                         help="seconds to wait before the reference and each row, the previous row's cache deleted "
                              "(cold memory on a VM whose host reclaims free pages; see the module docstring)")
@@ -489,6 +497,9 @@ def main() -> None:
                       + f"  (epoch 1 after its first batch {run.steady:,.0f}, CPU-bound {run.cpu_bound:,.0f})",
                       flush=True)
 
+        alternated = {name: alternate_rounds(name, root, fmt, args.alternate, args.epochs, args.device, tmp, args.settle)
+                      for name, root in folders.items()} if args.alternate > 0 else {}
+
         kernels = [] if "kernels" in args.skip else kernel_table(device, args.repeats)
         step = None if "step" in args.skip else train_step_rate(device, steps=10 if device.type == "cpu" else 50)
 
@@ -506,6 +517,9 @@ def main() -> None:
                          f"reference loader ({args.reference})",
                          "epoch 1 / ref", "after first batch / ref", "CPU-bound / ref", "epoch 2+ (slowest) / ref",
                          "epoch 2+ (slowest) / train step"], rows))
+        if alternated:
+            print("\n### 2b. Epoch 1 alternated with the reference loader (each run a fresh process and cache), img/s\n")
+            print(alternation_table(alternated))
         if kernels:
             print(f"\n### 3. Seed augmentation kernels, {BATCH}×3×128×128 float channels_last on {device}\n")
             print(table(["function", "img/s", "ms / batch", "kernel / train step"],
@@ -514,6 +528,36 @@ def main() -> None:
         if step:
             print(f"\n### 4. MobileNetV2-0.35 @128 fp32 channels_last train step on {device}: {step:,.0f} img/s "
                   f"(batch {BATCH}; reference's performance_targets.md: 269 img/s raw PyTorch step on 2 cores)")
+
+
+def alternate_rounds(name: str, root: str, fmt: ImageFormat, rounds: int, epochs: int, device: str, tmp: str,
+                     settle: float) -> list[tuple[float, LoaderRun]]:
+    """``rounds`` × (the reference loader's pass, then the default loader's epochs on a fresh cache)."""
+    results = []
+    for index in range(rounds):
+        reference = reference_rate(root, fmt, 1, settle)
+        with _fresh_cache(tmp, f"alternate-{name}-{index}", settle):
+            run = loader_row(root, max(2, epochs), False, device, "batch")
+        print(f"  {name:8s} round {index + 1}: reference {reference:8.0f}, default loader epoch 1 "
+              f"{run.rates[0]:8.0f} ({run.rates[0] / reference:.2f}×)", flush=True)
+        results.append((reference, run))
+    return results
+
+
+def alternation_table(alternated: dict[str, list[tuple[float, LoaderRun]]]) -> str:
+    """One row per data kind: every round's pair and ratio, the means' ratio, the median ratio."""
+    rows = []
+    for name, pairs in alternated.items():
+        refs, ours = [r for r, _ in pairs], [run.rates[0] for _, run in pairs]
+        ratios = [o / r for o, r in zip(ours, refs)]
+        steady = [run.steady / r for r, run in pairs]
+        rows.append((name, " · ".join(f"{r:,.0f}" for r in refs), " · ".join(f"{o:,.0f}" for o in ours),
+                     " · ".join(f"{x:.2f}" for x in ratios),
+                     f"{statistics.mean(ours) / statistics.mean(refs):.2f}×",
+                     f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})",
+                     f"{statistics.median(steady):.2f}×"))
+    return table(["data", "reference loader per round", "default loader epoch 1 per round", "ratio per round",
+                  "ratio of the means", "median ratio (min–max)", "median, epoch 1 after its first batch"], rows)
 
 
 def reference_rate(folder: str, fmt: ImageFormat, runs: int, settle: float = 0.0) -> float:
