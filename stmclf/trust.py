@@ -1,4 +1,5 @@
-"""``--trust-code``: Python code named by a config runs only when the command line says so.
+"""``--trust-code`` and ``--trust-model-file``: code named by a config, or pickled in a model file,
+runs only when the command line says so.
 
 A config can name Python code: ``training.model.custom_model`` (``FILE.py:FUNCTION`` or
 ``MODULE:FUNCTION``), ``custom_data_augmentation.function_name`` (the same forms) and callback
@@ -11,6 +12,11 @@ The permission is process-wide and comes only from the command line: :func:`stmc
 sets it from ``--trust-code`` every time a command's config is parsed (there is no config-file key
 for it), so it also covers the models a checkpoint rebuilds from its stored spec (resume,
 evaluation, export, ``pretrained_model_path``). Scripts and tests use :func:`trusting_code`.
+
+``--trust-model-file`` is the same kind of grant for pickled torch model files (loading one runs
+code from the file). It too is process-wide and set only from the command line: a model spec
+stored in a config or a checkpoint (the ``model_file`` entry that rebuilds a run started from a
+model file) never carries it, so neither a config nor a crafted checkpoint can grant it.
 """
 from __future__ import annotations
 
@@ -35,6 +41,31 @@ def set_code_trust(enabled: bool) -> None:
     """Allow (or refuse) code named by the config, for the rest of the process."""
     global _trusted
     _trusted = bool(enabled)
+
+
+_model_files_trusted = False
+
+
+def model_files_trusted() -> bool:
+    """Whether pickled model files may be loaded (``--trust-model-file`` was given)."""
+    return _model_files_trusted
+
+
+def set_model_file_trust(enabled: bool) -> None:
+    """Allow (or refuse) pickled model files, for the rest of the process."""
+    global _model_files_trusted
+    _model_files_trusted = bool(enabled)
+
+
+@contextmanager
+def trusting_model_files(enabled: bool = True) -> Iterator[None]:
+    """Allow (or refuse) pickled model files inside the ``with`` block."""
+    before = _model_files_trusted
+    set_model_file_trust(enabled)
+    try:
+        yield
+    finally:
+        set_model_file_trust(before)
 
 
 @contextmanager

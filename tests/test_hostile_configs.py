@@ -109,6 +109,9 @@ CASES = [
     Case("float-overflow", sub("scale: 1/127.5", "scale: 1e308*10"),
          r"^preprocessing\.rescaling\.scale: .*out of bounds \(a float overflow\)"),
     Case("float-literal-overflow", sub("offset: -1", "offset: -1e999"), r"^preprocessing\.rescaling\.offset: .*out of bounds"),
+    Case("yaml-native-inf", sub("scale: 1/127.5", "scale: .inf"), r"^preprocessing\.rescaling\.scale: .*not a finite number"),
+    Case("yaml-native-nan", sub("offset: -1", "offset: .nan"), r"^preprocessing\.rescaling\.offset: .*not a finite number"),
+    Case("yaml-float-overflow", sub("offset: -1", "offset: -1.0e+400"), r"^preprocessing\.rescaling\.offset: .*not a finite number"),
     Case("epochs-1e100", sub("epochs: 1\n", "epochs: 1e100\n"), r"^training\.epochs: expected int"),
     Case("epochs-10**30", sub("epochs: 1\n", "epochs: 10**30\n"), r"^training\.epochs: must be at most 1,000,000 \(got 1e\+30\)"),
     Case("epochs-zero", sub("epochs: 1\n", "epochs: 0\n"), r"^training\.epochs: must be a positive integer \(got 0\)"),
@@ -166,6 +169,7 @@ CASES = [
     Case("wrong-type", sub("batch_size: 8", "batch_size: eight"), r"^training\.batch_size: expected int, got 'eight'"),
     Case("section-is-list", lambda t, _: t.replace("mlflow:\n  uri:", "mlflow: [1, 2]\nx_uri:", 1).replace("x_uri:", "#"),
          r"^mlflow: "),
+    Case("trainer-is-list", sub("trainer:\n  enable_model_summary: false\n", "trainer: [1, 2]\n"), r"^trainer: expected a mapping of Lightning Trainer arguments"),
     Case("bad-operation-mode", sub("operation_mode: training", "operation_mode: trainnig"), r"^operation_mode: expected one of"),
     # --- LearningRateScheduler expressions
     Case("schedule-code", schedule("\"lambda epoch, lr: __import__('os').system('touch pwned')\""),

@@ -14,7 +14,8 @@ from stmclf.config.st_schema import config_yaml, split_yaml
 from stmclf.config.sections import (DEFAULT_RUN_DIR, Benchmarking, CustomDataAugmentation, Dataset,
                                     Deployment, Evaluation, General, Mlflow, Prediction,
                                     Preprocessing, Quantization, Tools, Training)
-from stmclf.trust import set_code_trust
+from stmclf.errors import ConfigError
+from stmclf.trust import set_code_trust, set_model_file_trust
 
 
 @dataclass
@@ -116,10 +117,13 @@ def from_namespace(parser, ns) -> RunConfig:
         if value is not None:
             values[f.name] = value
     trainer = ns.get("trainer")  # None for an empty `trainer:` section
+    if trainer is not None and not hasattr(trainer, "as_dict"):
+        raise ConfigError("trainer", f"expected a mapping of Lightning Trainer arguments, got {trainer!r}")
     values["trainer"] = trainer.as_dict() if trainer is not None else {}
     values["config_files"] = [str(p) for p in (ns.get("config") or [])]
     values["resolved_yaml"] = resolved
     values["trust_model_file"] = bool(ns.get("trust_model_file", False))
+    set_model_file_trust(values["trust_model_file"])  # process-wide: also models a checkpoint rebuilds
     values["trust_code"] = bool(ns.get("trust_code", False))
     set_code_trust(values["trust_code"])  # process-wide: also checkpoints that rebuild a custom model
     values["offline"] = bool(ns.get("offline", False))

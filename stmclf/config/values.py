@@ -138,6 +138,8 @@ def convert_values(data: Any, key: str = "", path: str = "") -> Any:
         return {k: convert_values(v, str(k), f"{path}.{k}" if path else str(k)) for k, v in data.items()}
     if isinstance(data, list):
         return [convert_values(v, key, path) for v in data]
+    if isinstance(data, float) and not math.isfinite(data):  # YAML's own .inf / .nan / 1.0e+400
+        raise ConfigError(path or key or "value", f"{data!r} is out of bounds (not a finite number): {_LIMITS}")
     if isinstance(data, str):
         if is_text_key(key):
             return None if data.strip() == "None" else data

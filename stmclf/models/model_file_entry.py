@@ -1,6 +1,10 @@
 """``model_file``: a user's model file (Keras .h5, ONNX, TorchScript, torch.export, pickled module)
 as a registry entry, so that checkpoints of runs started from ``general.model_path`` rebuild it
-(the file is read again, then the checkpoint's weights are loaded on top)."""
+(the file is read again, then the checkpoint's weights are loaded on top).
+
+A pickled model file loads only with ``--trust-model-file`` on the command line
+(:func:`stmclf.trust.model_files_trusted`). The spec never grants it: a ``trust_model_file`` value
+in a config's ``training.model`` or in an older checkpoint's stored spec is ignored."""
 from __future__ import annotations
 
 from typing import Any
@@ -17,8 +21,11 @@ NAME = "model_file"
 def model_file(*, num_classes: int, input_shape: tuple[int, int, int], dropout: float | None, path: str,
                trust_model_file: bool = False) -> KerasGraph:
     from stmclf.models.importers import load_model_file
+    from stmclf.trust import model_files_trusted
 
-    imported = load_model_file(path, trust_model_file=bool(trust_model_file), input_shape=tuple(input_shape))
+    del trust_model_file  # accepted for older checkpoints' specs, never obeyed: only the command line grants it
+    imported = load_model_file(path, trust_model_file=model_files_trusted(), input_shape=tuple(input_shape),
+                               key="training.model.path")
     if imported.num_outputs != head_units(num_classes):
         raise ConfigError("general.model_path", f"the model in {path} has {imported.num_outputs} outputs, the "
                                                 f"dataset {num_classes} classes")
@@ -29,6 +36,5 @@ def model_file(*, num_classes: int, input_shape: tuple[int, int, int], dropout: 
     return graph
 
 
-def model_file_spec(path: str, input_shape: Any, trust_model_file: bool = False) -> dict[str, Any]:
-    return {"name": NAME, "path": str(path), "input_shape": [int(v) for v in input_shape],
-            "trust_model_file": bool(trust_model_file)}
+def model_file_spec(path: str, input_shape: Any) -> dict[str, Any]:
+    return {"name": NAME, "path": str(path), "input_shape": [int(v) for v in input_shape]}

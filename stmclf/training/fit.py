@@ -115,7 +115,7 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
         imported = load_model_file(source.path, trust_model_file=cfg.trust_model_file, key=source.key)
         imported.check_dropout(training.dropout)  # the reference's dropout rule
         log.info("Model file : %s", imported.describe())
-        spec = model_file_spec(source.path.resolve(), imported.input_shape, cfg.trust_model_file)
+        spec = model_file_spec(source.path.resolve(), imported.input_shape)
         return ClassifierModule(model_spec=spec, input_shape=list(imported.input_shape), **settings)
     stored = read_checkpoint(source.path, source.key)
     hparams = stored["hyper_parameters"]

@@ -98,7 +98,7 @@ def load_source_module(source, cfg=None, *, class_names=None, trust_model_file: 
     preprocessing = getattr(cfg, "preprocessing", None)
     rescaling = (preprocessing.rescaling.scale, preprocessing.rescaling.offset) if preprocessing is not None \
         else (1 / 255.0, 0.0)
-    module = ClassifierModule(model_spec=model_file_spec(source.path.resolve(), imported.input_shape, trust),
+    module = ClassifierModule(model_spec=model_file_spec(source.path.resolve(), imported.input_shape),
                               class_names=names, input_shape=list(imported.input_shape),
                               rescaling=(float(rescaling[0]), float(rescaling[1])), optimizer=None,
                               dropout=imported.dropout_rate if imported.has_dropout else None)
