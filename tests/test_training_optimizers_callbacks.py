@@ -1,6 +1,8 @@
 """Optimizers by Keras name and the Keras callbacks' behaviour, on real Lightning trainers."""
 from __future__ import annotations
 
+import re
+
 import lightning as L
 import pytest
 import torch
@@ -133,3 +135,20 @@ def test_any_lightning_callback_by_class_path():
     with pytest.raises(ConfigError, match=r"training.callbacks.lightning.pytorch.callbacks.LearningRateMonitor"
                                           r".bad: unknown argument"):
         build_callbacks({"lightning.pytorch.callbacks.LearningRateMonitor": {"bad": 1}})
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ({"Adam": {"learning_rate": 0.005, "beta_1": 5}}, r"^training\.optimizer\.Adam: .*beta"),
+    ({"SGD": {"learning_rate": 0.01, "nesterov": True}}, r"^training\.optimizer\.SGD: .*[Nn]esterov"),
+    ({"Adam": {"learning_rate": float("nan")}}, r"^training\.optimizer\.Adam: .*learning rate"),
+])
+def test_values_torch_refuses_are_one_line_config_errors(spec, expected):
+    with pytest.raises(ConfigError) as info:
+        build_optimizer(spec, torch.nn.Linear(2, 2).parameters())
+    assert re.search(expected, str(info.value)) and "\n" not in str(info.value)
+
+
+def test_a_fully_frozen_model_names_frozen_layers():
+    layer = torch.nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ConfigError, match=r"^training\.frozen_layers: every layer"):
+        build_optimizer({"Adam": {"learning_rate": 0.001}}, layer.parameters())

@@ -112,12 +112,17 @@ def build_optimizer(spec: Union[str, dict], params: Iterable[torch.nn.Parameter]
             continue
         kwargs[{"learning_rate": "lr", "epsilon": "eps"}.get(key, entry.rename.get(key, key))] = value
     trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ConfigError("training.frozen_layers", "every layer of the model is frozen: nothing is left to train")
     devices = {p.device.type for p in trainable}
     # one fused kernel per step instead of a Python loop over tensors: 4× faster step on CPU
     if allow_fused and trainable and devices <= set(entry.fused_devices) \
             and all(p.is_floating_point() for p in trainable):
         kwargs["fused"] = True
-    return entry.build(trainable, **kwargs)
+    try:
+        return entry.build(trainable, **kwargs)
+    except ValueError as exc:  # torch's own range checks (beta ≥ 1, NaN learning rate, Nesterov without momentum…)
+        raise ConfigError(f"training.optimizer.{name}", str(exc).strip().splitlines()[0]) from None
 
 
 def gradient_clipping(spec: Union[str, dict]) -> dict[str, Any]:
