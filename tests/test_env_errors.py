@@ -236,3 +236,32 @@ def test_image_cache_on_a_full_disk_is_disabled_not_a_crash(tmp_path, mount, mon
     assert list((disk / "images").iterdir()) == []  # nothing half-made left behind
     small = cache_module.open_cache(["d"], {"f": 1}, (4, 8, 8, 1))  # what fits is still cached
     assert small is not None and small.get(0, lambda: torch.ones(8, 8, 1, dtype=torch.uint8).numpy()).sum() == 64
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow server that does not answer, scheme MLflow does not know
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("uri, reason", [
+    (f"http://127.0.0.1:{_closed_port()}", "Connection refused"),
+    ("bogus-scheme://x", "unsupported URI 'bogus-scheme://x'"),
+])
+def test_an_unusable_tracking_uri_is_one_line_not_a_hang(tmp_path, image_folder, uri, reason):
+    import time
+
+    config = _config(tmp_path, image_folder, tmp_path / "run", uri)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "stmclf.cli.main", "fit", "--config", str(config)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    line = _error_line(done.returncode, done.stderr)
+    assert line.startswith(f"stmclf: error: mlflow.uri: cannot use the MLflow tracking URI {uri}: ")
+    assert reason in line
+    assert time.monotonic() - start < 90  # MLflow's own defaults retry for minutes

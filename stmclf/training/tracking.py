@@ -116,6 +116,11 @@ def resolve_tracking_uri(uri: str) -> tuple[str, Optional[str]]:
     if parsed.scheme == "file":
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         return uri, None
+    if parsed.scheme in ("http", "https"):
+        # MLflow's defaults retry an unreachable server for minutes (7 retries, backoff 2, 120 s
+        # timeout): a wrong address would look like a hang. The environment still overrides these.
+        for name, value in _REMOTE_DEFAULTS.items():
+            os.environ.setdefault(name, value)
     if parsed.scheme and len(parsed.scheme) > 1:
         return uri, None
     root = store_directory(uri)
@@ -127,6 +132,10 @@ def resolve_tracking_uri(uri: str) -> tuple[str, Optional[str]]:
     with store_lock(root):
         relocate_store(root / "mlflow.db", artifacts)
     return f"sqlite:///{root / 'mlflow.db'}", artifacts
+
+
+_REMOTE_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def store_directory(uri: str) -> Optional[Path]:
@@ -329,7 +338,16 @@ def parent_run_id(cfg, run, model_name: str = "") -> str:
 def start_mlflow_run(cfg, run, stage: str, extra_params: Optional[dict] = None, model_name: str = ""):
     """A child MLflow run for ``stage`` (train, export, evaluate, benchmark, predict, …) under the
     parent run of the run directory, with the flattened config as params (rank 0 only)."""
-    parent = parent_run_id(cfg, run, model_name)
+    try:
+        parent = parent_run_id(cfg, run, model_name)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a server that does not answer, a scheme MLflow does not know
+        if store_directory(cfg.mlflow.uri) is not None:
+            raise
+        tail = _chain(exc)[-1]  # "[Errno 111] Connection refused" rather than MLflow's retry wrapper
+        reason = one_line(tail if isinstance(tail, OSError) else exc, 200)
+        raise UserError(f"mlflow.uri: cannot use the MLflow tracking URI {cfg.mlflow.uri}: {reason}") from None
     mlflow_logger = make_mlflow_logger(cfg.mlflow.uri, cfg.general.project_name, stage,
                                        tags={"mlflow.parentRunId": parent, "stmclf.stage": stage})
     params = {"operation_mode": cfg.operation_mode or stage, "stage": stage, **(extra_params or {}),
