@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stmclf.errors import ConfigError
+from stmclf.config.rules import MAX_CHANNELS, MAX_IMAGE_SIDE
+from stmclf.errors import ConfigError, one_line
 from stmclf.models.importers.base import KINDS, SUPPORTED_TEXT, ImportedModel, detect_kind, file_error
 
 __all__ = ["ImportedModel", "KINDS", "detect_kind", "load_model_file"]
@@ -50,7 +51,11 @@ def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: st
     if kind == "keras_h5":
         from stmclf.models.importers.keras_h5 import load_keras_h5
 
-        imported = load_keras_h5(file, key)
+        try:
+            imported = load_keras_h5(file, key)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError, RuntimeError,
+                MemoryError) as exc:  # a model_config or weights group of the wrong shape: the file's fault
+            raise file_error(key, file, f"not a Keras model this importer can read ({one_line(exc, 150)})") from None
     elif kind == "onnx":
         from stmclf.models.importers.onnx_graph import load_onnx
 
@@ -74,7 +79,17 @@ def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: st
         raise file_error(key, file, "a state dict holds weights only, not a model; supported: " + SUPPORTED_TEXT)
     else:
         raise file_error(key, file, "unsupported model file; supported: " + SUPPORTED_TEXT)
+    _check_input_shape(key, file, imported.input_shape)
     if input_shape is not None and kind in ("keras_h5", "onnx") and tuple(input_shape) != imported.input_shape:
         raise file_error(key, file, f"the model's input shape is {imported.input_shape}, not {tuple(input_shape)}")
     imported.graph.train()
     return imported
+
+
+def _check_input_shape(key: str, file: Path, shape) -> None:
+    """The bounds a config's ``training.model.input_shape`` has (sides 1..8192, 1..4 channels) hold
+    for a model file's own input shape too: a file cannot make the loader allocate without limit."""
+    highs = (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_CHANNELS)
+    if len(shape) != 3 or not all(isinstance(v, int) and 1 <= v <= high for v, high in zip(shape, highs)):
+        raise file_error(key, file, f"the model's input shape {tuple(shape)} is out of bounds: (height, width, "
+                                    f"channels) from 1 to {MAX_IMAGE_SIDE:,}, {MAX_IMAGE_SIDE:,} and {MAX_CHANNELS}")

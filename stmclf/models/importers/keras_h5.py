@@ -624,16 +624,16 @@ def load_keras_h5(path: Path, key: str) -> ImportedModel:
     try:
         config, keras_version = read_model_config(path)
         graph, facts = build_graph(config, keras_version)
-    except UserError as exc:
-        raise file_error(key, path, str(exc)) from None
+    except UserError as exc:  # (the readers' own messages may already start with the path)
+        raise file_error(key, path, str(exc).removeprefix(f"{path}: ")) from None
     except _Unsupported as exc:
         raise file_error(key, path, f"unsupported Keras model: {exc}") from None
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise file_error(key, path, f"not a readable Keras .h5 model ({first_line(exc)})") from None
     try:
         load_weights(graph, read_h5_layer_weights(path))
-    except UserError as exc:
-        raise file_error(key, path, str(exc)) from None
+    except UserError as exc:  # (the readers' own messages may already start with the path)
+        raise file_error(key, path, str(exc).removeprefix(f"{path}: ")) from None
     except (OSError, KeyError, ValueError) as exc:
         raise file_error(key, path, f"cannot read the Keras weights ({first_line(exc)})") from None
     out_shape = graph.nodes[-1].output_shape
