@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from stmclf.cli.main import main
@@ -31,3 +32,13 @@ def test_preview_without_augmentation_shows_the_preprocessing(write_config, tmp_
     assert len(notices) == 1 and "no data_augmentation" in notices[0] and "preprocessing alone" in notices[0]
     image = np.asarray(Image.open(out))
     assert image.shape[0] > 100 and image.shape[1] > 200
+
+
+@pytest.mark.parametrize("command, flag, value, expected", [
+    ("augment-preview", "--num-images", "0", "--num-images: expected an integer from 1 to 256, got 0"),
+    ("summary", "--num_classes", "100000000000", "--num_classes: expected an integer from 1 to 100,000"),
+])
+def test_out_of_range_counts_are_one_line(write_config, tmp_path, capsys, command, flag, value, expected):
+    code = main([command, "--config", str(write_config()), flag, value])
+    assert code == 2
+    assert expected in capsys.readouterr().err

@@ -216,12 +216,15 @@ def _augment_preview(argv: Sequence[str]) -> int:
     from stmclf.training.augment_preview import augment_preview
     from stmclf.config import from_namespace
     from stmclf.config.parser import build_parser
+    from stmclf.errors import ConfigError
 
     parser = build_parser("stmclf augment-preview", "Write a before/after grid of the configured augmentation.")
     parser.add_argument("--num-images", "--num_images", type=int, default=8, help="images in the grid")
     parser.add_argument("--seed", type=int, default=1, help="seed for the image choice and the augmentation")
     parser.add_argument("--out", type=str, default="augmentation_preview.png", help="PNG file to write")
     ns = parse_config_args(parser, argv)
+    if not 1 <= ns.num_images <= 256:
+        raise ConfigError("--num-images", f"expected an integer from 1 to 256, got {ns.num_images}")
     out = augment_preview(from_namespace(parser, ns), ns.num_images, ns.seed, Path(ns.out))
     print(out)
     return 0

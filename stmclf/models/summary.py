@@ -70,6 +70,10 @@ def class_count(cfg: Any) -> int:
     return len(infer_class_names(paths))
 
 
+MAX_CLASSES = 100_000
+"""``--num_classes`` bound: a head that size already has tens of millions of weights."""
+
+
 def build_configured_model(cfg: Any, num_classes: int | None = None) -> KerasGraph:
     """The model of ``training.model`` with the config's classes, dropout and frozen layers."""
     from stmclf.models import build_model
@@ -78,8 +82,8 @@ def build_configured_model(cfg: Any, num_classes: int | None = None) -> KerasGra
     training = cfg.training
     if training is None or not training.model:
         raise ConfigError("training.model", "missing: stmclf summary shows the model of training.model")
-    if num_classes is not None and num_classes < 1:
-        raise ConfigError("--num_classes", f"expected a positive integer, got {num_classes}")
+    if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
+        raise ConfigError("--num_classes", f"expected an integer from 1 to {MAX_CLASSES:,}, got {num_classes}")
     classes = num_classes if num_classes is not None else class_count(cfg)
     model = build_model(dict(training.model), num_classes=classes, dropout=training.dropout)
     if training.frozen_layers is not None:
