@@ -110,6 +110,25 @@ def test_resume_from_a_non_checkpoint_is_refused(tmp_path, capsys, image_folder)
     assert "training.resume_training_from: " in capsys.readouterr().err
 
 
+def test_resume_from_a_model_file_or_a_tampered_checkpoint_is_one_line(trained, tmp_path, capsys, image_folder):
+    from conftest import config_text
+
+    last = torch.load(trained / "run/saved_models/last_augmented_model.ckpt", weights_only=True)
+    tampered = {"epoch": {**last, "epoch": "abc"}, "hparams": {**last, "hyper_parameters": {"foo": 1}},
+                "hparams-int": {**last, "hyper_parameters": 5}}
+    sources = {"best_model": trained / "run/saved_models/best_model.pt"}
+    for name, checkpoint in tampered.items():
+        sources[name] = tmp_path / f"{name}.ckpt"
+        torch.save(checkpoint, sources[name])
+    for name, source in sources.items():
+        text = config_text(image_folder, tmp_path / f"r_{name}", tmp_path / "ml", epochs=4, model="")
+        (tmp_path / f"{name}.yaml").write_text(
+            text.replace("training:\n", f"training:\n  resume_training_from: {source}\n", 1))
+        assert main(["fit", "--config", str(tmp_path / f"{name}.yaml")]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("stmclf: error: training.resume_training_from: ") and "Traceback" not in err, err
+
+
 def test_atomic_save_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "model.ckpt"
     atomic_torch_save({"v": 1}, target)

@@ -28,10 +28,24 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a stmclf file"
         raise ConfigError(key, f"{path} is not a stmclf checkpoint ({one_line(exc)})") from None
-    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("hyper_parameters"), dict) \
+            or not isinstance(checkpoint.get("state_dict"), dict) \
+            or not _REQUIRED_HPARAMS <= set(checkpoint["hyper_parameters"]) <= _module_arguments():
         raise ConfigError(key, f"{path} is not a stmclf checkpoint (expecting a file written by stmclf fit: "
                                f"last_augmented_model.ckpt, best_augmented_model.ckpt or {BEST_MODEL_NAME})")
     return checkpoint
+
+
+_REQUIRED_HPARAMS = {"model_spec", "class_names", "input_shape"}
+
+
+def _module_arguments() -> set[str]:
+    """The keyword arguments :class:`ClassifierModule` takes: a checkpoint's hyper-parameters."""
+    import inspect
+
+    from stmclf.training.module import ClassifierModule
+
+    return set(inspect.signature(ClassifierModule.__init__).parameters) - {"self"}
 
 
 def write_model_file(checkpoint_path: Path, out: Path) -> Path:
