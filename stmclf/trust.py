@@ -29,60 +29,54 @@ FLAG = "--trust-code"
 TRUSTED_PACKAGES = ("lightning", "torch", "stmclf")
 """Top-level packages whose classes ``training.callbacks`` may name without ``--trust-code``."""
 
-_trusted = False
+_grants = {"code": False, "model_files": False}
+"""The command line's grants, process-wide: ``--trust-code`` and ``--trust-model-file``."""
+
+
+@contextmanager
+def _granting(kind: str, enabled: bool) -> Iterator[None]:
+    before = _grants[kind]
+    _grants[kind] = bool(enabled)
+    try:
+        yield
+    finally:
+        _grants[kind] = before
 
 
 def code_trusted() -> bool:
     """Whether Python code named by the config may be imported (``--trust-code`` was given)."""
-    return _trusted
+    return _grants["code"]
 
 
 def set_code_trust(enabled: bool) -> None:
     """Allow (or refuse) code named by the config, for the rest of the process."""
-    global _trusted
-    _trusted = bool(enabled)
+    _grants["code"] = bool(enabled)
 
 
-_model_files_trusted = False
+def trusting_code(enabled: bool = True):
+    """Allow (or refuse) code named by the config inside the ``with`` block."""
+    return _granting("code", enabled)
 
 
 def model_files_trusted() -> bool:
     """Whether pickled model files may be loaded (``--trust-model-file`` was given)."""
-    return _model_files_trusted
+    return _grants["model_files"]
 
 
 def set_model_file_trust(enabled: bool) -> None:
     """Allow (or refuse) pickled model files, for the rest of the process."""
-    global _model_files_trusted
-    _model_files_trusted = bool(enabled)
+    _grants["model_files"] = bool(enabled)
 
 
-@contextmanager
-def trusting_model_files(enabled: bool = True) -> Iterator[None]:
+def trusting_model_files(enabled: bool = True):
     """Allow (or refuse) pickled model files inside the ``with`` block."""
-    before = _model_files_trusted
-    set_model_file_trust(enabled)
-    try:
-        yield
-    finally:
-        set_model_file_trust(before)
-
-
-@contextmanager
-def trusting_code(enabled: bool = True) -> Iterator[None]:
-    """Allow (or refuse) code named by the config inside the ``with`` block."""
-    before = _trusted
-    set_code_trust(enabled)
-    try:
-        yield
-    finally:
-        set_code_trust(before)
+    return _granting("model_files", enabled)
 
 
 def require_trusted_code(key: str, target: str, kind: str) -> None:
     """Raise the one-line ConfigError unless ``--trust-code`` was given. ``target`` is the text of
     the config (``my_model.py:build``), ``kind`` ``"file"`` or ``"module"``."""
-    if not _trusted:
+    if not code_trusted():
         raise ConfigError(key, f"{target} runs Python code from a {kind} named by the config; "
                                f"pass {FLAG} if you trust it")
 
@@ -97,7 +91,7 @@ def check_config_code(cfg, *, model: bool = True) -> None:
     ``--trust-code``: ``training.model.custom_model`` (when ``model``: a fresh model is built from
     ``training.model``) and ``custom_data_augmentation.function_name`` (callback class paths are
     checked by :func:`stmclf.training.callbacks.build_callbacks`)."""
-    if _trusted:
+    if code_trusted():
         return
     training = getattr(cfg, "training", None)
     spec = getattr(training, "model", None) if model else None
