@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stmclf.config.rules import MAX_CHANNELS, MAX_IMAGE_SIDE
-from stmclf.errors import ConfigError, one_line
+from stmclf.errors import ConfigError
 from stmclf.models.importers.base import KINDS, SUPPORTED_TEXT, ImportedModel, detect_kind, file_error
 
 __all__ = ["ImportedModel", "KINDS", "detect_kind", "load_model_file"]
@@ -51,11 +51,7 @@ def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: st
     if kind == "keras_h5":
         from stmclf.models.importers.keras_h5 import load_keras_h5
 
-        try:
-            imported = load_keras_h5(file, key)
-        except (AttributeError, TypeError, KeyError, IndexError, ValueError, RecursionError, RuntimeError,
-                MemoryError) as exc:  # a model_config or weights group of the wrong shape: the file's fault
-            raise file_error(key, file, f"not a Keras model this importer can read ({one_line(exc, 150)})") from None
+        imported = load_keras_h5(file, key)
     elif kind == "onnx":
         from stmclf.models.importers.onnx_graph import load_onnx
 

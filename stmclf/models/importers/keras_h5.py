@@ -616,6 +616,11 @@ def _set_dropout(graph: KerasGraph) -> Callable[[float], None]:
     return apply
 
 
+_MALFORMED = (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RecursionError, RuntimeError,
+              MemoryError)
+"""What a hostile or broken .h5 raises while it is read: a one-line error naming the file."""
+
+
 def load_keras_h5(path: Path, key: str) -> ImportedModel:
     try:
         import h5py  # noqa: F401
@@ -628,14 +633,15 @@ def load_keras_h5(path: Path, key: str) -> ImportedModel:
         raise file_error(key, path, str(exc).removeprefix(f"{path}: ")) from None
     except _Unsupported as exc:
         raise file_error(key, path, f"unsupported Keras model: {exc}") from None
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise file_error(key, path, f"not a readable Keras .h5 model ({first_line(exc)})") from None
+    except _MALFORMED as exc:  # a model_config of the wrong shape (types, nesting, sizes): the file's fault
+        raise file_error(key, path, f"not a Keras model this importer can read ({first_line(exc)})") from None
     try:
         load_weights(graph, read_h5_layer_weights(path))
     except UserError as exc:  # (the readers' own messages may already start with the path)
         raise file_error(key, path, str(exc).removeprefix(f"{path}: ")) from None
-    except (OSError, KeyError, ValueError) as exc:
-        raise file_error(key, path, f"cannot read the Keras weights ({first_line(exc)})") from None
+    except _MALFORMED as exc:
+        raise file_error(key, path, f"not a Keras model this importer can read (its weights: {first_line(exc)})") \
+            from None
     out_shape = graph.nodes[-1].output_shape
     if len(out_shape) != 1:
         raise file_error(key, path, f"the model outputs {out_shape} per image; a vector of class scores is needed")
