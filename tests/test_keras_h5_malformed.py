@@ -49,6 +49,7 @@ def _write(path: Path, model_config, layer_names=(b"d",)) -> Path:
 @pytest.mark.parametrize("name, model_config, layer_names, expected", [
     ("list", "[1, 2, 3]", (b"d",), "not a Keras model this importer can read"),
     ("int", 12345, (b"d",), "not a"),
+    ("deep", "[" * 200000 + "]" * 200000, (b"d",), "nests deeper than 100 levels"),
     ("int-layers", _sequential(1, 2), (b"d",), "not a Keras model this importer can read"),
     ("negative-units", _sequential(_input([8, 8, 3]), GAP, _dense(-5)), (b"d",), "not a"),
     ("huge-units", _sequential(_input([8, 8, 3]), GAP, _dense(10**12)), (b"d",), "not a"),

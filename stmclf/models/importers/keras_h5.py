@@ -64,6 +64,20 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+MAX_CONFIG_DEPTH = 100
+"""Nesting a model_config may have (Keras's own stay well under 20)."""
+
+
+def _nesting_depth(text: str) -> int:
+    """The deepest ``[``/``{`` nesting of JSON ``text``, strings left out."""
+    import itertools
+    import re
+
+    brackets = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
+    steps = (1 if c in "[{" else -1 for c in brackets if c in "[]{}")
+    return max(itertools.accumulate(steps, initial=0))
+
+
 def read_model_config(path: Path) -> tuple[dict[str, Any], str]:
     """The ``model_config`` JSON of a Keras ``.h5`` file and its ``keras_version``."""
     import h5py
@@ -72,7 +86,11 @@ def read_model_config(path: Path) -> tuple[dict[str, Any], str]:
         if "model_config" not in f.attrs:
             raise UserError("a Keras weights file (save_weights), not a full model: it has no model_config; "
                             "save the model with model.save(\"model.h5\")")
-        config = json.loads(_text(f.attrs["model_config"]))
+        text = _text(f.attrs["model_config"])
+        if _nesting_depth(text) > MAX_CONFIG_DEPTH:  # json's C decoder recurses: a deep file could crash the process
+            raise UserError(f"not a Keras model this importer can read (its model_config nests deeper than "
+                            f"{MAX_CONFIG_DEPTH} levels)")
+        config = json.loads(text)
         version = _text(f.attrs.get("keras_version", ""))
     return config, version
 
