@@ -1,6 +1,8 @@
 """User-facing errors: one line, exit code 2, no traceback (the CLI catches them)."""
 from __future__ import annotations
 
+import os
+
 
 class UserError(Exception):
     """Bad input from the user (file, config value, command line). The message is one line."""
@@ -39,3 +41,22 @@ def one_line(value: object, limit: int = 300, *, typed: bool = False, whole: boo
         if typed:
             return f"{name}: {text}"
     return text
+
+
+def is_text(name: str) -> bool:
+    """Whether ``name`` (a file name read from disk, a command-line argument) is UTF-8 text: Python
+    keeps the bytes of other encodings as lone surrogates, which no UTF-8 file can hold."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: "os.PathLike[str] | str") -> str:
+    """``path`` for messages and text files: bytes that are not UTF-8 shown as ``\\xNN``."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # a surrogate that no byte gave
+        return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")

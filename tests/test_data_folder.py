@@ -99,3 +99,34 @@ def test_non_image_files_are_skipped(tmp_path):
     (root / "a" / ".DS_Store").write_bytes(b"\0")
     splits = make_splits(Dataset(training_path=str(root)))
     assert len(splits.train) + len(splits.valid) == 6
+
+
+def test_class_folder_name_that_is_not_utf8_is_refused(tmp_path):
+    """Class names go into reports, C headers and model files: a folder named in another encoding
+    (latin-1 here) is a one-line error showing its bytes, not a UnicodeEncodeError later."""
+    import os
+
+    root = write_image_folder(tmp_path / "train", per_class=2, classes={"cat": (200, 0, 0)}, size=(8, 8))
+    os.rename(os.fsencode(root / "cat"), os.fsencode(root) + b"/caf\xe9")
+    with pytest.raises(ConfigError, match=r"^dataset\.training_path: the class folder .*/train/caf\\xe9 has a name "
+                                          r"that is not UTF-8 text: rename it"):
+        make_splits(Dataset(training_path=str(root)))
+
+
+def test_image_file_name_that_is_not_utf8_is_listed_and_cached(tmp_path):
+    """An image file named in latin-1 is an ordinary image: listed, decoded, and its path hashed as
+    its bytes on disk for the image cache (it raised UnicodeEncodeError there)."""
+    import os
+
+    from stmclf.data.cache import cache_key
+    from stmclf.data.datamodule import ImageFormat, load_image
+
+    root = write_image_folder(tmp_path / "train", per_class=3, classes=CLASSES, size=(8, 8))
+    renamed = os.fsencode(root / "a_cat") + b"/caf\xe9.png"
+    os.rename(os.fsencode(root / "a_cat" / "a_cat_000.png"), renamed)
+    files = list_images(str(root), sorted(CLASSES), "dataset.training_path", seed=1)
+    assert os.fsdecode(renamed) in files.paths and len(files) == 9
+    assert load_image(os.fsdecode(renamed), ImageFormat(8, 8)).shape == (8, 8, 3)
+    key = cache_key(files.cache_identity(), {"size": 8})
+    os.rename(renamed, os.fsencode(root / "a_cat") + b"/caf\xe8.png")
+    assert cache_key(list_images(str(root), sorted(CLASSES), "k", seed=1).cache_identity(), {"size": 8}) != key

@@ -8,6 +8,7 @@ The other cases run in-process with a timer.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -152,6 +153,14 @@ CASES = [
     Case("binary-png", png_bytes, FILE + r": a binary file"),
     Case("latin-1", lambda t, _: t.replace("pytest_project", "caf\u00e9").encode("latin-1"),
          FILE + r": not UTF-8 text \(byte 0xe9 on line 2\)"),
+    Case("yaml-escaped-surrogate", sub("project_name: pytest_project", 'project_name: "caf\\udce9"'),
+         FILE + r": invalid YAML \(line 2, column \d+\): found invalid Unicode character escape"),
+    Case("override-not-utf8", lambda t, _: t, r"^dataset\.training_path: '/data/tr\\xe9in' is not UTF-8 text$",
+         args=(os.fsdecode(b"dataset.training_path=/data/tr\xe9in"),)),
+    Case("override-flag-not-utf8", lambda t, _: t, r"^general\.project_name: 'caf\\xe9' is not UTF-8 text$",
+         args=("--general.project_name", os.fsdecode(b"caf\xe9"))),
+    Case("argument-not-utf8", lambda t, _: t, r"^command-line argument '\\xe9' is not UTF-8 text$",
+         args=(os.fsdecode(b"\xe9"),)),
     Case("empty-file", lambda t, _: "", FILE + r": expecting a YAML mapping .* found nothing \(an empty file\)"),
     Case("comments-only", lambda t, _: "# nothing here\n", FILE + r": expecting a YAML mapping .* found nothing"),
     Case("top-level-list", lambda t, _: "- general\n- training\n", FILE + r": expecting a YAML mapping .* found a list"),
@@ -170,6 +179,9 @@ CASES = [
     Case("section-is-list", lambda t, _: t.replace("mlflow:\n  uri:", "mlflow: [1, 2]\nx_uri:", 1).replace("x_uri:", "#"),
          r"^mlflow: "),
     Case("trainer-is-list", sub("trainer:\n  enable_model_summary: false\n", "trainer: [1, 2]\n"), r"^trainer: expected a mapping of Lightning Trainer arguments"),
+    Case("cpu-devices-1000", sub("trainer:\n  enable_model_summary: false\n",
+                                 "trainer:\n  enable_model_summary: false\n  accelerator: cpu\n  devices: 1000\n"),
+         r"^trainer\.devices: 1000 CPU processes asked, but this machine gives the run \d+ cores: use 1\.\.\d+"),
     Case("bad-operation-mode", sub("operation_mode: training", "operation_mode: trainnig"), r"^operation_mode: expected one of"),
     # --- LearningRateScheduler expressions
     Case("schedule-code", schedule("\"lambda epoch, lr: __import__('os').system('touch pwned')\""),

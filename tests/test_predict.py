@@ -119,6 +119,25 @@ def test_predict_model_file(setup, tmp_path, capsys):
     assert "Predictions of best_model.pt" in out and "cat_000.png" in out
 
 
+def test_predict_file_name_that_is_not_utf8(setup, tmp_path, capsys):
+    """A file named in latin-1: predicted like the others; the CSV (UTF-8) and the table show its
+    undecodable byte as \\xe9 instead of failing with UnicodeEncodeError."""
+    import os
+
+    from stmclf.evaluate.predict import predict_folder
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    source = sorted(setup["folder"].glob("cat_*.png"))[0]
+    (Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png"))).write_bytes(source.read_bytes())
+    result = predict_folder(setup["pt"], folder, tmp_path / "run")
+    assert [Path(r.file).name for r in result.rows] == [os.fsdecode(b"caf\xe9.png")]
+    assert result.rows[0].image.is_file()
+    rows = list(csv.DictReader(open(result.csv, newline="", encoding="utf-8")))
+    assert rows[0]["file"].endswith("/images/caf\\xe9.png") and rows[0]["label"] == result.rows[0].label
+    assert "caf\\xe9.png" in capsys.readouterr().out
+
+
 def test_predict_onnx_float_and_qdq_match_torch(setup, tmp_path):
     from stmclf.evaluate.predict import predict_folder
 

@@ -22,7 +22,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader
 from stmclf.config import sections
 from stmclf.config.interpolate import clear_env_references, interpolate_tree, record_env_references
 from stmclf.config.values import convert_values
-from stmclf.errors import UserError, one_line
+from stmclf.errors import ConfigError, UserError, is_text, one_line, printable_path
 
 PARSER_MODE = "stmclf_yaml"
 
@@ -421,6 +421,8 @@ def _convert_override(key: str, value: str) -> str:
 
     from stmclf.config.values import is_text_key, parse_value
 
+    if not is_text(value):  # bytes of another encoding (kept as lone surrogates): no UTF-8 file can hold them
+        raise ConfigError(key, f"'{printable_path(value)}' is not UTF-8 text")
     if key in ("config", "print_config") or is_text_key(key.rsplit(".", 1)[-1]):
         return value
     parsed = parse_value(value, key)
@@ -447,6 +449,8 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
             name, _, value = arg.lstrip("+").partition("=")
             out.append(f"--{name}={_convert_override(name, value)}")
         else:
+            if not is_text(arg):
+                raise UserError(f"command-line argument '{printable_path(arg)}' is not UTF-8 text")
             out.append(arg)
     return out
 

@@ -41,14 +41,15 @@ def cache_root() -> Path:
 
 
 def cache_key(identity: list[str], fmt_fields: dict) -> str:
-    """Hash of the format and of each item: a file's path, size and mtime, or any other text."""
+    """Hash of the format and of each item: a file's path, size and mtime, or any other text (a file
+    name's bytes that are not UTF-8 hashed as they are on disk)."""
     digest = hashlib.sha1(json.dumps(fmt_fields, sort_keys=True).encode())
     for item in identity:
         try:
             stat = os.stat(item)
-            digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
         except (OSError, ValueError):
-            digest.update(f"{item}\n".encode())
+            digest.update(f"{item}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:20]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from stmclf.data.decode import ImageFormat, decode_for_resize, load_image, read_file
 from stmclf.data.resize import resize_into, stackable
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import ConfigError, UserError, is_text, printable_path
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,10 @@ def class_dirs(root: Path, key: str) -> list[str]:
     if not root.is_dir():
         raise ConfigError(key, f"unable to find the dataset root directory {root}")
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in names:
+        if not is_text(name):
+            raise ConfigError(key, f"the class folder {printable_path(root / name)} has a name that is not UTF-8 "
+                                   "text: rename it (class names go into reports, C headers and model files)")
     if not names:
         raise ConfigError(key, f"expecting class sub-directories under the dataset root directory {root}")
     return names

@@ -45,7 +45,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from stmclf.errors import ConfigError, UserError
+from stmclf.errors import ConfigError, UserError, printable_path
 
 log = logging.getLogger("stmclf.evaluate")
 
@@ -302,7 +302,7 @@ def write_csv(rows: Sequence[Prediction], class_names: Sequence[str], path: Path
         writer.writerow(["file", "label", "class_index", "score", *[f"prob_{name}" for name in class_names]])
         for row in rows:
             probs = list(row.probabilities) + [math.nan] * (len(class_names) - len(row.probabilities))
-            writer.writerow([row.file, row.label, row.index, f"{row.score:.6f}",
+            writer.writerow([printable_path(row.file), row.label, row.index, f"{row.score:.6f}",
                              *[f"{p:.6f}" for p in probs[:len(class_names)]]])
     return path
 
@@ -317,7 +317,7 @@ def print_predictions(rows: Sequence[Prediction], title: str = "Predictions") ->
     table.add_column("label")
     table.add_column("score", justify="right")
     for i, row in enumerate(rows[:MAX_TABLE_ROWS], start=1):
-        table.add_row(str(i), Path(row.file).name, row.label, f"{row.score:.4f}")
+        table.add_row(str(i), printable_path(Path(row.file).name), row.label, f"{row.score:.4f}")
     if len(rows) > MAX_TABLE_ROWS:
         table.caption = f"{len(rows) - MAX_TABLE_ROWS} more rows in {CSV_NAME}"
     Console().print(table)

@@ -25,7 +25,7 @@ from stmclf.training.checkpoint_io import AtomicCheckpointIO
 from stmclf.training.model_file import BEST_MODEL_NAME, read_checkpoint, write_model_file
 from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
-from stmclf.training.precision import default_precision
+from stmclf.training.precision import default_precision, trains_on_cpu
 from stmclf.training.run_dir import RunDir, create_run_dir
 from stmclf.training.progress import (EpochLine, EpochSeed, EpochStep, MidEpochCheckpoint, ProgressBar,
                                      checkpoint_interval, is_mid_epoch)
@@ -189,10 +189,29 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
                  default)
     if torch.cuda.is_available() is False and options.get("precision") in ("16-mixed", "16"):
         raise ConfigError("trainer.precision", "16-bit mixed precision needs a GPU; use bf16-mixed on CPU")
+    _check_cpu_processes(options)
     clip = gradient_clipping(cfg.training.optimizer)
     if clip and "gradient_clip_val" not in options:
         options.update(clip)
     return options
+
+
+def _check_cpu_processes(options: dict[str, Any]) -> None:
+    """On CPU, ``trainer.devices: N`` starts N training processes on this machine: more than it has
+    cores only competes for them (and a typo such as 1000 would fork a thousand ranks that wait on
+    each other's rendezvous), so it is refused."""
+    devices = options.get("devices")
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if not isinstance(devices, int) or isinstance(devices, bool) or not trains_on_cpu(options):
+        return
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if devices > cores:
+        raise ConfigError("trainer.devices", f"{devices} CPU processes asked, but this machine gives the run "
+                          f"{cores} cores: use 1..{cores} (each process trains on its own cores), or a GPU "
+                          "accelerator")
 
 
 def make_trainer(**kwargs: Any) -> L.Trainer:
@@ -308,6 +327,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
         weights_source = (f"model file {source.path}" if source is not None
                           else apply_pretrained(module.model, training.model))
 
+    options = _trainer_options(cfg)  # its refusals before anything is written
     run, mlflow_logger = open_run() if open_run is not None else (create_run_dir(cfg), None)
     log.info("operation_mode: training")
     log.info("Model name : %s", module.model_name)
@@ -328,7 +348,6 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     mid_epoch = MidEpochCheckpoint(run.saved_models / f"{LAST_NAME}.ckpt", seed, **checkpoint_every)
     csv_logger = EpochCSVLogger(run.metrics_csv)
     loggers = [make_tensorboard_logger(run.root, cfg.general.logs_dir), *([mlflow_logger] if mlflow_logger else [])]
-    options = _trainer_options(cfg)
     # The Rich bar only in a terminal; piped or in CI, one plain line per epoch (EpochLine) and no
     # sanity-check or validation bars.
     rich_bar = bool(options.get("enable_progress_bar", True)) and sys.stdout.isatty()

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-__all__ = ["cpu_has_native_bf16", "default_precision"]
+__all__ = ["cpu_has_native_bf16", "default_precision", "trains_on_cpu"]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -23,7 +23,11 @@ def cpu_has_native_bf16() -> bool:
 
 def default_precision(options: dict[str, Any]) -> Optional[str]:
     """``bf16-mixed`` when the run will train on a bf16-capable CPU, else None (Lightning's 32)."""
+    return "bf16-mixed" if trains_on_cpu(options) and cpu_has_native_bf16() else None
+
+
+def trains_on_cpu(options: dict[str, Any]) -> bool:
+    """Whether Lightning's Trainer with these ``trainer:`` options picks the CPU accelerator."""
     accelerator = str(options.get("accelerator") or "auto")
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
-                                      and not torch.backends.mps.is_available())
-    return "bf16-mixed" if on_cpu and cpu_has_native_bf16() else None
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                    and not torch.backends.mps.is_available())

@@ -154,7 +154,7 @@ def attach_log_file(path: Path) -> None:
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler) and handler.baseFilename == resolved:
             return
-    handler = logging.FileHandler(resolved, encoding="utf-8")
+    handler = logging.FileHandler(resolved, encoding="utf-8", errors="backslashreplace")  # non-UTF-8 file names
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
