@@ -115,7 +115,7 @@ def test_resume_from_a_model_file_or_a_tampered_checkpoint_is_one_line(trained, 
 
     last = torch.load(trained / "run/saved_models/last_augmented_model.ckpt", weights_only=True)
     tampered = {"epoch": {**last, "epoch": "abc"}, "hparams": {**last, "hyper_parameters": {"foo": 1}},
-                "hparams-int": {**last, "hyper_parameters": 5}}
+                "hparams-int": {**last, "hyper_parameters": 5}, **tampered_weights(last)}
     sources = {"best_model": trained / "run/saved_models/best_model.pt"}
     for name, checkpoint in tampered.items():
         sources[name] = tmp_path / f"{name}.ckpt"
@@ -127,6 +127,37 @@ def test_resume_from_a_model_file_or_a_tampered_checkpoint_is_one_line(trained, 
         assert main(["fit", "--config", str(tmp_path / f"{name}.yaml")]) == 2, name
         err = capsys.readouterr().err
         assert err.startswith("stmclf: error: training.resume_training_from: ") and "Traceback" not in err, err
+        if name.startswith("weights-"):
+            assert "does not match the model it describes" in err and len(err.splitlines()) == 1, err
+
+
+def tampered_weights(checkpoint: dict) -> dict[str, dict]:
+    """Copies of ``checkpoint`` whose weights do not fit the model its hyper-parameters describe."""
+    state = checkpoint["state_dict"]
+    first = next(iter(state))
+    return {"weights-shape": {**checkpoint, "state_dict": {**state, first: torch.zeros(3, 3)}},
+            "weights-not-tensor": {**checkpoint, "state_dict": {**state, first: 5}},
+            "weights-extra": {**checkpoint, "state_dict": {**state, "model.extra.weight": torch.zeros(1)}}}
+
+
+@pytest.mark.parametrize("mode", ["evaluation", "training"])
+def test_model_file_with_weights_that_do_not_fit_is_one_line(trained, tmp_path, capsys, image_folder, mode):
+    """A damaged or crafted best_model.pt as general.model_path (evaluation, or fine-tuning from it):
+    a one-line error naming the key, not load_state_dict's RuntimeError."""
+    from conftest import config_text
+
+    best = torch.load(trained / "run/saved_models/best_model.pt", weights_only=True)
+    for name, model in tampered_weights(best).items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(model, path)
+        text = config_text(image_folder, tmp_path / f"r_{name}", tmp_path / "ml", model="")
+        text = text.replace("operation_mode: training", f"operation_mode: {mode}").replace(
+            "general:\n", f"general:\n  model_path: {path}\n", 1)
+        (tmp_path / f"{name}.yaml").write_text(text)
+        assert main(["run", "--config", str(tmp_path / f"{name}.yaml")]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"stmclf: error: general.model_path: {path} does not match the model it describes"), err
+        assert len(err.splitlines()) == 1, err
 
 
 def test_atomic_save_keeps_old_file_on_failure(tmp_path):

@@ -22,7 +22,7 @@ from stmclf.training.allocator import keep_freed_memory
 from stmclf.training.cuda_probe import skip_absent_nvml
 from stmclf.training.callbacks import build_callbacks
 from stmclf.training.checkpoint_io import AtomicCheckpointIO
-from stmclf.training.model_file import BEST_MODEL_NAME, read_checkpoint, write_model_file
+from stmclf.training.model_file import BEST_MODEL_NAME, load_weights, read_checkpoint, write_model_file
 from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
 from stmclf.training.precision import default_precision, trains_on_cpu
@@ -129,7 +129,7 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
         raise ConfigError("training.dropout", "unable to set the dropout rate: the model does not include a "
                                               "dropout layer")
     module = ClassifierModule(model_spec=hparams["model_spec"], input_shape=hparams["input_shape"], **settings)
-    module.load_state_dict(stored["state_dict"])
+    load_weights(module, stored["state_dict"], source.path, source.key)
     return module
 
 
@@ -315,6 +315,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
         raise ConfigError("dataset.training_path", "training needs a training set and a validation set")
     if resume is not None:
         module = ClassifierModule(**resume["hyper_parameters"])
+        load_weights(module, resume["state_dict"], training.resume_training_from, "training.resume_training_from")
         if module.class_names != splits.class_names:
             raise ConfigError("dataset.class_names", f"the checkpoint was trained on classes {module.class_names}, "
                                                      f"the dataset has {splits.class_names}")

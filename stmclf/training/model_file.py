@@ -65,11 +65,26 @@ def load_classifier(path: str | Path, key: str = "general.model_path"):
 
     checkpoint = read_checkpoint(path, key)
     module = ClassifierModule(**checkpoint["hyper_parameters"])
-    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    load_weights(module, checkpoint["state_dict"], path, key)
+    return module.eval()
+
+
+def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], path: str | Path, key: str) -> None:
+    """``module.load_state_dict(state_dict)``; weights that do not fit the model (missing or extra
+    names, other shapes, values that are not tensors: a damaged or crafted file) are a one-line
+    error naming ``key`` and the file."""
+    bad = [name for name, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise ConfigError(key, f"{path} does not match the model it describes (not a tensor: {bad[:3]})")
+    expected = module.state_dict()
+    shapes = [f"{name} {tuple(value.shape)} instead of {tuple(expected[name].shape)}"
+              for name, value in state_dict.items() if name in expected and value.shape != expected[name].shape]
+    if shapes:
+        raise ConfigError(key, f"{path} does not match the model it describes (shape of {'; '.join(shapes[:3])})")
+    missing, unexpected = module.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise ConfigError(key, f"{path} does not match the model it describes "
                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return module.eval()
 
 
 def dataset_class_names(cfg) -> list[str] | None:
