@@ -71,6 +71,19 @@ def hydra(extra: str) -> Callable[[str, Path], str]:
     return sub("hydra:\n", "hydra:\n" + extra)
 
 
+def run_dir_at(where: Callable[[Path], str]) -> Callable[[str, Path], str]:
+    """``hydra.run.dir`` set to ``where(case folder)``."""
+    def make(text: str, folder: Path) -> str:
+        assert f"dir: {folder / 'run'}\n" in text
+        return text.replace(f"dir: {folder / 'run'}\n", f"dir: {where(folder)}\n", 1)
+    return make
+
+
+def a_file(folder: Path) -> str:
+    (folder / "a_file").write_text("not a folder")
+    return str(folder / "a_file")
+
+
 def alias_bomb(text: str, _: Path) -> str:
     """The "billion laughs": 9 levels of 9 aliases each, 9**9 leaves once expanded."""
     lines = ["  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
@@ -182,6 +195,10 @@ CASES = [
     Case("cpu-devices-1000", sub("trainer:\n  enable_model_summary: false\n",
                                  "trainer:\n  enable_model_summary: false\n  accelerator: cpu\n  devices: 1000\n"),
          r"^trainer\.devices: 1000 CPU processes asked, but this machine gives the run \d+ cores: use 1\.\.\d+"),
+    Case("run-dir-is-a-file", run_dir_at(a_file),
+         r"^hydra\.run\.dir: .*/a_file is a file, not a folder: name the folder the run should write into$"),
+    Case("run-dir-is-a-device", run_dir_at(lambda _: "/dev/null"),
+         r"^hydra\.run\.dir: /dev/null is a device or special file, not a folder"),
     Case("bad-operation-mode", sub("operation_mode: training", "operation_mode: trainnig"), r"^operation_mode: expected one of"),
     # --- LearningRateScheduler expressions
     Case("schedule-code", schedule("\"lambda epoch, lr: __import__('os').system('touch pwned')\""),

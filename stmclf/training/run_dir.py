@@ -11,7 +11,7 @@ import yaml
 
 from stmclf.config import RunConfig
 from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME, read_run_config
-from stmclf.errors import UserError
+from stmclf.errors import ConfigError, UserError
 
 LOG_NAME = "stmclf.log"
 log = logging.getLogger("stmclf")
@@ -108,6 +108,9 @@ def _claim_new_run_dir(base: Path, config_text: str, limit: int = 10_000) -> Pat
     """``base``, or the first free ``base_1``, ``base_2``, …: a folder is taken once it holds a
     ``config.yaml``, and this process takes one by creating that file (with ``config_text``)
     exclusively (``O_EXCL``)."""
+    if base.exists() and not base.is_dir():
+        raise ConfigError("hydra.run.dir", f"{base} is a {'file' if base.is_file() else 'device or special file'}, "
+                                           "not a folder: name the folder the run should write into")
     for n in range(limit):
         candidate = base if n == 0 else base.with_name(f"{base.name}_{n}")
         try:
