@@ -151,6 +151,18 @@ def test_print_config_shows_resolved_values(seed_file, capsys):
     assert "input_shape:\n    - 224" in out or "input_shape: [224, 224, 3]" in out.replace("\n    - ", "")
 
 
+@pytest.mark.parametrize("override, error", [
+    ("training.batch_size=100000", "training.batch_size: must be at most 65,536 (got 100000)"),
+    ("dataset.validation_split=5", "dataset.validation_split: the value should be > 0 and < 1 (got 5.0)"),
+])
+def test_print_config_refuses_what_the_command_would(seed_file, capsys, override, error):
+    """--print_config runs the config's own checks first: a value every command refuses is the same
+    one-line error and exit code 2, not a printed config and exit code 0."""
+    assert main(["fit", "--config", str(seed_file), override, "--print_config"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"stmclf: error: {error}\n"
+
+
 @pytest.mark.parametrize("text, value", [
     ("1/127.5", 1 / 127.5), ("1./255", 1 / 255), ("-1", -1), ("1e-7", 1e-7), ("(224, 224, 3)", [224, 224, 3]),
     ("(128,128)", [128, 128]), ("True", True), ("None", None), ("2**3", 8), ("(0.2, 1.5)", [0.2, 1.5]),

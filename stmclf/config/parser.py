@@ -461,7 +461,9 @@ HYDRA_OVERRIDE = re.compile(r"^\+?[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 def parse_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
     """Parse ``argv``; any problem becomes a one-line :class:`UserError`. With ``--print_config``
-    the config is printed (:func:`print_config_text`) and the process exits with code 0."""
+    the config is checked as every command checks it first (:func:`stmclf.config.from_namespace`),
+    then printed (:func:`print_config_text`) and the process exits with code 0; the checks that need
+    the dataset or the model (class folders, model names) are the command's."""
     clear_env_references()  # filled by load_yaml, read by stmclf.config.from_namespace
     try:
         ns = parser.parse_args(convert_overrides(argv))
@@ -475,6 +477,9 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
         raise UserError(one_line_error(message)) from None
     flags = ns.get("print_config")
     if flags is not None:
+        from stmclf.config import from_namespace
+
+        from_namespace(parser, ns)  # the config's own checks (value ranges, splits): a bad value is not printed
         sys.stdout.write(print_config_text(parser, ns, flags))
         raise SystemExit(0)
     return ns
