@@ -209,9 +209,55 @@ def load_yaml(text: str, path: Optional[str] = None) -> Any:
     if isinstance(data, (dict, list, str)):
         data = interpolate_tree(data, env_refs=refs if document else None)
     data = convert_values(data)
+    if document:
+        check_section_shapes(data)
     if refs:
         record_env_references({p: (kept, _at(data, p)) for p, kept in refs.items()})
     return data
+
+
+def check_section_shapes(data: dict) -> None:
+    """Sections that hold keys must be mappings, and ``trainer:`` may only hold the Lightning
+    Trainer arguments stmclf passes on: one-line errors naming the section or the key and what is
+    allowed (jsonargparse's own messages name another section or no key)."""
+    for name, value in data.items():
+        kind = _unwrap(sections.SECTIONS.get(name)) if name != "trainer" else dict
+        if value is None or isinstance(value, dict) or not (dataclasses.is_dataclass(kind) or _is_mapping_type(kind)):
+            continue
+        keys = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else []
+        allowed = f"keys ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})" if keys else \
+            "Lightning Trainer arguments" if name == "trainer" else "keys"
+        raise ConfigError(name, f"expected a mapping of {allowed}, got {one_line(repr(value), 60)}")
+    for key in (data.get("trainer") or {}):
+        if (problem := trainer_key_problem(str(key))) is not None:
+            raise ConfigError(f"trainer.{key}", problem)
+
+
+def _is_mapping_type(kind: Any) -> bool:
+    return kind is dict or typing.get_origin(kind) is dict
+
+
+TRAINER_SET_BY = {"max_epochs": "training.epochs", "min_epochs": "training.epochs", "callbacks": "training.callbacks",
+                  "logger": "the mlflow section (TensorBoard is always on)",
+                  "deterministic": "general.deterministic_ops", "default_root_dir": "hydra.run.dir"}
+"""The Trainer arguments stmclf sets itself (``TRAINER_SKIP``), and the key that sets each."""
+
+
+def trainer_key_problem(key: str) -> Optional[str]:
+    """Why ``trainer.<key>`` is refused, or None for an argument of Lightning's Trainer that
+    stmclf passes on."""
+    import inspect
+
+    import lightning
+
+    if key in TRAINER_SET_BY:
+        return f"stmclf sets it from {TRAINER_SET_BY[key]}: give it there"
+    if key in TRAINER_SKIP:
+        return "stmclf does not pass it on to Lightning (it runs checkpoints, profiling and plugins itself)"
+    if key not in inspect.signature(lightning.Trainer.__init__).parameters or key == "self":
+        return ("unknown key; allowed: the Lightning Trainer arguments, e.g. accelerator, devices, strategy, "
+                "num_nodes, precision, max_time (all of them: --help-trainer)")
+    return None
 
 
 def _at(data: Any, path: tuple) -> Any:
@@ -440,6 +486,7 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
             key = None
         elif arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
+            _check_trainer_override(name)
             out.append(f"--{name}={_convert_override(name, value)}" if eq else arg)
             key = None if eq else name
         elif key is not None:
@@ -447,12 +494,19 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
             key = None
         elif HYDRA_OVERRIDE.match(arg):  # ST's documented (Hydra) form: training.epochs=3, +key=value
             name, _, value = arg.lstrip("+").partition("=")
+            _check_trainer_override(name)
             out.append(f"--{name}={_convert_override(name, value)}")
         else:
             if not is_text(arg):
                 raise UserError(f"command-line argument '{printable_path(arg)}' is not UTF-8 text")
             out.append(arg)
     return out
+
+
+def _check_trainer_override(name: str) -> None:
+    section, dot, key = name.partition(".")
+    if section == "trainer" and dot and (problem := trainer_key_problem(key.split(".")[0])) is not None:
+        raise ConfigError(f"trainer.{key.split('.')[0]}", problem)
 
 
 HYDRA_OVERRIDE = re.compile(r"^\+?[A-Za-z_][\w-]*(\.[\w-]+)*=")
