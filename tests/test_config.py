@@ -139,6 +139,8 @@ def test_overrides_and_trainer_section(seed_file):
     assert cfg.preprocessing.rescaling.scale == pytest.approx(1 / 255)
     assert cfg.trainer["precision"] == "bf16-mixed"
     assert cfg.trainer["devices"] in (1, "1")  # Lightning reads both
+    appended = load_config(["--config", str(seed_file), "--trainer.devices+", "0"])  # jsonargparse's list append
+    assert appended.trainer["devices"] == [0]
 
 
 def test_print_config_shows_resolved_values(seed_file, capsys):

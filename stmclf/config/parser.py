@@ -504,9 +504,10 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
 
 
 def _check_trainer_override(name: str) -> None:
-    section, dot, key = name.partition(".")
-    if section == "trainer" and dot and (problem := trainer_key_problem(key.split(".")[0])) is not None:
-        raise ConfigError(f"trainer.{key.split('.')[0]}", problem)
+    section, dot, rest = name.partition(".")
+    key = rest.split(".")[0].rstrip("+")  # --trainer.devices+ appends to a list
+    if section == "trainer" and dot and (problem := trainer_key_problem(key)) is not None:
+        raise ConfigError(f"trainer.{key}", problem)
 
 
 HYDRA_OVERRIDE = re.compile(r"^\+?[A-Za-z_][\w-]*(\.[\w-]+)*=")
