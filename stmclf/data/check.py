@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from stmclf.data.files import IMAGE_SUFFIXES, outside_root
+from stmclf.cpus import available_cpus
 from stmclf.errors import UserError
 
 log = logging.getLogger("stmclf.data")
@@ -319,10 +320,7 @@ def _class_dirs(key: str, root: str, problems: list[Problem], warnings: list[Pro
 # The check
 
 def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cpus()
 
 
 def _pool_context():

@@ -38,6 +38,7 @@ from stmclf.data.decode import load_image  # noqa: F401  (re-exported)
 from stmclf.data.decode import DEFAULT_MAX_PIXELS, ImageFormat, max_image_pixels
 from stmclf.data.files import FileList, Splits
 from stmclf.data.folder import make_splits
+from stmclf.cpus import available_cpus
 from stmclf.errors import UserError
 
 log = logging.getLogger("stmclf.data")
@@ -440,11 +441,7 @@ def _thread_pools():
 
 
 def default_num_workers() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+    return min(available_cpus(), 8)
 
 
 class EpochShuffleSampler(Sampler[int]):

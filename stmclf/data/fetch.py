@@ -40,6 +40,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from stmclf.cpus import available_cpus
 from stmclf.errors import UserError, one_line
 
 __all__ = [
@@ -353,11 +354,7 @@ def _write_pngs(job: tuple[np.ndarray, list[str]]) -> int:
 
 
 def _default_workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 16))
+    return min(available_cpus(), 16)
 
 
 def _write_all(images: np.ndarray, paths: list[str], workers: int | None) -> int:

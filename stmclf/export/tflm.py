@@ -47,6 +47,7 @@ from typing import Optional
 
 import numpy as np
 
+from stmclf.cpus import available_cpus
 from stmclf.errors import UserError, one_line
 
 INSTALL_HINT = "pip install 'stmclf[tflite]'"
@@ -134,7 +135,7 @@ def run_tflm_with_arena(tflite_path: Path, images_nhwc: Optional[np.ndarray], *,
         images = images[:max(int(max_images), 0)]
     count = 0 if images is None else len(images)
     if workers is None:
-        workers = min(_available_cpus(), 4, max(count // IMAGES_PER_WORKER, 1))
+        workers = min(available_cpus(), 4, max(count // IMAGES_PER_WORKER, 1))
     parts = np.array_split(np.arange(count), max(min(int(workers), count), 1)) if count else [np.arange(0)]
     batch = max(int(batch), 1)
     timeout = DEFAULT_TIMEOUT + SECONDS_PER_IMAGE * count if timeout is None else timeout
@@ -179,13 +180,6 @@ def run_tflm_with_arena(tflite_path: Path, images_nhwc: Optional[np.ndarray], *,
         outputs = [np.load(out, allow_pickle=False) for folder in folders for out in sorted(folder.glob("out_*.npy"))]
     result = np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
     return TflmRun(result.astype(np.float32, copy=False), arena, seconds)
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 # -- what TFLM printed -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from stmclf.config import RunConfig, rules
 from stmclf.data.datamodule import ImageDataModule, ImageFormat
+from stmclf.cpus import available_cpus
 from stmclf.errors import ConfigError, UserError, one_line
 from stmclf.models.pretrained import apply_pretrained
 from stmclf.models.registry import check_model_spec
@@ -205,9 +206,7 @@ def _check_cpu_processes(options: dict[str, Any]) -> None:
         devices = int(devices)
     if not isinstance(devices, int) or isinstance(devices, bool) or not trains_on_cpu(options):
         return
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cpus()
     if devices > cores:
         raise ConfigError("trainer.devices", f"{devices} CPU processes asked, but this machine gives the run "
                           f"{cores} cores: use 1..{cores} (each process trains on its own cores), or a GPU "
