@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 
 class UserError(Exception):
@@ -14,6 +15,15 @@ class ConfigError(UserError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"{key}: {message}" if key else message)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal (Ctrl+C is SIGINT; schedulers send SIGTERM). The CLI exits with
+    128 + the signal's number and names the checkpoint a training run resumes from, if any."""
+
+    def __init__(self, signum: int, resume_from: "Optional[os.PathLike[str] | str]" = None) -> None:
+        self.signum, self.resume_from = int(signum), resume_from
+        super().__init__(signum)
 
 
 def one_line(value: object, limit: int = 300, *, typed: bool = False, whole: bool = False) -> str:

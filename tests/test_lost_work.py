@@ -265,3 +265,57 @@ def test_unfinished_checkpoint_files_are_removed_when_the_run_folder_opens(tmp_p
     assert f"Removed 1 unfinished checkpoint file(s) left by an interrupted save in {saved}: {orphan.name}" in log_text
     with open(busy, "rb") as handle:  # the lock was the writer's: now free
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# ---------------------------------------------------------------------------------------------
+# a training stopped by a signal says so, and where it resumes from
+
+SIGNALLER = """\
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalAt(Callback):
+    def __init__(self, signum: int, epoch: int, batch: int):
+        self.signum, self.epoch, self.batch = signum, epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), self.signum)
+"""
+
+
+@pytest.mark.parametrize("signum, epoch", [pytest.param(15, 1, id="SIGTERM after the first epoch"),
+                                           pytest.param(2, 0, id="Ctrl+C in the first epoch",
+                                                        marks=pytest.mark.slow)])
+def test_a_signalled_training_exits_128_plus_the_signal_and_names_its_checkpoint(tmp_path, image_folder,
+                                                                                 signum, epoch):
+    """Lightning turns SIGTERM into exit status 0 and Ctrl+C into 1: a scheduler or a script would
+    take a killed run for a finished (or failed) one. stmclf exits 128 + the signal, its last line
+    names the checkpoint to resume from (or says none was written yet), and the MLflow stage is
+    KILLED."""
+    import mlflow
+    from conftest import run_cli
+
+    (tmp_path / "signaller.py").write_text(SIGNALLER)
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=3).replace(
+        "  callbacks:\n", f"  callbacks:\n    signaller.SignalAt:\n      signum: {signum}\n      epoch: {epoch}\n"
+                          "      batch: 1\n", 1))
+    code, _, err = run_cli("fit", "--config", str(config), "--trust-code", cwd=tmp_path)
+    name = "SIGTERM" if signum == 15 else "SIGINT"
+    last = err.strip().splitlines()[-1]
+    assert code == 128 + signum, err[-2000:]
+    checkpoint = tmp_path / "run" / "saved_models" / "last_augmented_model.ckpt"
+    if epoch:
+        assert last == f"stmclf: interrupted ({name}); resume the training with --training.resume_training_from " \
+                       f"{checkpoint}"
+        assert checkpoint.is_file()
+    else:
+        assert last == f"stmclf: interrupted ({name}) before the training wrote its first checkpoint: it starts " \
+                       "over when run again"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert "KILLED" in set(runs["status"]), runs[["tags.mlflow.runName", "status"]]

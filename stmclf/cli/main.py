@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -516,10 +517,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"stmclf: error: {problem}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("stmclf: interrupted; a training run resumes from its last checkpoint "
-              "(training.resume_training_from: <run>/saved_models/last_augmented_model.ckpt)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(interrupted_line(exc), file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+def interrupted_line(exc: KeyboardInterrupt) -> str:
+    """What was interrupted and how to go on, in one line."""
+    from stmclf.errors import Interrupted, printable_path
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    what = f"stmclf: interrupted ({signal.Signals(signum).name})"
+    if not isinstance(exc, Interrupted):
+        return what
+    if exc.resume_from is None:
+        return f"{what} before the training wrote its first checkpoint: it starts over when run again"
+    return f"{what}; resume the training with --training.resume_training_from {printable_path(exc.resume_from)}"
 
 
 ENVIRONMENT_ERRNOS = (28, 30, 13, 122)  # ENOSPC, EROFS, EACCES, EDQUOT

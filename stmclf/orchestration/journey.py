@@ -65,6 +65,11 @@ def resume_run_dir(cfg: RunConfig) -> Optional[Path]:
     return find_run_dir(checkpoint)
 
 
+def ended_status(exc: BaseException) -> str:
+    """The MLflow status of a stage that ended with ``exc``: KILLED for a signal, else FAILED."""
+    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+
+
 class Journey:
     """The run folder and MLflow parent run of one mode or command (see the module doc)."""
 
@@ -108,9 +113,9 @@ class Journey:
         mlflow_logger = self.start_stage(stage, extra_params)
         try:
             yield mlflow_logger
-        except BaseException:
+        except BaseException as exc:
             if mlflow_logger is not None:
-                mlflow_logger.finalize("FAILED")
+                mlflow_logger.finalize(ended_status(exc))
             raise
         self.end_stage(stage, mlflow_logger, artifacts)
 

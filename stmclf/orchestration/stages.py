@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from stmclf.config import RunConfig
 from stmclf.errors import UserError
-from stmclf.orchestration.journey import Journey, resume_run_dir
+from stmclf.orchestration.journey import Journey, ended_status, resume_run_dir
 
 log = logging.getLogger("stmclf")
 
@@ -43,9 +43,9 @@ def train_stage(cfg: RunConfig, *, callbacks: Sequence = (), journey: Optional[J
         result = train(cfg, callbacks, open_run=open_run)
         if result.is_global_zero and result.module is not None:
             evaluate_trained(result, opened["journey"].root, mlflow_logger=opened.get("mlflow"))
-    except BaseException:
+    except BaseException as exc:
         if opened.get("mlflow") is not None:
-            opened["mlflow"].finalize("FAILED")
+            opened["mlflow"].finalize(ended_status(exc))
         raise
     opened["journey"].end_stage("train", opened.get("mlflow"))
     return result, opened["journey"]

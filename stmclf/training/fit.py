@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -11,11 +12,13 @@ from typing import Any, Callable, Optional, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerStatus
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from stmclf.config import RunConfig, rules
 from stmclf.data.datamodule import ImageDataModule, ImageFormat
 from stmclf.cpus import available_cpus
-from stmclf.errors import ConfigError, UserError, one_line
+from stmclf.errors import ConfigError, Interrupted, UserError, one_line
 from stmclf.models.pretrained import apply_pretrained
 from stmclf.models.registry import check_model_spec
 from stmclf.models.source import ModelSource
@@ -360,7 +363,16 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
                            plugins=[AtomicCheckpointIO()], **options)
 
     start = time.monotonic()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=training.resume_training_from)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=training.resume_training_from)
+    except SystemExit as exc:
+        # Lightning turns Ctrl+C into sys.exit(1) and SIGTERM into a SystemExit of code None
+        # (exit status 0): neither says the run was cut short, nor where it resumes from.
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        checkpoint = run.saved_models / f"{LAST_NAME}.ckpt"
+        raise Interrupted(signal.SIGTERM if isinstance(exc, SIGTERMException) else signal.SIGINT,
+                          checkpoint if checkpoint.is_file() else None) from None
     runtime = time.monotonic() - start
     epochs_run = csv_logger.epochs_written
     result = TrainResult(run, run.saved_models / f"{BEST_NAME}.ckpt", run.saved_models / f"{LAST_NAME}.ckpt",
