@@ -154,3 +154,19 @@ def test_terminal_gets_the_rich_bar_and_the_log_file_the_lines(tmp_path, image_f
     assert not re.search(r"(?m)^epoch 1/1  loss", text)  # the bar shows the epoch: no second line for it
     assert "site-packages" not in text
     assert re.search(r"INFO epoch 1/1  loss \S+  accuracy \S+ %", (tmp_path / "run/stmclf.log").read_text())
+
+
+def test_a_librarys_module_level_warning_does_not_print_every_later_line_twice():
+    """onnxruntime's quantizer calls ``logging.warning`` at module level, which gives an unset-up
+    root logger a handler of its own: every stmclf line after it then printed twice. The CLI's
+    console set-up gives the root a handler for other libraries' warnings, so nothing doubles."""
+    script = ("import logging\n"
+              "from stmclf.cli.main import _setup_console_logging\n"
+              "_setup_console_logging()\n"
+              "logging.warning(\"Axis 1 is out-of-range for weight 'w'\")\n"
+              "logging.getLogger('stmclf.export').info('the float ONNX model agrees')\n"
+              "logging.getLogger('onnx').info('an INFO of a library stays quiet')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["the float ONNX model agrees"]
+    assert proc.stderr.splitlines() == ["WARNING:root:Axis 1 is out-of-range for weight 'w'"]

@@ -485,6 +485,33 @@ def _setup_console_logging() -> None:
         handler.addFilter(lambda record: not getattr(record, "file_only", False))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    root = logging.getLogger()
+    if not any(isinstance(h, _LibraryHandler) for h in root.handlers):
+        root.addHandler(_LibraryHandler())
+
+
+OWN_HANDLERS = ("stmclf", "lightning")  # the loggers (and their children) that print on their own
+
+
+class _LibraryHandler(logging.StreamHandler):
+    """Other libraries' log records on stderr, ``WARNING:name:message`` as Python prints them when
+    nothing is set up. With a handler of its own, the root logger is never given one by a library's
+    module-level ``logging.warning`` (as onnxruntime's quantizer does), which would print every
+    stmclf line a second time. stmclf and Lightning print through their own handlers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+        self.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+        self.addFilter(lambda record: record.name.partition(".")[0] not in OWN_HANDLERS)
+
+    @property
+    def stream(self):  # the stderr of the moment (a test's capture, a redirect)
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
