@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 import torch
@@ -223,6 +224,10 @@ def test_html_report(trained, capsys):
     page = (trained / "run/report.html").read_text()
     assert page.count("data:image/png;base64,") >= 2  # curves + confusion matrix, embedded
     assert "validation set" in page and "accuracy (%)" in page and "project_name: pytest_project" in page
+    # the final tables' loss is the cross-entropy alone (val_loss adds the kernel regularizers), named so
+    assert "<th>cross-entropy</th>" in page or ">cross-entropy<" in page
+    assert re.search(r"validation set accuracy : \d+\.\d\d % \(cross-entropy \d+\.\d{4}\)",
+                     (trained / "run/stmclf.log").read_text())
     assert main(["report", str(trained / "mlruns")]) == 2
     assert "is not a stmclf run directory" in capsys.readouterr().err
 

@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def evaluate_module(module, loaders: Iterable[tuple[str, Iterable]]) -> dict[str, dict]:
-    """Per (name, loader): accuracy (%, 2 decimals), mean loss, image count and the confusion
-    matrix (counts, rows = true class) of ``module`` in eval mode."""
+    """Per (name, loader): accuracy (%, 2 decimals), mean cross-entropy (``loss``: without the
+    kernel regularizers' term, which the validation loss of training includes, so that the float
+    model and its exported files compare), image count and the confusion matrix (counts, rows =
+    true class) of ``module`` in eval mode."""
     module.eval()
     device = next(module.parameters()).device
     classes = max(module.num_classes, 2)
@@ -46,7 +48,7 @@ def print_accuracy_table(results: dict[str, dict], title: str) -> None:
     table.add_column("set")
     table.add_column("images", justify="right")
     table.add_column("accuracy (%)", justify="right")
-    table.add_column("loss", justify="right")
+    table.add_column("cross-entropy", justify="right")
     for name, metrics in results.items():
         loss = metrics.get("loss")
         table.add_row(name.replace("_", " "), str(metrics["count"]), f"{metrics['accuracy']:.2f}",

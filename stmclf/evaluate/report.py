@@ -359,7 +359,7 @@ def _accuracy(run: RunFiles) -> str:
     parts = ["<h2>Accuracy</h2>", notes]
     if int8_lines:
         parts.append("<h3>Float → int8</h3><ul>" + "".join(int8_lines) + "</ul>")
-    parts.append(_table(["artifact", "file", "set", "images", "accuracy (%)", "Δ vs float (points)", "loss",
+    parts.append(_table(["artifact", "file", "set", "images", "accuracy (%)", "Δ vs float (points)", "cross-entropy",
                          "file size", "top-1 agreement with float (%)"], rows, classes))
     if footnote:
         parts.append(f"<p><small>* on the export's check images ({_e(check_source or 'unknown')}), not the "

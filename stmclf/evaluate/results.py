@@ -21,7 +21,7 @@ def report_results(results: dict[str, dict], class_names: Sequence[str], run_roo
     for name, values in results.items():
         label = name.replace("_", " ")
         log.info("%s %s accuracy : %.2f %%%s", model_label, label, values["accuracy"],
-                 f" (loss {values['loss']:.4f})" if values.get("loss") is not None else "")
+                 f" (cross-entropy {values['loss']:.4f})" if values.get("loss") is not None else "")
         metrics[f"{kind}_acc_{name}"] = values["accuracy"]
         if values.get("loss") is not None:
             metrics[f"{kind}_loss_{name}"] = values["loss"]
