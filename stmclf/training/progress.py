@@ -126,7 +126,7 @@ class MidEpochCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self._due(trainer, batch_idx):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: an exact resume
             self._clock = time.monotonic()
             log.debug("Mid-epoch checkpoint %s (epoch %d, batch %d)", self.path, trainer.current_epoch + 1,
                       batch_idx + 1)
