@@ -413,3 +413,20 @@ def test_op_without_tflite_kernel_is_one_line(tmp_path):
     message = str(info.value)
     assert "\n" not in message and "MatrixDeterminant" in message and str(onnx_file) in message
     assert not list((tmp_path / "out").glob("*.tflite"))
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_low_int8_agreement_advice_fits_the_granularity(per_channel, caplog):
+    """The advice for a quantized model that disagrees with the float one never suggests the
+    granularity already in use."""
+    import logging
+
+    from stmclf.export.export import _warn_low_agreement
+
+    with caplog.at_level(logging.WARNING, logger="stmclf"):
+        _warn_low_agreement("TFLite int8", 0.88, random_calibration=False, per_channel=per_channel)
+        _warn_low_agreement("TFLite int8", 0.95, random_calibration=False, per_channel=per_channel)
+    [record] = caplog.records
+    assert "agrees with the float model on only 88.0 %" in record.message
+    assert ("per_channel" in record.message) is not per_channel
+    assert "--per-layer" in record.message

@@ -262,7 +262,7 @@ def export_run(cfg, model, out_dir: Path, *, formats: Sequence[str] = FORMATS, i
                 result.checks["onnx_qdq_agreement"] = round(100 * agreement, 2)
                 log.info("ONNX QDQ check: %s top-1 agreement with torch %.2f %% on %d images", qdq.name,
                          100 * agreement, len(got))
-                _warn_low_agreement("ONNX QDQ int8", agreement, images.random_calibration)
+                _warn_low_agreement("ONNX QDQ int8", agreement, images.random_calibration, settings.per_channel)
                 result["onnx_qdq"] = qdq
 
         if "tflite" in formats:
@@ -284,7 +284,8 @@ def export_run(cfg, model, out_dir: Path, *, formats: Sequence[str] = FORMATS, i
                 result.checks["tflite_int8_raw_pixels"] = tfl.int8_raw_pixels
                 result.checks["tflite_int8_input"] = {"dtype": str(tfl.int8_input.dtype), "scale": tfl.int8_input.scale,
                                                       "zero_point": tfl.int8_input.zero_point}
-                _warn_low_agreement("TFLite int8", tfl.int8_agreement, images.random_calibration)
+                _warn_low_agreement("TFLite int8", tfl.int8_agreement, images.random_calibration,
+                                    settings.per_channel)
                 with timer("tflm_check"):
                     tflm_check(result, tfl.int8_path, images, datamodule, evaluation, rescaling,
                                settings.tflm_check_images)
@@ -378,11 +379,13 @@ def _litert_reference_kernels(model):
     return model
 
 
-def _warn_low_agreement(label: str, agreement: float, random_calibration: bool) -> None:
+def _warn_low_agreement(label: str, agreement: float, random_calibration: bool, per_channel: bool) -> None:
     if agreement < 0.9 and not random_calibration:
+        advice = "more calibration images" if per_channel else "quantization.granularity: per_channel, or more " \
+                                                               "calibration images"
         log.warning("%s agrees with the float model on only %.1f %% of the check images: the quantized model "
-                    "loses accuracy (try granularity per_channel, or more calibration images)", label,
-                    100 * agreement)
+                    "loses accuracy (try %s; `stmclf export --int8 --per-layer` shows the layers that lose it)",
+                    label, 100 * agreement, advice)
 
 
 def quantizer_formats(cfg) -> tuple[str, ...]:
