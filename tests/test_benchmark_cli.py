@@ -56,7 +56,7 @@ def test_chain_tqeb_offline_then_benchmark_and_header(tmp_path, image_folder, ca
 
 
 @pytest.mark.slow
-def test_fallback_order_ends_with_the_offline_estimate(tmp_path, image_folder, monkeypatch):
+def test_fallback_order_ends_with_the_offline_estimate(tmp_path, image_folder, monkeypatch, caplog):
     """Cloud unreachable and the local stedgeai missing: the numbers come from the estimate."""
     import socket
 
@@ -71,6 +71,11 @@ def test_fallback_order_ends_with_the_offline_estimate(tmp_path, image_folder, m
     monkeypatch.setenv("HOME", str(tmp_path))
     text = config_text(image_folder, tmp_path / "t", tmp_path / "ml", epochs=1, extra=QUANTIZATION)
     (tmp_path / "t.yaml").write_text(text.replace("operation_mode: training", "operation_mode: chain_tqeb"))
-    assert main(["run", "--config", str(tmp_path / "t.yaml")]) == 0
+    with caplog.at_level("WARNING", logger="stmclf"):
+        assert main(["run", "--config", str(tmp_path / "t.yaml")]) == 0
     assert json.loads((tmp_path / "t/benchmark.json").read_text())["source"] == "estimate"
-    assert "not-a-password" not in (tmp_path / "t/stmclf.log").read_text()
+    log = (tmp_path / "t/stmclf.log").read_text()
+    assert "not-a-password" not in log
+    # the login before training failed: the benchmark falls back at once, without a second try
+    cloud = [r.getMessage() for r in caplog.records if "Developer Cloud" in r.getMessage()]
+    assert len(cloud) == 1 and cloud[0].startswith("Developer Cloud unavailable"), cloud

@@ -55,9 +55,18 @@ def board_capacity(board: str) -> dict[str, object]:
             "board_ext_flash_bytes": spec.ext_flash_bytes, "board_ext_ram_bytes": spec.ext_ram_bytes}
 
 
+class CloudUnavailable:
+    """The login before the long steps failed: the benchmark falls back at once instead of trying
+    the Developer Cloud (and its retries) a second time."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 def cloud_login_first(cfg: RunConfig, offline: bool):
     """Chains that end in a benchmark log in before the long steps (the reference's order):
-    returns a connected client, or None (offline, local tool, or login failure → later fallback)."""
+    returns a connected client, None (offline or a local tool) or, when the login fails, a
+    :class:`CloudUnavailable` that sends the benchmark to the next source."""
     tool = _tool(cfg)
     if offline or tool is None or not tool.on_cloud:
         return None
@@ -67,7 +76,7 @@ def cloud_login_first(cfg: RunConfig, offline: bool):
         return CloudClient().connect(tool.version)
     except CloudError as exc:
         log.warning("Developer Cloud unavailable (%s): the benchmark will fall back", exc)
-        return None
+        return CloudUnavailable(one_line(exc))
 
 
 def measure(cfg: RunConfig, model_path: Path, run_root: Path, *, board: Optional[str] = None,
@@ -85,7 +94,7 @@ def _measure(cfg: RunConfig, model_path: Path, run_root: Path, board: str, offli
     from stmclf.benchmark.estimate import estimate_footprint
 
     tool = _tool(cfg)
-    if not offline and tool is not None and tool.on_cloud:
+    if not offline and tool is not None and tool.on_cloud and not isinstance(client, CloudUnavailable):
         from stmclf.benchmark.cloud import CloudError, LoginError, ServiceUnreachable, cloud_footprint
 
         try:
