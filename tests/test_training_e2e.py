@@ -263,3 +263,13 @@ def test_fit_from_a_keras_h5_model_file_and_resume(tmp_path, image_folder):
         "training:\n", f"training:\n  resume_training_from: {result.last_checkpoint}\n", 1)
     (tmp_path / "resume.yaml").write_text(resume)
     assert train(load_config(["--config", str(tmp_path / "resume.yaml")])).epochs_run == 1
+
+
+def test_a_refused_command_leaves_its_reason_in_the_run_log(trained, tmp_path, capsys):
+    """An error met after the command opened the run folder ends its stmclf.log too (the console
+    printed it on stderr only): the log of a run tells what happened to it."""
+    missing = tmp_path / "no_such_folder"
+    assert main(["predict", "--run", str(trained / "run"), "--images", str(missing)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("stmclf: error: ") and str(missing) in line
+    assert (trained / "run/stmclf.log").read_text().splitlines()[-1].endswith(f"ERROR {line}")

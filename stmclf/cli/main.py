@@ -531,22 +531,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     _quiet_libraries()
     _setup_console_logging()
+    logger = logging.getLogger("stmclf")
+    before = set(logger.handlers)
     try:
         return COMMANDS[name][0](rest)
     except HelpShown:
         return 0
     except UserError as exc:
-        print(f"stmclf: error: {exc}", file=sys.stderr)
-        return 2
+        return _stop(f"stmclf: error: {exc}", 2, before)
     except Exception as exc:  # noqa: BLE001 - a full or read-only disk met deep in a library
         problem = environment_failure(exc)
         if problem is None:
             raise
-        print(f"stmclf: error: {problem}", file=sys.stderr)
-        return 2
+        return _stop(f"stmclf: error: {problem}", 2, before)
     except KeyboardInterrupt as exc:
-        print(interrupted_line(exc), file=sys.stderr)
-        return 128 + getattr(exc, "signum", signal.SIGINT)
+        return _stop(interrupted_line(exc), 128 + getattr(exc, "signum", signal.SIGINT), before)
+    finally:  # the run folder's log file belongs to this command (main may be called again in-process)
+        for handler in set(logger.handlers) - before:
+            if isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+                handler.close()
+
+
+def _stop(line: str, code: int, before: set) -> int:
+    """``line`` on stderr and, when the command opened a run folder, at the end of its
+    ``stmclf.log`` (the console handlers print nothing of it); returns ``code``."""
+    print(line, file=sys.stderr)
+    record = logging.LogRecord("stmclf", logging.ERROR, __file__, 0, line, None, None)
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False  # a full disk: no traceback
+    try:
+        for handler in set(logging.getLogger("stmclf").handlers) - before:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+    finally:
+        logging.raiseExceptions = raise_exceptions
+    return code
 
 
 def interrupted_line(exc: KeyboardInterrupt) -> str:
