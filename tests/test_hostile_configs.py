@@ -187,6 +187,19 @@ CASES = [
          FILE + r": invalid YAML .*(constructor|python/object)"),
     # --- schema
     Case("unknown-section", append("foo: 1\n"), r"^foo: unknown top-level section; allowed: general"),
+    # --- code: a config cannot make jsonargparse import or build a class, nor grant itself --trust-*
+    Case("class-path-in-free-form-key", hydra("  job:\n    class_path: subprocess.Popen\n    init_args: {args: "
+                                              "'touch pwned'}\n    dict_kwargs: {shell: true}\n"),
+         r"^hydra\.job\.class_path: 'subprocess\.Popen': stmclf builds no class a config names outside lightning\."),
+    Case("class-path-in-model-spec", sub("    alpha: 0.35\n", "    alpha: 0.35\n    extra: [{class_path: this.Foo}]\n"),
+         r"^training\.model\.extra\.0\.class_path: 'this\.Foo': stmclf builds no class"),
+    Case("override-class-path", lambda t, _: t, r"^hydra\.job\.class_path: 'subprocess\.Popen': stmclf builds no class",
+         args=("--hydra.job", "{class_path: subprocess.Popen, init_args: {args: 'touch pwned'}, "
+                              "dict_kwargs: {shell: true}}")),
+    Case("config-grants-trust-code", lambda t, _: "trust_code: true\n" + t,
+         r"^trust_code: a command-line option \(--trust-code\), not a config key"),
+    Case("config-grants-trust-model-file", lambda t, _: "trust-model-file: true\n" + t,
+         r"^trust-model-file: a command-line option \(--trust-model-file\), not a config key"),
     Case("unknown-key", sub("  epochs: 1\n", "  epoch: 1\n"), r"^training\.epoch: unknown key; allowed in training"),
     Case("wrong-type", sub("batch_size: 8", "batch_size: eight"), r"^training\.batch_size: expected int, got 'eight'"),
     Case("section-is-list", lambda t, _: t.replace("mlflow:\n  uri:", "mlflow: [1, 2]\nx_uri:", 1).replace("x_uri:", "#"),

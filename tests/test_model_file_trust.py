@@ -89,3 +89,74 @@ def test_the_command_line_grant_rebuilds_a_trusted_pickled_model(tmp_path):
     with trusting_model_files():
         model = build_model(spec, num_classes=2, dropout=None)
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 2)
+
+
+def _poisoned_export(tmp_path: Path, marker: Path) -> Path:
+    """A real torch.export archive whose first weight is marked ``use_pickle`` and holds a pickle
+    that runs a command (torch.export.load unpickles such payloads with weights_only=False)."""
+    import io
+    import json
+    import zipfile
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.c(x).mean((2, 3))
+
+    good = tmp_path / "good.pt2"
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(Net(), (torch.zeros(2, 3, 8, 8),), dynamic_shapes=({0: batch},)), good)
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        config_name = next(n for n in src.namelist() if n.endswith("weights/model_weights_config.json"))
+        config = json.loads(src.read(config_name))
+        fqn, meta = next(iter(config["config"].items()))
+        meta["use_pickle"] = True
+        payload = io.BytesIO()
+        torch.save({"x": _Payload(marker)}, payload)
+        for name in src.namelist():
+            data = src.read(name)
+            if name == config_name:
+                data = json.dumps(config).encode()
+            elif name.endswith(f"weights/{meta['path_name']}"):
+                data = payload.getvalue()
+            dst.writestr(name, data)
+    return good, evil
+
+
+def test_a_torch_export_archive_cannot_unpickle_code_without_the_grant(tmp_path):
+    """torch.export.load unpickles payloads marked use_pickle with the code-running unpickler: stmclf
+    loads archives with the weights-only one, so a poisoned archive is a one-line refusal that
+    names --trust-model-file, and a plain archive loads as before."""
+    from stmclf.models.importers import load_model_file
+
+    marker = tmp_path / "PWNED"
+    good, evil = _poisoned_export(tmp_path, marker)
+    with pytest.raises(UserError, match="pickled objects: loading them runs code.*--trust-model-file"):
+        load_model_file(evil)
+    assert not marker.exists()
+    assert load_model_file(good).num_outputs == 4
+    with trusting_model_files():  # the command-line grant: the user vouches for the file
+        try:
+            load_model_file(evil, trust_model_file=True)
+        except UserError:
+            pass  # the payload is not a tensor: the program itself is then broken
+    assert marker.exists()
+
+
+def test_a_config_file_cannot_set_the_command_line_grants(tmp_path):
+    """--trust-model-file, --trust-code (and the other command-line options) are refused as config
+    keys: a config from elsewhere cannot grant itself the right to run code."""
+    config, _, marker = _files(tmp_path)
+    text = config.read_text().replace("    trust_model_file: true\n", "")
+    for key in ("trust_model_file: true", "trust-code: true", "offline: true"):
+        (tmp_path / "granting.yaml").write_text(f"{key}\n{text}")
+        proc = _run(["fit", "--config", str(tmp_path / "granting.yaml")], tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        name = key.split(":")[0]
+        assert proc.stderr.strip().splitlines()[-1].startswith(f"stmclf: error: {name}: a command-line option"), \
+            proc.stderr[-2000:]
+        assert not marker.exists()

@@ -17,7 +17,7 @@ import typing
 from typing import Any, Optional, Sequence
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader, set_parsing_settings
 
 from stmclf.config import sections
 from stmclf.config.interpolate import clear_env_references, interpolate_tree, record_env_references
@@ -210,16 +210,51 @@ def load_yaml(text: str, path: Optional[str] = None) -> Any:
         data = interpolate_tree(data, env_refs=refs if document else None)
     data = convert_values(data)
     if document:
+        check_class_specs(data)
         check_section_shapes(data)
     if refs:
         record_env_references({p: (kept, _at(data, p)) for p, kept in refs.items()})
     return data
 
 
+def check_class_specs(data: Any, key: str = "") -> None:
+    """Refuse jsonargparse's ``{class_path: ..., init_args: ...}`` for a class outside lightning.,
+    torch. and stmclf., anywhere in config data: jsonargparse imports the module it names (code
+    runs) to check it. The code a config may name needs ``--trust-code`` and its own keys
+    (``training.callbacks``, ``training.model.custom_model``)."""
+    from stmclf.trust import is_trusted_class_path
+
+    def walk(node: Any, path: tuple) -> None:
+        if isinstance(node, dict):
+            target = node.get("class_path")
+            if target is not None and not (isinstance(target, str) and is_trusted_class_path(target)):
+                raise ConfigError(".".join(str(p) for p in (*([key] if key else []), *path, "class_path")),
+                                  f"{one_line(repr(target), 80)}: stmclf builds no class a config names "
+                                  "outside lightning., torch. and stmclf. (a callback of your own: "
+                                  "training.callbacks with --trust-code)")
+            for name, value in node.items():
+                walk(value, (*path, name))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, (*path, index))
+
+    walk(data, ())
+
+
+COMMAND_LINE_ONLY = {"trust_code": "--trust-code", "trust_model_file": "--trust-model-file", "offline": "--offline",
+                     "ckpt_path": "--ckpt_path", "config": "--config", "print_config": "--print_config"}
+"""Options of the command line that a config file may not set (the grants above all)."""
+
+
 def check_section_shapes(data: dict) -> None:
     """Sections that hold keys must be mappings, and ``trainer:`` may only hold the Lightning
     Trainer arguments stmclf passes on: one-line errors naming the section or the key and what is
     allowed (jsonargparse's own messages name another section or no key)."""
+    for name in data:
+        option = COMMAND_LINE_ONLY.get(str(name).replace("-", "_"))
+        if option is not None:  # a config from elsewhere must not grant itself the right to run code
+            raise ConfigError(str(name), f"a command-line option ({option}), not a config key: give it on the "
+                                         "command line")
     for name, value in data.items():
         kind = _unwrap(sections.SECTIONS.get(name)) if name != "trainer" else dict
         if value is None or isinstance(value, dict) or not (dataclasses.is_dataclass(kind) or _is_mapping_type(kind)):
@@ -319,6 +354,9 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
     """The parser for commands that take a run config (fit, run, ...)."""
     import lightning
 
+    # A value of a free-form key (Any: hydra.job, a model spec, ...) that looks like
+    # {class_path: ..., init_args: ...} stays data: jsonargparse would otherwise import and call it.
+    set_parsing_settings(instantiate_subclass_spec_in_any=False)
     parser = ArgumentParser(prog=prog, description=description, parser_mode=PARSER_MODE,
                             exit_on_error=False, default_meta=False, print_config=None)
     parser.add_argument("--config", action=ConfigFileAction,
@@ -471,6 +509,8 @@ def _convert_override(key: str, value: str) -> str:
         raise ConfigError(key, f"'{printable_path(value)}' is not UTF-8 text")
     if key in ("config", "print_config") or is_text_key(key.rsplit(".", 1)[-1]):
         return value
+    if value.lstrip().startswith(("{", "[")):  # a structure: jsonargparse would import a class_path it names
+        check_class_specs(load_yaml(value), key)
     parsed = parse_value(value, key)
     if isinstance(parsed, str) or isinstance(parsed, bool):
         return value

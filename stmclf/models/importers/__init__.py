@@ -63,7 +63,7 @@ def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: st
     elif kind == "torch_export":
         from stmclf.models.importers.torch_files import load_torch_export
 
-        imported = load_torch_export(file, key, input_shape)
+        imported = load_torch_export(file, key, input_shape, trust_model_file)
     elif kind == "pickled_module":
         from stmclf.models.importers.torch_files import load_pickled_module
 

@@ -23,8 +23,11 @@ refused (training works on logits).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import pickle
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from unittest.mock import patch
 from typing import Any
 
 import torch
@@ -324,11 +327,46 @@ def _code(module: nn.Module) -> str:
         return "training"
 
 
-def load_torch_export(path: Path, key: str, input_shape: tuple[int, int, int] | None) -> ImportedModel:
+class PickledPayload(Exception):
+    """A torch.export archive asked to unpickle a payload (code could run) without --trust-model-file."""
+
+
+@contextmanager
+def _unpickling_refused() -> Iterator[None]:
+    """``torch.export.load`` without code from the file: its pickled weights, constants and
+    fall-backs (``torch.load(weights_only=False)``, ``pickle.loads``, TorchScript objects) load
+    with PyTorch's weights-only unpickler or are refused. ``torch.export.save`` writes plain
+    tensors and JSON, which load as before."""
+    real_load = torch.load
+
+    def weights_only_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            return real_load(*args, **kwargs)
+        except pickle.UnpicklingError:  # objects beyond tensors and containers: the unpickler that runs code
+            raise PickledPayload("it holds a pickled object") from None
+
+    def refuse(*args, **kwargs):
+        raise PickledPayload("it holds a pickled object")
+
+    with patch.object(torch, "load", weights_only_load), patch.object(pickle, "loads", refuse), \
+            patch.object(torch._C, "_pickle_load_obj", refuse):
+        yield
+
+
+def load_torch_export(path: Path, key: str, input_shape: tuple[int, int, int] | None,
+                      trust: bool = False) -> ImportedModel:
     try:
-        program = torch.export.load(str(path))
+        with nullcontext() if trust else _unpickling_refused():
+            program = torch.export.load(str(path))
         gm = program.module(check_guards=False)
     except Exception as exc:  # noqa: BLE001
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, PickledPayload):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise file_error(key, path, "a torch.export program with pickled objects: loading them runs code from "
+                                        "the file; pass --trust-model-file only for a file you trust") from None
         raise file_error(key, path, f"not a loadable torch.export program ({first_line(exc)})") from None
     shape = _resolve_shape(input_shape, _export_input_shape(program), path, key, "torch.export")
     module = ExportedModule(gm)
