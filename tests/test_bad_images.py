@@ -333,3 +333,34 @@ def test_check_cli_prints_every_path_with_its_reason(dataset, tmp_path, capsys):
 
 def test_inspect_image_on_a_clean_file_has_nothing_to_say(dataset):
     assert inspect_image(str(dataset.root / "cat" / "cat_000.png")) == (None, [])
+
+
+def test_special_files_in_a_class_folder_are_unreadable_images_not_hangs(tmp_path):
+    """A FIFO would block the read forever, /dev/zero never ends, two links to each other loop:
+    each is listed as an image (its name says so), then refused in one line when read; data check
+    reports a folder link that loops back to the root once instead of following it ~40 levels."""
+    from stmclf.data.files import list_images
+
+    root = write_image_folder(tmp_path / "data", per_class=3, size=(8, 8), classes={"a": (200, 0, 0), "b": (0, 200, 0)})
+    os.mkfifo(root / "a" / "fifo.png")
+    (root / "a" / "zero.png").symlink_to("/dev/zero")
+    (root / "b" / "loop1.png").symlink_to(root / "b" / "loop2.png")
+    (root / "b" / "loop2.png").symlink_to(root / "b" / "loop1.png")
+    files = list_images(str(root), ["a", "b"], "dataset.training_path", seed=0)
+    odd = sorted(p for p in files.paths if Path(p).name in ("fifo.png", "zero.png", "loop1.png", "loop2.png"))
+    assert len(odd) == 4
+    for path in odd:
+        with pytest.raises(ImageDecodeError) as info:
+            decode_image(path)
+        assert info.value.kind == "unreadable"
+        reason = str(info.value)
+        assert ("not a regular file" in reason) if "loop" not in path else ("symbolic links" in reason)
+    (root / "a" / "fifo.png").unlink()
+    (root / "a" / "zero.png").unlink()
+    (root / "b" / "loop1.png").unlink()
+    (root / "b" / "loop2.png").unlink()
+    (root / "a" / "up").symlink_to(root, target_is_directory=True)
+    report = check_dataset(Dataset(training_path=str(root)), workers=1)
+    linked = [p for p in report.problems if p.path == str(root / "a" / "up")]
+    assert len(linked) == 1 and "not followed" in linked[0].detail
+    assert all(str(root / "a" / "up" / "a") not in p.path for p in report.problems)

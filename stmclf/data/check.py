@@ -39,7 +39,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from stmclf.data.files import IMAGE_SUFFIXES, outside_root
+from stmclf.data.files import IMAGE_SUFFIXES, is_dir_entry, outside_root
 from stmclf.cpus import available_cpus
 from stmclf.errors import UserError
 
@@ -234,13 +234,6 @@ def _entries(folder: str) -> tuple[list[os.DirEntry], Optional[str]]:
         return [], exc.strerror or str(exc)
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
 @dataclass
 class _Folder:
     key: str
@@ -252,14 +245,23 @@ class _Folder:
 def _walk_nested(folder: str, key: str, problems: list[Problem]) -> None:
     """Report ``folder`` (inside a class folder) and every folder below it."""
     entries, error = _entries(folder)
-    files = sum(1 for e in entries if not _is_dir(e))
+    files = sum(1 for e in entries if not is_dir_entry(e))
     if error:
         problems.append(Problem("unreadable", folder, key, error))
     problems.append(Problem("sub-folder", folder, key,
                             f"folders are not allowed inside class folders ({files} file(s) here are not read)"))
     for entry in entries:
-        if _is_dir(entry):
-            _walk_nested(str(Path(folder) / entry.name), key, problems)
+        if is_dir_entry(entry):
+            _sub_folder(entry, str(Path(folder) / entry.name), key, problems)
+
+
+def _sub_folder(entry: os.DirEntry, path: str, key: str, problems: list[Problem]) -> None:
+    """Report a folder found inside a class folder; a link to a folder (perhaps to one above it: a
+    loop) is named, not followed."""
+    if entry.is_symlink():
+        problems.append(Problem("sub-folder", path, key, "a link to a folder inside a class folder (not followed)"))
+    else:
+        _walk_nested(path, key, problems)
 
 
 def _scan_class(folder: _Folder, name: str, problems: list[Problem], warnings: list[Problem]) -> None:
@@ -274,8 +276,8 @@ def _scan_class(folder: _Folder, name: str, problems: list[Problem], warnings: l
     linked_folder = outside_root(str(directory), real_root) is not None
     for entry in entries:
         path = str(directory / entry.name)
-        if _is_dir(entry):
-            _walk_nested(path, folder.key, problems)
+        if is_dir_entry(entry):
+            _sub_folder(entry, path, folder.key, problems)
             continue
         files += 1
         suffix = Path(entry.name).suffix.lower()
@@ -305,8 +307,8 @@ def _class_dirs(key: str, root: str, problems: list[Problem], warnings: list[Pro
     if error:
         problems.append(Problem("unreadable", root, key, error))
         return None
-    names = [e.name for e in entries if _is_dir(e)]
-    stray = [e.name for e in entries if not _is_dir(e)]
+    names = [e.name for e in entries if is_dir_entry(e)]
+    stray = [e.name for e in entries if not is_dir_entry(e)]
     if stray:
         shown = ", ".join(stray[:3]) + (f", ... ({len(stray)} in all)" if len(stray) > 3 else "")
         warnings.append(Problem("stray-file", root, key, f"files outside class folders are ignored: {shown}"))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import warnings
 import zlib
@@ -133,13 +134,34 @@ def _bomb_warnings_raise() -> None:
         warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
+MAX_IMAGE_FILE_BYTES = 1 << 30
+"""An image file larger than this is refused before it is read (a 50 MP 32-bit BMP is 200 MB)."""
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def read_file(path: str) -> bytes:
-    """The bytes of ``path`` (one read), or a one-line :class:`ImageDecodeError` (``unreadable``)."""
+    """The bytes of ``path`` (one read), or a one-line :class:`ImageDecodeError` (``unreadable``):
+    also for what is not a regular file (a FIFO would block the read forever, ``/dev/zero`` never
+    ends) and for a file over :data:`MAX_IMAGE_FILE_BYTES`."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: opening a FIFO does not wait for a writer
     except OSError as exc:
         raise ImageDecodeError("unreadable", path, one_line(exc)) from None
+    with open(fd, "rb") as handle:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageDecodeError("unreadable", path, "not a regular file (a FIFO, device or socket)")
+            if info.st_size > MAX_IMAGE_FILE_BYTES:
+                raise ImageDecodeError("unreadable", path, f"{info.st_size:,} bytes, more than the "
+                                                           f"{MAX_IMAGE_FILE_BYTES >> 20:,} MiB an image file may have")
+            data = handle.read(MAX_IMAGE_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ImageDecodeError("unreadable", path, one_line(exc)) from None
+    if len(data) > MAX_IMAGE_FILE_BYTES:  # it grew while being read
+        raise ImageDecodeError("unreadable", path, f"more than the {MAX_IMAGE_FILE_BYTES >> 20:,} MiB an image "
+                                                   "file may have")
+    return data
 
 
 def decode_image(path: str, color_mode: str = "rgb") -> np.ndarray:

@@ -131,6 +131,15 @@ def infer_class_names(paths: Sequence[tuple[str, Optional[str]]]) -> list[str]:
     raise ConfigError("dataset.class_names", "no dataset path given to infer the class names from")
 
 
+def is_dir_entry(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is a folder (links followed); False for an entry whose links loop
+    or dangle (reading it then fails as an unreadable image, skipped like the other bad files)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def outside_root(path: str, real_root: str) -> Optional[str]:
     """Where ``path`` really is (symbolic links resolved) when that is outside ``real_root`` (a
     resolved directory), else None."""
@@ -164,7 +173,7 @@ def list_images(root: str, class_names: Sequence[str], key: str, seed: int) -> F
             raise ConfigError(key, f"unable to list the class folder {folder}: {exc.strerror or exc}") from None
         for entry in entries:
             path = str(folder / entry.name)
-            if entry.is_dir():
+            if is_dir_entry(entry):
                 raise ConfigError(key, f"class directories should only contain image files; found sub-directory {path}")
             if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
                 skipped += 1
