@@ -187,6 +187,28 @@ CASES = [
          FILE + r": invalid YAML .*(constructor|python/object)"),
     # --- schema
     Case("unknown-section", append("foo: 1\n"), r"^foo: unknown top-level section; allowed: general"),
+    # --- values Lightning or torch would fail on epochs later (or never): refused up front
+    Case("label-smoothing-5", sub("  batch_size: 8\n", "  batch_size: 8\n  label_smoothing: 5.0\n"),
+         r"^training\.label_smoothing: must be from 0 to 1 \(got 5\.0\)"),
+    Case("mixup-negative", sub("  batch_size: 8\n", "  batch_size: 8\n  mixup: -1\n"),
+         r"^training\.mixup: the Beta distribution's alpha must be > 0"),
+    Case("patience-text", sub("      patience: 10\n", "      patience: x\n"),
+         r"^training\.callbacks\.ReduceLROnPlateau\.patience: expecting an integer, got 'x'"),
+    Case("patience-negative", sub("      patience: 10\n", "      patience: -3\n"),
+         r"^training\.callbacks\.ReduceLROnPlateau\.patience: must be >= 0"),
+    Case("model-checkpoint-by-class-path", sub("  callbacks:\n", "  callbacks:\n    lightning.pytorch.callbacks."
+                                                                   "ModelCheckpoint: {}\n"),
+         r"^training\.callbacks\.lightning\.pytorch\.callbacks\.ModelCheckpoint: stmclf writes the run's checkpoints"),
+    Case("val-check-interval-0", sub("trainer:\n", "trainer:\n  val_check_interval: 0\n"),
+         r"^trainer\.val_check_interval: expecting a number of batches"),
+    Case("check-val-every-0", sub("trainer:\n", "trainer:\n  check_val_every_n_epoch: 0\n"),
+         r"^trainer\.check_val_every_n_epoch: expecting an integer >= 1, got 0"),
+    Case("limit-val-batches-0", sub("trainer:\n", "trainer:\n  limit_val_batches: 0\n"),
+         r"^trainer\.limit_val_batches: .*the validation that picks the best model"),
+    Case("devices-negative", sub("trainer:\n", "trainer:\n  devices: -5\n"),
+         r"^trainer\.devices: expecting a number of devices >= 1"),
+    Case("validation-split-leaves-no-training", sub("validation_split: 0.25", "validation_split: 0.999"),
+         r"^dataset\.validation_split: leaves the training set without images \(0 training"),
     # --- code: a config cannot make jsonargparse import or build a class, nor grant itself --trust-*
     Case("class-path-in-free-form-key", hydra("  job:\n    class_path: subprocess.Popen\n    init_args: {args: "
                                               "'touch pwned'}\n    dict_kwargs: {shell: true}\n"),

@@ -14,7 +14,7 @@ from stmclf.config.st_schema import config_yaml, split_yaml
 from stmclf.config.sections import (DEFAULT_RUN_DIR, Benchmarking, CustomDataAugmentation, Dataset,
                                     Deployment, Evaluation, General, Mlflow, Prediction,
                                     Preprocessing, Quantization, Tools, Training)
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, UserError
 from stmclf.trust import set_code_trust, set_model_file_trust
 
 
@@ -108,7 +108,12 @@ def from_namespace(parser, ns) -> RunConfig:
     """Turn a parsed jsonargparse namespace into a validated :class:`RunConfig`."""
     resolved = resolved_yaml(parser, ns)
     refs = env_references()
-    init = parser.instantiate_classes(ns)
+    try:
+        init = parser.instantiate_classes(ns)
+    except (ValueError, TypeError) as exc:  # a trainer class spec (strategy, plugins) that cannot be built
+        from stmclf.config.parser import one_line_error
+
+        raise UserError(one_line_error(str(exc))) from None
     values = {}
     for f in dataclasses.fields(RunConfig):
         if f.name in ("config_files", "resolved_yaml", "trainer", "trust_model_file", "trust_code", "offline"):

@@ -149,6 +149,12 @@ def check_training(cfg) -> None:
         raise ConfigError("training.epochs", f"must be a positive integer (got {training.epochs})")
     if training.dropout is not None and not 0 <= training.dropout < 1:
         raise ConfigError("training.dropout", f"must be >= 0 and < 1 (got {training.dropout})")
+    if not 0 <= training.label_smoothing <= 1:
+        raise ConfigError("training.label_smoothing", f"must be from 0 to 1 (got {training.label_smoothing})")
+    for name in ("mixup", "cutmix"):  # the Beta distribution's alpha
+        alpha = getattr(training, name)
+        if alpha is not None and not alpha > 0:
+            raise ConfigError(f"training.{name}", f"the Beta distribution's alpha must be > 0 (got {alpha})")
     check_memory_estimate(cfg)
     if dataset.name not in BUILTIN_DATASETS and not dataset.training_path:
         raise ConfigError("dataset.training_path", "missing: training needs a training set directory")

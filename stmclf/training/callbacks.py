@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 
 from stmclf.errors import ConfigError, one_line
 from stmclf.training.lr_schedulers import SCHEDULERS, get_learning_rate, set_learning_rate
@@ -57,6 +57,8 @@ class ReduceLROnPlateau(Callback):
                  mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0) -> None:
         if factor >= 1.0 or factor <= 0:
             raise ConfigError(f"{KEY}.ReduceLROnPlateau.factor", f"must be > 0 and < 1 (got {factor})")
+        for name, value in (("patience", patience), ("cooldown", cooldown), ("min_lr", min_lr)):
+            _check_not_negative(f"{KEY}.ReduceLROnPlateau.{name}", value)
         self.monitor = _check_monitor(monitor, f"{KEY}.ReduceLROnPlateau")
         self.mode = keras_mode(mode, monitor, f"{KEY}.ReduceLROnPlateau")
         self.factor, self.patience, self.verbose = factor, patience, verbose
@@ -117,6 +119,8 @@ class KerasEarlyStopping(EarlyStopping):
                  start_from_epoch: int = 0) -> None:
         key = f"{KEY}.EarlyStopping"
         _check_monitor(monitor, key)
+        for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
+            _check_not_negative(f"{key}.{name}", value)
         super().__init__(monitor=monitor, min_delta=abs(min_delta), patience=patience, verbose=bool(verbose),
                          mode=keras_mode(mode, monitor, key), check_finite=True)
         if baseline is not None:
@@ -168,6 +172,41 @@ def _class_from_path(path: str) -> Optional[type]:
     return cls if isinstance(cls, type) and issubclass(cls, Callback) else None
 
 
+def _check_not_negative(key: str, value) -> None:
+    if isinstance(value, (int, float)) and value < 0:
+        raise ConfigError(key, f"must be >= 0 (got {value})")
+
+
+_SIMPLE = {int: "an integer", float: "a number", bool: "true or false"}
+
+
+def check_argument_types(factory: Callable, args: dict[str, Any], key: str) -> None:
+    """Each argument whose parameter is annotated ``int``, ``float`` or ``bool`` (or an ``Optional``
+    of one) has a value of that type (text arguments get the callbacks' own messages): ``patience: 'x'`` is refused here with its key,
+    not met as a TypeError epochs into the training."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # noqa: BLE001 - annotations that do not resolve: nothing to check against
+        return
+    for arg, value in args.items():
+        hint = hints.get(arg)
+        options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+        simple = [t for t in options if t in _SIMPLE]
+        if not simple or len(simple) + (type(None) in options) != len(options):
+            continue  # not a simple annotation (or a union with other types): the callback checks it
+        if value is None and type(None) in options:
+            continue
+        ok = any(isinstance(value, t) and not (t is not bool and isinstance(value, bool)) for t in simple) or (
+            float in simple and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{key}.{arg}", f"expecting {' or '.join(_SIMPLE[t] for t in simple)}, "
+                                              f"got {one_line(repr(value), 60)}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+            raise ConfigError(f"{key}.{arg}", f"expecting a finite number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class CallbackEntry:
     factory: Callable[..., Callback]
@@ -195,6 +234,9 @@ def build_callbacks(section: Optional[dict[str, Optional[dict[str, Any]]]]) -> l
             raise ConfigError(f"{KEY}.{name}", f"The {name} callback is built-in and can't be redefined")
         entry = CALLBACKS.get(name)
         if entry is None and (cls := _class_from_path(name)) is not None:
+            if issubclass(cls, Checkpoint):  # stmclf writes the run's checkpoints (best, last, mid-epoch)
+                raise ConfigError(f"{KEY}.{name}", "stmclf writes the run's checkpoints itself (saved_models/); "
+                                                   "training.checkpoint_every sets how often")
             entry = CallbackEntry(cls)
         if entry is None:
             raise ConfigError(f"{KEY}.{name}", f"unknown callback; supported: {', '.join(CALLBACKS)}, "
@@ -211,6 +253,7 @@ def build_callbacks(section: Optional[dict[str, Optional[dict[str, Any]]]]) -> l
         for arg in args:
             if arg not in accepted:
                 raise ConfigError(f"{KEY}.{name}.{arg}", f"unknown argument; supported: {', '.join(accepted)}")
+        check_argument_types(entry.factory, args, f"{KEY}.{name}")
         if entry.is_lr_scheduler:
             schedulers.append(name)
             if len(schedulers) > 1:

@@ -193,11 +193,41 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
                  default)
     if torch.cuda.is_available() is False and options.get("precision") in ("16-mixed", "16"):
         raise ConfigError("trainer.precision", "16-bit mixed precision needs a GPU; use bf16-mixed on CPU")
+    _check_trainer_values(options)
     _check_cpu_processes(options)
     clip = gradient_clipping(cfg.training.optimizer)
     if clip and "gradient_clip_val" not in options:
         options.update(clip)
     return options
+
+
+def _check_trainer_values(options: dict[str, Any]) -> None:
+    """The ``trainer:`` numbers Lightning takes without a check and then fails on (a division by
+    zero, a comparison with a string) or that leave stmclf without what it needs (validation picks
+    the best model): one-line errors before the run folder is made."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    interval = options.get("val_check_interval")
+    if interval is not None and (not number(interval) or not interval > 0):
+        raise ConfigError("trainer.val_check_interval", f"expecting a number of batches (an integer >= 1) or a "
+                                                        f"fraction of an epoch (> 0, <= 1), got {interval!r}")
+    every = options.get("check_val_every_n_epoch")
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ConfigError("trainer.check_val_every_n_epoch", f"expecting an integer >= 1, got {every!r}")
+    for name in ("limit_train_batches", "limit_val_batches"):
+        limit = options.get(name)
+        if limit is not None and (not number(limit) or not limit > 0):
+            raise ConfigError(f"trainer.{name}", f"expecting a number of batches (an integer >= 1) or a fraction "
+                                                 f"of them (> 0, <= 1), got {limit!r}: training needs both its "
+                                                 "batches and the validation that picks the best model")
+    devices = options.get("devices")
+    if number(devices) and (devices != int(devices) or (devices < 1 and devices != -1)):
+        raise ConfigError("trainer.devices", f"expecting a number of devices >= 1, -1 (all), 'auto' or a list of "
+                                             f"device indices, got {devices!r}")
+    if isinstance(devices, list) and not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                             for d in devices):
+        raise ConfigError("trainer.devices", f"a list of device indices (integers >= 0), got {devices!r}")
 
 
 def _check_cpu_processes(options: dict[str, Any]) -> None:
@@ -222,7 +252,7 @@ def make_trainer(**kwargs: Any) -> L.Trainer:
 
     try:
         return L.Trainer(**kwargs)
-    except (MisconfigurationException, ValueError) as exc:
+    except (MisconfigurationException, ValueError, TypeError) as exc:
         raise ConfigError("trainer", one_line(exc)) from None
 
 
@@ -315,6 +345,12 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     splits = datamodule.prepare_splits()
     if splits.train is None or splits.valid is None:
         raise ConfigError("dataset.training_path", "training needs a training set and a validation set")
+    for name, files in (("training", splits.train), ("validation", splits.valid)):
+        if len(files) == 0:  # a validation_split near 0 or 1 on a small folder, or an empty folder
+            key = "dataset.validation_split" if cfg.dataset.training_path and not cfg.dataset.validation_path \
+                else f"dataset.{name}_path"
+            raise ConfigError(key, f"leaves the {name} set without images ({len(splits.train)} training, "
+                                   f"{len(splits.valid)} validation): training needs both")
     if resume is not None:
         module = ClassifierModule(**resume["hyper_parameters"])
         load_weights(module, resume["state_dict"], training.resume_training_from, "training.resume_training_from")
