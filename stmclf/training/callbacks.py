@@ -182,8 +182,9 @@ _SIMPLE = {int: "an integer", float: "a number", bool: "true or false"}
 
 def check_argument_types(factory: Callable, args: dict[str, Any], key: str) -> None:
     """Each argument whose parameter is annotated ``int``, ``float`` or ``bool`` (or an ``Optional``
-    of one) has a value of that type (text arguments get the callbacks' own messages): ``patience: 'x'`` is refused here with its key,
-    not met as a TypeError epochs into the training."""
+    of one) has a value of that type (text arguments get the callbacks' own messages):
+    ``patience: 'x'`` is refused here with its key, not met as a TypeError epochs into the
+    training."""
     import typing
 
     try:
