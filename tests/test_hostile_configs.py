@@ -408,9 +408,12 @@ def test_environment_secrets_are_not_written(tmp_path, image_folder, monkeypatch
     assert cfg.deployment.c_project_path == f"{SECRET}/project/pytest_project"
     assert SECRET not in cfg.resolved_yaml and SECRET not in repr(cfg.redacted_dict())
 
-    assert main(["fit", "--config", str(config), "--training.precision", "32"]) == 0
+    # an override that uses the variable is written back as ${NAME} too
+    assert main(["fit", "--config", str(config), "--training.precision", "32",
+                 "--deployment.hardware_setup.board", "b_${STMCLF_TEST_SECRET}"]) == 0
     written = (tmp_path / "run" / "config.yaml").read_text()
     assert "version: ${STMCLF_TEST_SECRET}" in written
+    assert "board: b_${STMCLF_TEST_SECRET}" in written
     assert "c_project_path: ${oc.env:STMCLF_TEST_SECRET}/project/pytest_project" in written  # ${a.b} resolved
     files = [p for root in (tmp_path / "run", tmp_path / "mlruns") for p in root.rglob("*") if p.is_file()]
     assert any(p.suffix == ".db" for p in files) and any(p.suffix == ".ckpt" for p in files)

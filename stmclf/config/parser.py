@@ -507,6 +507,7 @@ def _convert_override(key: str, value: str) -> str:
 
     if not is_text(value):  # bytes of another encoding (kept as lone surrogates): no UTF-8 file can hold them
         raise ConfigError(key, f"'{printable_path(value)}' is not UTF-8 text")
+    _record_override_env(key, value)
     if key in ("config", "print_config") or is_text_key(key.rsplit(".", 1)[-1]):
         return value
     if value.lstrip().startswith(("{", "[")):  # a structure: jsonargparse would import a class_path it names
@@ -515,6 +516,26 @@ def _convert_override(key: str, value: str) -> str:
     if isinstance(parsed, str) or isinstance(parsed, bool):
         return value
     return json.dumps(parsed)
+
+
+def _record_override_env(key: str, value: str) -> None:
+    """An override that uses an environment variable (``--dataset.name 'x${TOKEN}'``) is written
+    back as ``${TOKEN}`` too, as the same value from a config file is."""
+    if "${" not in value or key in ("config", "print_config"):
+        return
+    from stmclf.config.interpolate import interpolate
+
+    used: list[str] = []
+    try:
+        resolved = interpolate(value, key, {}, env_used=used)
+        kept = interpolate(value, key, {}, keep_env=True)
+    except UserError:  # ${section.key} references: resolved with the config later, nothing secret
+        return
+    if used:
+        from stmclf.config.values import is_text_key, parse_value
+
+        held = resolved if is_text_key(key.rsplit(".", 1)[-1]) else parse_value(resolved, key)
+        record_env_references({tuple(key.split(".")): (kept, held)})
 
 
 def convert_overrides(argv: Sequence[str]) -> list[str]:
