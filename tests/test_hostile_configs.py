@@ -209,6 +209,9 @@ CASES = [
          r"^trainer\.devices: expecting a number of devices >= 1"),
     Case("validation-split-leaves-no-training", sub("validation_split: 0.25", "validation_split: 0.999"),
          r"^dataset\.validation_split: leaves the training set without images \(0 training"),
+    Case("name-with-control-characters", sub("  project_name: pytest_project\n",
+                                             '  project_name: "p\\e[31mRED\\r\\nFAKE: line"\n'),
+         r"^general\.project_name: .* holds the control character '\\x1b': a name must be printable text"),
     # --- code: a config cannot make jsonargparse import or build a class, nor grant itself --trust-*
     Case("class-path-in-free-form-key", hydra("  job:\n    class_path: subprocess.Popen\n    init_args: {args: "
                                               "'touch pwned'}\n    dict_kwargs: {shell: true}\n"),

@@ -6,7 +6,7 @@ imports this module), so the functions take it unannotated.
 from __future__ import annotations
 
 from stmclf.config.modes import modes_with
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, one_line
 
 TRAINING_GROUP = modes_with("train")
 EVALUATION_GROUP = modes_with("evaluate")
@@ -163,8 +163,24 @@ def check_training(cfg) -> None:
                           "the data_augmentation and custom_data_augmentation sections are mutually exclusive")
 
 
+def check_names(cfg) -> None:
+    """Names go into logs, reports, MLflow and C headers: a control character (an escape sequence,
+    a line break that forges a log line) is refused with its key."""
+    general, dataset = cfg.general, cfg.dataset
+    names = [("general.project_name", getattr(general, "project_name", None))]
+    if dataset is not None:
+        names.append(("dataset.name", dataset.name))
+        names += [(f"dataset.class_names[{i}]", n) for i, n in enumerate(dataset.class_names or [])]
+    for key, name in names:
+        if isinstance(name, str) and not name.isprintable():
+            bad = next(c for c in name if not c.isprintable())
+            raise ConfigError(key, f"{one_line(repr(name), 80)} holds the control character {ascii(bad)}: a name "
+                                   "must be printable text")
+
+
 def check_common(cfg) -> None:
     check_ranges(cfg)
+    check_names(cfg)
     dataset = cfg.dataset
     if dataset is not None:
         check_split("dataset.validation_split", dataset.validation_split)
