@@ -190,6 +190,11 @@ def test_int8_tflite_takes_raw_uint8_pixels(exported, setup):
     expected = _torch_probs(setup["module"], images)
     assert _agreement(got, expected) >= 0.95
     assert exported.checks["tflite_int8_raw_pixels"] is True
+    # the evaluation of the int8 file feeds it what the board does: the raw pixels, bit for bit
+    from stmclf.evaluate.artifacts import TflitePredictor
+
+    predictor = TflitePredictor(exported["tflite_int8"], RESCALING)
+    assert predictor.raw_pixels and np.array_equal(predictor.predict(images), got)
 
 
 def test_artifact_evaluation_and_reports(exported, setup):

@@ -90,11 +90,17 @@ class TflitePredictor(Predictor):
         self.outputs = outputs
         self.label = label or ("TFLite int8" if self.kind == "int" else "TFLite float")
         self.num_classes = int(np.prod(self.model.output.shape[1:]))
+        # An integer input whose quantization is the rescaling takes the raw pixels, as the board
+        # does: quantizing the rescaled floats instead rounds half of them one step off when the
+        # zero point is the nearest integer to -offset/scale (127 for 127.5).
+        self.raw_pixels = self.model.quantized and self.model.takes_raw_pixels(self.rescaling)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         from stmclf.export.images import rescale
         from stmclf.export.tflite import nhwc
 
+        if self.raw_pixels and images.dtype == np.uint8:
+            return self.model.run_raw(self.model.raw_pixel_input(nhwc(images)))
         return self.model.predict(nhwc(rescale(images, self.rescaling)))
 
 
