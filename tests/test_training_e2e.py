@@ -273,3 +273,14 @@ def test_a_refused_command_leaves_its_reason_in_the_run_log(trained, tmp_path, c
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("stmclf: error: ") and str(missing) in line
     assert (trained / "run/stmclf.log").read_text().splitlines()[-1].endswith(f"ERROR {line}")
+
+
+def test_a_model_file_inside_a_run_brings_that_runs_config(trained, image_folder, capsys):
+    """``predict --model <run>/saved_models/best_model.pt`` without --config writes into that run
+    and uses its config (preprocessing, MLflow store), as --run does, not the bare defaults."""
+    model = trained / "run/saved_models/best_model.pt"
+    log = trained / "run/stmclf.log"
+    before = log.read_text()
+    assert main(["predict", "--model", str(model), "--images", str(image_folder / "cat")]) == 0
+    added = log.read_text()[len(before):]
+    assert "stage: predict" in added and "No preprocessing section" not in added

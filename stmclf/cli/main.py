@@ -158,19 +158,37 @@ def _run(cfg) -> None:
     run_mode(cfg)
 
 
-def _with_run_config(argv: Sequence[str]) -> list[str]:
-    """``--run RUN_DIR`` without ``--config``: the run's own config is the config (its
-    ``config.yaml``, then its ``stmclf_extras.yaml`` when there is one)."""
-    argv = list(argv)
-    if "--config" in argv or any(a.startswith("--config=") for a in argv):
-        return argv
+def _option_value(argv: Sequence[str], *names: str) -> Optional[str]:
+    """The value of the first of ``names`` given (``--name VALUE`` or ``--name=VALUE``)."""
     for i, arg in enumerate(argv):
-        run = argv[i + 1] if arg == "--run" and i + 1 < len(argv) else \
-            (arg.split("=", 1)[1] if arg.startswith("--run=") else None)
-        if run is not None:
-            from stmclf.config.run_files import run_config_args
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
 
-            return [*run_config_args(run, label=f"--run {run}"), *argv]
+
+def _with_run_config(argv: Sequence[str]) -> list[str]:
+    """Without ``--config``, the config of the run the command works on is the config (its
+    ``config.yaml``, then its ``stmclf_extras.yaml`` when there is one): the run of ``--run
+    RUN_DIR``, else the run that holds the model file of ``--model``/``--ckpt`` (the command writes
+    into that run, so it uses that run's preprocessing, evaluation set and MLflow store)."""
+    argv = list(argv)
+    if _option_value(argv, "--config") is not None or "--config" in argv:
+        return argv
+    from stmclf.config.run_files import run_config_args
+
+    run = _option_value(argv, "--run")
+    if run is not None:
+        return [*run_config_args(run, label=f"--run {run}"), *argv]
+    model = _option_value(argv, "--model", "--ckpt")
+    if model is not None and os.path.isfile(model):
+        from stmclf.training.run_dir import find_run_dir
+
+        found = find_run_dir(model)
+        if found is not None:
+            return [*run_config_args(str(found), label=f"the run of {model}"), "--run", str(found), *argv]
     return argv
 
 
