@@ -149,6 +149,9 @@ def check_training(cfg) -> None:
         raise ConfigError("training.epochs", f"must be a positive integer (got {training.epochs})")
     if training.dropout is not None and not 0 <= training.dropout < 1:
         raise ConfigError("training.dropout", f"must be >= 0 and < 1 (got {training.dropout})")
+    if training.gradient_clip_val is not None and not training.gradient_clip_val >= 0:
+        raise ConfigError("training.gradient_clip_val", f"must be >= 0 (0: no clipping), got "
+                                                        f"{training.gradient_clip_val}")
     if not 0 <= training.label_smoothing <= 1:
         raise ConfigError("training.label_smoothing", f"must be from 0 to 1 (got {training.label_smoothing})")
     for name in ("mixup", "cutmix"):  # the Beta distribution's alpha

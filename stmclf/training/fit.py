@@ -221,6 +221,9 @@ def _check_trainer_values(options: dict[str, Any]) -> None:
             raise ConfigError(f"trainer.{name}", f"expecting a number of batches (an integer >= 1) or a fraction "
                                                  f"of them (> 0, <= 1), got {limit!r}: training needs both its "
                                                  "batches and the validation that picks the best model")
+    clip = options.get("gradient_clip_val")
+    if clip is not None and (not number(clip) or clip < 0):
+        raise ConfigError("trainer.gradient_clip_val", f"expecting a number >= 0 (0: no clipping), got {clip!r}")
     devices = options.get("devices")
     if number(devices) and (devices != int(devices) or (devices < 1 and devices != -1)):
         raise ConfigError("trainer.devices", f"expecting a number of devices >= 1, -1 (all), 'auto' or a list of "
@@ -345,6 +348,10 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     splits = datamodule.prepare_splits()
     if splits.train is None or splits.valid is None:
         raise ConfigError("dataset.training_path", "training needs a training set and a validation set")
+    if len(splits.class_names) < 2:
+        raise ConfigError("dataset.class_names" if cfg.dataset.class_names else "dataset.training_path",
+                          f"{len(splits.class_names)} class ({', '.join(splits.class_names)}): a classifier needs "
+                          "at least 2 classes (one folder of images per class)")
     for name, files in (("training", splits.train), ("validation", splits.valid)):
         if len(files) == 0:  # a validation_split near 0 or 1 on a small folder, or an empty folder
             key = "dataset.validation_split" if cfg.dataset.training_path and not cfg.dataset.validation_path \
