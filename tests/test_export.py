@@ -435,3 +435,25 @@ def test_low_int8_agreement_advice_fits_the_granularity(per_channel, caplog):
     assert "agrees with the float model on only 88.0 %" in record.message
     assert ("per_channel" in record.message) is not per_channel
     assert "--per-layer" in record.message
+
+
+def test_the_commands_after_an_export_find_its_folder(tmp_path):
+    """benchmark, deploy-header, the report and --run lookups read the run's latest export: the
+    configured folder, or the one an override (--quantization.export_dir) wrote more recently."""
+    import os
+
+    from stmclf.export.export import SUMMARY_NAME, run_export_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_export_dir(run) == run / "quantized_models"  # nothing exported yet
+    assert run_export_dir(run, "int8") == run / "int8"
+    (run / "quantized_models").mkdir()
+    (run / "quantized_models" / SUMMARY_NAME).write_text("{}")
+    (run / "qm2").mkdir()
+    (run / "qm2" / SUMMARY_NAME).write_text("{}")
+    os.utime(run / "quantized_models" / SUMMARY_NAME, ns=(1_000_000_000, 1_000_000_000))
+    assert run_export_dir(run) == run / "qm2"  # the newer export, though the config names the default
+    os.utime(run / "qm2" / SUMMARY_NAME, ns=(500_000_000, 500_000_000))
+    assert run_export_dir(run) == run / "quantized_models"
+    assert run_export_dir(run, "qm2") == run / "quantized_models"  # an older export is not taken for it

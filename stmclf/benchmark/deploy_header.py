@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from stmclf.errors import ConfigError, UserError, one_line
+from stmclf.export.export import run_export_dir
 
 log = logging.getLogger("stmclf.benchmark")
 
@@ -57,7 +58,7 @@ def write_deploy_header(run_dir: Path, out: Optional[Path] = None) -> Path:
     when the run lacks what the header needs."""
     run_dir = Path(run_dir)
     cfg = _read_config(run_dir)
-    export_dir = run_dir / (_get(cfg, "quantization", "export_dir") or DEFAULT_EXPORT_DIR)
+    export_dir = run_export_dir(run_dir, _get(cfg, "quantization", "export_dir") or DEFAULT_EXPORT_DIR)
     model_path = find_int8_tflite(export_dir)
     io = read_tflite_io(model_path)
     class_names = _class_names(cfg, run_dir, export_dir)

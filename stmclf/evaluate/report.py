@@ -43,7 +43,7 @@ from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME, read_run_config
 from stmclf.errors import UserError, one_line
 from stmclf.evaluate.artifacts import ARTIFACT_LABELS, TFLM_LABEL
 from stmclf.evaluate.predict import CSV_NAME, PREDICTIONS_DIR
-from stmclf.export.export import MODEL_BASENAME, SUMMARY_NAME
+from stmclf.export.export import MODEL_BASENAME, SUMMARY_NAME, run_export_dir
 
 log = logging.getLogger("stmclf.evaluate")
 
@@ -191,7 +191,7 @@ class RunFiles:
         self.cfg = self._config()
         quantization = self.cfg.get("quantization") if isinstance(self.cfg.get("quantization"), dict) else {}
         general = self.cfg.get("general") if isinstance(self.cfg.get("general"), dict) else {}
-        self.export_dir = run_dir / _safe_subdir(quantization.get("export_dir"), DEFAULT_EXPORT_DIR)
+        self.export_dir = run_export_dir(run_dir, _safe_subdir(quantization.get("export_dir"), DEFAULT_EXPORT_DIR))
         self.saved_models = run_dir / _safe_subdir(general.get("saved_models_dir"), DEFAULT_SAVED_MODELS)
 
         records, note = _load_json(run_dir / RESULTS_FILE, list)

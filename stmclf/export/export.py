@@ -43,6 +43,22 @@ log = logging.getLogger("stmclf.export")
 FORMATS = ("onnx", "tflite")
 MODEL_BASENAME = "best_model"
 SUMMARY_NAME = "export_summary.json"
+DEFAULT_EXPORT_DIR = "quantized_models"
+
+
+def run_export_dir(run_root: Path, configured: Optional[str] = None) -> Path:
+    """The folder of a run's latest export: of the configured one (``quantization.export_dir``,
+    default ``quantized_models``) and the run's sub-folders that hold an ``export_summary.json``,
+    the one whose summary is newest. An export given ``--quantization.export_dir`` on its command
+    line is found by the commands after it, and an older export elsewhere is not taken for it."""
+    run_root = Path(run_root)
+    default = run_root / (configured or DEFAULT_EXPORT_DIR)
+    found = [p.parent for p in run_root.glob(f"*/{SUMMARY_NAME}") if p.is_file()]
+    if (default / SUMMARY_NAME).is_file():
+        found.append(default)
+    if not found:
+        return default
+    return max(found, key=lambda folder: (folder / SUMMARY_NAME).stat().st_mtime_ns)
 DEFAULT_TFLM_CHECK_IMAGES = 32
 
 

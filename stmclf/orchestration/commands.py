@@ -38,13 +38,13 @@ def run_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
 
 def run_quantized_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
     """The int8 model an export wrote into a run folder (from its ``export_summary.json``)."""
-    from stmclf.export.export import SUMMARY_NAME
+    from stmclf.export.export import SUMMARY_NAME, run_export_dir
 
     if run_root is None:
         return None
-    export_dir = (cfg.quantization.export_dir if cfg.quantization else None) or "quantized_models"
+    export_dir = run_export_dir(Path(run_root), cfg.quantization.export_dir if cfg.quantization else None)
     try:
-        files = json.loads((Path(run_root) / export_dir / SUMMARY_NAME).read_text()).get("files") or {}
+        files = json.loads((export_dir / SUMMARY_NAME).read_text()).get("files") or {}
     except (OSError, ValueError):
         return None
     primary = ("onnx_qdq", "tflite_int8") if cfg.quantization is not None and \
