@@ -130,3 +130,19 @@ def test_image_file_name_that_is_not_utf8_is_listed_and_cached(tmp_path):
     key = cache_key(files.cache_identity(), {"size": 8})
     os.rename(renamed, os.fsencode(root / "a_cat") + b"/caf\xe8.png")
     assert cache_key(list_images(str(root), sorted(CLASSES), "k", seed=1).cache_identity(), {"size": 8}) != key
+
+
+def test_an_empty_class_folder_is_named_in_a_warning(tmp_path, caplog):
+    """An empty class folder still makes a class (the reference's rule), one the model never sees:
+    the listing says so, naming it."""
+    import logging
+
+    from conftest import write_image_folder
+    from stmclf.data.files import list_images
+
+    root = write_image_folder(tmp_path / "data", per_class=2, size=(8, 8), classes={"a": (200, 0, 0), "b": (0, 200, 0)})
+    (root / "c_empty").mkdir()
+    with caplog.at_level(logging.WARNING, logger="stmclf"):
+        files = list_images(str(root), ["a", "b", "c_empty"], "dataset.training_path", seed=0)
+    assert len(files.paths) == 4
+    assert "1 class folder(s) without image files (c_empty)" in caplog.text

@@ -319,3 +319,18 @@ def test_a_signalled_training_exits_128_plus_the_signal_and_names_its_checkpoint
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True)
     assert "KILLED" in set(runs["status"]), runs[["tags.mlflow.runName", "status"]]
+
+
+def test_a_reused_run_folder_keeps_no_second_config_for_a_new_time_stamp_alone(tmp_path, image_folder):
+    """A resume (or --run) reuses its run folder whatever folder the config's ${now:...} stamp
+    names: a config that differs only in hydra.run.dir is the same config, so no
+    config_<time>.yaml naming a folder that was never created is written beside it."""
+    first = create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "run"))
+    again = create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "elsewhere_2026_12_06_22_00_00"),
+                           root=first.root)
+    assert again.root == first.root
+    assert sorted(p.name for p in first.root.glob("config*.yaml")) == ["config.yaml"]
+    assert not (tmp_path / "elsewhere_2026_12_06_22_00_00").exists()
+    changed = create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "run", "--training.epochs", "3"),
+                             root=first.root)
+    assert len(list(changed.root.glob("config_*.yaml"))) == 1  # a real change is still kept beside it

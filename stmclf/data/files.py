@@ -191,6 +191,12 @@ def list_images(root: str, class_names: Sequence[str], key: str, seed: int) -> F
                     "`stmclf data check` lists them", root, len(escaping), *escaping[0])
     if not paths:
         raise ConfigError(key, f"no image files found under {root}")
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    empty = [name for name, count in zip(sorted(class_names), counts) if count == 0]
+    if empty:
+        log.warning("%s: %d class folder(s) without image files (%s%s): the model gets classes it never sees "
+                    "here; remove them or give dataset.class_names", root, len(empty), ", ".join(empty[:5]),
+                    ", ..." if len(empty) > 5 else "")
     order = np.random.RandomState(seed).permutation(len(paths))
     return FileList([paths[i] for i in order], [labels[i] for i in order], str(root))
 

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -92,9 +93,20 @@ def _same_config(root: Path, resolved_yaml: str) -> bool:
     """The run folder's config (its two files merged, or an older run's single ``config.yaml``)
     is ``resolved_yaml``."""
     try:
-        return read_run_config(root) == yaml.safe_load(resolved_yaml)
+        return _without_run_dir(read_run_config(root)) == _without_run_dir(yaml.safe_load(resolved_yaml))
     except UserError:  # a run config edited into something unreadable: keep the new one beside it
         return False
+
+
+def _without_run_dir(config: Any) -> Any:
+    """``config`` without ``hydra.run.dir``: a run reused on purpose (a resume, ``--run``) is that
+    folder whatever the config's ``${now:...}`` stamp names, so the stamp alone is no new config."""
+    if not isinstance(config, dict) or not isinstance(config.get("hydra"), dict):
+        return config
+    hydra = dict(config["hydra"])
+    if isinstance(hydra.get("run"), dict):
+        hydra["run"] = {k: v for k, v in hydra["run"].items() if k != "dir"}
+    return {**config, "hydra": hydra}
 
 
 def _unwritable(key: str, root: Path, exc: OSError) -> UserError:
