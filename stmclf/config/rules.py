@@ -175,6 +175,8 @@ def check_names(cfg) -> None:
         names.append(("dataset.name", dataset.name))
         names += [(f"dataset.class_names[{i}]", n) for i, n in enumerate(dataset.class_names or [])]
     for key, name in names:
+        if key.startswith("dataset.class_names") and isinstance(name, str) and not name.strip():
+            raise ConfigError(key, "an empty class name: each class is a folder name")
         if isinstance(name, str) and not name.isprintable():
             bad = next(c for c in name if not c.isprintable())
             raise ConfigError(key, f"{one_line(repr(name), 80)} holds the control character {ascii(bad)}: a name "

@@ -19,7 +19,7 @@ import numpy as np
 
 from stmclf.data.decode import ImageFormat, decode_for_resize, load_image, read_file
 from stmclf.data.resize import resize_into, stackable
-from stmclf.errors import ConfigError, UserError, is_text, printable_path
+from stmclf.errors import ConfigError, UserError, is_text, one_line, printable_path
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ def list_images(root: str, class_names: Sequence[str], key: str, seed: int) -> F
     present = set(class_dirs(base, key))
     missing = [c for c in class_names if c not in present]
     if missing:
-        raise ConfigError(key, f"class folder(s) {', '.join(missing)} not found in {root}")
+        raise ConfigError(key, f"class folder(s) {one_line(', '.join(repr(m) for m in missing), 200)} not found "
+                               f"in {root}")
     paths: list[str] = []
     labels: list[int] = []
     skipped = 0

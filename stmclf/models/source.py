@@ -108,11 +108,9 @@ class ModelSource:
 
 def resolve_model_source(path: str | Path, key: str = "general.model_path") -> ModelSource:
     """The :class:`ModelSource` of ``path``; a one-line error when the file is missing or unreadable."""
-    from stmclf.models.importers.base import detect_kind
+    from stmclf.models.importers.base import detect_kind, require_model_file
 
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(key, f"unable to find the model file {path}")
+    file = require_model_file(path, key)
     try:
         with open(file, "rb") as handle:
             head = handle.read(8)

@@ -27,8 +27,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from stmclf.config.rules import MAX_CHANNELS, MAX_IMAGE_SIDE
-from stmclf.errors import ConfigError
-from stmclf.models.importers.base import KINDS, SUPPORTED_TEXT, ImportedModel, detect_kind, file_error
+from stmclf.models.importers.base import (KINDS, SUPPORTED_TEXT, ImportedModel, detect_kind, file_error,
+                                          require_model_file)
 
 __all__ = ["ImportedModel", "KINDS", "detect_kind", "load_model_file"]
 
@@ -41,9 +41,7 @@ def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: st
     (TorchScript, pickled modules); for Keras and ONNX files, which fix it, a different value is an
     error. Errors are one-line :class:`~stmclf.errors.ConfigError`\\ s under ``key``.
     """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(key, f"unable to find the model file {path}")
+    file = require_model_file(path, key)
     try:
         kind = detect_kind(file)
     except OSError as exc:

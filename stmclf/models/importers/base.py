@@ -208,3 +208,17 @@ def looks_like_probabilities(out: Tensor) -> bool:
     out = out.detach().float()
     return bool((out >= 0).all() and (out <= 1).all() and torch.allclose(out.sum(1), torch.ones(len(out)),
                                                                          atol=1e-4))
+
+
+def require_model_file(path: "str | Path", key: str) -> Path:
+    """``path`` (``~`` expanded) when it names a regular file, else a one-line error under ``key``:
+    missing, or something that is no file to read (a folder, a FIFO, a device)."""
+    from stmclf.errors import ConfigError
+
+    file = Path(path).expanduser()
+    if file.is_file():
+        return file
+    if file.exists():
+        raise ConfigError(key, f"{path} is not a regular file (a folder, FIFO or device): expecting a model file")
+    raise ConfigError(key, f"unable to find the model file {path}")
+
