@@ -252,3 +252,30 @@ def test_a_run_with_only_its_config(tmp_path):
     assert "<h2>Journey</h2>" in page and "<h2>Config</h2>" in page
     assert "config.yaml: not valid YAML" in page
     assert "<h2>Accuracy</h2>" not in page and "Benchmark" not in page
+
+
+def test_results_of_another_model_under_the_same_label_replace_the_older_ones(tmp_path):
+    """A run's float model rows are those of the file last evaluated under that label: exporting
+    another model (a Keras .h5) into the run drops the trained model's rows, validation set
+    included, and the report names no file of the run for a model that lives outside it."""
+    from stmclf.config.run_files import CONFIG_NAME
+    from stmclf.evaluate.report import RunFiles
+    from stmclf.evaluate.results import read_results, record_results
+
+    run = tmp_path / "run"
+    (run / "saved_models").mkdir(parents=True)
+    (run / CONFIG_NAME).write_text("general: {project_name: p}\n")
+    trained = run / "saved_models" / "best_model.pt"
+    trained.write_bytes(b"trained")
+    other = tmp_path / "theirs.h5"
+    other.write_bytes(b"keras")
+    confusion = np.eye(2, dtype=np.int64)
+    both = {"validation_set": {"accuracy": 40.0, "count": 2, "confusion": confusion},
+            "test_set": {"accuracy": 30.0, "count": 2, "confusion": confusion}}
+    record_results(run, "float", "Float model", both, ["a", "b"], trained)
+    assert RunFiles(run).artifact_file("Float model") == trained
+    record_results(run, "float", "Float model", {"test_set": {"accuracy": 26.0, "count": 2, "confusion": confusion}},
+                   ["a", "b"], other)
+    rows = [(r["set"], r["accuracy"], Path(r["file"]).name) for r in read_results(run) if r["model"] == "Float model"]
+    assert rows == [("test_set", 26.0, "theirs.h5")]
+    assert RunFiles(run).artifact_file("Float model") is None  # not best_model.pt: that is another model

@@ -235,7 +235,7 @@ def _record_tflm(result, reference: dict[str, dict], class_names: Sequence[str],
     if reference.get(name, {}).get("count") != count:
         name = f"{name}_first_{count}"
     record_results(run_root, "tflm", TFLM_LABEL, {name: {"accuracy": accuracy, "loss": None, "count": count}},
-                   class_names)
+                   class_names, result.get("tflite_int8"))
     log.info("%s %s accuracy %.2f %% (%d images)", TFLM_LABEL, name.replace("_", " "), accuracy, count)
 
 
@@ -257,9 +257,11 @@ def evaluate_export(cfg, result, run_root: Path, *, mlflow_logger=None) -> list[
     class_names = list(module.class_names)
     primary = result.quantized_model
     artifacts = [("Float model", "float", module)]
+    model_files = {"Float model": result.model_file}
     for key, (label, kind) in ARTIFACT_LABELS.items():
         if key in result:
             artifacts.append((label, "int" if result[key] == primary else kind, result[key]))
+            model_files[label] = result[key]
     loader = datamodule.loader_for(files)  # one loader (and its workers) for every artifact
     timer = StageTimer(result.timings)
     for label, kind, artifact in artifacts:
@@ -267,7 +269,8 @@ def evaluate_export(cfg, result, run_root: Path, *, mlflow_logger=None) -> list[
             results = evaluate_artifact(artifact, [(name, loader)], rescaling=result.rescaling, label=label,
                                         keep_predictions=True, threads=threads)
         result.results[label] = results
-        report_results(results, class_names, run_root, kind=kind, model_label=label, mlflow_logger=mlflow_logger)
+        report_results(results, class_names, run_root, kind=kind, model_label=label, mlflow_logger=mlflow_logger,
+                       model_file=model_files.get(label))
     reference = result.results["Float model"]
     rows = comparison_rows(reference, {k: v for k, v in result.results.items() if k != "Float model"})
     if rows:

@@ -70,7 +70,7 @@ def evaluate_model(cfg: RunConfig, model, run_root: Path, *, mlflow_logger=None,
         log.info("Dataset : %s, %s: %d images", cfg.dataset.name, name.replace("_", " "), len(files))
         results = evaluate_module(module, [(name, datamodule.loader_for(files))])
         return report_results(results, splits.class_names, run_root, mlflow_logger=mlflow_logger,
-                              **({"title": title} if title else {}))
+                              model_file=_file_of(model), **({"title": title} if title else {}))
     datamodule, splits = _evaluation_data(cfg, artifact_input_shape(predictor))
     if predictor.num_classes and max(len(splits.class_names), 2) != predictor.num_classes:
         raise ConfigError("dataset.class_names", f"the model has {predictor.num_classes} outputs, the dataset "
@@ -80,7 +80,11 @@ def evaluate_model(cfg: RunConfig, model, run_root: Path, *, mlflow_logger=None,
     results = evaluate_artifact(predictor, [(name, datamodule.loader_for(files))], rescaling=rescaling,
                                 num_classes=len(splits.class_names))
     return report_results(results, splits.class_names, run_root, mlflow_logger=mlflow_logger, kind=predictor.kind,
-                          model_label=predictor.label)
+                          model_label=predictor.label, model_file=_file_of(model))
+
+
+def _file_of(model) -> Optional[Path]:
+    return Path(model) if isinstance(model, (str, Path)) and Path(model).is_file() else None
 
 
 def evaluate_trained(result, run_root: Path, *, mlflow_logger=None) -> dict[str, float]:
@@ -93,7 +97,7 @@ def evaluate_trained(result, run_root: Path, *, mlflow_logger=None) -> dict[str,
     sets = [("validation_set", splits.valid), ("test_set", splits.test)]
     results = evaluate_module(result.module, [(name, datamodule.loader_for(files)) for name, files in sets if files])
     report_results(results, splits.class_names, run_root, mlflow_logger=mlflow_logger,
-                   title="Best model (max val_accuracy)")
+                   title="Best model (max val_accuracy)", model_file=_file_of(result.best_model))
     if splits.test is None:
         log.info("No test set given: only results on the validation set are available")
     result.accuracies = {name: values["accuracy"] for name, values in results.items()}

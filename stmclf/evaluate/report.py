@@ -227,6 +227,10 @@ class RunFiles:
     def artifact_file(self, label: str) -> Path | None:
         """The file of an artifact label ("TFLite int8", "Float model"...) in the run directory."""
         if label == FLOAT_LABEL:
+            recorded = [r.get("file") for r in self.records if r["model"] == FLOAT_LABEL and r.get("file")]
+            if recorded and isinstance(recorded[-1], str):  # the model the float rows describe, wherever it is
+                path = Path(recorded[-1])
+                return path if path.is_file() and _inside(self.root, path) else None
             candidates = []
             model_file = (self.summary or {}).get("model_file")
             if isinstance(model_file, str) and Path(model_file).is_absolute():

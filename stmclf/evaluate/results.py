@@ -14,8 +14,10 @@ log = logging.getLogger("stmclf.evaluate")
 
 
 def report_results(results: dict[str, dict], class_names: Sequence[str], run_root: Path, *, kind: str = "float",
-                   model_label: str = "Float model", mlflow_logger=None, title: Optional[str] = None) -> dict[str, float]:
-    """``kind`` prefixes the metric names (``float``/``int``); returns {metric name: value}."""
+                   model_label: str = "Float model", mlflow_logger=None, title: Optional[str] = None,
+                   model_file: Optional[Path] = None) -> dict[str, float]:
+    """``kind`` prefixes the metric names (``float``/``int``); ``model_file``: the file evaluated
+    (recorded in ``results.json``); returns {metric name: value}."""
     print_accuracy_table(results, title=title or model_label)
     metrics: dict[str, float] = {}
     for name, values in results.items():
@@ -29,7 +31,7 @@ def report_results(results: dict[str, dict], class_names: Sequence[str], run_roo
             path = Path(run_root) / f"{kind}_model_confusion_matrix_{name}.png"
             plot_confusion_matrix(values["confusion"], class_names,
                                   f"{model_label} — {label} — accuracy {values['accuracy']:.2f} %", path)
-    record_results(run_root, kind, model_label, results, class_names)
+    record_results(run_root, kind, model_label, results, class_names, model_file)
     if mlflow_logger is not None:
         mlflow_logger.log_metrics(metrics)
     return metrics
@@ -39,15 +41,22 @@ RESULTS_FILE = "results.json"
 
 
 def record_results(run_root: Path, kind: str, model_label: str, results: dict[str, dict],
-                   class_names: Sequence[str]) -> Path:
-    """Append the results to ``<run>/results.json`` (read by ``stmclf report``)."""
+                   class_names: Sequence[str], model_file: Optional[Path] = None) -> Path:
+    """Append the results to ``<run>/results.json`` (read by ``stmclf report``). Each record names
+    the file evaluated; records of the same label for another file (an earlier model exported into
+    this run) are dropped, so the report never mixes two models under one label."""
     path = Path(run_root) / RESULTS_FILE
     records = json.loads(path.read_text()) if path.exists() else []
+    file = str(Path(model_file).resolve()) if model_file is not None else None
+    if file is not None:
+        records = [r for r in records if not (r["kind"] == kind and r["model"] == model_label
+                                              and r.get("file") not in (None, file))]
     for name, values in results.items():
         records = [r for r in records if not (r["kind"] == kind and r["set"] == name and r["model"] == model_label)]
         records.append({"kind": kind, "model": model_label, "set": name, "accuracy": values["accuracy"],
                         "loss": values.get("loss"), "count": values["count"], "class_names": list(class_names),
-                        "confusion": values["confusion"].tolist() if "confusion" in values else None})
+                        "confusion": values["confusion"].tolist() if "confusion" in values else None,
+                        **({"file": file} if file is not None else {})})
     path.write_text(json.dumps(records, indent=1))
     return path
 
