@@ -45,3 +45,12 @@ def test_hydra_overrides_parse_like_flags(tmp_path, capsys, image_folder):
     assert main(["fit", "--config", str(tmp_path / "c.yaml"), "--training.epochz", "1"]) == 2
     assert capsys.readouterr().err == flag_err
     assert flag_err.startswith("stmclf: error: training.epochz: unknown key")
+
+
+@pytest.mark.parametrize("mode", ["deployment", "chain_qd"])
+def test_the_modes_that_flash_a_board_point_to_deploy_header(mode, tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(f"general: {{project_name: p}}\noperation_mode: {mode}\n")
+    assert main(["run", "--config", str(tmp_path / "c.yaml")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"stmclf: error: operation_mode: '{mode}' is not available in stmclf")
+    assert "stmclf deploy-header --run RUN" in line

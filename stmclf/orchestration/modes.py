@@ -22,7 +22,8 @@ def run_mode(cfg: RunConfig) -> None:
     if not mode.available:
         available = ", ".join(m for m, spec in MODES.items() if spec.available)
         raise ConfigError("operation_mode", f"{name!r} is not available in stmclf (it builds and flashes the "
-                                            f"board application); available: {available}")
+                                            f"board application): `stmclf deploy-header --run RUN` writes the C "
+                                            f"header for ST's application; available: {available}")
     if mode.has("train"):
         _train_then(cfg, mode)
     else:
@@ -83,7 +84,7 @@ def _from_model_file(cfg: RunConfig, mode: OperationMode) -> None:
     client = _cloud_client(cfg, mode)
     journey = Journey(cfg, model_name=model_label(cfg, source.path))
     log.info("operation_mode: %s", mode.name)
-    log.info("Model file : %s (%s)", source.path, source.text)
+    log.info("Model kind : %s", source.text)  # each stage logs the file it works on
     benchmarked = source.path
     if quantize is not None:
         formats, settings = quantize
