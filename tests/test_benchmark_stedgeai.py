@@ -228,3 +228,16 @@ def test_generate_command_and_reports(tmp_path):
                                                               "graphs": [{"nodes": [{"macc": 5}, {"macc": 7}]}]}))
     fp = read_footprint(tmp_path)
     assert (fp.ram_size, fp.rom_size, fp.macc, fp.estimated_library_ram_size) == (10, 20, 12, None)
+
+
+def test_a_config_cannot_make_stmclf_run_another_program(tmp_path):
+    """path_to_stedgeai names a program stmclf runs: only one named as ST's tool is run."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "bin" / "evil_tool"
+    evil.parent.mkdir()
+    evil.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    evil.chmod(0o755)
+    for path in (evil, "sh"):
+        with pytest.raises(StEdgeAiError, match="is not ST Edge AI's stedgeai"):
+            resolve_executable(path)
+    assert not marker.exists()

@@ -41,8 +41,19 @@ class StEdgeAiError(UserError):
         super().__init__(one_line(message, 1000, whole=True))
 
 
+def _checked_name(executable: str, key: str) -> str:
+    """``executable`` when its file name is ST's tool's (``stedgeai``, ``stm32ai``, any suffix): a
+    config can name a program for stmclf to run, so it runs no program of another name (a
+    downloaded config's ``/bin/sh``)."""
+    if not Path(executable).name.lower().startswith(("stedgeai", "stm32ai")):
+        raise StEdgeAiError(f"{key}: {executable} is not ST Edge AI's stedgeai (or stm32ai): stmclf runs no other "
+                            "program a config names")
+    return executable
+
+
 def resolve_executable(path: Union[str, Path, None], key: str = "tools.stedgeai.path_to_stedgeai") -> str:
-    """The executable named by ``path``: a file, a folder holding ``stedgeai``, or a command on PATH."""
+    """The executable named by ``path``: a file, a folder holding ``stedgeai``, or a command on PATH,
+    whose name is ST's tool's."""
     if not path:
         raise StEdgeAiError(f"{key} is not set: give the path to the stedgeai executable (ST Edge AI Core, "
                             "https://www.st.com/en/development-tools/stedgeai-core.html)")
@@ -55,10 +66,10 @@ def resolve_executable(path: Union[str, Path, None], key: str = "tools.stedgeai.
     if candidate.is_file():
         if not os.access(candidate, os.X_OK):
             raise StEdgeAiError(f"{key}: {candidate} is not executable")
-        return str(candidate)
+        return _checked_name(str(candidate), key)
     on_path = shutil.which(str(path))
     if on_path:
-        return on_path
+        return _checked_name(on_path, key)
     raise StEdgeAiError(f"{key}: {path} not found; give the path to the stedgeai executable")
 
 
