@@ -13,7 +13,9 @@ def test_help_is_short_plain_and_starts_with_the_commands_options(command, capsy
     text = capsys.readouterr().out
     lines = text.splitlines()
     assert len(lines) <= 60, len(lines)
-    assert lines[0].startswith(f"usage: stmclf {command} --config FILE")
+    # the commands that take a run folder need no --config (the run's own config is used)
+    config = "(--config FILE | --run RUN)" if command in ("export", "predict", "benchmark") else "--config FILE"
+    assert lines[0].startswith(f"usage: stmclf {command} {config} [options]"), lines[0]
     assert ":class:" not in text and "``" not in text
     options = [line.split()[0] for line in lines if line.startswith("  --")]
     assert "--help-trainer" in text and "--trainer.devices" not in text

@@ -84,7 +84,9 @@ def config_help(parser) -> str:
     rows += [("-h, --help", "this help"),
                                 ("--help-trainer", "the Lightning Trainer options (trainer.devices, "
                                                    "trainer.precision, trainer.strategy, ...)")]
-    lines = [f"usage: {parser.prog} --config FILE [options] [section.key=VALUE ...] [--section.key VALUE ...]", ""]
+    takes_run = any(a.dest == "run" for a in options)  # --run RUN alone: the run's own config
+    config = "(--config FILE | --run RUN)" if takes_run else "--config FILE"
+    lines = [f"usage: {parser.prog} {config} [options] [section.key=VALUE ...] [--section.key VALUE ...]", ""]
     if parser.description:
         lines += [plain(parser.description), ""]
     lines += ["options:", *_format_rows(rows), ""]
