@@ -157,8 +157,7 @@ def list_images(root: str, class_names: Sequence[str], key: str, seed: int) -> F
     present = set(class_dirs(base, key))
     missing = [c for c in class_names if c not in present]
     if missing:
-        raise ConfigError(key, f"class folder(s) {one_line(', '.join(repr(m) for m in missing), 200)} not found "
-                               f"in {root}")
+        raise ConfigError(key, f"class folder(s) {one_line(', '.join(missing), 200)} not found in {root}")
     paths: list[str] = []
     labels: list[int] = []
     skipped = 0
