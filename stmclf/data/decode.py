@@ -140,28 +140,37 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXE
 
 
 def read_file(path: str) -> bytes:
-    """The bytes of ``path`` (one read), or a one-line :class:`ImageDecodeError` (``unreadable``):
-    also for what is not a regular file (a FIFO would block the read forever, ``/dev/zero`` never
-    ends) and for a file over :data:`MAX_IMAGE_FILE_BYTES`."""
+    """The bytes of ``path``, or a one-line :class:`ImageDecodeError` (``unreadable``): also for
+    what is not a regular file (a FIFO would block the read forever, ``/dev/zero`` never ends) and
+    for a file over :data:`MAX_IMAGE_FILE_BYTES`. One ``fstat`` and, for a file that does not grow,
+    one ``read`` of its size (a buffered ``read(limit)`` would allocate the whole limit per file)."""
     try:
         fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: opening a FIFO does not wait for a writer
     except OSError as exc:
         raise ImageDecodeError("unreadable", path, one_line(exc)) from None
-    with open(fd, "rb") as handle:
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ImageDecodeError("unreadable", path, "not a regular file (a FIFO, device or socket)")
-            if info.st_size > MAX_IMAGE_FILE_BYTES:
-                raise ImageDecodeError("unreadable", path, f"{info.st_size:,} bytes, more than the "
-                                                           f"{MAX_IMAGE_FILE_BYTES >> 20:,} MiB an image file may have")
-            data = handle.read(MAX_IMAGE_FILE_BYTES + 1)
-        except OSError as exc:
-            raise ImageDecodeError("unreadable", path, one_line(exc)) from None
-    if len(data) > MAX_IMAGE_FILE_BYTES:  # it grew while being read
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageDecodeError("unreadable", path, "not a regular file (a FIFO, device or socket)")
+        if info.st_size > MAX_IMAGE_FILE_BYTES:
+            raise ImageDecodeError("unreadable", path, f"{info.st_size:,} bytes, more than the "
+                                                       f"{MAX_IMAGE_FILE_BYTES >> 20:,} MiB an image file may have")
+        chunks, total, want = [], 0, info.st_size + 1  # + 1: the end of the file is seen in the same read
+        while total <= MAX_IMAGE_FILE_BYTES:
+            chunk = os.read(fd, min(want, MAX_IMAGE_FILE_BYTES + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            want = 1 << 20
+    except OSError as exc:
+        raise ImageDecodeError("unreadable", path, one_line(exc)) from None
+    finally:
+        os.close(fd)
+    if total > MAX_IMAGE_FILE_BYTES:
         raise ImageDecodeError("unreadable", path, f"more than the {MAX_IMAGE_FILE_BYTES >> 20:,} MiB an image "
-                                                   "file may have")
-    return data
+                                                   "file may have")  # it grew while being read
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def decode_image(path: str, color_mode: str = "rgb") -> np.ndarray:

@@ -256,21 +256,19 @@ def evaluate_export(cfg, result, run_root: Path, *, mlflow_logger=None) -> list[
     module = result.module
     class_names = list(module.class_names)
     primary = result.quantized_model
-    artifacts = [("Float model", "float", module)]
-    model_files = {"Float model": result.model_file}
+    artifacts = [("Float model", "float", module, result.model_file)]  # (label, kind, what runs, its file)
     for key, (label, kind) in ARTIFACT_LABELS.items():
         if key in result:
-            artifacts.append((label, "int" if result[key] == primary else kind, result[key]))
-            model_files[label] = result[key]
+            artifacts.append((label, "int" if result[key] == primary else kind, result[key], result[key]))
     loader = datamodule.loader_for(files)  # one loader (and its workers) for every artifact
     timer = StageTimer(result.timings)
-    for label, kind, artifact in artifacts:
+    for label, kind, artifact, model_file in artifacts:
         with timer("evaluate_" + label.lower().replace(" ", "_")), timer("evaluation"):
             results = evaluate_artifact(artifact, [(name, loader)], rescaling=result.rescaling, label=label,
                                         keep_predictions=True, threads=threads)
         result.results[label] = results
         report_results(results, class_names, run_root, kind=kind, model_label=label, mlflow_logger=mlflow_logger,
-                       model_file=model_files.get(label))
+                       model_file=model_file)
     reference = result.results["Float model"]
     rows = comparison_rows(reference, {k: v for k, v in result.results.items() if k != "Float model"})
     if rows:
