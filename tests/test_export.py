@@ -142,6 +142,46 @@ def test_onnx_dynamic_batch_logits_and_folded_rescaling(setup, tmp_path):
     assert np.abs(probs - _torch_probs(module, images)).max() <= 1e-4
 
 
+class _BatchOfOne(torch.nn.Module):
+    """Declares a free batch size but reshapes to a batch of one (a common hand-written export)."""
+
+    def __init__(self, flat: bool) -> None:
+        super().__init__()
+        self.conv, self.flat = torch.nn.Conv2d(3, 2, 3), flat
+        self.dense = torch.nn.Linear(2 * 6 * 6, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.dense(y.reshape(1, 72)) if self.flat else self.dense(y.reshape(-1, 72))[:1]
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["reshape-fails", "wrong-output-batch"])
+def test_onnx_model_that_runs_one_image_only(tmp_path, flat, caplog):
+    """A model that declares a free batch but runs one image (onnxruntime fails, or gives one row
+    for a batch) is run image by image, with one warning; one that fails on one image is one line."""
+    from stmclf.export.onnx_export import onnx_session, run_onnx
+
+    model = _BatchOfOne(flat).eval()
+    path = tmp_path / "one.onnx"
+    torch.onnx.export(model, torch.zeros(1, 3, 8, 8), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}})
+    x = np.random.default_rng(0).random((5, 3, 8, 8), dtype=np.float32)
+    session = onnx_session(path)
+    with caplog.at_level(logging.WARNING, logger="stmclf.export"):
+        got = run_onnx(session, x, batch=4)
+        again = run_onnx(session, x, batch=4)
+    with torch.no_grad():
+        expected = np.concatenate([model(torch.from_numpy(x[i:i + 1])).numpy() for i in range(5)])
+    assert got.shape == (5, 3) and np.abs(got - expected).max() <= 1e-5
+    assert np.array_equal(got, again)
+    assert [r.getMessage() for r in caplog.records].count(
+        f"{path} declares a free batch size but runs only one image at a time: evaluated image by image") == 1
+
+    small = x[:, :, :4, :4]  # no image of this size runs
+    with pytest.raises(UserError, match=rf"^{path}: onnxruntime cannot run this model on input \[4, 3, 4, 4\] "):
+        run_onnx(onnx_session(path), small, batch=4)
+
+
 def _agreement(a, b) -> float:
     return float(np.mean(a.argmax(1) == b.argmax(1)))
 

@@ -166,7 +166,7 @@ def onnx_session(path: Path, threads: Optional[int] = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as exceptions, reported in one line
     if threads:
         options.intra_op_num_threads = threads
     try:
@@ -177,15 +177,49 @@ def onnx_session(path: Path, threads: Optional[int] = None):
 
 def run_onnx(session, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
     """Outputs of the session's first output for float NCHW ``inputs``, batch by batch (one image
-    at a time for a static batch-1 model)."""
+    at a time for a static batch-1 model, or for one that declares a free batch size but only
+    runs one image: a hard-coded reshape). UserError naming the file if onnxruntime cannot run it."""
     spec = session.get_inputs()[0]
     static = isinstance(spec.shape[0], int) and spec.shape[0] > 0
-    step = int(spec.shape[0]) if static else batch
-    outputs = []
-    for start in range(0, len(inputs), step):
+    step = int(spec.shape[0]) if static else 1 if getattr(session, "stmclf_one_image", False) else batch
+    outputs, start = [], 0
+    while start < len(inputs):
         chunk = np.ascontiguousarray(inputs[start:start + step], dtype=np.float32)
-        outputs.append(session.run(None, {spec.name: chunk})[0])
+        try:
+            outputs.append(_run_chunk(session, spec.name, chunk))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidArgument types
+            if len(chunk) > 1 and _runs_one_image(session, spec.name, chunk):
+                log.warning("%s declares a free batch size but runs only one image at a time: evaluated "
+                            "image by image", _session_file(session))
+                session.stmclf_one_image = step = 1  # remembered for the session's next calls
+                continue
+            raise UserError(f"{_session_file(session)}: onnxruntime cannot run this model on input "
+                            f"{list(chunk.shape)} ({one_line(exc)})") from None
+        start += len(chunk)
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+
+class _BadBatch(ValueError):
+    pass
+
+
+def _run_chunk(session, name: str, chunk: np.ndarray) -> np.ndarray:
+    out = session.run(None, {name: chunk})[0]
+    if out.ndim == 0 or out.shape[0] != len(chunk):
+        raise _BadBatch(f"its output has shape {list(out.shape)} for {len(chunk)} image(s)")
+    return out
+
+
+def _runs_one_image(session, name: str, chunk: np.ndarray) -> bool:
+    try:
+        _run_chunk(session, name, chunk[:1])
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def _session_file(session) -> str:
+    return str(getattr(session, "_model_path", None) or "the ONNX model")
 
 
 def onnx_inputs(images: np.ndarray, rescaling: Sequence[float], contract: str) -> np.ndarray:
