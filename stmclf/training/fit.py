@@ -5,6 +5,7 @@ import logging
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -198,7 +199,22 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
     clip = gradient_clipping(cfg.training.optimizer)
     if clip and "gradient_clip_val" not in options:
         options.update(clip)
+    _probe_trainer(options)
     return options
+
+
+def _probe_trainer(options: dict[str, Any]) -> None:
+    """Build a throw-away Trainer from the options (~15 ms), silently: Lightning's refusals of an
+    accelerator, strategy or precision this machine lacks come before the run folder is made."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            make_trainer(**{**options, "logger": False, "enable_checkpointing": False, "enable_model_summary": False,
+                            "enable_progress_bar": False})
+    finally:
+        logging.disable(previous)
 
 
 def _check_trainer_values(options: dict[str, Any]) -> None:
@@ -221,6 +237,12 @@ def _check_trainer_values(options: dict[str, Any]) -> None:
             raise ConfigError(f"trainer.{name}", f"expecting a number of batches (an integer >= 1) or a fraction "
                                                  f"of them (> 0, <= 1), got {limit!r}: training needs both its "
                                                  "batches and the validation that picks the best model")
+    for name, least, allowed in (("accumulate_grad_batches", 1, "an integer >= 1"),
+                                 ("log_every_n_steps", 0, "an integer >= 0 (0: no per-step logging)"),
+                                 ("num_sanity_val_steps", -1, "an integer >= 0, or -1 (all the validation batches)")):
+        value = options.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise ConfigError(f"trainer.{name}", f"expecting {allowed}, got {value!r}")
     clip = options.get("gradient_clip_val")
     if clip is not None and (not number(clip) or clip < 0):
         raise ConfigError("trainer.gradient_clip_val", f"expecting a number >= 0 (0: no clipping), got {clip!r}")
@@ -256,7 +278,17 @@ def make_trainer(**kwargs: Any) -> L.Trainer:
     try:
         return L.Trainer(**kwargs)
     except (MisconfigurationException, ValueError, TypeError) as exc:
-        raise ConfigError("trainer", one_line(exc)) from None
+        message = one_line(exc)
+        raise ConfigError(_trainer_key(message, kwargs), message) from None
+
+
+def _trainer_key(message: str, options: dict[str, Any]) -> str:
+    """``trainer.<key>`` when exactly one option's text value appears in Lightning's message
+    (``No supported gpu backend found!`` → ``trainer.accelerator``), else ``trainer``."""
+    lowered = message.lower()
+    named = [key for key, value in options.items()
+             if isinstance(value, str) and len(value.strip()) >= 2 and value.strip().lower() in lowered]
+    return f"trainer.{named[0]}" if len(named) == 1 else "trainer"
 
 
 class RunCheckpoint(ModelCheckpoint):
