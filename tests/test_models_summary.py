@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from stmclf.cli.main import main
 from stmclf.models import build_model
@@ -82,3 +83,31 @@ def test_render_summary_totals(capsys: pytest.CaptureFixture[str]) -> None:
     render_summary(model)
     out = capsys.readouterr().out
     assert "Model: resnet_v1_depth_8" in out and "Total params: 78,666" in out and "AveragePooling2D" in out
+
+
+def test_lightning_summary_counts_the_models_flops_per_image() -> None:
+    """Lightning's model summary runs the module's example image (uint8, rescaled on the way in
+    like a batch): layer sizes and FLOPs per image, not "Total FLOPs: 0"."""
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    from stmclf.training.module import ClassifierModule
+
+    module = ClassifierModule({"name": "resnet", "version": "v1", "depth": 8, "input_shape": (32, 32, 3)},
+                              [str(i) for i in range(10)], [32, 32, 3], (1 / 127.5, -1.0), {"Adam": {}})
+    expected = []
+
+    def count(layer, inputs, output):  # 2 × multiply-accumulates of each convolution and dense layer
+        if isinstance(layer, torch.nn.Conv2d):
+            kh, kw = layer.kernel_size
+            expected.append(2 * output.numel() * layer.in_channels // layer.groups * kh * kw)
+        elif isinstance(layer, torch.nn.Linear):
+            expected.append(2 * layer.in_features * layer.out_features)
+
+    hooks = [m.register_forward_hook(count) for m in module.model.modules()]
+    with torch.no_grad():
+        module.eval()(module.preprocess(module.example_input_array))
+    for hook in hooks:
+        hook.remove()
+    summary = ModelSummary(module.train(), max_depth=1)
+    assert len(expected) == 10 and summary.total_flops == sum(expected) > 20_000_000
+    assert summary.in_sizes[0] == [1, 3, 32, 32] and summary.out_sizes[0] == [1, 10]

@@ -79,6 +79,10 @@ class ClassifierModule(L.LightningModule):
         self.test_acc = MulticlassAccuracy(metric_classes, average="micro", validate_args=False)
         self._epoch_loss_sum, self._epoch_images = torch.zeros(()), 0
         self._regularized = kernel_regularization_terms(self.model)
+        # One image (uint8 pixels, rescaled on the way in like a batch): Lightning's model summary
+        # shows the layers' in/out sizes and the FLOPs per image from it (without it, "Total FLOPs: 0").
+        height, width, channels = (int(v) for v in input_shape)  # Keras order
+        self.example_input_array = torch.zeros(1, channels, height, width, dtype=torch.uint8)
 
     @property
     def model_name(self) -> str:
@@ -95,6 +99,8 @@ class ClassifierModule(L.LightningModule):
         return images.float().mul_(self.scale).add_(self.offset)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, torch.Tensor):  # the model summary's example_input_array
+            return self.preprocess(batch)
         images, labels = batch
         if self.augment is not None and self.trainer is not None and self.trainer.training and images.shape[0]:
             # augmentation kernels run fastest on NCHW; the model's layout is applied once after
