@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from conftest import config_text
 from stmclf.config import load_config
+from stmclf.errors import ConfigError, Interrupted
 from stmclf.training.fit import train
 from stmclf.training.progress import MID_EPOCH_KEY
 
@@ -202,3 +204,42 @@ def test_a_run_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path
         (run / "stmclf.log").read_text()
     _assert_identical(_weights(straight.last_checkpoint), _weights(last))
     assert _rows(run / "logs/metrics/train_metrics.csv") == _rows(straight.run_dir.metrics_csv)
+
+
+class _InterruptAt(Callback):
+    """Ctrl+C after batch ``batch`` of epoch ``epoch`` (before that batch's checkpoint, if one is due)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise KeyboardInterrupt
+
+
+def test_resume_refuses_another_split_or_batch_size_inside_an_epoch(tmp_path, image_folder):
+    """A resumed training must train and validate on its checkpoint's split (another dataset.seed or
+    validation_split would move validation images into training, silently), and resume inside an
+    epoch only with the batch size its position counts in (else 'batch 10 of 6')."""
+    cut = _config(tmp_path, image_folder, "cut", 2, training=EVERY_2_STEPS)
+    with pytest.raises(Interrupted):
+        train(load_config(["--config", str(cut)]), callbacks=[_InterruptAt(epoch=0, batch=2)])
+    last = tmp_path / "cut" / "saved_models" / "last_augmented_model.ckpt"
+    assert torch.load(last, weights_only=True)[MID_EPOCH_KEY]["batches"] == 2
+    resume = _config(tmp_path, image_folder, "resumed", 2, model="")
+    text = resume.read_text().replace("training:\n", f"training:\n  resume_training_from: {last}\n", 1)
+    for old, new, key, message in (
+            ("  seed: 3\n", "  seed: 4\n", "dataset.seed", "4, but the checkpoint's run had 3: the training set is "
+                                                          "not the one"),
+            ("validation_split: 0.25", "validation_split: 0.5", "dataset.validation_split",
+             r"0.5, but the checkpoint's run had 0.25: the training set is not the one .* \(27 images then, 18 now\)"),
+            ("  batch_size: 8\n", "  batch_size: 4\n", "training.batch_size",
+             "4, but .* was written inside epoch 1 with batch_size 8: .* resume with batch_size 8")):
+        resume.write_text(text.replace(old, new, 1))
+        with pytest.raises(ConfigError, match=message) as error:
+            train(load_config(["--config", str(resume)]))
+        assert error.value.key == key
+    assert not (tmp_path / "resumed").exists()  # refused before the run folder is made
+    resume.write_text(text)
+    resumed = train(load_config(["--config", str(resume)]))
+    assert resumed.epochs_run == 2

@@ -25,7 +25,7 @@ import logging
 import hashlib
 import os
 from functools import partial
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
@@ -36,7 +36,7 @@ from stmclf.config.sections import Dataset as DatasetSection
 from stmclf.data.cache import BAD, open_cache, stored
 from stmclf.data.decode import load_image  # noqa: F401  (re-exported)
 from stmclf.data.decode import DEFAULT_MAX_PIXELS, ImageFormat, max_image_pixels
-from stmclf.data.files import FileList, Splits
+from stmclf.data.files import FileList, Splits, split_fingerprint
 from stmclf.data.folder import make_splits
 from stmclf.cpus import available_cpus
 from stmclf.errors import UserError
@@ -511,6 +511,15 @@ def derive_seed(seed: int, epoch: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
 
 
+SPLIT_KEYS = ("training_path", "validation_path", "validation_split", "seed")
+"""The ``dataset`` keys that decide the training/validation split (recorded in checkpoints)."""
+
+
+def _plain(value: Any) -> Any:
+    """A checkpoint-safe copy of a config value (str, int, float, None)."""
+    return value if value is None or isinstance(value, (int, float, str)) else str(value)
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train/validation/test loaders for a ``dataset`` section (folder datasets)."""
 
@@ -525,6 +534,7 @@ class ImageDataModule(L.LightningDataModule):
         self.splits: Optional[Splits] = None
         self._datasets: dict[int, ImageFileDataset] = {}
         self._bad_files = BadFileLog()
+        self._fingerprints: Optional[dict[str, dict]] = None
         max_image_pixels()  # a wrong $STMCLF_MAX_IMAGE_PIXELS: one line now, not a skipped file per image
 
     @property
@@ -538,6 +548,21 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.prepare_splits()
+
+    def split_fingerprints(self) -> dict[str, dict]:
+        """:func:`split_fingerprint` of the training and validation sets (computed once)."""
+        if self._fingerprints is None:
+            splits = self.prepare_splits()
+            self._fingerprints = {name: split_fingerprint(subset) for name, subset in
+                                  (("train", splits.train), ("valid", splits.valid)) if subset is not None}
+        return self._fingerprints
+
+    def state_dict(self) -> dict[str, Any]:
+        """In every checkpoint: what a resumed training checks (the split it trained on, the batch
+        size a mid-epoch position is counted in, the dataset keys that make the split)."""
+        cfg = self.dataset_cfg
+        return {"splits": self.split_fingerprints(), "batch_size": int(self.batch_size),
+                "dataset": {key: _plain(getattr(cfg, key, None)) for key in SPLIT_KEYS}}
 
     def _loader(self, files: Optional[FileList], shuffle: bool) -> DataLoader:
         if files is None or len(files) == 0:

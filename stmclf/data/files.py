@@ -9,6 +9,7 @@ dataset (``<root>/<class_name>/<image files>``).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -89,6 +90,21 @@ def load_images(paths: Sequence[str], fmt: ImageFormat, out: np.ndarray,
         if not whole:
             out[rows] = target
     return errors
+
+
+def split_fingerprint(subset) -> dict:
+    """``{images, sha256}`` of a subset: its items in order (file names relative to the subset's
+    root, so a moved dataset keeps its fingerprint) with their labels. A resumed training checks
+    that it trains and validates on the split its checkpoint was trained on."""
+    root = getattr(subset, "root", "") or ""
+    prefix = root.rstrip(os.sep) + os.sep if root else ""
+    digest = hashlib.sha256()
+    for index, label in enumerate(subset.labels):
+        name = subset.describe(index)
+        if prefix and name.startswith(prefix):
+            name = name[len(prefix):]
+        digest.update(f"{name}\0{int(label)}\n".encode("utf-8", "surrogateescape"))
+    return {"images": len(subset.labels), "sha256": digest.hexdigest()}
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -17,7 +18,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from stmclf.config import RunConfig, rules
-from stmclf.data.datamodule import ImageDataModule, ImageFormat
+from stmclf.data.datamodule import SPLIT_KEYS, ImageDataModule, ImageFormat
 from stmclf.cpus import available_cpus
 from stmclf.errors import ConfigError, Interrupted, UserError, one_line
 from stmclf.models.pretrained import apply_pretrained
@@ -32,7 +33,7 @@ from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
 from stmclf.training.precision import default_precision, trains_on_cpu
 from stmclf.training.run_dir import RunDir, create_run_dir
-from stmclf.training.progress import (EpochLine, EpochSeed, EpochStep, MidEpochCheckpoint, ProgressBar,
+from stmclf.training.progress import (MID_EPOCH_KEY, EpochLine, EpochSeed, EpochStep, MidEpochCheckpoint, ProgressBar,
                                      checkpoint_interval, is_mid_epoch)
 from stmclf.training.qat import qat_callbacks
 from stmclf.training.tracking import EpochCSVLogger, make_tensorboard_logger, plot_training_curves
@@ -159,13 +160,48 @@ def _warn_resume_overrides(cfg: RunConfig, resume: dict) -> None:
     line when they say something else."""
     stored = resume["hyper_parameters"]["model_spec"]
     model = cfg.training.model
-    if model and any(key in stored and stored[key] != value for key, value in model.items()
-                     if key in ("name", "alpha", "input_shape", "version", "depth")):
-        log.warning("training.model (%s) differs from the checkpoint's model (%s): resuming the checkpoint's",
-                    model.get("name"), stored.get("name"))
+    differs = [f"{key} {value!r} (checkpoint: {stored[key]!r})" for key, value in (model or {}).items()
+               if key in ("name", "alpha", "input_shape", "version", "depth") and key in stored
+               and stored[key] != value]
+    if differs:
+        log.warning("training.model differs from the checkpoint's model (%s): resuming the checkpoint's",
+                    ", ".join(differs))
     if cfg.general.model_path:
         log.warning("general.model_path (%s) is ignored: resuming %s", cfg.general.model_path,
                     cfg.training.resume_training_from)
+
+
+def _check_resume_data(cfg: RunConfig, resume: dict, datamodule: ImageDataModule) -> None:
+    """A resumed training trains and validates on its checkpoint's split (else validation images
+    leak into training, or the other way round), and resumes inside an epoch only with the batch
+    size its position is counted in. Checkpoints written before stmclf recorded them pass."""
+    stored = resume.get(type(datamodule).__qualname__) or {}
+    source = cfg.training.resume_training_from
+    saved, now = stored.get("splits") or {}, datamodule.split_fingerprints()
+    for name, what in (("train", "training"), ("valid", "validation")):
+        if name not in saved or name not in now or saved[name].get("sha256") == now[name]["sha256"]:
+            continue
+        then = stored.get("dataset") or {}
+        changed = [key for key in SPLIT_KEYS if key in then and not _same_setting(key, then[key],
+                                                                                  getattr(cfg.dataset, key))]
+        cause = (f"{getattr(cfg.dataset, changed[0])!r}, but the checkpoint's run had {then[changed[0]]!r}"
+                 if changed else "the dataset's files changed")
+        raise ConfigError(f"dataset.{changed[0]}" if changed else "training.resume_training_from",
+                          f"{cause}: the {what} set is not the one {source} trained on ({saved[name]['images']} "
+                          f"images then, {now[name]['images']} now). Resuming needs the same split; to train these "
+                          f"weights on this data, start a new training with general.model_path: {source}")
+    if is_mid_epoch(resume) and stored.get("batch_size") not in (None, datamodule.batch_size):
+        epoch = int(resume[MID_EPOCH_KEY]["epoch"]) + 1
+        raise ConfigError("training.batch_size", f"{datamodule.batch_size}, but {source} was written inside epoch "
+                                                 f"{epoch} with batch_size {stored['batch_size']}: a position inside "
+                                                 f"an epoch is counted in its batches; resume with batch_size "
+                                                 f"{stored['batch_size']}")
+
+
+def _same_setting(key: str, then: Any, now: Any) -> bool:
+    if key.endswith("_path") and then is not None and now is not None:
+        return os.path.realpath(str(then)) == os.path.realpath(str(now))
+    return then == now
 
 
 TRAINING_TO_TRAINER = ("precision", "gradient_clip_val", "accumulate_grad_batches")
@@ -396,6 +432,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
         if module.class_names != splits.class_names:
             raise ConfigError("dataset.class_names", f"the checkpoint was trained on classes {module.class_names}, "
                                                      f"the dataset has {splits.class_names}")
+        _check_resume_data(cfg, resume, datamodule)
         finished = resume.get("epoch", 0) + (0 if is_mid_epoch(resume) else 1)  # a mid-epoch checkpoint: not yet
         if finished >= training.epochs:
             raise UserError(f"training.epochs: the run in {training.resume_training_from} already finished "
