@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,25 @@ def test_predict_file_name_that_is_not_utf8(setup, tmp_path, capsys):
     assert "caf\\xe9.png" in capsys.readouterr().out
 
 
+
+def test_predict_thin_images_and_long_names(setup, tmp_path):
+    """A 1×20,000 strip gives an annotated copy of at most 2,048 px (was 256×5,120,000 px, 6 GB of
+    memory); two files with the same 251-character stem get copies whose names fit in 255 bytes
+    (was an OSError traceback)."""
+    from stmclf.evaluate.predict import predict_folder
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.full((1, 20_000, 3), 90, np.uint8)).save(folder / "strip.png")
+    source = sorted(setup["folder"].glob("cat_*.png"))[0]
+    for suffix in (".png", ".jpg"):
+        Image.open(source).convert("RGB").save(folder / ("L" * 251 + suffix))
+    result = predict_folder(setup["pt"], folder, tmp_path / "run")
+    assert len(result.rows) == 3
+    names = [row.image.name for row in result.rows]
+    assert len(set(names)) == 3 and all(len(os.fsencode(name)) <= 255 for name in names)
+    with Image.open(next(r.image for r in result.rows if Path(r.file).name == "strip.png")) as strip:
+        assert max(strip.size) <= 2048 and min(strip.size) >= 1
 def test_predict_onnx_float_and_qdq_match_torch(setup, tmp_path):
     from stmclf.evaluate.predict import predict_folder
 

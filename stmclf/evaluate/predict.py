@@ -36,9 +36,11 @@ be wrong). A TFLite file without a config and without an export summary has no r
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -54,6 +56,7 @@ CSV_NAME = "predictions.csv"
 COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
 MAX_TABLE_ROWS = 200
 ANNOTATED_MIN_SIDE = 256
+ANNOTATED_MAX_SIDE = 2048
 
 
 @dataclass
@@ -324,16 +327,18 @@ def print_predictions(rows: Sequence[Prediction], title: str = "Predictions") ->
 
 
 def annotate_image(file: Path, text: str, out_dir: Path, used: Optional[set[str]] = None) -> Path:
-    """``file`` (enlarged to a shorter side of at least 256 px) with ``text`` drawn at the top left,
-    saved as ``out_dir/<stem>.png`` (``<stem>_<suffix>.png`` when the stem is taken)."""
+    """``file`` with ``text`` drawn at the top left, saved as ``out_dir/<stem>.png``
+    (``<stem>_<suffix>.png`` when the stem is taken; a name too long for the file system is cut
+    and given a short hash). The copy's shorter side is enlarged to at least 256 px, its longer
+    side kept to at most 2,048 px (a 1×20,000 strip would otherwise become 256×5,120,000)."""
     from PIL import Image, ImageDraw, ImageFont
 
     with Image.open(file) as source:
         source.seek(0)
         image = source.convert("RGB")
-    factor = max(1.0, ANNOTATED_MIN_SIDE / max(1, min(image.size)))
-    if factor > 1.0:
-        size = (round(image.width * factor), round(image.height * factor))
+    factor = min(max(1.0, ANNOTATED_MIN_SIDE / max(1, min(image.size))), ANNOTATED_MAX_SIDE / max(image.size))
+    if factor != 1.0:
+        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
         image = image.resize(size, Image.NEAREST if factor >= 4 else Image.BILINEAR)
     font_size = max(12, min(image.size) // 14)
     try:
@@ -345,15 +350,25 @@ def annotate_image(file: Path, text: str, out_dir: Path, used: Optional[set[str]
     left, top, right, bottom = draw.textbbox((margin, margin), text, font=font)
     draw.rectangle((0, 0, right + margin, bottom + margin), fill=(0, 0, 0))
     draw.text((margin, margin), text, fill=(255, 255, 0), font=font)
-    name = file.stem
+    name = _fitting_name(file.stem)
     if used is not None:
         if name in used:
-            name = f"{file.stem}_{file.suffix.lstrip('.').lower()}"
+            name = _fitting_name(f"{file.stem}_{file.suffix.lstrip('.').lower()}")
             n = 1
             while name in used:
                 n += 1
-                name = f"{file.stem}_{n}"
+                name = _fitting_name(f"{file.stem}_{n}")
         used.add(name)
     path = out_dir / f"{name}.png"
     image.save(path)
     return path
+
+
+def _fitting_name(name: str, limit: int = 250) -> str:
+    """``name``, or its start and a hash of it when ``name.png`` would pass the file systems'
+    255-byte limit on a file name."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:10]
+    return os.fsdecode(raw[:limit - 11]) + "_" + digest
