@@ -140,6 +140,43 @@ def test_folder_problems_are_collected_not_raised(tmp_path):
     assert report.class_names == ["cat", "dog", "owl", "yak"]
 
 
+def test_check_and_loader_agree_on_extra_and_badly_named_class_folders(tmp_path, caplog):
+    """The classes are the training folders (or dataset.class_names): a validation or test class
+    folder outside them is ignored by the loader, with a warning, and is an ``extra-class``
+    warning in the check (the check called the training set's class 'missing' while training
+    dropped those images silently). A class folder whose name is not UTF-8 text, which training
+    refuses, is a check problem too."""
+    import os
+
+    from stmclf.data.folder import make_splits
+
+    train = write_image_folder(tmp_path / "train", per_class=3)
+    valid = write_image_folder(tmp_path / "valid", per_class=2)
+    test = write_image_folder(tmp_path / "test", per_class=2)
+    (valid / "zebra").mkdir()
+    (valid / "zebra" / "z.png").write_bytes((train / "cat" / "cat_000.png").read_bytes())
+    (test / "wolf").mkdir()
+    (test / "wolf" / "w.png").write_bytes((train / "cat" / "cat_000.png").read_bytes())
+    section = _section(train, valid, test_path=str(test))
+    report = check_dataset(section, workers=1)
+    assert report.ok and report.class_names == ["cat", "dog", "owl"]
+    assert {(w.kind, w.key, w.detail) for w in report.warnings if w.kind == "extra-class"} == {
+        ("extra-class", f"dataset.{key}_path", f"class folder(s) {name} are not among the 3 classes found in "
+                                              "dataset.training_path: ignored")
+        for key, name in (("validation", "zebra"), ("test", "wolf"))}
+    with caplog.at_level(logging.WARNING, logger="stmclf.data"):
+        splits = make_splits(section)
+    assert splits.class_names == ["cat", "dog", "owl"] and len(splits.valid) == 6 and len(splits.test) == 6
+    assert sorted(r.getMessage() for r in caplog.records if "not among" in r.getMessage()) == [
+        "dataset.test_path: class folder(s) wolf are not among the 3 classes found in dataset.training_path: ignored",
+        "dataset.validation_path: class folder(s) zebra are not among the 3 classes found in dataset.training_path: "
+        "ignored"]
+    latin = os.fsdecode(os.fsencode(train) + b"/caf\xe9")
+    os.mkdir(latin)
+    report = check_dataset(_section(train), workers=1)
+    assert [(p.kind, p.path) for p in report.problems] == [("class-name", f"{train}/caf\\xe9")]
+
+
 def test_builtin_dataset_paths_are_not_folders(tmp_path):
     from stmclf.config.sections import Dataset
 

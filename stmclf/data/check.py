@@ -9,7 +9,8 @@ decodes during training.
 Problems (``CheckReport.ok`` is False if there is any):
 
 - ``missing-root``: a given path is not a directory; ``no-classes``: it has no class folders;
-- ``missing-class``: a class folder that another path (or ``dataset.class_names``) has;
+- ``missing-class``: a class folder of the classes (``dataset.class_names``, else the first
+  path's folders) that a path lacks; ``class-name``: a class folder whose name is not UTF-8 text;
 - ``empty-class``: a class folder with no files;
 - ``sub-folder``: a folder inside a class folder, at any depth (the loader refuses them);
 - ``not-image``: a file whose extension is not .jpg/.jpeg/.png/.bmp/.gif, or whose content is
@@ -21,8 +22,10 @@ Problems (``CheckReport.ok`` is False if there is any):
 
 Training skips every such file (logged once, its place in a batch taken by another image).
 
-Warnings (reported, not broken): ``imbalance`` (largest / smallest class count above a ratio)
-and ``stray-file`` (files directly under a dataset root, which the loader ignores); and files
+Warnings (reported, not broken): ``imbalance`` (largest / smallest class count above a ratio),
+``extra-class`` (a class folder of a later path that is not among the first path's classes: the
+loader ignores it, with a warning) and ``stray-file`` (files directly under a dataset root, which
+the loader ignores); and files
 that are read but suspicious: ``symlink-outside`` (a symbolic link, or a file in a linked class
 folder, whose target is outside the dataset root: training reads it, with one warning line),
 ``format-mismatch`` (a PNG named .jpg, ...: read by content), ``16-bit`` (reduced to 8 bits),
@@ -41,15 +44,16 @@ from typing import Any, Iterable, Optional, Sequence
 
 from stmclf.data.files import IMAGE_SUFFIXES, is_dir_entry, outside_root
 from stmclf.cpus import available_cpus
-from stmclf.errors import UserError
+from stmclf.errors import UserError, is_text, printable_path
 
 log = logging.getLogger("stmclf.data")
 
 DATASET_KEYS = ("training_path", "validation_path", "test_path", "quantization_path")
 BUILTIN_DATASETS = ("cifar10", "cifar100", "emnist")  # as stmclf.config.rules: not folder datasets
-PROBLEM_KINDS = ("missing-root", "no-classes", "missing-class", "empty-class", "sub-folder", "unreadable",
-                 "not-image", "empty-file", "corrupt", "bomb")
-WARNING_KINDS = ("imbalance", "stray-file", "symlink-outside", "format-mismatch", "16-bit", "cmyk", "palette-alpha")
+PROBLEM_KINDS = ("missing-root", "no-classes", "missing-class", "class-name", "empty-class", "sub-folder",
+                 "unreadable", "not-image", "empty-file", "corrupt", "bomb")
+WARNING_KINDS = ("imbalance", "extra-class", "stray-file", "symlink-outside", "format-mismatch", "16-bit", "cmyk",
+                 "palette-alpha")
 DEFAULT_IMBALANCE_RATIO = 3.0
 INLINE_MAX_FILES = 32
 """Fewer files than this are decoded in this process (a pool costs more than it saves)."""
@@ -309,6 +313,11 @@ def _class_dirs(key: str, root: str, problems: list[Problem], warnings: list[Pro
         return None
     names = [e.name for e in entries if is_dir_entry(e)]
     stray = [e.name for e in entries if not is_dir_entry(e)]
+    for name in [n for n in names if not is_text(n)]:
+        problems.append(Problem("class-name", printable_path(os.path.join(root, name)), key,
+                                "the class folder's name is not UTF-8 text: rename it (class names go into "
+                                "reports, C headers and model files)"))
+        names.remove(name)
     if stray:
         shown = ", ".join(stray[:3]) + (f", ... ({len(stray)} in all)" if len(stray) > 3 else "")
         warnings.append(Problem("stray-file", root, key, f"files outside class folders are ignored: {shown}"))
@@ -425,11 +434,17 @@ def check_dataset(dataset, color_mode: str = "rgb", workers: Optional[int] = Non
         if names is None:
             continue
         present[key] = names
-    if class_filter is not None:
-        class_names = class_filter
-    else:
-        class_names = sorted({name for names in present.values() for name in names})
+    # The loader's class names: dataset.class_names, else the folders of the first path given
+    # (other paths' extra folders are ignored there, with a warning: the same here).
+    class_source = None if class_filter is not None else next(iter(present), None)
+    class_names = class_filter if class_filter is not None else sorted(present.get(class_source, []))
     report.class_names = list(class_names)
+    for key, names in present.items():
+        extra = sorted(set(names) - set(class_names))
+        if extra and class_source is not None and key != class_source:
+            warnings.append(Problem("extra-class", dict(given)[key], key,
+                                    f"class folder(s) {', '.join(extra)} are not among the {len(class_names)} classes "
+                                    f"found in {class_source}: ignored"))
 
     for folder in folders:
         if folder.key not in present:
@@ -491,9 +506,11 @@ def _imbalance(summary: FolderSummary, ratio: Optional[float], warnings: list[Pr
 # Output
 
 _KIND_LABELS = {"missing-root": "missing path", "no-classes": "no class folders", "missing-class": "missing class",
+                "class-name": "class name",
                 "empty-class": "empty class", "sub-folder": "sub-folder", "unreadable": "unreadable",
                 "not-image": "not an image", "empty-file": "zero-byte file", "corrupt": "corrupt image",
-                "bomb": "decompression bomb", "imbalance": "class imbalance", "stray-file": "stray files",
+                "bomb": "decompression bomb", "imbalance": "class imbalance",
+                "extra-class": "extra class", "stray-file": "stray files",
                 "symlink-outside": "link out of root", "format-mismatch": "format ≠ extension",
                 "16-bit": "16-bit image", "cmyk": "CMYK image", "palette-alpha": "palette + alpha"}
 

@@ -163,8 +163,13 @@ def outside_root(path: str, real_root: str) -> Optional[str]:
     return target if os.path.commonpath([target, real_root]) != real_root else None
 
 
-def list_images(root: str, class_names: Sequence[str], key: str, seed: int) -> FileList:
+def list_images(root: str, class_names: Sequence[str], key: str, seed: int,
+                class_source: Optional[str] = None) -> FileList:
     """All image files of ``class_names`` under ``root``, shuffled once with ``seed``.
+
+    Class folders outside ``class_names`` are ignored, as the reference does; when the class names
+    were found in another path (``class_source``, e.g. ``dataset.training_path``), one warning
+    names them (a validation or test class the model never learns is otherwise silently lost).
 
     Files that are symbolic links to outside ``root`` (or inside a class folder that is one) are
     read like the others, with one warning line per dataset path: ``stmclf data check`` lists them.
@@ -174,6 +179,10 @@ def list_images(root: str, class_names: Sequence[str], key: str, seed: int) -> F
     missing = [c for c in class_names if c not in present]
     if missing:
         raise ConfigError(key, f"class folder(s) {one_line(', '.join(missing), 200)} not found in {root}")
+    extra = sorted(present - set(class_names))
+    if extra and class_source is not None and class_source != key:
+        log.warning("%s: class folder(s) %s are not among the %d classes found in %s: ignored", key,
+                    one_line(", ".join(extra), 200), len(class_names), class_source)
     paths: list[str] = []
     labels: list[int] = []
     skipped = 0

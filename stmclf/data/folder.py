@@ -32,8 +32,9 @@ def make_splits(dataset) -> Splits:
              ("dataset.test_path", dataset.test_path),
              ("dataset.quantization_path", dataset.quantization_path)]
     class_names = sorted(dataset.class_names) if dataset.class_names else infer_class_names(given)
+    source = None if dataset.class_names else next(key for key, path in given if path)
     out = Splits(class_names=list(class_names))
-    lists = {key: list_images(path, class_names, key, seed) for key, path in given if path}
+    lists = {key: list_images(path, class_names, key, seed, class_source=source) for key, path in given if path}
     training = lists.get("dataset.training_path")
     if training is not None:
         if dataset.validation_path:
