@@ -331,6 +331,53 @@ def test_check_cli_prints_every_path_with_its_reason(dataset, tmp_path, capsys):
     assert err.strip().startswith("stmclf: error: dataset check found 5 problems") and len(err.splitlines()) == 1
 
 
+def test_formats_tensorflow_does_not_read_and_pils_bomb_threshold(tmp_path, monkeypatch):
+    """TIFF (or WebP) content in a .png file: PIL reads it, TensorFlow does not; the loader and the
+    single-image path refused nothing while the check called it not an image: all refuse it now.
+    A bomb that PIL's own threshold (2 × its MAX_IMAGE_PIXELS) stops first is reported with
+    stmclf's limit, as the others are (was "exceeds limit of 178956970 pixels")."""
+    from stmclf.data.decode import ImageFormat, load_image
+    from stmclf.data.files import load_images
+
+    tiff = tmp_path / "tiff.png"
+    Image.fromarray(_noise(24)).save(tiff, format="TIFF")
+    message = "TIFF image: only JPEG, PNG, GIF and BMP are read"
+    assert inspect_image(str(tiff))[0] == ("not-image", message)
+    with pytest.raises(ImageDecodeError, match=message):
+        load_image(str(tiff), ImageFormat(8, 8))
+    assert message in str(load_images([str(tiff)], ImageFormat(8, 8), np.zeros((1, 8, 8, 3), np.uint8))[0])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # PIL's default (other tests raise it)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(crafted_png(60000, 60000, 1, 0, b"\x00" * 64))
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(str(bomb))
+    assert str(info.value).endswith("decompression bomb: 3,600,000,000 pixels, above the limit of 1,000,000 "
+                                    "($STMCLF_MAX_IMAGE_PIXELS)")
+
+
+def test_check_loader_and_predict_read_the_same_png(tmp_path):
+    """A PNG whose zlib checksum (adler32) is wrong but whose pixels are whole: the loader's PNG
+    decoder reads it, so the check and the single-image path (predict, evaluation) must too
+    (they used PIL, which refused it, while training read it without a word)."""
+    from stmclf.data.decode import load_image
+    from stmclf.data.files import load_images
+
+    pixels = _noise(16)
+    rows = b"".join(b"\x00" + pixels[y].tobytes() for y in range(16))
+    stream = bytearray(zlib.compress(rows))
+    stream[-1] ^= 0xFF  # the adler32 at the end of the zlib stream
+    header = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
+    path = tmp_path / "adler.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", bytes(stream))
+                     + _png_chunk(b"IEND", b""))
+    assert inspect_image(str(path)) == (None, [])
+    fmt = ImageFormat(16, 16, "rgb", "nearest", "fit")
+    single = load_image(str(path), fmt)
+    batch = np.zeros((1, 16, 16, 3), np.uint8)
+    assert load_images([str(path)], fmt, batch) == [None]
+    assert np.array_equal(single, pixels) and np.array_equal(batch[0], pixels)
+
+
 def test_inspect_image_on_a_clean_file_has_nothing_to_say(dataset):
     assert inspect_image(str(dataset.root / "cat" / "cat_000.png")) == (None, [])
 

@@ -3,7 +3,7 @@
 Unlike the loader (:mod:`stmclf.data.folder`), which stops at the first structural problem,
 the check walks every given path (training, validation, test, quantization), collects every
 problem with the path it concerns, and decodes every image file in a process pool with the
-loader's own decoder (:func:`stmclf.data.decode.decode_image`), so a file that passes here
+loader's own decoders (:func:`stmclf.data.decode.decode_for_resize`), so a file that passes here
 decodes during training.
 
 Problems (``CheckReport.ok`` is False if there is any):
@@ -175,7 +175,7 @@ def inspect_image(path: str, color_mode: str = "rgb", max_pixels=None) -> tuple[
     suspicious about a file that decodes (a list of ``(kind, detail)`` warnings); decoded by the
     loader's own functions (:mod:`stmclf.data.decode`). ``max_pixels``: the decompression-bomb
     limit (default: :func:`~stmclf.data.decode.max_image_pixels`, read now)."""
-    from stmclf.data.decode import ImageDecodeError, image_to_array, max_image_pixels, open_image, read_file
+    from stmclf.data.decode import ImageDecodeError, decode_for_resize, max_image_pixels, open_image, read_file
 
     if max_pixels is None:
         max_pixels = max_image_pixels()
@@ -194,7 +194,7 @@ def inspect_image(path: str, color_mode: str = "rgb", max_pixels=None) -> tuple[
     try:
         with open_image(data, path, max_pixels) as image:
             notes = _suspicious(path, data, found, image, color_mode)
-            image_to_array(image, color_mode, path)
+        decode_for_resize(data, color_mode, path)  # the loader's decoders: it reads what passes here
     except ImageDecodeError as exc:
         return (exc.kind, exc.reason), []
     except Exception as exc:  # noqa: BLE001 - a checker reports, it does not crash

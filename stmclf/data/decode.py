@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import struct
 import warnings
@@ -179,6 +180,27 @@ def decode_image(path: str, color_mode: str = "rgb") -> np.ndarray:
 
 
 _READ = object()
+PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+"""What is read, as TensorFlow's ``decode_image`` does (PIL's JPEG plugin also opens a camera's
+multi-picture MPO JPEG)."""
+
+
+def _bomb_message(exc: Exception, limit: Optional[int]) -> str:
+    """PIL's refusal in our words: its own threshold (2 × ``Image.MAX_IMAGE_PIXELS``) is not ours."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    if found is None or limit is None:
+        return f"decompression bomb: {one_line(exc)}"
+    return (f"decompression bomb: {int(found.group(1)):,} pixels, above the limit of {limit:,} "
+            f"(${MAX_PIXELS_ENV})")
+
+
+def _unsupported(data: bytes, name: str) -> str:
+    """Why ``data`` is not read: the format Pillow knows it by, else that it is not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return f"{image.format} image: only JPEG, PNG, GIF and BMP are read"
+    except Exception:  # noqa: BLE001 - anything unidentifiable
+        return f"cannot identify image file {name!r}"
 
 
 def open_image(data: bytes, name: str = "<bytes>", max_pixels=_READ) -> Image.Image:
@@ -191,11 +213,11 @@ def open_image(data: bytes, name: str = "<bytes>", max_pixels=_READ) -> Image.Im
     _pil_allows(limit)
     _bomb_warnings_raise()
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError("bomb", name, f"decompression bomb: {one_line(exc)}") from None
+        raise ImageDecodeError("bomb", name, _bomb_message(exc, limit)) from None
     except UnidentifiedImageError:
-        raise ImageDecodeError("not-image", name, f"cannot identify image file {name!r}") from None
+        raise ImageDecodeError("not-image", name, _unsupported(data, name)) from None
     except Exception as exc:  # noqa: BLE001 - PIL's plugins raise anything on hostile headers
         raise ImageDecodeError("corrupt", name, one_line(exc, typed=not isinstance(exc, OSError))) from None
     width, height = image.size
@@ -423,6 +445,9 @@ class ImageFormat:
 
 
 def load_image(path: str, fmt: ImageFormat) -> np.ndarray:
-    """Decode and resize one file to a uint8 (H, W, C) array."""
-    image = decode_image(path, fmt.color_mode)
-    return resize_image(image, fmt.height, fmt.width, fmt.interpolation, fmt.aspect_ratio)
+    """Decode and resize one file to a uint8 (H, W, C) array: the loader's decoders
+    (:func:`decode_for_resize`), so every command reads and refuses the same files."""
+    image = decode_for_resize(read_file(path), fmt.color_mode, path)
+    resized = resize_image(image, fmt.height, fmt.width, fmt.interpolation, fmt.aspect_ratio)
+    channels = CHANNELS[fmt.color_mode]
+    return np.repeat(resized, channels, axis=2) if resized.shape[2] == 1 < channels else resized
