@@ -25,6 +25,21 @@ def model_label(cfg: RunConfig, model: Optional[str | Path] = None) -> str:
     return Path(model).name if model else ""
 
 
+def checked_source(model, stage: str, mode: str, cfg: RunConfig, key: str = "general.model_path"):
+    """The :class:`~stmclf.models.source.ModelSource` of ``model`` once ``stage`` can use it and, when
+    it becomes a torch model, once it loads: a one-line error under ``key`` otherwise, before any run
+    folder or MLflow run is made (a truncated or unsupported .h5, a pickled file without
+    --trust-model-file)."""
+    from stmclf.models.source import resolve_model_source
+
+    source = resolve_model_source(model, key).require(stage, mode)
+    if source.is_torch:
+        from stmclf.training.model_file import load_source_module
+
+        load_source_module(source, cfg)
+    return source
+
+
 def train_stage(cfg: RunConfig, *, callbacks: Sequence = (), journey: Optional[Journey] = None):
     """Train, then evaluate the best model on the validation (and test) set: the ``training`` mode.
     The run folder and MLflow run open once the config, data and model are checked. Returns

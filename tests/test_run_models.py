@@ -1,0 +1,60 @@
+"""Which model a mode or command works on: a model file that does not load is refused before any
+run folder or MLflow run; `--run` commands use the run's own model; the file given on the command
+line is named as such (`--ckpt`, `--model`) and recorded in the run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import COLORS, config_text, write_image_folder
+from stmclf.cli.main import main
+from test_keras_h5_malformed import GAP, _dense, _input, _sequential, _write
+
+QDQ = """quantization:
+  quantizer: onnx_quantizer
+  quantization_type: PTQ
+  quantization_input_type: uint8
+  quantization_output_type: float
+  granularity: per_channel
+  export_dir: quantized_models
+"""
+"""The ONNX quantizer (QDQ int8 ONNX only: no TFLite conversion, fast)."""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two colour classes and a Keras .h5 (8x8x3 → global pooling → dense 2) written with h5py."""
+    tmp = tmp_path_factory.mktemp("run_models")
+    data = write_image_folder(tmp / "data", per_class=6, classes={k: COLORS[k] for k in ("cat", "dog")})
+    h5 = _write(tmp / "source.h5", _sequential(_input([8, 8, 3]), GAP, _dense(2)))
+    return tmp, data, h5
+
+
+def _config(path: Path, data: Path, run_dir, mlruns: Path, *, mode: str = "training", model_path=None) -> Path:
+    text = config_text(data, run_dir, mlruns, epochs=1, model="", extra=QDQ)
+    text = text.replace("operation_mode: training", f"operation_mode: {mode}")
+    if model_path is not None:
+        text = text.replace("general:\n", f"general:\n  model_path: {model_path}\n", 1)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["truncated_h5", "pickled"])
+@pytest.mark.parametrize("mode", ["evaluation", "quantization", "benchmarking", "prediction"])
+def test_a_model_file_that_does_not_load_leaves_no_run_folder(files, tmp_path, capsys, kind, mode):
+    tmp, data, h5 = files
+    bad = tmp_path / "bad.h5"
+    if kind == "truncated_h5":
+        bad.write_bytes(h5.read_bytes()[:600])
+    else:
+        bad = tmp_path / "evil.pt"
+        torch.save(torch.nn.Linear(2, 2), bad)
+    config = _config(tmp_path / "c.yaml", data, tmp_path / "run", tmp_path / "ml", mode=mode, model_path=bad)
+    if mode == "prediction":
+        config.write_text(config.read_text() + f"prediction:\n  test_files_path: {data / 'cat'}\n")
+    assert main(["run", "--config", str(config), "--offline"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: general.model_path: {bad}"), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
