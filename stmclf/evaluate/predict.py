@@ -30,8 +30,9 @@ Settings come from the config when there is one, else from the artifact itself:
   names stored in the artifact, else ``class_0``, ``class_1``, ... (warning).
 
 When a model carries class names and the config gives others, the run stops (the labels would
-be wrong). A TFLite file without a config and without an export summary has no rescaling: give
-``--config``.
+be wrong). A file that does not record its rescaling needs ``--config`` (one-line error): a TFLite
+file without an export summary, an ONNX file without stmclf's metadata, an imported Keras ``.h5``
+or torch file.
 """
 from __future__ import annotations
 
@@ -102,9 +103,11 @@ def inspect_model(path: str | Path, cfg=None) -> ModelInfo:
 
         module = load_source_module(source, cfg)
         scale, offset = module.hparams.rescaling
+        # an imported file (Keras .h5, foreign ONNX, torch) does not record its rescaling: the config's
+        recorded = source.kind == "stmclf" or getattr(cfg, "preprocessing", None) is not None
         origin = "the stmclf model file" if source.kind == "stmclf" else "the config (imported model)"
         return ModelInfo(path, tuple(int(v) for v in module.hparams.input_shape), list(module.class_names),
-                         (float(scale), float(offset)), module, origin)
+                         (float(scale), float(offset)) if recorded else None, module, origin)
     suffix = ".onnx" if source.kind.startswith("onnx") else ".tflite"
     if suffix == ".onnx":
         from stmclf.export.onnx_export import input_shape_of, read_metadata
