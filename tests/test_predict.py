@@ -285,3 +285,24 @@ def test_imported_model_without_config_needs_the_rescaling(setup, tmp_path, caps
     assert len(predict_folder(setup["pt"], setup["folder"], tmp_path / "z", annotate=False,
                               print_table=False).rows) == 6
 
+
+def test_class_names_of_a_file_without_them_come_from_the_dataset_folders(setup, tmp_path):
+    """An ONNX (or TFLite) file that stores no class names, with a config whose dataset gives its
+    classes as folders (dataset.training_path): labelled by the folder names, not class_0 ..."""
+    import onnx
+
+    from stmclf.config import load_config
+    from stmclf.evaluate.predict import predict_folder
+
+    foreign = onnx.load(str(setup["onnx"]))
+    del foreign.metadata_props[:]  # what another tool writes: no stmclf metadata
+    path = tmp_path / "foreign.onnx"
+    onnx.save(foreign, str(path))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"dataset:\n  training_path: {setup['train_dir']}\npreprocessing:\n  rescaling: "
+                      "{scale: 1/127.5, offset: -1}\n  color_mode: rgb\n")
+    result = predict_folder(path, setup["folder"], tmp_path / "run", cfg=load_config(["--config", str(config)]),
+                            annotate=False, print_table=False)
+    assert result.class_names == CLASSES
+    correct = sum(Path(r.file).name.split("_")[0] == r.label for r in result.rows)
+    assert correct >= 5, [(r.file, r.label) for r in result.rows]

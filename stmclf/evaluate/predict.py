@@ -26,8 +26,9 @@ Settings come from the config when there is one, else from the artifact itself:
 - colour mode: ``preprocessing.color_mode``; without config: from the input channels (1
   grayscale, 3 rgb, 4 rgba);
 - resizing: ``preprocessing.resizing``; without config: bilinear, aspect ratio ``fit``;
-- class names: ``dataset.class_names`` (sorted, as training orders them); without config: the
-  names stored in the artifact, else ``class_0``, ``class_1``, ... (warning).
+- class names: ``dataset.class_names`` (sorted, as training orders them); else the names stored
+  in the artifact; else the class folders of the config's dataset (``dataset.training_path``, as
+  training orders them); else ``class_0``, ``class_1``, ... (warning).
 
 When a model carries class names and the config gives others, the run stops (the labels would
 be wrong). A file that does not record its rescaling needs ``--config`` (one-line error): a TFLite
@@ -161,7 +162,9 @@ def resolve_class_names(info: ModelInfo, cfg=None) -> list[str]:
         return names
     if stored is not None:
         return stored
-    return []
+    from stmclf.training.model_file import dataset_class_names
+
+    return dataset_class_names(cfg) or []  # the dataset's class folders (dataset.training_path, ...)
 
 
 def resolve_format(info: ModelInfo, cfg=None):
