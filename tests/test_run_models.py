@@ -58,3 +58,24 @@ def test_a_model_file_that_does_not_load_leaves_no_run_folder(files, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: general.model_path: {bad}"), err
     assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
+
+
+def test_a_model_file_from_the_command_line_is_named_by_its_option(files, tmp_path, capsys):
+    """--ckpt / --model, not general.model_path, in the error; nothing written; a .keras archive is
+    told to be re-saved as .h5."""
+    tmp, data, _ = files
+    config = _config(tmp_path / "c.yaml", data, tmp_path / "run", tmp_path / "ml")
+    (tmp_path / "m").mkdir()
+    evil = tmp_path / "m/evil.pt"
+    torch.save(torch.nn.Linear(2, 2), evil)
+    keras3 = tmp_path / "m/x.keras"
+    keras3.write_bytes(b"PK\x03\x04 a Keras 3 archive")
+    for args, option in ((["export", "--ckpt", str(evil)], "--ckpt"),
+                         (["benchmark", "--model", str(evil), "--offline"], "--model"),
+                         (["predict", "--model", str(evil), "--images", str(data / "cat")], "--model"),
+                         (["export", "--ckpt", str(keras3)], "--ckpt")):
+        assert main([*args, "--config", str(config)]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: {option}: {tmp_path / 'm'}"), err
+    assert 'model.save("model.h5")' in err and "Keras .h5" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()

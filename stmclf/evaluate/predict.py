@@ -96,7 +96,7 @@ def inspect_model(path: str | Path, cfg=None) -> ModelInfo:
     """Input shape, stored class names and rescaling of any model source (nothing run yet)."""
     from stmclf.models.source import resolve_model_source
 
-    source = resolve_model_source(path, "--model")
+    source = resolve_model_source(path)
     source.require("predict", "prediction")
     path = source.path
     if not source.is_artifact:  # ONNX and TFLite files run in their own runtimes

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from stmclf.config import RunConfig
 from stmclf.errors import ConfigError
 from stmclf.orchestration.journey import Journey, resolve_run_dir
-from stmclf.orchestration.stages import (benchmark_stage, export_stage, model_label, predict_stage,
+from stmclf.orchestration.stages import (benchmark_stage, checked_source, export_stage, model_label, predict_stage,
                                          train_stage)
 
 log = logging.getLogger("stmclf")
@@ -69,6 +69,7 @@ def export_command(cfg: RunConfig, ckpt: Optional[str] = None, *, run: Optional[
     formats = parse_formats(formats)
     int8 = cfg.quantization is not None if int8 is None else bool(int8)
     settings = ExportSettings.from_config(cfg)  # config errors before any file is written
+    model = checked_source(model, "quantize", "export", cfg, key="--ckpt" if ckpt else "general.model_path")
     journey = Journey(cfg, root, model_name=model_label(cfg, model))
     log.info("operation_mode: export")
     result = export_stage(journey, model, formats=formats, int8=int8, evaluate=True, settings=settings)
@@ -82,18 +83,17 @@ def benchmark_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optio
     from stmclf.benchmark.run import board_name, cloud_login_first
 
     root = resolve_run_dir(run, model or cfg.general.model_path, cfg)
+    key = "--model" if model else "general.model_path"
     model = model or cfg.general.model_path or run_quantized_model(root, cfg)
     if not model:
         raise ConfigError("general.model_path", "benchmarking needs a .tflite or .onnx model (--model, "
                                                 "general.model_path, or --run RUN_DIR of an exported run)")
-    from stmclf.models.source import resolve_model_source
-
-    resolve_model_source(model).require("benchmark", "benchmarking")
+    model = checked_source(model, "benchmark", "benchmarking", cfg, key=key)
     board_name(cfg, board)  # a bad board name fails before anything is written
     client = cloud_login_first(cfg, cfg.offline)
     journey = Journey(cfg, root, model_name=model_label(cfg, model))
     log.info("operation_mode: benchmarking")
-    footprint = benchmark_stage(journey, Path(model), board=board, client=client)
+    footprint = benchmark_stage(journey, model, board=board, client=client)
     journey.finish("benchmarking")
     return footprint
 
@@ -102,10 +102,12 @@ def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optiona
                     run: Optional[str] = None, use_config: bool = True):
     """``stmclf predict``: every image of a folder → ``<run>/predictions/``."""
     root = resolve_run_dir(run, model, cfg)
+    key = "--model" if model else "general.model_path"
     model = model or cfg.general.model_path or run_model(root, cfg)
     if not model:
         raise ConfigError("general.model_path", "prediction needs a model (a stmclf .pt/.ckpt, Keras .h5, .onnx "
                                                 "or .tflite)")
+    model = checked_source(model, "predict", "prediction", cfg, key=key)
     if images is None:
         if cfg.prediction is None or not cfg.prediction.test_files_path:
             raise ConfigError("prediction.test_files_path", "prediction needs the directory of images to classify")
