@@ -3,6 +3,7 @@ run folder or MLflow run; `--run` commands use the run's own model; the file giv
 line is named as such (`--ckpt`, `--model`) and recorded in the run."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,30 @@ def test_a_model_file_from_the_command_line_is_named_by_its_option(files, tmp_pa
         assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: {option}: {tmp_path / 'm'}"), err
     assert 'model.save("model.h5")' in err and "Keras .h5" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
+
+
+def test_run_commands_use_the_runs_own_model_and_record_a_given_one(files, tmp_path):
+    """A training run fine-tuned from general.model_path (a .h5): `export --run` exports the run's
+    best_model.pt and `benchmark --run` measures the run's int8 file, not the source .h5. A model
+    given with --ckpt is recorded in the run's config.yaml, and later --run commands use it."""
+    tmp, data, h5 = files
+    config = _config(tmp_path / "ft.yaml", data, tmp_path / "runs/${now:%Y_%m_%d_%H_%M_%S}", tmp_path / "ml",
+                     model_path=h5)
+    assert main(["fit", "--config", str(config)]) == 0
+    (run,) = list((tmp_path / "runs").iterdir())
+    best = run / "saved_models/best_model.pt"
+    assert main(["export", "--run", str(run), "--int8", "--format", "onnx"]) == 0
+    summary = json.loads((run / "quantized_models/export_summary.json").read_text())
+    assert summary["model_file"] == str(best)
+    assert main(["benchmark", "--run", str(run), "--offline"]) == 0
+    assert json.loads((run / "benchmark.json").read_text())["model"] == Path(summary["files"]["onnx_qdq"]).name
+    assert not (run / "benchmark_models").exists()  # nothing measured as a float export of the .h5
+
+    other = tmp_path / "other"  # a new run folder for a model given on the command line
+    assert main(["export", "--config", str(config), "--run", str(other), "--ckpt", str(best), "--int8",
+                 "--format", "onnx"]) == 0
+    assert f"model_path: {best}" in (other / "config.yaml").read_text()
+    assert main(["benchmark", "--run", str(other), "--offline"]) == 0
+    assert json.loads((other / "benchmark.json").read_text())["model"] == "best_model_quant_qdq_pc.onnx"
+    assert main(["export", "--run", str(other), "--no_int8", "--format", "onnx"]) == 0
+    assert json.loads((other / "quantized_models/export_summary.json").read_text())["model_file"] == str(best)

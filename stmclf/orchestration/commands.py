@@ -36,23 +36,52 @@ def run_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def run_quantized_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
-    """The int8 model an export wrote into a run folder (from its ``export_summary.json``)."""
+def _export_summary(run_root: Optional[Path], cfg: RunConfig) -> dict:
+    """The ``export_summary.json`` of a run folder's latest export ({} without one)."""
     from stmclf.export.export import SUMMARY_NAME, run_export_dir
 
     if run_root is None:
-        return None
+        return {}
     export_dir = run_export_dir(Path(run_root), cfg.quantization.export_dir if cfg.quantization else None)
     try:
-        files = json.loads((export_dir / SUMMARY_NAME).read_text()).get("files") or {}
+        summary = json.loads((export_dir / SUMMARY_NAME).read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def run_exported_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
+    """The model file the run folder's latest export came from (a run started from a model file)."""
+    source = _export_summary(run_root, cfg).get("model_file")
+    return Path(source) if source and source != "None" and Path(source).is_file() else None
+
+
+def run_quantized_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
+    """The int8 model an export wrote into a run folder (from its ``export_summary.json``)."""
+    files = _export_summary(run_root, cfg).get("files") or {}
     primary = ("onnx_qdq", "tflite_int8") if cfg.quantization is not None and \
         str(cfg.quantization.quantizer or "").lower() == "onnx_quantizer" else ("tflite_int8", "onnx_qdq")
     for key in (*primary, "tflite", "onnx"):
         if files.get(key) and Path(files[key]).is_file():
             return Path(files[key])
     return None
+
+
+def command_model(cfg: RunConfig, given: Optional[str], option: str, run: Optional[str], root: Optional[Path],
+                  *own) -> tuple[Optional[str | Path], str]:
+    """(model, the key that names it) of ``stmclf export | benchmark | predict``: the file given on
+    the command line (``option``: ``--ckpt``/``--model``; the CLI also records it as the run's
+    ``general.model_path``); else, with ``--run``, the run's own model (the first of ``own``, each
+    ``f(root, cfg)``, that the run has); else ``general.model_path`` (a run without a model of its
+    own, e.g. an evaluation of a user's file)."""
+    if given:
+        return given, option
+    if run is not None:
+        for find in own:
+            found = find(root, cfg)
+            if found is not None:
+                return found, "--run"
+    return cfg.general.model_path, "general.model_path"
 
 
 def export_command(cfg: RunConfig, ckpt: Optional[str] = None, *, run: Optional[str] = None,
@@ -62,14 +91,14 @@ def export_command(cfg: RunConfig, ckpt: Optional[str] = None, *, run: Optional[
     from stmclf.export.export import ExportSettings, parse_formats
 
     root = resolve_run_dir(run, ckpt, cfg)
-    model = ckpt or cfg.general.model_path or run_model(root, cfg)
+    model, key = command_model(cfg, ckpt, "--ckpt", run, root, run_model, run_exported_model)
     if not model:
         raise ConfigError("general.model_path", "export needs the model to export: --ckpt PATH, "
                                                 "general.model_path, or --run RUN_DIR of a training run")
     formats = parse_formats(formats)
     int8 = cfg.quantization is not None if int8 is None else bool(int8)
     settings = ExportSettings.from_config(cfg)  # config errors before any file is written
-    model = checked_source(model, "quantize", "export", cfg, key="--ckpt" if ckpt else "general.model_path")
+    model = checked_source(model, "quantize", "export", cfg, key=key)
     journey = Journey(cfg, root, model_name=model_label(cfg, model))
     log.info("operation_mode: export")
     result = export_stage(journey, model, formats=formats, int8=int8, evaluate=True, settings=settings)
@@ -83,8 +112,7 @@ def benchmark_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optio
     from stmclf.benchmark.run import board_name, cloud_login_first
 
     root = resolve_run_dir(run, model or cfg.general.model_path, cfg)
-    key = "--model" if model else "general.model_path"
-    model = model or cfg.general.model_path or run_quantized_model(root, cfg)
+    model, key = command_model(cfg, model, "--model", run, root, run_quantized_model, run_model, run_exported_model)
     if not model:
         raise ConfigError("general.model_path", "benchmarking needs a .tflite or .onnx model (--model, "
                                                 "general.model_path, or --run RUN_DIR of an exported run)")
@@ -102,8 +130,7 @@ def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optiona
                     run: Optional[str] = None, use_config: bool = True):
     """``stmclf predict``: every image of a folder → ``<run>/predictions/``."""
     root = resolve_run_dir(run, model, cfg)
-    key = "--model" if model else "general.model_path"
-    model = model or cfg.general.model_path or run_model(root, cfg)
+    model, key = command_model(cfg, model, "--model", run, root, run_model, run_exported_model)
     if not model:
         raise ConfigError("general.model_path", "prediction needs a model (a stmclf .pt/.ckpt, Keras .h5, .onnx "
                                                 "or .tflite)")
