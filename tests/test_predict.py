@@ -279,3 +279,50 @@ def test_to_probabilities():
     assert p == pytest.approx(np.array([[0.25, 0.75]]))
     assert to_probabilities(np.array([[0.2, 0.8]]), "probabilities") == pytest.approx(np.array([[0.2, 0.8]]))
     assert to_probabilities(np.array([[0.0]]), "logits") == pytest.approx(np.array([[0.5, 0.5]]))
+
+
+def test_imported_model_without_config_needs_the_rescaling(setup, tmp_path, capsys):
+    """A Keras .h5 (or foreign ONNX) records no rescaling: without a config, one line asking for
+    --config (as for a TFLite file), not a silent 1/255; with one, the config's rescaling."""
+    from stmclf.cli.main import main
+    from stmclf.config import load_config
+    from stmclf.evaluate.predict import predict_folder
+    from test_keras_h5_malformed import GAP, _dense, _input, _sequential, _write
+
+    h5 = _write(tmp_path / "imported.h5", _sequential(_input([8, 8, 3]), GAP, _dense(2)))
+    with pytest.raises(UserError, match="does not record its rescaling; give --config"):
+        predict_folder(h5, setup["folder"], tmp_path / "x")
+    assert main(["predict", "--model", str(h5), "--images", str(setup["folder"]), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "give --config" in err, err
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset:\n  class_names: [cat, dog]\npreprocessing:\n  rescaling: {scale: 1/127.5, "
+                      "offset: -1}\n")
+    result = predict_folder(h5, setup["folder"], tmp_path / "y", cfg=load_config(["--config", str(config)]),
+                            annotate=False, print_table=False)
+    assert len(result.rows) == 6 and result.class_names == ["cat", "dog"]
+    # stmclf's own files record their rescaling and need no config
+    assert len(predict_folder(setup["pt"], setup["folder"], tmp_path / "z", annotate=False,
+                              print_table=False).rows) == 6
+
+
+def test_class_names_of_a_file_without_them_come_from_the_dataset_folders(setup, tmp_path):
+    """An ONNX (or TFLite) file that stores no class names, with a config whose dataset gives its
+    classes as folders (dataset.training_path): labelled by the folder names, not class_0 ..."""
+    import onnx
+
+    from stmclf.config import load_config
+    from stmclf.evaluate.predict import predict_folder
+
+    foreign = onnx.load(str(setup["onnx"]))
+    del foreign.metadata_props[:]  # what another tool writes: no stmclf metadata
+    path = tmp_path / "foreign.onnx"
+    onnx.save(foreign, str(path))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"dataset:\n  training_path: {setup['train_dir']}\npreprocessing:\n  rescaling: "
+                      "{scale: 1/127.5, offset: -1}\n  color_mode: rgb\n")
+    result = predict_folder(path, setup["folder"], tmp_path / "run", cfg=load_config(["--config", str(config)]),
+                            annotate=False, print_table=False)
+    assert result.class_names == CLASSES
+    correct = sum(Path(r.file).name.split("_")[0] == r.label for r in result.rows)
+    assert correct >= 5, [(r.file, r.label) for r in result.rows]

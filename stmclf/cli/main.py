@@ -194,6 +194,14 @@ def _with_run_config(argv: Sequence[str]) -> list[str]:
     return argv
 
 
+def _recording_model(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` plus ``--general.model_path FILE`` when ``option`` (``--ckpt``/``--model``) names the
+    model: the run's config (its ``config.yaml``, or ``config_<time>.yaml`` beside an existing
+    one), the log and MLflow then name the model the command used, not the config's own."""
+    model = _option_value(argv, option)
+    return [*argv, "--general.model_path", os.path.abspath(model)] if model else list(argv)
+
+
 def _data(argv: Sequence[str]) -> int:
     from pathlib import Path
 
@@ -326,8 +334,8 @@ def _export(argv: Sequence[str]) -> int:
     parser = build_parser("stmclf export", "Export a trained model: float ONNX / TFLite, and int8 "
                                            "(QDQ ONNX, full-integer TFLite) with --int8.")
     parser.add_argument("--ckpt", type=Optional[str], default=None,
-                        help="model file: stmclf best_model.pt/.ckpt, Keras .h5, float ONNX or torch file; default "
-                             "general.model_path, else the run's best_model.pt")
+                        help="model file: stmclf best_model.pt/.ckpt, Keras .h5, float ONNX or torch file; with --run: "
+                             "the run's best_model.pt (else the model its export came from), else general.model_path")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--int8", action=ActionYesNo, default=None,
                         help="also write int8 models (default: when the config has a quantization section); "
@@ -336,7 +344,7 @@ def _export(argv: Sequence[str]) -> int:
     parser.add_argument("--per-layer", "--per_layer", dest="per_layer", action="store_true", default=False,
                         help="with --int8 and the onnx format: per-tensor SNR of the QDQ model vs the float ONNX "
                              "(table, per_layer_snr.csv in the export directory)")
-    ns = parse_config_args(parser, _with_run_config(argv))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv), "--ckpt"))
     cfg = from_namespace(parser, ns)
     if ns.per_layer:
         from stmclf.export.per_layer import check_per_layer_request
@@ -361,12 +369,13 @@ def _predict(argv: Sequence[str]) -> int:
     parser = build_parser("stmclf predict", "Classify every image of a folder with a trained model (stmclf .pt/"
                                             ".ckpt, Keras .h5, float or QDQ .onnx, float or int8 .tflite).")
     parser.add_argument("--model", type=Optional[str], default=None,
-                        help="the model file; default general.model_path, else the run's best_model.pt")
+                        help="the model file; default with --run: the run's best_model.pt (else the model its export "
+                             "came from), else general.model_path")
     parser.add_argument("--images", type=Optional[str], default=None,
                         help="directory of images; default prediction.test_files_path")
     parser.add_argument("--run", "--out", dest="run", type=Optional[str], default=None,
                         help=RUN_HELP + "; predictions in RUN/predictions")
-    ns = parse_config_args(parser, _with_run_config(argv))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv), "--model"))
     cfg = from_namespace(parser, ns)
     use_config = bool(cfg.config_files) or cfg.preprocessing is not None or cfg.dataset is not None
     result = predict_command(cfg, ns.model, ns.images, run=ns.run, use_config=use_config)
@@ -382,10 +391,11 @@ def _benchmark(argv: Sequence[str]) -> int:
     parser = build_parser("stmclf benchmark", "Footprint of a model on an STM32 board: board run (Developer "
                                               "Cloud) → cloud analyze → local stedgeai → offline estimate.")
     parser.add_argument("--model", type=Optional[str], default=None,
-                        help=".tflite or .onnx model (default general.model_path, else the run's int8 model)")
+                        help="model file (default with --run: the run's int8 model, else its best_model.pt; else "
+                             "general.model_path)")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--board", type=Optional[str], default=None, help="board (default benchmarking.board)")
-    ns = parse_config_args(parser, _with_run_config(argv))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv), "--model"))
     cfg = from_namespace(parser, ns)
     benchmark_command(cfg, ns.model, run=ns.run, board=ns.board)
     return 0

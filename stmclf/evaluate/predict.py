@@ -26,12 +26,14 @@ Settings come from the config when there is one, else from the artifact itself:
 - colour mode: ``preprocessing.color_mode``; without config: from the input channels (1
   grayscale, 3 rgb, 4 rgba);
 - resizing: ``preprocessing.resizing``; without config: bilinear, aspect ratio ``fit``;
-- class names: ``dataset.class_names`` (sorted, as training orders them); without config: the
-  names stored in the artifact, else ``class_0``, ``class_1``, ... (warning).
+- class names: ``dataset.class_names`` (sorted, as training orders them); else the names stored
+  in the artifact; else the class folders of the config's dataset (``dataset.training_path``, as
+  training orders them); else ``class_0``, ``class_1``, ... (warning).
 
 When a model carries class names and the config gives others, the run stops (the labels would
-be wrong). A TFLite file without a config and without an export summary has no rescaling: give
-``--config``.
+be wrong). A file that does not record its rescaling needs ``--config`` (one-line error): a TFLite
+file without an export summary, an ONNX file without stmclf's metadata, an imported Keras ``.h5``
+or torch file.
 """
 from __future__ import annotations
 
@@ -97,7 +99,7 @@ def inspect_model(path: str | Path, cfg=None) -> ModelInfo:
     """Input shape, stored class names and rescaling of any model source (nothing run yet)."""
     from stmclf.models.source import resolve_model_source
 
-    source = resolve_model_source(path, "--model")
+    source = resolve_model_source(path)
     source.require("predict", "prediction")
     path = source.path
     if not source.is_artifact:  # ONNX and TFLite files run in their own runtimes
@@ -105,9 +107,11 @@ def inspect_model(path: str | Path, cfg=None) -> ModelInfo:
 
         module = load_source_module(source, cfg)
         scale, offset = module.hparams.rescaling
+        # an imported file (Keras .h5, foreign ONNX, torch) does not record its rescaling: the config's
+        recorded = source.kind == "stmclf" or getattr(cfg, "preprocessing", None) is not None
         origin = "the stmclf model file" if source.kind == "stmclf" else "the config (imported model)"
         return ModelInfo(path, tuple(int(v) for v in module.hparams.input_shape), list(module.class_names),
-                         (float(scale), float(offset)), module, origin)
+                         (float(scale), float(offset)) if recorded else None, module, origin)
     suffix = ".onnx" if source.kind.startswith("onnx") else ".tflite"
     if suffix == ".onnx":
         from stmclf.export.onnx_export import input_shape_of, read_metadata
@@ -161,7 +165,9 @@ def resolve_class_names(info: ModelInfo, cfg=None) -> list[str]:
         return names
     if stored is not None:
         return stored
-    return []
+    from stmclf.training.model_file import dataset_class_names
+
+    return dataset_class_names(cfg) or []  # the dataset's class folders (dataset.training_path, ...)
 
 
 def resolve_format(info: ModelInfo, cfg=None):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -204,12 +205,12 @@ def load_export_model(model, cfg=None):
     """(module, path, kind) of what to export: a :class:`ClassifierModule`, or a model file of any
     kind the quantize stage accepts (stmclf, Keras .h5, float ONNX, torch files: see
     :mod:`stmclf.models.source`); anything else is a one-line error."""
-    if not isinstance(model, (str, Path)):
+    if not isinstance(model, (str, os.PathLike)):
         return model, None, "stmclf"
     from stmclf.models.source import resolve_model_source
     from stmclf.training.model_file import load_source_module
 
-    source = resolve_model_source(model, "general.model_path").require("quantize", "export")
+    source = resolve_model_source(model).require("quantize", "export")
     return load_source_module(source, cfg), source.path, source.kind
 
 

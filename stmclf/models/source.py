@@ -17,7 +17,9 @@ name alone, never by unpickling code):
 "float" in the benchmark column: the file is exported to a float ONNX first, and that is measured.
 
 A source a stage cannot use is refused by :meth:`ModelSource.require` with one line naming the
-file, its kind and what the stage accepts.
+file, its kind and what the stage accepts, under the option or key that gave the file
+(``general.model_path``, ``--ckpt``, ``--model``): a :class:`ModelSource` is a path
+(``os.fspath``) that carries that key to every stage that reads it again.
 """
 from __future__ import annotations
 
@@ -75,6 +77,12 @@ class ModelSource:
     kind: str
     key: str = "general.model_path"
 
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
     @property
     def text(self) -> str:
         return KIND_TEXT.get(self.kind, self.kind)
@@ -101,15 +109,20 @@ class ModelSource:
     def require(self, stage: str, mode: str) -> "ModelSource":
         """``self`` if ``stage`` can use this file; else one line: file, kind, what ``mode`` accepts."""
         if not self.can(stage):
+            from stmclf.models.importers.base import resave_hint
+
             raise ConfigError(self.key, f"{self.path} is {self.text}; {mode} accepts {_accepts_text(stage)}"
-                                        f"{HINTS.get(stage, '')}")
+                                        f"{HINTS.get(stage, '')}{resave_hint(self.path)}")
         return self
 
 
-def resolve_model_source(path: str | Path, key: str = "general.model_path") -> ModelSource:
-    """The :class:`ModelSource` of ``path``; a one-line error when the file is missing or unreadable."""
+def resolve_model_source(path: str | Path | ModelSource, key: str = "general.model_path") -> ModelSource:
+    """The :class:`ModelSource` of ``path`` (a ModelSource stays itself, with its key); a one-line
+    error under ``key`` when the file is missing or unreadable."""
     from stmclf.models.importers.base import detect_kind, require_model_file
 
+    if isinstance(path, ModelSource):
+        return path
     file = require_model_file(path, key)
     try:
         with open(file, "rb") as handle:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from stmclf.config import RunConfig
 from stmclf.errors import ConfigError
 from stmclf.orchestration.journey import Journey, resolve_run_dir
-from stmclf.orchestration.stages import (benchmark_stage, export_stage, model_label, predict_stage,
+from stmclf.orchestration.stages import (benchmark_stage, checked_source, export_stage, model_label, predict_stage,
                                          train_stage)
 
 log = logging.getLogger("stmclf")
@@ -36,23 +36,52 @@ def run_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def run_quantized_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
-    """The int8 model an export wrote into a run folder (from its ``export_summary.json``)."""
+def _export_summary(run_root: Optional[Path], cfg: RunConfig) -> dict:
+    """The ``export_summary.json`` of a run folder's latest export ({} without one)."""
     from stmclf.export.export import SUMMARY_NAME, run_export_dir
 
     if run_root is None:
-        return None
+        return {}
     export_dir = run_export_dir(Path(run_root), cfg.quantization.export_dir if cfg.quantization else None)
     try:
-        files = json.loads((export_dir / SUMMARY_NAME).read_text()).get("files") or {}
+        summary = json.loads((export_dir / SUMMARY_NAME).read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def run_exported_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
+    """The model file the run folder's latest export came from (a run started from a model file)."""
+    source = _export_summary(run_root, cfg).get("model_file")
+    return Path(source) if source and source != "None" and Path(source).is_file() else None
+
+
+def run_quantized_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
+    """The int8 model an export wrote into a run folder (from its ``export_summary.json``)."""
+    files = _export_summary(run_root, cfg).get("files") or {}
     primary = ("onnx_qdq", "tflite_int8") if cfg.quantization is not None and \
         str(cfg.quantization.quantizer or "").lower() == "onnx_quantizer" else ("tflite_int8", "onnx_qdq")
     for key in (*primary, "tflite", "onnx"):
         if files.get(key) and Path(files[key]).is_file():
             return Path(files[key])
     return None
+
+
+def command_model(cfg: RunConfig, given: Optional[str], option: str, run: Optional[str], root: Optional[Path],
+                  *own) -> tuple[Optional[str | Path], str]:
+    """(model, the key that names it) of ``stmclf export | benchmark | predict``: the file given on
+    the command line (``option``: ``--ckpt``/``--model``; the CLI also records it as the run's
+    ``general.model_path``); else, with ``--run``, the run's own model (the first of ``own``, each
+    ``f(root, cfg)``, that the run has); else ``general.model_path`` (a run without a model of its
+    own, e.g. an evaluation of a user's file)."""
+    if given:
+        return given, option
+    if run is not None:
+        for find in own:
+            found = find(root, cfg)
+            if found is not None:
+                return found, "--run"
+    return cfg.general.model_path, "general.model_path"
 
 
 def export_command(cfg: RunConfig, ckpt: Optional[str] = None, *, run: Optional[str] = None,
@@ -62,13 +91,14 @@ def export_command(cfg: RunConfig, ckpt: Optional[str] = None, *, run: Optional[
     from stmclf.export.export import ExportSettings, parse_formats
 
     root = resolve_run_dir(run, ckpt, cfg)
-    model = ckpt or cfg.general.model_path or run_model(root, cfg)
+    model, key = command_model(cfg, ckpt, "--ckpt", run, root, run_model, run_exported_model)
     if not model:
         raise ConfigError("general.model_path", "export needs the model to export: --ckpt PATH, "
                                                 "general.model_path, or --run RUN_DIR of a training run")
     formats = parse_formats(formats)
     int8 = cfg.quantization is not None if int8 is None else bool(int8)
     settings = ExportSettings.from_config(cfg)  # config errors before any file is written
+    model = checked_source(model, "quantize", "export", cfg, key=key)
     journey = Journey(cfg, root, model_name=model_label(cfg, model))
     log.info("operation_mode: export")
     result = export_stage(journey, model, formats=formats, int8=int8, evaluate=True, settings=settings)
@@ -82,18 +112,16 @@ def benchmark_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optio
     from stmclf.benchmark.run import board_name, cloud_login_first
 
     root = resolve_run_dir(run, model or cfg.general.model_path, cfg)
-    model = model or cfg.general.model_path or run_quantized_model(root, cfg)
+    model, key = command_model(cfg, model, "--model", run, root, run_quantized_model, run_model, run_exported_model)
     if not model:
         raise ConfigError("general.model_path", "benchmarking needs a .tflite or .onnx model (--model, "
                                                 "general.model_path, or --run RUN_DIR of an exported run)")
-    from stmclf.models.source import resolve_model_source
-
-    resolve_model_source(model).require("benchmark", "benchmarking")
+    model = checked_source(model, "benchmark", "benchmarking", cfg, key=key)
     board_name(cfg, board)  # a bad board name fails before anything is written
     client = cloud_login_first(cfg, cfg.offline)
     journey = Journey(cfg, root, model_name=model_label(cfg, model))
     log.info("operation_mode: benchmarking")
-    footprint = benchmark_stage(journey, Path(model), board=board, client=client)
+    footprint = benchmark_stage(journey, model, board=board, client=client)
     journey.finish("benchmarking")
     return footprint
 
@@ -102,10 +130,11 @@ def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optiona
                     run: Optional[str] = None, use_config: bool = True):
     """``stmclf predict``: every image of a folder → ``<run>/predictions/``."""
     root = resolve_run_dir(run, model, cfg)
-    model = model or cfg.general.model_path or run_model(root, cfg)
+    model, key = command_model(cfg, model, "--model", run, root, run_model, run_exported_model)
     if not model:
         raise ConfigError("general.model_path", "prediction needs a model (a stmclf .pt/.ckpt, Keras .h5, .onnx "
                                                 "or .tflite)")
+    model = checked_source(model, "predict", "prediction", cfg, key=key)
     if images is None:
         if cfg.prediction is None or not cfg.prediction.test_files_path:
             raise ConfigError("prediction.test_files_path", "prediction needs the directory of images to classify")

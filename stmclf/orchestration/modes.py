@@ -7,8 +7,8 @@ from stmclf.config import RunConfig
 from stmclf.config.modes import MODES, OPERATION_MODES, OperationMode
 from stmclf.errors import ConfigError
 from stmclf.orchestration.journey import Journey
-from stmclf.orchestration.stages import (benchmark_stage, evaluate_stage, export_stage, model_label, predict_stage,
-                                         train_stage)
+from stmclf.orchestration.stages import (benchmark_stage, checked_source, evaluate_stage, export_stage, model_label,
+                                         predict_stage, train_stage)
 
 log = logging.getLogger("stmclf")
 
@@ -66,21 +66,20 @@ def _train_then(cfg: RunConfig, mode: OperationMode) -> None:
 
 def _from_model_file(cfg: RunConfig, mode: OperationMode) -> None:
     """Modes that start from ``general.model_path``: evaluation, quantization, prediction,
-    benchmarking, chain_eqe, chain_eqeb, chain_qb."""
-    from stmclf.models.source import resolve_model_source
-
+    benchmarking, chain_eqe, chain_eqeb, chain_qb. The model, config and board are checked before the
+    run folder is made."""
     first = next(s for s in mode.stages if s in ("quantize", "evaluate", "predict", "benchmark"))
     if not cfg.general.model_path:
         from stmclf.models.source import ACCEPTS, KIND_TEXT
 
         accepts = ", ".join(KIND_TEXT[k] for k in ACCEPTS[first] if k not in ("torch_export", "pickled_module"))
         raise ConfigError("general.model_path", f"{mode.name} needs the model file: {accepts}")
-    source = resolve_model_source(cfg.general.model_path).require(first, mode.name)
     quantize = _quantization_settings(cfg, mode) if mode.has("quantize") else None
     if mode.has("predict") and (cfg.prediction is None or not cfg.prediction.test_files_path):
         raise ConfigError("prediction.test_files_path", "prediction needs the directory of images to classify")
     if mode.has("predict") and cfg.prediction.target not in (None, "host"):
         raise ConfigError("prediction.target", f"{cfg.prediction.target!r}: only host prediction is supported")
+    source = checked_source(cfg.general.model_path, first, mode.name, cfg)
     client = _cloud_client(cfg, mode)
     journey = Journey(cfg, model_name=model_label(cfg, source.path))
     log.info("operation_mode: %s", mode.name)

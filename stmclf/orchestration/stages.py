@@ -3,6 +3,7 @@ benchmark, predict. Modes (:mod:`.modes`) and commands (:mod:`.commands`) chain 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,6 +24,21 @@ def model_label(cfg: RunConfig, model: Optional[str | Path] = None) -> str:
         return f"{spec.get('name')}" + (f" α{alpha}" if alpha is not None else "")
     model = model or cfg.general.model_path
     return Path(model).name if model else ""
+
+
+def checked_source(model, stage: str, mode: str, cfg: RunConfig, key: str = "general.model_path"):
+    """The :class:`~stmclf.models.source.ModelSource` of ``model`` once ``stage`` can use it and, when
+    it becomes a torch model, once it loads: a one-line error under ``key`` otherwise, before any run
+    folder or MLflow run is made (a truncated or unsupported .h5, a pickled file without
+    --trust-model-file)."""
+    from stmclf.models.source import resolve_model_source
+
+    source = resolve_model_source(model, key).require(stage, mode)
+    if source.is_torch:
+        from stmclf.training.model_file import load_source_module
+
+        load_source_module(source, cfg)
+    return source
 
 
 def train_stage(cfg: RunConfig, *, callbacks: Sequence = (), journey: Optional[Journey] = None):
@@ -57,7 +73,7 @@ def export_stage(journey: Journey, model, *, formats: Sequence[str], int8: bool,
     then — with ``evaluate`` — the accuracy of the source model and of every file."""
     from stmclf.export.export import export_run
 
-    with journey.stage("export", extra_params={"model_path": str(model) if isinstance(model, (str, Path))
+    with journey.stage("export", extra_params={"model_path": str(model) if isinstance(model, (str, os.PathLike))
                                                else getattr(model, "model_name", "")}) as mlflow_logger:
         result = export_run(journey.cfg, model, journey.root, formats=formats, int8=int8, settings=settings)
         if mlflow_logger is not None:
@@ -85,7 +101,7 @@ def evaluate_stage(journey: Journey, model) -> dict[str, float]:
         return evaluate_model(journey.cfg, model, journey.root, mlflow_logger=mlflow_logger)
 
 
-def benchmarkable(journey: Journey, model: Path) -> Path:
+def benchmarkable(journey: Journey, model) -> Path:
     """``model`` when it is an ONNX/TFLite file; else (a Keras .h5, a stmclf or torch model) its
     float ONNX export, written to ``<run>/benchmark_models/`` and checked against the model."""
     from stmclf.models.source import resolve_model_source
@@ -112,7 +128,7 @@ def benchmark_stage(journey: Journey, model: Optional[Path], *, board: Optional[
 
     if model is None:
         raise UserError("benchmark: the export wrote no int8 model to benchmark (see the log above)")
-    model = benchmarkable(journey, Path(model))
+    model = benchmarkable(journey, model)
     with journey.stage("benchmark", extra_params={"model_path": str(model)}) as mlflow_logger:
         return benchmark_artifact(journey.cfg, Path(model), journey.root, board=board, offline=journey.cfg.offline,
                                   client=client, mlflow_logger=mlflow_logger)

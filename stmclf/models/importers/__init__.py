@@ -28,7 +28,7 @@ from pathlib import Path
 
 from stmclf.config.rules import MAX_CHANNELS, MAX_IMAGE_SIDE
 from stmclf.models.importers.base import (KINDS, SUPPORTED_TEXT, ImportedModel, detect_kind, file_error,
-                                          require_model_file)
+                                          require_model_file, resave_hint)
 
 __all__ = ["ImportedModel", "KINDS", "detect_kind", "load_model_file"]
 
@@ -72,7 +72,7 @@ def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: st
     elif kind == "state_dict":
         raise file_error(key, file, "a state dict holds weights only, not a model; supported: " + SUPPORTED_TEXT)
     else:
-        raise file_error(key, file, "unsupported model file; supported: " + SUPPORTED_TEXT)
+        raise file_error(key, file, "unsupported model file; supported: " + SUPPORTED_TEXT + resave_hint(file))
     _check_input_shape(key, file, imported.input_shape)
     if input_shape is not None and kind in ("keras_h5", "onnx") and tuple(input_shape) != imported.input_shape:
         raise file_error(key, file, f"the model's input shape is {imported.input_shape}, not {tuple(input_shape)}")

@@ -24,6 +24,14 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
 
 
+def resave_hint(path: Path | str) -> str:
+    """What to do with a Keras 3 ``.keras`` archive (stmclf reads Keras ``.h5`` files), else ''."""
+    if Path(path).suffix.lower() != ".keras":
+        return ""
+    return (' (a Keras .keras archive: stmclf reads Keras .h5 files; re-save the model as .h5 with '
+            'model.save("model.h5"))')
+
+
 def first_line(exc: BaseException) -> str:
     """``ValueError: first line of the message`` (:func:`stmclf.errors.one_line`, typed)."""
     return one_line(exc, typed=True)

@@ -1,0 +1,109 @@
+"""Which model a mode or command works on: a model file that does not load is refused before any
+run folder or MLflow run; `--run` commands use the run's own model; the file given on the command
+line is named as such (`--ckpt`, `--model`) and recorded in the run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import COLORS, config_text, write_image_folder
+from stmclf.cli.main import main
+from test_keras_h5_malformed import GAP, _dense, _input, _sequential, _write
+
+QDQ = """quantization:
+  quantizer: onnx_quantizer
+  quantization_type: PTQ
+  quantization_input_type: uint8
+  quantization_output_type: float
+  granularity: per_channel
+  export_dir: quantized_models
+"""
+"""The ONNX quantizer (QDQ int8 ONNX only: no TFLite conversion, fast)."""
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two colour classes and a Keras .h5 (8x8x3 → global pooling → dense 2) written with h5py."""
+    tmp = tmp_path_factory.mktemp("run_models")
+    data = write_image_folder(tmp / "data", per_class=6, classes={k: COLORS[k] for k in ("cat", "dog")})
+    h5 = _write(tmp / "source.h5", _sequential(_input([8, 8, 3]), GAP, _dense(2)))
+    return tmp, data, h5
+
+
+def _config(path: Path, data: Path, run_dir, mlruns: Path, *, mode: str = "training", model_path=None) -> Path:
+    text = config_text(data, run_dir, mlruns, epochs=1, model="", extra=QDQ)
+    text = text.replace("operation_mode: training", f"operation_mode: {mode}")
+    if model_path is not None:
+        text = text.replace("general:\n", f"general:\n  model_path: {model_path}\n", 1)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["truncated_h5", "pickled"])
+@pytest.mark.parametrize("mode", ["evaluation", "quantization", "benchmarking", "prediction"])
+def test_a_model_file_that_does_not_load_leaves_no_run_folder(files, tmp_path, capsys, kind, mode):
+    tmp, data, h5 = files
+    bad = tmp_path / "bad.h5"
+    if kind == "truncated_h5":
+        bad.write_bytes(h5.read_bytes()[:600])
+    else:
+        bad = tmp_path / "evil.pt"
+        torch.save(torch.nn.Linear(2, 2), bad)
+    config = _config(tmp_path / "c.yaml", data, tmp_path / "run", tmp_path / "ml", mode=mode, model_path=bad)
+    if mode == "prediction":
+        config.write_text(config.read_text() + f"prediction:\n  test_files_path: {data / 'cat'}\n")
+    assert main(["run", "--config", str(config), "--offline"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: general.model_path: {bad}"), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
+
+
+def test_a_model_file_from_the_command_line_is_named_by_its_option(files, tmp_path, capsys):
+    """--ckpt / --model, not general.model_path, in the error; nothing written; a .keras archive is
+    told to be re-saved as .h5."""
+    tmp, data, _ = files
+    config = _config(tmp_path / "c.yaml", data, tmp_path / "run", tmp_path / "ml")
+    (tmp_path / "m").mkdir()
+    evil = tmp_path / "m/evil.pt"
+    torch.save(torch.nn.Linear(2, 2), evil)
+    keras3 = tmp_path / "m/x.keras"
+    keras3.write_bytes(b"PK\x03\x04 a Keras 3 archive")
+    for args, option in ((["export", "--ckpt", str(evil)], "--ckpt"),
+                         (["benchmark", "--model", str(evil), "--offline"], "--model"),
+                         (["predict", "--model", str(evil), "--images", str(data / "cat")], "--model"),
+                         (["export", "--ckpt", str(keras3)], "--ckpt")):
+        assert main([*args, "--config", str(config)]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: {option}: {tmp_path / 'm'}"), err
+    assert 'model.save("model.h5")' in err and "Keras .h5" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
+
+
+def test_run_commands_use_the_runs_own_model_and_record_a_given_one(files, tmp_path):
+    """A training run fine-tuned from general.model_path (a .h5): `export --run` exports the run's
+    best_model.pt and `benchmark --run` measures the run's int8 file, not the source .h5. A model
+    given with --ckpt is recorded in the run's config.yaml, and later --run commands use it."""
+    tmp, data, h5 = files
+    config = _config(tmp_path / "ft.yaml", data, tmp_path / "runs/${now:%Y_%m_%d_%H_%M_%S}", tmp_path / "ml",
+                     model_path=h5)
+    assert main(["fit", "--config", str(config)]) == 0
+    (run,) = list((tmp_path / "runs").iterdir())
+    best = run / "saved_models/best_model.pt"
+    assert main(["export", "--run", str(run), "--int8", "--format", "onnx"]) == 0
+    summary = json.loads((run / "quantized_models/export_summary.json").read_text())
+    assert summary["model_file"] == str(best)
+    assert main(["benchmark", "--run", str(run), "--offline"]) == 0
+    assert json.loads((run / "benchmark.json").read_text())["model"] == Path(summary["files"]["onnx_qdq"]).name
+    assert not (run / "benchmark_models").exists()  # nothing measured as a float export of the .h5
+
+    other = tmp_path / "other"  # a new run folder for a model given on the command line
+    assert main(["export", "--config", str(config), "--run", str(other), "--ckpt", str(best), "--int8",
+                 "--format", "onnx"]) == 0
+    assert f"model_path: {best}" in (other / "config.yaml").read_text()
+    assert main(["benchmark", "--run", str(other), "--offline"]) == 0
+    assert json.loads((other / "benchmark.json").read_text())["model"] == "best_model_quant_qdq_pc.onnx"
+    assert main(["export", "--run", str(other), "--no_int8", "--format", "onnx"]) == 0
+    assert json.loads((other / "quantized_models/export_summary.json").read_text())["model_file"] == str(best)
