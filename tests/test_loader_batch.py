@@ -441,3 +441,20 @@ def test_opencv_bilinear_gives_the_numpy_paths_pixels(size, target, monkeypatch)
     resize_into(images, reference, "bilinear")
     np.testing.assert_array_equal(out, reference)
     np.testing.assert_array_equal(columns, reference)
+
+
+def test_a_cache_left_half_made_is_made_afresh(tmp_path):
+    """A crash between the cache's two files (or a removed flags file) left the pixels without
+    their flags: every later run disabled the cache ("No such file or directory") for good. The
+    pair is made afresh, empty."""
+    from stmclf.data.cache import FILLED, ImageCache
+
+    shape = (3, 4, 4, 3)
+    cache = ImageCache(tmp_path, "key", shape)
+    cache.get(1, lambda: np.full(shape[1:], 7, np.uint8))
+    assert cache.flags_path.read_bytes()[1] == FILLED
+    for broken in (lambda: cache.flags_path.unlink(), lambda: cache.flags_path.write_bytes(b"")):
+        broken()
+        again = ImageCache(tmp_path, "key", shape)
+        assert again.flags_path.stat().st_size == 3 and again.flags_path.read_bytes() == b"\0\0\0"
+        assert again.get(1, lambda: np.full(shape[1:], 9, np.uint8))[0, 0, 0] == 9  # loaded again, not stale

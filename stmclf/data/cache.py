@@ -61,6 +61,13 @@ def stored(flags: np.ndarray) -> np.ndarray:
     return (flags == FILLED) | (flags == GREY)
 
 
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
 class ImageCache:
     """Per-index uint8 images with a flag (0 unknown, :data:`FILLED`, :data:`BAD`, :data:`GREY`),
     in two memory-mapped files."""
@@ -71,7 +78,8 @@ class ImageCache:
         self.shape = shape
         directory.mkdir(parents=True, exist_ok=True)
         size = int(np.prod(shape))
-        if not self.data_path.exists() or self.data_path.stat().st_size != size:
+        if not (_has_size(self.data_path, size) and _has_size(self.flags_path, shape[0])):
+            # new, or left half made (a crash between the two files, a file removed): made afresh
             try:  # disk blocks reserved now: a full disk is an OSError here, not a SIGBUS in a loader worker
                 for path, length in ((self.data_path, size), (self.flags_path, shape[0])):
                     with open(path, "wb") as handle:
