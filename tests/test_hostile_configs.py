@@ -244,6 +244,9 @@ CASES = [
     Case("config-grants-trust-model-file", lambda t, _: "trust-model-file: true\n" + t,
          r"^trust-model-file: a command-line option \(--trust-model-file\), not a config key"),
     Case("unknown-key", sub("  epochs: 1\n", "  epoch: 1\n"), r"^training\.epoch: unknown key; allowed in training"),
+    Case("quantization-input-type-int16", append("quantization:\n  quantizer: TFlite_converter\n  quantization_type: PTQ\n"
+                                                 "  quantization_input_type: int16\n  quantization_output_type: float\n"),
+         r"^quantization\.quantization_input_type: expecting int8, uint8 or float, got 'int16'$"),
     Case("wrong-type", sub("batch_size: 8", "batch_size: eight"), r"^training\.batch_size: expected int, got 'eight'"),
     Case("section-is-list", lambda t, _: t.replace("mlflow:\n  uri:", "mlflow: [1, 2]\nx_uri:", 1).replace("x_uri:", "#"),
          r"^mlflow: "),

@@ -194,3 +194,18 @@ def check_common(cfg) -> None:
             raise ConfigError("dataset.class_names", "class names must be unique")
     if cfg.preprocessing is not None and cfg.preprocessing.rescaling.scale == 0:
         raise ConfigError("preprocessing.rescaling.scale", "must not be 0")
+    check_io_types(cfg)
+
+
+IO_TYPES = ("int8", "uint8", "float", "float32")
+
+
+def check_io_types(cfg) -> None:
+    """``quantization.quantization_input_type`` / ``_output_type``: what ST's README lists (int8,
+    uint8, float). The reference's code takes any other text for float, silently (``int16``
+    gave a float input); stmclf refuses it."""
+    section = getattr(cfg, "quantization", None)
+    for name in ("quantization_input_type", "quantization_output_type"):
+        value = getattr(section, name, None) if section is not None else None
+        if value is not None and str(value).strip().lower() not in IO_TYPES:
+            raise ConfigError(f"quantization.{name}", f"expecting int8, uint8 or float, got {value!r}")
