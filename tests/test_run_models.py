@@ -107,3 +107,24 @@ def test_run_commands_use_the_runs_own_model_and_record_a_given_one(files, tmp_p
     assert json.loads((other / "benchmark.json").read_text())["model"] == "best_model_quant_qdq_pc.onnx"
     assert main(["export", "--run", str(other), "--no_int8", "--format", "onnx"]) == 0
     assert json.loads((other / "quantized_models/export_summary.json").read_text())["model_file"] == str(best)
+
+
+def test_on_target_evaluation_is_refused_and_a_missing_board_is_named(files, tmp_path, capsys, caplog):
+    """ST's evaluation_n6_config (evaluation.target: stedgeai_n6) was evaluated on the host without
+    a word; a benchmark without a benchmarking section used the default board silently."""
+    import logging
+
+    from stmclf.benchmark.run import board_name
+    from stmclf.config import load_config
+
+    _, data, h5 = files
+    config = _config(tmp_path / "eval.yaml", data, tmp_path / "run", tmp_path / "mlruns", mode="evaluation",
+                     model_path=h5)
+    config.write_text(config.read_text() + "evaluation:\n  target: stedgeai_n6\n")
+    assert main(["run", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        "stmclf: error: evaluation.target: 'stedgeai_n6': only host evaluation is supported")
+    assert not (tmp_path / "run").exists()
+    with caplog.at_level(logging.WARNING, logger="stmclf.benchmark"):
+        assert board_name(load_config(["--config", str(config)])) == "STM32H747I-DISCO"
+    assert "benchmarking.board not given: benchmarking for STM32H747I-DISCO" in caplog.text

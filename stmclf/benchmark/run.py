@@ -39,7 +39,11 @@ def board_name(cfg: RunConfig, board: Optional[str] = None) -> str:
     """``board`` (command line), else ``benchmarking.board``, else the default board; checked."""
     from stmclf.benchmark.boards import check_board
 
-    name = board or (cfg.benchmarking.board if cfg.benchmarking else None) or DEFAULT_BOARD
+    name = board or (cfg.benchmarking.board if cfg.benchmarking else None)
+    if not name:
+        log.warning("benchmarking.board not given: benchmarking for %s (ST's service requires the benchmarking "
+                    "section)", DEFAULT_BOARD)
+        name = DEFAULT_BOARD
     return check_board(name, "benchmarking.board")
 
 

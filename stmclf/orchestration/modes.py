@@ -24,10 +24,25 @@ def run_mode(cfg: RunConfig) -> None:
         raise ConfigError("operation_mode", f"{name!r} is not available in stmclf (it builds and flashes the "
                                             f"board application): `stmclf deploy-header --run RUN` writes the C "
                                             f"header for ST's application; available: {available}")
+    _check_evaluation(cfg, mode)
     if mode.has("train"):
         _train_then(cfg, mode)
     else:
         _from_model_file(cfg, mode)
+
+
+def _check_evaluation(cfg: RunConfig, mode) -> None:
+    """The ``evaluation`` keys stmclf does not act on: an on-target evaluation is refused (it was
+    evaluated on the host without a word), the .npy dumps are one warning."""
+    section = cfg.evaluation
+    if section is None or not mode.has("evaluate"):
+        return
+    if section.target not in (None, "host"):
+        raise ConfigError("evaluation.target", f"{section.target!r}: only host evaluation is supported (on-target "
+                                               "evaluation runs ST's board tools); measure the board with "
+                                               "operation_mode: benchmarking")
+    if section.gen_npy_input or section.gen_npy_output:
+        log.warning("evaluation.gen_npy_input / gen_npy_output: not implemented, no .npy files are written")
 
 
 def _quantization_settings(cfg: RunConfig, mode: OperationMode):
