@@ -300,6 +300,27 @@ def test_corrupt_batches_are_one_line_errors(tmp_path):
         make_splits(Dataset(name="cifar10", training_path=str(tmp_path / "bin")))
 
 
+class _StridedView:
+    """Pickles to ``numpy.ndarray(shape, dtype, buffer, 0, strides)``: an allowed constructor that
+    repeats a few bytes as often as it likes."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, dtype
+
+    def __reduce__(self):
+        return np.ndarray, (self.shape, np.dtype(self.dtype), b"\0" * 8, 0, (0,) * len(self.shape))
+
+
+def test_a_batch_whose_arrays_repeat_their_bytes_is_refused(tmp_path):
+    """285 bytes on disk made 400,000 images (3 GB in memory, a 1.2 GB cache file)."""
+    write_cifar10_python(tmp_path)
+    bomb = {b"data": _StridedView((400_000, 3072), "u1"), b"labels": _StridedView((400_000,), "i8")}
+    (tmp_path / "data_batch_2").write_bytes(pickle.dumps(bomb, protocol=2))
+    assert (tmp_path / "data_batch_2").stat().st_size < 400
+    with pytest.raises(UserError, match=r"data_batch_2: 'data' repeats its bytes \(strides \(0, 0\)\): not a CIFAR"):
+        make_splits(Dataset(name="cifar10", training_path=str(tmp_path)))
+
+
 class _Exploit:
     """Pickles to a call of ``func(*args)``: what a hostile batch file would contain."""
 

@@ -377,8 +377,18 @@ def read_python_batch(path: Path, label_key: str, n_classes: int) -> tuple[np.nd
         shape = getattr(data, "shape", None)
         raise UserError(f"{path}: expecting 'data' as a uint8 (N, 3072) array, got {type(data).__name__} "
                         f"{getattr(data, 'dtype', '')} {shape}")
-    labels = _check_labels(_field(batch, label_key, path), data.shape[0], n_classes, path, label_key)
+    labels = _field(batch, label_key, path)
+    for name, array in (("data", data), (label_key, labels)):
+        _check_backed(array, name, path)
+    labels = _check_labels(labels, data.shape[0], n_classes, path, label_key)
     return _planar_to_nhwc(data), labels
+
+
+def _check_backed(array, name: str, path: Path) -> None:
+    """A pickle may build an array as a view whose zero strides repeat a few bytes as often as it
+    likes (285 bytes on disk became 400,000 images and 3 GB): every element must have bytes of its own."""
+    if isinstance(array, np.ndarray) and any(stride <= 0 for stride, n in zip(array.strides, array.shape) if n > 1):
+        raise UserError(f"{path}: {name!r} repeats its bytes (strides {array.strides}): not a CIFAR array")
 
 
 def read_binary_batch(path: Path, label_offset: int, label_bytes: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
