@@ -4,6 +4,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
 
 from stmclf.cli.main import main
 from stmclf.config import load_config, rules
@@ -141,6 +142,47 @@ def test_overrides_and_trainer_section(seed_file):
     assert cfg.trainer["devices"] in (1, "1")  # Lightning reads both
     appended = load_config(["--config", str(seed_file), "--trainer.devices+", "0"])  # jsonargparse's list append
     assert appended.trainer["devices"] == [0]
+
+
+@pytest.mark.parametrize("form", ["hydra", "flag"])
+def test_an_override_inside_a_free_form_mapping_changes_only_that_key(seed_file, form):
+    """training.callbacks.EarlyStopping.patience=5 changes patience and keeps monitor (jsonargparse
+    replaced the whole entry: {EarlyStopping: {patience: 5}}, so it fell back to val_loss); the same
+    in optimizer, data_augmentation, custom_data_augmentation.config and hydra, in both syntaxes."""
+    seed_file.write_text(seed_file.read_text().replace(
+        "  random_flip:", "  random_translation:\n    width_factor: 0.1\n    height_factor: 0.2\n  random_flip:")
+        + "\ncustom_data_augmentation:\n  function_name: aug:build\n  config: {a: {b: 1, c: 2}}\n")
+    overrides = {"training.callbacks.EarlyStopping.patience": "5", "training.optimizer.Adam.beta_1": "0.8",
+                 "data_augmentation.random_translation.width_factor": "1/4",
+                 "custom_data_augmentation.config.a.b": "3", "hydra.run.job": "x", "training.model.alpha": "0.5"}
+    argv = ["--config", str(seed_file)]
+    for key, value in overrides.items():
+        argv += [f"{key}={value}"] if form == "hydra" else [f"--{key}", value]
+    cfg = load_config(argv)
+    assert cfg.training.callbacks["EarlyStopping"] == {"monitor": "val_accuracy", "patience": 5}
+    assert list(cfg.training.callbacks) == ["ReduceLROnPlateau", "EarlyStopping"]
+    assert cfg.training.optimizer == {"Adam": {"learning_rate": 0.001, "beta_1": 0.8}}
+    assert cfg.data_augmentation["random_translation"] == {"width_factor": 0.25, "height_factor": 0.2}
+    assert list(cfg.data_augmentation) == ["random_contrast", "random_translation", "random_flip"]
+    assert cfg.custom_data_augmentation.config == {"a": {"b": 3, "c": 2}}
+    assert sorted(cfg.hydra["run"]) == ["dir", "job"] and cfg.hydra["run"]["job"] == "x"
+    assert cfg.training.model["alpha"] == 0.5 and cfg.training.model["name"] == "mobilenet"
+    printed = yaml.safe_load(cfg.resolved_yaml)  # what --print_config shows and the run writes
+    assert printed["training"]["callbacks"]["EarlyStopping"] == {"monitor": "val_accuracy", "patience": 5}
+    assert printed["training"]["optimizer"] == {"Adam": {"learning_rate": 0.001, "beta_1": 0.8}}
+
+
+def test_an_override_of_a_whole_mapping_replaces_it(seed_file):
+    """A mapping value replaces the node its key names (the other entries stay): another optimizer,
+    another set of arguments of one callback."""
+    cfg = load_config(["--config", str(seed_file), "training.optimizer={SGD: {learning_rate: 0.1}}",
+                       "--training.callbacks.EarlyStopping", "{patience: 3}"])
+    assert cfg.training.optimizer == {"SGD": {"learning_rate": 0.1}}
+    assert cfg.training.callbacks == {"ReduceLROnPlateau": {"monitor": "val_accuracy", "factor": 0.5, "patience": 10},
+                                      "EarlyStopping": {"patience": 3}}
+    added = load_config(["--config", str(seed_file), "training.callbacks.ModelCheckpoint.save_top_k=2"])
+    assert list(added.training.callbacks) == ["ReduceLROnPlateau", "EarlyStopping", "ModelCheckpoint"]
+    assert added.training.callbacks["ModelCheckpoint"] == {"save_top_k": 2}
 
 
 def test_print_config_shows_resolved_values(seed_file, capsys):

@@ -379,7 +379,129 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
                             help=f"the '{name}' section of the config")
     parser.add_method_arguments(lightning.Trainer, "__init__", "trainer", skip=TRAINER_SKIP,
                                 fail_untyped=False)
+    section_action = _section_action_class()
+    for action in parser._actions:
+        if action.dest in sections.SECTIONS and isinstance(action, section_action.__bases__[0]):
+            action.__class__ = section_action
     return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides of one key inside a free-form mapping (training.optimizer.Adam.beta_1=0.8)
+
+def free_form_split(parts: Sequence[str]) -> Optional[tuple[list[str], list[str]]]:
+    """``(field, inner)`` when the key path ``parts`` goes inside a free-form mapping (a dict- or
+    Any-typed key of the schema: ``training.optimizer``, ``training.callbacks``, ``training.model``,
+    ``data_augmentation``, ``hydra``, ...): ``field`` is the path of that key below its section,
+    ``inner`` the keys inside it (at least one); None for a key of the schema itself."""
+    if not parts or parts[0] not in sections.SECTIONS:
+        return None
+    node: Any = sections.SECTIONS[parts[0]]
+    field: list[str] = []
+    for index in range(1, len(parts) + 1):
+        kind = _unwrap(node)
+        if dataclasses.is_dataclass(kind):
+            if index == len(parts):
+                return None
+            node = typing.get_type_hints(kind).get(parts[index])
+            if node is None:
+                return None
+            field.append(parts[index])
+            continue
+        if index < len(parts) and _holds_mapping(node):
+            return field, list(parts[index:])
+        return None
+    return None
+
+
+def _holds_mapping(kind: Any) -> bool:
+    if kind is Any or _is_mapping_type(kind):
+        return True
+    return typing.get_origin(kind) is typing.Union and any(_holds_mapping(k) for k in typing.get_args(kind))
+
+
+def _override_leaf(text: Any, key: str) -> Any:
+    """The value of ``key=text`` inside a free-form mapping, as the same text in a YAML file gives
+    (``None`` → None, ``0.8`` → 0.8, ``1/255`` → 0.0039…, ``{a: 1}`` → a mapping); names and
+    paths (``monitor``, ``*_path``) stay text."""
+    from stmclf.config.values import is_text_key, parse_value
+
+    if not isinstance(text, str):
+        return text
+    name = key.rsplit(".", 1)[-1]
+    stripped = text.strip()
+    if is_text_key(name):
+        return text
+    if stripped.startswith(("{", "[")):
+        return load_yaml(text)  # bounded, interpolated, converted (class specs already checked)
+    try:
+        scalar = yaml.safe_load(stripped)
+    except yaml.YAMLError:
+        scalar = None
+    if isinstance(scalar, (bool, int, float)):  # true/false, 0.8, 1e-3 (YAML's scalars)
+        return convert_values(scalar, name, key)
+    return parse_value(text, key)
+
+
+def _set_inner(value: Any, inner: Sequence[str], leaf: Any) -> dict:
+    """A copy of the mapping ``value`` (or a new one) with ``inner`` set to ``leaf``, the rest of it
+    unchanged."""
+    import copy
+
+    out = copy.deepcopy(value) if isinstance(value, dict) else {}
+    node = out
+    for part in inner[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):  # absent, None or a scalar: a mapping holding the new key
+            child = node[part] = {}
+        node = child
+    node[inner[-1]] = leaf
+    return out
+
+
+def _field_value(section: Any, field: Sequence[str]) -> Any:
+    """The value at ``field`` of a section as jsonargparse holds it while parsing (a dataclass
+    section is a ``{class_path, init_args}`` namespace)."""
+    node = section
+    for part in field:
+        if isinstance(node, Namespace) and "init_args" in node:
+            node = node["init_args"]
+        if isinstance(node, (Namespace, dict)):
+            node = node.get(part)
+        else:
+            return None
+    return node.as_dict() if isinstance(node, Namespace) else node
+
+
+_SECTION_ACTION: Optional[type] = None
+
+
+def _section_action_class() -> type:
+    """jsonargparse's action for a section, except that an override of one key inside a free-form
+    mapping (``--training.optimizer.Adam.beta_1 0.8``, ``training.callbacks.EarlyStopping.patience=5``)
+    changes only that key: jsonargparse replaces the whole entry below the mapping's first level
+    (``{Adam: {beta_1: 0.8}}``, learning_rate lost). The merged mapping is then checked by
+    jsonargparse as the whole value of its key."""
+    global _SECTION_ACTION
+    if _SECTION_ACTION is None:
+        from jsonargparse._typehints import ActionTypeHint as _Base
+
+        class SectionAction(_Base):
+            def __call__(self, *args, **kwargs):
+                if len(args) == 4 and isinstance(args[3], str):
+                    parser, cfg, val, opt_str = args
+                    option = self.get_option_string_base(opt_str)
+                    split = free_form_split([self.dest, *opt_str[len(option) + 1:].split(".")]) if option else None
+                    if split is not None:
+                        field, inner = split
+                        name = ".".join([self.dest, *field])
+                        key = ".".join([name, *inner])
+                        merged = _set_inner(_field_value(cfg.get(self.dest), field), inner, _override_leaf(val, key))
+                        return super().__call__(parser, cfg, merged, f"--{name}")
+                return super().__call__(*args, **kwargs)
+
+        _SECTION_ACTION = SectionAction
+    return _SECTION_ACTION
 
 
 # ---------------------------------------------------------------------------------------------
