@@ -185,6 +185,29 @@ def test_an_override_of_a_whole_mapping_replaces_it(seed_file):
     assert added.training.callbacks["ModelCheckpoint"] == {"save_top_k": 2}
 
 
+@pytest.mark.parametrize("override", [["training.model.pretrained_weights=None"],
+                                      ["training.model.pretrained_weights=null"],
+                                      ["--training.model.pretrained_weights", "None"],
+                                      ["--training.model.pretrained_weights=null"]])
+def test_a_none_override_inside_a_free_form_mapping_is_none(seed_file, capsys, override):
+    """None/null inside training.model is None, as in a YAML file: it was the string 'None' (the run
+    refused it as a weights path) while --print_config showed null; so was general.model_path=None."""
+    seed_file.write_text(seed_file.read_text().replace("pretrained_weights: None", "pretrained_weights: imagenet"))
+    name = override[0].lstrip("-").split("=")[0]
+    extra = [a.replace("pretrained_weights", "alpha") for a in override] + \
+        [a.replace("pretrained_weights", "model_path") for a in override]
+    extra += [a.replace("training.model.pretrained_weights", "general.model_path") for a in override]
+    cfg = load_config(["--config", str(seed_file), *override, *extra])
+    assert name == "training.model.pretrained_weights"
+    assert cfg.general.model_path is None  # a path key of the schema: 'None' was the text 'None'
+    for key in ("pretrained_weights", "alpha", "model_path"):
+        assert cfg.training.model[key] is None, key
+    assert yaml.safe_load(cfg.resolved_yaml)["training"]["model"]["pretrained_weights"] is None
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(seed_file), *override, "--print_config"])
+    assert "pretrained_weights: null" in capsys.readouterr().out
+
+
 def test_print_config_shows_resolved_values(seed_file, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(seed_file), "--training.epochs", "5", "--print_config"])

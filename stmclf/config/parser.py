@@ -422,7 +422,7 @@ def _holds_mapping(kind: Any) -> bool:
 
 def _override_leaf(text: Any, key: str) -> Any:
     """The value of ``key=text`` inside a free-form mapping, as the same text in a YAML file gives
-    (``None`` → None, ``0.8`` → 0.8, ``1/255`` → 0.0039…, ``{a: 1}`` → a mapping); names and
+    (``None``/``null`` → None, ``0.8`` → 0.8, ``1/255`` → 0.0039…, ``{a: 1}`` → a mapping); names and
     paths (``monitor``, ``*_path``) stay text."""
     from stmclf.config.values import is_text_key, parse_value
 
@@ -430,6 +430,8 @@ def _override_leaf(text: Any, key: str) -> Any:
         return text
     name = key.rsplit(".", 1)[-1]
     stripped = text.strip()
+    if stripped in ("None", "null", "Null", "NULL", "~"):  # None in every spelling, also for names and paths
+        return None
     if is_text_key(name):
         return text
     if stripped.startswith(("{", "[")):
@@ -630,8 +632,10 @@ def _convert_override(key: str, value: str) -> str:
     if not is_text(value):  # bytes of another encoding (kept as lone surrogates): no UTF-8 file can hold them
         raise ConfigError(key, f"'{printable_path(value)}' is not UTF-8 text")
     _record_override_env(key, value)
-    if key in ("config", "print_config") or is_text_key(key.rsplit(".", 1)[-1]):
+    if key in ("config", "print_config"):
         return value
+    if is_text_key(key.rsplit(".", 1)[-1]):  # a name or path stays text; None is none, as in a file
+        return "null" if value.strip() == "None" else value
     if value.lstrip().startswith(("{", "[")):  # a structure: jsonargparse would import a class_path it names
         check_class_specs(load_yaml(value), key)
     parsed = parse_value(value, key)
