@@ -302,6 +302,10 @@ training:
 @pytest.mark.parametrize("mutate, expected", [
     (lambda t: t.replace("  epochs: 1", "  epochs: ten"), r"training.epochs: expected int, got 'ten'"),
     (lambda t: t + "foo: 1\n", r"foo: unknown top-level section; allowed: general, operation_mode"),
+    (lambda t: t + "generall:\n  project_name: x\n",  # was generall.project_name: unknown key
+     r"^stmclf: error: generall: unknown top-level section \(did you mean general\?\); allowed: general, "),
+    (lambda t: t + "generall: 5\n", r"^stmclf: error: generall: unknown top-level section \(did you mean general\?\)"),
+    (lambda t: t + "trainig: {epochs: 3}\n", r"trainig: unknown top-level section \(did you mean training\?\)"),
     (lambda t: t.replace("  batch_size: 4", "  batchsize: 4"),
      r"training.batchsize: unknown key; allowed in training: batch_size, epochs, optimizer"),
     (lambda t: t.replace("  batch_size: 4\n", ""), r"missing required key training.batch_size"),

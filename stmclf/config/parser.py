@@ -263,6 +263,9 @@ def check_section_shapes(data: dict) -> None:
         allowed = f"keys ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})" if keys else \
             "Lightning Trainer arguments" if name == "trainer" else "keys"
         raise ConfigError(name, f"expected a mapping of {allowed}, got {one_line(repr(value), 60)}")
+    for name in data:
+        if name not in sections.SECTIONS and name != "trainer":  # generall: {...} named generall.project_name
+            raise UserError(unknown_section(str(name)))
     for key in (data.get("trainer") or {}):
         if (problem := trainer_key_problem(str(key))) is not None:
             raise ConfigError(f"trainer.{key}", problem)
@@ -614,12 +617,23 @@ def _unknown_key(path: list[str], bad: str) -> str:
     full = path + parts
     holder = _section_type(full[:-1]) if len(full) > 1 else None
     if not full[:-1]:
-        allowed = list(sections.SECTIONS) + ["trainer"]
-        return (f"{full[-1]}: unknown top-level section; allowed: {', '.join(allowed)}")
+        return unknown_section(full[-1])
+    if full[0] not in sections.SECTIONS and full[0] != "trainer":
+        return unknown_section(full[0])
     if dataclasses.is_dataclass(holder):
         allowed = [f.name for f in dataclasses.fields(holder)]
         return f"{'.'.join(full)}: unknown key; allowed in {'.'.join(full[:-1])}: {', '.join(allowed)}"
     return f"{'.'.join(full)}: unknown key"
+
+
+def unknown_section(name: str) -> str:
+    """The one-line error for a top-level key that is no section, with the closest section name."""
+    import difflib
+
+    allowed = list(sections.SECTIONS) + ["trainer"]
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{name}: unknown top-level section{hint}; allowed: {', '.join(allowed)}"
 
 
 def _convert_override(key: str, value: str) -> str:
@@ -673,6 +687,7 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
             key = None
         elif arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
+            _check_section(name)
             _check_trainer_override(name)
             out.append(f"--{name}={_convert_override(name, value)}" if eq else arg)
             key = None if eq else name
@@ -681,6 +696,7 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
             key = None
         elif HYDRA_OVERRIDE.match(arg):  # ST's documented (Hydra) form: training.epochs=3, +key=value
             name, _, value = arg.lstrip("+").partition("=")
+            _check_section(name)
             _check_trainer_override(name)
             out.append(f"--{name}={_convert_override(name, value)}")
         else:
@@ -688,6 +704,13 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
                 raise UserError(f"command-line argument '{printable_path(arg)}' is not UTF-8 text")
             out.append(arg)
     return out
+
+
+def _check_section(name: str) -> None:
+    """``--generall.project_name x``: the misspelled section named as in a config file."""
+    section, dot, _ = name.partition(".")
+    if dot and section not in sections.SECTIONS and section != "trainer":
+        raise UserError(unknown_section(section))
 
 
 def _check_trainer_override(name: str) -> None:
