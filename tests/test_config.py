@@ -208,6 +208,37 @@ def test_a_none_override_inside_a_free_form_mapping_is_none(seed_file, capsys, o
     assert "pretrained_weights: null" in capsys.readouterr().out
 
 
+def test_hydra_add_and_delete_overrides_and_null_entries(seed_file):
+    """++key=value sets the key; ~key deletes an entry of a free mapping or sets a nullable key to null
+    (both were 'unrecognized arguments'); an entry set to null by an override is accepted as in a YAML
+    file (was 'Does not validate against any of the Union subtypes')."""
+    cfg = load_config(["--config", str(seed_file), "++training.epochs=2", "++training.optimizer.Adam.beta_1=0.8",
+                       "~training.callbacks.EarlyStopping", "~training.model.alpha", "~data_augmentation",
+                       "training.callbacks.ReduceLROnPlateau=null"])
+    assert cfg.training.epochs == 2 and cfg.training.optimizer == {"Adam": {"learning_rate": 0.001, "beta_1": 0.8}}
+    assert cfg.training.callbacks == {"ReduceLROnPlateau": None}
+    assert "alpha" not in cfg.training.model and cfg.data_augmentation is None
+    assert load_config(["--config", str(seed_file), "~training.callbacks"]).training.callbacks is None
+    assert load_config(["--config", str(seed_file), "--training.optimizer.Adam=null"]).training.optimizer == {"Adam": None}
+
+
+@pytest.mark.parametrize("args, error", [
+    (["training.optimizer={Adam: [0.001]}"], "training.optimizer.Adam: the optimizer's arguments must be a mapping "
+     "of argument names to values, e.g. Adam: {learning_rate: 0.001}, or nothing (null) for the defaults; got [0.001]"),
+    (["--training.optimizer.Adam", "[0.001]"], "training.optimizer.Adam: the optimizer's arguments must be a mapping"),
+    (["training.callbacks.EarlyStopping=5"], "training.callbacks.EarlyStopping: the callback's arguments must be"),
+    (["data_augmentation.random_flip=3"], "data_augmentation.random_flip: the augmentation's arguments must be"),
+    (["~training.callbacks.Foo"], "training.callbacks.Foo: nothing to delete (~): the key is not in the config"),
+    (["~training.epochs"], "training.epochs: cannot be deleted (~): it must have a value; set it instead"),
+    (["~training.epochs=3"], "~training.epochs=3: Hydra's ~key=value (delete if equal) is not supported; the "
+     "override forms are key=value, +key=value, ++key=value"),
+])
+def test_override_errors_name_the_key_and_what_is_allowed(seed_file, capsys, args, error):
+    assert main(["fit", "--config", str(seed_file), *args, "--print_config"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"stmclf: error: {error}") and err.count("\n") == 1, err
+
+
 def test_print_config_shows_resolved_values(seed_file, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(seed_file), "--training.epochs", "5", "--print_config"])
@@ -324,6 +355,8 @@ training:
      r"dataset.validation_split: the value should be > 0 and < 1 \(got 1.5\)"),
     (lambda t: t.replace("optimizer: Adam", "optimizer: Adamm"),
      r"training.optimizer: unknown optimizer 'Adamm'; supported: Adam, AdamW"),
+    (lambda t: t.replace("optimizer: Adam", "optimizer: {Adam: [0.001]}"),  # was: Does not validate against ...
+     r"^stmclf: error: training.optimizer.Adam: the optimizer's arguments must be a mapping of argument names"),
     (lambda t: t.replace("optimizer: Adam", "optimizer: {SGD: {learning_rat: 0.1}}"),
      r"training.optimizer.SGD.learning_rat: unknown argument for SGD; supported:"),
     (lambda t: t + "  callbacks:\n    ModelCheckpoint: {monitor: val_loss}\n",

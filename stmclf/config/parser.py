@@ -269,6 +269,30 @@ def check_section_shapes(data: dict) -> None:
     for key in (data.get("trainer") or {}):
         if (problem := trainer_key_problem(str(key))) is not None:
             raise ConfigError(f"trainer.{key}", problem)
+    training = data.get("training")
+    for key, value in (("data_augmentation", data.get("data_augmentation")),
+                       ("training.optimizer", training.get("optimizer") if isinstance(training, dict) else None),
+                       ("training.callbacks", training.get("callbacks") if isinstance(training, dict) else None)):
+        check_args_by_name(key, value)
+
+
+ARGS_BY_NAME = {"data_augmentation": ("augmentation", "{factor: 0.2}"),
+                "training.optimizer": ("optimizer", "{learning_rate: 0.001}"),
+                "training.callbacks": ("callback", "{monitor: val_loss, patience: 5}")}
+"""The keys that hold ``{Name: {argument: value}}`` mappings: what each names, an example of arguments."""
+
+
+def check_args_by_name(key: str, value: Any) -> None:
+    """``training.optimizer: {Adam: [0.001]}``: one line naming the entry and what it may hold
+    (jsonargparse's message was 'Does not validate against any of the Union subtypes')."""
+    if key not in ARGS_BY_NAME or not isinstance(value, dict):
+        return
+    what, example = ARGS_BY_NAME[key]
+    for name, args in value.items():
+        if args is not None and not isinstance(args, dict):
+            raise ConfigError(f"{key}.{name}", f"the {what}'s arguments must be a mapping of argument names to "
+                                               f"values, e.g. {name}: {example}, or nothing (null) for the "
+                                               f"defaults; got {one_line(repr(args), 60)}")
 
 
 def _is_mapping_type(kind: Any) -> bool:
@@ -448,9 +472,13 @@ def _override_leaf(text: Any, key: str) -> Any:
     return parse_value(text, key)
 
 
-def _set_inner(value: Any, inner: Sequence[str], leaf: Any) -> dict:
-    """A copy of the mapping ``value`` (or a new one) with ``inner`` set to ``leaf``, the rest of it
-    unchanged."""
+_DELETE = "\0stmclf:delete"
+"""The value of Hydra's ``~key`` (delete) on its way through jsonargparse: no argument holds NUL."""
+
+
+def _set_inner(value: Any, inner: Sequence[str], leaf: Any, key: str) -> dict:
+    """A copy of the mapping ``value`` (or a new one) with ``inner`` set to ``leaf`` (or removed for
+    :data:`_DELETE`), the rest of it unchanged."""
     import copy
 
     out = copy.deepcopy(value) if isinstance(value, dict) else {}
@@ -458,10 +486,18 @@ def _set_inner(value: Any, inner: Sequence[str], leaf: Any) -> dict:
     for part in inner[:-1]:
         child = node.get(part)
         if not isinstance(child, dict):  # absent, None or a scalar: a mapping holding the new key
+            if leaf is _DELETE:
+                break
             child = node[part] = {}
         node = child
-    node[inner[-1]] = leaf
-    return out
+    else:
+        if leaf is not _DELETE:
+            node[inner[-1]] = leaf
+            return out
+        if inner[-1] in node:
+            del node[inner[-1]]
+            return out
+    raise ConfigError(key, "nothing to delete (~): the key is not in the config")
 
 
 def _field_value(section: Any, field: Sequence[str]) -> Any:
@@ -501,7 +537,9 @@ def _section_action_class() -> type:
                         field, inner = split
                         name = ".".join([self.dest, *field])
                         key = ".".join([name, *inner])
-                        merged = _set_inner(_field_value(cfg.get(self.dest), field), inner, _override_leaf(val, key))
+                        leaf = _DELETE if val == _DELETE else _override_leaf(val, key)
+                        merged = _set_inner(_field_value(cfg.get(self.dest), field), inner, leaf, key)
+                        check_args_by_name(name, merged)
                         return super().__call__(parser, cfg, merged, f"--{name}")
                 return super().__call__(*args, **kwargs)
 
@@ -651,7 +689,9 @@ def _convert_override(key: str, value: str) -> str:
     if is_text_key(key.rsplit(".", 1)[-1]):  # a name or path stays text; None is none, as in a file
         return "null" if value.strip() == "None" else value
     if value.lstrip().startswith(("{", "[")):  # a structure: jsonargparse would import a class_path it names
-        check_class_specs(load_yaml(value), key)
+        structure = load_yaml(value)
+        check_class_specs(structure, key)
+        check_args_by_name(key, structure)
     parsed = parse_value(value, key)
     if isinstance(parsed, str) or isinstance(parsed, bool):
         return value
@@ -694,11 +734,13 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
         elif key is not None:
             out.append(_convert_override(key, arg))
             key = None
-        elif HYDRA_OVERRIDE.match(arg):  # ST's documented (Hydra) form: training.epochs=3, +key=value
+        elif HYDRA_OVERRIDE.match(arg):  # ST's documented (Hydra) form: training.epochs=3, +key=value, ++key=value
             name, _, value = arg.lstrip("+").partition("=")
             _check_section(name)
             _check_trainer_override(name)
             out.append(f"--{name}={_convert_override(name, value)}")
+        elif arg.startswith("~"):  # Hydra's delete: ~training.callbacks.EarlyStopping
+            out.append(_delete_override(arg))
         else:
             if not is_text(arg):
                 raise UserError(f"command-line argument '{printable_path(arg)}' is not UTF-8 text")
@@ -720,8 +762,33 @@ def _check_trainer_override(name: str) -> None:
         raise ConfigError(f"trainer.{key}", problem)
 
 
-HYDRA_OVERRIDE = re.compile(r"^\+?[A-Za-z_][\w-]*(\.[\w-]+)*=")
-"""``key.path=value`` on the command line (Hydra's override syntax), read as ``--key.path=value``."""
+HYDRA_OVERRIDE = re.compile(r"^\+{0,2}[A-Za-z_][\w-]*(\.[\w-]+)*=")
+"""``key.path=value`` on the command line (Hydra's override syntax), read as ``--key.path=value``; Hydra's
+``+key=value`` (add) and ``++key=value`` (add or override) mean the same: the schema says which keys exist."""
+HYDRA_FORMS = ("key=value, +key=value, ++key=value (all three set the key), ~key (deletes a key inside a free "
+               "mapping such as training.callbacks.EarlyStopping, or sets a key of the schema to null)")
+
+
+def _delete_override(arg: str) -> str:
+    """Hydra's ``~key``: a key inside a free mapping (``~training.callbacks.EarlyStopping``) is removed;
+    a key of the schema that may be null (``~training.callbacks``, ``~data_augmentation``) becomes
+    null; anything else is refused with the forms stmclf reads."""
+    name = arg[1:]
+    if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", name):
+        raise UserError(f"{arg}: Hydra's ~key=value (delete if equal) is not supported; the override forms are "
+                        f"{HYDRA_FORMS}" if "=" in name else
+                        f"{arg}: not an override; the forms are {HYDRA_FORMS}")
+    _check_section(name)
+    parts = name.split(".")
+    if free_form_split(parts) is not None:
+        return f"--{name}={_DELETE}"
+    kind = _section_type(parts[:-1]) if len(parts) > 1 else None
+    hint = typing.get_type_hints(kind).get(parts[-1]) if dataclasses.is_dataclass(kind) else \
+        sections.SECTIONS.get(name) if len(parts) == 1 else None
+    if hint is None or type(None) not in typing.get_args(hint):
+        raise ConfigError(name, f"cannot be deleted (~): it must have a value; set it instead ({name}=VALUE). "
+                                f"The override forms are {HYDRA_FORMS}")
+    return f"--{name}=null"
 
 
 def parse_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
