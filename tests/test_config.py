@@ -4,6 +4,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
 
 from stmclf.cli.main import main
 from stmclf.config import load_config, rules
@@ -143,6 +144,101 @@ def test_overrides_and_trainer_section(seed_file):
     assert appended.trainer["devices"] == [0]
 
 
+@pytest.mark.parametrize("form", ["hydra", "flag"])
+def test_an_override_inside_a_free_form_mapping_changes_only_that_key(seed_file, form):
+    """training.callbacks.EarlyStopping.patience=5 changes patience and keeps monitor (jsonargparse
+    replaced the whole entry: {EarlyStopping: {patience: 5}}, so it fell back to val_loss); the same
+    in optimizer, data_augmentation, custom_data_augmentation.config and hydra, in both syntaxes."""
+    seed_file.write_text(seed_file.read_text().replace(
+        "  random_flip:", "  random_translation:\n    width_factor: 0.1\n    height_factor: 0.2\n  random_flip:")
+        + "\ncustom_data_augmentation:\n  function_name: aug:build\n  config: {a: {b: 1, c: 2}}\n")
+    overrides = {"training.callbacks.EarlyStopping.patience": "5", "training.optimizer.Adam.beta_1": "0.8",
+                 "data_augmentation.random_translation.width_factor": "1/4",
+                 "custom_data_augmentation.config.a.b": "3", "hydra.run.job": "x", "training.model.alpha": "0.5"}
+    argv = ["--config", str(seed_file)]
+    for key, value in overrides.items():
+        argv += [f"{key}={value}"] if form == "hydra" else [f"--{key}", value]
+    cfg = load_config(argv)
+    assert cfg.training.callbacks["EarlyStopping"] == {"monitor": "val_accuracy", "patience": 5}
+    assert list(cfg.training.callbacks) == ["ReduceLROnPlateau", "EarlyStopping"]
+    assert cfg.training.optimizer == {"Adam": {"learning_rate": 0.001, "beta_1": 0.8}}
+    assert cfg.data_augmentation["random_translation"] == {"width_factor": 0.25, "height_factor": 0.2}
+    assert list(cfg.data_augmentation) == ["random_contrast", "random_translation", "random_flip"]
+    assert cfg.custom_data_augmentation.config == {"a": {"b": 3, "c": 2}}
+    assert sorted(cfg.hydra["run"]) == ["dir", "job"] and cfg.hydra["run"]["job"] == "x"
+    assert cfg.training.model["alpha"] == 0.5 and cfg.training.model["name"] == "mobilenet"
+    printed = yaml.safe_load(cfg.resolved_yaml)  # what --print_config shows and the run writes
+    assert printed["training"]["callbacks"]["EarlyStopping"] == {"monitor": "val_accuracy", "patience": 5}
+    assert printed["training"]["optimizer"] == {"Adam": {"learning_rate": 0.001, "beta_1": 0.8}}
+
+
+def test_an_override_of_a_whole_mapping_replaces_it(seed_file):
+    """A mapping value replaces the node its key names (the other entries stay): another optimizer,
+    another set of arguments of one callback."""
+    cfg = load_config(["--config", str(seed_file), "training.optimizer={SGD: {learning_rate: 0.1}}",
+                       "--training.callbacks.EarlyStopping", "{patience: 3}"])
+    assert cfg.training.optimizer == {"SGD": {"learning_rate": 0.1}}
+    assert cfg.training.callbacks == {"ReduceLROnPlateau": {"monitor": "val_accuracy", "factor": 0.5, "patience": 10},
+                                      "EarlyStopping": {"patience": 3}}
+    added = load_config(["--config", str(seed_file), "training.callbacks.ModelCheckpoint.save_top_k=2"])
+    assert list(added.training.callbacks) == ["ReduceLROnPlateau", "EarlyStopping", "ModelCheckpoint"]
+    assert added.training.callbacks["ModelCheckpoint"] == {"save_top_k": 2}
+
+
+@pytest.mark.parametrize("override", [["training.model.pretrained_weights=None"],
+                                      ["training.model.pretrained_weights=null"],
+                                      ["--training.model.pretrained_weights", "None"],
+                                      ["--training.model.pretrained_weights=null"]])
+def test_a_none_override_inside_a_free_form_mapping_is_none(seed_file, capsys, override):
+    """None/null inside training.model is None, as in a YAML file: it was the string 'None' (the run
+    refused it as a weights path) while --print_config showed null; so was general.model_path=None."""
+    seed_file.write_text(seed_file.read_text().replace("pretrained_weights: None", "pretrained_weights: imagenet"))
+    name = override[0].lstrip("-").split("=")[0]
+    extra = [a.replace("pretrained_weights", "alpha") for a in override] + \
+        [a.replace("pretrained_weights", "model_path") for a in override]
+    extra += [a.replace("training.model.pretrained_weights", "general.model_path") for a in override]
+    cfg = load_config(["--config", str(seed_file), *override, *extra])
+    assert name == "training.model.pretrained_weights"
+    assert cfg.general.model_path is None  # a path key of the schema: 'None' was the text 'None'
+    for key in ("pretrained_weights", "alpha", "model_path"):
+        assert cfg.training.model[key] is None, key
+    assert yaml.safe_load(cfg.resolved_yaml)["training"]["model"]["pretrained_weights"] is None
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(seed_file), *override, "--print_config"])
+    assert "pretrained_weights: null" in capsys.readouterr().out
+
+
+def test_hydra_add_and_delete_overrides_and_null_entries(seed_file):
+    """++key=value sets the key; ~key deletes an entry of a free mapping or sets a nullable key to null
+    (both were 'unrecognized arguments'); an entry set to null by an override is accepted as in a YAML
+    file (was 'Does not validate against any of the Union subtypes')."""
+    cfg = load_config(["--config", str(seed_file), "++training.epochs=2", "++training.optimizer.Adam.beta_1=0.8",
+                       "~training.callbacks.EarlyStopping", "~training.model.alpha", "~data_augmentation",
+                       "training.callbacks.ReduceLROnPlateau=null"])
+    assert cfg.training.epochs == 2 and cfg.training.optimizer == {"Adam": {"learning_rate": 0.001, "beta_1": 0.8}}
+    assert cfg.training.callbacks == {"ReduceLROnPlateau": None}
+    assert "alpha" not in cfg.training.model and cfg.data_augmentation is None
+    assert load_config(["--config", str(seed_file), "~training.callbacks"]).training.callbacks is None
+    assert load_config(["--config", str(seed_file), "--training.optimizer.Adam=null"]).training.optimizer == {"Adam": None}
+
+
+@pytest.mark.parametrize("args, error", [
+    (["training.optimizer={Adam: [0.001]}"], "training.optimizer.Adam: the optimizer's arguments must be a mapping "
+     "of argument names to values, e.g. Adam: {learning_rate: 0.001}, or nothing (null) for the defaults; got [0.001]"),
+    (["--training.optimizer.Adam", "[0.001]"], "training.optimizer.Adam: the optimizer's arguments must be a mapping"),
+    (["training.callbacks.EarlyStopping=5"], "training.callbacks.EarlyStopping: the callback's arguments must be"),
+    (["data_augmentation.random_flip=3"], "data_augmentation.random_flip: the augmentation's arguments must be"),
+    (["~training.callbacks.Foo"], "training.callbacks.Foo: nothing to delete (~): the key is not in the config"),
+    (["~training.epochs"], "training.epochs: cannot be deleted (~): it must have a value; set it instead"),
+    (["~training.epochs=3"], "~training.epochs=3: Hydra's ~key=value (delete if equal) is not supported; the "
+     "override forms are key=value, +key=value, ++key=value"),
+])
+def test_override_errors_name_the_key_and_what_is_allowed(seed_file, capsys, args, error):
+    assert main(["fit", "--config", str(seed_file), *args, "--print_config"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"stmclf: error: {error}") and err.count("\n") == 1, err
+
+
 def test_print_config_shows_resolved_values(seed_file, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(seed_file), "--training.epochs", "5", "--print_config"])
@@ -237,6 +333,10 @@ training:
 @pytest.mark.parametrize("mutate, expected", [
     (lambda t: t.replace("  epochs: 1", "  epochs: ten"), r"training.epochs: expected int, got 'ten'"),
     (lambda t: t + "foo: 1\n", r"foo: unknown top-level section; allowed: general, operation_mode"),
+    (lambda t: t + "generall:\n  project_name: x\n",  # was generall.project_name: unknown key
+     r"^stmclf: error: generall: unknown top-level section \(did you mean general\?\); allowed: general, "),
+    (lambda t: t + "generall: 5\n", r"^stmclf: error: generall: unknown top-level section \(did you mean general\?\)"),
+    (lambda t: t + "trainig: {epochs: 3}\n", r"trainig: unknown top-level section \(did you mean training\?\)"),
     (lambda t: t.replace("  batch_size: 4", "  batchsize: 4"),
      r"training.batchsize: unknown key; allowed in training: batch_size, epochs, optimizer"),
     (lambda t: t.replace("  batch_size: 4\n", ""), r"missing required key training.batch_size"),
@@ -255,6 +355,8 @@ training:
      r"dataset.validation_split: the value should be > 0 and < 1 \(got 1.5\)"),
     (lambda t: t.replace("optimizer: Adam", "optimizer: Adamm"),
      r"training.optimizer: unknown optimizer 'Adamm'; supported: Adam, AdamW"),
+    (lambda t: t.replace("optimizer: Adam", "optimizer: {Adam: [0.001]}"),  # was: Does not validate against ...
+     r"^stmclf: error: training.optimizer.Adam: the optimizer's arguments must be a mapping of argument names"),
     (lambda t: t.replace("optimizer: Adam", "optimizer: {SGD: {learning_rat: 0.1}}"),
      r"training.optimizer.SGD.learning_rat: unknown argument for SGD; supported:"),
     (lambda t: t + "  callbacks:\n    ModelCheckpoint: {monitor: val_loss}\n",

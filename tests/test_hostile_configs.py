@@ -187,6 +187,13 @@ CASES = [
          FILE + r": invalid YAML .*(constructor|python/object)"),
     # --- schema
     Case("unknown-section", append("foo: 1\n"), r"^foo: unknown top-level section; allowed: general"),
+    Case("unknown-section-mapping", append("generall: {project_name: x}\n"),
+         r"^generall: unknown top-level section \(did you mean general\?\); allowed: general, .*, trainer$"),
+    Case("unknown-section-override", lambda t, _: t,
+         r"^generall: unknown top-level section \(did you mean general\?\); allowed: general",
+         args=("generall.project_name=x",)),
+    Case("unknown-section-flag", lambda t, _: t, r"^dataset_: unknown top-level section \(did you mean dataset\?\)",
+         args=("--dataset_.name", "x")),
     # --- values Lightning or torch would fail on epochs later (or never): refused up front
     Case("label-smoothing-5", sub("  batch_size: 8\n", "  batch_size: 8\n  label_smoothing: 5.0\n"),
          r"^training\.label_smoothing: must be from 0 to 1 \(got 5\.0\)"),

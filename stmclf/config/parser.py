@@ -263,9 +263,36 @@ def check_section_shapes(data: dict) -> None:
         allowed = f"keys ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})" if keys else \
             "Lightning Trainer arguments" if name == "trainer" else "keys"
         raise ConfigError(name, f"expected a mapping of {allowed}, got {one_line(repr(value), 60)}")
+    for name in data:
+        if name not in sections.SECTIONS and name != "trainer":  # generall: {...} named generall.project_name
+            raise UserError(unknown_section(str(name)))
     for key in (data.get("trainer") or {}):
         if (problem := trainer_key_problem(str(key))) is not None:
             raise ConfigError(f"trainer.{key}", problem)
+    training = data.get("training")
+    for key, value in (("data_augmentation", data.get("data_augmentation")),
+                       ("training.optimizer", training.get("optimizer") if isinstance(training, dict) else None),
+                       ("training.callbacks", training.get("callbacks") if isinstance(training, dict) else None)):
+        check_args_by_name(key, value)
+
+
+ARGS_BY_NAME = {"data_augmentation": ("augmentation", "{factor: 0.2}"),
+                "training.optimizer": ("optimizer", "{learning_rate: 0.001}"),
+                "training.callbacks": ("callback", "{monitor: val_loss, patience: 5}")}
+"""The keys that hold ``{Name: {argument: value}}`` mappings: what each names, an example of arguments."""
+
+
+def check_args_by_name(key: str, value: Any) -> None:
+    """``training.optimizer: {Adam: [0.001]}``: one line naming the entry and what it may hold
+    (jsonargparse's message was 'Does not validate against any of the Union subtypes')."""
+    if key not in ARGS_BY_NAME or not isinstance(value, dict):
+        return
+    what, example = ARGS_BY_NAME[key]
+    for name, args in value.items():
+        if args is not None and not isinstance(args, dict):
+            raise ConfigError(f"{key}.{name}", f"the {what}'s arguments must be a mapping of argument names to "
+                                               f"values, e.g. {name}: {example}, or nothing (null) for the "
+                                               f"defaults; got {one_line(repr(args), 60)}")
 
 
 def _is_mapping_type(kind: Any) -> bool:
@@ -379,7 +406,145 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
                             help=f"the '{name}' section of the config")
     parser.add_method_arguments(lightning.Trainer, "__init__", "trainer", skip=TRAINER_SKIP,
                                 fail_untyped=False)
+    section_action = _section_action_class()
+    for action in parser._actions:
+        if action.dest in sections.SECTIONS and isinstance(action, section_action.__bases__[0]):
+            action.__class__ = section_action
     return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides of one key inside a free-form mapping (training.optimizer.Adam.beta_1=0.8)
+
+def free_form_split(parts: Sequence[str]) -> Optional[tuple[list[str], list[str]]]:
+    """``(field, inner)`` when the key path ``parts`` goes inside a free-form mapping (a dict- or
+    Any-typed key of the schema: ``training.optimizer``, ``training.callbacks``, ``training.model``,
+    ``data_augmentation``, ``hydra``, ...): ``field`` is the path of that key below its section,
+    ``inner`` the keys inside it (at least one); None for a key of the schema itself."""
+    if not parts or parts[0] not in sections.SECTIONS:
+        return None
+    node: Any = sections.SECTIONS[parts[0]]
+    field: list[str] = []
+    for index in range(1, len(parts) + 1):
+        kind = _unwrap(node)
+        if dataclasses.is_dataclass(kind):
+            if index == len(parts):
+                return None
+            node = typing.get_type_hints(kind).get(parts[index])
+            if node is None:
+                return None
+            field.append(parts[index])
+            continue
+        if index < len(parts) and _holds_mapping(node):
+            return field, list(parts[index:])
+        return None
+    return None
+
+
+def _holds_mapping(kind: Any) -> bool:
+    if kind is Any or _is_mapping_type(kind):
+        return True
+    return typing.get_origin(kind) is typing.Union and any(_holds_mapping(k) for k in typing.get_args(kind))
+
+
+def _override_leaf(text: Any, key: str) -> Any:
+    """The value of ``key=text`` inside a free-form mapping, as the same text in a YAML file gives
+    (``None``/``null`` → None, ``0.8`` → 0.8, ``1/255`` → 0.0039…, ``{a: 1}`` → a mapping); names and
+    paths (``monitor``, ``*_path``) stay text."""
+    from stmclf.config.values import is_text_key, parse_value
+
+    if not isinstance(text, str):
+        return text
+    name = key.rsplit(".", 1)[-1]
+    stripped = text.strip()
+    if stripped in ("None", "null", "Null", "NULL", "~"):  # None in every spelling, also for names and paths
+        return None
+    if is_text_key(name):
+        return text
+    if stripped.startswith(("{", "[")):
+        return load_yaml(text)  # bounded, interpolated, converted (class specs already checked)
+    try:
+        scalar = yaml.safe_load(stripped)
+    except yaml.YAMLError:
+        scalar = None
+    if isinstance(scalar, (bool, int, float)):  # true/false, 0.8, 1e-3 (YAML's scalars)
+        return convert_values(scalar, name, key)
+    return parse_value(text, key)
+
+
+_DELETE = "\0stmclf:delete"
+"""The value of Hydra's ``~key`` (delete) on its way through jsonargparse: no argument holds NUL."""
+
+
+def _set_inner(value: Any, inner: Sequence[str], leaf: Any, key: str) -> dict:
+    """A copy of the mapping ``value`` (or a new one) with ``inner`` set to ``leaf`` (or removed for
+    :data:`_DELETE`), the rest of it unchanged."""
+    import copy
+
+    out = copy.deepcopy(value) if isinstance(value, dict) else {}
+    node = out
+    for part in inner[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):  # absent, None or a scalar: a mapping holding the new key
+            if leaf is _DELETE:
+                break
+            child = node[part] = {}
+        node = child
+    else:
+        if leaf is not _DELETE:
+            node[inner[-1]] = leaf
+            return out
+        if inner[-1] in node:
+            del node[inner[-1]]
+            return out
+    raise ConfigError(key, "nothing to delete (~): the key is not in the config")
+
+
+def _field_value(section: Any, field: Sequence[str]) -> Any:
+    """The value at ``field`` of a section as jsonargparse holds it while parsing (a dataclass
+    section is a ``{class_path, init_args}`` namespace)."""
+    node = section
+    for part in field:
+        if isinstance(node, Namespace) and "init_args" in node:
+            node = node["init_args"]
+        if isinstance(node, (Namespace, dict)):
+            node = node.get(part)
+        else:
+            return None
+    return node.as_dict() if isinstance(node, Namespace) else node
+
+
+_SECTION_ACTION: Optional[type] = None
+
+
+def _section_action_class() -> type:
+    """jsonargparse's action for a section, except that an override of one key inside a free-form
+    mapping (``--training.optimizer.Adam.beta_1 0.8``, ``training.callbacks.EarlyStopping.patience=5``)
+    changes only that key: jsonargparse replaces the whole entry below the mapping's first level
+    (``{Adam: {beta_1: 0.8}}``, learning_rate lost). The merged mapping is then checked by
+    jsonargparse as the whole value of its key."""
+    global _SECTION_ACTION
+    if _SECTION_ACTION is None:
+        from jsonargparse._typehints import ActionTypeHint as _Base
+
+        class SectionAction(_Base):
+            def __call__(self, *args, **kwargs):
+                if len(args) == 4 and isinstance(args[3], str):
+                    parser, cfg, val, opt_str = args
+                    option = self.get_option_string_base(opt_str)
+                    split = free_form_split([self.dest, *opt_str[len(option) + 1:].split(".")]) if option else None
+                    if split is not None:
+                        field, inner = split
+                        name = ".".join([self.dest, *field])
+                        key = ".".join([name, *inner])
+                        leaf = _DELETE if val == _DELETE else _override_leaf(val, key)
+                        merged = _set_inner(_field_value(cfg.get(self.dest), field), inner, leaf, key)
+                        check_args_by_name(name, merged)
+                        return super().__call__(parser, cfg, merged, f"--{name}")
+                return super().__call__(*args, **kwargs)
+
+        _SECTION_ACTION = SectionAction
+    return _SECTION_ACTION
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,12 +655,23 @@ def _unknown_key(path: list[str], bad: str) -> str:
     full = path + parts
     holder = _section_type(full[:-1]) if len(full) > 1 else None
     if not full[:-1]:
-        allowed = list(sections.SECTIONS) + ["trainer"]
-        return (f"{full[-1]}: unknown top-level section; allowed: {', '.join(allowed)}")
+        return unknown_section(full[-1])
+    if full[0] not in sections.SECTIONS and full[0] != "trainer":
+        return unknown_section(full[0])
     if dataclasses.is_dataclass(holder):
         allowed = [f.name for f in dataclasses.fields(holder)]
         return f"{'.'.join(full)}: unknown key; allowed in {'.'.join(full[:-1])}: {', '.join(allowed)}"
     return f"{'.'.join(full)}: unknown key"
+
+
+def unknown_section(name: str) -> str:
+    """The one-line error for a top-level key that is no section, with the closest section name."""
+    import difflib
+
+    allowed = list(sections.SECTIONS) + ["trainer"]
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{name}: unknown top-level section{hint}; allowed: {', '.join(allowed)}"
 
 
 def _convert_override(key: str, value: str) -> str:
@@ -508,10 +684,14 @@ def _convert_override(key: str, value: str) -> str:
     if not is_text(value):  # bytes of another encoding (kept as lone surrogates): no UTF-8 file can hold them
         raise ConfigError(key, f"'{printable_path(value)}' is not UTF-8 text")
     _record_override_env(key, value)
-    if key in ("config", "print_config") or is_text_key(key.rsplit(".", 1)[-1]):
+    if key in ("config", "print_config"):
         return value
+    if is_text_key(key.rsplit(".", 1)[-1]):  # a name or path stays text; None is none, as in a file
+        return "null" if value.strip() == "None" else value
     if value.lstrip().startswith(("{", "[")):  # a structure: jsonargparse would import a class_path it names
-        check_class_specs(load_yaml(value), key)
+        structure = load_yaml(value)
+        check_class_specs(structure, key)
+        check_args_by_name(key, structure)
     parsed = parse_value(value, key)
     if isinstance(parsed, str) or isinstance(parsed, bool):
         return value
@@ -547,21 +727,32 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
             key = None
         elif arg.startswith("--"):
             name, eq, value = arg[2:].partition("=")
+            _check_section(name)
             _check_trainer_override(name)
             out.append(f"--{name}={_convert_override(name, value)}" if eq else arg)
             key = None if eq else name
         elif key is not None:
             out.append(_convert_override(key, arg))
             key = None
-        elif HYDRA_OVERRIDE.match(arg):  # ST's documented (Hydra) form: training.epochs=3, +key=value
+        elif HYDRA_OVERRIDE.match(arg):  # ST's documented (Hydra) form: training.epochs=3, +key=value, ++key=value
             name, _, value = arg.lstrip("+").partition("=")
+            _check_section(name)
             _check_trainer_override(name)
             out.append(f"--{name}={_convert_override(name, value)}")
+        elif arg.startswith("~"):  # Hydra's delete: ~training.callbacks.EarlyStopping
+            out.append(_delete_override(arg))
         else:
             if not is_text(arg):
                 raise UserError(f"command-line argument '{printable_path(arg)}' is not UTF-8 text")
             out.append(arg)
     return out
+
+
+def _check_section(name: str) -> None:
+    """``--generall.project_name x``: the misspelled section named as in a config file."""
+    section, dot, _ = name.partition(".")
+    if dot and section not in sections.SECTIONS and section != "trainer":
+        raise UserError(unknown_section(section))
 
 
 def _check_trainer_override(name: str) -> None:
@@ -571,8 +762,33 @@ def _check_trainer_override(name: str) -> None:
         raise ConfigError(f"trainer.{key}", problem)
 
 
-HYDRA_OVERRIDE = re.compile(r"^\+?[A-Za-z_][\w-]*(\.[\w-]+)*=")
-"""``key.path=value`` on the command line (Hydra's override syntax), read as ``--key.path=value``."""
+HYDRA_OVERRIDE = re.compile(r"^\+{0,2}[A-Za-z_][\w-]*(\.[\w-]+)*=")
+"""``key.path=value`` on the command line (Hydra's override syntax), read as ``--key.path=value``; Hydra's
+``+key=value`` (add) and ``++key=value`` (add or override) mean the same: the schema says which keys exist."""
+HYDRA_FORMS = ("key=value, +key=value, ++key=value (all three set the key), ~key (deletes a key inside a free "
+               "mapping such as training.callbacks.EarlyStopping, or sets a key of the schema to null)")
+
+
+def _delete_override(arg: str) -> str:
+    """Hydra's ``~key``: a key inside a free mapping (``~training.callbacks.EarlyStopping``) is removed;
+    a key of the schema that may be null (``~training.callbacks``, ``~data_augmentation``) becomes
+    null; anything else is refused with the forms stmclf reads."""
+    name = arg[1:]
+    if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", name):
+        raise UserError(f"{arg}: Hydra's ~key=value (delete if equal) is not supported; the override forms are "
+                        f"{HYDRA_FORMS}" if "=" in name else
+                        f"{arg}: not an override; the forms are {HYDRA_FORMS}")
+    _check_section(name)
+    parts = name.split(".")
+    if free_form_split(parts) is not None:
+        return f"--{name}={_DELETE}"
+    kind = _section_type(parts[:-1]) if len(parts) > 1 else None
+    hint = typing.get_type_hints(kind).get(parts[-1]) if dataclasses.is_dataclass(kind) else \
+        sections.SECTIONS.get(name) if len(parts) == 1 else None
+    if hint is None or type(None) not in typing.get_args(hint):
+        raise ConfigError(name, f"cannot be deleted (~): it must have a value; set it instead ({name}=VALUE). "
+                                f"The override forms are {HYDRA_FORMS}")
+    return f"--{name}=null"
 
 
 def parse_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
