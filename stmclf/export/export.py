@@ -166,7 +166,8 @@ class ExportResult(Mapping):
         module, formats, int8, rescaling = self.module, self.formats, self.int8, self.rescaling
         summary = self.export_dir / SUMMARY_NAME
         summary.write_text(json.dumps({
-            "model_file": str(self.model_file), "model_kind": self.model_kind, "model_name": module.model_name,
+            "model_file": str(self.model_file) if self.model_file is not None else None,  # null: an in-memory module
+            "model_kind": self.model_kind, "model_name": module.model_name,
             "class_names": list(module.class_names), "input_shape": list(module.hparams.input_shape),
             "rescaling": list(rescaling), "settings": asdict(self.settings), "formats": list(formats),
             "int8": int8, "notes": self.notes,

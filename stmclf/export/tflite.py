@@ -50,7 +50,8 @@ INT8_NAME = "quantized_model.tflite"  # the reference's name
 
 
 def normalise_io_type(value: Optional[str]) -> str:
-    """The reference's rule: ``int8`` and ``uint8`` are themselves, anything else means float."""
+    """``int8`` and ``uint8`` are themselves; unset, ``float`` and ``float32`` mean float (other
+    values are refused when the config is read: :func:`stmclf.config.rules.check_io_types`)."""
     text = str(value).strip().lower() if value is not None else "float"
     return text if text in ("uint8", "int8") else "float"
 

@@ -53,7 +53,7 @@ def _export_summary(run_root: Optional[Path], cfg: RunConfig) -> dict:
 def run_exported_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
     """The model file the run folder's latest export came from (a run started from a model file)."""
     source = _export_summary(run_root, cfg).get("model_file")
-    return Path(source) if source and source != "None" and Path(source).is_file() else None
+    return Path(source) if isinstance(source, str) and Path(source).is_file() else None
 
 
 def run_quantized_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
