@@ -230,6 +230,10 @@ def test_hydra_add_and_delete_overrides_and_null_entries(seed_file):
     (["data_augmentation.random_flip=3"], "data_augmentation.random_flip: the augmentation's arguments must be"),
     (["~training.callbacks.Foo"], "training.callbacks.Foo: nothing to delete (~): the key is not in the config"),
     (["~training.epochs"], "training.epochs: cannot be deleted (~): it must have a value; set it instead"),
+    (["training.model.name.x=1"], "training.model.name.x: training.model.name is 'mobilenet', not a mapping: it "
+     "holds no key 'x'"),  # the name was replaced by {x: 1}; Hydra refuses it too
+    (["--training.optimizer.Adam.learning_rate.decay", "2"], "training.optimizer.Adam.learning_rate.decay: "
+     "training.optimizer.Adam.learning_rate is 0.001, not a mapping: it holds no key 'decay'"),
     (["~training.epochs=3"], "~training.epochs=3: Hydra's ~key=value (delete if equal) is not supported; the "
      "override forms are key=value, +key=value, ++key=value"),
 ])

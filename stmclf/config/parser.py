@@ -483,9 +483,13 @@ def _set_inner(value: Any, inner: Sequence[str], leaf: Any, key: str) -> dict:
 
     out = copy.deepcopy(value) if isinstance(value, dict) else {}
     node = out
-    for part in inner[:-1]:
+    for depth, part in enumerate(inner[:-1]):
         child = node.get(part)
-        if not isinstance(child, dict):  # absent, None or a scalar: a mapping holding the new key
+        if child is not None and not isinstance(child, dict):  # as Hydra: a value holds no keys
+            below = len(inner) - depth - 1
+            raise ConfigError(key, f"{key.rsplit('.', below)[0]} is {one_line(repr(child), 60)}, not a mapping: "
+                                   f"it holds no key {inner[depth + 1]!r}")
+        if child is None:  # absent or None: a mapping holding the new key
             if leaf is _DELETE:
                 break
             child = node[part] = {}
