@@ -229,7 +229,8 @@ def test_hydra_add_and_delete_overrides_and_null_entries(seed_file):
     (["training.callbacks.EarlyStopping=5"], "training.callbacks.EarlyStopping: the callback's arguments must be"),
     (["data_augmentation.random_flip=3"], "data_augmentation.random_flip: the augmentation's arguments must be"),
     (["~training.callbacks.Foo"], "training.callbacks.Foo: nothing to delete (~): the key is not in the config"),
-    (["~training.epochs"], "training.epochs: cannot be deleted (~): it must have a value; set it instead"),
+    (["~preprocessing.rescaling.scale"], "preprocessing.rescaling.scale: cannot be deleted (~): it must have a "
+     "value; set it instead"),
     (["training.model.name.x=1"], "training.model.name.x: training.model.name is 'mobilenet', not a mapping: it "
      "holds no key 'x'"),  # the name was replaced by {x: 1}; Hydra refuses it too
     (["--training.optimizer.Adam.learning_rate.decay", "2"], "training.optimizer.Adam.learning_rate.decay: "
@@ -394,14 +395,42 @@ def test_error_in_subprocess_has_no_traceback(tmp_path):
     assert "Traceback" not in out + err
 
 
-def test_run_refuses_modes_not_available_yet(tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["deployment", "chain_qd"])
+@pytest.mark.parametrize("rescaling", [True, False])
+def test_run_refuses_modes_not_available_yet(tmp_path, capsys, mode, rescaling):
+    """ST's deployment configs have no preprocessing.rescaling: they get the mode's refusal (which
+    names deploy-header), not 'missing required key preprocessing.rescaling'."""
     (tmp_path / "d" / "a").mkdir(parents=True)
-    text = BASE.format(tmp=tmp_path / "d").replace("operation_mode: training", "operation_mode: deployment")
-    code, err = _error_of(tmp_path, capsys, text.replace("fit", "run"))
-    path = tmp_path / "bad.yaml"
-    code = main(["run", "--config", str(path)])
+    text = BASE.format(tmp=tmp_path / "d").replace("operation_mode: training", f"operation_mode: {mode}")
+    if not rescaling:
+        text = text.replace("  rescaling: {scale: 1/255, offset: 0}\n", "  color_mode: rgb\n")
+    path = tmp_path / "deploy.yaml"
+    path.write_text(text)
+    assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert code == 2 and "operation_mode: 'deployment' is not available" in err
+    assert err.startswith(f"stmclf: error: operation_mode: '{mode}' is not available") and "deploy-header" in err
+    if not rescaling:  # where pixels meet a model, the rescaling is still required
+        for command in (["fit"], ["run", "operation_mode=evaluation"]):
+            assert main([command[0], "--config", str(path), *command[1:]]) == 2
+            assert capsys.readouterr().err == ("stmclf: error: missing required key preprocessing.rescaling.scale, "
+                                               "preprocessing.rescaling.offset\n")
+
+
+def test_a_partial_training_section_is_required_only_where_a_model_is_trained(tmp_path, capsys):
+    """As in the reference, which reads the training section in its training modes only: an
+    evaluation config may hold training.batch_size alone (was 'missing required key
+    training.epochs, training.optimizer'); its batch size is the evaluation's."""
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    text = BASE.format(tmp=tmp_path / "d").replace("operation_mode: training", "operation_mode: evaluation")
+    text = text.replace("  epochs: 1\n  optimizer: Adam\n", "")
+    path = tmp_path / "evaluation.yaml"
+    path.write_text(text)
+    cfg = load_config(["--config", str(path)])
+    assert (cfg.training.batch_size, cfg.training.epochs, cfg.training.optimizer) == (4, None, None)
+    assert main(["fit", "--config", str(path)]) == 2
+    assert capsys.readouterr().err == "stmclf: error: missing required key training.epochs, training.optimizer\n"
+    assert main(["plot-lr", "--config", str(path)]) == 2
+    assert "missing required key training.epochs, training.optimizer" in capsys.readouterr().err
 
 
 def test_unknown_command_exit_2(capsys):

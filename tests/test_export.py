@@ -277,6 +277,31 @@ def test_evaluate_artifact_matches_evaluate_module(exported, setup):
         assert got["loss"] == pytest.approx(reference["loss"], rel=1e-3, abs=1e-5)
 
 
+def test_a_sure_but_wrong_model_has_the_same_loss_as_its_onnx_file(setup, tmp_path):
+    """The float model's cross-entropy is of its softmax clipped as Keras does, like every exported
+    file's: an image the model is sure of, wrongly, counts −log(1e-7), not the logit gap (the
+    float model said 11.09 where its own ONNX file said 5.50)."""
+    import copy
+
+    from stmclf.data.datamodule import ImageDataModule, ImageFormat
+    from stmclf.evaluate.accuracy import evaluate_module
+    from stmclf.evaluate.artifacts import evaluate_artifact
+    from stmclf.export.onnx_export import export_onnx
+
+    module = copy.deepcopy(setup["module"])
+    head = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias[0] += 1e4  # class 0 for every image, surely: the others have p(true class) ≈ 0
+    dm = ImageDataModule(setup["cfg"].dataset, ImageFormat(32, 32), batch_size=16, num_workers=0)
+    loaders = [("test_set", dm.loader_for(dm.prepare_splits().test))]
+    reference = evaluate_module(module, loaders)["test_set"]
+    wrong = 1 - reference["accuracy"] / 100
+    assert 0 < wrong < 1 and reference["loss"] == pytest.approx(-np.log(1e-7) * wrong, rel=1e-3)
+    got = evaluate_artifact(export_onnx(module, tmp_path / "sure.onnx"), loaders, rescaling=RESCALING)["test_set"]
+    assert got["accuracy"] == reference["accuracy"]
+    assert got["loss"] == pytest.approx(reference["loss"], rel=1e-3)
+
+
 @pytest.mark.slow
 def test_int8_tflite_per_tensor_int8_io(exported, setup, tmp_path):
     """Per-tensor weights with int8 input and output: raw pixels − 128 go in."""

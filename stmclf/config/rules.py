@@ -6,7 +6,7 @@ imports this module), so the functions take it unannotated.
 from __future__ import annotations
 
 from stmclf.config.modes import modes_with
-from stmclf.errors import ConfigError, one_line
+from stmclf.errors import ConfigError, UserError, one_line
 
 TRAINING_GROUP = modes_with("train")
 EVALUATION_GROUP = modes_with("evaluate")
@@ -125,11 +125,25 @@ def check_split(key: str, value: float | None) -> None:
         raise ConfigError(key, f"the value should be > 0 and < 1 (got {value})")
 
 
+TRAINING_KEYS = ("batch_size", "epochs", "optimizer")
+
+
+def check_training_keys(cfg, purpose: str = "training") -> None:
+    """The ``training`` keys a training needs (the schema lets other modes' configs leave them out)."""
+    if cfg.training is None:
+        raise ConfigError("training", f"missing 'training' section: {purpose} needs it")
+    missing = [f"training.{key}" for key in TRAINING_KEYS if getattr(cfg.training, key) is None]
+    if missing:
+        raise UserError(f"missing required key {', '.join(missing)}")
+
+
 def check_training(cfg) -> None:
     """Rules for any mode that trains (``stmclf fit``, ``training``, ``chain_tqe(b)``)."""
     for name in ("dataset", "preprocessing", "training"):
         if getattr(cfg, name) is None:
             raise ConfigError(name, f"missing '{name}' section: training needs dataset, preprocessing and training")
+    check_training_keys(cfg)
+    cfg.preprocessing.scale_offset()  # also when operation_mode names a deployment mode
     training, general, dataset = cfg.training, cfg.general, cfg.dataset
     sources = [k for k, v in (("training.model", training.model),
                               ("general.model_path", general.model_path)) if v]
@@ -192,8 +206,11 @@ def check_common(cfg) -> None:
         check_split("dataset.quantization_split", dataset.quantization_split)
         if dataset.class_names is not None and len(set(dataset.class_names)) != len(dataset.class_names):
             raise ConfigError("dataset.class_names", "class names must be unique")
-    if cfg.preprocessing is not None and cfg.preprocessing.rescaling.scale == 0:
+    rescaling = cfg.preprocessing.rescaling if cfg.preprocessing is not None else None
+    if rescaling is not None and rescaling.scale == 0:
         raise ConfigError("preprocessing.rescaling.scale", "must not be 0")
+    if cfg.preprocessing is not None and rescaling is None and cfg.operation_mode not in modes_with("deploy"):
+        cfg.preprocessing.scale_offset()  # the one-line refusal: only ST's deployment modes leave it out
     check_io_types(cfg)
 
 

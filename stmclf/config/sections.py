@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+from stmclf.errors import UserError
 from stmclf.config.modes import OPERATION_MODES, OperationModeName as OperationMode  # noqa: F401
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
@@ -63,9 +64,20 @@ class Resizing:
 
 @dataclass
 class Preprocessing:
-    rescaling: Rescaling
+    rescaling: Optional[Rescaling] = None
+    """Required wherever pixels meet a model (:meth:`scale_offset`); ST's deployment configs leave
+    it out."""
     resizing: Resizing = field(default_factory=Resizing)
     color_mode: Literal["grayscale", "rgb", "rgba"] = "rgb"
+
+    def scale_offset(self) -> tuple[float, float]:
+        """``(rescaling.scale, rescaling.offset)``; refused when the config has no rescaling."""
+        if self.rescaling is None:
+            raise UserError(MISSING_RESCALING)
+        return float(self.rescaling.scale), float(self.rescaling.offset)
+
+
+MISSING_RESCALING = "missing required key preprocessing.rescaling.scale, preprocessing.rescaling.offset"
 
 
 @dataclass
@@ -76,9 +88,12 @@ class CustomDataAugmentation:
 
 @dataclass
 class Training:
-    batch_size: int
-    epochs: int
-    optimizer: Union[str, ArgsByName]
+    batch_size: Optional[int] = None
+    epochs: Optional[int] = None
+    optimizer: Union[None, str, ArgsByName] = None
+    """batch_size, epochs and optimizer are required where a model is trained
+    (:func:`stmclf.config.rules.check_training_keys`): as in the reference, another mode's config may
+    hold a partial ``training`` section (its ``model``, its ``batch_size``)."""
     model: Optional[dict[str, Any]] = None
     dropout: Optional[float] = None
     frozen_layers: Union[None, int, list[int], str] = None

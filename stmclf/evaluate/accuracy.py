@@ -8,12 +8,23 @@ import torch
 import torch.nn.functional as F
 
 
+PROBABILITY_FLOOR = 1e-7
+"""Keras clips a softmax output to [1e-7, 1 − 1e-7] before its cross-entropy: one image the model
+is sure it knows, wrongly, counts −log(1e-7) ≈ 16.1, not an unbounded logit gap."""
+
+
+def clipped_cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Summed cross-entropy of softmax outputs, clipped as Keras does (every evaluation's ``loss``)."""
+    picked = probabilities[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(picked, PROBABILITY_FLOOR, 1.0)).sum())
+
+
 @torch.no_grad()
 def evaluate_module(module, loaders: Iterable[tuple[str, Iterable]]) -> dict[str, dict]:
-    """Per (name, loader): accuracy (%, 2 decimals), mean cross-entropy (``loss``: without the
-    kernel regularizers' term, which the validation loss of training includes, so that the float
-    model and its exported files compare), image count and the confusion matrix (counts, rows =
-    true class) of ``module`` in eval mode."""
+    """Per (name, loader): accuracy (%, 2 decimals), mean cross-entropy (``loss``: of the softmax
+    clipped as Keras does and without the kernel regularizers' term, which the validation loss of
+    training includes, so that the float model and its exported files compare), image count and
+    the confusion matrix (counts, rows = true class) of ``module`` in eval mode."""
     module.eval()
     device = next(module.parameters()).device
     classes = max(module.num_classes, 2)
@@ -26,7 +37,7 @@ def evaluate_module(module, loaders: Iterable[tuple[str, Iterable]]) -> dict[str
                 continue
             logits = module(module.preprocess(images.to(device)))
             labels = labels.to(device)
-            loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+            loss_sum += clipped_cross_entropy(F.softmax(logits.float(), dim=1).cpu().numpy(), labels.cpu().numpy())
             index = labels.cpu() * classes + logits.argmax(dim=1).cpu()
             confusion += torch.bincount(index, minlength=classes * classes).reshape(classes, classes)
         total = int(confusion.sum())

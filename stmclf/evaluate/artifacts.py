@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from stmclf.errors import UserError
+from stmclf.evaluate.accuracy import clipped_cross_entropy
 
 log = logging.getLogger("stmclf.evaluate")
 
@@ -129,13 +130,12 @@ def load_predictor(artifact: Any, *, rescaling: Optional[Sequence[float]] = None
 
 
 def _loss(scores: np.ndarray, labels: np.ndarray, outputs: str) -> float:
-    """Summed cross-entropy: of probabilities clipped like Keras (1e-7), or of logits."""
-    picked = np.arange(len(labels)), labels
-    if outputs == "probabilities":
-        return float(-np.log(np.clip(scores[picked], 1e-7, 1.0)).sum())
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-log_probs[picked].sum())
+    """Summed cross-entropy of the softmax (of logits, for a file that outputs them), clipped as
+    Keras does: the same loss as the float model's (:func:`evaluate_module`)."""
+    if outputs != "probabilities":
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        scores = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    return clipped_cross_entropy(scores, labels)
 
 
 def evaluate_artifact(artifact: Any, loaders: Iterable[tuple[str, Iterable]], *,

@@ -38,7 +38,7 @@ def _evaluation_data(cfg: RunConfig, input_shape):
     from stmclf.data.datamodule import ImageDataModule, ImageFormat
 
     fmt = ImageFormat.from_config(cfg.preprocessing, input_shape)
-    datamodule = ImageDataModule(cfg.dataset, fmt, batch_size=cfg.training.batch_size if cfg.training else 32,
+    datamodule = ImageDataModule(cfg.dataset, fmt, batch_size=(cfg.training.batch_size if cfg.training else None) or 32,
                                  num_workers=cfg.dataset.num_workers)
     return datamodule, datamodule.prepare_splits()
 
@@ -55,7 +55,7 @@ def evaluate_model(cfg: RunConfig, model, run_root: Path, *, mlflow_logger=None,
     for section in ("dataset", "preprocessing"):
         if getattr(cfg, section) is None:
             raise ConfigError(section, f"missing '{section}' section: evaluation needs dataset and preprocessing")
-    rescaling = (cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset)
+    rescaling = cfg.preprocessing.scale_offset()
     predictor = load_predictor(model, rescaling=rescaling, cfg=cfg)
     module = getattr(predictor, "module", None)
     if module is not None:

@@ -188,8 +188,8 @@ def resolve_format(info: ModelInfo, cfg=None):
 def resolve_rescaling(info: ModelInfo, cfg=None) -> tuple[float, float]:
     preprocessing = getattr(cfg, "preprocessing", None)
     configured = None
-    if preprocessing is not None:
-        configured = (float(preprocessing.rescaling.scale), float(preprocessing.rescaling.offset))
+    if preprocessing is not None and preprocessing.rescaling is not None:
+        configured = preprocessing.scale_offset()
     if info.rescaling is not None and (info.module is not None or info.path.suffix.lower() == ".onnx"):
         # the model's own rescaling is what it was trained with (evaluation and export use it too)
         if configured is not None and not np.allclose(configured, info.rescaling, rtol=1e-6, atol=1e-9):

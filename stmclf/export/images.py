@@ -124,13 +124,13 @@ def gather_images(cfg, module, *, int8: bool, max_calibration: Optional[int] = D
                                            "(calibration, checks) with it")
     if cfg is not None and cfg.dataset is not None:
         fmt = ImageFormat.from_config(cfg.preprocessing, module.hparams.input_shape)
-        batch = cfg.training.batch_size if cfg.training else 32
+        batch = (cfg.training.batch_size if cfg.training else None) or 32
         datamodule = ImageDataModule(cfg.dataset, fmt, batch_size=batch, num_workers=cfg.dataset.num_workers)
         splits = datamodule.prepare_splits()
         if list(module.class_names) != list(splits.class_names):
             raise ConfigError("dataset.class_names", f"the model was trained on classes {module.class_names}, "
                                                      f"the dataset has {splits.class_names}")
-        rescaling = (float(cfg.preprocessing.rescaling.scale), float(cfg.preprocessing.rescaling.offset))
+        rescaling = cfg.preprocessing.scale_offset()
         if tuple(float(v) for v in module.hparams.rescaling) != rescaling:
             log.warning("preprocessing.rescaling %s differs from the model's %s: using the model's", rescaling,
                         tuple(module.hparams.rescaling))

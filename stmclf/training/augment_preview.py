@@ -44,7 +44,7 @@ def augment_preview(cfg: RunConfig, num_images: int, seed: int, out: Path) -> Pa
         raise UserError("augment-preview: no training images found")
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(source), size=min(num_images, len(source)), replace=False)
-    scale, offset = cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset
+    scale, offset = cfg.preprocessing.scale_offset()
     batch = torch.from_numpy(np.stack([source.load(int(i), fmt) for i in picks])).permute(0, 3, 1, 2)
     images = batch.float() * scale + offset
     to_pixels = lambda x: ((x - offset) / scale).clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731

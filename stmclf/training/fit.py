@@ -99,7 +99,7 @@ def _model_settings(cfg: RunConfig, class_names: list[str], labels: Sequence[int
     return dict(
         label_smoothing=training.label_smoothing, mixup=training.mixup, cutmix=training.cutmix,
         class_weights=class_weights(training.class_weights, labels, len(class_names)),
-        class_names=class_names, rescaling=(cfg.preprocessing.rescaling.scale, cfg.preprocessing.rescaling.offset),
+        class_names=class_names, rescaling=cfg.preprocessing.scale_offset(),
         optimizer=training.optimizer, dropout=training.dropout, frozen_layers=training.frozen_layers,
         data_augmentation=dict(augmentation) if augmentation else None,
         custom_data_augmentation={"function_name": custom.function_name, "config": custom.config} if custom else None)

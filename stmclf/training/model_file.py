@@ -125,8 +125,7 @@ def load_source_module(source, cfg=None, *, class_names=None, trust_model_file: 
         raise ConfigError(source.key, f"{source.path} has {imported.num_outputs} outputs, the dataset has "
                                       f"{len(names)} classes ({', '.join(names[:10])})")
     preprocessing = getattr(cfg, "preprocessing", None)
-    rescaling = (preprocessing.rescaling.scale, preprocessing.rescaling.offset) if preprocessing is not None \
-        else (1 / 255.0, 0.0)
+    rescaling = preprocessing.scale_offset() if preprocessing is not None else (1 / 255.0, 0.0)
     module = ClassifierModule(model_spec=model_file_spec(source.path.resolve(), imported.input_shape),
                               class_names=names, input_shape=list(imported.input_shape),
                               rescaling=(float(rescaling[0]), float(rescaling[1])), optimizer=None,

@@ -12,8 +12,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from stmclf.config import RunConfig
-from stmclf.errors import ConfigError
+from stmclf.config import RunConfig, rules
 from stmclf.figures import save_figure
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,7 @@ def _schedule(cfg: RunConfig) -> tuple[str, list[float], Optional[str]]:
     from stmclf.training.lr_schedulers import EpochLRSchedule
     from stmclf.training.optimizers import initial_learning_rate
 
-    if cfg.training is None:
-        raise ConfigError("training", "missing 'training' section")
+    rules.check_training_keys(cfg, "the learning-rate plot")
     schedulers = [c for c in build_callbacks(cfg.training.callbacks) if isinstance(c, (EpochLRSchedule,
                                                                                       ReduceLROnPlateau))]
     lr = initial_learning_rate(cfg.training.optimizer)
