@@ -170,7 +170,7 @@ def test_imagenet_file_names_and_errors(monkeypatch: pytest.MonkeyPatch) -> None
         imagenet_weights_file(_spec(alpha=0.3))
     with pytest.raises(ConfigError, match=r"^training.model.alpha: .*v1"):
         imagenet_weights_file({**spec, "alpha": 0.35})
-    with pytest.raises(ConfigError, match=r"^training.model.pretrained_weights: .*v1 and v2 only"):
+    with pytest.raises(ConfigError, match=r"^training.model.pretrained_weights: .*efficientnet v2 only, not resnet v1"):
         imagenet_weights_file({"name": "resnet", "version": "v1", "input_shape": (32, 32, 3)})
 
 

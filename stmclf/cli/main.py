@@ -464,6 +464,8 @@ NOISY_WARNINGS = (
     (r".*does not have many workers which may be a bottleneck", UserWarning, r"lightning\."),  # sized to the cores
     (r"Precision \S+ is not supported by the model summary", UserWarning, r"lightning\."),  # size in fp32: right
     (r"Checkpoint directory .* exists and is not empty", UserWarning, r"lightning\."),  # a resumed run's folder
+    # frozen layers' BatchNorm and pretrained Keras Applications backbones run in inference mode, as in Keras
+    (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning, r"lightning\."),
     # DDP: the epoch (logged step) and the learning rate are the same on every rank
     (r"It is recommended to use `self\.log\('(step|lr)', \.\.\., sync_dist=True\)`", UserWarning, r"lightning\."),
 )

@@ -8,6 +8,8 @@ from stmclf.models import fdmobilenet  # noqa: F401  (registers "fdmobilenet", "
 from stmclf.models import resnet  # noqa: F401  (registers "resnet" v1)
 from stmclf.models import squeezenet  # noqa: F401  (registers "squeezenet" v10, v11)
 from stmclf.models import st_efficientnet_lc  # noqa: F401  (registers "st_efficientnet_lc" v1)
+from stmclf.models import resnet50_v2  # noqa: F401  (registers "resnet50" v2)
+from stmclf.models import efficientnet_v2  # noqa: F401  (registers "efficientnet" v2)
 from stmclf.models import stmnist  # noqa: F401  (registers "stmnist")
 from stmclf.models import custom  # noqa: F401  (registers "custom")
 from stmclf.models import timm_models  # noqa: F401  (resolves "timm/<model>")

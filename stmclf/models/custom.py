@@ -46,10 +46,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from stmclf.errors import ConfigError, UserError
-from stmclf.models.graph import GraphBuilder, KerasGraph, LayerRow, Node
+from stmclf.models.graph import GraphBuilder, KerasGraph, Node, keras_param_counts
 from stmclf.models.heads import head_units
 from stmclf.models.layers import (Activation, Dropout, GlobalAveragePooling2D, KerasNames, Shape, batch_norm,
                                   conv2d, dense, max_pooling2d)
@@ -67,17 +66,6 @@ def open_entry(name: str, builder: Callable[..., Any]) -> ModelEntry:
 
 # ---------------------------------------------------------------------------------------------
 # Any nn.Module as an indexed layer view.
-
-def _keras_counts(module: nn.Module) -> tuple[int, int]:
-    """(all, trainable) weights the Keras way: BatchNorm moving statistics count, nested too."""
-    params = list(module.parameters())
-    total = sum(p.numel() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
-    for m in module.modules():
-        if isinstance(m, _BatchNorm) and m.running_mean is not None and m.running_var is not None:
-            total += m.running_mean.numel() + m.running_var.numel()
-    return total, trainable
-
 
 def _keras_shape(value: Any) -> Shape:
     if isinstance(value, (tuple, list)) and value:
@@ -147,31 +135,11 @@ class ModuleGraph(KerasGraph):
         index = range(len(self.nodes))[index]  # IndexError when out of range, like KerasGraph
         return None if index == 0 else getattr(self.module, self._children[index - 1])
 
-    def layer_table(self) -> list[LayerRow]:
-        rows = []
-        for i, node in enumerate(self.nodes):
-            module = self.layer_module(i)
-            params = _keras_counts(module)[0] if module is not None else 0
-            rows.append(LayerRow(i, node.name, node.keras_type, i not in self.frozen_indices, params,
-                                 node.output_shape))
-        return rows
-
     def keras_param_count(self) -> int:
-        return _keras_counts(self.module)[0]
+        return keras_param_counts(self.module)[0]
 
     def keras_trainable_count(self) -> int:
-        return _keras_counts(self.module)[1]
-
-
-    def train(self, mode: bool = True) -> ModuleGraph:
-        nn.Module.train(self, mode)
-        if mode:
-            for i in self.frozen_indices:
-                module = self.layer_module(i)
-                for m in module.modules() if module is not None else ():
-                    if isinstance(m, _BatchNorm):
-                        m.eval()
-        return self
+        return keras_param_counts(self.module)[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -44,16 +45,26 @@ class LayerRow:
     output_shape: Shape
 
 
-def _keras_param_counts(module: nn.Module | None) -> tuple[int, int]:
-    """(all weights, trainable weights) the Keras way: BN moving mean/variance count as weights."""
+def keras_param_counts(module: nn.Module | None) -> tuple[int, int]:
+    """(all weights, trainable weights) the Keras way: BatchNorm moving mean/variance count as
+    weights, nested ones (a :class:`NestedModel`, any module) too."""
     if module is None:
         return 0, 0
     params = list(module.parameters())
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
-    if isinstance(module, _BatchNorm) and module.running_mean is not None and module.running_var is not None:
-        total += module.running_mean.numel() + module.running_var.numel()
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and m.running_mean is not None and m.running_var is not None:
+            total += m.running_mean.numel() + m.running_var.numel()
     return total, trainable
+
+
+def keep_batch_norms_in_inference(module: nn.Module) -> None:
+    """Put every BatchNorm inside ``module`` (itself included) in inference mode, as Keras runs
+    the BatchNormalization layers of a frozen layer or model."""
+    for m in module.modules():
+        if isinstance(m, _BatchNorm):
+            m.eval()
 
 
 def normalise_indices(indices: Iterable[int], num_layers: int, name: str) -> frozenset[int]:
@@ -123,22 +134,23 @@ class KerasGraph(nn.Module):
     def layer_table(self) -> list[LayerRow]:
         rows = []
         for i, node in enumerate(self.nodes):
-            params, _ = _keras_param_counts(self.layer_module(i))
+            params, _ = keras_param_counts(self.layer_module(i))
             rows.append(LayerRow(i, node.name, node.keras_type, i not in self.frozen_indices, params,
                                  node.output_shape))
         return rows
 
     def keras_param_count(self) -> int:
         """Keras ``count_params()``: parameters plus BatchNorm moving statistics."""
-        return sum(_keras_param_counts(m)[0] for m in self.layers.values())
+        return sum(keras_param_counts(m)[0] for m in self.layers.values())
 
     def keras_trainable_count(self) -> int:
-        return sum(_keras_param_counts(m)[1] for m in self.layers.values())
+        return sum(keras_param_counts(m)[1] for m in self.layers.values())
 
     def set_frozen(self, indices: Iterable[int]) -> None:
         """Make every layer trainable, then freeze the layers at the given Keras indices (negative
         indices count from the end). Frozen layers get ``requires_grad=False``; frozen BatchNorm
-        layers also stay in inference mode in training, like Keras (see :meth:`train`)."""
+        layers, and those inside a frozen nested model, also stay in inference mode in training,
+        like Keras (see :meth:`train`)."""
         self.frozen_indices = normalise_indices(indices, len(self.nodes), self.name)
         for i in range(1, len(self.nodes)):
             module = self.layer_module(i)
@@ -151,9 +163,43 @@ class KerasGraph(nn.Module):
         if mode:
             for i in self.frozen_indices:
                 module = self.layer_module(i)
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+                if module is not None:
+                    keep_batch_norms_in_inference(module)
         return self
+
+
+class NestedModel(nn.Module):
+    """A Keras model used as one layer of another (Keras type ``Functional``): one layer index,
+    its own layers inside (``graph``, a :class:`KerasGraph` with its own InputLayer), as
+    ``x = backbone(inputs, training=...)`` in Keras. Keras Applications backbones are used so.
+
+    ``inference_only`` is Keras' ``training=False`` call argument: the nested model always runs in
+    inference mode (BatchNorm moving statistics, no dropout), training included; its weights
+    still train. Freezing the layer (``frozen_layers``) freezes all its weights and keeps its
+    BatchNorm layers in inference mode, as Keras does for a nested model made non-trainable."""
+
+    keras_type = "Functional"
+
+    def __init__(self, graph: KerasGraph, inference_only: bool = False) -> None:
+        super().__init__()
+        self.graph = graph
+        self.inference_only = inference_only
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.graph(x)
+
+    def compute_output_shape(self, *input_shapes: Shape) -> Shape:
+        if len(input_shapes) != 1 or tuple(input_shapes[0]) != tuple(self.graph.input_shape):
+            raise ValueError(f"model {self.graph.name!r} takes inputs of shape {self.graph.input_shape}, got "
+                             f"{list(input_shapes)}")
+        return self.graph.nodes[-1].output_shape
+
+    def train(self, mode: bool = True) -> NestedModel:
+        super().train(mode and not self.inference_only)
+        return self
+
+    def extra_repr(self) -> str:
+        return "training=False" if self.inference_only else ""
 
 
 class GraphBuilder:

@@ -3,6 +3,13 @@
 Keras layouts → torch: Conv2D kernel (kh, kw, cin, cout) → (cout, cin, kh, kw); DepthwiseConv2D
 kernel (kh, kw, cin, m) → (cin·m, 1, kh, kw); Dense kernel (in, out) → (out, in); BatchNormalization
 [gamma, beta, moving_mean, moving_variance] → weight, bias, running_mean, running_var.
+
+A nested model (:class:`~stmclf.models.graph.NestedModel`, a Keras model used as a layer, such as
+a Keras Applications backbone) is loaded layer by layer by its inner layers' names: from the
+entry under its own name (a mapping of inner layer names, or the flat weight list of a ``.h5``
+file, whose weight names ``conv1_conv/kernel:0`` name the inner layers), or, when the source has
+no entry of that name, from the source's top level (a file saved from the backbone itself, as
+Keras Applications' ImageNet files are).
 """
 from __future__ import annotations
 
@@ -15,11 +22,21 @@ import torch
 from torch import Tensor, nn
 
 from stmclf.errors import UserError
-from stmclf.models.graph import KerasGraph
+from stmclf.models.graph import KerasGraph, NestedModel
 from stmclf.models.layers import BatchNormalization, Conv2D, Dense, DepthwiseConv2D
 
-KerasLayerWeights = Mapping[str, Sequence[np.ndarray]]
-"""Keras layer name → that layer's ``get_weights()`` arrays, in Keras order."""
+KerasLayerWeights = Mapping[str, Any]
+"""Keras layer name → that layer's ``get_weights()`` arrays, in Keras order (a nested model's: a
+mapping of its own layers' weights, or a :class:`NamedWeights` list)."""
+
+
+class NamedWeights(list):
+    """A layer's weight arrays as a ``.h5`` file stores them, with their names (``weight_names``:
+    ``conv1/kernel:0``; a nested model's name its inner layers: ``conv1_conv/kernel:0``)."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], names: Sequence[str]) -> None:
+        super().__init__(arrays)
+        self.names = tuple(names)
 
 
 def _depthwise_kernel(k: np.ndarray) -> np.ndarray:
@@ -43,11 +60,31 @@ def _targets(module: nn.Module) -> list[Tensor]:
     return [module.weight] + ([module.bias] if module.bias is not None else [])
 
 
-def keras_layer_weights(source: Any) -> dict[str, list[np.ndarray]]:
-    """Layer name → weights of a Keras model (anything with ``.layers``) or of a mapping."""
+def keras_layer_weights(source: Any) -> dict[str, Any]:
+    """Layer name → weights of a Keras model (anything with ``.layers``; a nested model's are a
+    mapping of its own layers) or of a mapping."""
     if isinstance(source, Mapping):
-        return {name: list(arrays) for name, arrays in source.items()}
-    return {layer.name: layer.get_weights() for layer in source.layers}
+        return {name: arrays if isinstance(arrays, (Mapping, NamedWeights)) else list(arrays)
+                for name, arrays in source.items()}
+    return {layer.name: keras_layer_weights(layer) if hasattr(layer, "layers") else layer.get_weights()
+            for layer in source.layers}
+
+
+def nested_layer_weights(value: Any, name: str) -> dict[str, Any]:
+    """The inner layers' weights of the nested model ``name`` from its entry in a source: a
+    mapping, or a ``.h5`` file's :class:`NamedWeights` grouped by the layer each weight name
+    starts with (trainable weights come first in the file; each layer's keep their order)."""
+    if isinstance(value, Mapping):
+        return keras_layer_weights(value)
+    if not isinstance(value, NamedWeights) or len(value.names) != len(value):
+        raise UserError(f"layer {name!r} is a nested model, but its weights in the source do not name its layers")
+    grouped: dict[str, list[np.ndarray]] = {}
+    for weight_name, array in zip(value.names, value):
+        path = weight_name.removeprefix(f"{name}/").split("/")
+        if len(path) < 2:
+            raise UserError(f"layer {name!r} is a nested model, but its weight {weight_name!r} names no layer of it")
+        grouped.setdefault(path[0], []).append(array)
+    return grouped
 
 
 def read_h5_layer_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
@@ -64,23 +101,30 @@ def read_h5_layer_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
         weights = {}
         for layer in map(text, root.attrs["layer_names"]):
             group = root[layer]
-            weights[layer] = [np.asarray(group[text(n)]) for n in group.attrs.get("weight_names", [])]
+            names = [text(n) for n in group.attrs.get("weight_names", [])]
+            weights[layer] = NamedWeights([np.asarray(group[n]) for n in names], names)
     return weights
 
 
 def load_keras_weights(graph: KerasGraph, source: Any, indices: Iterable[int] | None = None) -> list[str]:
-    """Copy Keras weights into ``graph``, matching layers by name; return the loaded layer names.
+    """Copy Keras weights into ``graph``, matching layers by name; return the loaded layer names
+    (``outer/inner`` for the layers of a nested model).
 
     ``source`` is a Keras model or a :data:`KerasLayerWeights` mapping (see
     :func:`read_h5_layer_weights`). Every layer with weights among ``indices`` (Keras layer indices,
     default all) must be in ``source`` with the same number and shapes of arrays, else
-    :class:`UserError`; nothing is copied into a layer unless all its arrays fit.
+    :class:`UserError`; nothing is copied into a layer unless all its arrays fit. A nested model
+    is loaded as the module doc says.
     """
     weights = keras_layer_weights(source)
     loaded = []
     for i in range(graph.num_layers) if indices is None else indices:
         module, name = graph.layer_module(i), graph.nodes[i].name
         if module is None or next(module.parameters(), None) is None:
+            continue
+        if isinstance(module, NestedModel):
+            inner = nested_layer_weights(weights[name], name) if name in weights else weights
+            loaded += [f"{name}/{layer}" for layer in load_keras_weights(module.graph, inner)]
             continue
         if type(module) not in _KERNEL_LAYOUT:
             raise TypeError(f"layer {name!r}: no Keras weight conversion for {type(module).__name__}")

@@ -6,12 +6,15 @@ a run resumes from a checkpoint, whose weights win). Only the backbone is loaded
 indices ``0..model.backbone_end_index`` (the reference's ``end_layer_index``); the head keeps its
 random initialisation.
 
-``pretrained_weights: imagenet`` (MobileNet V1 / V2) uses the Keras Applications "no top" ``.h5``
-file that Keras itself would load for the same ``alpha`` and input size. It is looked up, in order,
+``pretrained_weights: imagenet`` (MobileNet V1 / V2, ResNet50V2, EfficientNetV2) uses the Keras
+Applications "no top" ``.h5`` file that Keras itself would load for the same model (MobileNet: the
+same ``alpha`` and input size). ResNet50V2's and EfficientNetV2's files hold the layers of their
+nested backbone (layer 1), which is loaded from them by layer name. It is looked up, in order,
 in ``cache_dir`` (default ``$STMCLF_CACHE/keras-applications/``, ``$STMCLF_CACHE`` defaulting to
 ``~/.cache/stmclf``) and in Keras' own caches (``~/.keras/models/``, ``$KERAS_HOME/models/``), and
 downloaded into ``cache_dir`` once if absent. The download base URL can be overridden with
-``$STMCLF_KERAS_WEIGHTS_URL`` (a mirror holding ``mobilenet/`` and ``mobilenet_v2/``).
+``$STMCLF_KERAS_WEIGHTS_URL`` (a mirror holding ``mobilenet/``, ``mobilenet_v2/``, ``resnet/`` and
+``efficientnet_v2/``).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from stmclf.errors import ConfigError, UserError, one_line
+from stmclf.models.efficientnet_v2 import TYPES as EFFICIENTNET_V2_TYPES
 from stmclf.models.graph import KerasGraph
 from stmclf.models.keras_weights import load_keras_weights, read_h5_layer_weights
 
@@ -65,20 +69,30 @@ class WeightsFile:
 
 
 def imagenet_weights_file(spec: Mapping[str, Any]) -> WeightsFile:
-    """The Keras Applications ImageNet "no top" file for a ``training.model`` dict (MobileNet V1/V2),
-    named exactly as ``tf.keras.applications.MobileNet`` / ``MobileNetV2`` name it."""
+    """The Keras Applications ImageNet "no top" file for a ``training.model`` dict, named exactly as
+    ``tf.keras.applications`` names it: MobileNet V1/V2 (per alpha and input size), ResNet50V2,
+    EfficientNetV2 B0–B3/S (one file each, any input size)."""
     name, version = spec.get("name"), spec.get("version")
+    height, width, channels = spec["input_shape"]
+    if channels != 3:
+        raise ConfigError("training.model.input_shape", f"ImageNet weights need 3 input channels, got {channels}")
+    if name == "resnet50" and version == "v2":
+        return WeightsFile("resnet", "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    if name == "efficientnet" and version == "v2":
+        model_type = spec.get("type")
+        if model_type not in EFFICIENTNET_V2_TYPES:
+            raise ConfigError("training.model.type", f"expected one of {list(EFFICIENTNET_V2_TYPES)}, "
+                                                     f"got {model_type!r}")
+        return WeightsFile("efficientnet_v2", f"efficientnetv2-{model_type.lower()}_notop.h5")
     if name != "mobilenet" or version not in _IMAGENET:
         label = name if version is None else f"{name} {version}"
-        raise ConfigError(WEIGHTS_KEY, f"ImageNet weights are available for mobilenet v1 and v2 only, not {label}")
+        raise ConfigError(WEIGHTS_KEY, f"ImageNet weights are available for mobilenet v1 and v2, resnet50 v2 and "
+                                       f"efficientnet v2 only, not {label}")
     alphas, sizes = _IMAGENET[version]
     alpha = spec.get("alpha")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or float(alpha) not in alphas:
         raise ConfigError("training.model.alpha", f"ImageNet weights of mobilenet {version} exist for alpha in "
                                                   f"{list(alphas)}, got {alpha!r}")
-    height, width, channels = spec["input_shape"]
-    if channels != 3:
-        raise ConfigError("training.model.input_shape", f"ImageNet weights need 3 input channels, got {channels}")
     rows = height if height == width and height in sizes else 224
     if version == "v1":
         return WeightsFile("mobilenet", f"mobilenet_{_V1_ALPHA_TEXT[float(alpha)]}_{rows}_tf_no_top.h5")

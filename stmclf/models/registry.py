@@ -34,6 +34,12 @@ class ModelEntry:
     """Accept any other key too (passed to the builder, which validates it): custom and timm models."""
 
 
+UNSUPPORTED_MODELS = {
+    "st_resnet_8_hybrid": "a Larq binary/QAT model (binary weights and activations) that stmclf does not "
+                          "support; use name: resnet, version: v1, depth: 8 instead",
+}
+"""Reference model names stmclf refuses on purpose → why, and what to use instead."""
+
 RESERVED_KEYS = ("num_classes", "dropout")  # set from the dataset and training.dropout, never in training.model
 _MODELS: dict[str, dict[str | None, ModelEntry]] = {}
 _PREFIXES: dict[str, Callable[[str], ModelEntry]] = {}
@@ -79,6 +85,8 @@ def _entry(spec: Mapping[str, Any]) -> ModelEntry:
             if spec.get("version") is not None:
                 raise ConfigError("training.model.version", f"the version attribute is not applicable to {name}")
             return factory(name)
+    if isinstance(name, str) and name in UNSUPPORTED_MODELS:
+        raise ConfigError("training.model.name", f"{name} is {UNSUPPORTED_MODELS[name]}")
     if name not in _MODELS:
         problem = "missing model name" if name is None else f"unknown model name {name!r}"
         raise ConfigError("training.model.name", f"{problem}. Supported model names are {sorted(_MODELS)}")

@@ -66,6 +66,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from stmclf.errors import ConfigError
+from stmclf.models.graph import NestedModel
 
 log = logging.getLogger("stmclf.training")
 
@@ -231,6 +232,11 @@ def plan_model(model: nn.Module) -> QuantPlan:
     for node in nodes[1:]:
         module = layers[node.name] if node.name in layers else None
         if module is None:
+            continue
+        if isinstance(module, NestedModel):  # a Keras Applications backbone: its own layers, named outer/inner
+            inner = plan_model(module.graph)
+            weights += [(f"{node.name}/{name}", sub, bn) for name, sub, bn in inner.weights]
+            activations += [(f"{node.name}/{name}", sub) for name, sub in inner.activations]
             continue
         users = consumers.get(node.name, [])
         single = layers[users[0]] if len(users) == 1 and users[0] in layers else None

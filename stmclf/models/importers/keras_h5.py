@@ -9,6 +9,11 @@ layer names, Keras types and order as the Keras model's ``model.layers`` (functi
 ``layer_index_offset = 1`` so that the reference's ``frozen_layers`` indices keep their meaning.
 The weights are then copied by layer name (:func:`load_keras_weights`).
 
+A Keras model used as a layer (a ``Functional``/``Sequential`` layer: a Keras Applications backbone
+called as ``backbone(inputs, training=False)``, as the reference's ResNet50V2 and EfficientNetV2
+models are saved) is rebuilt the same way, as one :class:`NestedModel` layer; ``training=False`` in
+its call keeps it in inference mode, and its weights are matched by its inner layers' names.
+
 The model is made to output logits: a final softmax (an ``Activation("softmax")`` or ``Softmax``
 layer, or the softmax activation of the last Conv2D / Dense, possibly followed by Reshape / Flatten
 / Dropout / linear layers) is removed — the layer keeps its name and index — and
@@ -33,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from stmclf.errors import UserError
-from stmclf.models.graph import GraphBuilder, KerasGraph
+from stmclf.models.graph import GraphBuilder, KerasGraph, NestedModel
 from stmclf.models.importers.base import ImportedModel, file_error, first_line, one_line
-from stmclf.models.keras_weights import load_keras_weights, read_h5_layer_weights
+from stmclf.models.keras_weights import load_keras_weights, nested_layer_weights, read_h5_layer_weights
 from stmclf.models.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
                                   Dense, DepthwiseConv2D, Dropout, Flatten, GlobalAveragePooling2D,
                                   GlobalMaxPooling2D, LeakyReLU, MaxPooling2D, Multiply, ReLU, Rescaling, Reshape,
@@ -55,6 +60,12 @@ class _Spec:
     name: str
     config: dict[str, Any]
     inputs: tuple[str, ...]
+    training: bool | None = None
+    """The ``training`` argument of a nested model's call (``backbone(x, training=False)``)."""
+
+
+NESTED_MODEL_CLASSES = ("Functional", "Model", "Sequential")
+"""Keras model classes used as a layer of another model (a Keras Applications backbone)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,29 +122,39 @@ def _history_names(value: Any) -> list[tuple[str, int, int]]:
     return found
 
 
-def _inbound(layer: dict[str, Any]) -> tuple[str, ...]:
+def _inbound(layer: dict[str, Any], nested: frozenset[str] = frozenset()) -> tuple[tuple[str, ...], bool | None]:
+    """The layer's input layer names and, for a nested model, its call's ``training`` argument.
+    ``nested`` names the model's nested-model layers: Keras 2 numbers their first call 1 (call 0
+    is their own graph)."""
     nodes = layer.get("inbound_nodes") or []
     name, cls = layer.get("name") or layer["config"].get("name"), layer["class_name"]
     if len(nodes) > 1:
         raise _Unsupported(f"layer {name!r} ({cls}) is used {len(nodes)} times (shared layers are not supported)")
     if not nodes:
-        return ()
+        return (), None
     node = nodes[0]
+    kwargs: dict[str, Any] = {}
     if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         refs = _history_names(node.get("args", []))
         if _history_names(node.get("kwargs", {})):
             raise _Unsupported(f"layer {name!r} ({cls}) takes tensors as keyword arguments")
+        kwargs = node.get("kwargs") or {}
     else:  # Keras 2: [[layer, node, tensor, kwargs], ...]
         refs = []
         for ref in node:
-            if len(ref) > 3 and ref[3]:
-                raise _Unsupported(f"layer {name!r} ({cls}) is called with extra arguments {ref[3]}")
+            extra = ref[3] if len(ref) > 3 and ref[3] else {}
+            if extra and (cls not in NESTED_MODEL_CLASSES or set(extra) - {"training"}):
+                raise _Unsupported(f"layer {name!r} ({cls}) is called with extra arguments {extra}")
+            kwargs.update(extra)
             refs.append((ref[0], int(ref[1]), int(ref[2])))
     for src, node_index, tensor_index in refs:
-        if node_index != 0 or tensor_index != 0:
+        if node_index not in ((0, 1) if src in nested else (0,)) or tensor_index != 0:
             raise _Unsupported(f"layer {name!r} ({cls}) reads output {tensor_index} of call {node_index} of {src!r} "
                                "(shared or multi-output layers are not supported)")
-    return tuple(src for src, _, _ in refs)
+    training = kwargs.get("training") if cls in NESTED_MODEL_CLASSES else None
+    if training is not None and not isinstance(training, bool):
+        raise _Unsupported(f"layer {name!r} ({cls}) is called with training={training!r}")
+    return tuple(src for src, _, _ in refs), training
 
 
 def _batch_shape(config: dict[str, Any]) -> Any:
@@ -196,8 +217,10 @@ def parse_model(config: dict[str, Any]) -> tuple[str, str, tuple[int, int, int],
     first = layers[0]
     input_name = str(first["name"])
     shape = _input_shape(_batch_shape(first.get("config", {})), f"InputLayer {input_name!r}")
+    nested = frozenset(str(layer.get("name") or layer["config"]["name"]) for layer in layers[1:]
+                       if layer.get("class_name") in NESTED_MODEL_CLASSES)
     specs = [_Spec(layer["class_name"], str(layer.get("name") or layer["config"]["name"]), layer.get("config", {}),
-                   _inbound(layer)) for layer in layers[1:]]
+                   *_inbound(layer, nested)) for layer in layers[1:]]
     if specs and specs[-1].name != outputs[0][0]:
         raise UserError(f"the model's output {outputs[0][0]!r} is not its last layer")
     return "functional", model_name, shape, input_name, specs
@@ -249,8 +272,10 @@ def _activation(value: Any) -> str | None:
 class _Context:
     """What layer builders need beyond the layer's own config."""
 
-    def __init__(self, keras3: bool, strip: set[str]) -> None:
-        self.keras3 = keras3
+    def __init__(self, keras_version: str, strip: set[str]) -> None:
+        self.keras_version = keras_version
+        major = keras_version.split(".")[0]
+        self.keras3 = major.isdigit() and int(major) >= 3
         self.strip = strip  # layers whose (final) softmax is removed
 
 
@@ -462,6 +487,13 @@ def _leaky_relu(spec: _Spec, ctx: _Context) -> nn.Module:
     return LeakyReLU(float(alpha))
 
 
+def _nested_model(spec: _Spec, ctx: _Context) -> nn.Module:
+    """A Keras model used as a layer: rebuilt like the outer one (its own layers, its final softmax
+    kept), as one layer; ``training=False`` in its call keeps it in inference mode."""
+    graph, _ = build_graph({"class_name": spec.class_name, "config": spec.config}, ctx.keras_version, nested=True)
+    return NestedModel(graph, inference_only=spec.training is False)
+
+
 LAYER_BUILDERS: dict[str, Callable[[_Spec, _Context], Any]] = {
     "Conv2D": _conv2d,
     "DepthwiseConv2D": _depthwise,
@@ -484,8 +516,10 @@ LAYER_BUILDERS: dict[str, Callable[[_Spec, _Context], Any]] = {
     "Dropout": _dropout,
     "Dense": _dense,
     "Rescaling": _rescaling,
+    "Functional": _nested_model,
+    "Sequential": _nested_model,
 }
-ALIASES = {"Conv2d": "Conv2D", "Convolution2D": "Conv2D", "MaxPool2D": "MaxPooling2D",
+ALIASES = {"Model": "Functional", "Conv2d": "Conv2D", "Convolution2D": "Conv2D", "MaxPool2D": "MaxPooling2D",
            "AvgPool2D": "AveragePooling2D", "GlobalAvgPool2D": "GlobalAveragePooling2D",
            "GlobalMaxPool2D": "GlobalMaxPooling2D", "SeparableConvolution2D": "SeparableConv2D"}
 SUPPORTED_LAYERS = ("InputLayer",) + tuple(LAYER_BUILDERS)
@@ -555,11 +589,20 @@ def _load_special(module: nn.Module, name: str, arrays: list[np.ndarray]) -> Non
     raise UserError(f"layer {name!r}: no Keras weight conversion for {type(module).__name__}")
 
 
-def load_weights(graph: KerasGraph, weights: dict[str, list[np.ndarray]]) -> None:
+def load_weights(graph: KerasGraph, weights: dict[str, Any]) -> None:
     standard, special = [], []
     for i in range(1, graph.num_layers):
         module = graph.layer_module(i)
         if module is None or next(module.parameters(), None) is None:
+            continue
+        if isinstance(module, NestedModel):
+            name = graph.nodes[i].name
+            if name not in weights:
+                raise UserError(f"layer {name!r} (index {i}) is missing from the Keras weights")
+            try:
+                load_weights(module.graph, nested_layer_weights(weights[name], name))
+            except UserError as exc:
+                raise UserError(f"nested model {name!r}: {one_line(exc)}") from None
             continue
         plain = type(module) in (Conv2D, DepthwiseConv2D, Dense) or (
             type(module) is BatchNormalization and module.weight is not None and module.bias is not None)
@@ -574,21 +617,28 @@ def load_weights(graph: KerasGraph, weights: dict[str, list[np.ndarray]]) -> Non
 
 # ---------------------------------------------------------------------------------------------
 
+LARQ_LAYERS = ("QuantConv2D", "QuantDepthwiseConv2D", "QuantSeparableConv2D", "QuantDense")
+
+
 def _unsupported_layer(spec: _Spec) -> UserError:
+    if spec.class_name in LARQ_LAYERS:
+        return UserError(f"unsupported Keras layer {spec.class_name} {spec.name!r}: a Larq quantized layer; Larq "
+                         "binary/QAT models (ST's st_resnet_8_hybrid) are not supported")
     return UserError(f"unsupported Keras layer {spec.class_name} {spec.name!r}; supported layers: "
                      f"{', '.join(SUPPORTED_LAYERS)}")
 
 
-def build_graph(config: dict[str, Any], keras_version: str = "") -> tuple[KerasGraph, dict[str, Any]]:
-    """The :class:`KerasGraph` of a Keras model config (random weights) and facts about it."""
+def build_graph(config: dict[str, Any], keras_version: str = "",
+                nested: bool = False) -> tuple[KerasGraph, dict[str, Any]]:
+    """The :class:`KerasGraph` of a Keras model config (random weights) and facts about it.
+    ``nested``: a model used as a layer of another (its final softmax is not the output's)."""
     kind, model_name, input_shape, input_name, specs = parse_model(config)
     for spec in specs:
         cls = ALIASES.get(spec.class_name, spec.class_name)
         if cls not in LAYER_BUILDERS:
             raise _unsupported_layer(spec)
-    strip = _final_softmax(specs)
-    ctx = _Context(keras3=keras_version.split(".")[0].isdigit() and int(keras_version.split(".")[0]) >= 3,
-                   strip={strip} if strip else set())
+    strip = None if nested else _final_softmax(specs)
+    ctx = _Context(keras_version, strip={strip} if strip else set())
     g = GraphBuilder(input_shape, input_name=input_name)
     frozen_in_file = False
     for spec in specs:
@@ -599,6 +649,8 @@ def build_graph(config: dict[str, Any], keras_version: str = "") -> tuple[KerasG
         try:
             layer = LAYER_BUILDERS[cls](spec, ctx)
             g.add(spec.name, layer, spec.inputs)
+        except UserError as exc:  # inside a nested model
+            raise UserError(f"nested model {spec.name!r}: {one_line(exc)}") from None
         except _Unsupported as exc:
             raise UserError(f"Keras layer {spec.class_name} {spec.name!r}: unsupported setting: {one_line(exc)}") \
                 from None
