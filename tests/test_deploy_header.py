@@ -221,3 +221,77 @@ def test_c_literals():
     assert c_float(1.0) == "(1.0f)" and c_float(0.0078125) == "(0.0078125f)" and c_float(1e-12) == "(1e-12f)"
     with pytest.raises(UserError):
         c_float(float("nan"))
+
+
+def _unquantized_tflite(path: Path, *, weights_only: bool) -> Path:
+    """A float TFLite classifier (8x8x3 → 64-channel conv → mean → dense 3), or the same with
+    int8 weights and float activations (dynamic-range quantization)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    kernel = tf.constant(rng.normal(0, 0.3, (3, 3, 3, 64)).astype(np.float32))
+    dense = tf.constant(rng.normal(0, 1, (64, 3)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32)])
+    def model(x):
+        return tf.matmul(tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME")), axis=[1, 2]), dense)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()])
+    if weights_only:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    path.write_bytes(converter.convert())
+    return path
+
+
+def test_an_st_deployment_config_and_a_users_int8_tflite(tmp_path, models, capsys):
+    """ST's deployment config (general.model_path: the user's int8 .tflite; class names and
+    pre-processing, no rescaling) gives the header in a new run folder; a float TFLite, or one with
+    int8 weights but float activations, is refused in one line before any folder is made."""
+    from stmclf.cli.main import main
+
+    model = Path(shutil.copyfile(models["rgb"], tmp_path / "mine_int8.tflite"))
+    config = tmp_path / "deployment_config.yaml"
+    config.write_text(f"""general:
+  model_path: {model}
+operation_mode: deployment
+dataset:
+  class_names: [tulips, daisy, roses]
+preprocessing:
+  resizing: {{interpolation: bilinear, aspect_ratio: crop}}
+  color_mode: rgb
+tools:
+  stedgeai: {{version: 10.0.0, optimization: balanced, on_cloud: true, path_to_stedgeai: /opt/st/stedgeai}}
+  path_to_cubeIDE: /opt/st/stm32cubeide
+deployment:
+  c_project_path: ../application_code/image_classification/STM32H7/
+  IDE: GCC
+  verbosity: 1
+  hardware_setup: {{serie: STM32H7, board: NUCLEO-H743ZI2, input: CAMERA_INTERFACE_SPI}}
+mlflow:
+  uri: {tmp_path / 'ml'}
+hydra:
+  run:
+    dir: {tmp_path / 'run'}
+""")
+    assert main(["deploy-header", "--config", str(config)]) == 0
+    text = (tmp_path / "run/generated" / HEADER_NAME).read_text()
+    d = _defines(text)
+    assert d["NB_CLASSES"] == "(3)" and (d["INPUT_HEIGHT"], d["INPUT_WIDTH"]) == ("(24)", "(32)")
+    assert d["ASPECT_RATIO_MODE"] == "ASPECT_RATIO_CROP" and d["QUANT_INPUT_TYPE"] == "UINT8_FORMAT"
+    assert d["CAMERA_INTERFACE"] == "CAMERA_INTERFACE_SPI" and d["DISPLAY_INTERFACE"] == "DISPLAY_INTERFACE_USB"
+    assert "rescaling" not in text  # the config gives none: the int8 input quantization holds it
+    io = read_tflite_io(model)
+    assert float(d["INPUT_QUANT_SCALE"].strip("()f")) == pytest.approx(io["input"]["scale"], rel=1e-6)
+    assert '"daisy", "roses", "tulips"' in text
+    capsys.readouterr()
+
+    for name, weights_only, why in (("float.tflite", False, "is a float TFLite model; the deployment header "
+                                                             "accepts an int8 TFLite model"),
+                                    ("dynamic.tflite", True, "is not a full-integer model: its CONV_2D layers "
+                                                             "compute in float")):
+        other = _unquantized_tflite(tmp_path / name, weights_only=weights_only)
+        capsys.readouterr()  # TensorFlow's converter warnings
+        assert main(["deploy-header", "--config", str(config), "--model", str(other)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: --model: {other} {why}"), err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run")) == ["run"]

@@ -160,3 +160,60 @@ def test_a_config_file_cannot_set_the_command_line_grants(tmp_path):
         assert proc.stderr.strip().splitlines()[-1].startswith(f"stmclf: error: {name}: a command-line option"), \
             proc.stderr[-2000:]
         assert not marker.exists()
+
+
+def _checkpoint_of(module, path: Path) -> Path:
+    """What Lightning writes for ``module`` (hyper-parameters, weights, then the module's
+    on_save_checkpoint hook), saved to ``path``."""
+    checkpoint = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_the_copy_of_a_pickled_source_in_a_checkpoint_still_needs_the_grant(tmp_path, monkeypatch):
+    """A run started from a pickled module keeps a copy of the file in its checkpoints (so the run
+    does not depend on the file): rebuilt from that copy once the file is gone, it loads only with
+    --trust-model-file, like the file itself."""
+    from stmclf.models.model_file_entry import SOURCE_KEY, model_file_spec
+    from stmclf.training.model_file import load_classifier
+    from stmclf.training.module import ClassifierModule
+
+    path = tmp_path / "mine.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2)), path)
+    with trusting_model_files():
+        module = ClassifierModule(model_spec=model_file_spec(path, (8, 8, 3)), class_names=["a", "b"],
+                                  input_shape=[8, 8, 3], rescaling=(1 / 255, 0.0), optimizer=None)
+    ckpt = _checkpoint_of(module, tmp_path / "best_model.pt")
+    stored = torch.load(ckpt, weights_only=True)  # the copy reads with the weights-only unpickler
+    assert stored[SOURCE_KEY]["content"].numpy().tobytes() == path.read_bytes()
+    path.unlink()
+    monkeypatch.setattr("stmclf.models.model_file_entry._contents", {})  # as in a new process: only the checkpoint
+    with pytest.raises(UserError, match="--trust-model-file"):
+        load_classifier(ckpt)
+    with trusting_model_files():
+        rebuilt = load_classifier(ckpt)
+    x = torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(rebuilt.preprocess(x)), module.eval()(module.preprocess(x)))
+
+
+def test_a_checkpoint_without_the_copy_reads_its_model_file_as_before(tmp_path):
+    """Checkpoints written before the copy existed (no sha256 in the spec, no copy) rebuild from
+    the path; without the file, the error names it."""
+    from stmclf.models.model_file_entry import SOURCE_KEY, model_file_spec
+    from stmclf.training.model_file import load_classifier
+    from stmclf.training.module import ClassifierModule
+
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))), str(path),
+                   _extra_files={"input_shape": "4,4,3"})
+    module = ClassifierModule(model_spec=model_file_spec(path, (4, 4, 3)), class_names=["a", "b"],
+                              input_shape=[4, 4, 3], rescaling=(1 / 255, 0.0), optimizer=None)
+    old = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}  # no hook: an older file
+    assert "sha256" not in old["hyper_parameters"]["model_spec"] and SOURCE_KEY not in old
+    torch.save(old, tmp_path / "old.pt")
+    assert load_classifier(tmp_path / "old.pt").class_names == ["a", "b"]
+    path.unlink()
+    with pytest.raises(UserError, match=f"unable to find the model file {path}"):
+        load_classifier(tmp_path / "old.pt")

@@ -326,3 +326,33 @@ def test_class_names_of_a_file_without_them_come_from_the_dataset_folders(setup,
     assert result.class_names == CLASSES
     correct = sum(Path(r.file).name.split("_")[0] == r.label for r in result.rows)
     assert correct >= 5, [(r.file, r.label) for r in result.rows]
+
+
+def test_a_trusted_pickled_module_without_a_config_is_one_clean_refusal(setup, tmp_path, capsys):
+    """A pickled torch.save(module) with --trust-model-file: without a config its rescaling is
+    unknown, so prediction is refused in one line before any run folder (the grant is not lost
+    between the check load and the stage's load: no crash there); with a config it predicts, its
+    input size from training.model.input_shape (the module records none)."""
+    from torch import nn
+
+    from stmclf.cli.main import main
+
+    path = tmp_path / "net.pt"
+    torch.save(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 3)), path)
+    folder = setup["folder"]
+    assert main(["predict", "--model", str(path), "--images", str(folder), "--trust-model-file",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"stmclf: error: {path}: the file does not record its rescaling; give --config with a "
+                   "preprocessing section (preprocessing.rescaling)"), err
+    assert not (tmp_path / "o").exists()
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"dataset:\n  class_names: {CLASSES}\npreprocessing:\n  rescaling: {{scale: 1/127.5, "
+                      "offset: -1}\ntraining:\n  model:\n    input_shape: (16, 16, 3)\n  batch_size: 4\n  epochs: 1\n"
+                      f"  optimizer: {{Adam: {{learning_rate: 0.001}}}}\nmlflow:\n  uri: {tmp_path / 'ml'}\n")
+    assert main(["predict", "--config", str(config), "--model", str(path), "--images", str(folder),
+                 "--trust-model-file", "--out", str(tmp_path / "p")]) == 0
+    rows = (tmp_path / "p/predictions/predictions.csv").read_text().splitlines()
+    assert len(rows) == 7 and all(row.split(",")[1] in CLASSES for row in rows[1:]), rows

@@ -128,3 +128,103 @@ def test_on_target_evaluation_is_refused_and_a_missing_board_is_named(files, tmp
     with caplog.at_level(logging.WARNING, logger="stmclf.benchmark"):
         assert board_name(load_config(["--config", str(config)])) == "STM32H747I-DISCO"
     assert "benchmarking.board not given: benchmarking for STM32H747I-DISCO" in caplog.text
+
+
+def _keras_h5(path: Path, *, dense_only: bool = False) -> Path:
+    """A small tf_keras model saved as .h5 (8x8x3 → conv → global pooling → dense 2)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    keras = pytest.importorskip("tf_keras")
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs if dense_only else keras.layers.Conv2D(4, 3)(inputs))
+    keras.Model(inputs, keras.layers.Dense(2)(x)).save(path)
+    return path
+
+
+def test_a_run_fine_tuned_from_a_model_file_does_not_need_the_file(files, tmp_path, caplog, monkeypatch):
+    """A run started from general.model_path (a tf_keras .h5) keeps a copy of the file in its
+    checkpoints: with the .h5 deleted (or replaced by another model), predict, export, evaluation
+    and resuming the run still rebuild the model it trained."""
+    import logging
+
+    from stmclf.models.model_file_entry import SOURCE_KEY
+
+    _, data, _ = files
+    h5 = _keras_h5(tmp_path / "mine.h5")
+    sha = __import__("hashlib").sha256(h5.read_bytes()).hexdigest()
+    config = _config(tmp_path / "ft.yaml", data, tmp_path / "run", tmp_path / "ml", model_path=h5)
+    assert main(["fit", "--config", str(config)]) == 0
+    run = tmp_path / "run"
+    best = torch.load(run / "saved_models/best_model.pt", weights_only=True)
+    assert best["hyper_parameters"]["model_spec"]["sha256"] == sha
+    assert best[SOURCE_KEY]["content"].numpy().tobytes() == h5.read_bytes()
+    h5.unlink()
+    monkeypatch.setattr("stmclf.models.model_file_entry._contents", {})  # as in a new process: only the checkpoint
+
+    with caplog.at_level(logging.INFO, logger="stmclf.models"):
+        assert main(["predict", "--run", str(run), "--images", str(data / "cat")]) == 0
+    assert "is missing: the model is rebuilt from the copy stored in its checkpoint" in caplog.text
+    assert len((run / "predictions/predictions.csv").read_text().splitlines()) == 7  # header + 6 images
+    assert main(["export", "--run", str(run), "--int8", "--format", "onnx"]) == 0
+    assert (run / "quantized_models/best_model_quant_qdq_pc.onnx").is_file()
+    evaluation = _config(tmp_path / "eval.yaml", data, tmp_path / "eval_run", tmp_path / "ml", mode="evaluation",
+                         model_path=run / "saved_models/best_model.pt")
+    assert main(["run", "--config", str(evaluation)]) == 0
+    assert json.loads((tmp_path / "eval_run/results.json").read_text())[0]["set"] == "validation_set"
+
+    _keras_h5(h5, dense_only=True)  # another model at the same path: the run keeps its own
+    resumed = config.read_text().replace("epochs: 1", "epochs: 2").replace(str(run), str(tmp_path / "resumed"))
+    resumed = resumed.replace("training:\n", "training:\n  resume_training_from: "
+                                             f"{run / 'saved_models/last_augmented_model.ckpt'}\n")
+    (tmp_path / "resume.yaml").write_text(resumed)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stmclf.models"):
+        assert main(["fit", "--config", str(tmp_path / "resume.yaml")]) == 0
+    assert "has changed since training: the model is rebuilt from the copy stored in its checkpoint" in caplog.text
+    last = torch.load(tmp_path / "resumed/saved_models/last_augmented_model.ckpt", weights_only=True)
+    assert last["epoch"] == 1 and last[SOURCE_KEY]["content"].numpy().tobytes() == best[SOURCE_KEY]["content"].numpy(
+    ).tobytes()  # the resumed run's checkpoints carry the original file, not the one now at its path
+
+
+def _torchscript(path: Path, *, record_shape: bool) -> Path:
+    """A scripted conv → BN → pool → linear classifier (2 classes), with or without the input_shape
+    extra file."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 2)).eval()
+    extra = {"input_shape": "8,8,3"} if record_shape else {}
+    torch.jit.save(torch.jit.script(net), str(path), _extra_files=extra)
+    return path
+
+
+def test_a_torchscript_source_without_its_input_shape_trains_exports_and_benchmarks(files, tmp_path, capsys):
+    """A TorchScript file without the input_shape extra file: one line saying how to give the size;
+    with training.model.input_shape in the config it fine-tunes, and the run (and the file itself)
+    exports to float ONNX, QDQ ONNX and TFLite and benchmarks (the ONNX exporter cannot trace into
+    a ScriptModule called by a plain module: the model is traced first)."""
+    _, data, _ = files
+    ts = _torchscript(tmp_path / "net.pt", record_shape=False)
+    config = _config(tmp_path / "ts.yaml", data, tmp_path / "run", tmp_path / "ml", mode="evaluation", model_path=ts)
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not record the input size: set training.model.input_shape" in err
+    assert "_extra_files" in err and not (tmp_path / "run").exists()
+
+    with_shape = config.read_text().replace("operation_mode: evaluation", "operation_mode: training").replace(
+        "training:\n", "training:\n  model:\n    input_shape: (8, 8, 3)\n")
+    (tmp_path / "fit.yaml").write_text(with_shape)
+    assert main(["fit", "--config", str(tmp_path / "fit.yaml")]) == 0
+    ts.unlink()  # the run is self-contained
+    run = tmp_path / "run"
+    assert main(["export", "--run", str(run), "--int8", "--format", "onnx,tflite"]) == 0
+    summary = json.loads((run / "quantized_models/export_summary.json").read_text())
+    assert {"onnx", "onnx_qdq", "tflite", "tflite_int8"} <= set(summary["files"])
+    assert main(["benchmark", "--run", str(run), "--offline"]) == 0
+
+    _torchscript(ts, record_shape=False)  # the file itself, without a training
+    assert main(["benchmark", "--config", str(tmp_path / "fit.yaml"), "--model", str(ts), "--run",
+                 str(tmp_path / "bench"), "--offline"]) == 0
+    assert (tmp_path / "bench/benchmark_models/net.onnx").is_file()

@@ -11,18 +11,23 @@ application expects (``NB_CLASSES``, ``CLASSES_TABLE``, ``INPUT_HEIGHT``, ``ASPE
 zero point are added (``INPUT_QUANT_SCALE``, ``INPUT_QUANT_ZERO_POINT``, ``OUTPUT_QUANT_*``) so
 that firmware can quantize frames and read scores without querying the network at run time.
 
-Everything comes from the run directory: its config (``config.yaml`` and ``stmclf_extras.yaml``:
-pre-processing, class names, ``quantization.export_dir``, ``deployment.hardware_setup``), the
-class names the run recorded
+Everything comes from the config and the model: the config (a run's ``config.yaml`` and
+``stmclf_extras.yaml``, or an ST deployment config: pre-processing, class names,
+``quantization.export_dir``, ``deployment.hardware_setup``), the class names the run recorded
 (``<export_dir>/export_summary.json`` or ``results.json``) when the config infers them from the
-dataset folders, and the int8 TFLite model (``<export_dir>/quantized_model.tflite``), whose
-input/output types, shapes and quantization parameters are read with LiteRT's interpreter.
+dataset folders, and the int8 TFLite model, whose input/output types, shapes and quantization
+parameters are read with LiteRT's interpreter. The model is a run's export
+(``<export_dir>/quantized_model.tflite``) or any full-integer ``.tflite`` (what ST's deployment
+takes: ``general.model_path`` of its deployment config, or ``--model``); a float TFLite model, or
+one quantized for weights only (float activations), is refused: the header records the input
+and output quantization the application applies.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -52,23 +57,51 @@ DISPLAY_INTERFACES = (("DISPLAY_INTERFACE_USB", 1), ("DISPLAY_INTERFACE_SPI", 2)
 CONFIGURABLE_IO_BOARDS = {"NUCLEO-H743ZI2": ("CAMERA_INTERFACE_DCMI", "DISPLAY_INTERFACE_USB")}
 
 
-def write_deploy_header(run_dir: Path, out: Optional[Path] = None) -> Path:
-    """Write ``ai_model_config.h`` for the run in ``run_dir`` (default destination
-    ``<run_dir>/generated/ai_model_config.h``); returns its path. One-line UserError/ConfigError
-    when the run lacks what the header needs."""
-    run_dir = Path(run_dir)
-    cfg = _read_config(run_dir)
-    export_dir = run_export_dir(run_dir, _get(cfg, "quantization", "export_dir") or DEFAULT_EXPORT_DIR)
-    model_path = find_int8_tflite(export_dir)
-    io = read_tflite_io(model_path)
-    class_names = _class_names(cfg, run_dir, export_dir)
-    text = render_header(cfg, class_names, io, model_path)
-    out = Path(out) if out is not None else run_dir / "generated" / HEADER_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="ascii")
-    log.info("Deployment header written: %s (%d classes, input %s %s, output %s)", out, len(class_names),
-             "x".join(str(d) for d in io["input"]["shape"][1:]), io["input"]["dtype"], io["output"]["dtype"])
-    return out
+@dataclass(frozen=True)
+class DeployHeader:
+    """The header's text and what it was made from (:func:`build_deploy_header`)."""
+
+    text: str
+    model: Path
+    class_names: list[str]
+    io: dict[str, dict[str, Any]]
+
+    def write(self, out: Path) -> Path:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(self.text, encoding="ascii")
+        log.info("Deployment header written: %s (%d classes, input %s %s, output %s)", out, len(self.class_names),
+                 "x".join(str(d) for d in self.io["input"]["shape"][1:]), self.io["input"]["dtype"],
+                 self.io["output"]["dtype"])
+        return out
+
+
+def build_deploy_header(run_dir: Optional[Path], *, cfg: Optional[dict] = None, model: Optional[Path] = None,
+                        key: str = "general.model_path") -> DeployHeader:
+    """The ``ai_model_config.h`` of a full-integer TFLite model. ``cfg``: the resolved config as
+    a dict (default: the files of the run in ``run_dir``); ``model``: the model, named by ``key`` in
+    errors (default: the run's int8 export). One-line UserError/ConfigError when the run, the
+    config or the model lacks what the header needs; nothing is written."""
+    if cfg is None:
+        cfg = _read_config(Path(run_dir))
+    if model is None:
+        export_dir = run_export_dir(Path(run_dir), _get(cfg, "quantization", "export_dir") or DEFAULT_EXPORT_DIR)
+        model_path, summary = find_int8_tflite(export_dir), export_dir / "export_summary.json"
+    else:
+        from stmclf.models.source import resolve_model_source
+
+        model_path = resolve_model_source(model, key).require("deploy", "the deployment header").path
+        summary = model_path.parent / "export_summary.json"  # an export of stmclf's: its class names
+    io = read_tflite_io(model_path, model_key=key)
+    class_names = _class_names(cfg, run_dir, summary, model_path)
+    return DeployHeader(render_header(cfg, class_names, io, model_path), model_path, class_names, io)
+
+
+def write_deploy_header(run_dir: Path, out: Optional[Path] = None, **kwargs: Any) -> Path:
+    """Write ``ai_model_config.h`` (:func:`build_deploy_header`) to ``out``, default
+    ``<run_dir>/generated/ai_model_config.h``; returns its path."""
+    header = build_deploy_header(run_dir, **kwargs)
+    return header.write(Path(out) if out is not None else Path(run_dir) / "generated" / HEADER_NAME)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,22 +126,29 @@ def _get(cfg: dict, *keys: str) -> Any:
 
 def find_int8_tflite(export_dir: Path) -> Path:
     """``<export_dir>/quantized_model.tflite``, else the only other non-float ``.tflite`` there."""
+    found = exported_int8_tflite(export_dir)
+    if found is None:
+        raise UserError(f"{export_dir}: no int8 TFLite model ({INT8_TFLITE}); export the run first "
+                        f"(stmclf export, or operation_mode quantization)")
+    return found
+
+
+def exported_int8_tflite(export_dir: Path) -> Optional[Path]:
+    """:func:`find_int8_tflite`, None when the folder has no int8 ``.tflite``."""
     preferred = export_dir / INT8_TFLITE
     if preferred.is_file():
         return preferred
     candidates = sorted(p for p in export_dir.glob("*.tflite") if not p.stem.endswith("float32"))
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise UserError(f"{export_dir}: no int8 TFLite model ({INT8_TFLITE}); export the run first "
-                        f"(stmclf export, or operation_mode quantization)")
-    raise UserError(f"{export_dir}: several TFLite models ({', '.join(p.name for p in candidates)}) and no "
-                    f"{INT8_TFLITE}; keep the one to deploy")
+    if len(candidates) > 1:
+        raise UserError(f"{export_dir}: several TFLite models ({', '.join(p.name for p in candidates)}) and no "
+                        f"{INT8_TFLITE}; keep the one to deploy")
+    return candidates[0] if candidates else None
 
 
-def read_tflite_io(path: Path) -> dict[str, dict[str, Any]]:
-    """{"input"|"output": {dtype, shape, scale, zero_point}} of a TFLite model (first input and
-    output), read with LiteRT's interpreter."""
+def read_tflite_io(path: Path, model_key: str = "general.model_path") -> dict[str, dict[str, Any]]:
+    """{"input"|"output": {dtype, shape, scale, zero_point}} of a full-integer TFLite model (first
+    input and output), read with LiteRT's interpreter; a model whose convolutions or dense layers
+    compute in float is a one-line error under ``model_key``."""
     try:
         import torch  # noqa: F401 - the project's rule: torch before TensorFlow/LiteRT native libraries
     except ImportError:  # pragma: no cover
@@ -122,6 +162,7 @@ def read_tflite_io(path: Path) -> dict[str, dict[str, Any]]:
     except Exception as exc:  # noqa: BLE001 - LiteRT raises ValueError/RuntimeError on bad files
         raise UserError(f"{path}: not a TFLite model LiteRT can load "
                         f"({one_line(exc)})") from None
+    _require_full_integer(interpreter, path, model_key)
     out = {}
     for key, details in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):
         if not details:
@@ -139,15 +180,37 @@ def read_tflite_io(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _class_names(cfg: dict, run_dir: Path, export_dir: Path) -> list[str]:
+COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL")
+
+
+def _require_full_integer(interpreter, path: Path, key: str) -> None:
+    """Refuse a model whose convolutions / dense layers take float inputs: a float model, or one
+    quantized for its weights only (dynamic range). The application runs full-integer models."""
+    try:
+        ops = interpreter._get_ops_details()  # LiteRT's per-operator view (op name, tensor indices)
+        dtypes = {d["index"]: np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
+    except Exception:  # noqa: BLE001 - a LiteRT without this view: the model is described as it is
+        return
+    compute = [op for op in ops if op.get("op_name") in COMPUTE_OPS and len(op.get("inputs", ())) > 0]
+    floating = [op["op_name"] for op in compute if dtypes.get(int(op["inputs"][0]), np.dtype(np.int8)).kind == "f"]
+    if floating:
+        raise ConfigError(key, f"{path} is not a full-integer model: its {floating[0]} layers compute in float "
+                               "(float activations: a float or weights-only quantized model); the deployment header "
+                               "needs a full-integer int8 TFLite model (quantized with a representative dataset, as "
+                               "stmclf export --int8 writes it)")
+
+
+def _class_names(cfg: dict, run_dir: Optional[Path], summary: Path, model_path: Path) -> list[str]:
     names = _get(cfg, "dataset", "class_names")
     source = "dataset.class_names"
-    if not names:
-        summary = export_dir / "export_summary.json"
-        if summary.is_file():
-            names, source = _json(summary).get("class_names"), str(summary)
-    if not names:
-        results = run_dir / "results.json"
+    if not names and summary.is_file():
+        recorded = _json(summary)
+        recorded = recorded if isinstance(recorded, dict) else {}
+        files = recorded.get("files") if isinstance(recorded.get("files"), dict) else {}
+        if not files or model_path.name in {Path(str(v)).name for v in files.values()}:  # the export that wrote it
+            names, source = recorded.get("class_names"), str(summary)
+    if not names and run_dir is not None:
+        results = Path(run_dir) / "results.json"
         if results.is_file():
             records = _json(results)
             if isinstance(records, list):
@@ -323,7 +386,7 @@ def render_header(cfg: dict, class_names: Sequence[str], io: dict[str, dict[str,
         f"#define OUTPUT_QUANT_SCALE        {c_float(outp['scale'])}",
         f"#define OUTPUT_QUANT_ZERO_POINT   ({outp['zero_point']})",
     ]
-    if isinstance(rescaling, dict) and rescaling.get("scale") is not None:
+    if isinstance(rescaling, dict) and rescaling.get("scale") is not None:  # ST's deployment configs give none
         lines += [f"/* (the training rescaling pixel * {rescaling.get('scale')} + {rescaling.get('offset', 0)} is "
                   f"folded into the input quantization) */"]
     lines += _io_lines(cfg)

@@ -402,16 +402,21 @@ def _benchmark(argv: Sequence[str]) -> int:
 
 
 def _deploy_header(argv: Sequence[str]) -> int:
-    from jsonargparse import ArgumentParser
-
+    from stmclf.config import from_namespace
+    from stmclf.config.parser import build_parser
     from stmclf.orchestration import deploy_header_command
 
-    parser = ArgumentParser(prog="stmclf deploy-header", exit_on_error=False,
-                            description="Write the C header (ai_model_config.h) the STM32 application needs.")
-    parser.add_argument("--run", type=str, required=True, help="the run directory holding the int8 model")
+    parser = build_parser("stmclf deploy-header", "Write the C header (ai_model_config.h) the STM32 application "
+                                                  "needs for a full-integer (int8) TFLite model: a run's export, or "
+                                                  "general.model_path of an ST deployment config.")
+    parser.add_argument("--model", type=Optional[str], default=None,
+                        help="the int8 .tflite; default with --run: the run's export (quantized_model.tflite), "
+                             "else general.model_path")
+    parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--out", type=Optional[str], default=None, help="header file (default RUN/generated/...)")
-    args = _parse_small(parser, argv)
-    print(deploy_header_command(args.run, args.out))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv), "--model"))
+    cfg = from_namespace(parser, ns)
+    print(deploy_header_command(cfg, ns.model, run=ns.run, out=ns.out))
     return 0
 
 
@@ -448,7 +453,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "export": (_export, "export a trained model to ONNX / TFLite (float; int8 with --int8)"),
     "predict": (_predict, "classify the images of a folder with any trained model (table, annotated PNGs, CSV)"),
     "benchmark": (_benchmark, "footprint on an STM32 board (cloud, local stedgeai or --offline estimate)"),
-    "deploy-header": (_deploy_header, "write the C header for ST's application from a run directory"),
+    "deploy-header": (_deploy_header, "write the C header for ST's application for an int8 .tflite (a run's "
+                                      "export or an ST deployment config's model)"),
     "data": (_data, "dataset utilities: 'data fetch digits|flowers|fashion-mnist --out DIR', "
                     "'data check --config x.yaml'"),
     "summary": (_summary, "layer table of the config's training.model (Keras indices, params, output shapes)"),

@@ -145,7 +145,10 @@ def check_training(cfg) -> None:
     check_training_keys(cfg)
     cfg.preprocessing.scale_offset()  # also when operation_mode names a deployment mode
     training, general, dataset = cfg.training, cfg.general, cfg.dataset
-    sources = [k for k, v in (("training.model", training.model),
+    # training.model with only input_shape beside general.model_path: the input size of a torch
+    # model file that does not record it (TorchScript, pickled module), not a second model source
+    shape_only = bool(general.model_path) and isinstance(training.model, dict) and set(training.model) == {"input_shape"}
+    sources = [k for k, v in (("training.model", None if shape_only else training.model),
                               ("general.model_path", general.model_path)) if v]
     if not sources and not training.resume_training_from:
         raise ConfigError("training.model", "expecting either training.model, training.resume_training_from "
@@ -153,7 +156,7 @@ def check_training(cfg) -> None:
     # A checkpoint to resume wins over the other sources (with a warning when they differ).
     if len(sources) > 1 and not training.resume_training_from:
         raise ConfigError(sources[1], f"{' and '.join(sources)} are mutually exclusive: give only one model source")
-    if training.model is not None and not training.resume_training_from:
+    if training.model is not None and not training.resume_training_from and not shape_only:
         for key in ("name", "input_shape"):
             if training.model.get(key) in (None, ""):
                 raise ConfigError(f"training.model.{key}", "missing required key")

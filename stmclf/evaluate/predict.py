@@ -200,8 +200,20 @@ def resolve_rescaling(info: ModelInfo, cfg=None) -> tuple[float, float]:
         return configured
     if info.rescaling is not None:
         return info.rescaling
-    raise UserError(f"{info.path}: the file does not record its rescaling; give --config with a preprocessing "
-                    f"section (preprocessing.rescaling)")
+    raise _unknown_rescaling(info.path)
+
+
+def _unknown_rescaling(path) -> UserError:
+    return UserError(f"{path}: the file does not record its rescaling; give --config with a preprocessing "
+                     f"section (preprocessing.rescaling)")
+
+
+def require_known_rescaling(source, cfg=None) -> None:
+    """Refuse, before the model is loaded or anything is written, a model file that records no
+    rescaling (a Keras .h5 or torch file: imported, not exported by stmclf) when there is no
+    ``preprocessing`` section to take it from (``cfg`` None: no config)."""
+    if source.is_imported and not source.is_artifact and getattr(cfg, "preprocessing", None) is None:
+        raise _unknown_rescaling(source.path)
 
 
 # -- images ------------------------------------------------------------------------------------

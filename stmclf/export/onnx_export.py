@@ -103,17 +103,28 @@ def export_onnx(module, out: Path, *, opset: int = 17, batch_size: Optional[int]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(network, (example,), str(partial), input_names=[INPUT_NAME], output_names=[name],
-                              opset_version=int(opset), dynamic_axes=dynamic_axes, do_constant_folding=True,
-                              dynamo=False)
+            torch.onnx.export(_traceable(network, example), (example,), str(partial), input_names=[INPUT_NAME],
+                              output_names=[name], opset_version=int(opset), dynamic_axes=dynamic_axes,
+                              do_constant_folding=True, dynamo=False)
     except Exception as exc:  # noqa: BLE001 - torch raises many types; the first line says what failed
         partial.unlink(missing_ok=True)
-        raise UserError(f"{out}: unable to export {module.model_name} to ONNX opset {opset}: "
-                        f"{one_line(exc)} (an operator without an ONNX equivalent at this opset: "
-                        f"try another quantization.target_opset)") from None
+        reason = one_line(exc)
+        hint = (" (an operator without an ONNX equivalent at this opset: try another quantization.target_opset)"
+                if "opset" in reason.lower() or "operator" in reason.lower() else "")
+        raise UserError(f"{out}: unable to export {module.model_name} to ONNX opset {opset}: {reason}{hint}") from None
     _write_metadata(partial, module, fold_rescaling=fold_rescaling, softmax=softmax)
     os.replace(partial, out)
     return out
+
+
+def _traceable(network: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``network``, traced first when it calls TorchScript modules (a TorchScript model file): torch's
+    ONNX exporter takes a ScriptModule, or a plain module, but cannot trace into a ScriptModule
+    that a plain module calls; ``torch.jit.trace`` can, and its result exports."""
+    if not any(isinstance(m, torch.jit.ScriptModule) for m in network.modules()):
+        return network
+    with torch.no_grad():
+        return torch.jit.trace(network, (example,), check_trace=False)
 
 
 def _max_opset() -> int:

@@ -2,30 +2,67 @@
 as a registry entry, so that checkpoints of runs started from ``general.model_path`` rebuild it
 (the file is read again, then the checkpoint's weights are loaded on top).
 
+A trained run does not depend on the source file: every checkpoint of a model built from a model
+file (``*.ckpt``, ``best_model.pt``) also stores a copy of the file's bytes under
+:data:`SOURCE_KEY` (a uint8 tensor, read with the weights-only unpickler like the rest) and its
+SHA-256 in the spec (``sha256``). When the spec's path is missing, or its content is no longer the
+one the run trained from, the architecture is rebuilt from that copy (:func:`remember_source`
+makes a checkpoint's copy known when the checkpoint is read). The copy is loaded by the same
+importers as the file, under the same rule: a pickled module still loads only with
+``--trust-model-file``. Checkpoints written before this (no ``sha256``, no copy) read the path as
+before.
+
 A pickled model file loads only with ``--trust-model-file`` on the command line
 (:func:`stmclf.trust.model_files_trusted`). The spec never grants it: a ``trust_model_file`` value
 in a config's ``training.model`` or in an older checkpoint's stored spec is ignored."""
 from __future__ import annotations
 
+import hashlib
+import logging
+import tempfile
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from stmclf.errors import ConfigError
 from stmclf.models.graph import KerasGraph
 from stmclf.models.heads import head_units
 from stmclf.models.registry import register_model
 
+log = logging.getLogger("stmclf.models")
+
 NAME = "model_file"
+SOURCE_KEY = "model_file_source"
+"""The checkpoint key of the model file's copy: ``{"sha256", "name", "content"}``."""
+
+_contents: dict[str, bytes] = {}
+"""Model files' bytes by SHA-256: files read in this process and copies stored in checkpoints read
+(content-addressed, so a copy is only ever used for the hash it has)."""
 
 
-@register_model(NAME, required=("name", "input_shape", "path"), optional=("trust_model_file",))
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@register_model(NAME, required=("name", "input_shape", "path"), optional=("trust_model_file", "sha256"))
 def model_file(*, num_classes: int, input_shape: tuple[int, int, int], dropout: float | None, path: str,
-               trust_model_file: bool = False) -> KerasGraph:
+               trust_model_file: bool = False, sha256: str | None = None) -> KerasGraph:
     from stmclf.models.importers import load_model_file
     from stmclf.trust import model_files_trusted
 
     del trust_model_file  # accepted for older checkpoints' specs, never obeyed: only the command line grants it
-    imported = load_model_file(path, trust_model_file=model_files_trusted(), input_shape=tuple(input_shape),
-                               key="training.model.path")
+    data, digest, stored = _source_bytes(path, sha256)
+    load = dict(trust_model_file=model_files_trusted(), input_shape=tuple(input_shape), key="training.model.path")
+    if stored:
+        with tempfile.TemporaryDirectory(prefix="stmclf-model-file-") as folder:
+            copy = Path(folder) / (Path(path).name or "model")
+            copy.write_bytes(data)
+            imported = load_model_file(copy, **load)
+        imported.path = Path(path)
+    else:
+        imported = load_model_file(path, **load)
     if imported.num_outputs != head_units(num_classes):
         raise ConfigError("general.model_path", f"the model in {path} has {imported.num_outputs} outputs, the "
                                                 f"dataset {num_classes} classes")
@@ -33,8 +70,62 @@ def model_file(*, num_classes: int, input_shape: tuple[int, int, int], dropout: 
         imported.set_dropout_rate(float(dropout))
     graph = imported.graph
     graph.layer_index_offset = imported.layer_index_offset
+    if digest is not None:
+        graph.model_file_source = (digest, Path(path).name)
     return graph
+
+
+def _source_bytes(path: str, sha256: str | None) -> tuple[bytes | None, str | None, bool]:
+    """(the bytes to rebuild the model from, their SHA-256, whether they are a checkpoint's copy
+    rather than the file at ``path``). The file is read when it has the content ``sha256`` names (or no hash is
+    given: an older checkpoint, a config's spec); else the stored copy with that hash when there
+    is one; else the file as it is (the loader then reports a missing file)."""
+    file = Path(path).expanduser()
+    data = digest = None
+    if file.is_file():
+        try:
+            data = file.read_bytes()
+        except OSError:
+            data = None  # the loader names the problem
+    if data is not None:
+        digest = _sha256(data)
+        _contents.setdefault(digest, data)
+    if sha256 is None or digest == sha256:
+        return data, digest, False
+    if sha256 in _contents:
+        log.info("%s %s: the model is rebuilt from the copy stored in its checkpoint", path,
+                 "has changed since training" if data is not None else "is missing")
+        return _contents[sha256], sha256, True
+    if data is not None:
+        log.warning("%s has changed since the checkpoint was written (and the checkpoint holds no copy of it)", path)
+    return data, digest, False
 
 
 def model_file_spec(path: str, input_shape: Any) -> dict[str, Any]:
     return {"name": NAME, "path": str(path), "input_shape": [int(v) for v in input_shape]}
+
+
+def remember_source(checkpoint: Any) -> None:
+    """Make the model file copy a checkpoint stores (:data:`SOURCE_KEY`) available to the rebuild
+    of its model; anything else under that key is ignored."""
+    entry = checkpoint.get(SOURCE_KEY) if isinstance(checkpoint, Mapping) else None
+    content = entry.get("content") if isinstance(entry, Mapping) else None
+    if isinstance(content, torch.Tensor) and content.dtype == torch.uint8 and content.dim() == 1:
+        data = content.contiguous().numpy().tobytes()
+        _contents.setdefault(_sha256(data), data)
+
+
+def store_source(model: torch.nn.Module, checkpoint: MutableMapping[str, Any]) -> None:
+    """Add to ``checkpoint`` (Lightning's dict, with ``hyper_parameters``) the copy of the model
+    file ``model`` was built from and its hash in the stored spec, so the checkpoint rebuilds the
+    model without the file. Nothing for a model not built from a model file."""
+    source = getattr(model, "model_file_source", None)
+    data = _contents.get(source[0]) if source else None
+    hparams = checkpoint.get("hyper_parameters")
+    spec = hparams.get("model_spec") if isinstance(hparams, Mapping) else None
+    if data is None or not isinstance(spec, Mapping) or spec.get("name") != NAME:
+        return
+    sha256, name = source
+    checkpoint["hyper_parameters"] = {**hparams, "model_spec": {**spec, "sha256": sha256}}  # a copy: not the module's
+    checkpoint[SOURCE_KEY] = {"sha256": sha256, "name": name,
+                              "content": torch.frombuffer(bytearray(data), dtype=torch.uint8)}

@@ -283,6 +283,9 @@ def _source_from_checkpoint(path: Path) -> KerasGraph:
             or not isinstance(hparams.get("class_names"), Sequence):
         raise ConfigError(MODEL_PATH_KEY, f"{path} is not a stmclf training checkpoint "
                                           "(no hyper_parameters.model_spec / class_names or state_dict)")
+    from stmclf.models.model_file_entry import remember_source
+
+    remember_source(checkpoint)
     try:
         source = build_model(dict(hparams["model_spec"]), num_classes=len(hparams["class_names"]),
                              dropout=hparams.get("dropout"))

@@ -14,6 +14,7 @@ name alone, never by unpickling code):
 | ``tflite_float`` / ``tflite_int8`` | TFLite | — | yes | — | yes |
 | ``torchscript``, ``torch_export``, ``pickled_module`` | torch files | yes | yes | yes | float |
 
+The deployment header (``stmclf deploy-header``) takes ``tflite_int8`` only (stage ``deploy``).
 "float" in the benchmark column: the file is exported to a float ONNX first, and that is measured.
 
 A source a stage cannot use is refused by :meth:`ModelSource.require` with one line naming the
@@ -55,12 +56,15 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "predict": (*TORCH_KINDS, "onnx_qdq", "tflite_float", "tflite_int8"),
     "quantize": TORCH_KINDS,
     "benchmark": (*ARTIFACT_KINDS, *TORCH_KINDS),
+    "deploy": ("tflite_int8",),
 }
 """A model that is not an ONNX/TFLite file is benchmarked as its float ONNX export (ST's service
 likewise measures a Keras .h5 as the float model it is)."""
 HINTS = {
          "quantize": " (an exported model cannot be quantized again: give the float model it came from)",
-         "resume": " (a last_augmented_model.ckpt written by stmclf fit)"}
+         "resume": " (a last_augmented_model.ckpt written by stmclf fit)",
+         "deploy": (" (full-integer: the header records its input and output quantization; quantize the model "
+                    "first, e.g. stmclf export --int8)")}
 
 
 def _accepts_text(stage: str) -> str:

@@ -134,6 +134,11 @@ def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optiona
     if not model:
         raise ConfigError("general.model_path", "prediction needs a model (a stmclf .pt/.ckpt, Keras .h5, .onnx "
                                                 "or .tflite)")
+    from stmclf.evaluate.predict import require_known_rescaling
+    from stmclf.models.source import resolve_model_source
+
+    model = resolve_model_source(model, key)
+    require_known_rescaling(model, cfg if use_config else None)
     model = checked_source(model, "predict", "prediction", cfg, key=key)
     if images is None:
         if cfg.prediction is None or not cfg.prediction.test_files_path:
@@ -148,17 +153,33 @@ def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optiona
     return result
 
 
-def deploy_header_command(run: str, out: Optional[str] = None) -> Path:
-    """``stmclf deploy-header --run RUN``: ``<run>/generated/ai_model_config.h``, recorded in the
-    run's MLflow parent run as the ``deploy`` stage."""
-    from stmclf.benchmark.deploy_header import write_deploy_header
-    from stmclf.config import load_config
-    from stmclf.config.run_files import run_config_args
+def run_int8_tflite(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
+    """The int8 TFLite model a run folder's export wrote (``<export_dir>/quantized_model.tflite``)."""
+    from stmclf.benchmark.deploy_header import exported_int8_tflite
+    from stmclf.export.export import run_export_dir
 
-    root = Path(run)
-    cfg = load_config(run_config_args(root), prog="stmclf deploy-header")
-    journey = Journey(cfg, root)
-    with journey.stage("deploy", artifacts=[Path(out)] if out else ()):
-        header = write_deploy_header(root, out)
+    if run_root is None:
+        return None
+    return exported_int8_tflite(run_export_dir(Path(run_root), cfg.quantization.export_dir if cfg.quantization
+                                               else None))
+
+
+def deploy_header_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optional[str] = None,
+                          out: Optional[str] = None) -> Path:
+    """``stmclf deploy-header``: ``<run>/generated/ai_model_config.h`` for a full-integer TFLite
+    model — ``--model``; else, with ``--run``, the run's int8 export; else ``general.model_path``
+    (an ST deployment config) — recorded in the run's MLflow parent run as the ``deploy`` stage."""
+    from stmclf.benchmark.deploy_header import HEADER_NAME, build_deploy_header
+
+    root = resolve_run_dir(run, model, cfg)
+    model, key = command_model(cfg, model, "--model", run, root, run_int8_tflite)
+    if not model:
+        raise ConfigError("general.model_path", "the deployment header needs a full-integer (int8) .tflite model: "
+                                                "--model, general.model_path, or --run RUN_DIR of an exported run")
+    header = build_deploy_header(root, cfg=cfg.to_dict(), model=model, key=key)  # its refusals before any folder
+    journey = Journey(cfg, root, model_name=model_label(cfg, header.model))
+    with journey.stage("deploy", extra_params={"model_path": str(header.model)},
+                       artifacts=[Path(out)] if out else ()):
+        path = header.write(Path(out) if out else journey.root / "generated" / HEADER_NAME)
     journey.finish("deploy-header")
-    return header
+    return path

@@ -22,8 +22,9 @@ def run_mode(cfg: RunConfig) -> None:
     if not mode.available:
         available = ", ".join(m for m, spec in MODES.items() if spec.available)
         raise ConfigError("operation_mode", f"{name!r} is not available in stmclf (it builds and flashes the "
-                                            f"board application): `stmclf deploy-header --run RUN` writes the C "
-                                            f"header for ST's application; available: {available}")
+                                            f"board application): `stmclf deploy-header --run RUN` (or --config FILE "
+                                            f"with an int8 .tflite as general.model_path) writes the C header for "
+                                            f"ST's application; available: {available}")
     _check_evaluation(cfg, mode)
     if mode.has("train"):
         _train_then(cfg, mode)

@@ -18,7 +18,7 @@ def model_label(cfg: RunConfig, model: Optional[str | Path] = None) -> str:
     """A short name of the journey's model for the MLflow parent run."""
     if cfg.training is not None and cfg.training.resume_training_from and model is None:
         model = cfg.training.resume_training_from
-    if model is None and cfg.training is not None and cfg.training.model:
+    if model is None and cfg.training is not None and cfg.training.model and cfg.training.model.get("name"):
         spec = cfg.training.model
         alpha = spec.get("alpha")
         return f"{spec.get('name')}" + (f" α{alpha}" if alpha is not None else "")

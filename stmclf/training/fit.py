@@ -118,7 +118,8 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
         from stmclf.models.importers import load_model_file
         from stmclf.models.model_file_entry import model_file_spec
 
-        imported = load_model_file(source.path, trust_model_file=cfg.trust_model_file, key=source.key)
+        imported = load_model_file(source.path, trust_model_file=cfg.trust_model_file, key=source.key,
+                                   fallback_input_shape=rules.model_input_shape(cfg))
         imported.check_dropout(training.dropout)  # the reference's dropout rule
         log.info("Model file : %s", imported.describe())
         spec = model_file_spec(source.path.resolve(), imported.input_shape)
@@ -146,8 +147,8 @@ def _input_shape(cfg: RunConfig, resume: Optional[dict], source: Optional[ModelS
         if source.is_imported:
             from stmclf.models.importers import load_model_file
 
-            return list(load_model_file(source.path, trust_model_file=cfg.trust_model_file,
-                                        key=source.key).input_shape)
+            return list(load_model_file(source.path, trust_model_file=cfg.trust_model_file, key=source.key,
+                                        fallback_input_shape=rules.model_input_shape(cfg)).input_shape)
         return list(read_checkpoint(source.path, source.key)["hyper_parameters"]["input_shape"])
     shape = cfg.training.model.get("input_shape")
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):

@@ -33,6 +33,9 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
             or not _REQUIRED_HPARAMS <= set(checkpoint["hyper_parameters"]) <= _module_arguments():
         raise ConfigError(key, f"{path} is not a stmclf checkpoint (expecting a file written by stmclf fit: "
                                f"last_augmented_model.ckpt, best_augmented_model.ckpt or {BEST_MODEL_NAME})")
+    from stmclf.models.model_file_entry import remember_source
+
+    remember_source(checkpoint)  # a run started from a model file rebuilds it without the file
     return checkpoint
 
 
@@ -50,12 +53,15 @@ def _module_arguments() -> set[str]:
 
 def write_model_file(checkpoint_path: Path, out: Path) -> Path:
     """The weights-only model of a training checkpoint."""
+    from stmclf.models.model_file_entry import SOURCE_KEY
     from stmclf.training.checkpoint_io import atomic_torch_save
 
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    atomic_torch_save({"format": MODEL_FORMAT, "epoch": checkpoint.get("epoch"),
-                       "hyper_parameters": checkpoint["hyper_parameters"],
-                       "state_dict": checkpoint["state_dict"]}, out)
+    model = {"format": MODEL_FORMAT, "epoch": checkpoint.get("epoch"),
+             "hyper_parameters": checkpoint["hyper_parameters"], "state_dict": checkpoint["state_dict"]}
+    if SOURCE_KEY in checkpoint:  # the copy of the model file the run started from
+        model[SOURCE_KEY] = checkpoint[SOURCE_KEY]
+    atomic_torch_save(model, out)
     return out
 
 
@@ -104,20 +110,24 @@ def dataset_class_names(cfg) -> list[str] | None:
         return None
 
 
-def load_source_module(source, cfg=None, *, class_names=None, trust_model_file: bool = False):
+def load_source_module(source, cfg=None, *, class_names=None):
     """The :class:`ClassifierModule` (eval mode, CPU) of any torch-readable model source
     (:class:`stmclf.models.source.ModelSource`): a stmclf file as trained, or an imported
     Keras/ONNX/torch model wrapped with the config's rescaling and the dataset's class names
-    (``class_0`` … when there is no dataset)."""
+    (``class_0`` … when there is no dataset). A torch file that records no input size takes the
+    config's ``training.model.input_shape``; a pickled module loads only with the command line's
+    ``--trust-model-file`` (:func:`stmclf.trust.model_files_trusted`, with or without ``cfg``)."""
+    from stmclf.config.rules import model_input_shape
     from stmclf.models.importers import load_model_file
     from stmclf.models.heads import head_units
     from stmclf.models.model_file_entry import model_file_spec
     from stmclf.training.module import ClassifierModule
+    from stmclf.trust import model_files_trusted
 
     if source.kind == "stmclf":
         return load_classifier(source.path, source.key)
-    trust = trust_model_file or bool(getattr(cfg, "trust_model_file", False))
-    imported = load_model_file(source.path, trust_model_file=trust, key=source.key)
+    imported = load_model_file(source.path, trust_model_file=model_files_trusted(), key=source.key,
+                               fallback_input_shape=model_input_shape(cfg) if cfg is not None else None)
     names = list(class_names) if class_names is not None else dataset_class_names(cfg)
     if names is None:
         names = [f"class_{i}" for i in range(max(imported.num_outputs, 2))]

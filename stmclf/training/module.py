@@ -84,6 +84,11 @@ class ClassifierModule(L.LightningModule):
         height, width, channels = (int(v) for v in input_shape)  # Keras order
         self.example_input_array = torch.zeros(1, channels, height, width, dtype=torch.uint8)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from stmclf.models.model_file_entry import store_source
+
+        store_source(self.model, checkpoint)  # a model built from a model file: its copy, for a self-contained run
+
     @property
     def model_name(self) -> str:
         return getattr(self.model, "name", None) or str(self.hparams.model_spec.get("name"))

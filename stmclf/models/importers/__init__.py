@@ -34,12 +34,15 @@ __all__ = ["ImportedModel", "KINDS", "detect_kind", "load_model_file"]
 
 
 def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: str = "general.model_path",
-                    input_shape: tuple[int, int, int] | None = None) -> ImportedModel:
+                    input_shape: tuple[int, int, int] | None = None,
+                    fallback_input_shape: tuple[int, int, int] | None = None) -> ImportedModel:
     """Read a model file as an :class:`ImportedModel` (CPU, train mode, all layers trainable).
 
     ``input_shape`` (height, width, channels) is needed for torch files that do not record it
     (TorchScript, pickled modules); for Keras and ONNX files, which fix it, a different value is an
-    error. Errors are one-line :class:`~stmclf.errors.ConfigError`\\ s under ``key``.
+    error. ``fallback_input_shape`` (the config's ``training.model.input_shape``) is used only by a
+    torch file that records no input size; other files ignore it. Errors are one-line
+    :class:`~stmclf.errors.ConfigError`\\ s under ``key``.
     """
     file = require_model_file(path, key)
     try:
@@ -57,15 +60,15 @@ def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: st
     elif kind == "torchscript":
         from stmclf.models.importers.torch_files import load_torchscript
 
-        imported = load_torchscript(file, key, input_shape)
+        imported = load_torchscript(file, key, input_shape, fallback_input_shape)
     elif kind == "torch_export":
         from stmclf.models.importers.torch_files import load_torch_export
 
-        imported = load_torch_export(file, key, input_shape, trust_model_file)
+        imported = load_torch_export(file, key, input_shape, trust_model_file, fallback_input_shape)
     elif kind == "pickled_module":
         from stmclf.models.importers.torch_files import load_pickled_module
 
-        imported = load_pickled_module(file, key, input_shape, trust_model_file)
+        imported = load_pickled_module(file, key, input_shape, trust_model_file, fallback_input_shape)
     elif kind == "stmclf_checkpoint":
         raise file_error(key, file, "a stmclf checkpoint / model file, not a model to import: it is read as a "
                                     "stmclf model (stmclf.training.model_file)")

@@ -6,7 +6,7 @@ custom models (:class:`~stmclf.models.custom.ModuleGraph`); a module without chi
 These files do not record the input size: it comes from ``input_shape`` (the caller), else from the
 file — a torch.export program's example input, a TorchScript extra file ``input_shape``
 (``torch.jit.save(m, path, _extra_files={"input_shape": "128,128,3"})``) or an ``input_shape``
-attribute of the module.
+attribute of the module —, else from ``fallback_shape`` (the config's ``training.model.input_shape``).
 
 * TorchScript: loaded with ``torch.jit.load`` (TorchScript code, no Python unpickling). Scripted
   modules train normally. Traced modules keep the batch-norm / dropout mode they were traced in (a
@@ -260,16 +260,27 @@ def _shape_from(value: Any) -> tuple[int, int, int] | None:
     return dims if len(dims) == 3 and all(d > 0 for d in dims) else None  # type: ignore[return-value]
 
 
+_RECORD_SHAPE = {
+    "TorchScript": 'or save it with torch.jit.save(model, path, _extra_files={"input_shape": "H,W,C"})',
+    "torch.export": "or export it with an example input of shape (batch, channels, height, width)",
+    "pickled module": "or give the module an input_shape attribute (height, width, channels) before torch.save",
+}
+
+
 def _resolve_shape(given: tuple[int, int, int] | None, found: tuple[int, int, int] | None, path: Path, key: str,
-                   kind: str) -> tuple[int, int, int]:
+                   kind: str, fallback: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """``given`` (a rebuild's stored shape), else the shape the file records, else ``fallback``
+    (the config's ``training.model.input_shape``)."""
+    if given is None and found is None:
+        given = fallback
     if given is not None:
         shape = _shape_from(given)
         if shape is None:
             raise file_error(key, path, f"input_shape must be (height, width, channels), got {given!r}")
         return shape
     if found is None:
-        raise file_error(key, path, f"a {kind} file does not record the input size: give the input shape "
-                                    "(height, width, channels)")
+        raise file_error(key, path, f"a {kind} file does not record the input size: set training.model.input_shape: "
+                                    f"(height, width, channels) in the config, {_RECORD_SHAPE[kind]}")
     return found
 
 
@@ -292,14 +303,15 @@ def _refuse_probabilities(module: nn.Module, input_shape: tuple[int, int, int], 
                                     "could not be removed; save it without its final softmax (training uses logits)")
 
 
-def load_torchscript(path: Path, key: str, input_shape: tuple[int, int, int] | None) -> ImportedModel:
+def load_torchscript(path: Path, key: str, input_shape: tuple[int, int, int] | None,
+                     fallback_shape: tuple[int, int, int] | None = None) -> ImportedModel:
     extra = {"input_shape": ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
         raise file_error(key, path, f"not a loadable TorchScript file ({first_line(exc)})") from None
     found = _shape_from(extra.get("input_shape") or None) or _shape_from(getattr(module, "input_shape", None))
-    shape = _resolve_shape(input_shape, found, path, key, "TorchScript")
+    shape = _resolve_shape(input_shape, found, path, key, "TorchScript", fallback_shape)
     out = _probe(module, shape, path, key)
     _refuse_probabilities(module, shape, path, key)
     graph = OpaqueModuleGraph(module, shape, name=_type_name(module))
@@ -355,7 +367,7 @@ def _unpickling_refused() -> Iterator[None]:
 
 
 def load_torch_export(path: Path, key: str, input_shape: tuple[int, int, int] | None,
-                      trust: bool = False) -> ImportedModel:
+                      trust: bool = False, fallback_shape: tuple[int, int, int] | None = None) -> ImportedModel:
     try:
         with nullcontext() if trust else _unpickling_refused():
             program = torch.export.load(str(path))
@@ -368,7 +380,7 @@ def load_torch_export(path: Path, key: str, input_shape: tuple[int, int, int] | 
             raise file_error(key, path, "a torch.export program with pickled objects: loading them runs code from "
                                         "the file; pass --trust-model-file only for a file you trust") from None
         raise file_error(key, path, f"not a loadable torch.export program ({first_line(exc)})") from None
-    shape = _resolve_shape(input_shape, _export_input_shape(program), path, key, "torch.export")
+    shape = _resolve_shape(input_shape, _export_input_shape(program), path, key, "torch.export", fallback_shape)
     module = ExportedModule(gm)
     stripped = module.strip_final_softmax()
     out = _probe(module, shape, path, key)
@@ -398,7 +410,7 @@ def _strip_sequential_softmax(module: nn.Module) -> bool:
 
 
 def load_pickled_module(path: Path, key: str, input_shape: tuple[int, int, int] | None,
-                        trust: bool) -> ImportedModel:
+                        trust: bool, fallback_shape: tuple[int, int, int] | None = None) -> ImportedModel:
     if not trust:
         raise file_error(key, path, "a pickled torch model: loading it runs code from the file; pass "
                                     "--trust-model-file only for a file you trust (or save the model with "
@@ -412,7 +424,7 @@ def load_pickled_module(path: Path, key: str, input_shape: tuple[int, int, int] 
     if not isinstance(module, nn.Module):
         raise file_error(key, path, f"the file holds a {type(module).__name__}, not a torch nn.Module")
     shape = _resolve_shape(input_shape, _shape_from(getattr(module, "input_shape", None)), path, key,
-                           "pickled module")
+                           "pickled module", fallback_shape)
     stripped = _strip_sequential_softmax(module)
     out = _probe(module, shape, path, key)
     _refuse_probabilities(module, shape, path, key)
