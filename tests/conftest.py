@@ -125,3 +125,75 @@ def run_cli(*args: str, cwd: Path | None = None):
     proc = subprocess.run([sys.executable, "-m", "stmclf.cli.main", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def keras():
+    """tf_keras (the reference's Keras), for parity tests; the test is skipped without it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return pytest.importorskip("tf_keras")
+
+
+def closed_port_url() -> str:
+    """A local URL nothing listens on: a download from it fails at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture
+def no_weight_downloads(tmp_path, monkeypatch):
+    """No real weights cache, no Keras cache, and any download attempt fails fast."""
+    from stmclf.models.pretrained import URL_ENV
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.setenv("STMCLF_CACHE", str(tmp_path / "stmclf-cache"))
+    monkeypatch.setenv(URL_ENV, closed_port_url())
+
+
+class KerasDownload(Exception):
+    """Raised instead of tf_keras' download (:func:`keras_download_request`)."""
+
+
+def keras_download_request(monkeypatch, build) -> dict:
+    """What tf_keras asks its downloader for (``fname``, ``origin``, ``subdir``) while ``build()``
+    makes a model with ImageNet weights; nothing is downloaded."""
+    from tf_keras.src.utils import data_utils
+
+    asked = {}
+
+    def get_file(fname, origin, **kwargs):
+        asked.update(fname=fname, origin=origin, subdir=kwargs.get("cache_subdir"))
+        raise KerasDownload
+
+    monkeypatch.setattr(data_utils, "get_file", get_file)
+    with pytest.raises(KerasDownload):
+        build()
+    return asked
+
+
+def assert_offline_weights_error(model, spec: dict, cache: Path, remote: str) -> None:
+    """``pretrained_weights: imagenet`` offline (:func:`no_weight_downloads`): one line naming the
+    file ``remote`` (``folder/file.h5`` on the weights server), its URL and where to put it; the
+    model unchanged."""
+    import copy
+
+    import torch
+
+    from stmclf.errors import ConfigError
+    from stmclf.models.pretrained import URL_ENV, apply_pretrained
+
+    url = os.environ[URL_ENV].rstrip("/") + "/" + remote
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ConfigError) as info:
+        apply_pretrained(model, spec, cache_dir=cache)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"training.model.pretrained_weights: cannot download {remote.rsplit('/', 1)[-1]} "
+                              f"from {url} (")
+    assert message.endswith(f"; put the file in {cache}/")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -19,12 +19,6 @@ from stmclf.models import build_model
 from stmclf.models.importers import ImportedModel, detect_kind, load_model_file
 
 
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return pytest.importorskip("tf_keras")
-
-
 def _one_line_error(exc_info: Any) -> str:
     text = str(exc_info.value)
     assert "\n" not in text

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import config_text, write_image_folder
+from conftest import assert_offline_weights_error, config_text, keras_download_request, write_image_folder
 from stmclf.errors import ConfigError, UserError
 from stmclf.models import build_model
 from stmclf.models.frozen import frozen_indices
@@ -64,26 +63,7 @@ def _assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=5e-4 * max(1.0, float(np.abs(expected).max())))
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
-
-
-@pytest.fixture(autouse=True)
-def _offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No real cache, no Keras cache, and any download attempt fails fast."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KERAS_HOME", raising=False)
-    monkeypatch.setenv("STMCLF_CACHE", str(tmp_path / "stmclf-cache"))
-    monkeypatch.setenv(URL_ENV, _closed_port_url())
-
-
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return pytest.importorskip("tf_keras")
+pytestmark = pytest.mark.usefixtures("no_weight_downloads")
 
 
 def _keras_backbone(keras: Any, model_type: str | None, shape: tuple = SHAPE) -> Any:
@@ -268,24 +248,12 @@ def _features(model: KerasGraph, images: np.ndarray) -> np.ndarray:
 
 
 def test_imagenet_file_names_match_keras(keras: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tf_keras.src.utils import data_utils
-
-    class Intercepted(Exception):
-        pass
-
-    asked = {}
-
-    def get_file(fname: str, origin: str, **kwargs: Any) -> str:
-        asked.update(fname=fname, origin=origin, subdir=kwargs.get("cache_subdir"))
-        raise Intercepted
-
-    monkeypatch.setattr(data_utils, "get_file", get_file)
     monkeypatch.delenv(URL_ENV)
     for spec, app in ((_spec("resnet50"), keras.applications.ResNet50V2),
                       (_b0(), keras.applications.EfficientNetV2B0)):
         keras.backend.clear_session()
-        with pytest.raises(Intercepted):
-            app(include_top=False, weights="imagenet", pooling="avg", input_shape=SHAPE)
+        asked = keras_download_request(monkeypatch, lambda: app(include_top=False, weights="imagenet", pooling="avg",
+                                                                  input_shape=SHAPE))
         ours = imagenet_weights_file(spec)
         assert (ours.file_name, ours.url(), asked["subdir"]) == (asked["fname"], asked["origin"], "models")
     names = [imagenet_weights_file(_spec("efficientnet", t)).file_name for t in ("B1", "B2", "B3", "S")]
@@ -306,17 +274,8 @@ def test_imagenet_weights_from_the_cache(b0_files: dict[str, Any], tmp_path: Pat
 
 
 def test_imagenet_weights_offline_is_one_line(tmp_path: Path) -> None:
-    url = os.environ[URL_ENV].rstrip("/") + "/efficientnet_v2/" + B0_FILE
-    cache = tmp_path / "empty"
-    model = build_model(_b0(pretrained_weights="imagenet"), 5, None)
-    before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ConfigError) as info:
-        apply_pretrained(model, _b0(pretrained_weights="imagenet"), cache_dir=cache)
-    message = str(info.value)
-    assert "\n" not in message
-    assert message.startswith(f"training.model.pretrained_weights: cannot download {B0_FILE} from {url} (")
-    assert message.endswith(f"; put the file in {cache}/")
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    spec = _b0(pretrained_weights="imagenet")
+    assert_offline_weights_error(build_model(spec, 5, None), spec, tmp_path / "empty", f"efficientnet_v2/{B0_FILE}")
 
 
 def test_h5_model_with_a_nested_backbone_imports(b0_files: dict[str, Any]) -> None:

@@ -2,7 +2,6 @@
 copy, constraints, ONNX."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +78,6 @@ def test_onnx_export_round_trip(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Parity with Keras Applications MobileNet (tf_keras, i.e. Keras 2 as in the reference).
-
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return pytest.importorskip("tf_keras")
-
 
 def _keras_mnv1(keras: Any, alpha: float, input_shape: tuple[int, int, int], num_classes: int, seed: int = 0) -> Any:
     keras.backend.clear_session()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +87,6 @@ def test_onnx_export_round_trip(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Parity with the Keras Applications MobileNetV2 (tf_keras, i.e. Keras 2 as in the reference).
-
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return pytest.importorskip("tf_keras")
-
 
 def _keras_mnv2(keras: Any, alpha: float, input_shape: tuple[int, int, int], num_classes: int,
                 dropout: float | None = None, seed: int = 0) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_offline_weights_error, closed_port_url, keras_download_request
 from stmclf.errors import ConfigError
 from stmclf.models import build_model
 from stmclf.models.graph import KerasGraph
@@ -38,26 +38,7 @@ def _ours(num_classes: int = 5, dropout: float | None = None, **keys: Any) -> Ke
     return build_model(_spec(**keys), num_classes, dropout).eval()
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No real cache, no Keras cache, and any download attempt fails fast."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("KERAS_HOME", raising=False)
-    monkeypatch.setenv("STMCLF_CACHE", str(tmp_path / "stmclf-cache"))
-    monkeypatch.setenv(URL_ENV, _closed_port_url())
-
-
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return pytest.importorskip("tf_keras")
+pytestmark = pytest.mark.usefixtures("no_weight_downloads")
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +103,6 @@ def _assert_unchanged(model: KerasGraph, before: dict[str, torch.Tensor]) -> Non
 # ---------------------------------------------------------------------------------------------
 # File names and URLs, checked against tf_keras' own choice (its download is intercepted).
 
-class _Intercepted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("version,alpha,shape", [
     ("v2", 0.35, (96, 96, 3)), ("v2", 1, (224, 224, 3)), ("v2", 0.5, (100, 100, 3)), ("v2", 1.3, (128, 128, 3)),
     ("v2", 0.75, (128, 96, 3)), ("v1", 0.25, (128, 128, 3)), ("v1", 0.75, (96, 96, 3)), ("v1", 1.0, (192, 192, 3)),
@@ -133,20 +110,11 @@ class _Intercepted(Exception):
 ])
 def test_imagenet_file_matches_keras(keras: Any, monkeypatch: pytest.MonkeyPatch, version: str, alpha: float,
                                      shape: tuple[int, int, int]) -> None:
-    from tf_keras.src.utils import data_utils
-
-    asked = {}
-
-    def get_file(fname: str, origin: str, **kwargs: Any) -> str:
-        asked.update(fname=fname, origin=origin, subdir=kwargs.get("cache_subdir"))
-        raise _Intercepted
-
-    monkeypatch.setattr(data_utils, "get_file", get_file)
     monkeypatch.delenv(URL_ENV)
     app = keras.applications.MobileNetV2 if version == "v2" else keras.applications.MobileNet
     keras.backend.clear_session()
-    with pytest.raises(_Intercepted):
-        app(include_top=False, weights="imagenet", alpha=alpha, input_shape=shape)
+    asked = keras_download_request(monkeypatch, lambda: app(include_top=False, weights="imagenet", alpha=alpha,
+                                                              input_shape=shape))
     ours = imagenet_weights_file({"name": "mobilenet", "version": version, "alpha": alpha, "input_shape": shape})
     assert (ours.file_name, ours.url(), asked["subdir"]) == (asked["fname"], asked["origin"], "models")
 
@@ -236,23 +204,15 @@ def test_imagenet_downloads_once(keras_files: dict[str, Any], http_mirror: str, 
     assert sorted(p.name for p in cache.iterdir()) == [V2_FILE]  # no temporary file left
     assert (cache / V2_FILE).read_bytes() == keras_files["weights"].read_bytes()
     _assert_matches_keras(model, keras_files)
-    monkeypatch.setenv(URL_ENV, _closed_port_url())  # offline now: the cached file is used
+    monkeypatch.setenv(URL_ENV, closed_port_url())  # offline now: the cached file is used
     assert apply_pretrained(_ours(), _spec(pretrained_weights="imagenet"), cache_dir=cache) is not None
 
 
 def test_imagenet_offline_error_is_one_line(tmp_path: Path) -> None:
-    url = os.environ[URL_ENV].rstrip("/") + "/mobilenet_v2/" + V2_FILE
     cache = tmp_path / "empty-cache"
     model = _ours()
-    before = _state(model)
-    with pytest.raises(ConfigError) as info:
-        apply_pretrained(model, _spec(pretrained_weights="imagenet"), cache_dir=cache)
-    message = str(info.value)
-    assert "\n" not in message
-    assert message.startswith(f"training.model.pretrained_weights: cannot download {V2_FILE} from {url} (")
-    assert message.endswith(f"; put the file in {cache}/")
+    assert_offline_weights_error(model, _spec(pretrained_weights="imagenet"), cache, f"mobilenet_v2/{V2_FILE}")
     assert not cache.exists() or not any(cache.iterdir())
-    _assert_unchanged(model, before)
     with pytest.raises(ConfigError, match=f"put the file in {tmp_path / 'stmclf-cache' / CACHE_SUBDIR}/$"):
         apply_pretrained(model, _spec(pretrained_weights="imagenet"))
 

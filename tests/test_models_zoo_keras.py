@@ -5,7 +5,6 @@ output logits) must give the same layer names, Keras types, order, output shapes
 after copying the Keras weights, the same outputs."""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -15,12 +14,6 @@ import torch
 
 from stmclf.models import build_model
 from stmclf.models.keras_weights import load_keras_weights
-
-
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return pytest.importorskip("tf_keras")
 
 
 FD_BLOCKS = ((64, 2), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1),
