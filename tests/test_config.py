@@ -233,6 +233,10 @@ def test_hydra_add_and_delete_overrides_and_null_entries(seed_file):
      "value; set it instead"),
     (["training.model.name.x=1"], "training.model.name.x: training.model.name is 'mobilenet', not a mapping: it "
      "holds no key 'x'"),  # the name was replaced by {x: 1}; Hydra refuses it too
+    (["training.batch_size.x=1"], "training.batch_size.x: training.batch_size expects int, not a mapping: it holds "
+     "no key 'x'"),  # was: expected int, got "NestedArg(key='x', val='1')"
+    (["--preprocessing.color_mode.a", "1"], "preprocessing.color_mode.a: preprocessing.color_mode expects one of "
+     "grayscale, rgb, rgba, not a mapping"),
     (["--training.optimizer.Adam.learning_rate.decay", "2"], "training.optimizer.Adam.learning_rate.decay: "
      "training.optimizer.Adam.learning_rate is 0.001, not a mapping: it holds no key 'decay'"),
     (["~training.epochs=3"], "~training.epochs=3: Hydra's ~key=value (delete if equal) is not supported; the "

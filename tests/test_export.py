@@ -277,6 +277,24 @@ def test_evaluate_artifact_matches_evaluate_module(exported, setup):
         assert got["loss"] == pytest.approx(reference["loss"], rel=1e-3, abs=1e-5)
 
 
+def test_export_reads_images_with_the_models_rescaling_also_when_the_config_has_none(setup, tmp_path, caplog):
+    """ST's deployment configs have no preprocessing.rescaling: an export with one reads the dataset
+    with the model's own rescaling (it failed with 'missing required key preprocessing.rescaling'
+    after announcing the export); another rescaling in the config is one warning."""
+    from stmclf.config.sections import Rescaling
+    from stmclf.export.images import gather_images
+
+    cfg = _config(tmp_path, setup["train_dir"], setup["test_dir"])
+    cfg.operation_mode, cfg.preprocessing.rescaling = "deployment", None
+    with caplog.at_level(logging.WARNING, logger="stmclf"):
+        images, _, evaluation = gather_images(cfg, setup["module"], int8=True, max_calibration=8, check_images=4)
+        assert evaluation[0] == "test_set" and len(images.check) == 4 and not caplog.records
+        cfg.preprocessing.rescaling = Rescaling(scale=1 / 255, offset=0.0)
+        gather_images(cfg, setup["module"], int8=True, max_calibration=8, check_images=4)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"preprocessing.rescaling ({1 / 255}, 0.0) differs from the model's {tuple(RESCALING)}: using the model's"]
+
+
 def test_a_sure_but_wrong_model_has_the_same_loss_as_its_onnx_file(setup, tmp_path):
     """The float model's cross-entropy is of its softmax clipped as Keras does, like every exported
     file's: an image the model is sure of, wrongly, counts −log(1e-7), not the logit gap (the

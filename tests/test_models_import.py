@@ -475,6 +475,25 @@ def test_torchscript_file(tmp_path: Path) -> None:
     assert load_model_file(path).input_shape == (10, 10, 3)
 
 
+class OneImageNet(SmallNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).reshape(1, 8))  # batch 1 only
+
+
+def test_a_torch_file_failing_on_the_probe_batch_gets_the_likely_cause(tmp_path: Path) -> None:
+    """A wrong channel count was blamed on a fixed batch size: the hint now says which of the two
+    it is (the model is tried on one image)."""
+    path = tmp_path / "net.model"
+    torch.jit.save(torch.jit.script(SmallNet().eval()), str(path))
+    with pytest.raises(UserError) as info:
+        load_model_file(path, input_shape=(12, 12, 1))
+    assert _one_line_error(info).endswith("(does it take 12x12 images with 1 channel(s)? (training.model.input_shape))")
+    torch.jit.save(torch.jit.script(OneImageNet().eval()), str(path))
+    with pytest.raises(UserError) as info:
+        load_model_file(path, input_shape=(12, 12, 3))
+    assert _one_line_error(info).endswith("(it runs on one image: a fixed batch size? export it with a dynamic batch)")
+
+
 def test_torch_export_file(tmp_path: Path) -> None:
     net = SmallNet(classes=4, softmax=True).eval()
     _randomize_torch_bn(net)

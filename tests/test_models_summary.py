@@ -75,6 +75,11 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     bad = MNV1.replace("alpha: 0.25", "alpha: 0.25\n    depth: 8")
     assert main(["summary", "--config", str(_config(tmp_path, bad, dataset=TEN_CLASSES))]) == 2
     assert "training.model.depth: unexpected attribute" in capsys.readouterr().err
+    # a model file with only its input size in training.model: the file is named, not training.model.name
+    file_config = _config(tmp_path, "    input_shape: (32, 32, 3)\n", dataset=TEN_CLASSES)
+    assert main(["summary", "--config", str(file_config), "--general.model_path", "model.pt"]) == 2
+    assert capsys.readouterr().err == ("stmclf: error: general.model_path: stmclf summary shows the layers of a "
+                                       "training.model (name, version, ...), not of a model file\n")
 
 
 def test_render_summary_totals(capsys: pytest.CaptureFixture[str]) -> None:

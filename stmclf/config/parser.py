@@ -637,6 +637,10 @@ def one_line_error(message: str) -> str:
     key = ".".join(leaf_path)
     if leaf is None and expected:
         shown = [e for e in expected if e != "None"] or expected
+        nested = re.fullmatch(r"""["']?NestedArg\(key='([^']*)', val=.*""", given or "")
+        if nested:  # --training.batch_size.x 1: a key below a value of the schema that holds none
+            return (f"{key}.{nested.group(1)}: {key} expects {' or '.join(shown)}, not a mapping: it holds no key "
+                    f"{nested.group(1)!r}")
         got = f", got {given!r}" if given is not None else ""
         return f"{key}: expected {' or '.join(shown)}{got}"
     leaf = one_line(leaf or message)

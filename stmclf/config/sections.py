@@ -6,8 +6,10 @@ keys, wrong types and bad choices are refused with the key path.
 """
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 from stmclf.errors import UserError
 from stmclf.config.modes import OPERATION_MODES, OperationModeName as OperationMode  # noqa: F401
@@ -75,6 +77,16 @@ class Preprocessing:
         if self.rescaling is None:
             raise UserError(MISSING_RESCALING)
         return float(self.rescaling.scale), float(self.rescaling.offset)
+
+    def model_rescaling(self, recorded: Sequence[float]) -> tuple[float, float]:
+        """The rescaling a model records (what it was trained with: what evaluation, export and
+        prediction use), with a warning when the config gives another one."""
+        model = (float(recorded[0]), float(recorded[1]))
+        if self.rescaling is not None and not all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+                                                  for a, b in zip(self.scale_offset(), model)):
+            logging.getLogger("stmclf").warning("preprocessing.rescaling %s differs from the model's %s: using the "
+                                                "model's", self.scale_offset(), model)
+        return model
 
 
 MISSING_RESCALING = "missing required key preprocessing.rescaling.scale, preprocessing.rescaling.offset"

@@ -63,9 +63,7 @@ def evaluate_model(cfg: RunConfig, model, run_root: Path, *, mlflow_logger=None,
         if list(module.class_names) != list(splits.class_names):
             raise ConfigError("dataset.class_names", f"the model was trained on classes {module.class_names}, "
                                                      f"the dataset has {splits.class_names}")
-        if tuple(module.hparams.rescaling) != rescaling:
-            log.warning("preprocessing.rescaling %s differs from the model's %s: using the model's", rescaling,
-                        tuple(module.hparams.rescaling))
+        cfg.preprocessing.model_rescaling(module.hparams.rescaling)
         name, files = evaluation_set(splits)
         log.info("Dataset : %s, %s: %d images", cfg.dataset.name, name.replace("_", " "), len(files))
         results = evaluate_module(module, [(name, datamodule.loader_for(files))])

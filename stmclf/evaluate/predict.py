@@ -192,10 +192,7 @@ def resolve_rescaling(info: ModelInfo, cfg=None) -> tuple[float, float]:
         configured = preprocessing.scale_offset()
     if info.rescaling is not None and (info.module is not None or info.path.suffix.lower() == ".onnx"):
         # the model's own rescaling is what it was trained with (evaluation and export use it too)
-        if configured is not None and not np.allclose(configured, info.rescaling, rtol=1e-6, atol=1e-9):
-            log.warning("preprocessing.rescaling %s differs from the model's %s: using the model's", configured,
-                        info.rescaling)
-        return info.rescaling
+        return preprocessing.model_rescaling(info.rescaling) if preprocessing is not None else info.rescaling
     if configured is not None:
         return configured
     if info.rescaling is not None:

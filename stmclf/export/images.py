@@ -130,10 +130,7 @@ def gather_images(cfg, module, *, int8: bool, max_calibration: Optional[int] = D
         if list(module.class_names) != list(splits.class_names):
             raise ConfigError("dataset.class_names", f"the model was trained on classes {module.class_names}, "
                                                      f"the dataset has {splits.class_names}")
-        rescaling = cfg.preprocessing.scale_offset()
-        if tuple(float(v) for v in module.hparams.rescaling) != rescaling:
-            log.warning("preprocessing.rescaling %s differs from the model's %s: using the model's", rescaling,
-                        tuple(module.hparams.rescaling))
+        cfg.preprocessing.model_rescaling(module.hparams.rescaling)
         if splits.test is not None:
             evaluation = ("test_set", splits.test)
         elif splits.valid is not None:

@@ -82,6 +82,9 @@ def build_configured_model(cfg: Any, num_classes: int | None = None) -> KerasGra
     training = cfg.training
     if training is None or not training.model:
         raise ConfigError("training.model", "missing: stmclf summary shows the model of training.model")
+    if not training.model.get("name") and cfg.general.model_path:  # training.model: {input_shape: ...} only
+        raise ConfigError("general.model_path", "stmclf summary shows the layers of a training.model (name, "
+                                                "version, ...), not of a model file")
     if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
         raise ConfigError("--num_classes", f"expected an integer from 1 to {MAX_CLASSES:,}, got {num_classes}")
     classes = num_classes if num_classes is not None else class_count(cfg)

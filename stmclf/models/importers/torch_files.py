@@ -289,8 +289,13 @@ def _probe(module: nn.Module, input_shape: tuple[int, int, int], path: Path, key
         out = probe_outputs(module, input_shape, batch=2)
     except Exception as exc:  # noqa: BLE001 - the model's own code failing on a batch
         h, w, c = input_shape
+        try:
+            probe_outputs(module, input_shape, batch=1)
+            hint = "it runs on one image: a fixed batch size? export it with a dynamic batch"
+        except Exception:  # noqa: BLE001 - the same failure: the input size, not the batch
+            hint = f"does it take {h}x{w} images with {c} channel(s)? (training.model.input_shape)"
         raise file_error(key, path, f"the model fails on a batch of shape (2, {c}, {h}, {w}): {first_line(exc)} "
-                                    "(a fixed batch size? export it with a dynamic batch)") from None
+                                    f"({hint})") from None
     if not isinstance(out, Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise file_error(key, path, f"the model outputs {shape}; (batch, classes) scores are needed")
