@@ -160,8 +160,8 @@ def test_builder_rejects_malformed_graphs() -> None:
         g.add("a", ReLU(), x)
     with pytest.raises(ValueError, match="unknown input"):
         g.add("b", ReLU(), "nope")
-    with pytest.raises(ValueError, match="invalid"):
-        g.add("b.c", ReLU(), x)
+    with pytest.raises(ValueError, match="without a name"):
+        g.add("", ReLU(), x)
     with pytest.raises(ValueError, match="exactly one input"):
         g.add("b", conv2d(2, 1), [x, x])
     g.add("dead_end", ReLU(), x)
@@ -170,3 +170,25 @@ def test_builder_rejects_malformed_graphs() -> None:
         g.build(outputs=x, name="m")
     with pytest.raises(ValueError, match="not connected"):
         g.build(outputs=y, name="m")
+
+
+def test_layer_names_torch_cannot_key() -> None:
+    """Keras names with a '.' (Keras Applications' ``mobilenetv2_0.35_96``) or naming a module
+    attribute get a sanitised module key, unused by any other layer; the graph keeps the Keras
+    names (nodes, layer table, :meth:`KerasGraph.layer`) and ordinary names keep their keys."""
+    g = GraphBuilder((4, 4, 2))
+    x = g.add("a.b", conv2d(3, 1), g.input())
+    x = g.add("training", ReLU(), x)
+    x = g.add("a_b", batch_norm(), x)
+    x = g.add("gap", GlobalAveragePooling2D(), x)
+    model = g.build(outputs=g.add("head.fc", dense(2), x), name="dots")
+    assert [n.name for n in model.nodes] == ["input_1", "a.b", "training", "a_b", "gap", "head.fc"]
+    assert list(model.layers) == ["a_b_", "training_", "a_b", "gap", "head_fc"]
+    assert model.layer("a.b") is model.layer_module(1) and model.layer("a_b") is model.layers["a_b"]
+    assert isinstance(model.layer("a_b"), BatchNormalization) and model.layer("head.fc").weight.shape == (2, 3)
+    assert [row.name for row in model.layer_table()][1:] == ["a.b", "training", "a_b", "gap", "head.fc"]
+    assert model.layer_table()[1].params == 9 and model.training
+    model.set_frozen([1, -1])
+    assert not model.layer("a.b").weight.requires_grad and model.layer("a_b").weight.requires_grad
+    assert model.eval()(torch.randn(2, 2, 4, 4)).shape == (2, 2)
+    assert "layers.head_fc.weight" in model.state_dict()

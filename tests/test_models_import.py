@@ -3,11 +3,13 @@ pickled-module files read as trainable models that output logits."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,10 @@ from torch import nn
 
 from stmclf.errors import UserError
 from stmclf.models import build_model
+from stmclf.models.frozen import frozen_indices
 from stmclf.models.importers import ImportedModel, detect_kind, load_model_file
+from stmclf.models.keras_weights import load_keras_weights
+from stmclf.training.qat import plan_model
 
 
 def _one_line_error(exc_info: Any) -> str:
@@ -34,9 +39,14 @@ def _randomize_bn(model: Any, seed: int = 0) -> None:
             return rng.uniform(0.5, 1.5, shape).astype(np.float32)
         return rng.normal(0, 0.3, shape).astype(np.float32)
 
-    for layer in model.layers:
-        if type(layer).__name__ == "BatchNormalization":
-            layer.set_weights([value(v.name, w.shape) for w, v in zip(layer.get_weights(), layer.weights)])
+    def randomize(model: Any) -> None:
+        for layer in model.layers:
+            if hasattr(layer, "layers"):  # a nested model
+                randomize(layer)
+            elif type(layer).__name__ == "BatchNormalization":
+                layer.set_weights([value(v.name, w.shape) for w, v in zip(layer.get_weights(), layer.weights)])
+
+    randomize(model)
 
 
 def _keras_outputs(model: Any, images: np.ndarray) -> np.ndarray:
@@ -196,6 +206,113 @@ def test_keras_mobilenet_v2_application(keras: Any, tmp_path: Path) -> None:
     probabilities = torch.softmax(torch.from_numpy(_ours(imported, images)), 1).numpy()
     np.testing.assert_allclose(probabilities, _keras_outputs(model, images), atol=1e-4)
     assert imported.graph.keras_param_count() == model.count_params()
+
+
+def _nested_mobilenet(keras: Any, shape: tuple[int, int, int] | None, called_with: tuple[int, int, int]) -> Any:
+    """TF's transfer-learning model: a MobileNetV2 backbone (Keras names it ``mobilenetv2_0.35_<rows>``)
+    called with training=False, a Dense softmax head (here named with a '.' too). Random BatchNorm
+    scales and offsets, moving statistics of a random batch (outputs that depend on the image)."""
+    base = keras.applications.MobileNetV2(alpha=0.35, input_shape=shape, include_top=False, weights=None,
+                                          pooling="avg")
+    inputs = keras.Input(called_with)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="head.fc")(base(inputs, training=False)))
+    _randomize_bn(model)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    base(np.random.default_rng(1).uniform(-1, 1, (32, *called_with)).astype(np.float32), training=True)
+    return model
+
+
+def _same_outputs(imported: ImportedModel, model: Any, seed: int = 0) -> None:
+    images = np.random.default_rng(seed).uniform(-1, 1, (2, *imported.input_shape)).astype(np.float32)
+    expected = _keras_outputs(model, images)
+    assert expected.std(axis=0).mean() > 1e-3  # the outputs depend on the image
+    ours = _ours(imported, images)
+    if imported.output_is_softmax:
+        ours = torch.softmax(torch.from_numpy(ours), 1).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_keras_nested_backbone_named_with_a_dot(keras: Any, tmp_path: Path) -> None:
+    """Keras layer names with a '.' (a nested MobileNetV2, a Dense head): imported under their Keras
+    names (layers, layer table, weights by name, frozen_layers, QAT plan), the same outputs."""
+    model = _nested_mobilenet(keras, (32, 32, 3), (32, 32, 3))
+    path = tmp_path / "mnv2.h5"
+    model.save(path)
+    imported = load_model_file(path)
+    _check_same_layers(imported, model)
+    graph = imported.graph
+    assert graph.nodes[1].name == "mobilenetv2_0.35_32" and graph.layer("mobilenetv2_0.35_32").inference_only
+    assert [row.name for row in graph.layer_table()][1:] == ["mobilenetv2_0.35_32", "head.fc"]
+    assert imported.output_is_softmax and graph.keras_param_count() == model.count_params()
+    _same_outputs(imported, model)
+    fresh = load_model_file(path).graph
+    for p in fresh.parameters():
+        torch.nn.init.zeros_(p)
+    assert "mobilenetv2_0.35_32/Conv1" in load_keras_weights(fresh, model)  # pretrained_weights' path, by name
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), graph.state_dict().values()))
+    graph.set_frozen(frozen_indices("(1)", graph.num_layers))
+    assert not any(p.requires_grad for p in graph.layer("mobilenetv2_0.35_32").parameters())
+    assert all(p.requires_grad for p in graph.layer("head.fc").parameters())
+    names = [name for name, _, _ in plan_model(graph).weights]
+    assert names[0] == "mobilenetv2_0.35_32/Conv1" and names[-1] == "head.fc"
+
+
+def test_keras_nested_model_takes_the_input_shape_it_is_called_with(keras: Any, tmp_path: Path) -> None:
+    """A nested model built without a fixed input size (Input((None, None, 3)), a Keras Applications
+    backbone without input_shape) gets its size from the outer model's input; a known size that
+    does not fit stays an error."""
+    L = keras.layers
+    inner_in = keras.Input((None, None, 3), name="bb_input")
+    x = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, strides=2, padding="same", name="c1")(inner_in))
+    inner = keras.Model(inner_in, L.GlobalAveragePooling2D(name="gap")(x), name="bb")
+    inputs = keras.Input((20, 16, 3))
+    model = keras.Model(inputs, L.Dense(3, name="logits")(inner(inputs)))
+    _randomize_bn(model)
+    for name, kmodel in (("small", model), ("mnv2", _nested_mobilenet(keras, None, (48, 40, 3)))):
+        kmodel.save(tmp_path / f"{name}.h5")
+        imported = load_model_file(tmp_path / f"{name}.h5")
+        _check_same_layers(imported, kmodel)
+        assert imported.graph.layer_module(1).graph.input_shape == imported.input_shape == kmodel.input_shape[1:]
+        _same_outputs(imported, kmodel)
+    assert load_model_file(tmp_path / "small.h5").graph.layer("bb").graph.nodes[1].output_shape == (10, 8, 4)
+    with h5py.File(tmp_path / "small.h5", "r+") as f:  # the nested model's input: (None, 18, None, 3)
+        config = json.loads(f.attrs["model_config"])
+        config["config"]["layers"][1]["config"]["layers"][0]["config"]["batch_input_shape"][1] = 18
+        f.attrs["model_config"] = json.dumps(config)
+    with pytest.raises(UserError) as info:
+        load_model_file(tmp_path / "small.h5")
+    assert _one_line_error(info).endswith("nested model 'bb': the input shape (None, 18, None, 3) (InputLayer "
+                                          "'bb_input') does not fit the shape (20, 16, 3) it is called with")
+
+
+def test_keras_model_nested_twice(keras: Any, tmp_path: Path) -> None:
+    """outer → Functional 'mid' → Functional 'inner' (training=False, no fixed input size): Keras 2
+    stores all of mid's weights flat under 'mid'; imported with the same outputs."""
+    L = keras.layers
+    inner_in = keras.Input((None, None, 3))
+    x = L.BatchNormalization(name="bn1")(L.Conv2D(8, 3, padding="same", name="c1")(inner_in))
+    x = L.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="c2")(x)
+    inner = keras.Model(inner_in, L.GlobalAveragePooling2D(name="gap")(x), name="inner")
+    mid_in = keras.Input((16, 16, 3), name="mid_input")
+    mid = keras.Model(mid_in, L.Dense(5, name="middense")(inner(mid_in, training=False)), name="mid")
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax", name="top")(mid(inputs)))
+    _randomize_bn(model)
+    path = tmp_path / "double.h5"
+    model.save(path)
+    with h5py.File(path) as f:  # what Keras 2 writes: no group for 'inner'
+        assert [n.split("/")[0] for n in f["model_weights"]["mid"].attrs["weight_names"]][:3] == ["c1", "c1", "bn1"]
+    imported = load_model_file(path)
+    _check_same_layers(imported, model)
+    mid_graph = imported.graph.layer("mid").graph
+    assert [(n.name, n.keras_type) for n in mid_graph.nodes] == [
+        ("mid_input", "InputLayer"), ("inner", "Functional"), ("middense", "Dense")]
+    assert mid_graph.layer("inner").inference_only and not imported.graph.layer("mid").inference_only
+    _same_outputs(imported, model)
+    assert [name for name, _, _ in plan_model(imported.graph).weights] == [
+        "mid/inner/c1", "mid/inner/c2", "mid/middense", "top"]
 
 
 def test_keras3_h5_file(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """An ordered layer graph indexed like a Keras functional model's ``model.layers``.
 
 Index 0 is the InputLayer (no module); index ``i >= 1`` is the ``i``-th added layer, stored in
-``KerasGraph.layers`` (an ``nn.ModuleDict`` keyed by the Keras layer name, in Keras order). Layer
+``KerasGraph.layers`` (an ``nn.ModuleDict`` keyed by the Keras layer name, in Keras order; a name
+torch cannot take as a module key, such as Keras Applications' ``mobilenetv2_0.35_96``, gets a
+sanitised key: see :func:`module_keys` and :meth:`KerasGraph.layer`). Layer
 indices in configs (``frozen_layers``, backbone transfer up to ``end_layer_index``) therefore mean
 the same layers as in the reference's Keras models. Nodes must be added in Keras' order.
 
@@ -78,6 +80,32 @@ def normalise_indices(indices: Iterable[int], num_layers: int, name: str) -> fro
     return frozenset(frozen)
 
 
+_MODULE_DICT = nn.ModuleDict()
+
+
+def _valid_module_key(key: str) -> bool:
+    """Whether torch takes ``key`` as a module name (no '.', not empty, not an attribute)."""
+    return bool(key) and "." not in key and not hasattr(_MODULE_DICT, key)
+
+
+def module_keys(names: Iterable[str]) -> dict[str, str]:
+    """Keras layer name → ``nn.ModuleDict`` key: the name itself where torch takes it; otherwise
+    (a '.', as in ``mobilenetv2_0.35_96``, or a name of a module attribute) the name with '.' as
+    '_', then '_' appended until the key is valid and unused. Names are kept unless they must
+    change, so checkpoints of models with ordinary names keep their keys."""
+    names = list(names)
+    keys = {name: name for name in names if _valid_module_key(name)}
+    taken = set(keys)
+    for name in names:
+        if name not in keys:
+            key = name.replace(".", "_") or "_"
+            while not _valid_module_key(key) or key in taken:
+                key += "_"
+            keys[name] = key
+            taken.add(key)
+    return keys
+
+
 class KerasGraph(nn.Module):
     """A feed-forward layer graph with Keras layer indices. ``forward`` maps NCHW float images to
     logits. Built by :class:`GraphBuilder`; architectures set ``backbone_end_index`` (the last
@@ -88,7 +116,8 @@ class KerasGraph(nn.Module):
         super().__init__()
         self.name = name
         self.nodes: tuple[Node, ...] = tuple(nodes)
-        self.layers = nn.ModuleDict(layers)
+        self._keys = module_keys(layers)
+        self.layers = nn.ModuleDict({self._keys[layer]: module for layer, module in layers.items()})
         self.backbone_end_index = backbone_end_index
         self.frozen_indices: frozenset[int] = frozenset()
         index = {node.name: i for i, node in enumerate(self.nodes)}
@@ -126,10 +155,14 @@ class KerasGraph(nn.Module):
                 return i
         raise KeyError(f"no layer named {name!r} in {self.name}")
 
+    def layer(self, name: str) -> nn.Module:
+        """The module of the Keras layer ``name`` (KeyError if it has none)."""
+        return self.layers[self._keys[name]]
+
     def layer_module(self, index: int) -> nn.Module | None:
         """The module at Keras layer ``index`` (None for the InputLayer)."""
-        node = self.nodes[index]
-        return self.layers[node.name] if node.name in self.layers else None
+        key = self._keys.get(self.nodes[index].name)
+        return None if key is None else self.layers[key]
 
     def layer_table(self) -> list[LayerRow]:
         rows = []
@@ -228,8 +261,8 @@ class GraphBuilder:
             raise ValueError(f"layer {name!r} has no input")
         if name in self._shapes:
             raise ValueError(f"duplicate layer name {name!r}")
-        if "." in name or not name:
-            raise ValueError(f"invalid layer name {name!r}")
+        if not name:
+            raise ValueError("a layer without a name")
         for src in srcs:
             if src not in self._shapes:
                 raise ValueError(f"layer {name!r}: unknown input {src!r}")

@@ -9,7 +9,8 @@ a Keras Applications backbone) is loaded layer by layer by its inner layers' nam
 entry under its own name (a mapping of inner layer names, or the flat weight list of a ``.h5``
 file, whose weight names ``conv1_conv/kernel:0`` name the inner layers), or, when the source has
 no entry of that name, from the source's top level (a file saved from the backbone itself, as
-Keras Applications' ImageNet files are).
+Keras Applications' ImageNet files are; a model nested in a nested model, whose weights Keras 2
+stores flat in the entry of the outermost nested model).
 """
 from __future__ import annotations
 
@@ -87,6 +88,15 @@ def nested_layer_weights(value: Any, name: str) -> dict[str, Any]:
     return grouped
 
 
+def nested_model_weights(weights: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The inner layers' weights of the nested model ``name`` in ``weights`` (layer name →
+    weights): its own entry (:func:`nested_layer_weights`), or ``weights`` themselves when there is
+    no entry of that name: a file saved from the nested model itself, or a model nested in a
+    nested model, whose weights a Keras 2 ``.h5`` stores flat in the outermost nested model's entry
+    (``c1/kernel:0`` for a layer ``c1`` of the inner one, at any depth)."""
+    return nested_layer_weights(weights[name], name) if name in weights else dict(weights)
+
+
 def read_h5_layer_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
     """Layer name → weights of a Keras 2 ``.h5`` file (a saved model or a ``save_weights`` file)."""
     import h5py
@@ -123,8 +133,8 @@ def load_keras_weights(graph: KerasGraph, source: Any, indices: Iterable[int] | 
         if module is None or next(module.parameters(), None) is None:
             continue
         if isinstance(module, NestedModel):
-            inner = nested_layer_weights(weights[name], name) if name in weights else weights
-            loaded += [f"{name}/{layer}" for layer in load_keras_weights(module.graph, inner)]
+            inner = load_keras_weights(module.graph, nested_model_weights(weights, name))
+            loaded += [f"{name}/{layer}" for layer in inner]
             continue
         if type(module) not in _KERNEL_LAYOUT:
             raise TypeError(f"layer {name!r}: no Keras weight conversion for {type(module).__name__}")

@@ -220,9 +220,9 @@ def plan_model(model: nn.Module) -> QuantPlan:
     """Where the int8 export quantizes: weights and materialised activation tensors."""
     batch_norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     nodes = getattr(model, "nodes", None)
-    layers = getattr(model, "layers", None)
-    if nodes is None or not isinstance(layers, nn.ModuleDict):
+    if nodes is None or not isinstance(getattr(model, "layers", None), nn.ModuleDict):
         return _plan_generic(model, batch_norms)
+    layers = {node.name: model.layer_module(i) for i, node in enumerate(nodes)}  # by Keras name
     consumers: dict[str, list[str]] = {}
     for node in nodes:
         for src in node.inputs:
@@ -230,7 +230,7 @@ def plan_model(model: nn.Module) -> QuantPlan:
     types = {node.name: node.keras_type for node in nodes}
     weights, activations = [], []
     for node in nodes[1:]:
-        module = layers[node.name] if node.name in layers else None
+        module = layers[node.name]
         if module is None:
             continue
         if isinstance(module, NestedModel):  # a Keras Applications backbone: its own layers, named outer/inner
@@ -239,7 +239,7 @@ def plan_model(model: nn.Module) -> QuantPlan:
             activations += [(f"{node.name}/{name}", sub) for name, sub in inner.activations]
             continue
         users = consumers.get(node.name, [])
-        single = layers[users[0]] if len(users) == 1 and users[0] in layers else None
+        single = layers[users[0]] if len(users) == 1 else None
         single_type = types.get(users[0]) if len(users) == 1 else None
         has_own_activation = getattr(module, "activation", None) is not None and node.keras_type != "Activation"
         # weights

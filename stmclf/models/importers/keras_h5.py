@@ -11,8 +11,13 @@ The weights are then copied by layer name (:func:`load_keras_weights`).
 
 A Keras model used as a layer (a ``Functional``/``Sequential`` layer: a Keras Applications backbone
 called as ``backbone(inputs, training=False)``, as the reference's ResNet50V2 and EfficientNetV2
-models are saved) is rebuilt the same way, as one :class:`NestedModel` layer; ``training=False`` in
-its call keeps it in inference mode, and its weights are matched by its inner layers' names.
+models are saved and as TF's transfer-learning tutorial does) is rebuilt the same way, as one
+:class:`NestedModel` layer, at any depth; ``training=False`` in its call keeps it in inference mode,
+and its weights are matched by its inner layers' names (:func:`nested_model_weights`). It is built
+for the input shape it is called with: an input it leaves unknown (``Input((None, None, 3))``, a
+backbone made without ``input_shape``) takes that shape; a known size that differs is refused.
+Layer names keep Keras' spelling (``mobilenetv2_0.35_96``): :class:`KerasGraph` keys the modules of
+names torch cannot take (a '.') under sanitised keys.
 
 The model is made to output logits: a final softmax (an ``Activation("softmax")`` or ``Softmax``
 layer, or the softmax activation of the last Conv2D / Dense, possibly followed by Reshape / Flatten
@@ -40,7 +45,7 @@ from torch import nn
 from stmclf.errors import UserError
 from stmclf.models.graph import GraphBuilder, KerasGraph, NestedModel
 from stmclf.models.importers.base import ImportedModel, file_error, first_line, one_line
-from stmclf.models.keras_weights import load_keras_weights, nested_layer_weights, read_h5_layer_weights
+from stmclf.models.keras_weights import load_keras_weights, nested_model_weights, read_h5_layer_weights
 from stmclf.models.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
                                   Dense, DepthwiseConv2D, Dropout, Flatten, GlobalAveragePooling2D,
                                   GlobalMaxPooling2D, LeakyReLU, MaxPooling2D, Multiply, ReLU, Rescaling, Reshape,
@@ -164,19 +169,31 @@ def _batch_shape(config: dict[str, Any]) -> Any:
     return None
 
 
-def _input_shape(shape: Any, where: str) -> tuple[int, int, int]:
+def _input_shape(shape: Any, where: str, called_with: Shape | None = None) -> tuple[int, int, int]:
+    """The (height, width, channels) of a batch input shape. ``called_with``: the shape a nested
+    model is called with in the model around it, which fills the dimensions its own input leaves
+    unknown (``Input((None, None, 3))``, a Keras Applications backbone without ``input_shape``)."""
+    if shape is None and called_with is not None:  # a nested Sequential model built by its call
+        shape = [None] * 4
     if not isinstance(shape, (list, tuple)) or len(shape) != 4:
         raise UserError(f"expected an image input of shape (batch, height, width, channels), got {shape} ({where})")
-    dims = shape[1:]
+    dims = list(shape[1:])
+    if called_with is not None:
+        if len(called_with) != 3 or any(d is not None and d != c for d, c in zip(dims, called_with)):
+            raise UserError(f"the input shape {tuple(shape)} ({where}) does not fit the shape "
+                            f"{tuple(called_with)} it is called with")
+        dims = list(called_with)
     if not all(isinstance(d, int) and d > 0 for d in dims):
         raise UserError(f"the input shape {tuple(shape)} has unknown dimensions ({where}): a fixed height, width "
                         "and number of channels are needed")
     return int(dims[0]), int(dims[1]), int(dims[2])
 
 
-def parse_model(config: dict[str, Any]) -> tuple[str, str, tuple[int, int, int], str, list[_Spec]]:
+def parse_model(config: dict[str, Any],
+                called_with: Shape | None = None) -> tuple[str, str, tuple[int, int, int], str, list[_Spec]]:
     """(model kind "functional"/"sequential", model name, input shape, input layer name, layer specs
-    in ``model.layers`` order without the InputLayer)."""
+    in ``model.layers`` order without the InputLayer). ``called_with``: a nested model's input
+    shape in the model around it (see :func:`_input_shape`)."""
     cls = config.get("class_name")
     body = config.get("config", {})
     model_name = str(body.get("name", "model"))
@@ -202,7 +219,7 @@ def parse_model(config: dict[str, Any]) -> tuple[str, str, tuple[int, int, int],
             previous = name
         if input_name is None or not specs:
             raise UserError("an empty Sequential model")
-        return "sequential", model_name, _input_shape(shape, "Sequential model"), input_name, specs
+        return "sequential", model_name, _input_shape(shape, "Sequential model", called_with), input_name, specs
     if cls not in ("Functional", "Model"):
         raise UserError(f"unsupported Keras model class {cls!r} (expected a Functional or Sequential model)")
     inputs, outputs = body.get("input_layers") or [], body.get("output_layers") or []
@@ -216,7 +233,7 @@ def parse_model(config: dict[str, Any]) -> tuple[str, str, tuple[int, int, int],
         raise UserError("the model's first layer is not its InputLayer")
     first = layers[0]
     input_name = str(first["name"])
-    shape = _input_shape(_batch_shape(first.get("config", {})), f"InputLayer {input_name!r}")
+    shape = _input_shape(_batch_shape(first.get("config", {})), f"InputLayer {input_name!r}", called_with)
     nested = frozenset(str(layer.get("name") or layer["config"]["name"]) for layer in layers[1:]
                        if layer.get("class_name") in NESTED_MODEL_CLASSES)
     specs = [_Spec(layer["class_name"], str(layer.get("name") or layer["config"]["name"]), layer.get("config", {}),
@@ -487,11 +504,16 @@ def _leaky_relu(spec: _Spec, ctx: _Context) -> nn.Module:
     return LeakyReLU(float(alpha))
 
 
-def _nested_model(spec: _Spec, ctx: _Context) -> nn.Module:
+def _nested_model(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
     """A Keras model used as a layer: rebuilt like the outer one (its own layers, its final softmax
-    kept), as one layer; ``training=False`` in its call keeps it in inference mode."""
-    graph, _ = build_graph({"class_name": spec.class_name, "config": spec.config}, ctx.keras_version, nested=True)
-    return NestedModel(graph, inference_only=spec.training is False)
+    kept) for the input shape it is called with, as one layer; ``training=False`` in its call
+    keeps it in inference mode."""
+    def build(shape: Shape) -> nn.Module:
+        graph, _ = build_graph({"class_name": spec.class_name, "config": spec.config}, ctx.keras_version,
+                               nested=True, called_with=shape)
+        return NestedModel(graph, inference_only=spec.training is False)
+
+    return build
 
 
 LAYER_BUILDERS: dict[str, Callable[[_Spec, _Context], Any]] = {
@@ -597,10 +619,8 @@ def load_weights(graph: KerasGraph, weights: dict[str, Any]) -> None:
             continue
         if isinstance(module, NestedModel):
             name = graph.nodes[i].name
-            if name not in weights:
-                raise UserError(f"layer {name!r} (index {i}) is missing from the Keras weights")
             try:
-                load_weights(module.graph, nested_layer_weights(weights[name], name))
+                load_weights(module.graph, nested_model_weights(weights, name))
             except UserError as exc:
                 raise UserError(f"nested model {name!r}: {one_line(exc)}") from None
             continue
@@ -628,11 +648,12 @@ def _unsupported_layer(spec: _Spec) -> UserError:
                      f"{', '.join(SUPPORTED_LAYERS)}")
 
 
-def build_graph(config: dict[str, Any], keras_version: str = "",
-                nested: bool = False) -> tuple[KerasGraph, dict[str, Any]]:
+def build_graph(config: dict[str, Any], keras_version: str = "", nested: bool = False,
+                called_with: Shape | None = None) -> tuple[KerasGraph, dict[str, Any]]:
     """The :class:`KerasGraph` of a Keras model config (random weights) and facts about it.
-    ``nested``: a model used as a layer of another (its final softmax is not the output's)."""
-    kind, model_name, input_shape, input_name, specs = parse_model(config)
+    ``nested``: a model used as a layer of another (its final softmax is not the output's), called
+    with inputs of shape ``called_with``."""
+    kind, model_name, input_shape, input_name, specs = parse_model(config, called_with)
     for spec in specs:
         cls = ALIASES.get(spec.class_name, spec.class_name)
         if cls not in LAYER_BUILDERS:
@@ -644,8 +665,6 @@ def build_graph(config: dict[str, Any], keras_version: str = "",
     for spec in specs:
         cls = ALIASES.get(spec.class_name, spec.class_name)
         frozen_in_file |= spec.config.get("trainable") is False
-        if "." in spec.name:
-            raise UserError(f"layer name {spec.name!r} contains a '.' (not supported)")
         try:
             layer = LAYER_BUILDERS[cls](spec, ctx)
             g.add(spec.name, layer, spec.inputs)
