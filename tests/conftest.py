@@ -119,10 +119,10 @@ def write_config(tmp_path, image_folder):
 
 
 def run_cli(*args: str, cwd: Path | None = None):
-    """Run ``python -m stmclf.cli.main ARGS`` in a subprocess (exit code, stdout, stderr)."""
+    """Run ``python -m stmclf ARGS`` in a subprocess (exit code, stdout, stderr)."""
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "stmclf.cli.main", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "stmclf", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
     return proc.returncode, proc.stdout, proc.stderr
 
