@@ -142,7 +142,7 @@ def _keras_h5(path: Path, *, dense_only: bool = False) -> Path:
     return path
 
 
-def test_a_run_fine_tuned_from_a_model_file_does_not_need_the_file(files, tmp_path, caplog, monkeypatch):
+def test_a_run_fine_tuned_from_a_model_file_does_not_need_the_file(files, tmp_path, caplog, forget_model_sources):
     """A run started from general.model_path (a tf_keras .h5) keeps a copy of the file in its
     checkpoints: with the .h5 deleted (or replaced by another model), predict, export, evaluation
     and resuming the run still rebuild the model it trained."""
@@ -160,7 +160,7 @@ def test_a_run_fine_tuned_from_a_model_file_does_not_need_the_file(files, tmp_pa
     assert best["hyper_parameters"]["model_spec"]["sha256"] == sha
     assert best[SOURCE_KEY]["content"].numpy().tobytes() == h5.read_bytes()
     h5.unlink()
-    monkeypatch.setattr("stmclf.models.model_file_entry._contents", {})  # as in a new process: only the checkpoint
+    forget_model_sources()  # as in a new process: only the checkpoint
 
     with caplog.at_level(logging.INFO, logger="stmclf.models"):
         assert main(["predict", "--run", str(run), "--images", str(data / "cat")]) == 0

@@ -35,7 +35,7 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
                                f"last_augmented_model.ckpt, best_augmented_model.ckpt or {BEST_MODEL_NAME})")
     from stmclf.models.model_file_entry import remember_source
 
-    remember_source(checkpoint)  # a run started from a model file rebuilds it without the file
+    remember_source(checkpoint, path)  # a run started from a model file rebuilds it without the file
     return checkpoint
 
 
