@@ -295,3 +295,23 @@ hydra:
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: --model: {other} {why}"), err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run")) == ["run"]
+
+
+def test_a_run_without_an_int8_export_is_told_to_export_first(tmp_path, models, capsys):
+    """``deploy-header --run RUN`` deploys the run's int8 export: without one, one line says to
+    export the run first; the run's ``general.model_path`` (the model it was fine-tuned from, here
+    another int8 .tflite) is not taken instead. Nothing is written."""
+    from stmclf.cli.main import main
+
+    run = _run_dir(tmp_path, models["rgb"], class_names=["a", "b", "c"])
+    (run / "quantized_models/quantized_model.tflite").unlink()
+    source = Path(shutil.copyfile(models["rgb"], tmp_path / "source.tflite"))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["general"]["model_path"] = str(source)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["deploy-header", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err == (
+        f"stmclf: error: {run / 'quantized_models'}: no int8 TFLite model (quantized_model.tflite); export the run "
+        f"first (stmclf export --run {run} --int8, or operation_mode quantization)"), err
+    assert not (run / "generated").exists()

@@ -86,7 +86,7 @@ def build_deploy_header(run_dir: Optional[Path], *, cfg: Optional[dict] = None, 
         cfg = _read_config(Path(run_dir))
     if model is None:
         export_dir = run_export_dir(Path(run_dir), _get(cfg, "quantization", "export_dir") or DEFAULT_EXPORT_DIR)
-        model_path, summary = find_int8_tflite(export_dir), export_dir / "export_summary.json"
+        model_path, summary = find_int8_tflite(export_dir, run_dir), export_dir / "export_summary.json"
     else:
         from stmclf.models.source import resolve_model_source
 
@@ -124,12 +124,14 @@ def _get(cfg: dict, *keys: str) -> Any:
     return value
 
 
-def find_int8_tflite(export_dir: Path) -> Path:
-    """``<export_dir>/quantized_model.tflite``, else the only other non-float ``.tflite`` there."""
+def find_int8_tflite(export_dir: Path, run_dir: Optional[Path] = None) -> Path:
+    """``<export_dir>/quantized_model.tflite``, else the only other non-float ``.tflite`` there;
+    a one-line error saying to export the run (``run_dir``) first when there is none."""
     found = exported_int8_tflite(export_dir)
     if found is None:
         raise UserError(f"{export_dir}: no int8 TFLite model ({INT8_TFLITE}); export the run first "
-                        f"(stmclf export, or operation_mode quantization)")
+                        f"(stmclf export --run {run_dir or export_dir.parent} --int8, or operation_mode "
+                        "quantization)")
     return found
 
 
