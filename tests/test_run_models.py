@@ -82,6 +82,26 @@ def test_a_model_file_from_the_command_line_is_named_by_its_option(files, tmp_pa
     assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
 
 
+def test_an_input_shape_beside_a_model_file_that_records_another_is_refused(files, tmp_path, capsys):
+    """training.model.input_shape beside general.model_path gives the size of a torch file that
+    records none: beside a .h5 (which records 8x8x3) another size is refused in one line naming the
+    key and both shapes, before any run folder (it was ignored: the model trained at 8x8); the
+    file's own size is accepted."""
+    _, data, h5 = files
+    config = _config(tmp_path / "ft.yaml", data, tmp_path / "run", tmp_path / "ml", model_path=h5)
+    text = config.read_text()
+    config.write_text(text.replace("training:\n", "training:\n  model:\n    input_shape: (16, 16, 3)\n"))
+    for args in (["fit"], ["export", "--int8", "--format", "onnx"]):
+        assert main([*args, "--config", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"stmclf: error: training.model.input_shape: (16, 16, 3), but {h5} records the input shape "
+                       "(8, 8, 3), the size its model was built for; remove training.model.input_shape (it gives "
+                       "the size of a TorchScript file or pickled module that records none)"), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
+    config.write_text(text.replace("training:\n", "training:\n  model:\n    input_shape: (8, 8, 3)\n"))
+    assert main(["export", "--config", str(config), "--int8", "--format", "onnx"]) == 0
+
+
 def test_run_commands_use_the_runs_own_model_and_record_a_given_one(files, tmp_path):
     """A training run fine-tuned from general.model_path (a .h5): `export --run` exports the run's
     best_model.pt and `benchmark --run` measures the run's int8 file, not the source .h5. A model
