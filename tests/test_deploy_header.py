@@ -223,9 +223,10 @@ def test_c_literals():
         c_float(float("nan"))
 
 
-def _unquantized_tflite(path: Path, *, weights_only: bool) -> Path:
+def _unquantized_tflite(path: Path, *, weights_only: bool = False, activations16: bool = False) -> Path:
     """A float TFLite classifier (8x8x3 → 64-channel conv → mean → dense 3), or the same with
-    int8 weights and float activations (dynamic-range quantization)."""
+    int8 weights and float activations (dynamic-range quantization), or with int8 weights and
+    int16 activations (16x8 quantization)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(1)
@@ -237,16 +238,21 @@ def _unquantized_tflite(path: Path, *, weights_only: bool) -> Path:
         return tf.matmul(tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME")), axis=[1, 2]), dense)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()])
-    if weights_only:
+    if weights_only or activations16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if activations16:
+        converter.representative_dataset = lambda: ([rng.uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32)]
+                                                    for _ in range(4))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     path.write_bytes(converter.convert())
     return path
 
 
 def test_an_st_deployment_config_and_a_users_int8_tflite(tmp_path, models, capsys):
     """ST's deployment config (general.model_path: the user's int8 .tflite; class names and
-    pre-processing, no rescaling) gives the header in a new run folder; a float TFLite, or one with
-    int8 weights but float activations, is refused in one line before any folder is made."""
+    pre-processing, no rescaling) gives the header in a new run folder; a float TFLite, one with
+    int8 weights but float activations, or one with int16 activations (16x8), is refused in one
+    line before any folder is made."""
     from stmclf.cli.main import main
 
     model = Path(shutil.copyfile(models["rgb"], tmp_path / "mine_int8.tflite"))
@@ -285,11 +291,14 @@ hydra:
     assert '"daisy", "roses", "tulips"' in text
     capsys.readouterr()
 
-    for name, weights_only, why in (("float.tflite", False, "is a float TFLite model; the deployment header "
-                                                             "accepts an int8 TFLite model"),
-                                    ("dynamic.tflite", True, "is not a full-integer model: its CONV_2D layers "
-                                                             "compute in float")):
-        other = _unquantized_tflite(tmp_path / name, weights_only=weights_only)
+    for name, kind, why in (("float.tflite", {}, "is a float TFLite model; the deployment header accepts an int8 "
+                                                 "TFLite model"),
+                            ("dynamic.tflite", {"weights_only": True}, "is not a full-integer model: its CONV_2D "
+                                                                       "layers compute in float"),
+                            ("16x8.tflite", {"activations16": True}, "has int16 activations (its CONV_2D layers "
+                                                                     "compute on int16: a 16x8-quantized model); ST's "
+                                                                     "application runs int8 models")):
+        other = _unquantized_tflite(tmp_path / name, **kind)
         capsys.readouterr()  # TensorFlow's converter warnings
         assert main(["deploy-header", "--config", str(config), "--model", str(other)]) == 2
         err = capsys.readouterr().err.strip()
