@@ -197,3 +197,15 @@ def assert_offline_weights_error(model, spec: dict, cache: Path, remote: str) ->
                               f"from {url} (")
     assert message.endswith(f"; put the file in {cache}/")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.fixture
+def forget_model_sources(monkeypatch):
+    """A function that forgets the model files and checkpoint copies this process has read
+    (``stmclf.models.model_file_entry``), as in a new process: a rebuild then finds only the
+    copies stored in the checkpoints it reads."""
+    def forget() -> None:
+        for name in ("_contents", "_origins", "_damaged"):
+            monkeypatch.setattr(f"stmclf.models.model_file_entry.{name}", {}, raising=False)
+
+    return forget

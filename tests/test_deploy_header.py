@@ -223,9 +223,10 @@ def test_c_literals():
         c_float(float("nan"))
 
 
-def _unquantized_tflite(path: Path, *, weights_only: bool) -> Path:
+def _unquantized_tflite(path: Path, *, weights_only: bool = False, activations16: bool = False) -> Path:
     """A float TFLite classifier (8x8x3 → 64-channel conv → mean → dense 3), or the same with
-    int8 weights and float activations (dynamic-range quantization)."""
+    int8 weights and float activations (dynamic-range quantization), or with int8 weights and
+    int16 activations (16x8 quantization)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(1)
@@ -237,16 +238,21 @@ def _unquantized_tflite(path: Path, *, weights_only: bool) -> Path:
         return tf.matmul(tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME")), axis=[1, 2]), dense)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()])
-    if weights_only:
+    if weights_only or activations16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if activations16:
+        converter.representative_dataset = lambda: ([rng.uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32)]
+                                                    for _ in range(4))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     path.write_bytes(converter.convert())
     return path
 
 
 def test_an_st_deployment_config_and_a_users_int8_tflite(tmp_path, models, capsys):
     """ST's deployment config (general.model_path: the user's int8 .tflite; class names and
-    pre-processing, no rescaling) gives the header in a new run folder; a float TFLite, or one with
-    int8 weights but float activations, is refused in one line before any folder is made."""
+    pre-processing, no rescaling) gives the header in a new run folder; a float TFLite, one with
+    int8 weights but float activations, or one with int16 activations (16x8), is refused in one
+    line before any folder is made."""
     from stmclf.cli.main import main
 
     model = Path(shutil.copyfile(models["rgb"], tmp_path / "mine_int8.tflite"))
@@ -285,13 +291,36 @@ hydra:
     assert '"daisy", "roses", "tulips"' in text
     capsys.readouterr()
 
-    for name, weights_only, why in (("float.tflite", False, "is a float TFLite model; the deployment header "
-                                                             "accepts an int8 TFLite model"),
-                                    ("dynamic.tflite", True, "is not a full-integer model: its CONV_2D layers "
-                                                             "compute in float")):
-        other = _unquantized_tflite(tmp_path / name, weights_only=weights_only)
+    for name, kind, why in (("float.tflite", {}, "is a float TFLite model; the deployment header accepts an int8 "
+                                                 "TFLite model"),
+                            ("dynamic.tflite", {"weights_only": True}, "is not a full-integer model: its CONV_2D "
+                                                                       "layers compute in float"),
+                            ("16x8.tflite", {"activations16": True}, "has int16 activations (its CONV_2D layers "
+                                                                     "compute on int16: a 16x8-quantized model); ST's "
+                                                                     "application runs int8 models")):
+        other = _unquantized_tflite(tmp_path / name, **kind)
         capsys.readouterr()  # TensorFlow's converter warnings
         assert main(["deploy-header", "--config", str(config), "--model", str(other)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: --model: {other} {why}"), err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run")) == ["run"]
+
+
+def test_a_run_without_an_int8_export_is_told_to_export_first(tmp_path, models, capsys):
+    """``deploy-header --run RUN`` deploys the run's int8 export: without one, one line says to
+    export the run first; the run's ``general.model_path`` (the model it was fine-tuned from, here
+    another int8 .tflite) is not taken instead. Nothing is written."""
+    from stmclf.cli.main import main
+
+    run = _run_dir(tmp_path, models["rgb"], class_names=["a", "b", "c"])
+    (run / "quantized_models/quantized_model.tflite").unlink()
+    source = Path(shutil.copyfile(models["rgb"], tmp_path / "source.tflite"))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["general"]["model_path"] = str(source)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["deploy-header", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err == (
+        f"stmclf: error: {run / 'quantized_models'}: no int8 TFLite model (quantized_model.tflite); export the run "
+        f"first (stmclf export --run {run} --int8, or operation_mode quantization)"), err
+    assert not (run / "generated").exists()

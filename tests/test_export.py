@@ -540,3 +540,84 @@ def test_the_commands_after_an_export_find_its_folder(tmp_path):
     os.utime(run / "qm2" / SUMMARY_NAME, ns=(500_000_000, 500_000_000))
     assert run_export_dir(run) == run / "quantized_models"
     assert run_export_dir(run, "qm2") == run / "quantized_models"  # an older export is not taken for it
+
+
+class _PythonBranch(torch.nn.Module):
+    """Python control flow on the input's values: tracing records the example's branch only."""
+
+    def __init__(self, branch: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.low, self.high = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+        self.branch = branch
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).mean((2, 3))
+        if self.branch and x.mean() > 0.3:
+            return self.high(h) * 5
+        return self.low(h)
+
+
+def test_traced_data_dependent_control_flow_is_refused(tmp_path):
+    """The ONNX exporter traces the model: a Python branch on the input's values is frozen to the
+    example's branch (torch only warns, and the benchmark's check on mid-grey noise agreed). The
+    exported file is checked on inputs over the whole range: one line says tracing froze the
+    control flow, and no file is left; a model whose branch does not depend on the values exports."""
+    from types import SimpleNamespace
+
+    from stmclf.export.onnx_export import export_onnx
+
+    fake = SimpleNamespace(model=_PythonBranch().eval(), model_name="branchy", class_names=CLASSES,
+                           hparams=SimpleNamespace(input_shape=[8, 8, 3], rescaling=RESCALING))
+    for batch_size in (1, None):
+        with pytest.raises(UserError) as info:
+            export_onnx(fake, tmp_path / "x.onnx", batch_size=batch_size)
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path / 'x.onnx'}: unable to export branchy to ONNX: the exporter traces the "
+                                  "model, and tracing froze its data-dependent control flow (torch: Converting a "
+                                  "tensor to a Python boolean might cause the trace to be incorrect): "), message
+        assert "\n" not in message and "torch.export.save" in message and "target_opset" not in message
+        assert not list(tmp_path.iterdir())
+    fake.model = _PythonBranch(branch=False).eval()
+    assert export_onnx(fake, tmp_path / "y.onnx", batch_size=1).is_file()
+
+
+def test_a_batch_dependent_torchscript_model_is_named_as_such_and_loads_quietly(tmp_path):
+    """A TorchScript model whose branch reads the whole batch (``x.mean()``) exports faithfully
+    image by image (the scripted branch is kept in the ONNX file), but disagrees with torch run on a
+    batch: the check says the model mixes the images of its batch, not that the opset is wrong.
+    torch's deprecation of torch.jit.load and its .grad warning on a TorchScript model's
+    parameters are not shown."""
+    import warnings
+
+    from stmclf.export.onnx_export import check_onnx, export_onnx
+    from stmclf.models.model_file_entry import model_file_spec
+    from stmclf.training.module import ClassifierModule
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.low, self.high = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x)).mean((2, 3))
+            if bool(x.mean() > 0.3):
+                return self.high(h) * 5
+            return self.low(h)
+
+    torch.manual_seed(0)
+    path = tmp_path / "branch.pt"
+    torch.jit.save(torch.jit.script(Net().eval()), str(path), _extra_files={"input_shape": "8,8,3"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = ClassifierModule(model_spec=model_file_spec(path, (8, 8, 3)), class_names=CLASSES,
+                                  input_shape=[8, 8, 3], rescaling=RESCALING, optimizer=None).eval()
+        onnx_file = export_onnx(module, tmp_path / "branch.onnx", batch_size=1)
+    shown = [str(w.message) for w in caught]
+    assert not [m for m in shown if "torch.jit.load" in m or ".grad attribute" in m], shown
+    images = np.concatenate([np.zeros((2, 3, 8, 8), np.uint8), np.full((2, 3, 8, 8), 255, np.uint8)])
+    with pytest.raises(UserError) as info:
+        check_onnx(module, onnx_file, images)
+    message = str(info.value)
+    assert "Net computes an image's output from the other images of its batch" in message, message
+    assert "target_opset" not in message and "\n" not in message

@@ -171,7 +171,7 @@ def _checkpoint_of(module, path: Path) -> Path:
     return path
 
 
-def test_the_copy_of_a_pickled_source_in_a_checkpoint_still_needs_the_grant(tmp_path, monkeypatch):
+def test_the_copy_of_a_pickled_source_in_a_checkpoint_still_needs_the_grant(tmp_path, forget_model_sources):
     """A run started from a pickled module keeps a copy of the file in its checkpoints (so the run
     does not depend on the file): rebuilt from that copy once the file is gone, it loads only with
     --trust-model-file, like the file itself."""
@@ -188,9 +188,11 @@ def test_the_copy_of_a_pickled_source_in_a_checkpoint_still_needs_the_grant(tmp_
     stored = torch.load(ckpt, weights_only=True)  # the copy reads with the weights-only unpickler
     assert stored[SOURCE_KEY]["content"].numpy().tobytes() == path.read_bytes()
     path.unlink()
-    monkeypatch.setattr("stmclf.models.model_file_entry._contents", {})  # as in a new process: only the checkpoint
-    with pytest.raises(UserError, match="--trust-model-file"):
+    forget_model_sources()  # as in a new process: only the checkpoint
+    with pytest.raises(UserError, match="--trust-model-file") as refused:
         load_classifier(ckpt)
+    assert str(refused.value).startswith(f"training.model.path: the copy of mine.pt stored in {ckpt}: ")  # not a
+    assert "stmclf-model-file-" not in str(refused.value)  # temporary file the message outlives
     with trusting_model_files():
         rebuilt = load_classifier(ckpt)
     x = torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8)
@@ -217,3 +219,54 @@ def test_a_checkpoint_without_the_copy_reads_its_model_file_as_before(tmp_path):
     path.unlink()
     with pytest.raises(UserError, match=f"unable to find the model file {path}"):
         load_classifier(tmp_path / "old.pt")
+
+
+def test_a_damaged_or_unreadable_copy_in_a_checkpoint_is_named_as_such(tmp_path, forget_model_sources, caplog):
+    """With the source file gone, a checkpoint whose stored copy does not load (truncated, with a
+    matching hash) is named in the error as the copy stored in that checkpoint, and a copy whose
+    bytes no longer have the SHA-256 stored for them is reported as damaged (with the file back
+    but changed, a warning says so)."""
+    import hashlib
+    import logging
+
+    from stmclf.models.model_file_entry import SOURCE_KEY, model_file_spec
+    from stmclf.training.model_file import load_classifier
+    from stmclf.training.module import ClassifierModule
+
+    path = tmp_path / "src.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))), str(path),
+                   _extra_files={"input_shape": "4,4,3"})
+    module = ClassifierModule(model_spec=model_file_spec(path, (4, 4, 3)), class_names=["a", "b"],
+                              input_shape=[4, 4, 3], rescaling=(1 / 255, 0.0), optimizer=None)
+    stored = torch.load(_checkpoint_of(module, tmp_path / "good.pt"), weights_only=True)
+    content = stored[SOURCE_KEY]["content"]
+    path.unlink()
+
+    truncated = content[:400].clone()
+    sha = hashlib.sha256(truncated.numpy().tobytes()).hexdigest()
+    spec = {**stored["hyper_parameters"]["model_spec"], "sha256": sha}
+    torch.save({**stored, "hyper_parameters": {**stored["hyper_parameters"], "model_spec": spec},
+                SOURCE_KEY: {**stored[SOURCE_KEY], "sha256": sha, "content": truncated}}, tmp_path / "truncated.pt")
+    forget_model_sources()
+    with pytest.raises(UserError) as info:
+        load_classifier(tmp_path / "truncated.pt")
+    message = str(info.value)
+    assert message.startswith(f"training.model.path: the copy of src.pt stored in {tmp_path / 'truncated.pt'}: "), \
+        message
+    assert "stmclf-model-file-" not in message and "\n" not in message
+
+    corrupt = content.clone()
+    corrupt[200] ^= 0xFF
+    torch.save({**stored, SOURCE_KEY: {**stored[SOURCE_KEY], "content": corrupt}}, tmp_path / "corrupt.pt")
+    forget_model_sources()
+    with pytest.raises(UserError) as info:
+        load_classifier(tmp_path / "corrupt.pt")
+    assert str(info.value) == (f"training.model.path: {path} is missing and the copy of src.pt stored in "
+                               f"{tmp_path / 'corrupt.pt'} is damaged (its bytes do not have the SHA-256 stored "
+                               "with them): the model cannot be rebuilt")
+    path.write_bytes(b"something else")
+    forget_model_sources()
+    with caplog.at_level(logging.WARNING, logger="stmclf.models"), pytest.raises(UserError):
+        load_classifier(tmp_path / "corrupt.pt")
+    assert f"{path} has changed since the checkpoint was written (and the copy of src.pt stored in " in caplog.text
+    assert "is damaged" in caplog.text

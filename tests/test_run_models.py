@@ -82,6 +82,26 @@ def test_a_model_file_from_the_command_line_is_named_by_its_option(files, tmp_pa
     assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
 
 
+def test_an_input_shape_beside_a_model_file_that_records_another_is_refused(files, tmp_path, capsys):
+    """training.model.input_shape beside general.model_path gives the size of a torch file that
+    records none: beside a .h5 (which records 8x8x3) another size is refused in one line naming the
+    key and both shapes, before any run folder (it was ignored: the model trained at 8x8); the
+    file's own size is accepted."""
+    _, data, h5 = files
+    config = _config(tmp_path / "ft.yaml", data, tmp_path / "run", tmp_path / "ml", model_path=h5)
+    text = config.read_text()
+    config.write_text(text.replace("training:\n", "training:\n  model:\n    input_shape: (16, 16, 3)\n"))
+    for args in (["fit"], ["export", "--int8", "--format", "onnx"]):
+        assert main([*args, "--config", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"stmclf: error: training.model.input_shape: (16, 16, 3), but {h5} records the input shape "
+                       "(8, 8, 3), the size its model was built for; remove training.model.input_shape (it gives "
+                       "the size of a TorchScript file or pickled module that records none)"), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
+    config.write_text(text.replace("training:\n", "training:\n  model:\n    input_shape: (8, 8, 3)\n"))
+    assert main(["export", "--config", str(config), "--int8", "--format", "onnx"]) == 0
+
+
 def test_run_commands_use_the_runs_own_model_and_record_a_given_one(files, tmp_path):
     """A training run fine-tuned from general.model_path (a .h5): `export --run` exports the run's
     best_model.pt and `benchmark --run` measures the run's int8 file, not the source .h5. A model
@@ -142,7 +162,7 @@ def _keras_h5(path: Path, *, dense_only: bool = False) -> Path:
     return path
 
 
-def test_a_run_fine_tuned_from_a_model_file_does_not_need_the_file(files, tmp_path, caplog, monkeypatch):
+def test_a_run_fine_tuned_from_a_model_file_does_not_need_the_file(files, tmp_path, caplog, forget_model_sources):
     """A run started from general.model_path (a tf_keras .h5) keeps a copy of the file in its
     checkpoints: with the .h5 deleted (or replaced by another model), predict, export, evaluation
     and resuming the run still rebuild the model it trained."""
@@ -160,7 +180,7 @@ def test_a_run_fine_tuned_from_a_model_file_does_not_need_the_file(files, tmp_pa
     assert best["hyper_parameters"]["model_spec"]["sha256"] == sha
     assert best[SOURCE_KEY]["content"].numpy().tobytes() == h5.read_bytes()
     h5.unlink()
-    monkeypatch.setattr("stmclf.models.model_file_entry._contents", {})  # as in a new process: only the checkpoint
+    forget_model_sources()  # as in a new process: only the checkpoint
 
     with caplog.at_level(logging.INFO, logger="stmclf.models"):
         assert main(["predict", "--run", str(run), "--images", str(data / "cat")]) == 0

@@ -18,9 +18,9 @@ Everything comes from the config and the model: the config (a run's ``config.yam
 dataset folders, and the int8 TFLite model, whose input/output types, shapes and quantization
 parameters are read with LiteRT's interpreter. The model is a run's export
 (``<export_dir>/quantized_model.tflite``) or any full-integer ``.tflite`` (what ST's deployment
-takes: ``general.model_path`` of its deployment config, or ``--model``); a float TFLite model, or
-one quantized for weights only (float activations), is refused: the header records the input
-and output quantization the application applies.
+takes: ``general.model_path`` of its deployment config, or ``--model``); a float TFLite model, one
+quantized for weights only (float activations) or one with int16 activations (16x8 quantization)
+is refused: the header records the input and output quantization the application applies.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def build_deploy_header(run_dir: Optional[Path], *, cfg: Optional[dict] = None, 
         cfg = _read_config(Path(run_dir))
     if model is None:
         export_dir = run_export_dir(Path(run_dir), _get(cfg, "quantization", "export_dir") or DEFAULT_EXPORT_DIR)
-        model_path, summary = find_int8_tflite(export_dir), export_dir / "export_summary.json"
+        model_path, summary = find_int8_tflite(export_dir, run_dir), export_dir / "export_summary.json"
     else:
         from stmclf.models.source import resolve_model_source
 
@@ -124,12 +124,14 @@ def _get(cfg: dict, *keys: str) -> Any:
     return value
 
 
-def find_int8_tflite(export_dir: Path) -> Path:
-    """``<export_dir>/quantized_model.tflite``, else the only other non-float ``.tflite`` there."""
+def find_int8_tflite(export_dir: Path, run_dir: Optional[Path] = None) -> Path:
+    """``<export_dir>/quantized_model.tflite``, else the only other non-float ``.tflite`` there;
+    a one-line error saying to export the run (``run_dir``) first when there is none."""
     found = exported_int8_tflite(export_dir)
     if found is None:
         raise UserError(f"{export_dir}: no int8 TFLite model ({INT8_TFLITE}); export the run first "
-                        f"(stmclf export, or operation_mode quantization)")
+                        f"(stmclf export --run {run_dir or export_dir.parent} --int8, or operation_mode "
+                        "quantization)")
     return found
 
 
@@ -184,20 +186,28 @@ COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CON
 
 
 def _require_full_integer(interpreter, path: Path, key: str) -> None:
-    """Refuse a model whose convolutions / dense layers take float inputs: a float model, or one
-    quantized for its weights only (dynamic range). The application runs full-integer models."""
+    """Refuse a model whose convolutions / dense layers take float inputs (a float model, or one
+    quantized for its weights only: dynamic range) or int16 ones (16x8 quantization: int16
+    activations, int8 weights). The application runs full-integer int8 models."""
     try:
         ops = interpreter._get_ops_details()  # LiteRT's per-operator view (op name, tensor indices)
         dtypes = {d["index"]: np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
     except Exception:  # noqa: BLE001 - a LiteRT without this view: the model is described as it is
         return
     compute = [op for op in ops if op.get("op_name") in COMPUTE_OPS and len(op.get("inputs", ())) > 0]
-    floating = [op["op_name"] for op in compute if dtypes.get(int(op["inputs"][0]), np.dtype(np.int8)).kind == "f"]
+    activations = [(op["op_name"], dtypes.get(int(op["inputs"][0]), np.dtype(np.int8))) for op in compute]
+    floating = [name for name, dtype in activations if dtype.kind == "f"]
     if floating:
         raise ConfigError(key, f"{path} is not a full-integer model: its {floating[0]} layers compute in float "
                                "(float activations: a float or weights-only quantized model); the deployment header "
                                "needs a full-integer int8 TFLite model (quantized with a representative dataset, as "
                                "stmclf export --int8 writes it)")
+    wide = [(name, dtype) for name, dtype in activations if dtype.itemsize > 1]
+    if wide:
+        raise ConfigError(key, f"{path} has {wide[0][1].name} activations (its {wide[0][0]} layers compute on "
+                               f"{wide[0][1].name}: a 16x8-quantized model); ST's application runs int8 models: the "
+                               "deployment header needs a full-integer TFLite model with int8 activations (as stmclf "
+                               "export --int8 writes it)")
 
 
 def _class_names(cfg: dict, run_dir: Optional[Path], summary: Path, model_path: Path) -> list[str]:

@@ -75,6 +75,25 @@ def model_input_shape(cfg) -> list[int] | None:
     return list(shape)
 
 
+def shape_only_model(cfg) -> bool:
+    """Whether ``training.model`` holds only ``input_shape``: beside ``general.model_path``, the
+    input size of a model file that does not record it (TorchScript, pickled module), not a model."""
+    model = cfg.training.model if cfg.training is not None else None
+    return isinstance(model, dict) and set(model) == {"input_shape"}
+
+
+def check_model_file_input_shape(cfg, path, shape) -> None:
+    """A shape-only ``training.model`` (:func:`shape_only_model`) beside a model file that records
+    its own input size ``shape`` (Keras, ONNX, a torch file that records it) must give that size:
+    the model is used at the size it was built for, so another one is refused rather than ignored."""
+    declared = model_input_shape(cfg) if shape_only_model(cfg) else None
+    if declared is not None and tuple(declared) != tuple(shape):
+        raise ConfigError("training.model.input_shape", f"{tuple(declared)}, but {path} records the input shape "
+                                                        f"{tuple(shape)}, the size its model was built for; remove "
+                                                        "training.model.input_shape (it gives the size of a "
+                                                        "TorchScript file or pickled module that records none)")
+
+
 def available_memory() -> int:
     """Bytes of memory available to a new allocation (Linux MemAvailable, else physical memory)."""
     try:
@@ -147,7 +166,7 @@ def check_training(cfg) -> None:
     training, general, dataset = cfg.training, cfg.general, cfg.dataset
     # training.model with only input_shape beside general.model_path: the input size of a torch
     # model file that does not record it (TorchScript, pickled module), not a second model source
-    shape_only = bool(general.model_path) and isinstance(training.model, dict) and set(training.model) == {"input_shape"}
+    shape_only = bool(general.model_path) and shape_only_model(cfg)
     sources = [k for k, v in (("training.model", None if shape_only else training.model),
                               ("general.model_path", general.model_path)) if v]
     if not sources and not training.resume_training_from:

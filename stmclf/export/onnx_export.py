@@ -65,8 +65,11 @@ def module_rescaling(module) -> tuple[float, float]:
 
 def exported_network(module, *, softmax: bool = True, fold_rescaling: bool = False) -> ExportedClassifier:
     """A CPU, contiguous-format, eval-mode copy of ``module.model`` wrapped for export."""
-    model = copy.deepcopy(module.model).float().cpu().eval()
-    model = model.to(memory_format=torch.contiguous_format)
+    with warnings.catch_warnings():  # a TorchScript model's parameters are not leaves: torch warns on .grad
+        warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf",
+                                category=UserWarning)
+        model = copy.deepcopy(module.model).float().cpu().eval()
+        model = model.to(memory_format=torch.contiguous_format)
     return ExportedClassifier(model, softmax=softmax,
                               rescaling=module_rescaling(module) if fold_rescaling else None).eval()
 
@@ -101,8 +104,8 @@ def export_onnx(module, out: Path, *, opset: int = 17, batch_size: Optional[int]
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # recorded, not shown: the tracer's warnings tell of frozen control flow
             torch.onnx.export(_traceable(network, example), (example,), str(partial), input_names=[INPUT_NAME],
                               output_names=[name], opset_version=int(opset), dynamic_axes=dynamic_axes,
                               do_constant_folding=True, dynamo=False)
@@ -112,6 +115,15 @@ def export_onnx(module, out: Path, *, opset: int = 17, batch_size: Optional[int]
         hint = (" (an operator without an ONNX equivalent at this opset: try another quantization.target_opset)"
                 if "opset" in reason.lower() or "operator" in reason.lower() else "")
         raise UserError(f"{out}: unable to export {module.model_name} to ONNX opset {opset}: {reason}{hint}") from None
+    frozen = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+              and "might cause the trace to be incorrect" in str(w.message)]
+    if frozen:
+        try:
+            _check_frozen_control_flow(network, partial, _probe_inputs(module, example, fold_rescaling),
+                                       str(frozen[0].message))
+        except UserError as exc:
+            partial.unlink(missing_ok=True)
+            raise UserError(f"{out}: unable to export {module.model_name} to ONNX: {exc}") from None
     _write_metadata(partial, module, fold_rescaling=fold_rescaling, softmax=softmax)
     os.replace(partial, out)
     return out
@@ -125,6 +137,39 @@ def _traceable(network: nn.Module, example: torch.Tensor) -> nn.Module:
         return network
     with torch.no_grad():
         return torch.jit.trace(network, (example,), check_trace=False)
+
+
+def _probe_inputs(module, example: torch.Tensor, fold_rescaling: bool) -> list[torch.Tensor]:
+    """Inputs spread over the model's input range, one image each: ``example``, black, white,
+    uniform noise, dark noise and bright noise (raw pixels, or rescaled as the model takes them)."""
+    generator = torch.Generator().manual_seed(0)
+    shape = tuple(example.shape)
+    pixels = [torch.zeros(shape), torch.full(shape, 255.0), torch.rand(shape, generator=generator) * 255,
+              torch.rand(shape, generator=generator) * 96, 160 + torch.rand(shape, generator=generator) * 95]
+    if not fold_rescaling:
+        scale, offset = module_rescaling(module)
+        pixels = [x * scale + offset for x in pixels]
+    return [example, *pixels]
+
+
+def _check_frozen_control_flow(network: nn.Module, path: Path, probes: Sequence[torch.Tensor], warning: str) -> None:
+    """The exporter traces the network: Python control flow on a tensor's values (``if x.mean() > t``)
+    is recorded for the example input's path only (torch's TracerWarning ``warning`` says so). The
+    file must then still give the network's outputs on ``probes``, else a one-line UserError."""
+    session = onnx_session(path)
+    name = session.get_inputs()[0].name
+    with torch.no_grad():
+        for x in probes:
+            expected = network(x).float().numpy()
+            got = session.run(None, {name: x.numpy().astype(np.float32)})[0]
+            if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-4):
+                diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
+                raise UserError(
+                    f"the exporter traces the model, and tracing froze its data-dependent control flow (torch: "
+                    f"{one_line(warning.split('. ')[0], 160)}): the file gives other outputs than the model on a "
+                    f"test input (max |difference| {diff:.3g}); make that control flow independent of the input's "
+                    "values, or export the model yourself (torch.export.save as .pt2, or torch.onnx.export) and use "
+                    "that file")
 
 
 def _max_opset() -> int:
@@ -254,9 +299,15 @@ def check_onnx(module, path: Path, images: np.ndarray, *, tolerance: float = 1e-
     diff = float(np.max(np.abs(got - expected))) if len(images) else 0.0
     log.info("ONNX check: %s vs torch on %d images, max |difference| %.2e", Path(path).name, len(images), diff)
     if not np.isfinite(diff) or diff > tolerance:
+        alone = np.concatenate([reference_outputs(module, images[i:i + 1], softmax=softmax) for i in range(len(images))])
+        if float(np.max(np.abs(got - alone))) <= tolerance:  # torch gives each image alone what the file gives
+            why = ("computes an image's output from the other images of its batch (torch gives an image another "
+                   "output in a batch than alone, and the file matches torch image by image): the exported model "
+                   "runs one image at a time, as on the board; make the model's computation per image")
+        else:
+            why = "does not export faithfully at this opset; try another quantization.target_opset"
         raise UserError(f"{path}: the exported ONNX model disagrees with the torch model (max |difference| "
-                        f"{diff:.3g} > {tolerance:g} over {len(images)} images): {module.model_name} does not export "
-                        f"faithfully at this opset; try another quantization.target_opset")
+                        f"{diff:.3g} > {tolerance:g} over {len(images)} images): {module.model_name} {why}")
     return diff
 
 

@@ -9,8 +9,9 @@ SHA-256 in the spec (``sha256``). When the spec's path is missing, or its conten
 one the run trained from, the architecture is rebuilt from that copy (:func:`remember_source`
 makes a checkpoint's copy known when the checkpoint is read). The copy is loaded by the same
 importers as the file, under the same rule: a pickled module still loads only with
-``--trust-model-file``. Checkpoints written before this (no ``sha256``, no copy) read the path as
-before.
+``--trust-model-file``; its errors name it as ``the copy of NAME stored in CHECKPOINT``, and a copy
+whose bytes no longer have the SHA-256 it was stored for is reported as damaged. Checkpoints
+written before this (no ``sha256``, no copy) read the path as before.
 
 A pickled model file loads only with ``--trust-model-file`` on the command line
 (:func:`stmclf.trust.model_files_trusted`). The spec never grants it: a ``trust_model_file`` value
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, UserError
 from stmclf.models.graph import KerasGraph
 from stmclf.models.heads import head_units
 from stmclf.models.registry import register_model
@@ -40,6 +41,11 @@ SOURCE_KEY = "model_file_source"
 _contents: dict[str, bytes] = {}
 """Model files' bytes by SHA-256: files read in this process and copies stored in checkpoints read
 (content-addressed, so a copy is only ever used for the hash it has)."""
+_origins: dict[str, str] = {}
+"""Where a checkpoint's copy in :data:`_contents` comes from, by SHA-256, for messages: ``the copy
+of NAME stored in CHECKPOINT``."""
+_damaged: dict[str, str] = {}
+"""Copies whose bytes do not have the SHA-256 they were stored for, by that SHA-256: their origin."""
 
 
 def _sha256(data: bytes) -> str:
@@ -59,7 +65,13 @@ def model_file(*, num_classes: int, input_shape: tuple[int, int, int], dropout: 
         with tempfile.TemporaryDirectory(prefix="stmclf-model-file-") as folder:
             copy = Path(folder) / (Path(path).name or "model")
             copy.write_bytes(data)
-            imported = load_model_file(copy, **load)
+            try:
+                imported = load_model_file(copy, **load)
+            except UserError as exc:  # named after the checkpoint holding the copy, not the temporary file
+                origin = _origins.get(digest, f"the copy of {path} read earlier in this process")
+                message = (str(exc)[len(exc.key) + 2:] if isinstance(exc, ConfigError) and exc.key else str(exc))
+                message = message.replace(str(copy), origin)
+                raise (ConfigError(exc.key, message) if isinstance(exc, ConfigError) else UserError(message)) from None
         imported.path = Path(path)
     else:
         imported = load_model_file(path, **load)
@@ -96,8 +108,14 @@ def _source_bytes(path: str, sha256: str | None) -> tuple[bytes | None, str | No
         log.info("%s %s: the model is rebuilt from the copy stored in its checkpoint", path,
                  "has changed since training" if data is not None else "is missing")
         return _contents[sha256], sha256, True
+    damaged = _damaged.get(sha256)
+    if damaged is not None and data is None:
+        raise ConfigError("training.model.path", f"{path} is missing and {damaged} is damaged (its bytes do not "
+                                                 "have the SHA-256 stored with them): the model cannot be rebuilt")
     if data is not None:
-        log.warning("%s has changed since the checkpoint was written (and the checkpoint holds no copy of it)", path)
+        log.warning("%s has changed since the checkpoint was written (and %s)", path,
+                    f"{damaged} is damaged: its bytes do not have the SHA-256 stored with them" if damaged
+                    else "the checkpoint holds no copy of it")
     return data, digest, False
 
 
@@ -105,14 +123,28 @@ def model_file_spec(path: str, input_shape: Any) -> dict[str, Any]:
     return {"name": NAME, "path": str(path), "input_shape": [int(v) for v in input_shape]}
 
 
-def remember_source(checkpoint: Any) -> None:
-    """Make the model file copy a checkpoint stores (:data:`SOURCE_KEY`) available to the rebuild
-    of its model; anything else under that key is ignored."""
+def remember_source(checkpoint: Any, path: str | Path) -> None:
+    """Make the model file copy that ``checkpoint`` (read from ``path``) stores (:data:`SOURCE_KEY`)
+    available to the rebuild of its model, and known by its origin in messages. A copy whose bytes
+    do not have the SHA-256 its model spec names is remembered as damaged (the rebuild says so when
+    it would need it); anything else under that key is ignored."""
     entry = checkpoint.get(SOURCE_KEY) if isinstance(checkpoint, Mapping) else None
     content = entry.get("content") if isinstance(entry, Mapping) else None
-    if isinstance(content, torch.Tensor) and content.dtype == torch.uint8 and content.dim() == 1:
-        data = content.contiguous().numpy().tobytes()
-        _contents.setdefault(_sha256(data), data)
+    if not (isinstance(content, torch.Tensor) and content.dtype == torch.uint8 and content.dim() == 1):
+        return
+    name = entry.get("name")
+    name = Path(name).name if isinstance(name, str) and Path(name).name else "the model file"
+    origin = f"the copy of {name} stored in {path}"
+    data = content.contiguous().numpy().tobytes()
+    digest = _sha256(data)
+    hparams = checkpoint.get("hyper_parameters")
+    spec = hparams.get("model_spec") if isinstance(hparams, Mapping) else None
+    expected = spec.get("sha256") if isinstance(spec, Mapping) else None
+    if isinstance(expected, str) and expected != digest:
+        _damaged.setdefault(expected, origin)
+        return
+    _contents.setdefault(digest, data)
+    _origins.setdefault(digest, origin)
 
 
 def store_source(model: torch.nn.Module, checkpoint: MutableMapping[str, Any]) -> None:

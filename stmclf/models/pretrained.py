@@ -285,7 +285,7 @@ def _source_from_checkpoint(path: Path) -> KerasGraph:
                                           "(no hyper_parameters.model_spec / class_names or state_dict)")
     from stmclf.models.model_file_entry import remember_source
 
-    remember_source(checkpoint)
+    remember_source(checkpoint, path)
     try:
         source = build_model(dict(hparams["model_spec"]), num_classes=len(hparams["class_names"]),
                              dropout=hparams.get("dropout"))

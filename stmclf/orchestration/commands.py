@@ -153,26 +153,30 @@ def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optiona
     return result
 
 
-def run_int8_tflite(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
-    """The int8 TFLite model a run folder's export wrote (``<export_dir>/quantized_model.tflite``)."""
-    from stmclf.benchmark.deploy_header import exported_int8_tflite
+def run_int8_tflite(run_root: Path, cfg: RunConfig) -> Path:
+    """The int8 TFLite model a run folder's export wrote (``<export_dir>/quantized_model.tflite``);
+    a one-line error when the run has none (export the run first)."""
+    from stmclf.benchmark.deploy_header import find_int8_tflite
     from stmclf.export.export import run_export_dir
 
-    if run_root is None:
-        return None
-    return exported_int8_tflite(run_export_dir(Path(run_root), cfg.quantization.export_dir if cfg.quantization
-                                               else None))
+    return find_int8_tflite(run_export_dir(Path(run_root), cfg.quantization.export_dir if cfg.quantization
+                                           else None), run_root)
 
 
 def deploy_header_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optional[str] = None,
                           out: Optional[str] = None) -> Path:
     """``stmclf deploy-header``: ``<run>/generated/ai_model_config.h`` for a full-integer TFLite
-    model — ``--model``; else, with ``--run``, the run's int8 export; else ``general.model_path``
-    (an ST deployment config) — recorded in the run's MLflow parent run as the ``deploy`` stage."""
+    model — ``--model``; else, with ``--run``, the run's int8 export (an error when it has none:
+    the run's ``general.model_path`` is what it was trained from, not what it deploys); else
+    ``general.model_path`` (an ST deployment config) — recorded in the run's MLflow parent run as
+    the ``deploy`` stage."""
     from stmclf.benchmark.deploy_header import HEADER_NAME, build_deploy_header
 
     root = resolve_run_dir(run, model, cfg)
-    model, key = command_model(cfg, model, "--model", run, root, run_int8_tflite)
+    if not model and run is not None:
+        model, key = run_int8_tflite(root, cfg), "--run"
+    else:
+        model, key = command_model(cfg, model, "--model", None, root)
     if not model:
         raise ConfigError("general.model_path", "the deployment header needs a full-integer (int8) .tflite model: "
                                                 "--model, general.model_path, or --run RUN_DIR of an exported run")

@@ -115,11 +115,9 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
         return ClassifierModule(model_spec=dict(training.model),
                                 input_shape=[int(v) for v in training.model["input_shape"]], **settings)
     if source.is_imported:
-        from stmclf.models.importers import load_model_file
         from stmclf.models.model_file_entry import model_file_spec
 
-        imported = load_model_file(source.path, trust_model_file=cfg.trust_model_file, key=source.key,
-                                   fallback_input_shape=rules.model_input_shape(cfg))
+        imported = _import_model_file(cfg, source)
         imported.check_dropout(training.dropout)  # the reference's dropout rule
         log.info("Model file : %s", imported.describe())
         spec = model_file_spec(source.path.resolve(), imported.input_shape)
@@ -140,15 +138,23 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
     return module
 
 
+def _import_model_file(cfg: RunConfig, source: ModelSource):
+    """The model of ``general.model_path`` (an imported file) at the size it records, else at the
+    config's ``training.model.input_shape``; a size given beside one it records must match it."""
+    from stmclf.models.importers import load_model_file
+
+    imported = load_model_file(source.path, trust_model_file=cfg.trust_model_file, key=source.key,
+                               fallback_input_shape=rules.model_input_shape(cfg))
+    rules.check_model_file_input_shape(cfg, source.path, imported.input_shape)
+    return imported
+
+
 def _input_shape(cfg: RunConfig, resume: Optional[dict], source: Optional[ModelSource]) -> list[int]:
     if resume is not None:
         return list(resume["hyper_parameters"]["input_shape"])
     if source is not None:
         if source.is_imported:
-            from stmclf.models.importers import load_model_file
-
-            return list(load_model_file(source.path, trust_model_file=cfg.trust_model_file, key=source.key,
-                                        fallback_input_shape=rules.model_input_shape(cfg)).input_shape)
+            return list(_import_model_file(cfg, source).input_shape)
         return list(read_checkpoint(source.path, source.key)["hyper_parameters"]["input_shape"])
     shape = cfg.training.model.get("input_shape")
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):

@@ -35,7 +35,7 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
                                f"last_augmented_model.ckpt, best_augmented_model.ckpt or {BEST_MODEL_NAME})")
     from stmclf.models.model_file_entry import remember_source
 
-    remember_source(checkpoint)  # a run started from a model file rebuilds it without the file
+    remember_source(checkpoint, path)  # a run started from a model file rebuilds it without the file
     return checkpoint
 
 
@@ -117,7 +117,7 @@ def load_source_module(source, cfg=None, *, class_names=None):
     (``class_0`` … when there is no dataset). A torch file that records no input size takes the
     config's ``training.model.input_shape``; a pickled module loads only with the command line's
     ``--trust-model-file`` (:func:`stmclf.trust.model_files_trusted`, with or without ``cfg``)."""
-    from stmclf.config.rules import model_input_shape
+    from stmclf.config.rules import check_model_file_input_shape, model_input_shape
     from stmclf.models.importers import load_model_file
     from stmclf.models.heads import head_units
     from stmclf.models.model_file_entry import model_file_spec
@@ -128,6 +128,8 @@ def load_source_module(source, cfg=None, *, class_names=None):
         return load_classifier(source.path, source.key)
     imported = load_model_file(source.path, trust_model_file=model_files_trusted(), key=source.key,
                                fallback_input_shape=model_input_shape(cfg) if cfg is not None else None)
+    if cfg is not None:
+        check_model_file_input_shape(cfg, source.path, imported.input_shape)
     names = list(class_names) if class_names is not None else dataset_class_names(cfg)
     if names is None:
         names = [f"class_{i}" for i in range(max(imported.num_outputs, 2))]

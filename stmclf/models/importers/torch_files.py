@@ -24,6 +24,7 @@ refused (training works on logits).
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -312,7 +313,9 @@ def load_torchscript(path: Path, key: str, input_shape: tuple[int, int, int] | N
                      fallback_shape: tuple[int, int, int] | None = None) -> ImportedModel:
     extra = {"input_shape": ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
         raise file_error(key, path, f"not a loadable TorchScript file ({first_line(exc)})") from None
     found = _shape_from(extra.get("input_shape") or None) or _shape_from(getattr(module, "input_shape", None))
