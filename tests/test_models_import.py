@@ -315,6 +315,29 @@ def test_keras_model_nested_twice(keras: Any, tmp_path: Path) -> None:
         "mid/inner/c1", "mid/inner/c2", "mid/middense", "top"]
 
 
+def test_a_final_softmax_inside_a_nested_model_is_removed(keras: Any, tmp_path: Path) -> None:
+    """Sequential([Rescaling, model]) (how ST's augmented files and many users' wrap a classifier):
+    the nested model's final softmax is the output's and is removed like a top-level one (it was
+    kept, so training took a softmax of probabilities); a nested model inside is left alone."""
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = L.Flatten()(L.Conv2D(4, 3)(inputs))
+    classifier = keras.Model(inputs, L.Dense(3, activation="softmax", name="probs")(x), name="classifier")
+    model = keras.Sequential([keras.Input((16, 16, 3)), L.Rescaling(2.0), classifier])
+    path = tmp_path / "wrapped.h5"
+    model.save(path)
+    imported = load_model_file(path)
+    assert imported.output_is_softmax
+    assert "final softmax of layer 'classifier/probs' removed (training uses logits)" in imported.notes
+    _same_outputs(imported, model)  # softmax of the imported logits
+    head = L.Dense(2, name="logits", kernel_initializer=keras.initializers.RandomNormal(stddev=5.0, seed=1))
+    plain = keras.Sequential([keras.Input((16, 16, 3)), classifier, head])
+    plain.save(path)
+    imported = load_model_file(path)
+    assert not imported.output_is_softmax  # the softmax inside feeds another layer: kept
+    _same_outputs(imported, plain)
+
+
 def test_keras3_h5_file(tmp_path: Path) -> None:
     """Keras 3 writes the same legacy .h5 layout with another node format; its hard_sigmoid differs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

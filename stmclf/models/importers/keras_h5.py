@@ -294,6 +294,7 @@ class _Context:
         major = keras_version.split(".")[0]
         self.keras3 = major.isdigit() and int(major) >= 3
         self.strip = strip  # layers whose (final) softmax is removed
+        self.stripped_inside: dict[str, str | None] = {}  # nested model → the layer whose softmax it removed
 
 
 def _fix_keras3(layer: nn.Module, name: str | None, ctx: _Context) -> nn.Module:
@@ -509,8 +510,9 @@ def _nested_model(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
     kept) for the input shape it is called with, as one layer; ``training=False`` in its call
     keeps it in inference mode."""
     def build(shape: Shape) -> nn.Module:
-        graph, _ = build_graph({"class_name": spec.class_name, "config": spec.config}, ctx.keras_version,
-                               nested=True, called_with=shape)
+        graph, facts = build_graph({"class_name": spec.class_name, "config": spec.config}, ctx.keras_version,
+                                   nested=True, called_with=shape, final=spec.name in ctx.strip)
+        ctx.stripped_inside[spec.name] = facts["softmax_layer"]
         return NestedModel(graph, inference_only=spec.training is False)
 
     return build
@@ -555,7 +557,9 @@ _SOFTMAX_WITH_ACTIVATION = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Den
 
 
 def _final_softmax(specs: Sequence[_Spec]) -> str | None:
-    """The name of the layer whose softmax ends the model (through shape-only layers), if any."""
+    """The name of the layer whose softmax ends the model (through shape-only layers), if any; a
+    nested model there (``Sequential([Rescaling, model])``) is named too: its own final softmax, if
+    any, is the model's."""
     by_name = {spec.name: spec for spec in specs}
     consumers: dict[str, int] = {}
     for spec in specs:
@@ -568,7 +572,7 @@ def _final_softmax(specs: Sequence[_Spec]) -> str | None:
         act = act.get("config") if isinstance(act, dict) else act
         is_softmax = (cls == "Activation" and act == "softmax") or cls == "Softmax" \
             or (cls in _SOFTMAX_WITH_ACTIVATION and act == "softmax")
-        if is_softmax:
+        if is_softmax or cls in ("Functional", "Sequential"):
             return spec.name
         linear = cls == "Activation" and act == "linear"
         if (cls not in _PASS_THROUGH and not linear) or len(spec.inputs) != 1 or spec.inputs[0] not in by_name:
@@ -649,16 +653,16 @@ def _unsupported_layer(spec: _Spec) -> UserError:
 
 
 def build_graph(config: dict[str, Any], keras_version: str = "", nested: bool = False,
-                called_with: Shape | None = None) -> tuple[KerasGraph, dict[str, Any]]:
+                called_with: Shape | None = None, final: bool = False) -> tuple[KerasGraph, dict[str, Any]]:
     """The :class:`KerasGraph` of a Keras model config (random weights) and facts about it.
-    ``nested``: a model used as a layer of another (its final softmax is not the output's), called
-    with inputs of shape ``called_with``."""
+    ``nested``: a model used as a layer of another, called with inputs of shape ``called_with``;
+    its final softmax is the output's only when it ends the outer model (``final``)."""
     kind, model_name, input_shape, input_name, specs = parse_model(config, called_with)
     for spec in specs:
         cls = ALIASES.get(spec.class_name, spec.class_name)
         if cls not in LAYER_BUILDERS:
             raise _unsupported_layer(spec)
-    strip = None if nested else _final_softmax(specs)
+    strip = _final_softmax(specs) if final or not nested else None
     ctx = _Context(keras_version, strip={strip} if strip else set())
     g = GraphBuilder(input_shape, input_name=input_name)
     frozen_in_file = False
@@ -680,6 +684,8 @@ def build_graph(config: dict[str, Any], keras_version: str = "", nested: bool = 
         graph = g.build(outputs=specs[-1].name, name=model_name)
     except ValueError as exc:
         raise UserError(f"unsupported model structure: {first_line(exc)}") from None
+    if strip in ctx.stripped_inside:  # a nested model ends the model: its softmax, if it had one
+        strip = strip if ctx.stripped_inside[strip] else None
     if strip:
         shape = graph.nodes[graph.layer_index(strip)].output_shape
         if len(shape) != 1 and tuple(shape[:-1]) != (1, 1):
@@ -689,7 +695,7 @@ def build_graph(config: dict[str, Any], keras_version: str = "", nested: bool = 
     facts = {
         "kind": kind,
         "offset": 1 if kind == "sequential" else 0,
-        "softmax_layer": strip,
+        "softmax_layer": f"{strip}/{ctx.stripped_inside[strip]}" if strip in ctx.stripped_inside else strip,
         "dropout_rate": float(dropouts[0].config.get("rate", 0.0)) if dropouts else None,
         "has_dropout": bool(dropouts),
         "frozen_in_file": frozen_in_file,
