@@ -127,16 +127,6 @@ def _get(cfg: dict, *keys: str) -> Any:
 def find_int8_tflite(export_dir: Path, run_dir: Optional[Path] = None) -> Path:
     """``<export_dir>/quantized_model.tflite``, else the only other non-float ``.tflite`` there;
     a one-line error saying to export the run (``run_dir``) first when there is none."""
-    found = exported_int8_tflite(export_dir)
-    if found is None:
-        raise UserError(f"{export_dir}: no int8 TFLite model ({INT8_TFLITE}); export the run first "
-                        f"(stmclf export --run {run_dir or export_dir.parent} --int8, or operation_mode "
-                        "quantization)")
-    return found
-
-
-def exported_int8_tflite(export_dir: Path) -> Optional[Path]:
-    """:func:`find_int8_tflite`, None when the folder has no int8 ``.tflite``."""
     preferred = export_dir / INT8_TFLITE
     if preferred.is_file():
         return preferred
@@ -144,7 +134,11 @@ def exported_int8_tflite(export_dir: Path) -> Optional[Path]:
     if len(candidates) > 1:
         raise UserError(f"{export_dir}: several TFLite models ({', '.join(p.name for p in candidates)}) and no "
                         f"{INT8_TFLITE}; keep the one to deploy")
-    return candidates[0] if candidates else None
+    if not candidates:
+        raise UserError(f"{export_dir}: no int8 TFLite model ({INT8_TFLITE}); export the run first "
+                        f"(stmclf export --run {run_dir or export_dir.parent} --int8, or operation_mode "
+                        "quantization)")
+    return candidates[0]
 
 
 def read_tflite_io(path: Path, model_key: str = "general.model_path") -> dict[str, dict[str, Any]]:

@@ -28,7 +28,8 @@ from stmclf.training.allocator import keep_freed_memory
 from stmclf.training.cuda_probe import skip_absent_nvml
 from stmclf.training.callbacks import build_callbacks
 from stmclf.training.checkpoint_io import AtomicCheckpointIO
-from stmclf.training.model_file import BEST_MODEL_NAME, load_weights, read_checkpoint, write_model_file
+from stmclf.training.model_file import (BEST_MODEL_NAME, import_model_file, load_weights, read_checkpoint,
+                                        write_model_file)
 from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
 from stmclf.training.precision import default_precision, trains_on_cpu
@@ -117,7 +118,7 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
     if source.is_imported:
         from stmclf.models.model_file_entry import model_file_spec
 
-        imported = _import_model_file(cfg, source)
+        imported = import_model_file(source, cfg)
         imported.check_dropout(training.dropout)  # the reference's dropout rule
         log.info("Model file : %s", imported.describe())
         spec = model_file_spec(source.path.resolve(), imported.input_shape)
@@ -138,23 +139,12 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
     return module
 
 
-def _import_model_file(cfg: RunConfig, source: ModelSource):
-    """The model of ``general.model_path`` (an imported file) at the size it records, else at the
-    config's ``training.model.input_shape``; a size given beside one it records must match it."""
-    from stmclf.models.importers import load_model_file
-
-    imported = load_model_file(source.path, trust_model_file=cfg.trust_model_file, key=source.key,
-                               fallback_input_shape=rules.model_input_shape(cfg))
-    rules.check_model_file_input_shape(cfg, source.path, imported.input_shape)
-    return imported
-
-
 def _input_shape(cfg: RunConfig, resume: Optional[dict], source: Optional[ModelSource]) -> list[int]:
     if resume is not None:
         return list(resume["hyper_parameters"]["input_shape"])
     if source is not None:
         if source.is_imported:
-            return list(_import_model_file(cfg, source).input_shape)
+            return list(import_model_file(source, cfg).input_shape)
         return list(read_checkpoint(source.path, source.key)["hyper_parameters"]["input_shape"])
     shape = cfg.training.model.get("input_shape")
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):

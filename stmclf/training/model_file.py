@@ -110,6 +110,22 @@ def dataset_class_names(cfg) -> list[str] | None:
         return None
 
 
+def import_model_file(source, cfg=None):
+    """The model of an imported file (Keras, ONNX, torch: :mod:`stmclf.models.importers`) at the
+    size it records, else at the config's ``training.model.input_shape`` (a torch file that records
+    none); a size given beside one it records must match it. A pickled module loads only with the
+    command line's ``--trust-model-file`` (:func:`stmclf.trust.model_files_trusted`)."""
+    from stmclf.config.rules import check_model_file_input_shape, model_input_shape
+    from stmclf.models.importers import load_model_file
+    from stmclf.trust import model_files_trusted
+
+    imported = load_model_file(source.path, trust_model_file=model_files_trusted(), key=source.key,
+                               fallback_input_shape=model_input_shape(cfg) if cfg is not None else None)
+    if cfg is not None:
+        check_model_file_input_shape(cfg, source.path, imported.input_shape)
+    return imported
+
+
 def load_source_module(source, cfg=None, *, class_names=None):
     """The :class:`ClassifierModule` (eval mode, CPU) of any torch-readable model source
     (:class:`stmclf.models.source.ModelSource`): a stmclf file as trained, or an imported
@@ -117,19 +133,13 @@ def load_source_module(source, cfg=None, *, class_names=None):
     (``class_0`` … when there is no dataset). A torch file that records no input size takes the
     config's ``training.model.input_shape``; a pickled module loads only with the command line's
     ``--trust-model-file`` (:func:`stmclf.trust.model_files_trusted`, with or without ``cfg``)."""
-    from stmclf.config.rules import check_model_file_input_shape, model_input_shape
-    from stmclf.models.importers import load_model_file
     from stmclf.models.heads import head_units
     from stmclf.models.model_file_entry import model_file_spec
     from stmclf.training.module import ClassifierModule
-    from stmclf.trust import model_files_trusted
 
     if source.kind == "stmclf":
         return load_classifier(source.path, source.key)
-    imported = load_model_file(source.path, trust_model_file=model_files_trusted(), key=source.key,
-                               fallback_input_shape=model_input_shape(cfg) if cfg is not None else None)
-    if cfg is not None:
-        check_model_file_input_shape(cfg, source.path, imported.input_shape)
+    imported = import_model_file(source, cfg)
     names = list(class_names) if class_names is not None else dataset_class_names(cfg)
     if names is None:
         names = [f"class_{i}" for i in range(max(imported.num_outputs, 2))]

@@ -506,9 +506,9 @@ def _leaky_relu(spec: _Spec, ctx: _Context) -> nn.Module:
 
 
 def _nested_model(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
-    """A Keras model used as a layer: rebuilt like the outer one (its own layers, its final softmax
-    kept) for the input shape it is called with, as one layer; ``training=False`` in its call
-    keeps it in inference mode."""
+    """A Keras model used as a layer: rebuilt like the outer one (its own layers; its final softmax
+    removed only when it ends the outer model) for the input shape it is called with, as one layer;
+    ``training=False`` in its call keeps it in inference mode."""
     def build(shape: Shape) -> nn.Module:
         graph, facts = build_graph({"class_name": spec.class_name, "config": spec.config}, ctx.keras_version,
                                    nested=True, called_with=shape, final=spec.name in ctx.strip)
@@ -572,7 +572,7 @@ def _final_softmax(specs: Sequence[_Spec]) -> str | None:
         act = act.get("config") if isinstance(act, dict) else act
         is_softmax = (cls == "Activation" and act == "softmax") or cls == "Softmax" \
             or (cls in _SOFTMAX_WITH_ACTIVATION and act == "softmax")
-        if is_softmax or cls in ("Functional", "Sequential"):
+        if is_softmax or cls in NESTED_MODEL_CLASSES:
             return spec.name
         linear = cls == "Activation" and act == "linear"
         if (cls not in _PASS_THROUGH and not linear) or len(spec.inputs) != 1 or spec.inputs[0] not in by_name:
