@@ -8,6 +8,10 @@
 #   bash benchmarks/gpu_check.sh --smoke              # CPU, 32×32, well under a minute (tests)
 #   bash benchmarks/gpu_check.sh --epochs 5 --batch-size 256 --img-size 224 --out gpu_check.json
 #
+# On a bare GPU machine that has PyTorch but not the README set-up (no network): download the four
+# missing wheels first (.venv/bin/python benchmarks/gpu_device.py wheels), carry .whl/ and run what
+# `benchmarks/gpu_device.py command` prints (PYTHON=python3, the wheels on PYTHONPATH).
+#
 # Writes the JSON to --out (default gpu_check.json) and the log next to it (.log); when $OUT is set,
 # also $OUT/gpu_check.json and $OUT/gpu_check.log. Exit 0, or 3 when the accuracy sanity check fails.
 set -euo pipefail

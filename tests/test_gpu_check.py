@@ -51,3 +51,37 @@ def test_gpu_check_smoke(tmp_path):
         assert "training img/s" in text and "accuracy sanity" in text and "PASS" in text
     assert "loader img/s" in proc.stdout and "GPU utilisation" in proc.stdout
     assert not list(tmp_path.glob("stmclf-gpu-check-*"))  # the work folder was temporary
+
+
+def test_gpu_check_smoke_with_only_the_gpu_images_packages(tmp_path):
+    """The lent GPU machines have PyTorch & co. but no network and no stmclf set-up: the check runs
+    there on the image's packages plus the four wheels benchmarks/gpu_device.py carries. Emulated
+    here with ``python -S`` on a folder of this venv's packages limited to that set."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_device", ROOT / "benchmarks" / "gpu_device.py")
+    gpu_device = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_device)
+    site = gpu_device.emulated_site(tmp_path / "site")
+    env = {**os.environ, "PYTHONPATH": str(site), "STMCLF_CACHE": str(tmp_path / "cache")}
+    env.pop("OUT", None)
+
+    def python(*args, **kwargs):
+        return subprocess.run([sys.executable, "-S", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              **kwargs)
+
+    # the emulation holds: a carried package imports, packages the image lacks do not
+    probe = python("-c", "import jsonargparse, torch, lightning\n"
+                         "for name in ('mlflow', 'tensorflow', 'onnx2tf'):\n"
+                         "    try:\n        __import__(name)\n    except ImportError:\n        continue\n"
+                         "    raise SystemExit(name + ' imported')")
+    assert probe.returncode == 0, probe.stderr[-2000:]
+
+    proc = python(str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(tmp_path / "g.json"), timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert report["epochs_run"] == 2 and report["accuracy_ok"] is True
+    # the command given to the machine installs the wheels and runs this same check with python3
+    command = gpu_device.device_command()
+    assert ".whl/*.whl" in command and "PYTHON=python3" in command and "benchmarks/gpu_check.sh" in command
+    assert {name.split("==")[0] for name in gpu_device.carried_pins()} == set(gpu_device.CARRIED)
