@@ -115,14 +115,15 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
     if source is None:
         return ClassifierModule(model_spec=dict(training.model),
                                 input_shape=[int(v) for v in training.model["input_shape"]], **settings)
-    if source.is_imported:
-        from stmclf.models.model_file_entry import model_file_spec
+    from stmclf.models.model_file_entry import model_file_given, model_file_spec
 
+    if source.is_imported:
         imported = import_model_file(source, cfg)
         imported.check_dropout(training.dropout)  # the reference's dropout rule
         log.info("Model file : %s", imported.describe())
         spec = model_file_spec(source.path.resolve(), imported.input_shape)
-        return ClassifierModule(model_spec=spec, input_shape=list(imported.input_shape), **settings)
+        with model_file_given(source.key):
+            return ClassifierModule(model_spec=spec, input_shape=list(imported.input_shape), **settings)
     stored = read_checkpoint(source.path, source.key)
     hparams = stored["hyper_parameters"]
     if list(hparams["class_names"]) != list(class_names):
@@ -134,7 +135,8 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
     if training.dropout and not had_dropout:
         raise ConfigError("training.dropout", "unable to set the dropout rate: the model does not include a "
                                               "dropout layer")
-    module = ClassifierModule(model_spec=hparams["model_spec"], input_shape=hparams["input_shape"], **settings)
+    with model_file_given(source.key, source.path):  # a run started from a model file
+        module = ClassifierModule(model_spec=hparams["model_spec"], input_shape=hparams["input_shape"], **settings)
     load_weights(module, stored["state_dict"], source.path, source.key)
     return module
 
@@ -424,7 +426,10 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
             raise ConfigError(key, f"leaves the {name} set without images ({len(splits.train)} training, "
                                    f"{len(splits.valid)} validation): training needs both")
     if resume is not None:
-        module = ClassifierModule(**resume["hyper_parameters"])
+        from stmclf.models.model_file_entry import model_file_given
+
+        with model_file_given("training.resume_training_from", training.resume_training_from):
+            module = ClassifierModule(**resume["hyper_parameters"])
         load_weights(module, resume["state_dict"], training.resume_training_from, "training.resume_training_from")
         if module.class_names != splits.class_names:
             raise ConfigError("dataset.class_names", f"the checkpoint was trained on classes {module.class_names}, "
