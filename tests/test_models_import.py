@@ -338,6 +338,36 @@ def test_a_final_softmax_inside_a_nested_model_is_removed(keras: Any, tmp_path: 
     _same_outputs(imported, plain)
 
 
+def test_a_nested_sequential_model_keeps_its_keras_class(keras: Any, tmp_path: Path, capsys: Any) -> None:
+    """Sequential([Input, Rescaling, Sequential([...]), Dense]): the nested model's type is the class
+    the .h5 records, what tf_keras' own summary shows (Sequential, not Functional), in the layer
+    table and in ``stmclf summary``; a nested functional model stays Functional."""
+    from stmclf.cli.main import main
+
+    L = keras.layers
+    inner = keras.Sequential([L.Conv2D(4, 3), L.GlobalAveragePooling2D()], name="inner")
+    inner_in = keras.Input((None, None, 3))
+    functional = keras.Model(inner_in, L.GlobalAveragePooling2D()(L.Conv2D(2, 3)(inner_in)), name="fn")
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.Rescaling(2.0), inner, L.Dense(2)])
+    lines: list[str] = []
+    model.summary(print_fn=lines.append)
+    assert any(line.split()[:2] == ["inner", "(Sequential)"] for line in lines), lines
+    path = tmp_path / "nested_sequential.h5"
+    model.save(path)
+    imported = load_model_file(path)
+    _check_same_layers(imported, model)  # the type of each layer is its Keras class
+    assert [(row.name, row.keras_type) for row in imported.graph.layer_table()][2] == ("inner", "Sequential")
+    _same_outputs(imported, model)
+    config = tmp_path / "summary.yaml"
+    config.write_text(f"dataset:\n  class_names: [a, b]\ntraining:\n  model:\n    name: model_file\n"
+                      f"    path: {path}\n    input_shape: (8, 8, 3)\n")
+    assert main(["summary", "--config", str(config)]) == 0
+    assert [[cell.strip() for cell in line.split("│")[2:4]] for line in capsys.readouterr().out.splitlines()
+            if "inner" in line] == [["inner", "Sequential"]]
+    keras.Sequential([keras.Input((8, 8, 3)), functional, L.Dense(2)]).save(path)
+    assert load_model_file(path).graph.layer("fn").keras_type == "Functional"
+
+
 def test_keras3_h5_file(tmp_path: Path) -> None:
     """Keras 3 writes the same legacy .h5 layout with another node format; its hard_sigmoid differs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

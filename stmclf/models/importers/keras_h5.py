@@ -513,7 +513,8 @@ def _nested_model(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
         graph, facts = build_graph({"class_name": spec.class_name, "config": spec.config}, ctx.keras_version,
                                    nested=True, called_with=shape, final=spec.name in ctx.strip)
         ctx.stripped_inside[spec.name] = facts["softmax_layer"]
-        return NestedModel(graph, inference_only=spec.training is False)
+        return NestedModel(graph, inference_only=spec.training is False,  # "Model" (older Keras) loads as Functional
+                           keras_type=ALIASES.get(spec.class_name, spec.class_name))
 
     return build
 
