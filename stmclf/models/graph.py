@@ -164,6 +164,23 @@ class KerasGraph(nn.Module):
         key = self._keys.get(self.nodes[index].name)
         return None if key is None else self.layers[key]
 
+    def layer_paths(self) -> dict[str, str]:
+        """Each layer's module path below this graph as its ``forward`` calls it — its key (a name
+        torch cannot use is stored sanitised: :func:`module_keys`), a nested model's layers under
+        ``KEY/graph/`` — → its Keras name (``outer/inner`` inside a nested model, as QAT plans name
+        them). What maps the module scopes of an exported file (ONNX node names) back to Keras names."""
+        paths: dict[str, str] = {}
+        for node in self.nodes:
+            key = self._keys.get(node.name)
+            if key is None:
+                continue
+            paths[key] = node.name
+            module = self.layers[key]
+            if isinstance(module, NestedModel):
+                paths.update({f"{key}/graph/{path}": f"{node.name}/{name}"
+                              for path, name in module.graph.layer_paths().items()})
+        return paths
+
     def layer_table(self) -> list[LayerRow]:
         rows = []
         for i, node in enumerate(self.nodes):
