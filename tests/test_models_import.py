@@ -371,6 +371,23 @@ def test_keras2_outer_and_nested_layers_of_the_same_name(keras: Any, tmp_path: P
         keras.Model(inputs, L.Dense(3, name="top")(clash(inputs))).save(tmp_path / "clash.h5")
 
 
+def test_a_batch_normalization_without_center_and_scale_keeps_its_moving_statistics(keras: Any,
+                                                                                     tmp_path: Path) -> None:
+    """BatchNormalization(center=False, scale=False) has no trainable weight, only its moving mean
+    and variance: they are loaded (they were skipped with the layers without weights), at the top
+    and inside a nested model."""
+    L = keras.layers
+    inner_in = keras.Input((8, 8, 3))
+    inner = keras.Model(inner_in, L.BatchNormalization(center=False, scale=False, name="bn")(inner_in), name="inner")
+    inputs = keras.Input((8, 8, 3))
+    x = L.BatchNormalization(center=False, scale=False, name="top_bn")(L.Conv2D(4, 3, name="c")(inner(inputs)))
+    model = keras.Model(inputs, L.Dense(3, name="d")(L.GlobalAveragePooling2D()(x)))
+    _randomize_bn(model)
+    path = tmp_path / "plain_bn.h5"
+    model.save(path)
+    _same_outputs(load_model_file(path), model)
+
+
 def test_a_final_softmax_inside_a_nested_model_is_removed(keras: Any, tmp_path: Path) -> None:
     """Sequential([Rescaling, model]) (how ST's augmented files and many users' wrap a classifier):
     the nested model's final softmax is the output's and is removed like a top-level one (it was

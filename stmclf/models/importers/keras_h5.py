@@ -636,6 +636,14 @@ def _weight_counts(module: nn.Module, name: str) -> tuple[int, int]:
     raise UserError(f"layer {name!r}: no Keras weight conversion for {type(module).__name__}")
 
 
+def _has_weights(module: nn.Module, name: str) -> bool:
+    """Whether the Keras layer ``module`` stands for has weights (a BatchNormalization without center
+    and scale has: its moving statistics; a nested model has when one of its layers has)."""
+    if isinstance(module, NestedModel):
+        return any(_weight_order(module.graph, True))
+    return _weight_counts(module, name) != (0, 0)
+
+
 def _weight_order(graph: KerasGraph, trainable: bool) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     """The ``trainable_weights`` and ``non_trainable_weights`` of the Keras model ``graph`` was
     built from, as tf_keras lists them (``trainable``: the model and the models around it are
@@ -684,7 +692,7 @@ def load_weights(graph: KerasGraph, weights: dict[str, Any]) -> None:
     frozen = getattr(graph, "frozen_in_file", frozenset())
     for i in range(1, graph.num_layers):
         module = graph.layer_module(i)
-        if module is None or next(module.parameters(), None) is None:
+        if module is None or not _has_weights(module, graph.nodes[i].name):
             continue
         if isinstance(module, NestedModel):
             name = graph.nodes[i].name
