@@ -308,3 +308,32 @@ def test_errors_about_a_checkpoints_model_file_name_the_option_that_gave_the_che
     key = entry.split()[-1]
     assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: {key}: "), err
     assert f"the copy of src.pt stored in {best}: " in err and "training.model.path" not in err, err
+
+
+def test_a_model_file_is_imported_once_to_train_or_to_load_it(files, tmp_path, caplog):
+    """fit from general.model_path (a .h5) and load_source_module import the file once each: the
+    model that is checked is the one that trains. Counted by the importer's own log: one warning per
+    import for a regularizer stmclf cannot apply."""
+    import logging
+
+    from stmclf.config import load_config
+    from stmclf.models.source import resolve_model_source
+    from stmclf.training.fit import train
+    from stmclf.training.model_file import load_source_module
+
+    _, data, _ = files
+    keras = pytest.importorskip("tf_keras")
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    regularizer = keras.regularizers.OrthogonalRegularizer(0.01)
+    keras.Model(inputs, keras.layers.Dense(2, name="d", kernel_regularizer=regularizer)(x)).save(tmp_path / "reg.h5")
+    warning = "layer 'd': unsupported regularizer 'OrthogonalRegularizer'"
+    config = _config(tmp_path / "fit.yaml", data, tmp_path / "run", tmp_path / "ml", model_path=tmp_path / "reg.h5")
+    with caplog.at_level(logging.WARNING, logger="stmclf.models.importers"):
+        result = train(load_config(["--config", str(config)]))
+    assert caplog.text.count(warning) == 1, caplog.text
+    assert result.module.model.layer("d").weight.shape == (2, 4)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stmclf.models.importers"):
+        load_source_module(resolve_model_source(tmp_path / "reg.h5"))
+    assert caplog.text.count(warning) == 1, caplog.text

@@ -65,17 +65,21 @@ CONFIG_KEY = "training.model.path"
 class _Given:
     key: str
     checkpoint: str | None
+    imported: Any = None
 
 
 _given: ContextVar[_Given | None] = ContextVar("stmclf_model_file_given", default=None)
 
 
 @contextmanager
-def model_file_given(key: str, checkpoint: str | Path | None = None) -> Iterator[None]:
+def model_file_given(key: str, checkpoint: str | Path | None = None, imported: Any = None) -> Iterator[None]:
     """While the model of a file the user gave under ``key`` (an option or config key) is built —
     from ``checkpoint`` (a stmclf checkpoint whose spec names a model file), or from the model file
-    itself — errors about its model file name ``key`` and that checkpoint, not ``training.model.path``."""
-    token = _given.set(_Given(key, str(checkpoint) if checkpoint is not None else None))
+    itself — errors about its model file name ``key`` and that checkpoint, not ``training.model.path``.
+    ``imported``: the file's :class:`~stmclf.models.importers.ImportedModel` the caller has just
+    read (and checked); the model built from that file (same path and input shape) is it, not a
+    second import of the file. Build one model inside: it takes that ImportedModel's graph."""
+    token = _given.set(_Given(key, str(checkpoint) if checkpoint is not None else None, imported))
     try:
         yield
     finally:
@@ -116,6 +120,8 @@ def model_file(*, num_classes: int, input_shape: tuple[int, int, int], dropout: 
                 origin = _origins.get(digest, f"the copy of {path} read earlier in this process")
                 raise _reworded(exc, given.key, str(copy), origin, given.checkpoint) from None
         imported.path = Path(path)
+    elif _is_imported(given.imported, path, input_shape):
+        imported = given.imported  # read once: the caller's
     else:
         try:
             imported = load_model_file(path, **load)
@@ -131,6 +137,12 @@ def model_file(*, num_classes: int, input_shape: tuple[int, int, int], dropout: 
     if digest is not None:
         graph.model_file_source = (digest, Path(path).name)
     return graph
+
+
+def _is_imported(imported: Any, path: str, input_shape: Any) -> bool:
+    """Whether ``imported`` (an ImportedModel, or None) is the model of the file ``path`` at ``input_shape``."""
+    return imported is not None and Path(imported.path).expanduser().resolve() == Path(path).expanduser().resolve() \
+        and tuple(imported.input_shape) == tuple(input_shape)
 
 
 def _source_bytes(path: str, sha256: str | None, key: str) -> tuple[bytes | None, str | None, bool]:

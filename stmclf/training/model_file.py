@@ -150,7 +150,7 @@ def load_source_module(source, cfg=None, *, class_names=None):
                                       f"{len(names)} classes ({', '.join(names[:10])})")
     preprocessing = getattr(cfg, "preprocessing", None)
     rescaling = preprocessing.scale_offset() if preprocessing is not None else (1 / 255.0, 0.0)
-    with model_file_given(source.key):
+    with model_file_given(source.key, imported=imported):  # the model read above, not a second import
         module = ClassifierModule(model_spec=model_file_spec(source.path.resolve(), imported.input_shape),
                                   class_names=names, input_shape=list(imported.input_shape),
                                   rescaling=(float(rescaling[0]), float(rescaling[1])), optimizer=None,
