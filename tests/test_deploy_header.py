@@ -14,7 +14,9 @@ import pytest
 import torch  # noqa: F401 - torch before TensorFlow in one process
 import yaml
 
-from stmclf.benchmark.deploy_header import HEADER_NAME, c_float, c_string, read_tflite_io, write_deploy_header
+from stmclf.benchmark.deploy_header import (HEADER_NAME, build_deploy_header, c_float, c_string, header_path,
+                                            read_tflite_io)
+from stmclf.config.run_files import read_run_config
 from stmclf.errors import ConfigError, UserError
 
 GCC = shutil.which("gcc")
@@ -87,6 +89,13 @@ def _run_dir(tmp_path: Path, model: Path, *, class_names=None, export_dir=None, 
     return run
 
 
+def _write_header(run: Path, out: Path | None = None) -> Path:
+    """What ``stmclf deploy-header --run RUN [--out OUT]`` writes: the header of the run's int8
+    export, from the run's config, to OUT or the run's default path."""
+    header = build_deploy_header(run, cfg=read_run_config(run), key="--run")
+    return header.write(out if out is not None else header_path(run))
+
+
 def _defines(text: str) -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^#define (\w+)\s+(.*)$", text, re.M)}
 
@@ -109,7 +118,7 @@ def _gcc(tmp_path: Path, header: Path, body: str, *, run: bool = False) -> str:
 def test_header_from_config_class_names_compiles(tmp_path, models):
     run = _run_dir(tmp_path, models["rgb"], class_names=["tulips", "daisy", "roses"], export_dir="int8_models",
                    aspect="crop")
-    header = write_deploy_header(run)
+    header = _write_header(run)
     assert header == run / "generated" / HEADER_NAME
     text = header.read_text()
     d = _defines(text)
@@ -146,7 +155,7 @@ def test_header_names_from_the_export_summary_and_int8_io(tmp_path, models):
     run = _run_dir(tmp_path, models["gray"], class_names=None, color="grayscale",
                    extra_files={"quantized_models/export_summary.json": '{"class_names": %s}' % _json(names)})
     out = tmp_path / "inc" / HEADER_NAME
-    assert write_deploy_header(run, out) == out
+    assert _write_header(run, out) == out
     d = _defines(out.read_text())
     assert d["NB_CLASSES"] == "(4)" and d["INPUT_CHANNELS"] == "(1)" and d["PP_COLOR_MODE"] == "GRAYSCALE_FORMAT"
     assert d["QUANT_INPUT_TYPE"] == "INT8_FORMAT" and d["QUANT_OUTPUT_TYPE"] == "INT8_FORMAT"
@@ -170,49 +179,49 @@ def test_camera_and_display_interfaces(tmp_path, models):
     run = _run_dir(tmp_path, models["rgb"], class_names=["a", "b", "c"],
                    deployment={"c_project_path": "app", "IDE": "GCC", "verbosity": 1,
                                "hardware_setup": {"serie": "STM32H7", "board": "NUCLEO-H743ZI2"}})
-    d = _defines(write_deploy_header(run).read_text())
+    d = _defines(_write_header(run).read_text())
     assert d["CAMERA_INTERFACE"] == "CAMERA_INTERFACE_DCMI" and d["DISPLAY_INTERFACE"] == "DISPLAY_INTERFACE_USB"
     assert d["CAMERA_SENSOR"] == "CAMERA_SENSOR_OV5640"
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["deployment"]["hardware_setup"].update(input="CAMERA_INTERFACE_SPI", output="DISPLAY_INTERFACE_SPI")
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    header = write_deploy_header(run)
+    header = _write_header(run)
     d = _defines(header.read_text())
     assert d["CAMERA_INTERFACE"] == "CAMERA_INTERFACE_SPI" and d["DISPLAY_INTERFACE"] == "DISPLAY_INTERFACE_SPI"
     _gcc(tmp_path, header, """CLASSES_TABLE;
 _Static_assert(CAMERA_INTERFACE == 3 && DISPLAY_INTERFACE == 2, "interfaces");""")
     cfg["deployment"]["hardware_setup"].update(board="STM32H747I-DISCO", input=None, output=None)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert "CAMERA_INTERFACE" not in _defines(write_deploy_header(run).read_text())  # the board's own camera/LCD
+    assert "CAMERA_INTERFACE" not in _defines(_write_header(run).read_text())  # the board's own camera/LCD
     cfg["deployment"]["hardware_setup"].update(board="NUCLEO-H743ZI2", input="CAMERA_INTERFACE_HDMI")
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="deployment.hardware_setup.input"):
-        write_deploy_header(run)
+        _write_header(run)
     cfg["deployment"]["hardware_setup"].update(board="NUCLEO-NOPE", input=None)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="deployment.hardware_setup.board"):
-        write_deploy_header(run)
+        _write_header(run)
 
 
 def test_header_errors(tmp_path, models):
     with pytest.raises(UserError, match="no config.yaml"):
-        write_deploy_header(tmp_path)
+        _write_header(tmp_path)
     run = _run_dir(tmp_path, models["rgb"], class_names=["a", "b"])  # the model has 3 outputs
     with pytest.raises(UserError, match="outputs 3 scores"):
-        write_deploy_header(run)
+        _write_header(run)
     (run / "quantized_models" / "quantized_model.tflite").unlink()
     with pytest.raises(UserError, match="no int8 TFLite"):
-        write_deploy_header(run)
+        _write_header(run)
     other = tmp_path / "other"
     other.mkdir()
     run2 = _run_dir(other, models["rgb"], class_names=None)
     with pytest.raises(ConfigError, match="dataset.class_names"):
-        write_deploy_header(run2)
+        _write_header(run2)
     gray = tmp_path / "gray"
     gray.mkdir()
     run3 = _run_dir(gray, models["gray"], class_names=list("abcd"), color="rgb")
     with pytest.raises(UserError, match="channel"):
-        write_deploy_header(run3)
+        _write_header(run3)
 
 
 def test_c_literals():

@@ -187,11 +187,15 @@ def test_the_copy_of_a_pickled_source_in_a_checkpoint_still_needs_the_grant(tmp_
     ckpt = _checkpoint_of(module, tmp_path / "best_model.pt")
     stored = torch.load(ckpt, weights_only=True)  # the copy reads with the weights-only unpickler
     assert stored[SOURCE_KEY]["content"].numpy().tobytes() == path.read_bytes()
+    forget_model_sources()  # as in a new process: the file and the checkpoint
+    with pytest.raises(UserError, match="--trust-model-file") as refused:
+        load_classifier(ckpt, "--model")  # the error names the option that gave the checkpoint, and the checkpoint
+    assert str(refused.value).startswith(f"--model: {ckpt}: {path}: "), str(refused.value)
     path.unlink()
     forget_model_sources()  # as in a new process: only the checkpoint
     with pytest.raises(UserError, match="--trust-model-file") as refused:
         load_classifier(ckpt)
-    assert str(refused.value).startswith(f"training.model.path: the copy of mine.pt stored in {ckpt}: ")  # not a
+    assert str(refused.value).startswith(f"general.model_path: the copy of mine.pt stored in {ckpt}: ")  # not a
     assert "stmclf-model-file-" not in str(refused.value)  # temporary file the message outlives
     with trusting_model_files():
         rebuilt = load_classifier(ckpt)
@@ -251,7 +255,7 @@ def test_a_damaged_or_unreadable_copy_in_a_checkpoint_is_named_as_such(tmp_path,
     with pytest.raises(UserError) as info:
         load_classifier(tmp_path / "truncated.pt")
     message = str(info.value)
-    assert message.startswith(f"training.model.path: the copy of src.pt stored in {tmp_path / 'truncated.pt'}: "), \
+    assert message.startswith(f"general.model_path: the copy of src.pt stored in {tmp_path / 'truncated.pt'}: "), \
         message
     assert "stmclf-model-file-" not in message and "\n" not in message
 
@@ -261,7 +265,7 @@ def test_a_damaged_or_unreadable_copy_in_a_checkpoint_is_named_as_such(tmp_path,
     forget_model_sources()
     with pytest.raises(UserError) as info:
         load_classifier(tmp_path / "corrupt.pt")
-    assert str(info.value) == (f"training.model.path: {path} is missing and the copy of src.pt stored in "
+    assert str(info.value) == (f"general.model_path: {path} is missing and the copy of src.pt stored in "
                                f"{tmp_path / 'corrupt.pt'} is damaged (its bytes do not have the SHA-256 stored "
                                "with them): the model cannot be rebuilt")
     path.write_bytes(b"something else")

@@ -315,6 +315,79 @@ def test_keras_model_nested_twice(keras: Any, tmp_path: Path) -> None:
         "mid/inner/c1", "mid/inner/c2", "mid/middense", "top"]
 
 
+@pytest.mark.parametrize("frozen", [None, "inner", "mid", "mid/x"])
+def test_keras2_nested_weights_load_by_order_as_tf_keras_does(keras: Any, tmp_path: Path, frozen: str | None) -> None:
+    """Layer names repeated across nesting levels: a Conv2D 'x' in 'inner', a BatchNormalization
+    'x' in 'mid' (around it), a Dense 'x' at the top. Keras 2 stores inner's and mid's weights in one
+    flat list under 'mid' (weight names x/kernel:0 … x/gamma:0 …, trainable ones first, a frozen
+    layer's all among the non-trainable ones); tf_keras assigns it by order, and so do we (by name,
+    'x' held 6 arrays: refused). Same outputs as the model tf_keras loads from the file."""
+    L = keras.layers
+    inner_in = keras.Input((None, None, 3))
+    inner = keras.Model(inner_in, L.Conv2D(4, 3, padding="same", name="x")(inner_in), name="inner")
+    mid_in = keras.Input((8, 8, 3))
+    x = L.DepthwiseConv2D(3, use_bias=False, name="dw")(L.BatchNormalization(name="x")(inner(mid_in, training=False)))
+    mid = keras.Model(mid_in, L.GlobalAveragePooling2D(name="gap")(x), name="mid")
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, L.Dense(3, name="x")(mid(inputs)))
+    if frozen is not None:
+        (mid.get_layer("x") if frozen == "mid/x" else mid if frozen == "mid" else inner).trainable = False
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in model.get_weights()])
+    path = tmp_path / "repeated.h5"
+    model.save(path)
+    with h5py.File(path) as f:  # one flat list, the same layer name at two depths
+        names = [n.split("/")[0] for n in f["model_weights"]["mid"].attrs["weight_names"]]
+    assert names.count("x") == 6
+    imported = load_model_file(path)
+    _check_same_layers(imported, model)
+    _same_outputs(imported, keras.models.load_model(path, compile=False))
+    inner_graph = imported.graph.layer("mid").graph.layer("inner").graph
+    assert torch.equal(inner_graph.layer("x").weight.detach(),
+                       torch.from_numpy(inner.get_layer("x").get_weights()[0].transpose(3, 2, 0, 1)))
+
+
+def test_keras2_outer_and_nested_layers_of_the_same_name(keras: Any, tmp_path: Path) -> None:
+    """A Dense 'dense' at the top and one inside the nested model (one level, and inside a model
+    nested twice): each gets its own weights."""
+    L = keras.layers
+    inner_in = keras.Input((None, None, 3))
+    x = L.BatchNormalization(name="dense")(L.Conv2D(4, 3, name="c")(inner_in))  # a Conv2D 'dense': no .h5 (below)
+    inner = keras.Model(inner_in, L.GlobalAveragePooling2D()(x), name="inner")
+    mid_in = keras.Input((8, 8, 3))
+    mid = keras.Model(mid_in, L.Dense(5, name="dense")(inner(mid_in)), name="mid")
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, L.Dense(3, name="dense")(mid(inputs)))
+    _randomize_bn(model)
+    path = tmp_path / "same_name.h5"
+    model.save(path)
+    imported = load_model_file(path)
+    _check_same_layers(imported, model)
+    _same_outputs(imported, keras.models.load_model(path, compile=False))
+    conv_in = keras.Input((8, 8, 3))  # two 'dense' weights of one name in mid's flat list: tf_keras cannot save it
+    clash = keras.Model(conv_in, L.Dense(5, name="dense")(L.GlobalAveragePooling2D()(keras.Model(
+        inner_in, L.Conv2D(4, 3, name="dense")(inner_in), name="conv")(conv_in))), name="mid")
+    with pytest.raises(ValueError, match="name already exists"):
+        keras.Model(inputs, L.Dense(3, name="top")(clash(inputs))).save(tmp_path / "clash.h5")
+
+
+def test_a_batch_normalization_without_center_and_scale_keeps_its_moving_statistics(keras: Any,
+                                                                                     tmp_path: Path) -> None:
+    """BatchNormalization(center=False, scale=False) has no trainable weight, only its moving mean
+    and variance: they are loaded (they were skipped with the layers without weights), at the top
+    and inside a nested model."""
+    L = keras.layers
+    inner_in = keras.Input((8, 8, 3))
+    inner = keras.Model(inner_in, L.BatchNormalization(center=False, scale=False, name="bn")(inner_in), name="inner")
+    inputs = keras.Input((8, 8, 3))
+    x = L.BatchNormalization(center=False, scale=False, name="top_bn")(L.Conv2D(4, 3, name="c")(inner(inputs)))
+    model = keras.Model(inputs, L.Dense(3, name="d")(L.GlobalAveragePooling2D()(x)))
+    _randomize_bn(model)
+    path = tmp_path / "plain_bn.h5"
+    model.save(path)
+    _same_outputs(load_model_file(path), model)
+
+
 def test_a_final_softmax_inside_a_nested_model_is_removed(keras: Any, tmp_path: Path) -> None:
     """Sequential([Rescaling, model]) (how ST's augmented files and many users' wrap a classifier):
     the nested model's final softmax is the output's and is removed like a top-level one (it was
@@ -336,6 +409,36 @@ def test_a_final_softmax_inside_a_nested_model_is_removed(keras: Any, tmp_path: 
     imported = load_model_file(path)
     assert not imported.output_is_softmax  # the softmax inside feeds another layer: kept
     _same_outputs(imported, plain)
+
+
+def test_a_nested_sequential_model_keeps_its_keras_class(keras: Any, tmp_path: Path, capsys: Any) -> None:
+    """Sequential([Input, Rescaling, Sequential([...]), Dense]): the nested model's type is the class
+    the .h5 records, what tf_keras' own summary shows (Sequential, not Functional), in the layer
+    table and in ``stmclf summary``; a nested functional model stays Functional."""
+    from stmclf.cli.main import main
+
+    L = keras.layers
+    inner = keras.Sequential([L.Conv2D(4, 3), L.GlobalAveragePooling2D()], name="inner")
+    inner_in = keras.Input((None, None, 3))
+    functional = keras.Model(inner_in, L.GlobalAveragePooling2D()(L.Conv2D(2, 3)(inner_in)), name="fn")
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.Rescaling(2.0), inner, L.Dense(2)])
+    lines: list[str] = []
+    model.summary(print_fn=lines.append)
+    assert any(line.split()[:2] == ["inner", "(Sequential)"] for line in lines), lines
+    path = tmp_path / "nested_sequential.h5"
+    model.save(path)
+    imported = load_model_file(path)
+    _check_same_layers(imported, model)  # the type of each layer is its Keras class
+    assert [(row.name, row.keras_type) for row in imported.graph.layer_table()][2] == ("inner", "Sequential")
+    _same_outputs(imported, model)
+    config = tmp_path / "summary.yaml"
+    config.write_text(f"dataset:\n  class_names: [a, b]\ntraining:\n  model:\n    name: model_file\n"
+                      f"    path: {path}\n    input_shape: (8, 8, 3)\n")
+    assert main(["summary", "--config", str(config)]) == 0
+    assert [[cell.strip() for cell in line.split("│")[2:4]] for line in capsys.readouterr().out.splitlines()
+            if "inner" in line] == [["inner", "Sequential"]]
+    keras.Sequential([keras.Input((8, 8, 3)), functional, L.Dense(2)]).save(path)
+    assert load_model_file(path).graph.layer("fn").keras_type == "Functional"
 
 
 def test_keras3_h5_file(tmp_path: Path) -> None:

@@ -129,3 +129,26 @@ def test_export_cli_per_layer(exported, tmp_path):
                  "--per-layer"]) == 2
     assert main(["export", "--config", str(config), "--ckpt", str(exported["pt"]), "--no_int8", "--format", "onnx",
                  "--per-layer"]) == 2
+
+
+def test_per_layer_report_names_layers_as_keras_does(exported, keras, tmp_path, capsys):
+    """A .h5 whose layer names torch cannot use as module keys (a '.': a nested model named like
+    Keras Applications' ``mobilenetv2_0.35_96``, a Dense ``head.fc``): the report's layers are the
+    Keras names (a nested model's layers as outer/inner), not the sanitised keys."""
+    from stmclf.cli.main import main
+
+    L = keras.layers
+    inner_in = keras.Input((8, 8, 3))
+    x = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, padding="same", name="c1")(inner_in))
+    inner = keras.Model(inner_in, L.GlobalAveragePooling2D(name="gap")(L.ReLU(name="r")(x)), name="bb_0.5_8")
+    inputs = keras.Input((8, 8, 3))
+    keras.Model(inputs, L.Dense(len(CLASSES), name="head.fc")(inner(inputs, training=False))).save(tmp_path / "dot.h5")
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(exported["train_dir"], tmp_path / "run", tmp_path / "mlruns"))
+    assert main(["export", "--config", str(config), "--ckpt", str(tmp_path / "dot.h5"), "--int8", "--format", "onnx",
+                 "--per-layer"]) == 0
+    with open(tmp_path / "run" / "quantized_models" / "per_layer_snr.csv", newline="") as handle:
+        layers = {row["layer"] for row in csv.DictReader(handle)}
+    assert {"bb_0.5_8/c1", "bb_0.5_8/r", "head.fc"} <= layers, layers
+    assert not any("bb_0_5_8" in name or "head_fc" in name for name in layers), layers
+    assert "head.fc" in capsys.readouterr().out

@@ -248,3 +248,92 @@ def test_a_torchscript_source_without_its_input_shape_trains_exports_and_benchma
     assert main(["benchmark", "--config", str(tmp_path / "fit.yaml"), "--model", str(ts), "--run",
                  str(tmp_path / "bench"), "--offline"]) == 0
     assert (tmp_path / "bench/benchmark_models/net.onnx").is_file()
+
+
+def _damaged_copy_run(tmp_path: Path, data: Path) -> tuple[Path, Path]:
+    """A run folder (its ``config.yaml`` and ``saved_models/best_model.pt``) fine-tuned from a
+    TorchScript file that is gone since, whose checkpoint's copy of the file is truncated (with a
+    matching SHA-256: it is read, and does not load); and the run's config."""
+    import hashlib
+
+    from stmclf.models.model_file_entry import SOURCE_KEY, model_file_spec
+    from stmclf.training.module import ClassifierModule
+
+    source = _torchscript(tmp_path / "src.pt", record_shape=True)
+    module = ClassifierModule(model_spec=model_file_spec(source, (8, 8, 3)), class_names=["cat", "dog"],
+                              input_shape=[8, 8, 3], rescaling=(1 / 127.5, -1.0), optimizer=None)
+    checkpoint = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), "epoch": 0,
+                  "pytorch-lightning_version": "2"}
+    module.on_save_checkpoint(checkpoint)
+    truncated = checkpoint[SOURCE_KEY]["content"][:400].clone()
+    sha = hashlib.sha256(truncated.numpy().tobytes()).hexdigest()
+    checkpoint["hyper_parameters"]["model_spec"]["sha256"] = sha
+    checkpoint[SOURCE_KEY].update(sha256=sha, content=truncated)
+    run = tmp_path / "run"
+    (run / "saved_models").mkdir(parents=True)
+    torch.save(checkpoint, run / "saved_models/best_model.pt")
+    source.unlink()
+    config = _config(run / "config.yaml", data, run, tmp_path / "ml", mode="evaluation",
+                     model_path=run / "saved_models/best_model.pt")
+    return run, config
+
+
+@pytest.mark.parametrize("entry", ["--model", "--ckpt", "--run", "general.model_path", "fit general.model_path",
+                                   "training.resume_training_from", "training.model.pretrained_model_path"])
+def test_errors_about_a_checkpoints_model_file_name_the_option_that_gave_the_checkpoint(
+        files, tmp_path, capsys, forget_model_sources, entry):
+    """A run started from a model file rebuilds it from the copy its checkpoint stores: when that
+    copy does not load, the error names the option or key the checkpoint was given under (and the
+    checkpoint), not training.model.path, which the user never wrote."""
+    _, data, _ = files
+    run, config = _damaged_copy_run(tmp_path, data)
+    best = run / "saved_models/best_model.pt"
+    forget_model_sources()  # as in a new process: only the checkpoint
+    command = {"--model": ["predict", "--model", str(best), "--images", str(data / "cat")],
+               "--ckpt": ["export", "--ckpt", str(best), "--format", "onnx", "--no_int8"],
+               "--run": ["predict", "--run", str(run), "--images", str(data / "cat")],
+               "general.model_path": ["run", "--config", str(config)]}.get(entry)
+    if command is None:  # training from the checkpoint, resuming it, or taking its backbone
+        text = config.read_text().replace("operation_mode: evaluation", "operation_mode: training")
+        if entry == "training.resume_training_from":
+            text = text.replace("training:\n", f"training:\n  resume_training_from: {best}\n")
+        elif entry == "training.model.pretrained_model_path":
+            text = text.replace(f"  model_path: {best}\n", "").replace(
+                "training:\n", "training:\n  model:\n    name: mobilenet\n    version: v2\n    alpha: 0.35\n"
+                               f"    input_shape: (32, 32, 3)\n    pretrained_model_path: {best}\n")
+        config.write_text(text)
+        command = ["fit", "--config", str(config)]
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    key = entry.split()[-1]
+    assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: {key}: "), err
+    assert f"the copy of src.pt stored in {best}: " in err and "training.model.path" not in err, err
+
+
+def test_a_model_file_is_imported_once_to_train_or_to_load_it(files, tmp_path, caplog):
+    """fit from general.model_path (a .h5) and load_source_module import the file once each: the
+    model that is checked is the one that trains. Counted by the importer's own log: one warning per
+    import for a regularizer stmclf cannot apply."""
+    import logging
+
+    from stmclf.config import load_config
+    from stmclf.models.source import resolve_model_source
+    from stmclf.training.fit import train
+    from stmclf.training.model_file import load_source_module
+
+    _, data, _ = files
+    keras = pytest.importorskip("tf_keras")
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    regularizer = keras.regularizers.OrthogonalRegularizer(0.01)
+    keras.Model(inputs, keras.layers.Dense(2, name="d", kernel_regularizer=regularizer)(x)).save(tmp_path / "reg.h5")
+    warning = "layer 'd': unsupported regularizer 'OrthogonalRegularizer'"
+    config = _config(tmp_path / "fit.yaml", data, tmp_path / "run", tmp_path / "ml", model_path=tmp_path / "reg.h5")
+    with caplog.at_level(logging.WARNING, logger="stmclf.models.importers"):
+        result = train(load_config(["--config", str(config)]))
+    assert caplog.text.count(warning) == 1, caplog.text
+    assert result.module.model.layer("d").weight.shape == (2, 4)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stmclf.models.importers"):
+        load_source_module(resolve_model_source(tmp_path / "reg.h5"))
+    assert caplog.text.count(warning) == 1, caplog.text

@@ -39,7 +39,6 @@ from stmclf.export.export import run_export_dir
 log = logging.getLogger("stmclf.benchmark")
 
 HEADER_NAME = "ai_model_config.h"
-DEFAULT_EXPORT_DIR = "quantized_models"
 INT8_TFLITE = "quantized_model.tflite"
 
 ASPECT_RATIO_MODES = {"fit": "ASPECT_RATIO_FIT", "crop": "ASPECT_RATIO_CROP", "padding": "ASPECT_RATIO_PADDING",
@@ -76,16 +75,15 @@ class DeployHeader:
         return out
 
 
-def build_deploy_header(run_dir: Optional[Path], *, cfg: Optional[dict] = None, model: Optional[Path] = None,
+def build_deploy_header(run_dir: Optional[Path], *, cfg: dict, model: Optional[Path] = None,
                         key: str = "general.model_path") -> DeployHeader:
-    """The ``ai_model_config.h`` of a full-integer TFLite model. ``cfg``: the resolved config as
-    a dict (default: the files of the run in ``run_dir``); ``model``: the model, named by ``key`` in
-    errors (default: the run's int8 export). One-line UserError/ConfigError when the run, the
-    config or the model lacks what the header needs; nothing is written."""
-    if cfg is None:
-        cfg = _read_config(Path(run_dir))
+    """The ``ai_model_config.h`` of a full-integer TFLite model (``stmclf deploy-header``; write it
+    with :meth:`DeployHeader.write`, by default to :func:`header_path`). ``cfg``: the resolved
+    config as a dict; ``model``: the model, named by ``key`` in errors (default: the int8 export
+    of the run in ``run_dir``). One-line UserError/ConfigError when the run, the config or the
+    model lacks what the header needs; nothing is written."""
     if model is None:
-        export_dir = run_export_dir(Path(run_dir), _get(cfg, "quantization", "export_dir") or DEFAULT_EXPORT_DIR)
+        export_dir = run_export_dir(Path(run_dir), _get(cfg, "quantization", "export_dir"))
         model_path, summary = find_int8_tflite(export_dir, run_dir), export_dir / "export_summary.json"
     else:
         from stmclf.models.source import resolve_model_source
@@ -97,22 +95,13 @@ def build_deploy_header(run_dir: Optional[Path], *, cfg: Optional[dict] = None, 
     return DeployHeader(render_header(cfg, class_names, io, model_path), model_path, class_names, io)
 
 
-def write_deploy_header(run_dir: Path, out: Optional[Path] = None, **kwargs: Any) -> Path:
-    """Write ``ai_model_config.h`` (:func:`build_deploy_header`) to ``out``, default
-    ``<run_dir>/generated/ai_model_config.h``; returns its path."""
-    header = build_deploy_header(run_dir, **kwargs)
-    return header.write(Path(out) if out is not None else Path(run_dir) / "generated" / HEADER_NAME)
+def header_path(run_dir: Path) -> Path:
+    """Where a run's header goes by default: ``<run_dir>/generated/ai_model_config.h``."""
+    return Path(run_dir) / "generated" / HEADER_NAME
 
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
-
-
-def _read_config(run_dir: Path) -> dict:
-    """The run's resolved config (``config.yaml`` with ``stmclf_extras.yaml`` merged over it)."""
-    from stmclf.config.run_files import read_run_config
-
-    return read_run_config(run_dir)
 
 
 def _get(cfg: dict, *keys: str) -> Any:

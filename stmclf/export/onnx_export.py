@@ -37,6 +37,11 @@ MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
 METADATA_PREFIX = "stmclf."
 
 
+SCOPE = "model"
+"""The attribute of :class:`ExportedClassifier` holding the network: the first part of the ONNX
+node names of its layers (``/model/conv2d_3/Conv``)."""
+
+
 class ExportedClassifier(nn.Module):
     """The model as exported: optional folded rescaling → network → optional softmax."""
 
@@ -196,6 +201,9 @@ def _write_metadata(path: Path, module, *, fold_rescaling: bool, softmax: bool) 
         "model_name": str(module.model_name),
         "input_shape": json.dumps([int(v) for v in module.hparams.input_shape]),
     }
+    paths = module.model.layer_paths() if hasattr(module.model, "layer_paths") else {}
+    if any(path != name for path, name in paths.items()):  # sanitised keys, nested models: the Keras names
+        values["layer_names"] = json.dumps({f"{SCOPE}/{path}": name for path, name in paths.items()})
     del model.metadata_props[:]
     for key, value in values.items():
         entry = model.metadata_props.add()
@@ -213,7 +221,8 @@ def read_metadata(path: Path) -> dict:
     for entry in model.metadata_props:
         if entry.key.startswith(METADATA_PREFIX):
             key = entry.key[len(METADATA_PREFIX):]
-            out[key] = json.loads(entry.value) if key in ("class_names", "rescaling", "input_shape") else entry.value
+            out[key] = json.loads(entry.value) if key in ("class_names", "rescaling", "input_shape", "layer_names") \
+                else entry.value
     return out
 
 

@@ -72,9 +72,16 @@ class LayerSnr:
     elements: int
 
 
-def _layer_of(node_name: str) -> str:
-    """``/model/conv2d_3/Conv`` → ``conv2d_3`` (torch's exporter names nodes by module path)."""
+def _layer_of(node_name: str, layer_names: Optional[dict[str, str]] = None) -> str:
+    """``/model/conv2d_3/Conv`` → ``conv2d_3`` (torch's exporter names nodes by module path). With
+    ``layer_names`` (the float ONNX's stmclf metadata: module path → Keras name, where they differ)
+    the longest module path the node name starts with gives the Keras name: ``mobilenetv2_0.35_96``
+    (a module key cannot hold its '.'), ``mobilenetv2_0.35_96/Conv1`` inside that nested model."""
     parts = [p for p in node_name.split("/") if p]
+    for end in range(len(parts) - 1, 0, -1) if layer_names else ():
+        name = layer_names.get("/".join(parts[:end]))
+        if name is not None:
+            return name
     if len(parts) >= 3 and parts[0] == "model":
         return parts[1]
     if len(parts) >= 2:
@@ -94,8 +101,9 @@ def _graph_index(model):
     return producers, consumers, initializers, inputs, outputs
 
 
-def tensor_pairs(qdq_model) -> list[TensorPair]:
-    """Every activation and weight tensor of the QDQ model with the float tensor it stands for."""
+def tensor_pairs(qdq_model, layer_names: Optional[dict[str, str]] = None) -> list[TensorPair]:
+    """Every activation and weight tensor of the QDQ model with the float tensor it stands for
+    (``layer_names``: see :func:`_layer_of`)."""
     import onnx
 
     producers, consumers, initializers, inputs, outputs = _graph_index(qdq_model)
@@ -112,7 +120,7 @@ def tensor_pairs(qdq_model) -> list[TensorPair]:
             name = source[:-len(QUANTIZED_SUFFIX)] if source.endswith(QUANTIZED_SUFFIX) else source
             user = next(iter(consumers.get(out, [])), None)
             pair = TensorPair(name, out, "weight", user.op_type if user is not None else "",
-                              _layer_of(user.name) if user is not None else "")
+                              _layer_of(user.name, layer_names) if user is not None else "")
         else:
             quantize = producers.get(source)
             if quantize is None or quantize.op_type != "QuantizeLinear":
@@ -215,12 +223,15 @@ def per_layer_snr(float_onnx: Path, qdq_onnx: Path, inputs: np.ndarray, *,
     float ONNX takes them), worst first."""
     import onnx
 
+    from stmclf.export.onnx_export import read_metadata
+
     float_onnx, qdq_onnx = Path(float_onnx), Path(qdq_onnx)
     if len(inputs) == 0:
         raise UserError("per-layer report: no image to run the models on")
     float_model = onnx.load(str(float_onnx))
     qdq_model = onnx.load(str(qdq_onnx))
-    pairs = tensor_pairs(qdq_model)
+    layer_names = read_metadata(float_onnx).get("layer_names")  # Keras names where the module paths differ
+    pairs = tensor_pairs(qdq_model, layer_names)
     if not pairs:
         raise UserError(f"{qdq_onnx}: no QuantizeLinear/DequantizeLinear pair found: is it a QDQ model?")
     references = [float_model]
@@ -241,7 +252,7 @@ def per_layer_snr(float_onnx: Path, qdq_onnx: Path, inputs: np.ndarray, *,
         for i, model in enumerate(references):
             if _has_tensor(model, pair):
                 owner[pair.float_name] = i
-                _describe(model, pair)
+                _describe(model, pair, layer_names)
                 break
         else:
             log.info("per-layer report: no float tensor %s; skipped", pair.float_name)
@@ -295,12 +306,12 @@ def _has_tensor(model, pair: TensorPair) -> bool:
     return any(pair.float_name in node.output for node in graph.node)
 
 
-def _describe(model, pair: TensorPair) -> None:
+def _describe(model, pair: TensorPair, layer_names: Optional[dict[str, str]] = None) -> None:
     if pair.kind == "input":
         pair.op, pair.layer = "input", "input"
         return
     node = next(n for n in model.graph.node if pair.float_name in n.output)
-    pair.op, pair.layer = node.op_type, _layer_of(node.name)
+    pair.op, pair.layer = node.op_type, _layer_of(node.name, layer_names)
 
 
 def _initializer(model, name: str) -> Optional[np.ndarray]:

@@ -135,6 +135,9 @@ class ModuleGraph(KerasGraph):
         index = range(len(self.nodes))[index]  # IndexError when out of range, like KerasGraph
         return None if index == 0 else getattr(self.module, self._children[index - 1])
 
+    def layer_paths(self) -> dict[str, str]:
+        return {}  # the layers are the module's children, named after their attributes: nothing to map back
+
     def keras_param_count(self) -> int:
         return keras_param_counts(self.module)[0]
 

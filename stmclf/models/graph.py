@@ -164,6 +164,23 @@ class KerasGraph(nn.Module):
         key = self._keys.get(self.nodes[index].name)
         return None if key is None else self.layers[key]
 
+    def layer_paths(self) -> dict[str, str]:
+        """Each layer's module path below this graph as its ``forward`` calls it — its key (a name
+        torch cannot use is stored sanitised: :func:`module_keys`), a nested model's layers under
+        ``KEY/graph/`` — → its Keras name (``outer/inner`` inside a nested model, as QAT plans name
+        them). What maps the module scopes of an exported file (ONNX node names) back to Keras names."""
+        paths: dict[str, str] = {}
+        for node in self.nodes:
+            key = self._keys.get(node.name)
+            if key is None:
+                continue
+            paths[key] = node.name
+            module = self.layers[key]
+            if isinstance(module, NestedModel):
+                paths.update({f"{key}/graph/{path}": f"{node.name}/{name}"
+                              for path, name in module.graph.layer_paths().items()})
+        return paths
+
     def layer_table(self) -> list[LayerRow]:
         rows = []
         for i, node in enumerate(self.nodes):
@@ -202,21 +219,24 @@ class KerasGraph(nn.Module):
 
 
 class NestedModel(nn.Module):
-    """A Keras model used as one layer of another (Keras type ``Functional``): one layer index,
+    """A Keras model used as one layer of another: one layer index,
     its own layers inside (``graph``, a :class:`KerasGraph` with its own InputLayer), as
     ``x = backbone(inputs, training=...)`` in Keras. Keras Applications backbones are used so.
 
     ``inference_only`` is Keras' ``training=False`` call argument: the nested model always runs in
     inference mode (BatchNorm moving statistics, no dropout), training included; its weights
     still train. Freezing the layer (``frozen_layers``) freezes all its weights and keeps its
-    BatchNorm layers in inference mode, as Keras does for a nested model made non-trainable."""
+    BatchNorm layers in inference mode, as Keras does for a nested model made non-trainable.
 
-    keras_type = "Functional"
+    ``keras_type`` is the Keras class the layer table shows, as Keras' ``model.summary()`` does:
+    ``Functional`` (a functional model, Keras Applications backbones), or ``Sequential`` for a
+    nested ``keras.Sequential`` (the class a Keras ``.h5`` records for it)."""
 
-    def __init__(self, graph: KerasGraph, inference_only: bool = False) -> None:
+    def __init__(self, graph: KerasGraph, inference_only: bool = False, keras_type: str = "Functional") -> None:
         super().__init__()
         self.graph = graph
         self.inference_only = inference_only
+        self.keras_type = keras_type
 
     def forward(self, x: Tensor) -> Tensor:
         return self.graph(x)

@@ -13,6 +13,11 @@ importers as the file, under the same rule: a pickled module still loads only wi
 whose bytes no longer have the SHA-256 it was stored for is reported as damaged. Checkpoints
 written before this (no ``sha256``, no copy) read the path as before.
 
+Errors about the model file name the option or config key the user gave it under: whoever builds
+a model inside :func:`model_file_given` (``--model``, ``--ckpt``, ``--run``, ``general.model_path``,
+``training.resume_training_from``, …, and the checkpoint the model comes from); a ``training.model``
+spec of a config (``name: model_file``) is ``training.model.path``.
+
 A pickled model file loads only with ``--trust-model-file`` on the command line
 (:func:`stmclf.trust.model_files_trusted`). The spec never grants it: a ``trust_model_file`` value
 in a config's ``training.model`` or in an older checkpoint's stored spec is ignored."""
@@ -21,7 +26,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +56,46 @@ _damaged: dict[str, str] = {}
 """Copies whose bytes do not have the SHA-256 they were stored for, by that SHA-256: their origin."""
 
 
+CONFIG_KEY = "training.model.path"
+"""The key of a config's ``training.model`` spec (``name: model_file``): errors' key outside
+:func:`model_file_given`."""
+
+
+@dataclass(frozen=True)
+class _Given:
+    key: str
+    checkpoint: str | None
+    imported: Any = None
+
+
+_given: ContextVar[_Given | None] = ContextVar("stmclf_model_file_given", default=None)
+
+
+@contextmanager
+def model_file_given(key: str, checkpoint: str | Path | None = None, imported: Any = None) -> Iterator[None]:
+    """While the model of a file the user gave under ``key`` (an option or config key) is built —
+    from ``checkpoint`` (a stmclf checkpoint whose spec names a model file), or from the model file
+    itself — errors about its model file name ``key`` and that checkpoint, not ``training.model.path``.
+    ``imported``: the file's :class:`~stmclf.models.importers.ImportedModel` the caller has just
+    read (and checked); the model built from that file (same path and input shape) is it, not a
+    second import of the file. Build one model inside: it takes that ImportedModel's graph."""
+    token = _given.set(_Given(key, str(checkpoint) if checkpoint is not None else None, imported))
+    try:
+        yield
+    finally:
+        _given.reset(token)
+
+
+def _reworded(exc: UserError, key: str, old: str, new: str, prefix: str | None) -> UserError:
+    """``exc`` under ``key``, ``old`` replaced by ``new`` in its message, ``prefix: `` in front
+    unless the message names ``prefix`` already."""
+    message = str(exc)[len(exc.key) + 2:] if isinstance(exc, ConfigError) and exc.key else str(exc)
+    message = message.replace(old, new) if old else message
+    if prefix and prefix not in message:
+        message = f"{prefix}: {message}"
+    return ConfigError(key, message) if isinstance(exc, ConfigError) else UserError(message)
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -59,8 +107,9 @@ def model_file(*, num_classes: int, input_shape: tuple[int, int, int], dropout: 
     from stmclf.trust import model_files_trusted
 
     del trust_model_file  # accepted for older checkpoints' specs, never obeyed: only the command line grants it
-    data, digest, stored = _source_bytes(path, sha256)
-    load = dict(trust_model_file=model_files_trusted(), input_shape=tuple(input_shape), key="training.model.path")
+    given = _given.get() or _Given(CONFIG_KEY, None)
+    data, digest, stored = _source_bytes(path, sha256, given.key)
+    load = dict(trust_model_file=model_files_trusted(), input_shape=tuple(input_shape), key=given.key)
     if stored:
         with tempfile.TemporaryDirectory(prefix="stmclf-model-file-") as folder:
             copy = Path(folder) / (Path(path).name or "model")
@@ -69,15 +118,18 @@ def model_file(*, num_classes: int, input_shape: tuple[int, int, int], dropout: 
                 imported = load_model_file(copy, **load)
             except UserError as exc:  # named after the checkpoint holding the copy, not the temporary file
                 origin = _origins.get(digest, f"the copy of {path} read earlier in this process")
-                message = (str(exc)[len(exc.key) + 2:] if isinstance(exc, ConfigError) and exc.key else str(exc))
-                message = message.replace(str(copy), origin)
-                raise (ConfigError(exc.key, message) if isinstance(exc, ConfigError) else UserError(message)) from None
+                raise _reworded(exc, given.key, str(copy), origin, given.checkpoint) from None
         imported.path = Path(path)
+    elif _is_imported(given.imported, path, input_shape):
+        imported = given.imported  # read once: the caller's
     else:
-        imported = load_model_file(path, **load)
+        try:
+            imported = load_model_file(path, **load)
+        except UserError as exc:  # a checkpoint's model file: named as such
+            raise _reworded(exc, given.key, "", "", given.checkpoint) from None
     if imported.num_outputs != head_units(num_classes):
-        raise ConfigError("general.model_path", f"the model in {path} has {imported.num_outputs} outputs, the "
-                                                f"dataset {num_classes} classes")
+        raise ConfigError(given.key, f"the model in {path} has {imported.num_outputs} outputs, the "
+                                     f"dataset {num_classes} classes")
     if dropout:
         imported.set_dropout_rate(float(dropout))
     graph = imported.graph
@@ -87,7 +139,13 @@ def model_file(*, num_classes: int, input_shape: tuple[int, int, int], dropout: 
     return graph
 
 
-def _source_bytes(path: str, sha256: str | None) -> tuple[bytes | None, str | None, bool]:
+def _is_imported(imported: Any, path: str, input_shape: Any) -> bool:
+    """Whether ``imported`` (an ImportedModel, or None) is the model of the file ``path`` at ``input_shape``."""
+    return imported is not None and Path(imported.path).expanduser().resolve() == Path(path).expanduser().resolve() \
+        and tuple(imported.input_shape) == tuple(input_shape)
+
+
+def _source_bytes(path: str, sha256: str | None, key: str) -> tuple[bytes | None, str | None, bool]:
     """(the bytes to rebuild the model from, their SHA-256, whether they are a checkpoint's copy
     rather than the file at ``path``). The file is read when it has the content ``sha256`` names (or no hash is
     given: an older checkpoint, a config's spec); else the stored copy with that hash when there
@@ -110,8 +168,8 @@ def _source_bytes(path: str, sha256: str | None) -> tuple[bytes | None, str | No
         return _contents[sha256], sha256, True
     damaged = _damaged.get(sha256)
     if damaged is not None and data is None:
-        raise ConfigError("training.model.path", f"{path} is missing and {damaged} is damaged (its bytes do not "
-                                                 "have the SHA-256 stored with them): the model cannot be rebuilt")
+        raise ConfigError(key, f"{path} is missing and {damaged} is damaged (its bytes do not have the SHA-256 "
+                               "stored with them): the model cannot be rebuilt")
     if data is not None:
         log.warning("%s has changed since the checkpoint was written (and %s)", path,
                     f"{damaged} is damaged: its bytes do not have the SHA-256 stored with them" if damaged

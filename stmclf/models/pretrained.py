@@ -283,12 +283,13 @@ def _source_from_checkpoint(path: Path) -> KerasGraph:
             or not isinstance(hparams.get("class_names"), Sequence):
         raise ConfigError(MODEL_PATH_KEY, f"{path} is not a stmclf training checkpoint "
                                           "(no hyper_parameters.model_spec / class_names or state_dict)")
-    from stmclf.models.model_file_entry import remember_source
+    from stmclf.models.model_file_entry import model_file_given, remember_source
 
     remember_source(checkpoint, path)
     try:
-        source = build_model(dict(hparams["model_spec"]), num_classes=len(hparams["class_names"]),
-                             dropout=hparams.get("dropout"))
+        with model_file_given(MODEL_PATH_KEY, path):
+            source = build_model(dict(hparams["model_spec"]), num_classes=len(hparams["class_names"]),
+                                 dropout=hparams.get("dropout"))
     except UserError as exc:
         raise ConfigError(MODEL_PATH_KEY, f"{path}: cannot rebuild its model ({one_line(exc, whole=True)})") from None
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}

@@ -153,16 +153,6 @@ def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optiona
     return result
 
 
-def run_int8_tflite(run_root: Path, cfg: RunConfig) -> Path:
-    """The int8 TFLite model a run folder's export wrote (``<export_dir>/quantized_model.tflite``);
-    a one-line error when the run has none (export the run first)."""
-    from stmclf.benchmark.deploy_header import find_int8_tflite
-    from stmclf.export.export import run_export_dir
-
-    return find_int8_tflite(run_export_dir(Path(run_root), cfg.quantization.export_dir if cfg.quantization
-                                           else None), run_root)
-
-
 def deploy_header_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optional[str] = None,
                           out: Optional[str] = None) -> Path:
     """``stmclf deploy-header``: ``<run>/generated/ai_model_config.h`` for a full-integer TFLite
@@ -170,20 +160,21 @@ def deploy_header_command(cfg: RunConfig, model: Optional[str] = None, *, run: O
     the run's ``general.model_path`` is what it was trained from, not what it deploys); else
     ``general.model_path`` (an ST deployment config) — recorded in the run's MLflow parent run as
     the ``deploy`` stage."""
-    from stmclf.benchmark.deploy_header import HEADER_NAME, build_deploy_header
+    from stmclf.benchmark.deploy_header import build_deploy_header, header_path
 
     root = resolve_run_dir(run, model, cfg)
     if not model and run is not None:
-        model, key = run_int8_tflite(root, cfg), "--run"
+        model, key = None, "--run"  # the run's int8 export (build_deploy_header finds it)
     else:
         model, key = command_model(cfg, model, "--model", None, root)
-    if not model:
-        raise ConfigError("general.model_path", "the deployment header needs a full-integer (int8) .tflite model: "
-                                                "--model, general.model_path, or --run RUN_DIR of an exported run")
+        if not model:
+            raise ConfigError("general.model_path", "the deployment header needs a full-integer (int8) .tflite "
+                                                    "model: --model, general.model_path, or --run RUN_DIR of an "
+                                                    "exported run")
     header = build_deploy_header(root, cfg=cfg.to_dict(), model=model, key=key)  # its refusals before any folder
     journey = Journey(cfg, root, model_name=model_label(cfg, header.model))
     with journey.stage("deploy", extra_params={"model_path": str(header.model)},
                        artifacts=[Path(out)] if out else ()):
-        path = header.write(Path(out) if out else journey.root / "generated" / HEADER_NAME)
+        path = header.write(Path(out) if out else header_path(journey.root))
     journey.finish("deploy-header")
     return path

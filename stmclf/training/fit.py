@@ -107,22 +107,24 @@ def _model_settings(cfg: RunConfig, class_names: list[str], labels: Sequence[int
 
 
 def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[int] = (),
-                       source: Optional[ModelSource] = None) -> ClassifierModule:
+                       source: Optional[ModelSource] = None, imported=None) -> ClassifierModule:
     """A new module for a fresh run: the zoo model of ``training.model``, or the model of
-    ``general.model_path`` (``source``: multi-step training) with this config's training settings."""
+    ``general.model_path`` (``source``: multi-step training) with this config's training settings.
+    ``imported``: the source's model file already read (:func:`import_model_file`), else it is read here."""
     training = cfg.training
     settings = _model_settings(cfg, class_names, labels)
     if source is None:
         return ClassifierModule(model_spec=dict(training.model),
                                 input_shape=[int(v) for v in training.model["input_shape"]], **settings)
-    if source.is_imported:
-        from stmclf.models.model_file_entry import model_file_spec
+    from stmclf.models.model_file_entry import model_file_given, model_file_spec
 
-        imported = import_model_file(source, cfg)
+    if source.is_imported:
+        imported = imported if imported is not None else import_model_file(source, cfg)
         imported.check_dropout(training.dropout)  # the reference's dropout rule
         log.info("Model file : %s", imported.describe())
         spec = model_file_spec(source.path.resolve(), imported.input_shape)
-        return ClassifierModule(model_spec=spec, input_shape=list(imported.input_shape), **settings)
+        with model_file_given(source.key, imported=imported):  # the model read above, not a second import
+            return ClassifierModule(model_spec=spec, input_shape=list(imported.input_shape), **settings)
     stored = read_checkpoint(source.path, source.key)
     hparams = stored["hyper_parameters"]
     if list(hparams["class_names"]) != list(class_names):
@@ -134,17 +136,18 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
     if training.dropout and not had_dropout:
         raise ConfigError("training.dropout", "unable to set the dropout rate: the model does not include a "
                                               "dropout layer")
-    module = ClassifierModule(model_spec=hparams["model_spec"], input_shape=hparams["input_shape"], **settings)
+    with model_file_given(source.key, source.path):  # a run started from a model file
+        module = ClassifierModule(model_spec=hparams["model_spec"], input_shape=hparams["input_shape"], **settings)
     load_weights(module, stored["state_dict"], source.path, source.key)
     return module
 
 
-def _input_shape(cfg: RunConfig, resume: Optional[dict], source: Optional[ModelSource]) -> list[int]:
+def _input_shape(cfg: RunConfig, resume: Optional[dict], source: Optional[ModelSource], imported=None) -> list[int]:
     if resume is not None:
         return list(resume["hyper_parameters"]["input_shape"])
     if source is not None:
         if source.is_imported:
-            return list(import_model_file(source, cfg).input_shape)
+            return list((imported or import_model_file(source, cfg)).input_shape)
         return list(read_checkpoint(source.path, source.key)["hyper_parameters"]["input_shape"])
     shape = cfg.training.model.get("input_shape")
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
@@ -404,7 +407,8 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     seed = 123 if cfg.general.global_seed is None else cfg.general.global_seed
     L.seed_everything(seed, workers=True, verbose=False)
 
-    fmt = ImageFormat.from_config(cfg.preprocessing, _input_shape(cfg, resume, source))
+    imported = import_model_file(source, cfg) if source is not None and source.is_imported else None  # read once
+    fmt = ImageFormat.from_config(cfg.preprocessing, _input_shape(cfg, resume, source, imported))
     datamodule = ImageDataModule(cfg.dataset, fmt, training.batch_size, cfg.dataset.num_workers, shuffle_seed=seed)
     if cfg.dataset.check_image_files:  # every file decoded first: stop with the full list of problems
         from stmclf.data.check import check_image_files
@@ -424,7 +428,10 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
             raise ConfigError(key, f"leaves the {name} set without images ({len(splits.train)} training, "
                                    f"{len(splits.valid)} validation): training needs both")
     if resume is not None:
-        module = ClassifierModule(**resume["hyper_parameters"])
+        from stmclf.models.model_file_entry import model_file_given
+
+        with model_file_given("training.resume_training_from", training.resume_training_from):
+            module = ClassifierModule(**resume["hyper_parameters"])
         load_weights(module, resume["state_dict"], training.resume_training_from, "training.resume_training_from")
         if module.class_names != splits.class_names:
             raise ConfigError("dataset.class_names", f"the checkpoint was trained on classes {module.class_names}, "
@@ -435,7 +442,7 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
             raise UserError(f"training.epochs: the run in {training.resume_training_from} already finished "
                             f"{finished} epoch(s); raise training.epochs to continue it")
     else:
-        module = module_from_config(cfg, splits.class_names, splits.train.labels, source)
+        module = module_from_config(cfg, splits.class_names, splits.train.labels, source, imported)
         weights_source = (f"model file {source.path}" if source is not None
                           else apply_pretrained(module.model, training.model))
 

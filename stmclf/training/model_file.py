@@ -67,10 +67,12 @@ def write_model_file(checkpoint_path: Path, out: Path) -> Path:
 
 def load_classifier(path: str | Path, key: str = "general.model_path"):
     """The trained :class:`ClassifierModule` stored in ``path`` (eval mode, CPU)."""
+    from stmclf.models.model_file_entry import model_file_given
     from stmclf.training.module import ClassifierModule
 
     checkpoint = read_checkpoint(path, key)
-    module = ClassifierModule(**checkpoint["hyper_parameters"])
+    with model_file_given(key, path):  # a run started from a model file: errors about it name key and path
+        module = ClassifierModule(**checkpoint["hyper_parameters"])
     load_weights(module, checkpoint["state_dict"], path, key)
     return module.eval()
 
@@ -134,7 +136,7 @@ def load_source_module(source, cfg=None, *, class_names=None):
     config's ``training.model.input_shape``; a pickled module loads only with the command line's
     ``--trust-model-file`` (:func:`stmclf.trust.model_files_trusted`, with or without ``cfg``)."""
     from stmclf.models.heads import head_units
-    from stmclf.models.model_file_entry import model_file_spec
+    from stmclf.models.model_file_entry import model_file_given, model_file_spec
     from stmclf.training.module import ClassifierModule
 
     if source.kind == "stmclf":
@@ -148,8 +150,9 @@ def load_source_module(source, cfg=None, *, class_names=None):
                                       f"{len(names)} classes ({', '.join(names[:10])})")
     preprocessing = getattr(cfg, "preprocessing", None)
     rescaling = preprocessing.scale_offset() if preprocessing is not None else (1 / 255.0, 0.0)
-    module = ClassifierModule(model_spec=model_file_spec(source.path.resolve(), imported.input_shape),
-                              class_names=names, input_shape=list(imported.input_shape),
-                              rescaling=(float(rescaling[0]), float(rescaling[1])), optimizer=None,
-                              dropout=imported.dropout_rate if imported.has_dropout else None)
+    with model_file_given(source.key, imported=imported):  # the model read above, not a second import
+        module = ClassifierModule(model_spec=model_file_spec(source.path.resolve(), imported.input_shape),
+                                  class_names=names, input_shape=list(imported.input_shape),
+                                  rescaling=(float(rescaling[0]), float(rescaling[1])), optimizer=None,
+                                  dropout=imported.dropout_rate if imported.has_dropout else None)
     return module.eval()

@@ -13,7 +13,12 @@ A Keras model used as a layer (a ``Functional``/``Sequential`` layer: a Keras Ap
 called as ``backbone(inputs, training=False)``, as the reference's ResNet50V2 and EfficientNetV2
 models are saved and as TF's transfer-learning tutorial does) is rebuilt the same way, as one
 :class:`NestedModel` layer, at any depth; ``training=False`` in its call keeps it in inference mode,
-and its weights are matched by its inner layers' names (:func:`nested_model_weights`). It is built
+and its weights are read as tf_keras reads them: a Keras 2 ``.h5`` stores them in one flat list
+in the group of the outermost nested model (a model nested in it included), whose weight names do
+not tell apart inner layers of the same name at different depths; tf_keras assigns that list by
+order to the nested model's ``trainable_weights`` then ``non_trainable_weights`` (layer after
+layer; a layer frozen in the file, or inside a frozen model, lists all its weights in the second
+part), and so does :func:`nested_h5_weights`. It is built
 for the input shape it is called with: an input it leaves unknown (``Input((None, None, 3))``, a
 backbone made without ``input_shape``) takes that shape; a known size that differs is refused.
 Layer names keep Keras' spelling (``mobilenetv2_0.35_96``): :class:`KerasGraph` keys the modules of
@@ -45,7 +50,8 @@ from torch import nn
 from stmclf.errors import UserError
 from stmclf.models.graph import GraphBuilder, KerasGraph, NestedModel
 from stmclf.models.importers.base import ImportedModel, file_error, first_line, one_line
-from stmclf.models.keras_weights import load_keras_weights, nested_model_weights, read_h5_layer_weights
+from stmclf.models.keras_weights import (NamedWeights, load_keras_weights, nested_model_weights,
+                                         read_h5_layer_weights)
 from stmclf.models.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
                                   Dense, DepthwiseConv2D, Dropout, Flatten, GlobalAveragePooling2D,
                                   GlobalMaxPooling2D, LeakyReLU, MaxPooling2D, Multiply, ReLU, Rescaling, Reshape,
@@ -513,7 +519,8 @@ def _nested_model(spec: _Spec, ctx: _Context) -> Callable[[Shape], nn.Module]:
         graph, facts = build_graph({"class_name": spec.class_name, "config": spec.config}, ctx.keras_version,
                                    nested=True, called_with=shape, final=spec.name in ctx.strip)
         ctx.stripped_inside[spec.name] = facts["softmax_layer"]
-        return NestedModel(graph, inference_only=spec.training is False)
+        return NestedModel(graph, inference_only=spec.training is False,  # "Model" (older Keras) loads as Functional
+                           keras_type=ALIASES.get(spec.class_name, spec.class_name))
 
     return build
 
@@ -615,16 +622,84 @@ def _load_special(module: nn.Module, name: str, arrays: list[np.ndarray]) -> Non
     raise UserError(f"layer {name!r}: no Keras weight conversion for {type(module).__name__}")
 
 
+def _weight_counts(module: nn.Module, name: str) -> tuple[int, int]:
+    """(trainable, non-trainable) weight arrays of the Keras layer ``module`` stands for, in its
+    ``get_weights()`` order (trainable first)."""
+    if isinstance(module, BatchNormalization):
+        return sum(t is not None for t in (module.weight, module.bias)), 2  # + moving mean and variance
+    if isinstance(module, SeparableConv2D):
+        return 2 + (module.pointwise.bias is not None), 0
+    if isinstance(module, (Conv2D, DepthwiseConv2D, Dense)):
+        return 1 + (module.bias is not None), 0
+    if next(module.parameters(), None) is None:
+        return 0, 0
+    raise UserError(f"layer {name!r}: no Keras weight conversion for {type(module).__name__}")
+
+
+def _has_weights(module: nn.Module, name: str) -> bool:
+    """Whether the Keras layer ``module`` stands for has weights (a BatchNormalization without center
+    and scale has: its moving statistics; a nested model has when one of its layers has)."""
+    if isinstance(module, NestedModel):
+        return any(_weight_order(module.graph, True))
+    return _weight_counts(module, name) != (0, 0)
+
+
+def _weight_order(graph: KerasGraph, trainable: bool) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """The ``trainable_weights`` and ``non_trainable_weights`` of the Keras model ``graph`` was
+    built from, as tf_keras lists them (``trainable``: the model and the models around it are
+    trainable): one entry per weight array, the path of the layer holding it (outer, inner names),
+    layer after layer, a nested model's in place. A layer frozen in the file (``trainable: false``),
+    or inside a frozen model, lists all its arrays among the non-trainable ones."""
+    first: list[tuple[str, ...]] = []
+    second: list[tuple[str, ...]] = []
+    frozen = getattr(graph, "frozen_in_file", frozenset())
+    for i in range(1, graph.num_layers):
+        module, name = graph.layer_module(i), graph.nodes[i].name
+        if module is None:
+            continue
+        on = trainable and name not in frozen
+        if isinstance(module, NestedModel):
+            inner_first, inner_second = _weight_order(module.graph, on)
+            first += [(name, *path) for path in inner_first]
+            second += [(name, *path) for path in inner_second]
+            continue
+        own, fixed = _weight_counts(module, name)
+        first += [(name,)] * (own if on else 0)
+        second += [(name,)] * (fixed if on else own + fixed)
+    return first, second
+
+
+def nested_h5_weights(graph: KerasGraph, arrays: NamedWeights, trainable: bool) -> dict[str, Any]:
+    """The weights of a nested model (``graph``) from its Keras 2 ``.h5`` group's flat list, as
+    tf_keras loads them: by order (``weight_names`` order) onto the model's trainable then
+    non-trainable weights (:func:`_weight_order`), never by name — the names of inner layers at
+    different depths may be the same. A mapping layer name → its arrays (a nested model's: a mapping)."""
+    first, second = _weight_order(graph, trainable)
+    slots = first + second
+    if len(slots) != len(arrays):
+        raise UserError(f"its group in the file holds {len(arrays)} weight arrays, its layers have {len(slots)}")
+    tree: dict[str, Any] = {}
+    for path, array in zip(slots, arrays):
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node.setdefault(path[-1], []).append(array)
+    return tree
+
+
 def load_weights(graph: KerasGraph, weights: dict[str, Any]) -> None:
     standard, special = [], []
+    frozen = getattr(graph, "frozen_in_file", frozenset())
     for i in range(1, graph.num_layers):
         module = graph.layer_module(i)
-        if module is None or next(module.parameters(), None) is None:
+        if module is None or not _has_weights(module, graph.nodes[i].name):
             continue
         if isinstance(module, NestedModel):
             name = graph.nodes[i].name
             try:
-                load_weights(module.graph, nested_model_weights(weights, name))
+                entry = weights.get(name)
+                load_weights(module.graph, nested_h5_weights(module.graph, entry, name not in frozen)
+                             if isinstance(entry, NamedWeights) else nested_model_weights(weights, name))
             except UserError as exc:
                 raise UserError(f"nested model {name!r}: {one_line(exc)}") from None
             continue
@@ -684,6 +759,7 @@ def build_graph(config: dict[str, Any], keras_version: str = "", nested: bool = 
         graph = g.build(outputs=specs[-1].name, name=model_name)
     except ValueError as exc:
         raise UserError(f"unsupported model structure: {first_line(exc)}") from None
+    graph.frozen_in_file = frozenset(spec.name for spec in specs if spec.config.get("trainable") is False)
     if strip in ctx.stripped_inside:  # a nested model ends the model: its softmax, if it had one
         strip = strip if ctx.stripped_inside[strip] else None
     if strip:
