@@ -20,7 +20,7 @@ from typing import Callable, Union
 
 import pytest
 
-from conftest import config_text
+from conftest import DEFAULT_MODEL, config_text
 from stmclf.cli.main import main
 
 LIMIT_S = 2.0
@@ -457,3 +457,48 @@ def test_environment_secrets_are_not_written(tmp_path, image_folder, monkeypatch
     runs = client.search_runs([experiment.experiment_id])
     (train,) = [r for r in runs if r.info.run_name == "train"]
     assert train.data.params["tools.stedgeai.version"] == "${STMCLF_TEST_SECRET}"
+
+
+def test_environment_values_in_model_and_optimizer_stay_references(tmp_path, image_folder, monkeypatch):
+    """Values the run derives from its config under other keys (the module's hyper-parameters: the
+    model spec, the optimizer) and the lines of its log show ${NAME} too: hparams.yaml, the MLflow
+    parameters and stmclf.log. Only the checkpoints keep the values their model is rebuilt from."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from stmclf.training.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    first = tmp_path / "first.yaml"
+    first.write_text(config_text(image_folder, tmp_path / "run1", tmp_path / "mlruns1", epochs=1))
+    assert main(["fit", "--config", str(first), "--training.precision", "32"]) == 0
+    private = tmp_path / f"w_{SECRET}"
+    private.mkdir()
+    shutil.copy(tmp_path / "run1" / "saved_models" / "best_model.pt", private / "w.pt")
+
+    monkeypatch.setenv("STMCLF_TEST_SECRET", SECRET)
+    model = DEFAULT_MODEL + f"    pretrained_model_path: {tmp_path}/w_${{STMCLF_TEST_SECRET}}/w.pt\n"
+    text = config_text(image_folder, tmp_path / "run2", tmp_path / "mlruns", epochs=1, model=model)
+    text = text.replace("      learning_rate: 0.005\n", "      learning_rate: 0.005\n      name: adam_${STMCLF_TEST_SECRET}\n")
+    second = tmp_path / "second.yaml"
+    second.write_text(text)
+    assert main(["fit", "--config", str(second), "--training.precision", "32"]) == 0
+
+    run = tmp_path / "run2"
+    hparams = next(run.rglob("hparams.yaml")).read_text()
+    assert "adam_${STMCLF_TEST_SECRET}" in hparams and "w_${STMCLF_TEST_SECRET}/w.pt" in hparams
+    assert "w_${STMCLF_TEST_SECRET}/w.pt" in (run / "stmclf.log").read_text()  # "Pretrained weights : ..."
+    files = [p for root in (run, tmp_path / "mlruns") for p in root.rglob("*")
+             if p.is_file() and "saved_models" not in p.parts]
+    leaks = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaks, f"the secret is written in {leaks}"
+    # the checkpoints hold the values (documented): the rebuilt module has the optimizer's name
+    assert SECRET.encode() in (run / "saved_models" / "best_augmented_model.ckpt").read_bytes()
+
+    tracking_uri, _ = resolve_tracking_uri(str(tmp_path / "mlruns"))
+    client = MlflowClient(tracking_uri=tracking_uri)
+    (train,) = [r for r in client.search_runs([client.get_experiment_by_name("pytest_project").experiment_id])
+                if r.info.run_name == "train"]
+    assert train.data.params["optimizer/Adam/name"] == "adam_${STMCLF_TEST_SECRET}"
+    assert not [k for k, v in train.data.params.items() if SECRET in v]

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import yaml
 
 from stmclf.config import rules
-from stmclf.config.interpolate import env_references, interpolate, redact, time_stamped_keys
+from stmclf.config.interpolate import env_references, interpolate, redact, redact_env_values, time_stamped_keys
 from stmclf.config.st_schema import config_yaml, split_yaml
 from stmclf.config.sections import (DEFAULT_RUN_DIR, Benchmarking, CustomDataAugmentation, Dataset,
                                     Deployment, Evaluation, General, Mlflow, Prediction,
@@ -75,6 +75,11 @@ class RunConfig:
         """:meth:`to_dict` with the values that came from environment variables shown as their
         ``${NAME}`` references (what MLflow parameters and written configs may show)."""
         return redact(self.to_dict(), self.env_references)
+
+    def without_env_values(self, data: Any) -> Any:
+        """``data`` (derived from this config under other keys: a model's hyper-parameters) with
+        the values of the environment variables the config used shown as ``${NAME}``."""
+        return redact_env_values(data, self.env_references)
 
     def written_files(self) -> tuple[str, str]:
         """The texts of a run's ``config.yaml`` (ST's schema only) and ``stmclf_extras.yaml``

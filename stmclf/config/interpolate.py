@@ -182,6 +182,39 @@ def redact(data: Any, refs: dict[tuple, tuple[str, Any]]) -> Any:
     return walk(data, ())
 
 
+_ENV_NAME = re.compile(r"\$\{\s*(?:oc\.env:)?\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:,[^}]*)?\}")
+MIN_REDACTED_LENGTH = 4
+"""Shorter environment values are not looked for inside other text (a ``1`` or ``on`` would
+blank out unrelated numbers and words)."""
+
+
+def redact_env_values(data: Any, refs: dict[tuple, tuple[str, Any]]) -> Any:
+    """A copy of ``data`` (nested dicts/lists/tuples) where every string holding the value of an
+    environment variable the config used (``refs``: :func:`env_references`) shows ``${NAME}``
+    instead. By value, not by key path: for what the run derives from its config under other
+    keys (a model's hyper-parameters, an absolute path built on a ``${PRIVATE_DIR}``)."""
+    names = {m.group(1) for kept, _ in refs.values() if isinstance(kept, str) for m in _ENV_NAME.finditer(kept)}
+    values = sorted(((os.environ[n], n) for n in names if len(os.environ.get(n, "")) >= MIN_REDACTED_LENGTH),
+                    key=lambda pair: -len(pair[0]))  # the longest first: one value inside another
+    if not values:
+        return data
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            for value, name in values:
+                node = node.replace(value, "${" + name + "}")
+            return node
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, tuple):
+            return tuple(walk(v) for v in node)
+        return node
+
+    return walk(data)
+
+
 def _same(value: Any, recorded: Any) -> bool:
     if isinstance(value, (list, tuple)) and isinstance(recorded, (list, tuple)):
         return len(value) == len(recorded) and all(_same(a, b) for a, b in zip(value, recorded))

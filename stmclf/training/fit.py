@@ -446,6 +446,9 @@ def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
         weights_source = (f"model file {source.path}" if source is not None
                           else apply_pretrained(module.model, training.model))
 
+    # hparams.yaml and the MLflow params show ${NAME} for an environment variable's value, as
+    # config.yaml does (a checkpoint keeps the values its model is rebuilt from)
+    module.logged_hparams_filter = cfg.without_env_values
     options = _trainer_options(cfg)  # its refusals before anything is written
     run, mlflow_logger = open_run() if open_run is not None else (create_run_dir(cfg), None)
     log.info("operation_mode: training")

@@ -8,11 +8,13 @@ which is why a run can resume from a checkpoint alone.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.parsing import AttributeDict
 from torchmetrics.classification import MulticlassAccuracy
 
 from stmclf.models.regularization import kernel_regularization_terms, regularization_loss
@@ -68,6 +70,9 @@ class ClassifierModule(L.LightningModule):
         self.augment = self._build_augmentation(data_augmentation, custom_data_augmentation)
         self.mix = _batch_mixing(mixup, cutmix, max(self.num_classes, 2))
         self.label_smoothing = float(label_smoothing or 0.0)
+        #: Applied to the hyper-parameters the loggers record (``hparams.yaml``, MLflow params):
+        #: ``RunConfig.without_env_values`` in a fit. The checkpoint keeps the values themselves.
+        self.logged_hparams_filter: Optional[Callable[[Any], Any]] = None
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -83,6 +88,13 @@ class ClassifierModule(L.LightningModule):
         # shows the layers' in/out sizes and the FLOPs per image from it (without it, "Total FLOPs: 0").
         height, width, channels = (int(v) for v in input_shape)  # Keras order
         self.example_input_array = torch.zeros(1, channels, height, width, dtype=torch.uint8)
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """Lightning's copy of the hyper-parameters for its loggers (only they read it), through
+        :attr:`logged_hparams_filter`."""
+        hparams = super().hparams_initial
+        return hparams if self.logged_hparams_filter is None else AttributeDict(self.logged_hparams_filter(dict(hparams)))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from stmclf.models.model_file_entry import store_source

@@ -6,7 +6,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional
 
 import yaml
 
@@ -78,7 +79,7 @@ def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Pat
                 (root / f"config_{stamp}.yaml").write_text(st_text)
                 if extras_text:
                     (root / f"{Path(EXTRAS_NAME).stem}_{stamp}.yaml").write_text(extras_text)
-            attach_log_file(run.log_file)
+            attach_log_file(run.log_file, redact=cfg.without_env_values)
         except OSError as exc:
             raise _unwritable(key, root, exc) from None
         if wanted is not None and root != wanted:
@@ -163,13 +164,26 @@ def find_run_dir(path: str | Path, levels: int = 3) -> Path | None:
     return None
 
 
-def attach_log_file(path: Path) -> None:
+class _RedactingFormatter(logging.Formatter):
+    """A log line as written to the run's log, through ``redact`` (the values of the environment
+    variables the config used shown as ``${NAME}``: a path built on a private directory)."""
+
+    def __init__(self, fmt: str, redact: Callable[[str], str]) -> None:
+        super().__init__(fmt)
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(super().format(record))
+
+
+def attach_log_file(path: Path, redact: Optional[Callable[[str], str]] = None) -> None:
     logger = logging.getLogger("stmclf")
     resolved = str(path.resolve())
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler) and handler.baseFilename == resolved:
             return
     handler = logging.FileHandler(resolved, encoding="utf-8", errors="backslashreplace")  # non-UTF-8 file names
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    fmt = "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt) if redact is None else _RedactingFormatter(fmt, redact))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
