@@ -334,3 +334,36 @@ def test_a_reused_run_folder_keeps_no_second_config_for_a_new_time_stamp_alone(t
     changed = create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "run", "--training.epochs", "3"),
                              root=first.root)
     assert len(list(changed.root.glob("config_*.yaml"))) == 1  # a real change is still kept beside it
+
+
+def test_a_run_folder_has_one_writer_at_a_time(tmp_path, image_folder, capsys):
+    """The same checkpoint resumed by two processes at once: the second stops in one line before
+    writing anything (two trainings would interleave train_metrics.csv and race for the
+    checkpoints); the first's lock goes with its process, even killed."""
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "runs" / "${now:%Y_%m_%d_%H_%M_%S}", tmp_path / "mlruns",
+                                  epochs=1))
+    assert main(["fit", "--config", str(config), "--training.precision", "32"]) == 0
+    (root,) = [p for p in (tmp_path / "runs").iterdir() if is_run_dir(p)]
+    checkpoint = root / "saved_models" / "last_augmented_model.ckpt"
+    holder = subprocess.Popen([sys.executable, "-c", "import time\n"
+                               "from stmclf.config import load_config\n"
+                               "from stmclf.training.run_dir import create_run_dir\n"
+                               f"create_run_dir(load_config(['--config', {str(config)!r}]), root={str(root)!r})\n"
+                               "print('held', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    argv = ["fit", "--config", str(config), "--training.precision", "32", "--training.epochs", "2",
+            "--training.resume_training_from", str(checkpoint)]
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.name for p in root.iterdir())
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{root}: another stmclf process is writing into this run folder" in err and "Traceback" not in err
+        assert sorted(p.name for p in root.iterdir()) == before  # nothing written (no config_<time>.yaml)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(argv) == 0  # the killed holder left no lock behind
+    epochs = [line.split(",")[0] for line in (root / "logs" / "metrics" / "train_metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2"]  # each epoch once

@@ -584,7 +584,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _stop(f"stmclf: error: {problem}", 2, before)
     except KeyboardInterrupt as exc:
         return _stop(interrupted_line(exc), 128 + getattr(exc, "signum", signal.SIGINT), before)
-    finally:  # the run folder's log file belongs to this command (main may be called again in-process)
+    finally:  # the run folder (its lock and log file) belongs to this command (main may be called again in-process)
+        from stmclf.training.run_dir import release_runs
+
+        release_runs()
         for handler in set(logger.handlers) - before:
             if isinstance(handler, logging.FileHandler):
                 logger.removeHandler(handler)

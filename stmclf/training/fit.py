@@ -33,7 +33,7 @@ from stmclf.training.model_file import (BEST_MODEL_NAME, import_model_file, load
 from stmclf.training.module import ClassifierModule
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
 from stmclf.training.precision import default_precision, trains_on_cpu
-from stmclf.training.run_dir import RunDir, create_run_dir
+from stmclf.training.run_dir import RunDir, create_run_dir, release_runs
 from stmclf.training.progress import (MID_EPOCH_KEY, EpochLine, EpochSeed, EpochStep, MidEpochCheckpoint, ProgressBar,
                                      checkpoint_interval, is_mid_epoch)
 from stmclf.training.qat import qat_callbacks
@@ -376,6 +376,17 @@ def resume_checkpoint(cfg: RunConfig) -> Optional[dict]:
 
 def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
           open_run: Optional[Callable[[], tuple[RunDir, Any]]] = None) -> TrainResult:
+    """:func:`fit_run`; a run folder it opened itself (no ``open_run``) is no longer held by this
+    process afterwards (``run_dir.release_runs``: another process may resume or export it)."""
+    try:
+        return fit_run(cfg, callbacks, open_run=open_run)
+    finally:
+        if open_run is None:
+            release_runs()
+
+
+def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
+            open_run: Optional[Callable[[], tuple[RunDir, Any]]] = None) -> TrainResult:
     """Fit the model of the config: data → model → Lightning fit → best/last checkpoints,
     ``best_model.pt``, curves. Returns the :class:`TrainResult` with the best weights loaded
     (evaluating and reporting them is the caller's: :mod:`stmclf.orchestration`).

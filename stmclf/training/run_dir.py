@@ -65,6 +65,7 @@ def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Pat
         root = cfg.run_dir.resolve()
     run = RunDir(root, root / cfg.general.saved_models_dir, root / cfg.general.logs_dir)
     if write_files:
+        _hold_run(root)  # before anything is written into an existing run's folder
         try:
             for path in (run.root, run.saved_models, run.logs):
                 path.mkdir(parents=True, exist_ok=True)
@@ -88,6 +89,45 @@ def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Pat
 
         remove_orphan_temp_files(run.saved_models)
     return run
+
+
+_held: dict[str, int] = {}
+"""The run folder this process writes into: its ``config.yaml``'s path → the descriptor locked."""
+
+
+def _hold_run(root: Path) -> None:
+    """One process writes into a run folder at a time: an exclusive ``flock`` on its
+    ``config.yaml``, held until this process works on another run or exits (the kernel drops it
+    even when the process is killed: no stale lock to clean). A second process (the same
+    checkpoint resumed twice, an export while the run trains) stops in one line: two trainings
+    would interleave their metrics and race for the checkpoints, and either one's start removes
+    the other's unfinished checkpoint file."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return
+    config = str(root / CONFIG_NAME)
+    if config in _held:
+        return
+    try:
+        fd = os.open(config, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"{root}: another stmclf process is writing into this run folder (training, resuming or "
+                        f"exporting it); wait for it to finish, or give this one another hydra.run.dir") from None
+    release_runs()  # one run per process at a time
+    _held[config] = fd
+
+
+def release_runs() -> None:
+    """Let other processes write into the run folder this process held (the end of a command)."""
+    for fd in _held.values():
+        os.close(fd)
+    _held.clear()
 
 
 def _same_config(root: Path, resolved_yaml: str) -> bool:
