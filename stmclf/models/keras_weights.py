@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from stmclf.errors import UserError
+from stmclf.errors import UserError, one_line
 from stmclf.models.graph import KerasGraph, NestedModel
 from stmclf.models.layers import BatchNormalization, Conv2D, Dense, DepthwiseConv2D
 
@@ -46,7 +46,7 @@ def _depthwise_kernel(k: np.ndarray) -> np.ndarray:
 
 
 # Layer type → layout change of its first Keras array (the kernel); the other arrays are 1-D.
-_KERNEL_LAYOUT: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {
+KERNEL_LAYOUT: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {
     Conv2D: lambda k: k.transpose(3, 2, 0, 1),
     DepthwiseConv2D: _depthwise_kernel,
     Dense: lambda k: k.T,
@@ -97,23 +97,142 @@ def nested_model_weights(weights: Mapping[str, Any], name: str) -> dict[str, Any
     return nested_layer_weights(weights[name], name) if name in weights else dict(weights)
 
 
-def read_h5_layer_weights(path: str | Path) -> dict[str, list[np.ndarray]]:
-    """Layer name → weights of a Keras 2 ``.h5`` file (a saved model or a ``save_weights`` file)."""
+OUTSIDE_FILE = "stmclf reads only weights stored inside the .h5"
+
+
+def _h5_text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _h5_member(group: Any, name: str, what: str) -> Any:
+    """The object at ``name`` (a path relative to ``group``) of an open ``.h5`` file, reached
+    through hard links only. An external link (to another file), a soft link or a user-defined
+    link is refused without being followed: following one may open any file, a FIFO included."""
+    from h5py import h5l
+
+    obj = group
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        key = part.encode()
+        if not obj.id.links.exists(key):  # (``part in obj`` would follow the link)
+            raise UserError(f"{what} is not in the file")
+        kind = obj.id.links.get_info(key).type
+        if kind == h5l.TYPE_EXTERNAL:
+            filename, _ = obj.id.links.get_val(key)
+            raise UserError(f"{what} is a link to another file ({_h5_text(filename)}); {OUTSIDE_FILE}")
+        if kind != h5l.TYPE_HARD:
+            target = _h5_text(obj.id.links.get_val(key)) if kind == h5l.TYPE_SOFT else "user-defined"
+            raise UserError(f"{what} is a link ({target}), not data of its own; {OUTSIDE_FILE}")
+        obj = obj[part]
+    return obj
+
+
+def _stored_array(obj: Any, what: str) -> Any:
+    """``obj`` if it is a plain numeric dataset whose bytes are in the file (checked from its
+    metadata: nothing is read); else :class:`UserError`."""
     import h5py
 
-    def text(value: Any) -> str:
-        return value.decode() if isinstance(value, bytes) else str(value)
+    if not isinstance(obj, h5py.Dataset):
+        raise UserError(f"{what} is not an array")
+    if obj.is_virtual:
+        raise UserError(f"{what} is a virtual dataset (its data lives in other datasets or files); {OUTSIDE_FILE}")
+    if obj.external:
+        files = ", ".join(dict.fromkeys(_h5_text(entry[0]) for entry in obj.external))
+        raise UserError(f"{what} is stored outside the file ({files}); {OUTSIDE_FILE}")
+    dtype = obj.dtype
+    if obj.shape is None or dtype.kind not in "fiu" or dtype.fields is not None or dtype.subdtype is not None:
+        raise UserError(f"{what} is not a numeric array (HDF5 type {dtype})")
+    return obj
+
+
+def _h5_weights_root(f: Any, path: str | Path) -> Any:
+    """The group holding a Keras ``.h5`` file's layers: ``model_weights`` of a saved model, or
+    the file itself (a ``save_weights`` file)."""
+    if f.id.links.exists(b"model_weights"):
+        return _h5_member(f, "model_weights", f"{path}: 'model_weights'")
+    return f
+
+
+class H5Weight:
+    """A weight array of a Keras ``.h5`` file, checked by :func:`_stored_array` but not read yet:
+    its declared ``shape`` and ``dtype``; ``np.asarray`` reads it. The loaders compare every array
+    of a layer with the layer before reading any (:func:`copy_keras_arrays`): a 14 KB file may
+    declare a 4 GiB array, and a layer the model does not have is never read."""
+
+    def __init__(self, path: str | Path, layer: str, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path, self.layer, self.name = path, layer, name
+        self.shape, self.dtype = tuple(shape), dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"H5Weight({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        import h5py
+
+        what = f"{self.path}: layer {self.layer!r}: weight {self.name!r}"
+        try:
+            with h5py.File(self.path, "r") as f:
+                dataset = _stored_array(_h5_member(_h5_member(_h5_weights_root(f, self.path), self.layer,
+                                                              f"{self.path}: layer {self.layer!r}"),
+                                                   self.name, what), what)
+                if dataset.shape != self.shape or dataset.dtype != self.dtype:
+                    raise UserError(f"{what} changed while the file was read")
+                array = np.asarray(dataset[()])
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - h5py raises OSError/KeyError/... on a damaged dataset
+            raise UserError(f"{what} cannot be read ({one_line(exc, typed=True)})") from None
+        array = array.astype(array.dtype.newbyteorder("="), copy=False)  # torch takes native byte order only
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+
+def read_h5_layer_weights(path: str | Path) -> dict[str, list[Any]]:
+    """Layer name → weights of a Keras 2 ``.h5`` file (a saved model or a ``save_weights`` file),
+    as :class:`H5Weight` arrays: checked (stored inside the file, plain numeric arrays, reached
+    through hard links only) but not read."""
+    import h5py
 
     with h5py.File(path, "r") as f:
-        root = f["model_weights"] if "model_weights" in f else f
+        root = _h5_weights_root(f, path)
         if "layer_names" not in root.attrs:
             raise UserError(f"{path}: not a Keras .h5 weights file (no layer_names)")
         weights = {}
-        for layer in map(text, root.attrs["layer_names"]):
-            group = root[layer]
-            names = [text(n) for n in group.attrs.get("weight_names", [])]
-            weights[layer] = NamedWeights([np.asarray(group[n]) for n in names], names)
+        for layer in map(_h5_text, root.attrs["layer_names"]):
+            group = _h5_member(root, layer, f"{path}: layer {layer!r}")
+            names = [_h5_text(n) for n in group.attrs.get("weight_names", [])]
+            arrays = []
+            for name in names:
+                what = f"{path}: layer {layer!r}: weight {name!r}"
+                dataset = _stored_array(_h5_member(group, name, what), what)
+                arrays.append(H5Weight(path, layer, name, dataset.shape, dataset.dtype))
+            weights[layer] = NamedWeights(arrays, names)
     return weights
+
+
+def copy_keras_arrays(layer: str, pairs: Sequence[tuple[Tensor, Any, Callable[[np.ndarray], np.ndarray] | None]]
+                      ) -> None:
+    """Copy Keras arrays into a layer's tensors: ``(target, array, layout)``, ``layout`` turning
+    the Keras array into the target's layout (None: as it is). Every array's shape, after its
+    layout, is compared with its target before any array is read (a :class:`H5Weight` is read only
+    then): nothing is copied unless all fit."""
+    for target, value, layout in pairs:
+        declared = np.shape(value)
+        try:  # the layout applied to a view of the declared shape that holds no data
+            shape = (layout or np.asarray)(np.broadcast_to(np.zeros((), np.uint8), declared)).shape
+        except ValueError:  # a kernel of another rank than the layout takes
+            shape = declared
+        if tuple(target.shape) != tuple(shape):
+            raise UserError(f"layer {layer!r}: a Keras weight of shape {tuple(shape)} does not fit "
+                            f"{tuple(target.shape)}")
+    with torch.no_grad():
+        for target, value, layout in pairs:
+            array = np.asarray(value)
+            target.copy_(torch.from_numpy(np.ascontiguousarray(array if layout is None else layout(array))))
 
 
 def load_keras_weights(graph: KerasGraph, source: Any, indices: Iterable[int] | None = None) -> list[str]:
@@ -136,20 +255,14 @@ def load_keras_weights(graph: KerasGraph, source: Any, indices: Iterable[int] | 
             inner = load_keras_weights(module.graph, nested_model_weights(weights, name))
             loaded += [f"{name}/{layer}" for layer in inner]
             continue
-        if type(module) not in _KERNEL_LAYOUT:
+        if type(module) not in KERNEL_LAYOUT:
             raise TypeError(f"layer {name!r}: no Keras weight conversion for {type(module).__name__}")
         if name not in weights:
             raise UserError(f"layer {name!r} (index {i}) is missing from the Keras weights")
         arrays, targets = list(weights[name]), _targets(module)
         if len(arrays) != len(targets):
             raise UserError(f"layer {name!r}: expected {len(targets)} Keras weight arrays, got {len(arrays)}")
-        arrays[0] = _KERNEL_LAYOUT[type(module)](arrays[0])
-        for target, value in zip(targets, arrays):
-            if tuple(target.shape) != value.shape:
-                raise UserError(f"layer {name!r}: a Keras weight of shape {value.shape} does not fit "
-                                f"{tuple(target.shape)}")
-        with torch.no_grad():
-            for target, value in zip(targets, arrays):
-                target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        layouts = [KERNEL_LAYOUT[type(module)]] + [None] * (len(arrays) - 1)
+        copy_keras_arrays(name, list(zip(targets, arrays, layouts)))
         loaded.append(name)
     return loaded

@@ -43,15 +43,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stmclf.errors import UserError
 from stmclf.models.graph import GraphBuilder, KerasGraph, NestedModel
 from stmclf.models.importers.base import ImportedModel, file_error, first_line, one_line
-from stmclf.models.keras_weights import (NamedWeights, load_keras_weights, nested_model_weights,
-                                         read_h5_layer_weights)
+from stmclf.models.keras_weights import (KERNEL_LAYOUT, NamedWeights, copy_keras_arrays, load_keras_weights,
+                                         nested_model_weights, read_h5_layer_weights)
 from stmclf.models.layers import (Activation, Add, AveragePooling2D, BatchNormalization, Concatenate, Conv2D,
                                   Dense, DepthwiseConv2D, Dropout, Flatten, GlobalAveragePooling2D,
                                   GlobalMaxPooling2D, LeakyReLU, MaxPooling2D, Multiply, ReLU, Rescaling, Reshape,
@@ -593,31 +592,21 @@ def _final_softmax(specs: Sequence[_Spec]) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Weights.
 
-def _copy(target: torch.Tensor, value: np.ndarray, layer: str) -> None:
-    if tuple(target.shape) != value.shape:
-        raise UserError(f"layer {layer!r}: a Keras weight of shape {value.shape} does not fit {tuple(target.shape)}")
-    with torch.no_grad():
-        target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
-
-
-def _load_special(module: nn.Module, name: str, arrays: list[np.ndarray]) -> None:
+def _load_special(module: nn.Module, name: str, arrays: list[Any]) -> None:
     """Weights of the layers :func:`load_keras_weights` does not convert."""
     if isinstance(module, SeparableConv2D):
-        targets = 3 if module.pointwise.bias is not None else 2
-        if len(arrays) != targets:
-            raise UserError(f"layer {name!r}: expected {targets} Keras weight arrays, got {len(arrays)}")
-        kh, kw, cin, mult = arrays[0].shape
-        _copy(module.depthwise.weight, arrays[0].reshape(kh, kw, cin * mult).transpose(2, 0, 1)[:, None], name)
-        _copy(module.pointwise.weight, arrays[1].transpose(3, 2, 0, 1), name)
-        if module.pointwise.bias is not None:
-            _copy(module.pointwise.bias, arrays[2], name)
+        targets = [module.depthwise.weight, module.pointwise.weight] + (
+            [module.pointwise.bias] if module.pointwise.bias is not None else [])
+        if len(arrays) != len(targets):
+            raise UserError(f"layer {name!r}: expected {len(targets)} Keras weight arrays, got {len(arrays)}")
+        layouts = [KERNEL_LAYOUT[DepthwiseConv2D], KERNEL_LAYOUT[Conv2D], None]
+        copy_keras_arrays(name, list(zip(targets, arrays, layouts)))
         return
     if isinstance(module, BatchNormalization):
         targets = [t for t in (module.weight, module.bias) if t is not None] + [module.running_mean, module.running_var]
         if len(arrays) != len(targets):
             raise UserError(f"layer {name!r}: expected {len(targets)} Keras weight arrays, got {len(arrays)}")
-        for target, value in zip(targets, arrays):
-            _copy(target, value, name)
+        copy_keras_arrays(name, [(target, value, None) for target, value in zip(targets, arrays)])
         return
     raise UserError(f"layer {name!r}: no Keras weight conversion for {type(module).__name__}")
 
