@@ -59,13 +59,17 @@ def check_int_range(key: str, value, low: int, high: int) -> None:
 
 
 def model_input_shape(cfg) -> list[int] | None:
-    """``training.model.input_shape`` checked: (height, width, channels), each side 1..8192 and
-    1..4 channels; None when the config has no ``training.model`` input shape."""
+    """``training.model.input_shape`` checked (:func:`check_input_shape`); None when the config has
+    no ``training.model`` input shape."""
     model = cfg.training.model if cfg.training is not None else None
     if not isinstance(model, dict) or model.get("input_shape") in (None, ""):
         return None
-    shape = model["input_shape"]
-    key = "training.model.input_shape"
+    return check_input_shape("training.model.input_shape", model["input_shape"])
+
+
+def check_input_shape(key: str, shape) -> list[int]:
+    """``shape`` (under ``key``: a config key, or a key stored in a checkpoint) as (height, width,
+    channels), each side 1..8192 and 1..4 channels, else a ConfigError under ``key``."""
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 \
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
         raise ConfigError(key, f"expecting (height, width, channels) as three integers, got {shape!r}"[:300])
@@ -112,21 +116,25 @@ def available_memory() -> int:
 
 
 def check_memory_estimate(cfg) -> None:
-    """Refuse a batch whose input plus a first convolution's output (32 float32 channels at full
-    resolution: the least any model here holds) needs far more memory than is available."""
+    """Refuse a training batch that needs far more memory than is available (:func:`check_batch_memory`)."""
     shape = model_input_shape(cfg)
     if shape is None or cfg.training.resume_training_from:
         return
+    check_batch_memory("training.batch_size", cfg.training.batch_size, shape,
+                       "lower training.batch_size or training.model.input_shape")
+
+
+def check_batch_memory(key: str, batch: int, shape, advice: str) -> None:
+    """Refuse a batch of ``batch`` images of ``shape`` whose input plus a first convolution's output
+    (32 float32 channels at full resolution: the least any model here holds) needs far more memory
+    than is available: a ConfigError under ``key`` ending with ``advice``."""
     height, width, channels = shape
-    batch = cfg.training.batch_size
     needed = batch * height * width * (channels + 32) * 4
     available = available_memory()
     if needed > MEMORY_MARGIN * available:
-        raise ConfigError("training.batch_size",
-                          f"a batch of {batch:,} images of {height}x{width}x{channels} needs at least "
-                          f"{needed / 2**30:,.1f} GiB for its input and first layer, far more than the "
-                          f"{available / 2**30:,.1f} GiB of memory available: lower training.batch_size or "
-                          f"training.model.input_shape")
+        raise ConfigError(key, f"a batch of {batch:,} images of {height}x{width}x{channels} needs at least "
+                               f"{needed / 2**30:,.1f} GiB for its input and first layer, far more than the "
+                               f"{available / 2**30:,.1f} GiB of memory available: {advice}")
 
 
 def check_ranges(cfg) -> None:

@@ -38,7 +38,8 @@ import torch
 from stmclf.errors import ConfigError, UserError
 from stmclf.models.graph import KerasGraph
 from stmclf.models.heads import head_units
-from stmclf.models.registry import register_model
+from stmclf.models.importers.base import file_error, named_allocation_failure
+from stmclf.models.registry import WEIGHT_KEYS, build_model, check_model_spec, register_model
 
 log = logging.getLogger("stmclf.models")
 
@@ -78,10 +79,14 @@ def model_file_given(key: str, checkpoint: str | Path | None = None, imported: A
     itself — errors about its model file name ``key`` and that checkpoint, not ``training.model.path``.
     ``imported``: the file's :class:`~stmclf.models.importers.ImportedModel` the caller has just
     read (and checked); the model built from that file (same path and input shape) is it, not a
-    second import of the file. Build one model inside: it takes that ImportedModel's graph."""
+    second import of the file. Build one model inside: it takes that ImportedModel's graph.
+    The allocator's failure inside (a stored spec or a file describing a model too big for the
+    memory) is a one-line ConfigError under ``key`` naming the checkpoint (else the imported file)."""
     token = _given.set(_Given(key, str(checkpoint) if checkpoint is not None else None, imported))
+    source = checkpoint if checkpoint is not None else getattr(imported, "path", None)
     try:
-        yield
+        with named_allocation_failure(key, source):
+            yield
     finally:
         _given.reset(token)
 
@@ -219,3 +224,61 @@ def store_source(model: torch.nn.Module, checkpoint: MutableMapping[str, Any]) -
     checkpoint["hyper_parameters"] = {**hparams, "model_spec": {**spec, "sha256": sha256}}  # a copy: not the module's
     checkpoint[SOURCE_KEY] = {"sha256": sha256, "name": name,
                               "content": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+
+
+STORED_SPEC_KEYS = ("hyper_parameters.input_shape", "hyper_parameters.model_spec.input_shape")
+"""The sizes of a checkpoint's stored spec checked with a config's rules before its model is rebuilt."""
+
+
+def check_stored_spec(hparams: Mapping[str, Any], path: Any, key: str, batch: int = 1) -> None:
+    """A checkpoint's stored spec (``hparams``: its ``hyper_parameters``, read from ``path`` given
+    under ``key``) obeys the rules of a config before its model is rebuilt: the input shapes'
+    bounds (:func:`stmclf.config.rules.check_input_shape`), the memory estimate of a batch of
+    ``batch`` images at that size, and the model's parameters (counted on the meta device, without
+    allocating them: this bounds ``alpha``, ``depth``, units and the class count) fitting in the
+    memory available. A file edited to claim a 100000x100000 input is a one-line ConfigError
+    naming ``key``, ``path`` and the stored key, not an allocation that gets the process killed."""
+    from stmclf.config.rules import check_batch_memory, check_input_shape
+
+    spec = hparams.get("model_spec")
+    values = (hparams.get("input_shape"), spec.get("input_shape") if isinstance(spec, Mapping) else None)
+    shapes = []
+    for stored, value in zip(STORED_SPEC_KEYS, values):
+        if value is None and stored != STORED_SPEC_KEYS[0]:
+            continue
+        try:
+            shapes.append(check_input_shape(stored, value))
+            check_batch_memory(stored, batch, shapes[-1], "not a model this machine can run")
+        except ConfigError as exc:
+            raise file_error(key, path, f"stored {exc}") from None
+    names = hparams.get("class_names")
+    if isinstance(spec, Mapping) and isinstance(names, (list, tuple)):
+        needed = _parameter_bytes(spec, len(names), hparams.get("dropout"))
+        from stmclf.config.rules import available_memory
+
+        available = available_memory()
+        if needed is not None and needed > available:
+            raise file_error(key, path, f"stored hyper_parameters.model_spec: its model ({_described(spec)}, "
+                                        f"{len(names):,} classes) holds {needed / 2**30:,.1f} GiB of parameters, "
+                                        f"more than the {available / 2**30:,.1f} GiB of memory available")
+
+
+def _described(spec: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}: {v!r}"[:60] for k, v in spec.items() if k not in WEIGHT_KEYS)[:300]
+
+
+def _parameter_bytes(spec: Mapping[str, Any], num_classes: int, dropout: Any) -> int | None:
+    """Bytes of the parameters and buffers of the model ``spec`` describes, built on the meta device
+    (nothing allocated); None for a model that is not a zoo model (a model file, custom or timm
+    code) or that cannot be built there (its real build then reports why)."""
+
+    try:
+        entry = check_model_spec(spec)
+        if entry.open_keys or entry.name == NAME:
+            return None
+        with torch.device("meta"):
+            model = build_model(spec, num_classes, dropout)
+    except Exception:  # noqa: BLE001 - an estimate only: the real build names the problem
+        return None
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)

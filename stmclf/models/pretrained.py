@@ -272,19 +272,26 @@ def _transfer_from_h5(model: KerasGraph, path: Path) -> None:
 def _source_from_checkpoint(path: Path) -> KerasGraph:
     from stmclf.models.registry import build_model
 
+    from stmclf.models.importers.base import PickledCode, load_weights_only
+
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a stmclf checkpoint"
+        checkpoint = load_weights_only(path)
+    except PickledCode as exc:
+        raise ConfigError(MODEL_PATH_KEY, f"{path} is neither a Keras .h5 file nor a stmclf checkpoint ({exc}; "
+                                          "pickled files load only as general.model_path, with "
+                                          "--trust-model-file)") from None
+    except ValueError as exc:  # any failure means "not a stmclf checkpoint"
         raise ConfigError(MODEL_PATH_KEY, f"{path} is neither a Keras .h5 file nor a stmclf checkpoint "
-                                          f"({one_line(exc)})") from None
+                                          f"({exc})") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, Mapping) or not isinstance(state, Mapping) or "model_spec" not in hparams \
             or not isinstance(hparams.get("class_names"), Sequence):
         raise ConfigError(MODEL_PATH_KEY, f"{path} is not a stmclf training checkpoint "
                                           "(no hyper_parameters.model_spec / class_names or state_dict)")
-    from stmclf.models.model_file_entry import model_file_given, remember_source
+    from stmclf.models.model_file_entry import check_stored_spec, model_file_given, remember_source
 
+    check_stored_spec(hparams, path, MODEL_PATH_KEY)
     remember_source(checkpoint, path)
     try:
         with model_file_given(MODEL_PATH_KEY, path):

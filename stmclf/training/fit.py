@@ -365,7 +365,7 @@ def resume_checkpoint(cfg: RunConfig) -> Optional[dict]:
     from stmclf.models.source import resolve_model_source
 
     resolve_model_source(path, "training.resume_training_from").require("resume", "resuming")
-    checkpoint = read_checkpoint(path, "training.resume_training_from")
+    checkpoint = read_checkpoint(path, "training.resume_training_from", cfg.training.batch_size)
     if "pytorch-lightning_version" not in checkpoint or not isinstance(checkpoint.get("epoch", 0), int):
         raise ConfigError("training.resume_training_from",
                           f"{path} holds a model's weights, not a training state: resume from the run's "

@@ -13,28 +13,33 @@ from typing import Any
 
 import torch
 
-from stmclf.errors import ConfigError, one_line
+from stmclf.errors import ConfigError
 
 MODEL_FORMAT = "stmclf-model/1"
 BEST_MODEL_NAME = "best_model.pt"
 
 
-def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
-    """Load a stmclf checkpoint or model file without unpickling arbitrary objects."""
+def read_checkpoint(path: str | Path, key: str, batch: int = 1) -> dict[str, Any]:
+    """Load a stmclf checkpoint or model file without unpickling arbitrary objects; its stored
+    spec is checked with a config's rules (:func:`~stmclf.models.model_file_entry.check_stored_spec`, the
+    memory estimate for batches of ``batch`` images)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(key, f"unable to find file {path}")
+    from stmclf.models.importers.base import load_weights_only
+
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not a stmclf file"
-        raise ConfigError(key, f"{path} is not a stmclf checkpoint ({one_line(exc)})") from None
+        checkpoint = load_weights_only(file)
+    except ValueError as exc:  # any failure means "not a stmclf file"
+        raise ConfigError(key, f"{path} is not a stmclf checkpoint ({exc})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("hyper_parameters"), dict) \
             or not isinstance(checkpoint.get("state_dict"), dict) \
             or not _REQUIRED_HPARAMS <= set(checkpoint["hyper_parameters"]) <= _module_arguments():
         raise ConfigError(key, f"{path} is not a stmclf checkpoint (expecting a file written by stmclf fit: "
                                f"last_augmented_model.ckpt, best_augmented_model.ckpt or {BEST_MODEL_NAME})")
-    from stmclf.models.model_file_entry import remember_source
+    from stmclf.models.model_file_entry import check_stored_spec, remember_source
 
+    check_stored_spec(checkpoint["hyper_parameters"], path, key, batch)  # before anything is built at its sizes
     remember_source(checkpoint, path)  # a run started from a model file rebuilds it without the file
     return checkpoint
 

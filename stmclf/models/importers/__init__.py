@@ -28,7 +28,7 @@ from pathlib import Path
 
 from stmclf.config.rules import MAX_CHANNELS, MAX_IMAGE_SIDE
 from stmclf.models.importers.base import (KINDS, SUPPORTED_TEXT, ImportedModel, detect_kind, file_error,
-                                          require_model_file, resave_hint)
+                                          named_allocation_failure, require_model_file, resave_hint)
 
 __all__ = ["ImportedModel", "KINDS", "detect_kind", "load_model_file"]
 
@@ -49,33 +49,34 @@ def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: st
         kind = detect_kind(file)
     except OSError as exc:
         raise file_error(key, file, f"cannot read the file ({exc.strerror or exc})") from None
-    if kind == "keras_h5":
-        from stmclf.models.importers.keras_h5 import load_keras_h5
+    with named_allocation_failure(key, file):  # a file describing a model too big for the memory
+        if kind == "keras_h5":
+            from stmclf.models.importers.keras_h5 import load_keras_h5
 
-        imported = load_keras_h5(file, key)
-    elif kind == "onnx":
-        from stmclf.models.importers.onnx_graph import load_onnx
+            imported = load_keras_h5(file, key)
+        elif kind == "onnx":
+            from stmclf.models.importers.onnx_graph import load_onnx
 
-        imported = load_onnx(file, key)
-    elif kind == "torchscript":
-        from stmclf.models.importers.torch_files import load_torchscript
+            imported = load_onnx(file, key)
+        elif kind == "torchscript":
+            from stmclf.models.importers.torch_files import load_torchscript
 
-        imported = load_torchscript(file, key, input_shape, fallback_input_shape)
-    elif kind == "torch_export":
-        from stmclf.models.importers.torch_files import load_torch_export
+            imported = load_torchscript(file, key, input_shape, fallback_input_shape)
+        elif kind == "torch_export":
+            from stmclf.models.importers.torch_files import load_torch_export
 
-        imported = load_torch_export(file, key, input_shape, trust_model_file, fallback_input_shape)
-    elif kind == "pickled_module":
-        from stmclf.models.importers.torch_files import load_pickled_module
+            imported = load_torch_export(file, key, input_shape, trust_model_file, fallback_input_shape)
+        elif kind == "pickled_module":
+            from stmclf.models.importers.torch_files import load_pickled_module
 
-        imported = load_pickled_module(file, key, input_shape, trust_model_file, fallback_input_shape)
-    elif kind == "stmclf_checkpoint":
-        raise file_error(key, file, "a stmclf checkpoint / model file, not a model to import: it is read as a "
-                                    "stmclf model (stmclf.training.model_file)")
-    elif kind == "state_dict":
-        raise file_error(key, file, "a state dict holds weights only, not a model; supported: " + SUPPORTED_TEXT)
-    else:
-        raise file_error(key, file, "unsupported model file; supported: " + SUPPORTED_TEXT + resave_hint(file))
+            imported = load_pickled_module(file, key, input_shape, trust_model_file, fallback_input_shape)
+        elif kind == "stmclf_checkpoint":
+            raise file_error(key, file, "a stmclf checkpoint / model file, not a model to import: it is read as a "
+                                        "stmclf model (stmclf.training.model_file)")
+        elif kind == "state_dict":
+            raise file_error(key, file, "a state dict holds weights only, not a model; supported: " + SUPPORTED_TEXT)
+        else:
+            raise file_error(key, file, "unsupported model file; supported: " + SUPPORTED_TEXT + resave_hint(file))
     _check_input_shape(key, file, imported.input_shape)
     if input_shape is not None and kind in ("keras_h5", "onnx") and tuple(input_shape) != imported.input_shape:
         raise file_error(key, file, f"the model's input shape is {imported.input_shape}, not {tuple(input_shape)}")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,27 @@ def first_line(exc: BaseException) -> str:
 def file_error(key: str, path: Path | str, message: str) -> UserError:
     """A one-line :class:`ConfigError` ``key: path: message``."""
     return ConfigError(key, f"{path}: {one_line(message, whole=True)}")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the allocator's refusal (``MemoryError``, torch's ``can't allocate
+    memory`` / ``out of memory``), not another error."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text)
+
+
+@contextmanager
+def named_allocation_failure(key: str, path: Path | str | None) -> Iterator[None]:
+    """The allocator's failure inside (a file describing a model too big for the memory) is the
+    file's: a one-line :func:`file_error` under ``key`` naming ``path`` (None: left as it is), as
+    the .h5 importer reports a malformed file."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if path is None or not is_allocation_failure(exc):
+            raise
+        raise file_error(key, path, f"not enough memory to build its model ({first_line(exc)})") from None
 
 
 @dataclass
@@ -160,15 +182,36 @@ def _zip_kind(path: Path) -> str:
     return "unknown"
 
 
-def _pickle_kind(path: Path) -> str:
-    """Tell a torch.save'd model (needs code) from plain weights, with the weights-only unpickler."""
+PICKLED_CODE = "a pickled torch model: loading it runs code from the file"
+
+
+class PickledCode(ValueError):
+    """A file the weights-only unpickler refuses: its pickle names classes or functions (code)."""
+
+
+def load_weights_only(path: Path | str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's warnings (an unexpected
+    pickle protocol, ...). A failure is a ValueError with a one-line reason: :class:`PickledCode`
+    (:data:`PICKLED_CODE`) for a pickle that names code, without torch's advice to load it with
+    ``weights_only=False`` (the wrong advice in front of a hostile file)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        # Refused by the weights-only unpickler: the pickle names classes or functions (code).
-        return "pickled_module" if "weights only load failed" in str(exc).lower() else "unknown"
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure: the file is not what the caller reads
+        if "weights only load failed" in str(exc).lower():
+            raise PickledCode(PICKLED_CODE) from None
+        raise ValueError(one_line(exc)) from None
+
+
+def _pickle_kind(path: Path) -> str:
+    """Tell a torch.save'd model (needs code) from plain weights, with the weights-only unpickler."""
+    try:
+        obj = load_weights_only(path)
+    except PickledCode:
+        return "pickled_module"
+    except ValueError:
+        return "unknown"
     if isinstance(obj, dict) and "hyper_parameters" in obj and "state_dict" in obj:
         return "stmclf_checkpoint"
     if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):

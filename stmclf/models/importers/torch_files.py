@@ -39,7 +39,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from stmclf.errors import UserError
 from stmclf.models.custom import ModuleGraph, _keras_shape
 from stmclf.models.graph import Node, normalise_indices
-from stmclf.models.importers.base import (ImportedModel, file_error, first_line, looks_like_probabilities,
+from stmclf.models.importers.base import (PICKLED_CODE, ImportedModel, file_error, first_line, looks_like_probabilities,
                                           probe_outputs)
 
 _BN_NAMES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"}
@@ -420,8 +420,8 @@ def _strip_sequential_softmax(module: nn.Module) -> bool:
 def load_pickled_module(path: Path, key: str, input_shape: tuple[int, int, int] | None,
                         trust: bool, fallback_shape: tuple[int, int, int] | None = None) -> ImportedModel:
     if not trust:
-        raise file_error(key, path, "a pickled torch model: loading it runs code from the file; pass "
-                                    "--trust-model-file only for a file you trust (or save the model with "
+        raise file_error(key, path, f"{PICKLED_CODE}; pass --trust-model-file only for a file you trust (or "
+                                    "save the model with "
                                     "torch.jit.save / torch.export.save / torch.onnx.export)")
     try:
         module = torch.load(path, map_location="cpu", weights_only=False)
