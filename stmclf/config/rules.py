@@ -111,22 +111,26 @@ def available_memory() -> int:
         return 1 << 40
 
 
+def batch_memory_problem(batch: int, height: int, width: int, channels: int) -> str | None:
+    """Why a batch of ``batch`` images of ``height``×``width``×``channels`` cannot fit (its input
+    plus a first convolution's output, 32 float32 channels at full resolution: the least any model
+    here holds, needing far more than the available memory), or None when it may."""
+    needed = batch * height * width * (channels + 32) * 4
+    available = available_memory()
+    if needed <= MEMORY_MARGIN * available:
+        return None
+    return (f"a batch of {batch:,} images of {height}x{width}x{channels} needs at least {needed / 2**30:,.1f} GiB "
+            f"for its input and first layer, far more than the {available / 2**30:,.1f} GiB of memory available")
+
+
 def check_memory_estimate(cfg) -> None:
-    """Refuse a batch whose input plus a first convolution's output (32 float32 channels at full
-    resolution: the least any model here holds) needs far more memory than is available."""
+    """Refuse a training batch that needs far more memory than is available (:func:`batch_memory_problem`)."""
     shape = model_input_shape(cfg)
     if shape is None or cfg.training.resume_training_from:
         return
-    height, width, channels = shape
-    batch = cfg.training.batch_size
-    needed = batch * height * width * (channels + 32) * 4
-    available = available_memory()
-    if needed > MEMORY_MARGIN * available:
-        raise ConfigError("training.batch_size",
-                          f"a batch of {batch:,} images of {height}x{width}x{channels} needs at least "
-                          f"{needed / 2**30:,.1f} GiB for its input and first layer, far more than the "
-                          f"{available / 2**30:,.1f} GiB of memory available: lower training.batch_size or "
-                          f"training.model.input_shape")
+    problem = batch_memory_problem(cfg.training.batch_size, *shape)
+    if problem is not None:
+        raise ConfigError("training.batch_size", f"{problem}: lower training.batch_size or training.model.input_shape")
 
 
 def check_ranges(cfg) -> None:
