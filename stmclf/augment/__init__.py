@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from stmclf.augment.custom import CustomAugmentation, build_custom_augmentation
 from stmclf.augment.kernels import AUGMENTATIONS, kernel_names
-from stmclf.augment.pipeline import AugmentationPipeline, apply_augmentation, build_augmentation
+from stmclf.augment.pipeline import AugmentationPipeline, ImageSize, apply_augmentation, build_augmentation
 from stmclf.augment.registry import REQUIRED, AugmentationSpec, register_augmentation
 
 __all__ = [
-    "AUGMENTATIONS", "REQUIRED", "AugmentationSpec", "AugmentationPipeline", "CustomAugmentation",
+    "AUGMENTATIONS", "REQUIRED", "AugmentationSpec", "AugmentationPipeline", "CustomAugmentation", "ImageSize",
     "apply_augmentation", "build_augmentation", "build_custom_augmentation", "kernel_names",
     "register_augmentation", "example_section",
 ]

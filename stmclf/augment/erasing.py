@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from stmclf.augment._common import Context, from_255, rand, randint, uniform
-from stmclf.augment.registry import arg, choice, color_spec, integer, number, rate, register_augmentation
+from stmclf.augment.registry import (MAX_IMAGE_SIDE, ImageSize, _fmt, arg, choice, color_spec, integer, number, rate,
+                                     register_augmentation)
 from stmclf.errors import ConfigError
 
 FILL_METHODS = ("uniform", "random", "mosaic")
@@ -85,8 +86,12 @@ def _rect_finalize(p: SimpleNamespace, key: str) -> SimpleNamespace:
     return _color_check(p, key)
 
 
+MAX_RECTANGLES = 100
+"""``random_rectangle_erasing.nrec`` at most: each rectangle is a full-image mask plane of every image."""
+
+
 @register_augmentation("random_rectangle_erasing", {
-    "nrec": arg(1, number("int", lo=0, scalar=lambda v: (v, v))),
+    "nrec": arg(1, number("int", lo=0, hi=MAX_RECTANGLES, scalar=lambda v: (v, v))),
     "area": arg((0.05, 0.4), number("float", lo=0.0, hi=1.0, scalar=lambda v: (v, v))),
     "wh_ratio": arg((0.3, 2.0), number("float", lo=0.0, scalar=lambda v: (v, v))),
     "fill_method": arg("random", choice(*FILL_METHODS)),
@@ -145,14 +150,23 @@ def random_rectangle_erasing(x: torch.Tensor, p: SimpleNamespace, ctx: Context) 
 # ------------------------------------------------------------------------------------------
 # grid cells
 # ------------------------------------------------------------------------------------------
+def _grid_sized(p: SimpleNamespace, key: str, size: ImageSize) -> None:
+    """At most one cell per pixel: ``ncells_x`` ≤ width, ``ncells_y`` ≤ height."""
+    for name, cells, side, what in (("ncells_x", p.ncells_x, size.width, "width"),
+                                    ("ncells_y", p.ncells_y, size.height, "height")):
+        if cells > side:
+            raise ConfigError(f"{key}.{name}", f"must be at most the image {what}, {side} (one cell per pixel; "
+                                               f"the model input is {size}); got {_fmt(cells)}")
+
+
 @register_augmentation("random_grid_cell_erasing", {
-    "ncells_x": arg(5, integer(lo=1)),
-    "ncells_y": arg(5, integer(lo=1)),
+    "ncells_x": arg(5, integer(lo=1, hi=MAX_IMAGE_SIDE)),
+    "ncells_y": arg(5, integer(lo=1, hi=MAX_IMAGE_SIDE)),
     "fill_method": arg("uniform", choice(*FILL_METHODS)),
     "color": arg(None, color_spec()),
     "erasing_prob": arg(0.2, rate()),
     "change_rate": arg(1.0, rate()),
-}, finalize=_color_check, example={"fill_method": "random"})
+}, finalize=_color_check, example={"fill_method": "random"}, sized=_grid_sized)
 def random_grid_cell_erasing(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
     """Places an ``ncells_x`` × ``ncells_y`` grid (cells of ceil(W/ncells_x) × ceil(H/ncells_y)
     pixels, the last ones clipped) and erases each cell with probability ``erasing_prob``.

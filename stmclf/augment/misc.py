@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from stmclf.augment._common import Context, clip, from_unit, host_randint, to_unit, uniform
 from stmclf.augment.affine import affine_sample, crop_matrices
-from stmclf.augment.registry import (_fmt, _from_text, _is_number, arg, choice, integer, number, rate,
-                                     register_augmentation)
+from stmclf.augment.registry import (MAX_IMAGE_SIDE, ImageSize, _fmt, _from_text, _is_number, arg, choice,
+                                     integer, number, rate, register_augmentation)
+from stmclf.config.rules import batch_memory_problem
 from stmclf.errors import ConfigError
 
 __all__ = ["box_blur", "pad_indices"]
@@ -65,12 +66,20 @@ def box_blur(u: torch.Tensor, k: int, padding: str = "reflect", constant_values:
     return F.avg_pool2d(padded, kernel_size=k, stride=1)
 
 
+def _blur_sized(p: SimpleNamespace, key: str, size: ImageSize) -> None:
+    """A filter at most the image's larger side (a larger one only averages reflections)."""
+    side = max(size.height, size.width)
+    if p.filter_size[1] > side:
+        raise ConfigError(f"{key}.filter_size", f"must be at most the image side, {side} (the model input is "
+                                                f"{size}); got {_fmt(p.filter_size[1])}")
+
+
 @register_augmentation("random_blur", {
-    "filter_size": arg(check=number("int", lo=1, scalar=lambda v: (v, v))),
+    "filter_size": arg(check=number("int", lo=1, hi=MAX_IMAGE_SIDE, scalar=lambda v: (v, v))),
     "padding": arg("reflect", choice("reflect", "constant", "symmetric")),
     "constant_values": arg(0, number("float", tuples=0)),
     "change_rate": arg(1.0, rate()),
-}, example={"filter_size": (2, 4)})
+}, example={"filter_size": (2, 4)}, sized=_blur_sized)
 def random_blur(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
     """Mean filter k×k, k ~ U{k0..k1} once per batch (an integer v means k = v)."""
     k = host_randint(ctx, *p.filter_size)
@@ -159,15 +168,16 @@ def random_jpeg_quality(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> to
 def _image_sizes(value: Any, key: str) -> tuple[tuple[int, int], ...]:
     """A list of sizes, each an integer (square) or (width, height); returns (height, width)s."""
     value = _from_text(value)
-    msg = "expecting a list of image sizes, each an integer or a (width, height) pair of positive integers"
+    msg = (f"expecting a list of image sizes, each an integer or a (width, height) pair of integers from 1 to "
+           f"{MAX_IMAGE_SIDE}")
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(key, f"{msg}; got {_fmt(value)}")
     sizes = []
+    side = lambda v: _is_number(v) and float(v).is_integer() and 1 <= v <= MAX_IMAGE_SIDE  # noqa: E731
     for s in value:
-        if _is_number(s) and float(s).is_integer() and s >= 1:
+        if side(s):
             sizes.append((int(s), int(s)))
-        elif (isinstance(s, (list, tuple)) and len(s) == 2
-              and all(_is_number(v) and float(v).is_integer() and v >= 1 for v in s)):
+        elif isinstance(s, (list, tuple)) and len(s) == 2 and all(side(v) for v in s):
             sizes.append((int(s[1]), int(s[0])))
         else:
             raise ConfigError(key, f"{msg}; got {_fmt(s)} in {_fmt(value)}")
@@ -177,11 +187,21 @@ def _image_sizes(value: Any, key: str) -> tuple[tuple[int, int], ...]:
 _RESIZE_MODES = {"bilinear": "bilinear", "nearest": "nearest-exact", "bicubic": "bicubic", "area": "area"}
 
 
+def _resizing_sized(p: SimpleNamespace, key: str, size: ImageSize) -> None:
+    """Resized batches under the memory estimate of ``training.model.input_shape``."""
+    if size.batch_size is None:
+        return
+    height, width = max(p.image_sizes, key=lambda hw: hw[0] * hw[1])
+    problem = batch_memory_problem(size.batch_size, height, width, size.channels)
+    if problem is not None:
+        raise ConfigError(f"{key}.image_sizes", f"{problem}: use smaller sizes (or lower training.batch_size)")
+
+
 @register_augmentation("random_periodic_resizing", {
     "period": arg(check=integer(lo=1)),
     "image_sizes": arg(check=_image_sizes),
     "interpolation": arg("bilinear", choice(*_RESIZE_MODES)),
-}, example={"period": 2, "image_sizes": [(24, 24), (32, 32), (40, 40)]}, stateful=True)
+}, example={"period": 2, "image_sizes": [(24, 24), (32, 32), (40, 40)]}, stateful=True, sized=_resizing_sized)
 def random_periodic_resizing(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
     """Resizes the whole batch to a size drawn uniformly from ``image_sizes`` (each an integer
     or a (width, height) pair, the reference's order), held for ``period`` batches: a new size

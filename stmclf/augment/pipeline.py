@@ -22,10 +22,20 @@ import torch
 from stmclf.augment._common import Context, check_pixels_range
 from stmclf.augment.custom import build_custom_augmentation
 from stmclf.augment.kernels import AUGMENTATIONS
-from stmclf.augment.registry import _fmt, validate_args
-from stmclf.errors import ConfigError
+from stmclf.augment.registry import ImageSize, _fmt, validate_args
+from stmclf.errors import ConfigError, one_line
 
-__all__ = ["AugmentationPipeline", "build_augmentation", "apply_augmentation", "check_pixels_range"]
+__all__ = ["AugmentationPipeline", "ImageSize", "build_augmentation", "apply_augmentation", "check_pixels_range"]
+
+_ALLOCATION_FAILURES = ("allocate", "out of memory", "overflow")
+"""Words of torch's messages for a tensor too large to allocate (CPU allocator, CUDA, size overflow)."""
+
+
+def _allocation_failure(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(word in text for word in _ALLOCATION_FAILURES)
 
 
 class _Step:
@@ -110,7 +120,13 @@ class AugmentationPipeline:
             if rate <= 0.0 or (spec.colour_only and x.shape[1] != 3):
                 continue
             ctx = Context(self.pixels_range, generator, self.batch_count, epoch, step.state)
-            out = spec.kernel(x, step.params, ctx)
+            try:
+                out = spec.kernel(x, step.params, ctx)
+            except (MemoryError, RuntimeError) as exc:  # the size bounds' backstop: one line, exit 2
+                if not _allocation_failure(exc):
+                    raise
+                raise ConfigError(step.key, f"the augmentation of a batch of {tuple(x.shape)} ran out of memory "
+                                            f"({one_line(exc, 120)}): lower its sizes or training.batch_size") from None
             if rate < 1.0 and out.shape == x.shape:
                 keep = torch.rand(x.shape[0], device=x.device, generator=generator) < rate
                 out = torch.where(keep.view(-1, 1, 1, 1), out, x)
@@ -124,11 +140,13 @@ class AugmentationPipeline:
 
 
 def build_augmentation(section: Optional[Mapping[str, Any]], pixels_range: tuple[float, float], *,
-                       key: str = "data_augmentation", channels: Optional[int] = None) -> AugmentationPipeline:
+                       key: str = "data_augmentation", channels: Optional[int] = None,
+                       size: Optional[ImageSize] = None) -> AugmentationPipeline:
     """Validate ``section`` (the YAML mapping ``{function: args or None}``, in file order) and
     return the pipeline. ``pixels_range = (offset, 255·scale + offset)``. ``channels`` (1 or 3),
     when known, lets colour-only functions be refused for grayscale input at build time; when
-    unknown they leave non-RGB batches unchanged.
+    unknown they leave non-RGB batches unchanged. ``size``: the input size (and batch size), when
+    known, for the functions' size bounds (a blur filter larger than the image is refused).
 
     A ``key`` ending in ``custom_data_augmentation`` builds a custom pipeline instead
     (see :func:`stmclf.augment.custom.build_custom_augmentation`).
@@ -150,7 +168,7 @@ def build_augmentation(section: Optional[Mapping[str, Any]], pixels_range: tuple
         if spec.colour_only and channels is not None and channels != 3:
             raise ConfigError(sub, f"{name} needs RGB images (3 channels); the input has {channels} channel"
                               f"{'s' if channels != 1 else ''} (preprocessing.color_mode)")
-        params = validate_args(name, raw, sub)
+        params = validate_args(name, raw, sub, size)
         change_rate = 1.0
         if spec.has_change_rate:
             change_rate = float(params.change_rate)

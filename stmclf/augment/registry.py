@@ -18,6 +18,11 @@ Argument rules (those of the reference's ``check_dataaug_argument`` plus each fu
 
 A failed check raises :class:`stmclf.errors.ConfigError` naming the full key path
 (``data_augmentation.random_flip.mode``) and what is allowed.
+
+Sizes have upper bounds: at most :data:`~stmclf.config.rules.MAX_IMAGE_SIDE` always, and, when
+the model input size is known (:class:`ImageSize`, given to :func:`validate_args`), the bounds
+of each function's ``sized`` check (a blur filter at most the image side, grid cells at most
+one per pixel, resized batches under the same memory estimate as ``training.model.input_shape``).
 """
 from __future__ import annotations
 
@@ -26,12 +31,28 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Optional
 
+from stmclf.config.rules import MAX_IMAGE_SIDE
 from stmclf.errors import ConfigError
 
 __all__ = [
     "REQUIRED", "ArgSpec", "AugmentationSpec", "AUGMENTATIONS", "register_augmentation", "arg",
-    "number", "choice", "rate", "integer", "nonneg_number", "color_spec", "validate_args",
+    "number", "choice", "rate", "integer", "nonneg_number", "color_spec", "validate_args", "ImageSize",
+    "MAX_IMAGE_SIDE",
 ]
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    """The batches an augmentation will see: the model input's ``height`` × ``width`` ×
+    ``channels`` and, when known, the ``batch_size`` (for memory estimates)."""
+
+    height: int
+    width: int
+    channels: int = 3
+    batch_size: Optional[int] = None
+
+    def __str__(self) -> str:
+        return f"{self.height}x{self.width}"
 
 
 class _Required:
@@ -74,6 +95,8 @@ class AugmentationSpec:
     handled by the pipeline and never reaches the kernel) and the call context, and returns
     the augmented batch for *every* image. ``finalize(p, key)`` runs cross-argument checks after
     the per-argument ones. ``colour_only`` functions need 3-channel (RGB) images.
+    ``sized(p, key, size)`` checks the arguments against the input size (:class:`ImageSize`)
+    when it is known (a ConfigError naming the argument when a size is too large).
     """
 
     name: str
@@ -84,6 +107,7 @@ class AugmentationSpec:
     example: dict[str, Any] = field(default_factory=dict)
     stateful: bool = False
     doc: str = ""
+    sized: Optional[Callable[[SimpleNamespace, str, ImageSize], None]] = None
 
     @property
     def has_change_rate(self) -> bool:
@@ -99,7 +123,8 @@ AUGMENTATIONS: dict[str, AugmentationSpec] = {}
 def register_augmentation(name: str, args: dict[str, ArgSpec], *, colour_only: bool = False,
                           finalize: Optional[Callable[[SimpleNamespace, str], SimpleNamespace]] = None,
                           example: Optional[dict[str, Any]] = None, stateful: bool = False,
-                          aliases: Iterable[str] = ()) -> Callable:
+                          aliases: Iterable[str] = (),
+                          sized: Optional[Callable[[SimpleNamespace, str, ImageSize], None]] = None) -> Callable:
     """Decorator: register ``kernel(images, p, ctx)`` under ``name`` (and ``aliases``).
 
     ``args`` maps each argument name to :func:`arg` (default or REQUIRED plus a check).
@@ -109,7 +134,7 @@ def register_augmentation(name: str, args: dict[str, ArgSpec], *, colour_only: b
     def decorate(kernel: Callable) -> Callable:
         spec = AugmentationSpec(name=name, kernel=kernel, args=dict(args), colour_only=colour_only,
                                 finalize=finalize, example=dict(example or {}), stateful=stateful,
-                                doc=(kernel.__doc__ or "").strip())
+                                doc=(kernel.__doc__ or "").strip(), sized=sized)
         for n in (name, *aliases):
             if n in AUGMENTATIONS:
                 raise RuntimeError(f"augmentation {n!r} registered twice")
@@ -265,8 +290,9 @@ def color_spec() -> Check:
 # ------------------------------------------------------------------------------------------
 # validation of one function's arguments
 # ------------------------------------------------------------------------------------------
-def validate_args(name: str, raw: Any, key: str) -> SimpleNamespace:
-    """Validate the YAML arguments of function ``name`` (``key`` is its key path).
+def validate_args(name: str, raw: Any, key: str, size: Optional[ImageSize] = None) -> SimpleNamespace:
+    """Validate the YAML arguments of function ``name`` (``key`` is its key path); ``size``: the
+    input size, when known, for the function's size bounds.
 
     Returns the normalised arguments, defaults filled in, as a namespace.
     """
@@ -297,4 +323,6 @@ def validate_args(name: str, raw: Any, key: str) -> SimpleNamespace:
     p = SimpleNamespace(**values)
     if spec.finalize is not None:
         p = spec.finalize(p, key)
+    if spec.sized is not None and size is not None:
+        spec.sized(p, key, size)
     return p

@@ -92,6 +92,8 @@ def interpolate(text: str, key: str = "", root: dict | None = None, *, env_used:
 
     def replace(match: re.Match) -> str:
         value = _resolve_one(match.group(1), key, root, env_used, keep_env)
+        if value == match.group(0) and not keep_env:  # name: ${dataset.name}, a reference to itself
+            raise ConfigError(key, f"interpolation does not terminate ({match.group(0)} refers to itself)")
         grown[0] += len(value)
         if grown[0] > MAX_RESULT:  # references that multiply at each round: ${a}${a} with a: ${b}${b}, ...
             raise ConfigError(key, f"interpolation gives more than {MAX_RESULT:,} characters")

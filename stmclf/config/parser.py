@@ -41,6 +41,8 @@ MAX_YAML_DEPTH = 64
 MAX_YAML_NODES = 5_000
 """Nodes of the document with every alias expanded (a 1,000-class ``class_names`` is 1,000)."""
 MAX_YAML_ALIASES = 100
+MAX_INT_CHARS = 1000
+"""Digits a YAML integer may have (Python refuses to convert more than 4,300; configs need ~10)."""
 
 
 class YamlLimitError(yaml.MarkedYAMLError):
@@ -93,6 +95,14 @@ class _BoundedComposer(yaml.composer.Composer):
             self._depth -= 1
         self._count(1, event.start_mark)
         self._sizes[id(node)] = self._nodes - before
+        return node
+
+    def compose_scalar_node(self, anchor: Any) -> Any:
+        node = super().compose_scalar_node(anchor)
+        if node.tag == "tag:yaml.org,2002:int" and len(node.value) > MAX_INT_CHARS:
+            where = ".".join(str(p) for p in self._path)
+            raise self._limit(f"{where}: a {len(node.value):,}-digit integer is too large for any config value",
+                              node.start_mark)
         return node
 
     def _open_collection(self, node_class: type, anchor: Any) -> Any:
@@ -655,6 +665,9 @@ def one_line_error(message: str) -> str:
     m = re.match(r"Unrecognized arguments: (.+)", leaf)
     if m:
         return f"unknown argument(s) {m.group(1).strip()}: see --help"
+    m = re.match(r"Exceeds the limit \(\d+ digits\) for integer string conversion: value has (\d+) digits", leaf)
+    if m:  # Python's advice (sys.set_int_max_str_digits) is not the user's fix
+        leaf = f"a {int(m.group(1)):,}-digit integer is too large for any config value"
     return f"{key}: {leaf}" if key else leaf
 
 

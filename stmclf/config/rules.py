@@ -115,6 +115,18 @@ def available_memory() -> int:
         return 1 << 40
 
 
+def batch_memory_problem(batch: int, height: int, width: int, channels: int) -> str | None:
+    """Why a batch of ``batch`` images of ``height``×``width``×``channels`` cannot fit (its input
+    plus a first convolution's output, 32 float32 channels at full resolution: the least any model
+    here holds, needing far more than the available memory), or None when it may."""
+    needed = batch * height * width * (channels + 32) * 4
+    available = available_memory()
+    if needed <= MEMORY_MARGIN * available:
+        return None
+    return (f"a batch of {batch:,} images of {height}x{width}x{channels} needs at least {needed / 2**30:,.1f} GiB "
+            f"for its input and first layer, far more than the {available / 2**30:,.1f} GiB of memory available")
+
+
 def check_memory_estimate(cfg) -> None:
     """Refuse a training batch that needs far more memory than is available (:func:`check_batch_memory`)."""
     shape = model_input_shape(cfg)
@@ -125,16 +137,11 @@ def check_memory_estimate(cfg) -> None:
 
 
 def check_batch_memory(key: str, batch: int, shape, advice: str) -> None:
-    """Refuse a batch of ``batch`` images of ``shape`` whose input plus a first convolution's output
-    (32 float32 channels at full resolution: the least any model here holds) needs far more memory
-    than is available: a ConfigError under ``key`` ending with ``advice``."""
-    height, width, channels = shape
-    needed = batch * height * width * (channels + 32) * 4
-    available = available_memory()
-    if needed > MEMORY_MARGIN * available:
-        raise ConfigError(key, f"a batch of {batch:,} images of {height}x{width}x{channels} needs at least "
-                               f"{needed / 2**30:,.1f} GiB for its input and first layer, far more than the "
-                               f"{available / 2**30:,.1f} GiB of memory available: {advice}")
+    """Refuse a batch of ``batch`` images of ``shape`` that :func:`batch_memory_problem` says cannot
+    fit: a ConfigError under ``key`` ending with ``advice``."""
+    problem = batch_memory_problem(batch, *shape)
+    if problem is not None:
+        raise ConfigError(key, f"{problem}: {advice}")
 
 
 def check_ranges(cfg) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stmclf.augment import ImageSize
 from stmclf.config import RunConfig
 from stmclf.data.cifar import convert_color
 from stmclf.data.decode import ImageFormat, decode_image
@@ -59,7 +60,7 @@ def augment_preview(cfg: RunConfig, num_images: int, seed: int, out: Path) -> Pa
     augment = build_batch_augmentation(
         dict(cfg.data_augmentation) if cfg.data_augmentation else None,
         {"function_name": custom.function_name, "config": custom.config} if custom else None,
-        (offset, 255.0 * scale + offset), fmt.channels)
+        (offset, 255.0 * scale + offset), fmt.channels, ImageSize(fmt.height, fmt.width, fmt.channels, len(picks)))
     generator = torch.Generator().manual_seed(seed)
     augmented = augment(images.clone(), generator=generator, epoch=0)
     _save_grid(list(to_pixels(images)), list(to_pixels(augmented)), labels, ("original", "augmented"), out)

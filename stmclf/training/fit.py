@@ -30,7 +30,7 @@ from stmclf.training.callbacks import build_callbacks
 from stmclf.training.checkpoint_io import AtomicCheckpointIO
 from stmclf.training.model_file import (BEST_MODEL_NAME, import_model_file, load_weights, read_checkpoint,
                                         write_model_file)
-from stmclf.training.module import ClassifierModule
+from stmclf.training.module import ClassifierModule, build_batch_augmentation
 from stmclf.training.optimizers import gradient_clipping, parse_optimizer
 from stmclf.training.precision import default_precision, trains_on_cpu
 from stmclf.training.run_dir import RunDir, create_run_dir, release_runs
@@ -153,6 +153,19 @@ def _input_shape(cfg: RunConfig, resume: Optional[dict], source: Optional[ModelS
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
         raise ConfigError("training.model.input_shape", f"expecting (height, width, channels), got {shape!r}")
     return list(shape)
+
+
+def check_augmentation_sizes(cfg: RunConfig, fmt: ImageFormat) -> None:
+    """``data_augmentation`` against the model input size and batch size (a blur filter larger
+    than the image, resized batches beyond the memory): refused before the data is read and the
+    run folder made."""
+    if not cfg.data_augmentation:
+        return
+    from stmclf.augment import ImageSize
+
+    scale, offset = cfg.preprocessing.scale_offset()
+    build_batch_augmentation(dict(cfg.data_augmentation), None, (offset, 255.0 * scale + offset), fmt.channels,
+                             ImageSize(fmt.height, fmt.width, fmt.channels, cfg.training.batch_size))
 
 
 def _warn_resume_overrides(cfg: RunConfig, resume: dict) -> None:
@@ -420,6 +433,8 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
 
     imported = import_model_file(source, cfg) if source is not None and source.is_imported else None  # read once
     fmt = ImageFormat.from_config(cfg.preprocessing, _input_shape(cfg, resume, source, imported))
+    if resume is None:
+        check_augmentation_sizes(cfg, fmt)
     datamodule = ImageDataModule(cfg.dataset, fmt, training.batch_size, cfg.dataset.num_workers, shuffle_seed=seed)
     if cfg.dataset.check_image_files:  # every file decoded first: stop with the full list of problems
         from stmclf.data.check import check_image_files

@@ -22,12 +22,14 @@ from stmclf.training.optimizers import build_optimizer
 
 
 def build_batch_augmentation(section: Optional[dict], custom: Optional[dict], pixels_range: tuple[float, float],
-                             channels: int):
-    """The on-device augmentation for ``data_augmentation`` or ``custom_data_augmentation`` (or None)."""
+                             channels: int, size=None):
+    """The on-device augmentation for ``data_augmentation`` or ``custom_data_augmentation`` (or None).
+    ``size``: the batches' :class:`stmclf.augment.ImageSize`, for the size bounds of a new run's
+    arguments (a stored checkpoint's were checked when its run started)."""
     if section:
         from stmclf.augment import build_augmentation
 
-        return build_augmentation(section, pixels_range, channels=channels)
+        return build_augmentation(section, pixels_range, channels=channels, size=size)
     if custom:
         from stmclf.augment.custom import build_custom_augmentation
 
