@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_hostile_configs import Case, _check, _prepare, append, sub
-from stmclf.cli.main import main
+from test_hostile_configs import Case, append, run_in_process, sub
 from stmclf.errors import ConfigError
 
 BIG = "1" * 5000
@@ -63,14 +62,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_refused_up_front(case, tmp_path, image_folder, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    folder, argv, expected = _prepare(case, tmp_path, image_folder)
-    before = {p.name for p in folder.iterdir()}
-    capsys.readouterr()
-    start = time.monotonic()
-    code = main(argv)
-    elapsed = time.monotonic() - start
-    out, err = capsys.readouterr()
-    _check(case, folder, before, code, out, err, min(elapsed, 0.0), expected)  # imports may be cold here
+    run_in_process(case, tmp_path, image_folder, capsys, timed=False)  # imports may be cold here
 
 
 def test_sizes_within_the_bounds_are_accepted():
