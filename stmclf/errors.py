@@ -70,3 +70,15 @@ def printable_path(path: "os.PathLike[str] | str") -> str:
     except UnicodeEncodeError:  # a surrogate that no byte gave
         return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
+
+
+_ALLOCATION_WORDS = ("allocate", "out of memory", "overflow")
+"""Words of the allocators' refusals: torch's CPU allocator ("can't allocate memory"), CUDA's
+``OutOfMemoryError``, a size-calculation overflow; numpy's ``MemoryError`` is its own type."""
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the allocator refusing a tensor too large for the memory (a size that
+    bad input asked for), not another error."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and any(w in text for w in _ALLOCATION_WORDS)

@@ -23,19 +23,10 @@ from stmclf.augment._common import Context, check_pixels_range
 from stmclf.augment.custom import build_custom_augmentation
 from stmclf.augment.kernels import AUGMENTATIONS
 from stmclf.augment.registry import ImageSize, _fmt, validate_args
-from stmclf.errors import ConfigError, one_line
+from stmclf.errors import ConfigError, is_allocation_failure, one_line
 
 __all__ = ["AugmentationPipeline", "ImageSize", "build_augmentation", "apply_augmentation", "check_pixels_range"]
 
-_ALLOCATION_FAILURES = ("allocate", "out of memory", "overflow")
-"""Words of torch's messages for a tensor too large to allocate (CPU allocator, CUDA, size overflow)."""
-
-
-def _allocation_failure(exc: BaseException) -> bool:
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(word in text for word in _ALLOCATION_FAILURES)
 
 
 class _Step:
@@ -123,7 +114,7 @@ class AugmentationPipeline:
             try:
                 out = spec.kernel(x, step.params, ctx)
             except (MemoryError, RuntimeError) as exc:  # the size bounds' backstop: one line, exit 2
-                if not _allocation_failure(exc):
+                if not is_allocation_failure(exc):
                     raise
                 raise ConfigError(step.key, f"the augmentation of a batch of {tuple(x.shape)} ran out of memory "
                                             f"({one_line(exc, 120)}): lower its sizes or training.batch_size") from None

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stmclf.errors import ConfigError, UserError, one_line
+from stmclf.errors import ConfigError, UserError, is_allocation_failure, one_line
 from stmclf.models.graph import KerasGraph
 
 KINDS = ("keras_h5", "onnx", "torchscript", "torch_export", "pickled_module")
@@ -41,14 +41,6 @@ def first_line(exc: BaseException) -> str:
 def file_error(key: str, path: Path | str, message: str) -> UserError:
     """A one-line :class:`ConfigError` ``key: path: message``."""
     return ConfigError(key, f"{path}: {one_line(message, whole=True)}")
-
-
-def is_allocation_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is the allocator's refusal (``MemoryError``, torch's ``can't allocate
-    memory`` / ``out of memory``), not another error."""
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and (
-        "can't allocate memory" in text or "out of memory" in text)
 
 
 @contextmanager
