@@ -67,7 +67,7 @@ def _write(path: Path, model_config, layer_names=(b"d",),
     ("negative-units", _sequential(_input([8, 8, 3]), GAP, _dense(-5)), (b"d",), "not a"),
     ("huge-units", _sequential(_input([8, 8, 3]), GAP, _dense(10**12)), (b"d",), "not a"),
     ("huge-input", _sequential(_input([200000, 200000, 3]), GAP, _dense(2)), (b"d",),
-     r"input shape \(200000, 200000, 3\) is out of bounds"),
+     r"the model's input shape: the height must be from 1 to 8,192 \(got 200000 in \(200000, 200000, 3\)\)"),
     ("layer-names-int", _sequential(_input([8, 8, 3]), GAP, _dense(2)), 5, "not a"),
 ])
 def test_malformed_h5_is_one_line_naming_the_file(tmp_path, name, model_config, layer_names, expected):

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stmclf.config.rules import MAX_CHANNELS, MAX_IMAGE_SIDE
+from stmclf.config.rules import check_input_shape
+from stmclf.errors import ConfigError
 from stmclf.models.importers.base import (KINDS, SUPPORTED_TEXT, ImportedModel, detect_kind, file_error,
                                           named_allocation_failure, require_model_file, resave_hint)
 
@@ -85,9 +86,9 @@ def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: st
 
 
 def _check_input_shape(key: str, file: Path, shape) -> None:
-    """The bounds a config's ``training.model.input_shape`` has (sides 1..8192, 1..4 channels) hold
-    for a model file's own input shape too: a file cannot make the loader allocate without limit."""
-    highs = (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_CHANNELS)
-    if len(shape) != 3 or not all(isinstance(v, int) and 1 <= v <= high for v, high in zip(shape, highs)):
-        raise file_error(key, file, f"the model's input shape {tuple(shape)} is out of bounds: (height, width, "
-                                    f"channels) from 1 to {MAX_IMAGE_SIDE:,}, {MAX_IMAGE_SIDE:,} and {MAX_CHANNELS}")
+    """The bounds a config's ``training.model.input_shape`` has (:func:`rules.check_input_shape`)
+    hold for a model file's own input shape too: a file cannot make the loader allocate without limit."""
+    try:
+        check_input_shape("the model's input shape", list(shape))
+    except ConfigError as exc:
+        raise file_error(key, file, str(exc)) from None
