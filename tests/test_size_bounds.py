@@ -140,3 +140,22 @@ def test_ten_thousand_class_figure_is_written_in_seconds(tmp_path):
     out = plot_confusion_matrix(_confusion(n), [f"e{i}" for i in range(n)], "many", tmp_path / "cm.png")
     assert time.monotonic() - start < 30  # was 348 s (20,004 tick labels)
     assert Image.open(out).size[0] <= 2400
+
+
+@pytest.mark.parametrize("n", [3, 10_002])
+def test_results_json_keeps_a_large_confusion_matrix_as_its_cells(tmp_path, n):
+    """results.json held 10⁸ numbers for 10,002 classes (gigabytes, minutes): above 256 classes it
+    keeps the non-zero cells, and the report's per-class table reads both forms alike."""
+    from stmclf.evaluate.report import _class_counts
+    from stmclf.evaluate.results import read_results, record_results
+
+    confusion = _confusion(n)
+    names = [f"c{i}" for i in range(n)]
+    record_results(tmp_path, "float", "Float model", {"validation_set": {"accuracy": 72.7, "count": 11,
+                                                                         "confusion": confusion}}, names)
+    assert (tmp_path / "results.json").stat().st_size < 400_000  # names included
+    (record,) = read_results(tmp_path)
+    assert isinstance(record["confusion"], list if n == 3 else dict)
+    totals, correct = _class_counts(record["confusion"])
+    assert totals.tolist() == confusion.sum(axis=1).tolist()
+    assert correct.tolist() == np.diagonal(confusion).tolist()

@@ -404,15 +404,34 @@ def _export_details(run: RunFiles) -> str:
     return "".join(parts)
 
 
+def _class_counts(stored) -> tuple[np.ndarray, np.ndarray]:
+    """(images, correct) per true class of a ``results.json`` confusion matrix: a dense list of
+    rows, or the non-zero cells of a large one (``{"shape": [n, n], "cells": [[i, j, count], ...]}``)."""
+    if isinstance(stored, dict):
+        n = stored.get("shape", [0])[0]
+        cells = np.array(stored.get("cells") or np.zeros((0, 3)), dtype=np.int64)
+        if not isinstance(n, int) or n < 1 or stored.get("shape") != [n, n] or cells.ndim != 2 or cells.shape[1] != 3 \
+                or (cells[:, :2] < 0).any() or (cells[:, :2] >= n).any():
+            raise ValueError(f"malformed sparse confusion matrix of shape {stored.get('shape')!r}")
+        totals = np.bincount(cells[:, 0], weights=cells[:, 2], minlength=n).astype(np.int64)
+        diagonal = cells[cells[:, 0] == cells[:, 1]]
+        correct = np.bincount(diagonal[:, 0], weights=diagonal[:, 2], minlength=n).astype(np.int64)
+        return totals, correct
+    confusion = np.array(stored, dtype=np.int64)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion matrix of shape {confusion.shape}")
+    return confusion.sum(axis=1), np.diagonal(confusion)
+
+
 def _per_class(record: dict) -> str:
-    confusion = np.array(record["confusion"], dtype=np.int64)
+    totals, correct = _class_counts(record["confusion"])
     names = record.get("class_names") or []
-    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1] or len(names) > len(confusion):
-        raise ValueError(f"confusion matrix of shape {confusion.shape} for {len(names)} classes")
+    if len(names) > len(totals):
+        raise ValueError(f"confusion matrix of {len(totals)} classes for {len(names)} class names")
     rows = []
     for i, name in enumerate(names):
-        total = int(confusion[i].sum())
-        accuracy = 100.0 * confusion[i, i] / total if total else float("nan")
+        total = int(totals[i])
+        accuracy = 100.0 * correct[i] / total if total else float("nan")
         rows.append([_e(name), str(total), f"{accuracy:.2f}"])
     return _table(["class", "images", "accuracy (%)"], rows)
 

@@ -55,10 +55,25 @@ def record_results(run_root: Path, kind: str, model_label: str, results: dict[st
         records = [r for r in records if not (r["kind"] == kind and r["set"] == name and r["model"] == model_label)]
         records.append({"kind": kind, "model": model_label, "set": name, "accuracy": values["accuracy"],
                         "loss": values.get("loss"), "count": values["count"], "class_names": list(class_names),
-                        "confusion": values["confusion"].tolist() if "confusion" in values else None,
+                        "confusion": stored_confusion(values["confusion"]) if "confusion" in values else None,
                         **({"file": file} if file is not None else {})})
     path.write_text(json.dumps(records, indent=1))
     return path
+
+
+MAX_DENSE_CONFUSION = 256
+"""Above this many classes ``results.json`` keeps a confusion matrix as its non-zero cells
+(``{"shape": [n, n], "cells": [[true, predicted, count], ...]}``, at most one per image): 10,000
+classes as a dense list are 10⁸ numbers (gigabytes of JSON)."""
+
+
+def stored_confusion(confusion) -> list | dict:
+    """The matrix as ``results.json`` keeps it (:data:`MAX_DENSE_CONFUSION`)."""
+    if len(confusion) <= MAX_DENSE_CONFUSION:
+        return confusion.tolist()
+    rows, cols = confusion.nonzero()
+    return {"shape": list(confusion.shape),
+            "cells": [[int(i), int(j), int(confusion[i, j])] for i, j in zip(rows, cols)]}
 
 
 def read_results(run_root: Path) -> list[dict]:
