@@ -806,3 +806,48 @@ def test_import_does_not_load_tensorflow() -> None:
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_probe_of_a_torch_file_cannot_outgrow_the_memory(tmp_path: Path) -> None:
+    """Running a torch file's own code on the probe batch, at an input size the config gives, is
+    capped to the memory available: past it the allocation fails in one line (a TorchScript model
+    at (8192, 8192, 3) was killed by the kernel at ~22 GB, without a message). Run under a 12 GiB
+    address-space cap of its own, so that a regression fails this test instead of OOM-killing the
+    machine (the cap below is the guard's own: test_within_available_memory_caps_...)."""
+    import resource
+    import subprocess
+
+    path = tmp_path / "wide.pt"
+    net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 2))
+    torch.jit.save(torch.jit.script(net.eval()), str(path))
+    code = ("from stmclf.errors import UserError\n"
+            "from stmclf.models.importers import load_model_file\n"
+            "try:\n"
+            f"    load_model_file({str(path)!r}, input_shape=(8192, 8192, 3))  # its first output alone: 34 GB\n"
+            "except UserError as exc:\n"
+            "    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30)))
+    message = out.stdout.strip()
+    assert "\n" not in message and "the model needs more than the" in message, out.stdout + out.stderr[-2000:]
+    assert "GiB of memory available for a batch of shape (2, 3, 8192, 8192)" in message
+    assert message.endswith("is training.model.input_shape right?")
+
+
+def test_within_available_memory_caps_then_restores_the_address_space() -> None:
+    import subprocess
+
+    code = ("import resource, torch\n"
+            "from stmclf.config.rules import available_memory\n"
+            "from stmclf.models.importers.base import within_available_memory\n"
+            "before = resource.getrlimit(resource.RLIMIT_AS)\n"
+            "with within_available_memory():\n"
+            "    capped = resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY\n"
+            "    try:\n"
+            "        torch.empty(available_memory() + 2**31, dtype=torch.uint8)  # reserved, never touched\n"
+            "        print('allocated')\n"
+            "    except RuntimeError as exc:\n"
+            "        print('refused', 'allocate' in str(exc))\n"
+            "print(capped, resource.getrlimit(resource.RLIMIT_AS) == before)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["refused", "True", "True", "True"], out.stdout + out.stderr[-2000:]

@@ -226,18 +226,59 @@ def _is_onnx(path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Shared checks of torch modules.
 
+def _mapped_bytes() -> int:
+    """The process's address space now (Linux ``VmSize``)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmSize in /proc/self/status")
+
+
+@contextmanager
+def within_available_memory() -> Iterator[None]:
+    """Inside, an allocation beyond the memory available fails (``MemoryError``, torch's "can't
+    allocate memory") instead of the kernel's OOM killer ending the process without a word: the
+    address space is capped at what the process maps now plus the available memory, and restored
+    after. For running a model file's own code, whose memory no estimate can know (a torch file
+    at an input size the config gives). Linux only; an existing lower cap is kept."""
+    limit = None
+    try:
+        import resource
+
+        from stmclf.config.rules import available_memory
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = _mapped_bytes() + available_memory()
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        if soft != resource.RLIM_INFINITY and soft <= limit:
+            limit = None
+    except (ImportError, OSError, ValueError):
+        limit = None
+    if limit is None:
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def probe_outputs(module: nn.Module, input_shape: tuple[int, int, int], batch: int = 4) -> Tensor:
-    """Outputs of ``module`` (eval mode, no grad) for a seeded batch of normal images."""
+    """Outputs of ``module`` (eval mode, no grad) for a seeded batch of normal images, run
+    :func:`within_available_memory`."""
     h, w, c = input_shape
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, c, h, w, generator=generator)
-    param = next(module.parameters(), None)
-    if param is not None:
-        x = x.to(device=param.device, dtype=param.dtype if param.is_floating_point() else torch.float32)
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
+        with within_available_memory(), torch.no_grad():
+            generator = torch.Generator().manual_seed(0)
+            x = torch.randn(batch, c, h, w, generator=generator)
+            param = next(module.parameters(), None)
+            if param is not None:
+                x = x.to(device=param.device, dtype=param.dtype if param.is_floating_point() else torch.float32)
             out = module(x)
     finally:
         module.train(was_training)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-from stmclf.errors import UserError
+from stmclf.errors import UserError, is_allocation_failure
 from stmclf.models.custom import ModuleGraph, _keras_shape
 from stmclf.models.graph import Node, normalise_indices
 from stmclf.models.importers.base import (PICKLED_CODE, ImportedModel, file_error, first_line, looks_like_probabilities,
@@ -290,6 +290,12 @@ def _probe(module: nn.Module, input_shape: tuple[int, int, int], path: Path, key
         out = probe_outputs(module, input_shape, batch=2)
     except Exception as exc:  # noqa: BLE001 - the model's own code failing on a batch
         h, w, c = input_shape
+        if is_allocation_failure(exc):
+            from stmclf.config.rules import available_memory
+
+            raise file_error(key, path, f"the model needs more than the {available_memory() / 2**30:,.1f} GiB of "
+                                        f"memory available for a batch of shape (2, {c}, {h}, {w}) "
+                                        f"({first_line(exc)}): is training.model.input_shape right?") from None
         try:
             probe_outputs(module, input_shape, batch=1)
             hint = "it runs on one image: a fixed batch size? export it with a dynamic batch"
