@@ -244,7 +244,7 @@ def check_stored_spec(hparams: Mapping[str, Any], path: Any, key: str, batch: in
     values = (hparams.get("input_shape"), spec.get("input_shape") if isinstance(spec, Mapping) else None)
     shapes = []
     for stored, value in zip(STORED_SPEC_KEYS, values):
-        if value is None and stored != STORED_SPEC_KEYS[0]:
+        if value is None:  # not stored (a pretrained_model_path source needs only the spec): not checked here
             continue
         try:
             shapes.append(check_input_shape(stored, value))
