@@ -11,8 +11,13 @@ Switches (attributes, set by the tests): ``blocked``, ``expire_token_once`` (the
 authenticated call gets a 401 and the access token dies), ``refresh_fails``,
 ``fail_500[path fragment] = n`` (n HTTP 500 before answering), ``benchmark_error`` (message: the
 run ends in state ``error``), ``stall`` (the run never leaves ``in_queue``), ``analyze_error``,
-``legacy_benchmark_api``, ``external_flash``, ``slow[path fragment] = seconds``. Every request
-is recorded in ``requests``.
+``legacy_benchmark_api``, ``external_flash``, ``slow[path fragment] = seconds``. Hostile modes:
+``hostile[exact path] = mode`` with mode ``drip`` (Content-Length 100000, then one byte every
+0.5 s), ``endless`` (a chunked body that never ends, up to 256 MiB), ``deep_json``
+(100,000 nested lists), ``redirect_loop``, ``redirect_file`` (302 to file:///etc/passwd);
+``login_form_action`` (the login page's form action, e.g. another host); ``result_patch`` (a
+function called on each finished benchmark result before it is sent). Every request is recorded
+in ``requests``.
 """
 from __future__ import annotations
 
@@ -85,6 +90,9 @@ class FakeDevCloud:
     slow: dict = field(default_factory=dict)         # path fragment → seconds to wait before answering
     external_flash: bool = False
     token_ttl: float = 3600.0
+    hostile: dict = field(default_factory=dict)
+    login_form_action: Optional[str] = None
+    result_patch: Any = None
     boards: dict = field(default_factory=lambda: dict(BOARDS))
     # state
     requests: list = field(default_factory=list)
@@ -296,10 +304,43 @@ class _Handler(BaseHTTPRequestHandler):
                 st.fail_500[fragment] = count - 1
                 return self._reply(500, {"error": "Internal Server Error"})
         norm = "/" + "/".join(p for p in path.split("/") if p)  # the client sends stm32ai//analyze
+        mode = st.hostile.get(norm)
+        if mode:
+            return self._hostile(mode, norm)
         try:
             return self._route(method, path, norm, query, body)
         except Exception as exc:  # pragma: no cover - shows server bugs in the test output
             return self._reply(500, {"error": f"fake server bug: {exc!r}"})
+
+    def _hostile(self, mode: str, norm: str) -> None:
+        st = self.server_state
+        if mode == "redirect_loop":
+            return self._redirect(f"{st.url}{norm}?n={time.monotonic()}")
+        if mode == "redirect_file":
+            return self._redirect("file:///etc/passwd")
+        if mode == "deep_json":
+            return self._reply(200, "[" * 100_000 + "]" * 100_000, ctype="application/json;charset=utf-8")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        try:
+            if mode == "drip":
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                self.wfile.write(b"[")
+                for _ in range(240):
+                    time.sleep(0.5)
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+            elif mode == "endless":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                chunk = b" " * (1 << 20)
+                self.wfile.write(b"1\r\n[\r\n")
+                for _ in range(256):
+                    self.wfile.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        except OSError:  # the client hung up
+            pass
+        self.close_connection = True
 
     def _route(self, method, path, norm, query, body) -> None:
         st = self.server_state
@@ -318,8 +359,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(400, "<html>no SSO session</html>", ctype="text/html")
             jsession, lt = secrets.token_hex(8), "LT-" + secrets.token_hex(6)
             st._cas_sessions[jsession] = {"lt": lt, "service": query.get("service", "")}
-            action = html.escape(f"/cas/login;jsessionid={jsession}?service={quote(query.get('service', ''))}"
-                                 f"&locale=en")
+            action = html.escape(st.login_form_action or f"/cas/login;jsessionid={jsession}?service="
+                                 f"{quote(query.get('service', ''))}&locale=en")
             page = (f"<!DOCTYPE html><html><body><div class='login'>\n"
                     f"<form id=\"fm1\" class=\"fm-v clearfix\"\n   action=\"{action}\" method=\"post\">\n"
                     f"<input id=\"username\" name=\"username\" type=\"text\" value=\"\"/>\n"
@@ -457,7 +498,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(200, {**public, "state": BENCHMARK_STATES[polls]})
             if st.benchmark_error:
                 return self._reply(200, {**public, "state": "error", "message": st.benchmark_error})
-            return self._reply(200, st.benchmark_result(public))
+            result = st.benchmark_result(public)
+            if st.result_patch is not None:
+                st.result_patch(result)
+            return self._reply(200, result)
         if norm == "/api/generate_nbg/optimize" and method == "POST":
             data = json.loads(body or b"{}")
             if data.get("model") not in st.models:

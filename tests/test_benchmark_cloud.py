@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -471,3 +472,151 @@ def test_footprint_record():
     assert Footprint.from_dict({"source": "cloud-analyze"}).cloud_mode == "analyze"
     assert (Footprint.from_dict({"source": "offline-estimate"}).source,
             Footprint.from_dict({"source": "offline-estimate"}).cloud_mode) == ("estimate", None)
+
+
+# --- hostile replies: credentials, deadlines, sizes, malformed results -------------------------
+
+
+def _strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"{name} in benchmark.json")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_login_form_to_another_host_is_refused(devcloud, creds):
+    other = devcloud.url.replace("127.0.0.1", "localhost") + "/steal"
+    devcloud.login_form_action = other
+    with pytest.raises(cloud.UnsafeLogin) as err:
+        client().connect()
+    text = str(err.value)
+    assert_one_line_without_secrets(err.value)
+    assert "http://localhost:" in text and "/steal" in text and "no credentials were sent" in text
+    # the server saw no request carrying the password, and nothing at all went to /steal
+    assert not devcloud.requests_to("/steal")
+    assert not [r for r in devcloud.requests if PASSWORD.encode() in r.body or b"password=" in r.body]
+
+
+def test_login_form_scheme_and_port_must_match(devcloud, creds):
+    devcloud.login_form_action = devcloud.url.replace("http://", "https://") + "/cas/login?x=1"
+    with pytest.raises(cloud.UnsafeLogin) as err:
+        client().connect()
+    assert "https://127.0.0.1:" in str(err.value) and "?x=1" not in str(err.value)  # no query string
+    assert not [r for r in devcloud.requests if b"password=" in r.body]
+
+
+def test_plain_http_login_only_on_loopback():
+    c = CloudClient(endpoints=Endpoints.from_env({"SSO_URL": "http://sso.example.com"}))
+    with pytest.raises(cloud.UnsafeLogin, match="http://sso.example.com/cas/login"):
+        c._check_login_target("http://sso.example.com/cas/login")
+    c = CloudClient(endpoints=Endpoints.from_env({}))
+    c._check_login_target("https://sso.st.com:443/cas/login;jsessionid=1?service=x")
+    for url in ("https://sso.st.com.evil.example/cas/login", "http://sso.st.com/cas/login",
+                "https://sso.st.com:8443/cas/login", "javascript:alert(1)"):
+        with pytest.raises(cloud.UnsafeLogin):
+            c._check_login_target(url)
+
+
+def test_unsafe_login_is_not_a_silent_fallback(devcloud, creds, tmp_path):
+    from stmclf.benchmark.run import cloud_login_first
+    from stmclf.config import load_config
+
+    devcloud.login_form_action = devcloud.url.replace("127.0.0.1", "localhost") + "/steal"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"tools:\n  stedgeai:\n    on_cloud: True\n    version: '10.0.0'\nbenchmarking:\n  board: {BOARD}\n")
+    cfg = load_config(["--config", str(path)])
+    with pytest.raises(cloud.UnsafeLogin):
+        cloud_login_first(cfg, offline=False)
+
+
+def test_drip_reply_stops_at_the_deadline(devcloud, creds, monkeypatch):
+    monkeypatch.setenv(cloud.DEADLINE_ENV, "2")
+    devcloud.hostile["/assets/versions.json"] = "drip"
+    start = time.monotonic()
+    with pytest.raises(ServiceUnreachable) as err:
+        client().connect()
+    assert time.monotonic() - start < 8
+    text = str(err.value)
+    assert "\n" not in text and f"{devcloud.url}/assets/versions.json" in text and "within 2 s" in text
+
+
+def test_deadline_env_must_be_a_positive_number(monkeypatch):
+    monkeypatch.setenv(cloud.DEADLINE_ENV, "soon")
+    with pytest.raises(CloudError, match="STMCLF_CLOUD_DEADLINE"):
+        CloudClient()
+
+
+def test_endless_body_is_capped(devcloud, creds):
+    import resource
+
+    devcloud.hostile["/assets/versions.json"] = "endless"
+    start = time.monotonic()
+    with pytest.raises(ServiceUnreachable) as err:
+        client(max_json_bytes=2 ** 20).connect()
+    assert time.monotonic() - start < 10
+    assert "more than the 1,048,576 bytes allowed" in str(err.value) and "/assets/versions.json" in str(err.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 4 * 2 ** 20  # KiB: under 4 GiB in all
+
+
+def test_download_is_capped(devcloud, creds, model, tmp_path):
+    c = client(max_download_bytes=100).connect()
+    c.upload_model(model)
+    with pytest.raises(ServiceUnreachable, match="more than the 100 bytes allowed|2,052 bytes announced"):
+        c.download_model(model.name, tmp_path / "out" / "m.nb")
+    assert not list((tmp_path / "out").iterdir())  # no partial file left
+
+
+@pytest.mark.parametrize("route,mode", [("/as/authorization.oauth2", "redirect_loop"),
+                                        ("/as/authorization.oauth2", "redirect_file"),
+                                        ("/api/benchmark/boards", "redirect_loop"),
+                                        ("/api/benchmark/boards", "redirect_file"),
+                                        ("/assets/versions.json", "deep_json")])
+def test_hostile_replies_are_one_line(devcloud, creds, route, mode):
+    devcloud.hostile[route] = mode
+    with pytest.raises(CloudError) as err:
+        client().connect().boards()
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("unexpected reply from http://127.0.0.1:") or "login failed" in text
+    assert "code=" not in text
+
+
+def _patch(change):
+    def patch(result):
+        info = result["benchmark"]["info"]
+        change(result, info, result["memoryMapping"]["memoryFootprint"])
+    return patch
+
+
+@pytest.mark.parametrize("change", [
+    lambda r, info, mf: mf.update(activations=float("nan")),
+    lambda r, info, mf: mf.update(weights=float("inf")),
+    lambda r, info, mf: r.update(benchmark=["x"]),
+    lambda r, info, mf: r["benchmark"].update(info="garbage"),
+    lambda r, info, mf: info.update(buffers="nope"),
+], ids=["nan", "inf", "bench_list", "info_str", "buffers_str"])
+def test_malformed_board_results_fall_back_to_analyze(devcloud, creds, model, change):
+    devcloud.result_patch = _patch(change)
+    fp = cloud_footprint(model, BOARD, client=client())
+    assert fp.cloud_mode == "analyze" and fp.ram_size == ACTIVATIONS
+    assert "unexpected reply from" in fp.notes[0] and "\n" not in fp.notes[0]
+
+
+def test_absurd_board_numbers_are_dropped_and_json_is_strict(devcloud, creds, model, tmp_path, caplog):
+    def change(r, info, mf):
+        mf.update(activations=-5_000_000, weights=10 ** 400)
+        info["graphs"][0]["exec_time"]["duration_ms"] = -3.0
+        info["graphs"][0]["exec_time"]["cycles"] = "1e999"
+    devcloud.result_patch = _patch(change)
+    fp = cloud_footprint(model, BOARD, client=client())
+    assert fp.cloud_mode == "board"
+    assert fp.ram_size is None and fp.rom_size is None and fp.duration_ms is None and fp.cycles is None
+    assert "ram_size = -5000000 is not a plausible value" in caplog.text
+    data = _strict_json(fp.write_json(tmp_path / "benchmark.json").read_text())
+    assert "ram_size" not in data and "RAM Activations KiB" not in data
+
+
+def test_benchmark_json_never_holds_nan(tmp_path):
+    fp = Footprint(source="estimate", ram_size=1024, duration_ms=float("nan"), cycles_by_macc=float("inf"))
+    assert fp.duration_ms is None and fp.cycles_by_macc is None
+    fp.latency = {"ms": float("nan"), "inferences_per_s": 1.0}
+    with pytest.raises(UserError, match="not a finite number"):
+        fp.write_json(tmp_path / "benchmark.json")

@@ -14,7 +14,16 @@ Login is the SSO authorization-code flow of the reference: GET ``{SSO}/as/author
 0700, file 0600), refreshed at ``{USER_SERVICE}/login/refresh`` when expired or on an HTTP 401
 (once per call, then a fresh login).
 
-Every request has a timeout; connection errors and HTTP 5xx are retried with exponential backoff
+Every request has a timeout per read (``timeout``) and a wall-clock deadline for the whole reply
+(``STMCLF_CLOUD_DEADLINE`` seconds, default 300; uploads and downloads get at least
+``upload_timeout``); replies are read in chunks and capped (JSON replies at 16 MiB, downloaded files
+at 1 GiB), so a server that drips bytes or sends an endless body ends in one line naming the
+endpoint (:class:`ServiceUnreachable`) instead of a hang or an out-of-memory kill. Non-standard JSON
+(``NaN``, ``Infinity``, overflowing numbers) and JSON nested deeper than Python can decode are
+refused as unexpected replies. The login form's password goes only to the scheme, host and port of
+the SSO URL (``SSO_URL`` or ST's), over https (plain http only when the SSO URL itself is http on a
+loopback host); any other form action is refused with :class:`UnsafeLogin` (exit 2, no fallback).
+Connection errors and HTTP 5xx are retried with exponential backoff
 (bounded); proxies come from ``HTTP(S)_PROXY``/``NO_PROXY`` (requests' environment handling);
 ``NO_SSL_VERIFY`` turns certificate checks off. The service URLs can be overridden by the
 environment variables the reference reads: ``USER_SERVICE_URL``, ``FILE_SERVICE_URL``,
@@ -31,6 +40,7 @@ import getpass
 import html
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -41,6 +51,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 from urllib.parse import parse_qs, urljoin, urlparse
 
 import requests
+import urllib3
 
 from stmclf.benchmark.reports import (c_info_device, c_info_macc, c_info_tool, footprint_sums,
                                       memory_pool_usage, to_float, to_int, version_string)
@@ -78,6 +89,16 @@ class BlockedAccount(LoginError):
     def __init__(self) -> None:
         super().__init__("STM32Cube.AI Developer Cloud login failed: the myST account is blocked after 5 "
                          "failed attempts; set a new password with 'Forgot password' on st.com")
+
+
+class UnsafeLogin(CloudError):
+    """The SSO login page asked for the password to be sent somewhere other than the SSO host, or
+    not over https: refused, never a silent fallback."""
+
+
+class UnexpectedReply(CloudError):
+    """A reply the client cannot use (redirect loop, non-http redirect, malformed JSON or results).
+    A reply too slow or too large is a :class:`ServiceUnreachable` (the benchmark falls back)."""
 
 
 class UnknownBoard(CloudError):
@@ -193,8 +214,65 @@ class Endpoints:
 
 def _where(url: str) -> str:
     """scheme://host/path of a URL (no query: the SSO callback carries the authorization code)."""
-    p = urlparse(url)
+    p = urlparse(str(url))
     return f"{p.scheme}://{p.netloc}{p.path}"
+
+
+DEADLINE_ENV = "STMCLF_CLOUD_DEADLINE"
+DEFAULT_DEADLINE = 300.0                 # seconds for one request and its whole reply
+MAX_JSON_BYTES = 16 * 2 ** 20            # a JSON reply (board results are a few hundred KiB)
+MAX_DOWNLOAD_BYTES = 2 ** 30             # a downloaded file (the STM32MP2 NBG model)
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def default_deadline(environ: Optional[Mapping[str, str]] = None) -> float:
+    """``STMCLF_CLOUD_DEADLINE`` (seconds, > 0) or 300."""
+    env = os.environ if environ is None else environ
+    text = env.get(DEADLINE_ENV)
+    if not text:
+        return DEFAULT_DEADLINE
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise CloudError(f"{DEADLINE_ENV}={text[:40]!r} is not a number of seconds > 0")
+    return value
+
+
+def _origin(url: str) -> tuple[str, str, Optional[int]]:
+    """(scheme, host, port) of a URL, lower-cased, the default port filled in."""
+    p = urlparse(url)
+    scheme = p.scheme.lower()
+    try:
+        port = p.port
+    except ValueError:
+        return scheme, "?", None
+    return scheme, (p.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+def _strict_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} overflows")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _without_queries(text: str) -> str:
+    """A message without URL query strings (an SSO redirect carries the authorization code)."""
+    return one_line(re.sub(r"\?[^\s'\"]*", "", text), 200)
+
+
+def decode_json(data: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no overflowing numbers; too deep nesting is a ValueError."""
+    try:
+        return json.loads(data, parse_float=_strict_float, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,7 +598,9 @@ class CloudClient:
     """A session with the Developer Cloud. ``connect()`` first (version + token), then
     ``upload_model``, ``boards``/``check_board``, ``benchmark``, ``analyze``...
 
-    Timeouts are (connect, read) seconds per request; ``max_retries`` bounds the retries of a
+    Timeouts are (connect, read) seconds per request; ``deadline`` (default: ``STMCLF_CLOUD_DEADLINE``
+    or 300 s) bounds the wall-clock time of one request with its whole reply, ``max_json_bytes`` and
+    ``max_download_bytes`` its size; ``max_retries`` bounds the retries of a
     request after a connection error or an HTTP 5xx (delays ``backoff``·2^n s, at most 30 s);
     ``poll_interval`` is the delay between two status polls."""
 
@@ -534,10 +614,15 @@ class CloudClient:
     poll_interval: float = 2.0
     login_attempts: int = 3
     verify: Optional[bool] = None
+    deadline: Optional[float] = None
+    max_json_bytes: int = MAX_JSON_BYTES
+    max_download_bytes: int = MAX_DOWNLOAD_BYTES
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
+        if self.deadline is None:
+            self.deadline = default_deadline()
         if self.verify is None:
             self.verify = not os.environ.get("NO_SSL_VERIFY")
         if not self.verify:
@@ -556,6 +641,7 @@ class CloudClient:
     def _new_session(self) -> requests.Session:
         s = requests.Session()  # trust_env: HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE
         s.verify = bool(self.verify)
+        s.max_redirects = 10
         return s
 
     def close(self) -> None:
@@ -571,19 +657,38 @@ class CloudClient:
         return min(self.backoff * (2 ** attempt), 30.0)
 
     def _send(self, session: requests.Session, method: str, url: str, *, what: str,
-              timeout: Optional[tuple[float, float]] = None, **kwargs) -> requests.Response:
-        """One request with the timeout, retried after connection errors and HTTP 5xx."""
+              timeout: Optional[tuple[float, float]] = None, deadline: Optional[float] = None,
+              sink=None, max_bytes: Optional[int] = None, **kwargs) -> requests.Response:
+        """One request with the timeout, retried after connection errors and HTTP 5xx. The reply
+        (and every redirect's) is read here, in chunks, within ``deadline`` seconds (default
+        ``self.deadline``) and ``max_bytes`` (default ``self.max_json_bytes``); its body is then in
+        ``resp.content``, or written to ``sink`` (a binary file) when one is given."""
         attempts = max(1, self.max_retries + 1)
         idempotent = method in ("GET", "HEAD", "OPTIONS", "DELETE")
+        limit = float(deadline or self.deadline)
+        cap = int(max_bytes or self.max_json_bytes)
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            deadline_at = time.monotonic() + limit
+
+            def consume_redirect(r: requests.Response, *args, **kw) -> requests.Response:
+                if r.is_redirect:  # requests buffers a redirect's body itself: bound it first
+                    self._read_body(r, what, deadline_at, limit, cap, None)
+                return r
+
+            if sink is not None:
+                sink.seek(0)
+                sink.truncate()
             try:
-                resp = session.request(method, url, timeout=timeout or self.timeout, **kwargs)
+                resp = session.request(method, url, timeout=timeout or self.timeout, stream=True,
+                                       hooks={"response": consume_redirect}, **kwargs)
+                if not resp.is_redirect or resp._content is False:
+                    self._read_body(resp, what, deadline_at, limit, cap, sink)
             except requests.exceptions.SSLError:
                 raise ServiceUnreachable(f"{what}: TLS error talking to {urlparse(url).netloc} (certificate not "
                                          "trusted? behind an inspecting proxy set REQUESTS_CA_BUNDLE, or "
                                          "NO_SSL_VERIFY=1)") from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 sent = isinstance(exc, requests.ReadTimeout)
                 if last or (sent and not idempotent):
                     raise ServiceUnreachable(
@@ -593,6 +698,9 @@ class CloudClient:
                             attempt + 1, attempts - 1)
                 self.sleep(self._delay(attempt))
                 continue
+            except requests.RequestException as exc:  # redirect loop, file:// redirect, bad URL, ...
+                raise UnexpectedReply(f"unexpected reply from {_where(url)} ({what}): {type(exc).__name__}: "
+                                      f"{_without_queries(str(exc))}") from None
             if resp.status_code >= 500 and not last:
                 log.warning("%s: HTTP %d, retrying in %.1f s (%d/%d)", what, resp.status_code, self._delay(attempt),
                             attempt + 1, attempts - 1)
@@ -601,6 +709,42 @@ class CloudClient:
                 continue
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _read_body(resp: requests.Response, what: str, deadline_at: float, limit: float, cap: int, sink) -> None:
+        """Read ``resp``'s body in chunks until ``deadline_at`` (monotonic) and ``cap`` bytes:
+        into ``resp.content``, or into ``sink``. Past either: :class:`ServiceUnreachable`."""
+        where = _where(resp.url or "")
+        length = (resp.headers.get("Content-Length") or "").strip()
+        if length.isdigit() and int(length) > cap:
+            resp.close()
+            raise ServiceUnreachable(f"unexpected reply from {where} ({what}): {int(length):,} bytes announced, more "
+                                  f"than the {cap:,} allowed")
+        chunks, total = [], 0
+        try:
+            while True:
+                if time.monotonic() > deadline_at:
+                    resp.close()
+                    raise ServiceUnreachable(f"unexpected reply from {where} ({what}): not complete within {limit:g} s "
+                                          f"({total:,} bytes received; {DEADLINE_ENV} sets the limit)")
+                chunk = resp.raw.read1(64 * 1024, decode_content=True)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > cap:
+                    resp.close()
+                    raise ServiceUnreachable(f"unexpected reply from {where} ({what}): more than the {cap:,} bytes "
+                                          "allowed")
+                if sink is not None:
+                    sink.write(chunk)
+                else:
+                    chunks.append(chunk)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.ReadTimeout(str(exc)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.ConnectionError(str(exc)) from None
+        resp._content = b"".join(chunks)  # what resp.json()/resp.text read
+        resp._content_consumed = True
 
     def _api(self, method: str, url: str, *, what: str, auth: bool = True, **kwargs) -> requests.Response:
         """An authenticated call: Bearer token, one refresh-and-retry on HTTP 401, 404/5xx → error."""
@@ -633,9 +777,10 @@ class CloudClient:
     @staticmethod
     def _json(resp: requests.Response, what: str) -> Any:
         try:
-            return resp.json()
-        except ValueError:
-            raise CloudError(f"{what}: the service sent a reply that is not JSON (HTTP {resp.status_code})") from None
+            return decode_json(resp.content)
+        except ValueError as exc:
+            raise UnexpectedReply(f"unexpected reply from {_where(resp.url or '')} ({what}): not JSON "
+                                  f"(HTTP {resp.status_code}; {one_line(exc, 80)})") from None
 
     # --- versions -----------------------------------------------------------------------------
     def supported_versions(self) -> list[dict]:
@@ -706,7 +851,7 @@ class CloudClient:
                           what="token refresh", data={"refresh_token": refresh_token},
                           headers={"Accept": "application/json"})
         try:
-            body = resp.json() if resp.status_code == 200 else None
+            body = decode_json(resp.content) if resp.status_code == 200 else None
         except ValueError:
             body = None
         if not isinstance(body, dict) or not body.get("access_token"):
@@ -775,6 +920,7 @@ class CloudClient:
                 raise _LoginProtocolError("no login form on the SSO page")
             origin = urlparse(resp.url)
             login_url = urljoin(f"{origin.scheme}://{origin.netloc}", html.unescape(form.group(1)))
+            self._check_login_target(login_url)
             # 2. the login form, without following the redirect
             resp = self._send(s, "POST", login_url, what="SSO login", allow_redirects=False,
                               data={"username": credentials.username, "password": credentials.password,
@@ -808,12 +954,24 @@ class CloudClient:
             if resp.status_code != 200:
                 raise _LoginProtocolError(f"the token exchange answered HTTP {resp.status_code}")
             try:
-                token = resp.json()
+                token = decode_json(resp.content)
             except ValueError:
                 raise _LoginProtocolError("the token exchange reply is not JSON") from None
             if not isinstance(token, dict) or not token.get("access_token"):
                 raise _LoginProtocolError("the token exchange reply holds no access token")
             return token
+
+    def _check_login_target(self, login_url: str) -> None:
+        """The password goes only to the SSO URL's scheme, host and port, and only over https
+        (plain http only when the SSO URL itself is http on a loopback host)."""
+        sso = _origin(self.endpoints.sso)
+        target = _origin(login_url)
+        secure = target[0] == "https" or (target[0] == "http" and target[1] in _LOOPBACK)
+        if target != sso or not secure:
+            allowed = f"{sso[0]}://{sso[1]}:{sso[2]}"
+            raise UnsafeLogin(f"STM32Cube.AI Developer Cloud login refused: the SSO login page asks to send the "
+                              f"password to {_where(login_url)}, not to the SSO host {allowed} over https "
+                              f"(check SSO_URL and any proxy); no credentials were sent")
 
     def get_user(self) -> Optional[dict]:
         """The logged-in user (``POST {USER_SERVICE}/login/authenticate``)."""
@@ -835,7 +993,8 @@ class CloudClient:
             raise CloudError(f"model file not found: {path}")
         resp = self._api("POST", self.endpoints.models, what="model upload",
                          files={"file": (path.name, path.read_bytes())},
-                         timeout=(self.timeout[0], self.upload_timeout))
+                         timeout=(self.timeout[0], self.upload_timeout),
+                         deadline=max(float(self.deadline), self.upload_timeout))
         body = self._json(resp, "model upload") if resp.status_code == 200 else None
         if not (isinstance(body, dict) and body.get("upload") is True):
             raise CloudError(f"model upload of {path.name} failed (HTTP {resp.status_code})")
@@ -843,14 +1002,20 @@ class CloudClient:
         return path.name
 
     def download_model(self, name: str, dest: Union[str, Path]) -> Path:
+        """Download ``name`` to ``dest`` (at most ``max_download_bytes``, within the upload deadline)."""
         dest = Path(dest)
-        resp = self._api("GET", f"{self.endpoints.models}/{name}", what="model download", stream=True)
-        if resp.status_code != 200:
-            raise CloudError(f"model download of {name} failed (HTTP {resp.status_code})")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(dest, "wb") as f:
-            for chunk in resp.iter_content(chunk_size=64 * 1024):
-                f.write(chunk)
+        part = dest.with_name(dest.name + ".part")
+        try:
+            with open(part, "w+b") as f:
+                resp = self._api("GET", f"{self.endpoints.models}/{name}", what="model download", sink=f,
+                                 max_bytes=self.max_download_bytes,
+                                 deadline=max(float(self.deadline), self.upload_timeout))
+            if resp.status_code != 200:
+                raise CloudError(f"model download of {name} failed (HTTP {resp.status_code})")
+            os.replace(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
         return dest
 
     def delete_model(self, name: str) -> bool:
@@ -883,7 +1048,8 @@ class CloudClient:
         if not isinstance(result, dict) or result.get("report") is None:
             message = (result.get("message") or result.get("error")) if isinstance(result, dict) else None
             raise CloudError(f"cloud analyze failed: {message or 'missing data in the server reply'}")
-        return parse_analyze_result(result, model=model_name)
+        return _parsed(lambda: parse_analyze_result(result, model=model_name), url=self.endpoints.analyze(self.version),
+                       what="cloud analyze")
 
     def _wait_stm32ai_run(self, runtime_id: str, *, timeout: float, what: str) -> dict:
         url = self.endpoints.stm32ai_run(self.version, runtime_id)
@@ -937,7 +1103,7 @@ class CloudClient:
             try:
                 resp = self._send(self._session, "GET", self.endpoints.benchmark_openapi, what="benchmark API",
                                   headers={"Accept": "application/json"})
-                spec = resp.json()
+                spec = decode_json(resp.content)
                 props = (spec["paths"]["/benchmark/{queue}"]["post"]["requestBody"]["content"]
                          ["application/json"]["schema"]["properties"])
                 self._stringified_args = set(props) == {"model", "args"}
@@ -960,7 +1126,7 @@ class CloudClient:
         resp = self._api("POST", self.endpoints.benchmark_trigger(board, mpu), what=what, json=body)
         reply = None
         try:
-            reply = resp.json()
+            reply = decode_json(resp.content)
         except ValueError:
             pass
         if resp.status_code != 200:
@@ -970,7 +1136,8 @@ class CloudClient:
         if not isinstance(reply, dict) or not reply.get("benchmarkId"):
             raise BenchmarkFailed(f"Benchmark failed on board {board}: the service did not return a benchmark id")
         result = self._wait_benchmark(reply["benchmarkId"], board, timeout=timeout)
-        return parse_benchmark_result(result, board=board, mpu=mpu, model=model_name)
+        return _parsed(lambda: parse_benchmark_result(result, board=board, mpu=mpu, model=model_name),
+                       url=self.endpoints.benchmark_run(str(reply["benchmarkId"])), what=what)
 
     def _wait_benchmark(self, benchmark_id: str, board: str, *, timeout: float) -> dict:
         url = self.endpoints.benchmark_run(benchmark_id)
@@ -1024,6 +1191,18 @@ class CloudClient:
             self.sleep(self.poll_interval)
 
 
+def _parsed(parse: Callable[[], Footprint], *, url: str, what: str) -> Footprint:
+    """``parse()``, a result of the wrong shape (a list or string where an object goes, ...) being
+    one line naming the endpoint."""
+    try:
+        return parse()
+    except CloudError:
+        raise
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError, RecursionError) as exc:
+        raise UnexpectedReply(f"unexpected reply from {_where(url)} ({what}): the result does not have the "
+                              f"expected shape ({type(exc).__name__}: {one_line(exc, 100)})") from None
+
+
 def _normalise_token(token: dict) -> dict:
     token = dict(token)
     if token.get("expires_at") is None and to_float(token.get("expires_in")) is not None:
@@ -1063,7 +1242,7 @@ def cloud_footprint(model_path: Union[str, Path], board: str, *, version: Any = 
                 model_path = client.generate_nbg(model_path.name, target)
                 log.info("Cloud NBG optimisation done: %s", model_path)
             except (CloudError, OSError) as exc:
-                if isinstance(exc, (LoginError, ServiceUnreachable)):
+                if isinstance(exc, (LoginError, ServiceUnreachable, UnsafeLogin)):
                     raise
                 log.warning("Model optimisation via the cloud failed (%s); using the original model", exc)
         name = client.upload_model(model_path)
@@ -1071,7 +1250,7 @@ def cloud_footprint(model_path: Union[str, Path], board: str, *, version: Any = 
         try:
             return client.benchmark(name, board, optimization=optimization, name_tag=tag, timeout=benchmark_timeout)
         except (BenchmarkFailed, PollTimeout, CloudError) as exc:
-            if (isinstance(exc, (LoginError, ServiceUnreachable, UnknownBoard)) or not fallback_to_analyze
+            if (isinstance(exc, (LoginError, ServiceUnreachable, UnknownBoard, UnsafeLogin)) or not fallback_to_analyze
                     or is_mpu(board)):
                 raise
             log.warning("Cloud benchmark failed: %s. Trying cloud analyze to get the memory footprints", exc)

@@ -7,34 +7,36 @@ Each returns plain numbers (bytes, MACC); :mod:`stmclf.benchmark.cloud` and
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Optional
 
 
 def to_int(value: Any, default: Optional[int] = 0) -> Optional[int]:
-    """An int from an int, float or numeric string ("1,234" included); ``default`` otherwise."""
+    """An int from an int, finite float or numeric string ("1,234" included); ``default``
+    otherwise (NaN, infinities and overflowing strings included)."""
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, (int, float)):
-        return int(value)
-    if isinstance(value, str):
-        text = value.replace(",", "").strip()
-        try:
-            return int(float(text))
-        except ValueError:
-            return default
-    return default
+    if isinstance(value, int):
+        return value
+    number = to_float(value)
+    return default if number is None else int(number)
 
 
 def to_float(value: Any, default: Optional[float] = None) -> Optional[float]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.replace(",", "").strip())
-        except ValueError:
+    """A finite float from a number or numeric string; ``default`` otherwise."""
+    if isinstance(value, bool):
+        return default
+    try:
+        if isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str):
+            number = float(value.replace(",", "").strip())
+        else:
             return default
-    return default
+    except (ValueError, OverflowError):
+        return default
+    return number if math.isfinite(number) else default
 
 
 def version_string(version: Any) -> Optional[str]:

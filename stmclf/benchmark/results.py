@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -32,6 +34,16 @@ SOURCES = ("estimate", "tflm", "stedgeai", "cloud")
 LEGACY_SOURCES = {"offline-estimate": ("estimate", None), "board": ("cloud", "board"),
                   "cloud-analyze": ("cloud", "analyze")}
 CLOUD_MODES = ("board", "analyze")
+log = logging.getLogger("stmclf.benchmark.results")
+# Plausible ranges of the measured numbers: a value outside (negative, not finite, absurdly large)
+# is dropped with a warning, never reported or written to benchmark.json.
+MAX_BYTES = 2 ** 40             # 1 TiB
+MAX_COUNT = 2 ** 60             # MACC, cycles
+_BYTE_FIELDS = ("ram_size", "rom_size", "total_ram_io_size", "estimated_library_ram_size",
+                "estimated_library_flash_size", "internal_ram_consumption", "external_ram_consumption",
+                "internal_flash_consumption", "external_flash_consumption")
+_COUNT_FIELDS = ("macc", "cycles")
+_REAL_FIELDS = ("cycles_by_macc", "duration_ms", "npu_percent", "gpu_percent", "cpu_percent")
 
 
 def _kib(value: Optional[float]) -> Optional[float]:
@@ -84,6 +96,22 @@ class Footprint:
             raise ValueError(f"Footprint.source must be one of {SOURCES}, got {self.source!r}")
         if self.cloud_mode is not None and self.cloud_mode not in CLOUD_MODES:
             raise ValueError(f"Footprint.cloud_mode must be one of {CLOUD_MODES}, got {self.cloud_mode!r}")
+        self._drop_implausible()
+
+    def _drop_implausible(self) -> None:
+        """Sizes, counts and times that are not finite numbers in range become None (a warning)."""
+        for name in _BYTE_FIELDS + _COUNT_FIELDS + _REAL_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            bound = MAX_BYTES if name in _BYTE_FIELDS else MAX_COUNT if name in _COUNT_FIELDS else math.inf
+            ok = (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= bound
+                  or name in _REAL_FIELDS and isinstance(value, float) and math.isfinite(value) and value >= 0)
+            if not ok:
+                shown = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else "a number over 1e30"
+                log.warning("%s result: %s = %s is not a plausible value (a number from 0 to %s); dropped",
+                            self.source, name, shown[:40], "any" if bound == math.inf else f"{bound:,}")
+                setattr(self, name, None)
 
     @property
     def label(self) -> str:
@@ -176,5 +204,11 @@ class Footprint:
     def write_json(self, path: str | Path, extra: Optional[dict[str, Any]] = None) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
+        try:  # strict JSON: a NaN or Infinity left anywhere would make the file unreadable for others
+            text = json.dumps({**self.to_dict(), **(extra or {})}, indent=2, allow_nan=False)
+        except ValueError as exc:
+            from stmclf.errors import UserError
+
+            raise UserError(f"{path}: not written, a benchmark figure is not a finite number ({exc})") from None
+        path.write_text(text + "\n", encoding="utf-8")
         return path

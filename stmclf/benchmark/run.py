@@ -74,10 +74,12 @@ def cloud_login_first(cfg: RunConfig, offline: bool):
     tool = _tool(cfg)
     if offline or tool is None or not tool.on_cloud:
         return None
-    from stmclf.benchmark.cloud import CloudClient, CloudError
+    from stmclf.benchmark.cloud import CloudClient, CloudError, UnsafeLogin
 
     try:
         return CloudClient().connect(tool.version)
+    except UnsafeLogin:  # the password would have gone elsewhere: say so, never fall back silently
+        raise
     except CloudError as exc:
         log.warning("Developer Cloud unavailable (%s): the benchmark will fall back", exc)
         return CloudUnavailable(one_line(exc))
