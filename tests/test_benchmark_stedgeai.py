@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -241,3 +246,188 @@ def test_a_config_cannot_make_stmclf_run_another_program(tmp_path):
         with pytest.raises(StEdgeAiError, match="is not ST Edge AI's stedgeai"):
             resolve_executable(path)
     assert not marker.exists()
+
+
+# --- a tool that misbehaves: links, its output, its reports, its children ----------------------
+
+
+def sh_tool(path: Path, body: str) -> Path:
+    """A fake ``stedgeai`` shell script; ``$out`` is the folder given after ``--output``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n"
+                    'case "$1" in --version) echo "ST Edge AI Core v2.0.0-20049"; exit 0;; esac\n'
+                    'while [ $# -gt 0 ]; do [ "$1" = --output ] && out=$2; shift; done\n' + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_a_link_named_stedgeai_to_another_program_is_refused(tmp_path, model, monkeypatch):
+    """The name checked is the real file's: a link ``stedgeai`` → /bin/sh would run ``sh generate``,
+    i.e. a ``generate`` script from the current folder."""
+    marker = tmp_path / "PWNED"
+    (tmp_path / "generate").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    (tmp_path / "generate").chmod(0o755)
+    link = tmp_path / "stedgeai"
+    link.symlink_to(os.path.realpath("/bin/sh"))
+    monkeypatch.chdir(tmp_path)
+    for path in (link, tmp_path, "./stedgeai"):
+        with pytest.raises(StEdgeAiError, match=r"\(a link to .*\) is not ST Edge AI's stedgeai") as err:
+            stedgeai_footprint(model, tmp_path / "o", path_to_stedgeai=path)
+        assert "\n" not in str(err.value)
+    assert not marker.exists()
+    real = sh_tool(tmp_path / "ST" / "stedgeai", "")  # a link of any name to the real tool is fine
+    (tmp_path / "my_tool").symlink_to(real)
+    assert resolve_executable(tmp_path / "my_tool") == str(real)
+
+
+def test_undecodable_output_gives_the_one_line_failure(tmp_path, model):
+    exe = sh_tool(tmp_path / "bin" / "stedgeai", "printf 'x\\033[2J\\nE\\000\\377\\376 boom\\n' >&2\nexit 77\n")
+    with pytest.raises(StEdgeAiError, match=r"^stedgeai generate failed \(exit code 77\): .*boom") as err:
+        stedgeai_footprint(model, tmp_path / "o", path_to_stedgeai=exe)
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+    assert b"\377\376 boom" in (tmp_path / "o" / "stedgeai_generate.log").read_bytes()
+
+
+def test_a_flood_of_output_is_not_kept_in_memory(tmp_path, model):
+    """40 MB on stdout: only a tail is kept in memory, the log keeps its first LOG_BYTES."""
+    from stmclf.benchmark import stedgeai
+    flood = "head -c 40000000 /dev/zero | tr '\\0' a\necho\n"
+    exe = tmp_path / "bin" / "stedgeai"
+    exe.parent.mkdir()
+    exe.write_text(f"#!/bin/sh\n{flood}echo 'ST Edge AI Core v2.0.0-20049'\n"
+                   '[ "$1" = --version ] && exit 0\necho "E999: out of luck" >&2\nexit 3\n')
+    exe.chmod(0o755)
+    tracemalloc.start()
+    try:
+        assert tool_version(str(exe)) == "2.0.0"
+        with pytest.raises(StEdgeAiError, match=r"exit code 3\): E999: out of luck"):
+            stedgeai.run_generate(str(exe), model, tmp_path / "o")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8_000_000, peak
+    log_size = (tmp_path / "o" / "stedgeai_generate.log").stat().st_size
+    assert stedgeai.LOG_BYTES <= log_size < stedgeai.LOG_BYTES + 4096
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("ram_size", "NaN", "ram_size is nan"), ("ram_size", "[-Infinity, 0]", "ram_size[0] is -inf"),
+    ("rom_size", "-1", "rom_size is -1"), ("rom_size", '"1e999"', "rom_size is the string '1e999'"),
+    ("rom_n_macc", "1e999", "rom_n_macc is inf"), ("ram_size", "1" + "0" * 400, "ram_size is 1" + "0" * 39 + "…"),
+    ("ram_io_size", "[0, NaN]", "ram_io_size[1] is nan"), ("rom_size", "[1]", "rom_size is list")])
+def test_absurd_numbers_in_network_report_are_one_line(tmp_path, model, field, value, shown):
+    report = {"ram_size": 1000, "rom_size": 2000, "rom_n_macc": 3000, "ram_io_size": [0, 0]}
+    text = json.dumps(report).replace(f'"{field}": {json.dumps(report[field])}', f'"{field}": {value}')
+    (tmp_path / "report.json").write_text(text)
+    exe = sh_tool(tmp_path / "bin" / "stedgeai", f'cp {tmp_path / "report.json"} "$out/network_report.json"\n')
+    with pytest.raises(StEdgeAiError) as err:
+        stedgeai_footprint(model, tmp_path / "o", path_to_stedgeai=exe)
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "o" / "network_report.json") in message
+    assert shown in message and "expected a finite non-negative number" in message
+
+
+def test_absurd_numbers_in_c_info_and_text_report_are_one_line(tmp_path):
+    (tmp_path / "network_c_info.json").write_text('{"memory_footprint": {"activations": 10, "weights": 20, '
+                                                  '"kernel_ram": NaN}, "graphs": []}')
+    with pytest.raises(StEdgeAiError, match=r"network_c_info.json: memory_footprint.kernel_ram is nan"):
+        read_footprint(tmp_path)
+    (tmp_path / "network_c_info.json").unlink()
+    (tmp_path / "network_generate_report.txt").write_text(f" macc : 12\n weights (ro) : 20 B\n"
+                                                          f" activations (rw) : {'9' * 30} B\n")
+    with pytest.raises(StEdgeAiError, match=r"network_generate_report.txt: activations is \d+: expected"):
+        read_footprint(tmp_path)
+
+
+def test_no_nan_from_the_report_reaches_benchmark_json(stand_in, model, tmp_path):
+    text = stand_in.read_text().replace('"date_time": "2025-03-14T10:20:30+0100"', '"date_time": float("nan")')
+    stand_in.write_text(text.replace('"cli_parameters": "generate', '"cli_parameters": float("inf") and "x'))
+    fp = stedgeai_footprint(model, tmp_path / "o", path_to_stedgeai=stand_in)
+    assert fp.date_time is None and fp.ram_size == ACTIVATIONS
+    json.dumps(fp.to_dict(), allow_nan=False)
+
+
+def _run_python(code: str, timeout: float) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter with stmclf importable: a regression that blocks fails here."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_a_report_left_as_a_fifo_is_refused_not_waited_on(tmp_path, model):
+    exe = sh_tool(tmp_path / "bin" / "stedgeai", 'mkfifo "$out/network_report.json"\n')
+    code = ("from stmclf.benchmark.stedgeai import StEdgeAiError, stedgeai_footprint\n"
+            f"try:\n    stedgeai_footprint({str(model)!r}, {str(tmp_path / 'o')!r}, path_to_stedgeai={str(exe)!r})\n"
+            "except StEdgeAiError as exc:\n    print('ERR', exc)\n")
+    done = _run_python(code, timeout=60)
+    assert done.stdout.startswith("ERR the stedgeai report ") and "is not a regular file" in done.stdout
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (not a zombie) — polled a few seconds, as its new parent reaps it."""
+    for _ in range(50):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+        except FileNotFoundError:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.fixture
+def child_pids():
+    """Pids of the ``sleep`` children the fake tools start, killed at the end whatever happens."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _spawning_tool(tmp_path: Path, pid_file: Path) -> Path:
+    exe = tmp_path / "bin" / "stedgeai"
+    exe.parent.mkdir(exist_ok=True)
+    exe.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pid_file}.tmp\nmv {pid_file}.tmp {pid_file}\nwait\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_the_tools_children_do_not_outlive_a_timeout(tmp_path, model, child_pids):
+    from stmclf.benchmark import stedgeai
+    pid_file = tmp_path / "child.pid"
+    exe = _spawning_tool(tmp_path, pid_file)
+    with pytest.raises(StEdgeAiError, match=r"--version did not answer within 1 s"):
+        tool_version(str(exe), timeout=1)
+    child_pids.append(int(pid_file.read_text()))
+    assert not _alive(child_pids[-1])
+    pid_file.unlink()
+    with pytest.raises(StEdgeAiError, match=r"stedgeai generate did not finish within 1 s"):
+        stedgeai.run_generate(str(exe), model, tmp_path / "o", timeout=1)
+    child_pids.append(int(pid_file.read_text()))
+    assert not _alive(child_pids[-1])
+
+
+def test_the_tools_children_do_not_outlive_ctrl_c(tmp_path, child_pids):
+    pid_file = tmp_path / "child.pid"
+    exe = _spawning_tool(tmp_path, pid_file)
+    code = ("from stmclf.benchmark.stedgeai import tool_version\n"
+            f"tool_version({str(exe)!r}, timeout=60)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            if pid_file.exists():
+                break
+            time.sleep(0.05)
+        child_pids.append(int(pid_file.read_text()))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert b"KeyboardInterrupt" in err
+    assert not _alive(child_pids[-1])

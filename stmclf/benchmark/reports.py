@@ -137,24 +137,50 @@ def memory_pool_usage(pools: list, used_key: str = "used_size_bytes") -> tuple[i
 # network_report.json (stedgeai generate --output D → D/network_report.json)
 
 
+MAX_COUNT = 2 ** 63  # a byte/MACC count at or above this is no real model's
+
+
+def count_value(value: Any, field: str) -> Optional[int]:
+    """A byte or MACC count a report gives (``None`` stays ``None``) as an int: a finite
+    non-negative number below :data:`MAX_COUNT`, not a string or a bool; ``ValueError`` naming
+    ``field`` otherwise (NaN, ±Infinity, −5, "1e999", a list...)."""
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value)
+    if not ok or not 0 <= value < MAX_COUNT:
+        if isinstance(value, str):
+            shown = f"the string {value[:40]!r}"
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            shown = str(value) if len(str(value)) <= 40 else str(value)[:40] + "…"
+        else:
+            shown = type(value).__name__
+        raise ValueError(f"{field} is {shown}: expected a finite non-negative number")
+    return int(value)
+
+
 def parse_network_report(data: dict) -> dict[str, Any]:
     """``ram_size`` (a list up to 8.1 — first element —, an int from 9.0), ``rom_size``,
-    ``rom_n_macc``, version/date fields of a ``network_report.json``."""
+    ``rom_n_macc``, version/date fields of a ``network_report.json``. The counts must be finite
+    non-negative numbers (``ValueError`` naming the field otherwise); ``date_time`` and
+    ``cli_parameters`` are kept when they are strings."""
     ram = data.get("ram_size")
+    ram_field = "ram_size"
     if isinstance(ram, (list, tuple)):
-        ram = ram[0] if ram else None
+        ram, ram_field = (ram[0] if ram else None), "ram_size[0]"
     io = data.get("ram_io_size")
     if isinstance(io, (list, tuple)):
-        io = sum(to_int(v, 0) for v in io)
+        io = sum(count_value(v, f"ram_io_size[{i}]") or 0 for i, v in enumerate(io))
     version = data.get("cli_version_str") or data.get("cli_version") or data.get("tools_version")
+    texts = {k: data.get(k) if isinstance(data.get(k), str) else None for k in ("date_time", "cli_parameters")}
     return {
-        "activations": to_int(ram, None),
-        "weights": to_int(data.get("rom_size"), None),
-        "macc": to_int(data.get("rom_n_macc"), None),
-        "io": to_int(io, None),
+        "activations": count_value(ram, ram_field),
+        "weights": count_value(data.get("rom_size"), "rom_size"),
+        "macc": count_value(data.get("rom_n_macc"), "rom_n_macc"),
+        "io": count_value(io, "ram_io_size"),
         "version": version_string(version),
-        "date_time": data.get("date_time"),
-        "cli_parameters": data.get("cli_parameters"),
+        **texts,
     }
 
 

@@ -18,12 +18,16 @@ import json
 import logging
 import os
 import shutil
+import signal
+import stat
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from stmclf.benchmark.reports import (c_info_macc, footprint_sums, parse_generate_report, parse_network_report,
-                                      to_int, version_string)
+from stmclf.benchmark.reports import (c_info_macc, count_value, footprint_sums, parse_generate_report,
+                                      parse_network_report, to_int, version_string)
 from stmclf.benchmark.results import Footprint
 from stmclf.errors import UserError, one_line
 
@@ -31,7 +35,11 @@ log = logging.getLogger("stmclf.benchmark.stedgeai")
 
 EXECUTABLE_NAMES = ("stedgeai", "stedgeai.exe", "stm32ai", "stm32ai.exe")
 DEFAULT_TIMEOUT = 1800.0
+VERSION_TIMEOUT = 60.0
 OUTPUT_SUBDIR = "stm32ai_files"
+TAIL_BYTES = 64 * 1024           # of each of the tool's streams, kept in memory for the message
+LOG_BYTES = 16 * 1024 * 1024     # of the tool's output written to stedgeai_generate.log
+REPORT_BYTES = 256 * 1024 * 1024  # the largest report file read
 
 
 class StEdgeAiError(UserError):
@@ -42,13 +50,15 @@ class StEdgeAiError(UserError):
 
 
 def _checked_name(executable: str, key: str) -> str:
-    """``executable`` when its file name is ST's tool's (``stedgeai``, ``stm32ai``, any suffix): a
-    config can name a program for stmclf to run, so it runs no program of another name (a
-    downloaded config's ``/bin/sh``)."""
-    if not Path(executable).name.lower().startswith(("stedgeai", "stm32ai")):
-        raise StEdgeAiError(f"{key}: {executable} is not ST Edge AI's stedgeai (or stm32ai): stmclf runs no other "
+    """The real file of ``executable`` (links followed) when its name is ST's tool's (``stedgeai``,
+    ``stm32ai``, any suffix): a config can name a program for stmclf to run, so it runs no program
+    of another name (a downloaded config's ``/bin/sh``, or a link named ``stedgeai`` to it)."""
+    real = os.path.realpath(executable)
+    if not Path(real).name.lower().startswith(("stedgeai", "stm32ai")):
+        shown = executable if real == executable else f"{executable} (a link to {real})"
+        raise StEdgeAiError(f"{key}: {shown} is not ST Edge AI's stedgeai (or stm32ai): stmclf runs no other "
                             "program a config names")
-    return executable
+    return real
 
 
 def resolve_executable(path: Union[str, Path, None], key: str = "tools.stedgeai.path_to_stedgeai") -> str:
@@ -81,14 +91,102 @@ def _last_line(*texts: Optional[str]) -> str:
     return "no output"
 
 
-def tool_version(executable: str, *, timeout: float = 60.0) -> Optional[str]:
-    """The "X.Y.Z" of ``<exe> --version`` (e.g. "ST Edge AI Core v2.0.0-20049" → "2.0.0")."""
+class _Run:
+    """What a run of the tool left: its exit code and the last :data:`TAIL_BYTES` of its stdout
+    and stderr (decoded, undecodable bytes replaced)."""
+
+    def __init__(self, returncode: int, stdout: bytes, stderr: bytes) -> None:
+        self.returncode = returncode
+        self.stdout = stdout.decode("utf-8", errors="replace")
+        self.stderr = stderr.decode("utf-8", errors="replace")
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether the tool exited within ``timeout`` s, left unreaped (its pid, and so its process
+    group's id, stays taken until :func:`_end` kills the group: no other process can be hit)."""
+    if not hasattr(os, "waitid"):  # no process groups to keep (Windows)
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+def _end(proc: subprocess.Popen) -> int:
+    """Kill the tool and every process it started (its session's process group), then reap it."""
     try:
-        done = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise StEdgeAiError(f"{executable} --version did not answer within {timeout:g} s") from None
-    except OSError as exc:
-        raise StEdgeAiError(f"cannot run {executable}: {exc.strerror or exc}") from None
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+    return proc.wait()
+
+
+def _run_tool(cmd: list[str], *, timeout: float, what: str, env: Optional[dict] = None,
+              log_file: Optional[Path] = None) -> _Run:
+    """Run ``cmd`` in its own session, keeping only the tail of its output in memory (the first
+    :data:`LOG_BYTES` go to ``log_file`` when given). On a timeout, Ctrl-C or any error, and once
+    the tool has exited, its whole process group is killed: no child it started is left running.
+    A timeout is the one line "``what`` within N s"."""
+    tails = {"stdout": bytearray(), "stderr": bytearray()}
+    lock = threading.Lock()
+    log = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115 (closed below)
+    logged = [0]
+
+    def pump(stream, name: str) -> None:
+        tail = tails[name]
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            tail += chunk
+            if len(tail) > TAIL_BYTES:
+                del tail[:len(tail) - TAIL_BYTES]
+            if log is not None:
+                with lock:
+                    room = LOG_BYTES - logged[0]
+                    if room > 0:
+                        log.write(chunk[:room])
+                    if 0 <= room < len(chunk):
+                        log.write(b"\n[... the rest of the output is not kept]\n")
+                    logged[0] += len(chunk)
+
+    try:
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise StEdgeAiError(f"cannot run {cmd[0]}: {exc.strerror or exc}") from None
+        readers = [threading.Thread(target=pump, args=(proc.stdout, "stdout"), daemon=True),
+                   threading.Thread(target=pump, args=(proc.stderr, "stderr"), daemon=True)]
+        for reader in readers:
+            reader.start()
+        try:
+            exited = _wait(proc, timeout)
+        finally:  # also on Ctrl-C; once the tool exited, the children it left behind
+            returncode = _end(proc)
+            for reader, stream in zip(readers, (proc.stdout, proc.stderr)):
+                reader.join(timeout=10)
+                if not reader.is_alive():  # else a process outside the group holds the pipe
+                    stream.close()
+        if not exited:
+            raise StEdgeAiError(f"{what} within {timeout:g} s")
+    finally:
+        if log is not None:
+            log.close()
+    return _Run(returncode, bytes(tails["stdout"]), bytes(tails["stderr"]))
+
+
+def tool_version(executable: str, *, timeout: float = VERSION_TIMEOUT) -> Optional[str]:
+    """The "X.Y.Z" of ``<exe> --version`` (e.g. "ST Edge AI Core v2.0.0-20049" → "2.0.0")."""
+    done = _run_tool([executable, "--version"], timeout=timeout, what=f"{executable} --version did not answer")
     if done.returncode != 0:
         raise StEdgeAiError(f"{executable} --version failed (exit code {done.returncode}): "
                             f"{_last_line(done.stderr, done.stdout)}")
@@ -119,47 +217,99 @@ def run_generate(executable: str, model_path: Union[str, Path], output_dir: Unio
         env["STATS_TYPE"] = f"stmai_modelzoo_{tag}"
     log.info("Starting the model memory footprints estimation with %s", Path(executable).name)
     log.debug("Command: %s", " ".join(cmd))
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise StEdgeAiError(f"stedgeai generate did not finish within {timeout:g} s") from None
-    except OSError as exc:
-        raise StEdgeAiError(f"cannot run {executable}: {exc.strerror or exc}") from None
     log_file = output_dir / "stedgeai_generate.log"
-    log_file.write_text(f"$ {' '.join(cmd)}\n{done.stdout or ''}{done.stderr or ''}", encoding="utf-8")
+    log_file.write_text(f"$ {' '.join(cmd)}\n", encoding="utf-8", errors="replace")
+    done = _run_tool(cmd, env=env, timeout=timeout, what="stedgeai generate did not finish", log_file=log_file)
     if done.returncode != 0:
         raise StEdgeAiError(f"stedgeai generate failed (exit code {done.returncode}): "
                             f"{_last_line(done.stderr, done.stdout)} (full output: {log_file})")
     return output_dir
 
 
-def _load_json(path: Path) -> Optional[dict]:
+def _read_report(path: Path) -> Optional[str]:
+    """The text of the report file ``path`` (None when there is none): a regular file of at most
+    :data:`REPORT_BYTES`, opened without blocking (a FIFO left there is refused, not waited on)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise StEdgeAiError(f"cannot read the stedgeai report {path}: {exc}") from None
+    except OSError as exc:
+        raise StEdgeAiError(f"cannot read the stedgeai report {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise StEdgeAiError(f"the stedgeai report {path} is not a regular file")
+        if info.st_size > REPORT_BYTES:
+            raise StEdgeAiError(f"the stedgeai report {path} is larger than {REPORT_BYTES // 2**20} MiB")
+        data = f.read(REPORT_BYTES + 1)
+    if len(data) > REPORT_BYTES:
+        raise StEdgeAiError(f"the stedgeai report {path} is larger than {REPORT_BYTES // 2**20} MiB")
+    return data.decode("utf-8", errors="replace")
+
+
+def _load_json(path: Path) -> Optional[dict]:
+    text = _read_report(path)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise StEdgeAiError(f"cannot read the stedgeai report {path}: {one_line(exc)}") from None
     return data if isinstance(data, dict) else None
+
+
+def _checked_counts(path: Path, values: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
+    """``values`` with its ``fields`` checked as byte/MACC counts, one line naming ``path``."""
+    try:
+        for name in fields:
+            values[name] = count_value(values.get(name), name)
+    except ValueError as exc:
+        raise StEdgeAiError(f"the stedgeai report {path}: {exc}") from None
+    return values
+
+
+def _c_info_sums(path: Path, c_info: dict) -> tuple[dict[str, Any], int]:
+    """(:func:`footprint_sums` of ``memory_footprint``, Σ node MACC) of a c_info document, its
+    counts checked (finite non-negative numbers; one line naming ``path`` otherwise)."""
+    footprint = c_info.get("memory_footprint") or {}
+    graphs = c_info.get("graphs") or []
+    first = graphs[0] if isinstance(graphs, list) and graphs else {}
+    nodes = (first.get("nodes") or []) if isinstance(first, dict) else None
+    if not isinstance(footprint, dict) or not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
+        raise StEdgeAiError(f"the stedgeai report {path}: memory_footprint or graphs[0].nodes is malformed")
+    raw = {f"memory_footprint.{k}": v for k, v in footprint.items()
+           if k in ("activations", "weights", "kernel_ram", "extra_ram", "toolchain_ram", "kernel_flash",
+                    "extra_flash", "toolchain_flash")}
+    io = footprint.get("io") or []
+    raw.update({f"memory_footprint.io[{i}]": v for i, v in enumerate(io if isinstance(io, list) else [io])})
+    raw.update({f"graphs[0].nodes[{i}].macc": n.get("macc") for i, n in enumerate(nodes)})
+    _checked_counts(path, raw, list(raw))
+    return footprint_sums(footprint), c_info_macc(c_info)
 
 
 def read_footprint(output_dir: Union[str, Path], *, name: str = "network", model: Optional[str] = None) -> Footprint:
     """Footprint from the reports ``generate`` wrote in ``output_dir`` (c-name ``name``)."""
     output_dir = Path(output_dir)
-    report = _load_json(output_dir / f"{name}_report.json")
-    c_info = _load_json(output_dir / f"{name}_c_info.json")
+    report_path, c_info_path = output_dir / f"{name}_report.json", output_dir / f"{name}_c_info.json"
+    report = _load_json(report_path)
+    c_info = _load_json(c_info_path)
+    sums, c_info_maccs = _c_info_sums(c_info_path, c_info) if c_info is not None else ({}, None)
     text_path = output_dir / f"{name}_generate_report.txt"
-    text = (parse_generate_report(text_path.read_text(encoding="utf-8", errors="replace"))
-            if text_path.is_file() else None)
+    text_report = _read_report(text_path)
+    text = (_checked_counts(text_path, parse_generate_report(text_report),
+                            ("macc", "weights", "activations", "ram_total", "runtime_flash", "runtime_ram"))
+            if text_report is not None else None)
     values: dict[str, Any] = {}
     if report is not None:
-        values = parse_network_report(report)
+        try:
+            values = parse_network_report(report)
+        except ValueError as exc:
+            raise StEdgeAiError(f"the stedgeai report {report_path}: {exc}") from None
     elif text is not None:
         values = {"activations": text["activations"], "weights": text["weights"], "macc": text["macc"],
                   "version": text["version"]}
     elif c_info is not None:
-        sums = footprint_sums(c_info.get("memory_footprint") or {})
-        values = {"activations": sums["activations"], "weights": sums["weights"], "macc": c_info_macc(c_info)}
+        values = {"activations": sums["activations"], "weights": sums["weights"], "macc": c_info_maccs}
     else:
         raise StEdgeAiError(f"stedgeai generate wrote no report in {output_dir} (expected {name}_report.json or "
                             f"{name}_generate_report.txt)")
@@ -167,7 +317,6 @@ def read_footprint(output_dir: Union[str, Path], *, name: str = "network", model
         raise StEdgeAiError(f"the stedgeai report in {output_dir} has no ram_size/rom_size")
     runtime_ram = runtime_flash = None
     if c_info is not None:
-        sums = footprint_sums(c_info.get("memory_footprint") or {})
         if sums["has_runtime"]:
             runtime_ram, runtime_flash = sums["runtime_ram"], sums["runtime_flash"]
     if runtime_ram is None and text is not None and text.get("runtime_ram") is not None:
