@@ -510,8 +510,10 @@ def test_plain_http_login_only_on_loopback():
         c._check_login_target("http://sso.example.com/cas/login")
     c = CloudClient(endpoints=Endpoints.from_env({}))
     c._check_login_target("https://sso.st.com:443/cas/login;jsessionid=1?service=x")
+    c._check_login_target("https://my.st.com/cas/login")  # ST's login pages on another host of st.com
     for url in ("https://sso.st.com.evil.example/cas/login", "http://sso.st.com/cas/login",
-                "https://sso.st.com:8443/cas/login", "javascript:alert(1)"):
+                "https://sso.st.com:8443/cas/login", "javascript:alert(1)", "https://evil.example/cas/login",
+                "https://evilst.com/cas/login", "http://my.st.com/cas/login"):
         with pytest.raises(cloud.UnsafeLogin):
             c._check_login_target(url)
 

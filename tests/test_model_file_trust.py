@@ -274,3 +274,200 @@ def test_a_damaged_or_unreadable_copy_in_a_checkpoint_is_named_as_such(tmp_path,
         load_classifier(tmp_path / "corrupt.pt")
     assert f"{path} has changed since the checkpoint was written (and the copy of src.pt stored in " in caplog.text
     assert "is damaged" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchScript and torch.export code is read, never run, before --trust-model-file.
+
+_LOAD_IN_CHILD = ("import resource, sys\n"
+                  "from stmclf.errors import UserError\n"
+                  "from stmclf.models.importers import load_model_file\n"
+                  "try:\n"
+                  "    load_model_file(sys.argv[1], input_shape=(16, 16, 3))\n"
+                  "    print('loaded')\n"
+                  "except UserError as exc:\n"
+                  "    print(exc)\n"
+                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+
+
+def _load_in_child(path: Path, address_space: int | None = None) -> tuple[str, int]:
+    """Load ``path`` in a child process (60 s at most: a model that hangs fails the test instead of
+    hanging it); its one-line outcome and its peak RSS in bytes."""
+    import resource
+
+    def cap() -> None:
+        if address_space:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    out = subprocess.run([sys.executable, "-c", _LOAD_IN_CHILD, str(path)], capture_output=True, text=True,
+                         timeout=60, preexec_fn=cap)
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0 and len(lines) == 2, out.stdout + out.stderr[-2000:]
+    return lines[0], int(lines[1]) * 1024
+
+
+class _WritesAFile(torch.nn.Module):
+    def __init__(self, victim: str) -> None:
+        super().__init__()
+        self.victim = victim
+
+    def forward(self, x):
+        t = torch.from_file(self.victim, True, 8, dtype=torch.uint8)  # a shared map of a file the model names
+        t.fill_(88)
+        return x.mean(dim=[2, 3]) + t.sum().float() * 0
+
+
+def test_torchscript_code_touching_files_never_runs_without_the_grant(tmp_path):
+    from stmclf.models.importers import load_model_file
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"original content of the victim\n")
+    path = tmp_path / "write.pt"
+    torch.jit.save(torch.jit.script(_WritesAFile(str(victim))), str(path), _extra_files={"input_shape": "16,16,3"})
+    with pytest.raises(UserError) as info:
+        load_model_file(path)
+    assert str(info.value) == (f"general.model_path: {path}: its TorchScript code calls aten::from_file (file access); "
+                               "a model file that runs such code loads only with --trust-model-file")
+    assert victim.read_bytes() == b"original content of the victim\n"
+    with trusting_model_files():  # the user vouches for the file: it runs as before
+        try:
+            load_model_file(path, trust_model_file=True)
+        except UserError as exc:
+            assert "--trust-model-file" not in str(exc)
+    assert victim.read_bytes().startswith(b"XXXXXXXX")
+
+
+class _SetsState(torch.nn.Module):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x):
+        return x.mean(dim=[2, 3])
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return self.marker, self.training
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.marker = state[0]
+        self.training = state[1]
+        torch.save(torch.zeros(1), state[0])  # runs inside torch.jit.load
+
+
+def test_torchscript_setstate_code_is_refused_before_the_file_loads(tmp_path):
+    from stmclf.models.importers import load_model_file
+
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "setstate.pt"
+    torch.jit.save(torch.jit.script(_SetsState(str(marker))), str(path), _extra_files={"input_shape": "16,16,3"})
+    with pytest.raises(UserError, match=r"defines __setstate__ .*, which runs while the file loads; .*"
+                                        r"only with --trust-model-file$"):
+        load_model_file(path)
+    assert not marker.exists()
+
+
+class _Loops(torch.nn.Module):
+    def forward(self, x):
+        i = 0
+        while i >= 0:
+            i = i + 1
+        return x.mean(dim=[2, 3])
+
+
+def test_an_unbounded_torchscript_loop_is_refused_not_run(tmp_path):
+    path = tmp_path / "loop.pt"
+    torch.jit.save(torch.jit.script(_Loops()), str(path), _extra_files={"input_shape": "16,16,3"})
+    message, _ = _load_in_child(path)  # before the check, the probe never returned (60 s: TimeoutExpired)
+    assert message == (f"general.model_path: {path}: its TorchScript code calls prim::Loop (a loop without a small "
+                       "bound); a model file that runs such code loads only with --trust-model-file")
+
+
+class _Plain(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                            torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.features(x)
+        if x.shape[-1] > 1:
+            x = torch.nn.functional.adaptive_avg_pool2d(x, 1)
+        return self.head(torch.flatten(x, 1))
+
+
+def test_plain_traced_scripted_and_exported_models_load_without_the_grant(tmp_path):
+    """Scripted batch norm runs a small loop over the input's shape (torch's own code): a loop bounded
+    by a tensor's rank passes the check."""
+    from stmclf.models.importers import load_model_file
+
+    scripted, traced, exported = tmp_path / "scripted.pt", tmp_path / "traced.pt", tmp_path / "net.pt2"
+    torch.jit.save(torch.jit.script(_Plain()), str(scripted), _extra_files={"input_shape": "16,16,3"})
+    torch.jit.save(torch.jit.trace(_Plain().eval(), torch.zeros(1, 3, 16, 16)), str(traced),
+                   _extra_files={"input_shape": "16,16,3"})
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(_Plain(), (torch.zeros(2, 3, 16, 16),), dynamic_shapes=({0: batch},)),
+                      exported)
+    for path in (scripted, traced, exported):
+        assert load_model_file(path).num_outputs == 3
+
+
+class _WhileLoop(torch.nn.Module):
+    def forward(self, x):
+        from torch._higher_order_ops.while_loop import while_loop
+
+        _, y = while_loop(lambda i, y: i < 3, lambda i, y: (i + 1, y * 2), (torch.tensor(0), x.mean(dim=[2, 3])))
+        return y
+
+
+def test_a_torch_export_loop_is_refused_without_the_grant(tmp_path):
+    from stmclf.models.importers import load_model_file
+
+    path = tmp_path / "loop.pt2"
+    torch.export.save(torch.export.export(_WhileLoop(), (torch.zeros(2, 3, 16, 16),)), path)
+    with pytest.raises(UserError) as info:
+        load_model_file(path)
+    assert str(info.value) == (f"general.model_path: {path}: its torch.export code calls "
+                               "torch.ops.higher_order.while_loop (a loop); a model file that runs such code loads "
+                               "only with --trust-model-file")
+
+
+def test_a_torch_export_graph_with_file_access_is_refused(tmp_path):
+    """torch.export cannot capture aten.from_file (it has no fake kernel), but a crafted archive can
+    name it: the check reads the program's graph, here one built with torch.fx."""
+    from stmclf.models.importers.torch_code import check_export
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    data = graph.call_function(torch.ops.aten.from_file.default, ("/etc/passwd", True, 8))
+    graph.output(graph.call_function(torch.ops.aten.add.Tensor, (x, data)))
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    with pytest.raises(UserError, match=r"^m: f.pt2: its torch.export code calls aten::from_file \(file access\)"):
+        check_export(gm.modules(), Path("f.pt2"), "m")
+
+
+def test_a_torchscript_zip_bomb_is_refused_before_it_inflates(tmp_path):
+    """A real TorchScript archive whose extra/input_shape record (stmclf reads it) inflates from
+    ~1 MB to 1 GiB: one line, without inflating it, in a child capped at 6 GB of address space."""
+    import zipfile
+
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(_Plain().eval()), str(plain))
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w") as dst, zipfile.ZipFile(plain) as src:
+        prefix = src.namelist()[0].split("/", 1)[0]
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        entry = zipfile.ZipInfo(f"{prefix}/extra/input_shape")
+        entry.compress_type = zipfile.ZIP_DEFLATED
+        with dst.open(entry, "w", force_zip64=True) as record:
+            chunk = b"0" * 2**24
+            for _ in range(64):  # 1 GiB, streamed
+                record.write(chunk)
+    assert bomb.stat().st_size < 8 * 2**20
+    message, peak = _load_in_child(bomb, address_space=6 << 30)
+    assert message.startswith(f"general.model_path: {bomb}: its record '{prefix}/extra/input_shape' inflates from ")
+    assert "to 1,073,741,824 bytes (a zip bomb?)" in message
+    assert peak < 2**30 + 2**29, peak  # the record was never inflated (importing torch alone: ~0.5 GB)

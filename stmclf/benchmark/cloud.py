@@ -240,6 +240,16 @@ def default_deadline(environ: Optional[Mapping[str, str]] = None) -> float:
     return value
 
 
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
 def _origin(url: str) -> tuple[str, str, Optional[int]]:
     """(scheme, host, port) of a URL, lower-cased, the default port filled in."""
     p = urlparse(url)
@@ -962,16 +972,22 @@ class CloudClient:
             return token
 
     def _check_login_target(self, login_url: str) -> None:
-        """The password goes only to the SSO URL's scheme, host and port, and only over https
-        (plain http only when the SSO URL itself is http on a loopback host)."""
+        """The password goes only over https to the SSO URL's host or another host of its domain
+        (``sso.st.com`` → ``*.st.com``: the authorization page may redirect to ST's login pages on
+        another host), on the default or the SSO URL's port; plain http only when the SSO URL itself
+        is http on a loopback host, and then only to that same origin (the tests' server)."""
         sso = _origin(self.endpoints.sso)
         target = _origin(login_url)
-        secure = target[0] == "https" or (target[0] == "http" and target[1] in _LOOPBACK)
-        if target != sso or not secure:
-            allowed = f"{sso[0]}://{sso[1]}:{sso[2]}"
+        if sso[0] == "http" and sso[1] in _LOOPBACK:
+            allowed = target == sso
+        else:
+            domain = ".".join(sso[1].split(".")[-2:]) if not _is_ip(sso[1]) else sso[1]
+            same_domain = target[1] == sso[1] or (not _is_ip(sso[1]) and target[1].endswith("." + domain))
+            allowed = target[0] == "https" and same_domain and target[2] in (443, sso[2])
+        if not allowed:
             raise UnsafeLogin(f"STM32Cube.AI Developer Cloud login refused: the SSO login page asks to send the "
-                              f"password to {_where(login_url)}, not to the SSO host {allowed} over https "
-                              f"(check SSO_URL and any proxy); no credentials were sent")
+                              f"password to {_where(login_url)}, not over https to a host of the SSO's domain "
+                              f"({sso[1]}) (check SSO_URL and any proxy); no credentials were sent")
 
     def get_user(self) -> Optional[dict]:
         """The logged-in user (``POST {USER_SERVICE}/login/authenticate``)."""

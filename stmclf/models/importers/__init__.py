@@ -16,7 +16,8 @@ The kind of file is told from its content, not its name (:func:`detect_kind`):
 * ``onnx`` — a float ONNX model converted to a torch module, one layer per ONNX node
   (:mod:`.onnx_graph`);
 * ``torchscript`` / ``torch_export`` / ``pickled_module`` — torch files (:mod:`.torch_files`); a
-  pickled module runs code from the file when loaded and needs ``trust_model_file=True``.
+  pickled module runs code from the file when loaded and needs ``trust_model_file=True``; so does
+  TorchScript / torch.export code that does more than compute (:mod:`.torch_code`).
 
 Every kind ends in logits: a final softmax is removed when the file has one
 (``ImportedModel.output_is_softmax``). Anything else is a one-line :class:`UserError` naming the
@@ -62,7 +63,7 @@ def load_model_file(path: str | Path, *, trust_model_file: bool = False, key: st
         elif kind == "torchscript":
             from stmclf.models.importers.torch_files import load_torchscript
 
-            imported = load_torchscript(file, key, input_shape, fallback_input_shape)
+            imported = load_torchscript(file, key, input_shape, fallback_input_shape, trust_model_file)
         elif kind == "torch_export":
             from stmclf.models.importers.torch_files import load_torch_export
 

@@ -8,6 +8,10 @@ file — a torch.export program's example input, a TorchScript extra file ``inpu
 (``torch.jit.save(m, path, _extra_files={"input_shape": "128,128,3"})``) or an ``input_shape``
 attribute of the module —, else from ``fallback_shape`` (the config's ``training.model.input_shape``).
 
+Before ``torch.jit.load`` / ``torch.export.load``, the archive's records are checked for a zip bomb;
+without ``trust_model_file`` the TorchScript / torch.export code is read before any of it runs and
+refused when it does more than compute (:mod:`.torch_code`).
+
 * TorchScript: loaded with ``torch.jit.load`` (TorchScript code, no Python unpickling). Scripted
   modules train normally. Traced modules keep the batch-norm / dropout mode they were traced in (a
   note says so). Dropout rates are TorchScript constants: they cannot be changed.
@@ -41,6 +45,7 @@ from stmclf.models.custom import ModuleGraph, _keras_shape
 from stmclf.models.graph import Node, normalise_indices
 from stmclf.models.importers.base import (PICKLED_CODE, ImportedModel, file_error, first_line, looks_like_probabilities,
                                           probe_outputs)
+from stmclf.models.importers.torch_code import check_archive, check_export, check_torchscript, check_torchscript_source
 
 _BN_NAMES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"}
 _DROPOUT_NAMES = {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"}
@@ -316,14 +321,19 @@ def _refuse_probabilities(module: nn.Module, input_shape: tuple[int, int, int], 
 
 
 def load_torchscript(path: Path, key: str, input_shape: tuple[int, int, int] | None,
-                     fallback_shape: tuple[int, int, int] | None = None) -> ImportedModel:
+                     fallback_shape: tuple[int, int, int] | None = None, trust: bool = False) -> ImportedModel:
     extra = {"input_shape": ""}
+    check_archive(path, key)
+    if not trust:
+        check_torchscript_source(path, key)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
         raise file_error(key, path, f"not a loadable TorchScript file ({first_line(exc)})") from None
+    if not trust:
+        check_torchscript(module, path, key)
     found = _shape_from(extra.get("input_shape") or None) or _shape_from(getattr(module, "input_shape", None))
     shape = _resolve_shape(input_shape, found, path, key, "TorchScript", fallback_shape)
     out = _probe(module, shape, path, key)
@@ -382,10 +392,15 @@ def _unpickling_refused() -> Iterator[None]:
 
 def load_torch_export(path: Path, key: str, input_shape: tuple[int, int, int] | None,
                       trust: bool = False, fallback_shape: tuple[int, int, int] | None = None) -> ImportedModel:
+    check_archive(path, key)
     try:
         with nullcontext() if trust else _unpickling_refused():
             program = torch.export.load(str(path))
+            if not trust:  # before module(): nothing of the program runs before its graphs are checked
+                check_export(program.graph_module.modules(), path, key)
         gm = program.module(check_guards=False)
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, PickledPayload):
