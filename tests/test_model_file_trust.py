@@ -4,6 +4,9 @@ file (loading one runs code from it). Real CLI runs on real files; the pickle's 
 create a marker file."""
 from __future__ import annotations
 
+import operator
+import re
+
 import os
 import subprocess
 import sys
@@ -445,6 +448,23 @@ def test_a_torch_export_graph_with_file_access_is_refused(tmp_path):
     graph.output(graph.call_function(torch.ops.aten.add.Tensor, (x, data)))
     gm = torch.fx.GraphModule(torch.nn.Module(), graph)
     with pytest.raises(UserError, match=r"^m: f.pt2: its torch.export code calls aten::from_file \(file access\)"):
+        check_export(gm.modules(), Path("f.pt2"), "m")
+
+
+@pytest.mark.parametrize("target, name", [(getattr, "builtins.getattr"), (open, "io.open"), (eval, "builtins.eval"),
+                                          (operator.call, "_operator.call")])
+def test_a_torch_export_graph_calling_python_that_reaches_objects_is_refused(target, name):
+    """A graph that could walk from a tensor to any Python object (getattr, operator.call) or open a
+    file is refused; operator.getitem, math and plain builtins (len, min) pass."""
+    from stmclf.models.importers.torch_code import check_export
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    size = graph.call_function(len, (graph.call_function(operator.getitem, (x, 0)),))
+    graph.call_function(target, (x, "__class__") if target is getattr else ("/etc/passwd",))
+    graph.output(graph.call_function(torch.ops.aten.mul.Tensor, (x, size)))
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    with pytest.raises(UserError, match=rf"^m: f.pt2: its torch.export code calls {re.escape(name)} \(Python code\)"):
         check_export(gm.modules(), Path("f.pt2"), "m")
 
 

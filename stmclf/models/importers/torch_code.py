@@ -13,9 +13,11 @@ is read, never run, before anything else is done with the file:
   submodules (calls inlined, blocks walked) and :func:`check_export` — every ``call_function`` node
   of a torch.export program and its nested graphs: only ``aten`` / ``prim`` / ``quantized`` compute
   ops, no op that reads or writes files (``aten::from_file``, ``aten::save``) or reaches the network
-  (``prim::rpc_*``), no thread (``prim::fork``), no loop (``prim::Loop``,
-  ``torch.ops.higher_order.while_loop``: an unbounded loop would hang stmclf where Ctrl-C cannot stop
-  it) and no call that cannot be inlined.
+  (``prim::rpc_*``), no thread (``prim::fork``), no loop without a small static bound (a
+  ``prim::Loop`` over a constant or a tensor's rank passes; a ``while``, a computed range and
+  ``torch.ops.higher_order.while_loop`` do not: an unbounded loop would hang stmclf where Ctrl-C
+  cannot stop it), no call that cannot be inlined, and in a torch.export graph no Python function
+  beyond ``operator``/``math`` and a few pure builtins (none that reaches attributes or calls a value).
 
 The first refused op is named in one line ending with the flag; with ``--trust-model-file`` none of
 these checks runs. Compute ops themselves are trusted: a bug in one of PyTorch's kernels is not
@@ -55,7 +57,12 @@ REFUSED_OPS = {
     "prim::PythonOp": "Python code",
 }
 _ALLOWED_HIGHER_ORDER = {"cond"}  # both branches are nested graphs, checked like the rest
-_PYTHON_MODULES = {"_operator", "operator", "math", "builtins"}
+_PYTHON_MODULES = {"_operator", "operator", "math"}
+_SAFE_BUILTINS = {"len", "min", "max", "abs", "int", "float", "bool", "round", "pow", "divmod", "slice", "range",
+                  "tuple", "list", "sum", "all", "any"}
+_UNSAFE_PYTHON = {"call", "attrgetter", "methodcaller", "getattr", "setattr", "delattr"}
+"""Functions that reach an object's attributes or call a value: with them a graph could walk from
+a tensor to any Python object (``getattr(x, "__class__")`` …) and call it."""
 
 
 def check_archive(path: Path, key: str) -> None:
@@ -189,8 +196,10 @@ def _export_reason(target: Any) -> tuple[str, str | None]:
         return schema, _reason(schema)
     module = getattr(target, "__module__", None) or ""
     name = getattr(target, "__name__", repr(target))
-    if module in _PYTHON_MODULES or target in vars(operator).values() or \
-            (module.startswith("torch") and name.startswith("sym_")):
+    if name in _UNSAFE_PYTHON:
+        return f"{module}.{name}", "Python code"
+    if module in _PYTHON_MODULES or target in vars(operator).values() or (module == "builtins" and name in _SAFE_BUILTINS) \
+            or (module.startswith("torch") and name.startswith("sym_")):
         return name, None
     return f"{module}.{name}", "Python code"
 
