@@ -205,6 +205,19 @@ def test_qdq_per_channel_and_per_tensor_agree_with_float(exported, setup, tmp_pa
     assert onnx_session(per_tensor).get_inputs()[0].type == "tensor(float)"
 
 
+def test_an_export_leaves_the_recursion_limit_as_it_was(exported):
+    """onnx2tf sets sys.setrecursionlimit(2**31 - 1) when imported: any deep recursion later in the
+    process (a Developer Cloud reply nested 100,000 deep) crashed it with a segfault instead of
+    raising RecursionError."""
+    import sys
+
+    from stmclf.benchmark.cloud import decode_json
+
+    assert sys.getrecursionlimit() < 100_000
+    with pytest.raises(ValueError, match="nested too deeply"):
+        decode_json(b"[" * 100_000 + b"]" * 100_000)
+
+
 def test_float_tflite_matches_torch(exported, setup):
     from stmclf.export.images import rescale
     from stmclf.export.tflite import TfliteModel, nhwc

@@ -71,12 +71,14 @@ def require_tflite_stack(log_file: Optional[Path] = None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     missing = []
     modules = {}
+    limit = sys.getrecursionlimit()
     with captured_output(Path(log_file) if log_file else None):
         for name in ("tensorflow", "tf_keras", "onnx2tf", "ai_edge_litert", "onnxsim"):
             try:
                 modules[name] = __import__(name)
             except ImportError:
                 missing.append(name)
+    sys.setrecursionlimit(limit)  # onnx2tf's import sets 2**31 - 1 (see onnx_to_saved_model)
     if missing:
         raise UserError(f"TFLite export needs {', '.join(missing)}: install the extra with "
                         f"pip install 'stmclf[tflite]' (or export with --format onnx)")
@@ -187,6 +189,10 @@ def _simplify(onnx_path: Path, out: Path, log_file: Path) -> bool:
         return False
 
 
+ONNX2TF_RECURSION_LIMIT = 20_000
+"""The recursion limit while onnx2tf converts (Python 3.11 frames need little C stack)."""
+
+
 def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simplify: bool = True) -> Path:
     """Run onnx2tf on a copy of ``onnx_path``; returns the SavedModel directory."""
     from stmclf.export.onnx_export import require_static_batch1
@@ -195,6 +201,12 @@ def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simp
     require_tflite_stack(log_file)
     import onnx2tf.onnx2tf as o2t
     from unittest import mock
+
+    limit = sys.getrecursionlimit()
+
+    # Deep graphs need some room, but a limit past what the C stack holds turns any deep recursion
+    # later in the process (a cloud reply nested 100,000 deep) into a segfault, not a RecursionError.
+    sys.setrecursionlimit(max(limit, ONNX2TF_RECURSION_LIMIT))
 
     source = work_dir / "model.onnx"  # onnx2tf rewrites its input file (op names)
     if not (simplify and _simplify(onnx_path, source, log_file)):
@@ -213,6 +225,7 @@ def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simp
                         f"({_error_line(log_file, type(exc).__name__, offset)}); full log: {log_file}") from None
     finally:
         os.environ["PATH"] = path
+        sys.setrecursionlimit(limit)
     if not (saved_model / "saved_model.pb").is_file():
         raise UserError(f"{onnx_path}: onnx2tf wrote no SavedModel "
                         f"({_error_line(log_file, 'no error reported', offset)}); "
