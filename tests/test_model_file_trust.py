@@ -491,3 +491,69 @@ def test_a_torchscript_zip_bomb_is_refused_before_it_inflates(tmp_path):
     assert message.startswith(f"general.model_path: {bomb}: its record '{prefix}/extra/input_shape' inflates from ")
     assert "to 1,073,741,824 bytes (a zip bomb?)" in message
     assert peak < 2**30 + 2**29, peak  # the record was never inflated (importing torch alone: ~0.5 GB)
+
+
+def _record_offset(raw: bytes, info) -> int:
+    """Where ``info``'s data starts in the archive's bytes (after its local header)."""
+    import struct
+
+    name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+    return info.header_offset + 30 + name_len + extra_len
+
+
+@pytest.mark.parametrize("damage", ["code byte", "weight byte", "weight size"])
+def test_a_damaged_torch_archive_is_refused_in_one_line(tmp_path, damage):
+    """PyTorch's zip reader checks no CRC: a flipped byte in a weight record loaded as a wrong weight,
+    a flipped byte in a (deflated) code record raised zlib.error from deep inside, and a weight
+    record that inflates past its declared size loaded as zeros (torch reads the declared size). Each
+    is now one line naming the record, for TorchScript and for a weights-only state dict alike."""
+    import struct
+    import zipfile
+
+    from stmclf.models.importers import load_model_file
+    from stmclf.models.importers.base import load_weights_only
+
+    good = tmp_path / "good.pt"
+    torch.jit.save(torch.jit.script(_Plain().eval()), str(good))
+    with zipfile.ZipFile(good) as archive:
+        infos = archive.infolist()
+        prefix = infos[0].filename.split("/", 1)[0]
+        if damage == "code byte":
+            info = next(i for i in infos if "/code/" in i.filename and i.filename.endswith(".py"))
+        else:
+            info = next(i for i in infos if i.filename == f"{prefix}/data/0")
+    raw = bytearray(good.read_bytes())
+    if damage == "weight size":  # the conv weight (432 bytes) re-stored deflated, declaring 16 bytes
+        bad = tmp_path / "bad.pt"
+        with zipfile.ZipFile(bad, "w") as dst, zipfile.ZipFile(good) as src:
+            for item in src.infolist():
+                dst.writestr(item.filename, src.read(item),
+                             compress_type=zipfile.ZIP_DEFLATED if item.filename == info.filename else None)
+        raw = bytearray(bad.read_bytes())
+        with zipfile.ZipFile(bad) as archive:
+            moved = archive.getinfo(info.filename)
+        struct.pack_into("<I", raw, moved.header_offset + 22, 16)  # local header: uncompressed size
+        central = raw.index(b"PK\x01\x02")  # the central directory's entries, in order
+        while raw[central + 46:central + 46 + len(info.filename)] != info.filename.encode():
+            central = raw.index(b"PK\x01\x02", central + 4)
+        struct.pack_into("<I", raw, central + 24, 16)  # central directory: uncompressed size
+    else:
+        raw[_record_offset(raw, info) + 5] ^= 0x41
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(raw))
+
+    with pytest.raises(UserError) as caught:
+        load_model_file(damaged, input_shape=(16, 16, 3))
+    message = str(caught.value)
+    assert message.startswith(f"general.model_path: {damaged}: its record '{info.filename}' is damaged ("), message
+    assert message.endswith("); save or download it again") and "\n" not in message
+
+    weights = tmp_path / "weights.pt"
+    torch.save(_Plain().state_dict(), weights)
+    with zipfile.ZipFile(weights) as archive:
+        record = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))
+    raw = bytearray(weights.read_bytes())
+    raw[_record_offset(raw, record) + 5] ^= 0x41
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"^its record '{re.escape(record.filename)}' is damaged \(Bad CRC-32"):
+        load_weights_only(weights)

@@ -1,8 +1,10 @@
 """What every importer returns (:class:`ImportedModel`), file sniffing and one-line errors."""
 from __future__ import annotations
 
+import os
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ SUPPORTED_TEXT = ("a Keras .h5 model (tf_keras / Keras 2 model.save), a float ON
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
+MAX_RECORD_BYTES = 64 * 2**20
+"""A zip record may inflate past this only at a compression ratio of at most :data:`MAX_RATIO`."""
+MAX_RATIO = 100
 
 
 def resave_hint(path: Path | str) -> str:
@@ -181,11 +186,52 @@ class PickledCode(ValueError):
     """A file the weights-only unpickler refuses: its pickle names classes or functions (code)."""
 
 
+def zip_problem(path: Path | str) -> str | None:
+    """What is wrong with the zip archive ``path`` (a torch file), in one line, or None.
+
+    First the sizes its directory declares, before anything is inflated: a record that inflates past
+    :data:`MAX_RECORD_BYTES` at more than :data:`MAX_RATIO`:1, or records that inflate past the
+    memory available (a zip bomb). PyTorch's reader allocates exactly the declared sizes (and reads
+    no more), so they bound it. Then every record is read once against its CRC-32: PyTorch's reader
+    checks none, so a damaged download would otherwise load as wrong weights, or fail deep inside
+    torch."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            total = 0
+            for info in infos:
+                total += info.file_size
+                if info.file_size > MAX_RECORD_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+                    return (f"its record {info.filename!r} inflates from {info.compress_size:,} to "
+                            f"{info.file_size:,} bytes (a zip bomb?); records over {MAX_RECORD_BYTES // 2**20} MiB "
+                            f"may be compressed at most {MAX_RATIO}:1")
+            from stmclf.config.rules import available_memory
+
+            if total > max(available_memory(), 100 * os.path.getsize(path)):
+                return (f"its records inflate to {total:,} bytes, more than the "
+                        f"{available_memory() / 2**30:,.1f} GiB of memory available")
+            for info in infos:
+                try:
+                    with archive.open(info) as record:  # bounded by the declared size, checked above
+                        while record.read(2**20):
+                            pass
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+                    return f"its record {info.filename!r} is damaged ({one_line(exc)}); save or download it again"
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return f"not a readable zip archive ({one_line(exc)})"
+    return None
+
+
 def load_weights_only(path: Path | str) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, without torch's warnings (an unexpected
     pickle protocol, ...). A failure is a ValueError with a one-line reason: :class:`PickledCode`
     (:data:`PICKLED_CODE`) for a pickle that names code, without torch's advice to load it with
-    ``weights_only=False`` (the wrong advice in front of a hostile file)."""
+    ``weights_only=False`` (the wrong advice in front of a hostile file); a zip archive (torch's
+    default format) is checked first (:func:`zip_problem`)."""
+    if is_zip(path):
+        problem = zip_problem(path)
+        if problem:
+            raise ValueError(problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -194,6 +240,14 @@ def load_weights_only(path: Path | str) -> Any:
         if "weights only load failed" in str(exc).lower():
             raise PickledCode(PICKLED_CODE) from None
         raise ValueError(one_line(exc)) from None
+
+
+def is_zip(path: Path | str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == ZIP_SIGNATURE
+    except OSError:
+        return False
 
 
 def _pickle_kind(path: Path) -> str:

@@ -5,8 +5,8 @@ TorchScript ``__setstate__`` runs while ``torch.jit.load`` reads the file). With
 is read, never run, before anything else is done with the file:
 
 * :func:`check_archive` — the zip's records, before anything is inflated: a record that inflates past
-  :data:`MAX_RECORD_BYTES` at more than :data:`MAX_RATIO`:1, or records that inflate past the memory
-  available, are refused (a zip bomb).
+  ``MAX_RECORD_BYTES`` at more than ``MAX_RATIO``:1, or records that inflate past the memory
+  available, are refused (a zip bomb); then each record's CRC-32 (a damaged file).
 * :func:`check_torchscript_source` — the archive's TorchScript source (``code/``) defines no
   ``__setstate__`` (code ``torch.jit.load`` would run).
 * :func:`check_torchscript` — every node of every method and hook graph of the module and its
@@ -26,7 +26,6 @@ something this check can see.
 from __future__ import annotations
 
 import operator
-import os
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,11 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from stmclf.models.importers.base import file_error
+from stmclf.models.importers.base import file_error, zip_problem
 
-MAX_RECORD_BYTES = 64 * 2**20
-"""A zip record may inflate past this only at a compression ratio of at most :data:`MAX_RATIO`."""
-MAX_RATIO = 100
 TRUST_HINT = "a model file that runs such code loads only with --trust-model-file"
 
 ALLOWED_NAMESPACES = ("aten", "prim", "prims", "quantized", "_quantized")
@@ -66,26 +62,11 @@ a tensor to any Python object (``getattr(x, "__class__")`` …) and call it."""
 
 
 def check_archive(path: Path, key: str) -> None:
-    """Refuse, before anything is inflated, a zip whose records inflate without bound (a zip bomb).
-    The sizes are the ones the zip's directory declares; PyTorch's reader allocates exactly those."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise file_error(key, path, f"not a readable zip archive ({exc})") from None
-    total = 0
-    for info in infos:
-        total += info.file_size
-        if info.file_size > MAX_RECORD_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-            raise file_error(key, path, f"its record {info.filename!r} inflates from {info.compress_size:,} to "
-                                        f"{info.file_size:,} bytes (a zip bomb?); records over "
-                                        f"{MAX_RECORD_BYTES // 2**20} MiB may be compressed at most "
-                                        f"{MAX_RATIO}:1")
-    from stmclf.config.rules import available_memory
-
-    if total > max(available_memory(), 100 * os.path.getsize(path)):
-        raise file_error(key, path, f"its records inflate to {total:,} bytes, more than the "
-                                    f"{available_memory() / 2**30:,.1f} GiB of memory available")
+    """Refuse, before torch reads it, a zip that inflates without bound (a zip bomb) or holds a
+    damaged record (:func:`~stmclf.models.importers.base.zip_problem`)."""
+    problem = zip_problem(path)
+    if problem:
+        raise file_error(key, path, problem)
 
 
 def check_torchscript_source(path: Path, key: str) -> None:

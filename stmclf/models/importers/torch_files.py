@@ -43,8 +43,8 @@ from torch.nn.modules.dropout import _DropoutNd
 from stmclf.errors import UserError, is_allocation_failure
 from stmclf.models.custom import ModuleGraph, _keras_shape
 from stmclf.models.graph import Node, normalise_indices
-from stmclf.models.importers.base import (PICKLED_CODE, ImportedModel, file_error, first_line, looks_like_probabilities,
-                                          probe_outputs)
+from stmclf.models.importers.base import (PICKLED_CODE, ImportedModel, file_error, first_line, is_zip,
+                                          looks_like_probabilities, probe_outputs)
 from stmclf.models.importers.torch_code import check_archive, check_export, check_torchscript, check_torchscript_source
 
 _BN_NAMES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"}
@@ -444,6 +444,8 @@ def load_pickled_module(path: Path, key: str, input_shape: tuple[int, int, int] 
         raise file_error(key, path, f"{PICKLED_CODE}; pass --trust-model-file only for a file you trust (or "
                                     "save the model with "
                                     "torch.jit.save / torch.export.save / torch.onnx.export)")
+    if is_zip(path):
+        check_archive(path, key)
     try:
         module = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - anything the unpickled code raises
