@@ -15,6 +15,7 @@ run ends in state ``error``), ``stall`` (the run never leaves ``in_queue``), ``a
 ``hostile[exact path] = mode`` with mode ``drip`` (Content-Length 100000, then one byte every
 0.5 s), ``endless`` (a chunked body that never ends, up to 256 MiB), ``deep_json``
 (100,000 nested lists), ``redirect_loop``, ``redirect_file`` (302 to file:///etc/passwd);
+``redirect_to[exact path] = URL`` (an HTTP 307 to that URL, e.g. on another server);
 ``login_form_action`` (the login page's form action, e.g. another host); ``result_patch`` (a
 function called on each finished benchmark result before it is sent). Every request is recorded
 in ``requests``.
@@ -91,6 +92,7 @@ class FakeDevCloud:
     external_flash: bool = False
     token_ttl: float = 3600.0
     hostile: dict = field(default_factory=dict)
+    redirect_to: dict = field(default_factory=dict)   # exact path → URL of a 307
     login_form_action: Optional[str] = None
     result_patch: Any = None
     boards: dict = field(default_factory=lambda: dict(BOARDS))
@@ -303,6 +305,8 @@ class _Handler(BaseHTTPRequestHandler):
             if fragment in path and count > 0:
                 st.fail_500[fragment] = count - 1
                 return self._reply(500, {"error": "Internal Server Error"})
+        if path in st.redirect_to:
+            return self._reply(307, "", ctype="text/html", headers={"Location": st.redirect_to[path]})
         norm = "/" + "/".join(p for p in path.split("/") if p)  # the client sends stm32ai//analyze
         mode = st.hostile.get(norm)
         if mode:

@@ -14,11 +14,18 @@ Login is the SSO authorization-code flow of the reference: GET ``{SSO}/as/author
 0700, file 0600), refreshed at ``{USER_SERVICE}/login/refresh`` when expired or on an HTTP 401
 (once per call, then a fresh login).
 
-Every request has a timeout per read (``timeout``) and a wall-clock deadline for the whole reply
+Every request has a timeout per read (``timeout``) and a wall-clock deadline
 (``STMCLF_CLOUD_DEADLINE`` seconds, default 300; uploads and downloads get at least
-``upload_timeout``); replies are read in chunks and capped (JSON replies at 16 MiB, downloaded files
-at 1 GiB), so a server that drips bytes or sends an endless body ends in one line naming the
-endpoint (:class:`ServiceUnreachable`) instead of a hang or an out-of-memory kill. Non-standard JSON
+``upload_timeout``) that bounds each attempt as a whole: connecting, the TLS handshake, sending the
+request, the status line and headers, every redirect and the body. A watchdog thread shuts the
+connection down at the deadline (:class:`_Deadline`) and no single read waits past it, so a server
+that stalls or drips bytes anywhere in its reply ends in one line naming the endpoint
+(:class:`ServiceUnreachable`, not retried) instead of a hang; replies are read in chunks and capped
+(JSON replies at 16 MiB, downloaded files at 1 GiB), so an endless body ends the same way instead of
+an out-of-memory kill. Authenticated API calls (and the token refresh) follow redirects only on
+their URL's own scheme, host and port; a redirect elsewhere is refused in one line
+(:class:`UnexpectedReply`) rather than followed without the token to a reply that is not the
+service's (the SSO login, which crosses ST's hosts, is not concerned). Non-standard JSON
 (``NaN``, ``Infinity``, overflowing numbers) and JSON nested deeper than Python can decode are
 refused as unexpected replies. The login form's password goes only to the scheme, host and port of
 the SSO URL (``SSO_URL`` or ST's), over https (plain http only when the SSO URL itself is http on a
@@ -36,6 +43,8 @@ Every failure is a one-line :class:`CloudError` (a :class:`~stmclf.errors.UserEr
 """
 from __future__ import annotations
 
+import contextvars
+import functools
 import getpass
 import html
 import json
@@ -43,7 +52,9 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +62,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 from urllib.parse import parse_qs, urljoin, urlparse
 
 import requests
+import requests.adapters
 import urllib3
 
 from stmclf.benchmark.reports import (c_info_device, c_info_macc, c_info_tool, footprint_sums,
@@ -238,6 +250,152 @@ def default_deadline(environ: Optional[Mapping[str, str]] = None) -> float:
     if not (math.isfinite(value) and value > 0):
         raise CloudError(f"{DEADLINE_ENV}={text[:40]!r} is not a number of seconds > 0")
     return value
+
+
+class _Deadline:
+    """The wall-clock bound of one request with its whole reply: at ``seconds`` a watchdog thread
+    shuts down (``SHUT_RDWR``, which wakes a blocked read or write at once; a close would not) the
+    TCP connections the request used, so a server that stalls or drips bytes, in the TLS handshake,
+    status line and headers as much as in the body, cannot hold the client past it.
+
+    Connections reach it through :class:`_WatchedConnection` while it is the thread's current
+    deadline (``with deadline:``), each as a duplicate of its socket's file descriptor: the
+    duplicate stays valid whatever wraps or replaces the socket object (TLS takes it over) and is
+    closed when the request ends, leaving a kept-alive connection as it was."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = float(seconds)
+        self.at = time.monotonic() + self.seconds
+        self.fired = False                       # the watchdog shut the connections down
+        self._done = False
+        self._sockets: list[socket.socket] = []  # duplicates, closed at the end
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(self.seconds, self._fire)
+        self._timer.daemon = True
+        self._token: Any = None
+
+    def __enter__(self) -> "_Deadline":
+        self._token = _CURRENT_DEADLINE.set(self)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        _CURRENT_DEADLINE.reset(self._token)
+        with self._lock:
+            self._done = True
+            for dup in self._sockets:
+                dup.close()
+            self._sockets = []
+
+    def left(self) -> float:
+        return max(self.at - time.monotonic(), 0.0)
+
+    @property
+    def expired(self) -> bool:
+        return self.fired or time.monotonic() >= self.at
+
+    def watch(self, sock: Any) -> None:
+        """Watch the connection of ``sock`` (a socket, a TLS socket or urllib3's TLS-in-TLS wrapper)."""
+        try:
+            dup = socket.fromfd(sock.fileno(), getattr(sock, "family", socket.AF_INET), socket.SOCK_STREAM)
+        except (OSError, ValueError, AttributeError):  # already closed: nothing to wait on
+            return
+        with self._lock:
+            if self._done:
+                dup.close()
+                return
+            self._sockets.append(dup)
+            if self.fired:
+                _shutdown(dup)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            for dup in self._sockets:
+                _shutdown(dup)
+
+    def error(self, url: str, what: str, received: Optional[int] = None) -> "ServiceUnreachable":
+        got = f"{received:,} bytes of the body received" if received is not None else "no complete reply"
+        return ServiceUnreachable(f"unexpected reply from {_where(url)} ({what}): not complete within "
+                                  f"{self.seconds:g} s ({got}; {DEADLINE_ENV} sets the limit)")
+
+
+_CURRENT_DEADLINE: contextvars.ContextVar[Optional[_Deadline]] = contextvars.ContextVar("stmclf_cloud_deadline",
+                                                                                        default=None)
+
+
+def _quiet_after_deadline(record: logging.LogRecord) -> bool:
+    """Drops urllib3's "Failed to parse headers" warning (with its traceback) for headers the
+    watchdog cut short: the deadline's own one-line error says what happened."""
+    deadline = _CURRENT_DEADLINE.get()
+    return not (deadline is not None and deadline.fired and str(record.msg).startswith("Failed to parse headers"))
+
+
+for _name in ("urllib3.connection", "urllib3.connectionpool"):  # urllib3 2.x, 1.26
+    logging.getLogger(_name).addFilter(_quiet_after_deadline)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already disconnected
+        pass
+
+
+class _WatchedConnection:
+    """Mixed into urllib3's connection classes: each new TCP connection (before any TLS or proxy
+    tunnel) and a kept-alive one at each reuse is handed to the thread's current :class:`_Deadline`."""
+
+    def _new_conn(self):
+        sock = super()._new_conn()  # type: ignore[misc]
+        deadline = _CURRENT_DEADLINE.get()
+        if deadline is not None:
+            deadline.watch(sock)
+        return sock
+
+    def request(self, *args, **kwargs):
+        deadline = _CURRENT_DEADLINE.get()
+        if deadline is not None and getattr(self, "sock", None) is not None:  # a kept-alive connection
+            deadline.watch(self.sock)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+@functools.lru_cache(maxsize=None)
+def _watched_pool(pool_cls: type) -> type:
+    """``pool_cls`` whose connections are :class:`_WatchedConnection` (plain, TLS or SOCKS alike)."""
+    if issubclass(pool_cls.ConnectionCls, _WatchedConnection):
+        return pool_cls
+    conn_cls = type(f"Watched{pool_cls.ConnectionCls.__name__}", (_WatchedConnection, pool_cls.ConnectionCls), {})
+    return type(f"Watched{pool_cls.__name__}", (pool_cls,), {"ConnectionCls": conn_cls})
+
+
+def _watch_pools(manager: Any) -> Any:
+    manager.pool_classes_by_scheme = {scheme: _watched_pool(cls)
+                                      for scheme, cls in manager.pool_classes_by_scheme.items()}
+    return manager
+
+
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with :class:`_WatchedConnection` pools, direct and through proxies."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _watch_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        return _watch_pools(super().proxy_manager_for(proxy, **proxy_kwargs))
+
+
+def _pair(timeout: Any) -> tuple[Optional[float], Optional[float]]:
+    """(connect, read) seconds of a requests timeout (a number or a pair; None: no limit)."""
+    return tuple(timeout) if isinstance(timeout, (tuple, list)) else (timeout, timeout)  # type: ignore[return-value]
+
+
+def _capped(seconds: Optional[float], left: float) -> float:
+    return left if seconds is None else min(float(seconds), left)
 
 
 def _is_ip(host: str) -> bool:
@@ -609,7 +767,8 @@ class CloudClient:
     ``upload_model``, ``boards``/``check_board``, ``benchmark``, ``analyze``...
 
     Timeouts are (connect, read) seconds per request; ``deadline`` (default: ``STMCLF_CLOUD_DEADLINE``
-    or 300 s) bounds the wall-clock time of one request with its whole reply, ``max_json_bytes`` and
+    or 300 s) bounds the wall-clock time of one request with its whole reply (from connecting to the
+    last byte, redirects included; each retry gets its own), ``max_json_bytes`` and
     ``max_download_bytes`` its size; ``max_retries`` bounds the retries of a
     request after a connection error or an HTTP 5xx (delays ``backoff``·2^n s, at most 30 s);
     ``poll_interval`` is the delay between two status polls."""
@@ -650,6 +809,8 @@ class CloudClient:
     # --- plumbing ---------------------------------------------------------------------------
     def _new_session(self) -> requests.Session:
         s = requests.Session()  # trust_env: HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE
+        for prefix in ("https://", "http://"):
+            s.mount(prefix, _DeadlineAdapter())
         s.verify = bool(self.verify)
         s.max_redirects = 10
         return s
@@ -668,37 +829,56 @@ class CloudClient:
 
     def _send(self, session: requests.Session, method: str, url: str, *, what: str,
               timeout: Optional[tuple[float, float]] = None, deadline: Optional[float] = None,
-              sink=None, max_bytes: Optional[int] = None, **kwargs) -> requests.Response:
-        """One request with the timeout, retried after connection errors and HTTP 5xx. The reply
-        (and every redirect's) is read here, in chunks, within ``deadline`` seconds (default
-        ``self.deadline``) and ``max_bytes`` (default ``self.max_json_bytes``); its body is then in
-        ``resp.content``, or written to ``sink`` (a binary file) when one is given."""
+              sink=None, max_bytes: Optional[int] = None, same_origin: bool = False,
+              **kwargs) -> requests.Response:
+        """One request with the timeout, retried after connection errors and HTTP 5xx. Each attempt,
+        from connecting to the last byte of the reply (and of every redirect's), must end within
+        ``deadline`` seconds (default ``self.deadline``; see :class:`_Deadline`) and ``max_bytes``
+        (default ``self.max_json_bytes``); its body is then in ``resp.content``, or written to
+        ``sink`` (a binary file) when one is given. ``same_origin``: a redirect to another scheme,
+        host or port is refused (:class:`UnexpectedReply`) instead of followed."""
         attempts = max(1, self.max_retries + 1)
         idempotent = method in ("GET", "HEAD", "OPTIONS", "DELETE")
         limit = float(deadline or self.deadline)
         cap = int(max_bytes or self.max_json_bytes)
+        connect_timeout, read_timeout = _pair(timeout or self.timeout)
         for attempt in range(attempts):
             last = attempt == attempts - 1
-            deadline_at = time.monotonic() + limit
+            bound = _Deadline(limit)
 
-            def consume_redirect(r: requests.Response, *args, **kw) -> requests.Response:
+            def on_response(r: requests.Response, *args, **kw) -> requests.Response:
                 if r.is_redirect:  # requests buffers a redirect's body itself: bound it first
-                    self._read_body(r, what, deadline_at, limit, cap, None)
+                    if same_origin:
+                        self._refuse_other_origin(session, url, r, what)
+                    self._read_body(r, what, bound, cap, None)
                 return r
 
             if sink is not None:
                 sink.seek(0)
                 sink.truncate()
             try:
-                resp = session.request(method, url, timeout=timeout or self.timeout, stream=True,
-                                       hooks={"response": consume_redirect}, **kwargs)
-                if not resp.is_redirect or resp._content is False:
-                    self._read_body(resp, what, deadline_at, limit, cap, sink)
-            except requests.exceptions.SSLError:
-                raise ServiceUnreachable(f"{what}: TLS error talking to {urlparse(url).netloc} (certificate not "
-                                         "trusted? behind an inspecting proxy set REQUESTS_CA_BUNDLE, or "
-                                         "NO_SSL_VERIFY=1)") from None
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                with bound:
+                    # no single read (nor the connect) may wait past the deadline either
+                    resp = session.request(method, url, stream=True, hooks={"response": on_response},
+                                           timeout=(_capped(connect_timeout, bound.left()),
+                                                    _capped(read_timeout, bound.left())), **kwargs)
+                    if not resp.is_redirect or resp._content is False:
+                        self._read_body(resp, what, bound, cap, sink)
+                    if bound.fired:  # cut short by the watchdog, whatever the reply looked like
+                        resp.close()
+                        raise bound.error(resp.url or url, what)
+            except requests.RequestException as exc:
+                if bound.expired:
+                    raise bound.error(url, what) from None
+                if isinstance(exc, requests.exceptions.SSLError):
+                    raise ServiceUnreachable(f"{what}: TLS error talking to {urlparse(url).netloc} (certificate "
+                                             "not trusted? behind an inspecting proxy set REQUESTS_CA_BUNDLE, or "
+                                             "NO_SSL_VERIFY=1)") from None
+                if not isinstance(exc, (requests.ConnectionError, requests.Timeout,
+                                        requests.exceptions.ChunkedEncodingError)):
+                    # redirect loop, file:// redirect, bad URL, ...
+                    raise UnexpectedReply(f"unexpected reply from {_where(url)} ({what}): {type(exc).__name__}: "
+                                          f"{_without_queries(str(exc))}") from None
                 sent = isinstance(exc, requests.ReadTimeout)
                 if last or (sent and not idempotent):
                     raise ServiceUnreachable(
@@ -708,9 +888,6 @@ class CloudClient:
                             attempt + 1, attempts - 1)
                 self.sleep(self._delay(attempt))
                 continue
-            except requests.RequestException as exc:  # redirect loop, file:// redirect, bad URL, ...
-                raise UnexpectedReply(f"unexpected reply from {_where(url)} ({what}): {type(exc).__name__}: "
-                                      f"{_without_queries(str(exc))}") from None
             if resp.status_code >= 500 and not last:
                 log.warning("%s: HTTP %d, retrying in %.1f s (%d/%d)", what, resp.status_code, self._delay(attempt),
                             attempt + 1, attempts - 1)
@@ -721,22 +898,40 @@ class CloudClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
-    def _read_body(resp: requests.Response, what: str, deadline_at: float, limit: float, cap: int, sink) -> None:
-        """Read ``resp``'s body in chunks until ``deadline_at`` (monotonic) and ``cap`` bytes:
-        into ``resp.content``, or into ``sink``. Past either: :class:`ServiceUnreachable`."""
+    def _refuse_other_origin(session: requests.Session, url: str, resp: requests.Response, what: str) -> None:
+        """An API call's redirect goes only to the origin (scheme, host, port) of ``url``: requests
+        would drop the access token on the way to another host and hand back that host's reply as
+        if it were the Developer Cloud's."""
+        target = urljoin(resp.url or url, session.get_redirect_target(resp) or "")
+        if _origin(target) == _origin(url):
+            return
+        resp.close()
+        scheme, host, port = _origin(target)
+        host = f"[{host}]" if ":" in host else host
+        shown = f"{scheme}://{host}" + (f":{port}" if port else "")
+        raise UnexpectedReply(f"unexpected reply from {_where(url)} ({what}): HTTP {resp.status_code} redirect to "
+                              f"another host ({shown}), not followed (Developer Cloud API calls stay on the "
+                              f"service's own scheme, host and port; check the service URL overrides and any proxy)")
+
+    @staticmethod
+    def _read_body(resp: requests.Response, what: str, bound: _Deadline, cap: int, sink) -> None:
+        """Read ``resp``'s body in chunks within ``bound`` and ``cap`` bytes: into ``resp.content``,
+        or into ``sink``. Past either: :class:`ServiceUnreachable`."""
         where = _where(resp.url or "")
+        if bound.fired:  # the status line or headers may have been cut short by the watchdog
+            resp.close()
+            raise bound.error(resp.url or "", what)
         length = (resp.headers.get("Content-Length") or "").strip()
         if length.isdigit() and int(length) > cap:
             resp.close()
             raise ServiceUnreachable(f"unexpected reply from {where} ({what}): {int(length):,} bytes announced, more "
-                                  f"than the {cap:,} allowed")
+                                     f"than the {cap:,} allowed")
         chunks, total = [], 0
         try:
             while True:
-                if time.monotonic() > deadline_at:
+                if bound.expired:
                     resp.close()
-                    raise ServiceUnreachable(f"unexpected reply from {where} ({what}): not complete within {limit:g} s "
-                                          f"({total:,} bytes received; {DEADLINE_ENV} sets the limit)")
+                    raise bound.error(resp.url or "", what, total)
                 chunk = resp.raw.read1(64 * 1024, decode_content=True)
                 if not chunk:
                     break
@@ -744,20 +939,27 @@ class CloudClient:
                 if total > cap:
                     resp.close()
                     raise ServiceUnreachable(f"unexpected reply from {where} ({what}): more than the {cap:,} bytes "
-                                          "allowed")
+                                             "allowed")
                 if sink is not None:
                     sink.write(chunk)
                 else:
                     chunks.append(chunk)
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            raise requests.ReadTimeout(str(exc)) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            resp.close()
+            if bound.expired:
+                raise bound.error(resp.url or "", what, total) from None
+            if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+                raise requests.ReadTimeout(str(exc)) from None
             raise requests.ConnectionError(str(exc)) from None
+        if bound.fired:  # the end of the body may be the watchdog's shutdown, not the server's
+            resp.close()
+            raise bound.error(resp.url or "", what, total)
         resp._content = b"".join(chunks)  # what resp.json()/resp.text read
         resp._content_consumed = True
 
     def _api(self, method: str, url: str, *, what: str, auth: bool = True, **kwargs) -> requests.Response:
-        """An authenticated call: Bearer token, one refresh-and-retry on HTTP 401, 404/5xx → error."""
+        """An authenticated call: Bearer token, one refresh-and-retry on HTTP 401, 404/5xx → error;
+        redirects followed only on the URL's own scheme, host and port."""
         headers = dict(kwargs.pop("headers", None) or {})
         headers.setdefault("Accept", "application/json")
         if auth:
@@ -766,7 +968,7 @@ class CloudClient:
         for retry in (False, True):
             if auth:
                 headers["Authorization"] = f"Bearer {self._token['access_token']}"
-            resp = self._send(self._session, method, url, what=what, headers=headers, **kwargs)
+            resp = self._send(self._session, method, url, what=what, headers=headers, same_origin=True, **kwargs)
             if resp.status_code == 401 and auth and not retry:
                 log.info("%s: access token rejected (HTTP 401), renewing it", what)
                 resp.close()
@@ -859,7 +1061,7 @@ class CloudClient:
             return False
         resp = self._send(self._session, "POST", self.endpoints.user_service + "/login/refresh",
                           what="token refresh", data={"refresh_token": refresh_token},
-                          headers={"Accept": "application/json"})
+                          headers={"Accept": "application/json"}, same_origin=True)
         try:
             body = decode_json(resp.content) if resp.status_code == 200 else None
         except ValueError:
