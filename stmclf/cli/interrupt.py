@@ -5,10 +5,12 @@ interpreter: a TorchScript model that loops forever (``--trust-model-file``) or 
 never returns would leave Ctrl+C without effect. The first Ctrl+C still raises KeyboardInterrupt
 (Lightning's graceful stop, a resumable run folder, the CLI's one "interrupted" line); a daemon
 thread, woken through ``signal.set_wakeup_fd`` (written by the C-level signal handler, in any
-thread, without the GIL), ends the process with exit code 130 and one line on stderr when the
-command is still running ``GRACE_S`` seconds later, or at a second Ctrl+C. The watcher needs the GIL
-for a moment: TorchScript's interpreter and torch's operators release it (a C extension that loops
-while holding it stays out of reach: Ctrl+\\ (SIGQUIT) or ``kill`` end those).
+thread, without the GIL), says so in one line when the command is still running ``GRACE_S``
+seconds later, and ends the process with exit code 130 and one line on stderr at a second Ctrl+C,
+wherever the main thread is (as docker compose and many CLIs do). A slow graceful stop is never cut
+short without that second Ctrl+C. The watcher needs the GIL for a moment: TorchScript's
+interpreter and torch's operators release it (a C extension that loops while holding it stays out
+of reach: Ctrl+\\ (SIGQUIT) or ``kill`` end those).
 
 Installed only by the console entry point (``stmclf.cli.main.run``), never by ``main`` (tests call
 it in-process), and only in the main thread of a POSIX process.
@@ -25,7 +27,8 @@ import time
 from typing import Iterator, Optional
 
 GRACE_S = 5.0
-"""Seconds between the first Ctrl+C and the forced exit of a command that has not ended by then."""
+"""Seconds after the first Ctrl+C before a command that has not ended says how to stop it at once."""
+HINT = "stmclf: still stopping after Ctrl+C; press Ctrl+C again to stop at once\n"
 
 EXIT_CODE = 128 + signal.SIGINT
 
@@ -63,11 +66,12 @@ class _Guard:
                 data = os.read(self.read_fd, 512) if poller.poll(timeout) else None
             except OSError:  # the pipe was closed under us: the command is over
                 return
-            if data is None:
-                if self.stopped:  # only the interpreter's own exit is left: a second Ctrl+C still ends it
-                    deadline = None
-                    continue
-                self.exit_now(f"the command was still running {self.grace:g} s after Ctrl+C")
+            if data is None:  # the grace period is over
+                deadline = None
+                if not self.stopped:  # (after the command's own line, only the interpreter's exit is left)
+                    with contextlib.suppress(OSError):
+                        os.write(2, HINT.encode())
+                continue
             if not data:  # the write end closed: the command is over
                 return
             for signum in data:  # one byte per signal caught (SIGCHLD of loader workers, SIGTERM, ...)
@@ -138,11 +142,12 @@ def _after_fork_in_child() -> None:
 
 @contextlib.contextmanager
 def interrupt_guard(grace: float = GRACE_S) -> Iterator[None]:
-    """Within: the first Ctrl+C raises KeyboardInterrupt as usual; ``grace`` seconds later, or at
-    the next Ctrl+C, the process ends with exit code 130 wherever its main thread is. On leaving,
-    the previous handler and wakeup fd come back, unless a Ctrl+C was seen: the command has stopped
-    (and printed its line) then, the deadline is off (the interpreter's exit may take seconds: torch's
-    thread pools, the loader workers), and a second Ctrl+C still ends the process at once."""
+    """Within: the first Ctrl+C raises KeyboardInterrupt as usual; ``grace`` seconds later a command
+    still running says how to stop it at once (:data:`HINT`); the next Ctrl+C ends the process with
+    exit code 130 wherever its main thread is. On leaving, the previous handler and wakeup fd come
+    back, unless a Ctrl+C was seen: the command has stopped (and printed its line) then, no hint is
+    due (the interpreter's exit may take seconds: torch's thread pools, the loader workers), and a
+    second Ctrl+C still ends the process at once."""
     global _active, _fork_hook
     if os.name != "posix" or threading.current_thread() is not threading.main_thread() or _active is not None:
         yield
