@@ -645,10 +645,14 @@ def environment_failure(exc: BaseException):
 
 
 def run() -> None:
-    """Console entry point: ``main`` plus a quiet exit when the output pipe closes early."""
+    """Console entry point: ``main`` plus a quiet exit when the output pipe closes early, and a
+    Ctrl+C that ends the process even when its main thread is stuck in C++ (``interrupt_guard``)."""
+    from stmclf.cli.interrupt import interrupt_guard
+
     try:
-        code = main()
-        sys.stdout.flush()
+        with interrupt_guard():
+            code = main()
+            sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
