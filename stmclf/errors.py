@@ -1,8 +1,9 @@
 """User-facing errors: one line, exit code 2, no traceback (the CLI catches them)."""
 from __future__ import annotations
 
+import math
 import os
-from typing import Optional
+from typing import Mapping, Optional
 
 
 class UserError(Exception):
@@ -82,3 +83,20 @@ def is_allocation_failure(exc: BaseException) -> bool:
     bad input asked for), not another error."""
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or isinstance(exc, RuntimeError) and any(w in text for w in _ALLOCATION_WORDS)
+
+
+def env_seconds(name: str, default: float, *, error: type = UserError,
+                environ: Optional[Mapping[str, str]] = None) -> float:
+    """The time limit ``$name`` sets (seconds, a number > 0), else ``default`` when it is unset or
+    empty; anything else is one line naming the variable (an ``error``)."""
+    env = os.environ if environ is None else environ
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise error(f"{name}={one_line(text, 40)!r} is not a number of seconds > 0")
+    return value

@@ -42,3 +42,29 @@ def test_out_of_range_counts_are_one_line(write_config, tmp_path, capsys, comman
     code = main([command, "--config", str(write_config()), flag, value])
     assert code == 2
     assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("augmentation, key, expected", [
+    ("random_periodic_resizing: {period: 2, image_sizes: [9000]}", "random_periodic_resizing.image_sizes",
+     "integers from 1 to 8192"),
+    ("random_periodic_resizing: {period: 2, image_sizes: [[8000, 8000]]}", "random_periodic_resizing.image_sizes",
+     "of memory available"),
+    ("random_blur: {filter_size: 100}", "random_blur.filter_size", "must be at most the image side, 32"),
+], ids=["side", "memory", "blur"])
+def test_an_augmentation_size_beyond_its_bound_is_refused_before_the_dataset_is_read(
+        write_config, tmp_path, capsys, augmentation, key, expected):
+    """The size bounds of data_augmentation are checked before the dataset is listed or read: the
+    dataset here cannot be read (every file is garbage named .png), and the error is still the size's,
+    in one line, exit 2."""
+    data = tmp_path / "data"
+    for name in ("cat", "dog"):
+        (data / name).mkdir(parents=True)
+        for i in range(3):
+            (data / name / f"{i}.png").write_bytes(b"not an image " * 10)
+    config = write_config(train_dir=data, extra=f"data_augmentation:\n  {augmentation}\n")
+    out = tmp_path / "aug.png"
+    assert main(["augment-preview", "--config", str(config), "--num-images", "256", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: data_augmentation.{key}: "), err
+    assert expected in err and "Traceback" not in err, err
+    assert not out.exists()

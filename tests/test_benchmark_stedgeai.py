@@ -431,3 +431,76 @@ def test_the_tools_children_do_not_outlive_ctrl_c(tmp_path, child_pids):
         proc.kill()
     assert b"KeyboardInterrupt" in err
     assert not _alive(child_pids[-1])
+
+
+# --- the time limits: $STMCLF_STEDGEAI_TIMEOUT (generate), $STMCLF_STEDGEAI_VERSION_TIMEOUT ------
+
+@pytest.fixture
+def onnx_model(tmp_path) -> Path:
+    """A float ONNX model the command reads (8x8x3 → global pooling → dense 2)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((2, 3), np.float32), "w")
+    bias = numpy_helper.from_array(np.zeros(2, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1)], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight, bias])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _benchmark_config(tmp_path: Path, exe: Path) -> Path:
+    path = tmp_path / "bench.yaml"
+    path.write_text(f"tools:\n  stedgeai:\n    on_cloud: False\n    path_to_stedgeai: {exe}\n"
+                    f"benchmarking:\n  board: STM32H747I-DISCO\nmlflow:\n  uri: {tmp_path / 'mlruns'}\n")
+    return path
+
+
+@pytest.mark.parametrize("variable, expected", [
+    ("STMCLF_STEDGEAI_TIMEOUT", "stedgeai generate did not finish within 1.5 s (STMCLF_STEDGEAI_TIMEOUT sets the "
+                                "limit)"),
+    ("STMCLF_STEDGEAI_VERSION_TIMEOUT", "--version did not answer within 1.5 s (STMCLF_STEDGEAI_VERSION_TIMEOUT "
+                                        "sets the limit)"),
+])
+def test_the_local_tools_time_limits_are_set_by_the_environment(stand_in, onnx_model, tmp_path, monkeypatch, capsys,
+                                                                 variable, expected):
+    """`stmclf benchmark` with a local stedgeai that takes 30 s (to answer --version, or to generate):
+    with the variable at 1.5 s, the command ends in one line (exit 2) about 1.5 s after that call
+    of the tool started (the time the tool writes FAKE_STEDGEAI_LOG), not after the tool's 30 s."""
+    from stmclf.cli.main import main
+
+    if variable == "STMCLF_STEDGEAI_VERSION_TIMEOUT":
+        stand_in.write_text(stand_in.read_text().replace(
+            'if args == ["--version"]:\n',
+            'if args == ["--version"]:\n    open(os.environ["FAKE_STEDGEAI_LOG"], "w").close()\n    time.sleep(30)\n'))
+    monkeypatch.setenv("FAKE_STEDGEAI_MODE", "hang")  # generate sleeps 30 s
+    monkeypatch.setenv(variable, "1.5")
+    code = main(["benchmark", "--config", str(_benchmark_config(tmp_path, stand_in)), "--model", str(onnx_model),
+                 "--run", str(tmp_path / "run")])
+    elapsed = time.time() - (tmp_path / "call.json").stat().st_mtime  # since the tool's call started
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("stmclf: error: "), err
+    assert expected in err, err
+    assert 1.0 <= elapsed < 8, elapsed
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf", "nan"])
+def test_a_wrong_time_limit_is_one_line_before_anything_runs(stand_in, onnx_model, tmp_path, monkeypatch, capsys, value):
+    """A wrong $STMCLF_STEDGEAI_TIMEOUT is named in one line (exit 2) before the run folder is made
+    or the tool runs; --offline, which runs no tool, does not read it."""
+    from stmclf.cli.main import main
+
+    monkeypatch.setenv("STMCLF_STEDGEAI_TIMEOUT", value)
+    config = _benchmark_config(tmp_path, stand_in)
+    assert main(["benchmark", "--config", str(config), "--model", str(onnx_model), "--run", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"stmclf: error: STMCLF_STEDGEAI_TIMEOUT={value!r} is not a number of seconds > 0", err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "call.json").exists()
+    assert main(["benchmark", "--config", str(config), "--model", str(onnx_model), "--run", str(tmp_path / "run"),
+                 "--offline"]) == 0
+    assert "STMCLF_STEDGEAI_TIMEOUT" not in capsys.readouterr().err

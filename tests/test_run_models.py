@@ -337,3 +337,41 @@ def test_a_model_file_is_imported_once_to_train_or_to_load_it(files, tmp_path, c
     with caplog.at_level(logging.WARNING, logger="stmclf.models.importers"):
         load_source_module(resolve_model_source(tmp_path / "reg.h5"))
     assert caplog.text.count(warning) == 1, caplog.text
+
+
+_ORTHOGONAL = {"class_name": "OrthogonalRegularizer", "config": {"factor": 0.01, "mode": "rows"}}
+"""A regularizer stmclf cannot apply: the Keras importer warns once per import of the file."""
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "evaluation"], ["run", "quantization"], ["run", "prediction"], ["run", "benchmarking"],
+    ["run", "chain_eqe"], ["run", "chain_eqeb"], ["run", "chain_qb"],
+    ["export", "--ckpt", "--int8", "--format", "onnx"], ["benchmark", "--model"], ["predict", "--model"]],
+    ids=lambda args: " ".join(args[:2]))
+def test_a_model_file_given_to_a_mode_or_command_is_imported_once(files, tmp_path, caplog, args):
+    """The modes and commands that take a model file (general.model_path, --ckpt, --model) check it
+    before the run folder is made, then run their stages on it: the file is imported once per
+    command, not once for the check and again for each stage. Counted by the importer's own log
+    (one warning per import of a .h5 whose Dense layer has a regularizer stmclf cannot apply)."""
+    import logging
+
+    _, data, _ = files
+    dense = _dense(2)
+    dense["config"]["kernel_regularizer"] = _ORTHOGONAL
+    h5 = _write(tmp_path / "reg.h5", _sequential(_input([8, 8, 3]), GAP, dense))
+    command, rest = args[0], args[1:]
+    mode = rest[0] if command == "run" else "training"
+    config = _config(tmp_path / "c.yaml", data, tmp_path / "run", tmp_path / "ml", mode=mode,
+                     model_path=h5 if command == "run" else None)
+    config.write_text(config.read_text() + f"prediction:\n  test_files_path: {data / 'cat'}\n")
+    if command == "run":
+        argv = ["run", "--config", str(config), "--offline"]
+    else:
+        argv = [command, rest[0], str(h5), *rest[1:], "--config", str(config)]
+        argv += ["--images", str(data / "cat")] if command == "predict" else []
+        argv += ["--offline"] if command == "benchmark" else []
+    with caplog.at_level(logging.WARNING, logger="stmclf.models.importers"):
+        assert main(argv) == 0, argv
+    assert caplog.text.count("layer 'd': unsupported regularizer 'OrthogonalRegularizer'") == 1, caplog.text
+    if args == ["run", "evaluation"]:  # the file evaluated is still recorded with its results
+        assert {r.get("file") for r in json.loads((tmp_path / "run/results.json").read_text())} == {str(h5)}

@@ -68,7 +68,7 @@ import urllib3
 from stmclf.benchmark.reports import (c_info_device, c_info_macc, c_info_tool, footprint_sums,
                                       memory_pool_usage, to_float, to_int, version_string)
 from stmclf.benchmark.results import Footprint
-from stmclf.errors import UserError, one_line
+from stmclf.errors import UserError, env_seconds, one_line
 
 log = logging.getLogger("stmclf.benchmark.cloud")
 
@@ -239,17 +239,7 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 def default_deadline(environ: Optional[Mapping[str, str]] = None) -> float:
     """``STMCLF_CLOUD_DEADLINE`` (seconds, > 0) or 300."""
-    env = os.environ if environ is None else environ
-    text = env.get(DEADLINE_ENV)
-    if not text:
-        return DEFAULT_DEADLINE
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise CloudError(f"{DEADLINE_ENV}={text[:40]!r} is not a number of seconds > 0")
-    return value
+    return env_seconds(DEADLINE_ENV, DEFAULT_DEADLINE, error=CloudError, environ=environ)
 
 
 class _Deadline:

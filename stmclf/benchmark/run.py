@@ -70,8 +70,14 @@ class CloudUnavailable:
 def cloud_login_first(cfg: RunConfig, offline: bool):
     """Chains that end in a benchmark log in before the long steps (the reference's order):
     returns a connected client, None (offline or a local tool) or, when the login fails, a
-    :class:`CloudUnavailable` that sends the benchmark to the next source."""
+    :class:`CloudUnavailable` that sends the benchmark to the next source. A configured local tool's
+    time limits (``$STMCLF_STEDGEAI_TIMEOUT``, ``$STMCLF_STEDGEAI_VERSION_TIMEOUT``) are checked here
+    too: a wrong one fails before the long steps, not after them."""
     tool = _tool(cfg)
+    if not offline and tool is not None and (tool.path_to_stedgeai or tool.path_to_stm32ai):
+        from stmclf.benchmark.stedgeai import tool_timeouts
+
+        tool_timeouts()
     if offline or tool is None or not tool.on_cloud:
         return None
     from stmclf.benchmark.cloud import CloudClient, CloudError, UnsafeLogin

@@ -11,6 +11,11 @@ with ``STATS_TYPE=stmai_modelzoo_<tag>`` in the environment, and the footprint r
 ``rom_n_macc``). When present, ``network_c_info.json`` adds the runtime RAM/flash estimate
 (``kernel_*``/``extra_*``/``toolchain_*``); ``network_generate_report.txt`` is the fallback when the
 JSON report is missing. The reference writes into ``<run dir>/stm32ai_files``.
+
+Each run of the tool has a time limit, like the Developer Cloud's (``STMCLF_CLOUD_DEADLINE``), set
+from the environment (a property of the machine, not of the run): ``STMCLF_STEDGEAI_TIMEOUT``
+seconds for ``generate`` (default 1800; a big model on a slow PC may need more) and
+``STMCLF_STEDGEAI_VERSION_TIMEOUT`` for ``--version`` (default 60) — :func:`tool_timeouts`.
 """
 from __future__ import annotations
 
@@ -29,13 +34,15 @@ from typing import Any, Iterable, Optional, Union
 from stmclf.benchmark.reports import (c_info_macc, count_value, footprint_sums, parse_generate_report,
                                       parse_network_report, to_int, version_string)
 from stmclf.benchmark.results import Footprint
-from stmclf.errors import UserError, one_line
+from stmclf.errors import UserError, env_seconds, one_line
 
 log = logging.getLogger("stmclf.benchmark.stedgeai")
 
 EXECUTABLE_NAMES = ("stedgeai", "stedgeai.exe", "stm32ai", "stm32ai.exe")
 DEFAULT_TIMEOUT = 1800.0
 VERSION_TIMEOUT = 60.0
+TIMEOUT_ENV = "STMCLF_STEDGEAI_TIMEOUT"                  # seconds for generate
+VERSION_TIMEOUT_ENV = "STMCLF_STEDGEAI_VERSION_TIMEOUT"  # seconds for --version
 OUTPUT_SUBDIR = "stm32ai_files"
 TAIL_BYTES = 64 * 1024           # of each of the tool's streams, kept in memory for the message
 LOG_BYTES = 16 * 1024 * 1024     # of the tool's output written to stedgeai_generate.log
@@ -81,6 +88,14 @@ def resolve_executable(path: Union[str, Path, None], key: str = "tools.stedgeai.
     if on_path:
         return _checked_name(on_path, key)
     raise StEdgeAiError(f"{key}: {path} not found; give the path to the stedgeai executable")
+
+
+def tool_timeouts() -> tuple[float, float]:
+    """(``--version``, ``generate``) time limits in seconds: ``$STMCLF_STEDGEAI_VERSION_TIMEOUT``
+    (default 60) and ``$STMCLF_STEDGEAI_TIMEOUT`` (default 1800). A value that is not a number > 0
+    is one line naming the variable (a :class:`UserError`: it is the user's setting, not the tool
+    failing, so a benchmark does not fall back past it)."""
+    return env_seconds(VERSION_TIMEOUT_ENV, VERSION_TIMEOUT), env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 
 
 def _last_line(*texts: Optional[str]) -> str:
@@ -133,11 +148,12 @@ def _end(proc: subprocess.Popen) -> int:
 
 
 def _run_tool(cmd: list[str], *, timeout: float, what: str, env: Optional[dict] = None,
-              log_file: Optional[Path] = None) -> _Run:
+              log_file: Optional[Path] = None, setting: Optional[str] = None) -> _Run:
     """Run ``cmd`` in its own session, keeping only the tail of its output in memory (the first
     :data:`LOG_BYTES` go to ``log_file`` when given). On a timeout, Ctrl-C or any error, and once
     the tool has exited, its whole process group is killed: no child it started is left running.
-    A timeout is the one line "``what`` within N s"."""
+    A timeout is the one line "``what`` within N s" (and the environment variable ``setting``
+    that sets the limit)."""
     tails = {"stdout": bytearray(), "stderr": bytearray()}
     lock = threading.Lock()
     log = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115 (closed below)
@@ -177,16 +193,19 @@ def _run_tool(cmd: list[str], *, timeout: float, what: str, env: Optional[dict] 
                 if not reader.is_alive():  # else a process outside the group holds the pipe
                     stream.close()
         if not exited:
-            raise StEdgeAiError(f"{what} within {timeout:g} s")
+            raise StEdgeAiError(f"{what} within {timeout:g} s" + (f" ({setting} sets the limit)" if setting else ""))
     finally:
         if log is not None:
             log.close()
     return _Run(returncode, bytes(tails["stdout"]), bytes(tails["stderr"]))
 
 
-def tool_version(executable: str, *, timeout: float = VERSION_TIMEOUT) -> Optional[str]:
-    """The "X.Y.Z" of ``<exe> --version`` (e.g. "ST Edge AI Core v2.0.0-20049" → "2.0.0")."""
-    done = _run_tool([executable, "--version"], timeout=timeout, what=f"{executable} --version did not answer")
+def tool_version(executable: str, *, timeout: Optional[float] = None) -> Optional[str]:
+    """The "X.Y.Z" of ``<exe> --version`` (e.g. "ST Edge AI Core v2.0.0-20049" → "2.0.0");
+    ``timeout``: seconds, default ``$STMCLF_STEDGEAI_VERSION_TIMEOUT`` (:func:`tool_timeouts`)."""
+    timeout = tool_timeouts()[0] if timeout is None else timeout
+    done = _run_tool([executable, "--version"], timeout=timeout,
+                     what=f"{executable} --version did not answer", setting=VERSION_TIMEOUT_ENV)
     if done.returncode != 0:
         raise StEdgeAiError(f"{executable} --version failed (exit code {done.returncode}): "
                             f"{_last_line(done.stderr, done.stdout)}")
@@ -206,8 +225,10 @@ def generate_command(executable: str, model_path: Union[str, Path], output_dir: 
 
 def run_generate(executable: str, model_path: Union[str, Path], output_dir: Union[str, Path], *,
                  target: str = "stm32", optimization: str = "balanced", tag: Optional[str] = None,
-                 timeout: float = DEFAULT_TIMEOUT, extra_args: Iterable[str] = ()) -> Path:
-    """Run ``generate``; its output goes to ``<output_dir>/stedgeai_generate.log``."""
+                 timeout: Optional[float] = None, extra_args: Iterable[str] = ()) -> Path:
+    """Run ``generate``; its output goes to ``<output_dir>/stedgeai_generate.log``. ``timeout``:
+    seconds, default ``$STMCLF_STEDGEAI_TIMEOUT`` (:func:`tool_timeouts`)."""
+    timeout = tool_timeouts()[1] if timeout is None else timeout
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cmd = generate_command(executable, model_path, output_dir, target=target, optimization=optimization,
@@ -219,7 +240,8 @@ def run_generate(executable: str, model_path: Union[str, Path], output_dir: Unio
     log.debug("Command: %s", " ".join(cmd))
     log_file = output_dir / "stedgeai_generate.log"
     log_file.write_text(f"$ {' '.join(cmd)}\n", encoding="utf-8", errors="replace")
-    done = _run_tool(cmd, env=env, timeout=timeout, what="stedgeai generate did not finish", log_file=log_file)
+    done = _run_tool(cmd, env=env, timeout=timeout, what="stedgeai generate did not finish", log_file=log_file,
+                     setting=TIMEOUT_ENV)
     if done.returncode != 0:
         raise StEdgeAiError(f"stedgeai generate failed (exit code {done.returncode}): "
                             f"{_last_line(done.stderr, done.stdout)} (full output: {log_file})")
@@ -332,21 +354,24 @@ def read_footprint(output_dir: Union[str, Path], *, name: str = "network", model
 def stedgeai_footprint(model_path: Union[str, Path], output_dir: Union[str, Path], *,
                        path_to_stedgeai: Union[str, Path, None], optimization: str = "balanced",
                        version: Any = None, tag: Optional[str] = None, target: str = "stm32",
-                       timeout: float = DEFAULT_TIMEOUT, key: str = "tools.stedgeai.path_to_stedgeai") -> Footprint:
+                       timeout: Optional[float] = None,
+                       key: str = "tools.stedgeai.path_to_stedgeai") -> Footprint:
     """Check the tool's version, run ``generate`` into ``output_dir`` (the reference uses
-    ``<run dir>/stm32ai_files``) and read the footprint."""
+    ``<run dir>/stm32ai_files``) and read the footprint. ``timeout``: seconds for ``generate``,
+    default ``$STMCLF_STEDGEAI_TIMEOUT`` (:func:`tool_timeouts`, also for ``--version``)."""
+    version_timeout, generate_timeout = tool_timeouts()  # a wrong setting: one line before the tool runs
     model_path = Path(model_path)
     if not model_path.is_file():
         raise StEdgeAiError(f"model file not found: {model_path}")
     executable = resolve_executable(path_to_stedgeai, key)
-    installed = tool_version(executable)
+    installed = tool_version(executable, timeout=version_timeout)
     wanted = version_string(version) if version not in (None, "") else None
     if wanted and installed and installed != wanted:
         log.warning("STM32Cube.AI / ST Edge AI Core installed version %s does not match the configured version %s",
                     installed, version)
     log.info("ST Edge AI Core version %s used", installed or "unknown")
     run_generate(executable, model_path, output_dir, target=target, optimization=optimization, tag=tag,
-                 timeout=timeout)
+                 timeout=generate_timeout if timeout is None else timeout)
     footprint = read_footprint(output_dir, model=model_path.name)
     if footprint.cli_version_str is None:
         footprint.cli_version_str = installed

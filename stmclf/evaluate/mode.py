@@ -6,6 +6,7 @@ reports into a given run directory.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -82,7 +83,7 @@ def evaluate_model(cfg: RunConfig, model, run_root: Path, *, mlflow_logger=None,
 
 
 def _file_of(model) -> Optional[Path]:
-    return Path(model) if isinstance(model, (str, Path)) and Path(model).is_file() else None
+    return Path(model) if isinstance(model, (str, os.PathLike)) and Path(model).is_file() else None
 
 
 def evaluate_trained(result, run_root: Path, *, mlflow_logger=None) -> dict[str, float]:

@@ -21,10 +21,15 @@ A source a stage cannot use is refused by :meth:`ModelSource.require` with one l
 file, its kind and what the stage accepts, under the option or key that gave the file
 (``general.model_path``, ``--ckpt``, ``--model``): a :class:`ModelSource` is a path
 (``os.fspath``) that carries that key to every stage that reads it again.
+
+A :class:`ModelSource` also keeps the torch model its file was loaded into
+(:func:`stmclf.training.model_file.load_source_module`): a mode or command checks the file before
+its run folder is made, then hands the same source to each stage, so the file is read (imported)
+once per command, not once for the check and again for every stage.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stmclf.errors import ConfigError
@@ -80,6 +85,9 @@ class ModelSource:
     path: Path
     kind: str
     key: str = "general.model_path"
+    loaded: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    """The modules :func:`~stmclf.training.model_file.load_source_module` built from this source, by
+    (config, class names) they were built for: the file is read once."""
 
     def __fspath__(self) -> str:
         return str(self.path)

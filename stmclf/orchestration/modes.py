@@ -100,16 +100,16 @@ def _from_model_file(cfg: RunConfig, mode: OperationMode) -> None:
     journey = Journey(cfg, model_name=model_label(cfg, source.path))
     log.info("operation_mode: %s", mode.name)
     log.info("Model kind : %s", source.text)  # each stage logs the file it works on
-    benchmarked = source.path
+    benchmarked = source  # the checked source, its model loaded: each stage reuses it, the file is read once
     if quantize is not None:
         formats, settings = quantize
-        exported = export_stage(journey, source.path, formats=formats, int8=True, evaluate=mode.has("evaluate"),
+        exported = export_stage(journey, source, formats=formats, int8=True, evaluate=mode.has("evaluate"),
                                 settings=settings)
         benchmarked = exported.quantized_model
     elif mode.has("evaluate"):
-        evaluate_stage(journey, source.path)
+        evaluate_stage(journey, source)
     if mode.has("predict"):
-        predict_stage(journey, source.path, cfg.prediction.test_files_path)
+        predict_stage(journey, source, cfg.prediction.test_files_path)
     if mode.has("benchmark"):
         benchmark_stage(journey, benchmarked, client=client)
     journey.finish(mode.name)

@@ -39,28 +39,30 @@ def augment_preview(cfg: RunConfig, num_images: int, seed: int, out: Path) -> Pa
     if cfg.dataset is None or cfg.preprocessing is None:
         raise ConfigError("dataset", "the preview needs the dataset and preprocessing sections")
     fmt = ImageFormat.from_config(cfg.preprocessing, _input_shape(cfg))
+    scale, offset = cfg.preprocessing.scale_offset()
+    custom = cfg.custom_data_augmentation
+    # built (its arguments and their size bounds checked) before the dataset is listed or read: a
+    # size beyond its bound is one line at once, even for a dataset of millions of files
+    augment = build_batch_augmentation(
+        dict(cfg.data_augmentation) if cfg.data_augmentation else None,
+        {"function_name": custom.function_name, "config": custom.config} if custom else None,
+        (offset, 255.0 * scale + offset), fmt.channels, ImageSize(fmt.height, fmt.width, fmt.channels, num_images))
     splits = make_splits(cfg.dataset)
     source = splits.train if splits.train is not None else splits.valid
     if source is None or len(source) == 0:
         raise UserError("augment-preview: no training images found")
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(source), size=min(num_images, len(source)), replace=False)
-    scale, offset = cfg.preprocessing.scale_offset()
     batch = torch.from_numpy(np.stack([source.load(int(i), fmt) for i in picks])).permute(0, 3, 1, 2)
     images = batch.float() * scale + offset
     to_pixels = lambda x: ((x - offset) / scale).clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
     labels = [splits.class_names[source.labels[int(i)]] for i in picks]
-    if not cfg.data_augmentation and not cfg.custom_data_augmentation:
+    if augment is None:
         log.warning("augment-preview: no data_augmentation in the config; the grid shows the preprocessing alone "
                     "(image file → model input)")
         _save_grid([_stored(source, int(i)) for i in picks], list(to_pixels(images)), labels,
                    ("file", f"model input {fmt.width}×{fmt.height}"), out)
         return out
-    custom = cfg.custom_data_augmentation
-    augment = build_batch_augmentation(
-        dict(cfg.data_augmentation) if cfg.data_augmentation else None,
-        {"function_name": custom.function_name, "config": custom.config} if custom else None,
-        (offset, 255.0 * scale + offset), fmt.channels, ImageSize(fmt.height, fmt.width, fmt.channels, len(picks)))
     generator = torch.Generator().manual_seed(seed)
     augmented = augment(images.clone(), generator=generator, epoch=0)
     _save_grid(list(to_pixels(images)), list(to_pixels(augmented)), labels, ("original", "augmented"), out)

@@ -139,7 +139,23 @@ def load_source_module(source, cfg=None, *, class_names=None):
     Keras/ONNX/torch model wrapped with the config's rescaling and the dataset's class names
     (``class_0`` … when there is no dataset). A torch file that records no input size takes the
     config's ``training.model.input_shape``; a pickled module loads only with the command line's
-    ``--trust-model-file`` (:func:`stmclf.trust.model_files_trusted`, with or without ``cfg``)."""
+    ``--trust-model-file`` (:func:`stmclf.trust.model_files_trusted`, with or without ``cfg``).
+
+    The module is kept in ``source.loaded``: the same source loaded again (an imported file: for the
+    same ``cfg`` and ``class_names``), as by the check of a mode or command and then each of its
+    stages, is that module; the file is not read again."""
+    if source.kind == "stmclf":  # its own class names and rescaling: whatever the config
+        memo = ("stmclf",)
+    else:
+        memo = (id(cfg), tuple(class_names) if class_names is not None else None)
+    if memo in source.loaded:
+        return source.loaded[memo][1]
+    module = _load_source_module(source, cfg, class_names)
+    source.loaded[memo] = (cfg, module)  # the config kept alive with it: its id is not reused
+    return module
+
+
+def _load_source_module(source, cfg, class_names):
     from stmclf.models.heads import head_units
     from stmclf.models.model_file_entry import model_file_given, model_file_spec
     from stmclf.training.module import ClassifierModule
