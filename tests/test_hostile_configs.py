@@ -300,6 +300,13 @@ CASES = [
          r"^general\.project_name: \$\{nope\.key\} refers to a key that does not exist"),
     Case("interpolation-loop", sub("project_name: pytest_project", "project_name: x${general.project_name}"),
          r"^general\.project_name: interpolation (does not terminate|gives more than)"),
+    Case("override-env-unset", lambda t, _: t, r"^dataset\.name: environment variable STMCLF_HOSTILE_UNSET_VARIABLE is not set",
+         args=("--dataset.name", "x${STMCLF_HOSTILE_UNSET_VARIABLE}")),
+    Case("override-unsupported-interpolation", lambda t, _: t, r"^dataset\.name: unsupported interpolation \$\{foo:bar\}",
+         args=("dataset.name=${foo:bar}",)),
+    Case("override-refers-to-key", lambda t, _: t,
+         r"^dataset\.name: \$\{general\.project_name\}: a command-line value cannot refer to another key",
+         args=("dataset.name=${general.project_name}",)),
     Case("interpolation-bomb", interpolation_bomb, r"^hydra\.k0: interpolation gives more than 65,536 characters",
          isolated=True),
 ]

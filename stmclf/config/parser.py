@@ -707,6 +707,7 @@ def _convert_override(key: str, value: str) -> str:
     _record_override_env(key, value)
     if key in ("config", "print_config"):
         return value
+    _check_override_references(key, value)
     holder, _, leaf = key.rpartition(".")
     if leaf == "class_path" and value.strip() not in ("", "null", "None", "~"):  # jsonargparse would import it
         check_class_specs({"class_path": value.strip()}, holder)
@@ -720,6 +721,23 @@ def _convert_override(key: str, value: str) -> str:
     if isinstance(parsed, str) or isinstance(parsed, bool):
         return value
     return json.dumps(parsed)
+
+
+def _check_override_references(key: str, value: str) -> None:
+    """An override's ``${...}`` is resolved as in a file, but jsonargparse keeps the raw text of a
+    text key whose value fails to resolve: check it here, so that ``--dataset.name '${NOT_SET}'`` is
+    the file's one-line error, not the literal text. A reference to another key cannot be resolved
+    on the command line (the config is not merged yet): refused, naming what works."""
+    if "${" not in value:
+        return
+    from stmclf.config.interpolate import interpolate
+
+    for expr in re.findall(r"\$\{\s*([\w.]+)\s*\}", value):
+        if "." in expr:
+            raise ConfigError(key, f"${{{expr}}}: a command-line value cannot refer to another key of the config; "
+                                   f"give the value itself (${{ENV_VAR}}, ${{oc.env:ENV_VAR,default}} and "
+                                   f"${{now:FORMAT}} work)")
+    interpolate(value, key, {})
 
 
 def _record_override_env(key: str, value: str) -> None:
