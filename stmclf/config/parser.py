@@ -403,8 +403,9 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
                              "=extras: the rest (stmclf_extras.yaml); flags skip_default, skip_unset may follow "
                              "after a comma")
     parser.add_argument("--trust-model-file", "--trust_model_file", dest="trust_model_file", action="store_true",
-                        default=False, help="allow general.model_path to be a pickled torch module (runs code "
-                                            "from the file: only for files you trust)")
+                        default=False, help="allow general.model_path to be a pickled torch module, or a "
+                                            "TorchScript / torch.export model whose code does more than compute "
+                                            "(runs code from the file: only for files you trust)")
     parser.add_argument("--trust-code", "--trust_code", dest="trust_code", action="store_true", default=False,
                         help="allow the Python code the config names: training.model.custom_model, "
                              "custom_data_augmentation.function_name, callback class paths outside lightning., "
