@@ -116,3 +116,12 @@ def test_lightning_summary_counts_the_models_flops_per_image() -> None:
     summary = ModelSummary(module.train(), max_depth=1)
     assert len(expected) == 10 and summary.total_flops == sum(expected) > 20_000_000
     assert summary.in_sizes[0] == [1, 3, 32, 32] and summary.out_sizes[0] == [1, 10]
+
+
+def test_model_file_beside_training_model_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config with both training.model and general.model_path (two model sources, refused by fit)
+    is refused by summary too, instead of showing training.model as if the file were not there."""
+    config = _config(tmp_path, MNV1, dataset=TEN_CLASSES)
+    assert main(["summary", "--config", str(config), "--general.model_path", "model.pt"]) == 2
+    assert capsys.readouterr().err == ("stmclf: error: general.model_path: stmclf summary shows the layers of a "
+                                       "training.model (name, version, ...), not of a model file\n")

@@ -403,8 +403,9 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
                              "=extras: the rest (stmclf_extras.yaml); flags skip_default, skip_unset may follow "
                              "after a comma")
     parser.add_argument("--trust-model-file", "--trust_model_file", dest="trust_model_file", action="store_true",
-                        default=False, help="allow general.model_path to be a pickled torch module (runs code "
-                                            "from the file: only for files you trust)")
+                        default=False, help="allow general.model_path to be a pickled torch module, or a "
+                                            "TorchScript / torch.export model whose code does more than compute "
+                                            "(runs code from the file: only for files you trust)")
     parser.add_argument("--trust-code", "--trust_code", dest="trust_code", action="store_true", default=False,
                         help="allow the Python code the config names: training.model.custom_model, "
                              "custom_data_augmentation.function_name, callback class paths outside lightning., "
@@ -707,7 +708,11 @@ def _convert_override(key: str, value: str) -> str:
     _record_override_env(key, value)
     if key in ("config", "print_config"):
         return value
-    if is_text_key(key.rsplit(".", 1)[-1]):  # a name or path stays text; None is none, as in a file
+    _check_override_references(key, value)
+    holder, _, leaf = key.rpartition(".")
+    if leaf == "class_path" and value.strip() not in ("", "null", "None", "~"):  # jsonargparse would import it
+        check_class_specs({"class_path": value.strip()}, holder)
+    if is_text_key(leaf):  # a name or path stays text; None is none, as in a file
         return "null" if value.strip() == "None" else value
     if value.lstrip().startswith(("{", "[")):  # a structure: jsonargparse would import a class_path it names
         structure = load_yaml(value)
@@ -717,6 +722,23 @@ def _convert_override(key: str, value: str) -> str:
     if isinstance(parsed, str) or isinstance(parsed, bool):
         return value
     return json.dumps(parsed)
+
+
+def _check_override_references(key: str, value: str) -> None:
+    """An override's ``${...}`` is resolved as in a file, but jsonargparse keeps the raw text of a
+    text key whose value fails to resolve: check it here, so that ``--dataset.name '${NOT_SET}'`` is
+    the file's one-line error, not the literal text. A reference to another key cannot be resolved
+    on the command line (the config is not merged yet): refused, naming what works."""
+    if "${" not in value:
+        return
+    from stmclf.config.interpolate import interpolate
+
+    for expr in re.findall(r"\$\{\s*([\w.]+)\s*\}", value):
+        if "." in expr:
+            raise ConfigError(key, f"${{{expr}}}: a command-line value cannot refer to another key of the config; "
+                                   f"give the value itself (${{ENV_VAR}}, ${{oc.env:ENV_VAR,default}} and "
+                                   f"${{now:FORMAT}} work)")
+    interpolate(value, key, {})
 
 
 def _record_override_env(key: str, value: str) -> None:

@@ -82,7 +82,7 @@ def build_configured_model(cfg: Any, num_classes: int | None = None) -> KerasGra
     training = cfg.training
     if training is None or not training.model:
         raise ConfigError("training.model", "missing: stmclf summary shows the model of training.model")
-    if not training.model.get("name") and cfg.general.model_path:  # training.model: {input_shape: ...} only
+    if cfg.general.model_path:  # a model file (training.model: {input_shape: ...} beside it, or a second source)
         raise ConfigError("general.model_path", "stmclf summary shows the layers of a training.model (name, "
                                                 "version, ...), not of a model file")
     if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
