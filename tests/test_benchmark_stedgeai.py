@@ -504,3 +504,25 @@ def test_a_wrong_time_limit_is_one_line_before_anything_runs(stand_in, onnx_mode
     assert main(["benchmark", "--config", str(config), "--model", str(onnx_model), "--run", str(tmp_path / "run"),
                  "--offline"]) == 0
     assert "STMCLF_STEDGEAI_TIMEOUT" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["benchmark", "run"])
+def test_a_local_tool_that_is_not_stedgeai_is_refused_before_the_run_folder(onnx_model, tmp_path, capsys, command):
+    """With ``on_cloud: False`` the configured tool is the benchmark's source: a path that is not
+    ST's tool (here /bin/sh) is one line before the run folder or the ONNX export are made (it was
+    refused only at the benchmark stage, after both)."""
+    from stmclf.cli.main import main
+
+    config = _benchmark_config(tmp_path, Path("/bin/sh"))
+    run_dir = tmp_path / "run"
+    if command == "run":
+        config.write_text(config.read_text() + f"operation_mode: benchmarking\ngeneral:\n  model_path: {onnx_model}\n"
+                                               f"hydra:\n  run:\n    dir: {run_dir}\n")
+        args = ["run", "--config", str(config)]
+    else:
+        args = ["benchmark", "--config", str(config), "--model", str(onnx_model), "--run", str(run_dir)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stmclf: error: tools.stedgeai.path_to_stedgeai: /bin/sh") and len(err.splitlines()) == 1, err
+    assert "is not ST Edge AI's stedgeai" in err
+    assert not run_dir.exists()

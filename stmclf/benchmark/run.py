@@ -72,12 +72,17 @@ def cloud_login_first(cfg: RunConfig, offline: bool):
     returns a connected client, None (offline or a local tool) or, when the login fails, a
     :class:`CloudUnavailable` that sends the benchmark to the next source. A configured local tool's
     time limits (``$STMCLF_STEDGEAI_TIMEOUT``, ``$STMCLF_STEDGEAI_VERSION_TIMEOUT``) are checked here
-    too: a wrong one fails before the long steps, not after them."""
+    too, and so is its executable when it is the source (``on_cloud: False``): a wrong one fails
+    before the run folder and the long steps, not after them."""
     tool = _tool(cfg)
     if not offline and tool is not None and (tool.path_to_stedgeai or tool.path_to_stm32ai):
-        from stmclf.benchmark.stedgeai import tool_timeouts
+        from stmclf.benchmark.stedgeai import resolve_executable, tool_timeouts
 
         tool_timeouts()
+        if not tool.on_cloud:  # the local tool is the source, not a fallback: a wrong one stops here, not after
+            section = "tools.stedgeai" if cfg.tools.stedgeai else "tools.stm32ai"
+            key = f"{section}.path_to_stedgeai" if tool.path_to_stedgeai else f"{section}.path_to_stm32ai"
+            resolve_executable(tool.path_to_stedgeai or tool.path_to_stm32ai, key)
     if offline or tool is None or not tool.on_cloud:
         return None
     from stmclf.benchmark.cloud import CloudClient, CloudError, UnsafeLogin
