@@ -509,3 +509,29 @@ def test_environment_values_in_model_and_optimizer_stay_references(tmp_path, ima
                 if r.info.run_name == "train"]
     assert train.data.params["optimizer/Adam/name"] == "adam_${STMCLF_TEST_SECRET}"
     assert not [k for k, v in train.data.params.items() if SECRET in v]
+
+
+@pytest.mark.parametrize("override", [
+    ["hydra.job.class_path=stmclf_pwn_module.Anything"],
+    ["--hydra.job.class_path", "stmclf_pwn_module.Anything"],
+    ["--hydra.job.class_path=stmclf_pwn_module.Anything"],
+    ["trainer.strategy.class_path=stmclf_pwn_module.Anything"],
+], ids=["hydra-form", "option-form", "option-equals-form", "trainer-strategy"])
+def test_class_path_override_imports_nothing(override, tmp_path, image_folder, capsys, monkeypatch):
+    """``key.class_path=MODULE.Class`` on the command line (not only ``key={class_path: ...}``) is
+    refused before jsonargparse imports MODULE: importing it runs its code."""
+    marker = tmp_path / "imported"
+    (tmp_path / "stmclf_pwn_module.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nclass Anything:\n    def __init__(self, a: int = 1):\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1))
+    capsys.readouterr()
+    code = main(["fit", "--config", str(config), *override, "--print_config"])
+    err = capsys.readouterr().err
+    assert not marker.exists(), "the module a config override names was imported"
+    assert "stmclf_pwn_module" not in sys.modules
+    assert code == 2, err
+    assert re.fullmatch(r"stmclf: error: (hydra\.job|trainer\.strategy)\.class_path: 'stmclf_pwn_module\.Anything': "
+                        r"stmclf builds no class a config names outside lightning\., torch\. and stmclf\..*\n", err), err

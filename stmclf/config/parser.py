@@ -707,7 +707,10 @@ def _convert_override(key: str, value: str) -> str:
     _record_override_env(key, value)
     if key in ("config", "print_config"):
         return value
-    if is_text_key(key.rsplit(".", 1)[-1]):  # a name or path stays text; None is none, as in a file
+    holder, _, leaf = key.rpartition(".")
+    if leaf == "class_path" and value.strip() not in ("", "null", "None", "~"):  # jsonargparse would import it
+        check_class_specs({"class_path": value.strip()}, holder)
+    if is_text_key(leaf):  # a name or path stays text; None is none, as in a file
         return "null" if value.strip() == "None" else value
     if value.lstrip().startswith(("{", "[")):  # a structure: jsonargparse would import a class_path it names
         structure = load_yaml(value)
