@@ -28,6 +28,9 @@ from stmclf.errors import ConfigError
 FLAG = "--trust-code"
 TRUSTED_PACKAGES = ("lightning", "torch", "stmclf")
 """Top-level packages whose classes ``training.callbacks`` may name without ``--trust-code``."""
+UNTRUSTED_IMPORTS = ("torch.utils.model_dump", "torch.testing")
+"""Modules of those packages that a config may not name all the same: importing them runs a program
+(``torch.utils.model_dump.__main__`` runs its command line on import) or a test harness."""
 
 _grants = {"code": False, "model_files": False}
 """The command line's grants, process-wide: ``--trust-code`` and ``--trust-model-file``."""
@@ -82,8 +85,12 @@ def require_trusted_code(key: str, target: str, kind: str) -> None:
 
 
 def is_trusted_class_path(path: str) -> bool:
-    """A callback class path under ``lightning.``, ``torch.`` or ``stmclf.`` (needs no flag)."""
-    return path.split(".", 1)[0] in TRUSTED_PACKAGES
+    """A class path under ``lightning.``, ``torch.`` or ``stmclf.`` (needs no flag), naming no
+    private or ``__main__`` module (``torch.utils.model_dump.__main__.X`` would run that tool)
+    and nothing of :data:`UNTRUSTED_IMPORTS`."""
+    parts = path.split(".")
+    return parts[0] in TRUSTED_PACKAGES and not any(part.startswith("_") for part in parts) and \
+        not any(path == name or path.startswith(name + ".") for name in UNTRUSTED_IMPORTS)
 
 
 def check_config_code(cfg, *, model: bool = True) -> None:

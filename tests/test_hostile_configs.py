@@ -266,6 +266,33 @@ CASES = [
          r"^hydra\.run\.dir: .*/a_file is a file, not a folder: name the folder the run should write into$"),
     Case("run-dir-is-a-device", run_dir_at(lambda _: "/dev/null"),
          r"^hydra\.run\.dir: /dev/null is a device or special file, not a folder"),
+    # --- where a run writes: inside its folder only (a config from elsewhere writes nothing outside it)
+    Case("saved-models-dir-absolute", sub("  global_seed: 7\n", "  global_seed: 7\n  saved_models_dir: /tmp/stmclf_out\n"),
+         r"^general\.saved_models_dir: '/tmp/stmclf_out': must name a folder inside the run folder"),
+    Case("logs-dir-dotdot", lambda t, _: t, r"^general\.logs_dir: '\.\./\.\./x': must name a folder inside the run",
+         args=("general.logs_dir=../../x",)),
+    Case("export-dir-absolute", append("quantization:\n  quantizer: TFlite_converter\n  quantization_type: PTQ\n"
+                                       "  quantization_input_type: uint8\n  quantization_output_type: float\n"
+                                       "  export_dir: /tmp/stmclf_out\n"),
+         r"^quantization\.export_dir: '/tmp/stmclf_out': must name a folder inside the run folder"),
+    Case("callback-writes-a-file", sub("  callbacks:\n", "  callbacks:\n    stmclf.training.tracking.EpochCSVLogger: "
+                                                       "{path: pwned}\n"),
+         r"^training\.callbacks\.stmclf\.training\.tracking\.EpochCSVLogger\.path: names a file or folder for the "
+         r"callback to write: .*--trust-code"),
+    Case("callback-spike-file", sub("  callbacks:\n", "  callbacks:\n    lightning.pytorch.callbacks.SpikeDetection: "
+                                                    "{exclude_batches_path: pwned}\n"),
+         r"^training\.callbacks\.lightning\.pytorch\.callbacks\.SpikeDetection\.exclude_batches_path: names a file"),
+    Case("callback-main-module", sub("  callbacks:\n", "  callbacks:\n    torch.utils.model_dump.__main__.X: {}\n"),
+         r"^training\.callbacks\.torch\.utils\.model_dump\.__main__\.X: torch\.utils\.model_dump\.__main__ runs "
+         r"Python code from a module named by the config; pass --trust-code"),
+    Case("class-path-main-module", sub("trainer:\n", "trainer:\n  strategy: {class_path: torch.utils.model_dump.__main__.X}\n"),
+         r"^trainer\.strategy\.class_path: 'torch\.utils\.model_dump\.__main__\.X': stmclf builds no class"),
+    Case("override-trainer-fifo", lambda t, folder: (os.mkfifo(folder / "trainer.fifo"), t)[1],
+         r"^trainer: expected a mapping of Lightning Trainer arguments, got 'trainer\.fifo'$",
+         args=("--trainer", "trainer.fifo"), isolated=True),
+    Case("override-trainer-file", lambda t, folder: ((folder / "trainer.yaml").write_text("accelerator: cpu\n"), t)[1],
+         r"^trainer: expected a mapping of Lightning Trainer arguments, got '.*trainer\.yaml'$",
+         args=("trainer=trainer.yaml",)),
     Case("section-is-text", sub("dataset:\n", "dataset: hello\nold_dataset:\n"),
          r"^dataset: expected a mapping of keys \(name, class_names, training_path, .*\), got 'hello'$"),
     Case("section-is-number", lambda t, _: t.replace("training:\n", "training: 5\nold_training:\n", 1),
@@ -516,6 +543,47 @@ def test_environment_values_in_model_and_optimizer_stay_references(tmp_path, ima
                 if r.info.run_name == "train"]
     assert train.data.params["optimizer/Adam/name"] == "adam_${STMCLF_TEST_SECRET}"
     assert not [k for k, v in train.data.params.items() if SECRET in v]
+
+
+DDP = "lightning.pytorch.strategies.DDPStrategy"
+
+
+@pytest.mark.parametrize("override, yaml_extra, key", [
+    ([], f"  strategy:\n    class_path: {DDP}\n    init_args:\n      ddp_comm_hook: stmclf_pwn_module.hook\n",
+     "trainer.strategy.ddp_comm_hook"),
+    (["--trainer.strategy", DDP, "--trainer.strategy.ddp_comm_hook", "stmclf_pwn_module.hook"], "",
+     "trainer.strategy.ddp_comm_hook"),
+    ([], "  strategy:\n    class_path: lightning.pytorch.strategies.FSDPStrategy\n    init_args:\n"
+         "      activation_checkpointing_policy: [stmclf_pwn_module.Anything]\n",
+     "trainer.strategy.activation_checkpointing_policy"),
+    ([], f"  strategy:\n    class_path: {DDP}\n    init_args:\n      ddp_comm_hook: torch.utils.model_dump.__main__.main\n",
+     "trainer.strategy.ddp_comm_hook"),
+    (["--preprocessing.rescaling", "stmclf_pwn_module.Anything"], "", "preprocessing.rescaling"),
+    (["--training", "stmclf_pwn_module.Anything"], "", "training"),
+    (["general=stmclf_pwn_module.Anything"], "", "general"),
+], ids=["callable-init-arg", "callable-override", "callable-in-list", "callable-main-module", "dataclass-as-class-path",
+        "section-as-class-path", "section-as-class-path-hydra-form"])
+def test_value_imports_nothing(override, yaml_extra, key, tmp_path, image_folder, capsys, monkeypatch):
+    """jsonargparse imports what a value names for a Callable or a class-typed key (a strategy's
+    ``ddp_comm_hook``, a section given as ``MODULE.Class``), besides ``class_path``: outside
+    lightning., torch. and stmclf. (and their program modules) it is refused before anything is imported."""
+    marker = tmp_path / "imported"
+    (tmp_path / "stmclf_pwn_module.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nclass Anything:\n    pass\ndef hook(state, bucket):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.yaml"
+    text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1)
+    config.write_text(text.replace("trainer:\n", "trainer:\n" + yaml_extra, 1))
+    capsys.readouterr()
+    code = main(["fit", "--config", str(config), *override, "--print_config"])
+    out, err = capsys.readouterr()
+    assert not marker.exists(), "the module a config value names was imported"
+    assert "stmclf_pwn_module" not in sys.modules and "usage:" not in out + err
+    assert code == 2, err
+    assert re.fullmatch(rf"stmclf: error: {re.escape(key)}: ('[\w.]+': stmclf imports nothing a config names outside "
+                        r"lightning\., torch\. and stmclf\. \(importing a module runs its code\)|expected a mapping of "
+                        r"keys .*)\n", err), err
 
 
 @pytest.mark.parametrize("override", [

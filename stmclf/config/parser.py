@@ -23,6 +23,7 @@ from stmclf.config import sections
 from stmclf.config.interpolate import clear_env_references, interpolate_tree, record_env_references
 from stmclf.config.values import convert_values
 from stmclf.errors import ConfigError, UserError, is_text, one_line, printable_path
+from stmclf.trust import TRUSTED_PACKAGES, UNTRUSTED_IMPORTS
 
 PARSER_MODE = "stmclf_yaml"
 
@@ -393,7 +394,11 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
 
     # A value of a free-form key (Any: hydra.job, a model spec, ...) that looks like
     # {class_path: ..., init_args: ...} stays data: jsonargparse would otherwise import and call it.
-    set_parsing_settings(instantiate_subclass_spec_in_any=False)
+    # Nor does a value make it import a module (code runs): a class path, a Callable or a type named by a
+    # value (trainer.strategy.init_args.ddp_comm_hook: pwn.hook) is imported only under lightning., torch.
+    # and stmclf. (jsonargparse's import path policy; check_class_specs gives the one-line error first).
+    set_parsing_settings(instantiate_subclass_spec_in_any=False, import_path_denylist=["*", *UNTRUSTED_IMPORTS],
+                         import_path_allowlist=list(TRUSTED_PACKAGES))
     parser = ArgumentParser(prog=prog, description=description, parser_mode=PARSER_MODE,
                             exit_on_error=False, default_meta=False, print_config=None)
     parser.add_argument("--config", action=ConfigFileAction,
@@ -669,6 +674,10 @@ def one_line_error(message: str) -> str:
     m = re.match(r"Exceeds the limit \(\d+ digits\) for integer string conversion: value has (\d+) digits", leaf)
     if m:  # Python's advice (sys.set_int_max_str_digits) is not the user's fix
         leaf = f"a {int(m.group(1)):,}-digit integer is too large for any config value"
+    m = re.search(r"Importing '([^']*)' is not allowed", leaf)
+    if m:  # jsonargparse's import path policy (build_parser): a Callable, type or class a value names
+        leaf = (f"{one_line(repr(m.group(1)), 80)}: stmclf imports nothing a config names outside lightning., "
+                "torch. and stmclf. (importing a module runs its code)")
     return f"{key}: {leaf}" if key else leaf
 
 
@@ -709,6 +718,11 @@ def _convert_override(key: str, value: str) -> str:
     if key in ("config", "print_config"):
         return value
     _check_override_references(key, value)
+    # A section is a mapping: jsonargparse would load --trainer FILE (a FIFO: a hang; any size) or import
+    # --training MODULE.Class (a class path shorthand)
+    if (key in sections.SECTIONS or key == "trainer") and not value.lstrip().startswith(("{", "[")) and \
+            (key == "trainer" or value.strip() not in ("", "null", "None", "~")):
+        check_section_shapes({key: value})
     holder, _, leaf = key.rpartition(".")
     if leaf == "class_path" and value.strip() not in ("", "null", "None", "~"):  # jsonargparse would import it
         check_class_specs({"class_path": value.strip()}, holder)

@@ -234,9 +234,32 @@ def check_names(cfg) -> None:
                                    "must be printable text")
 
 
+RUN_SUBDIRS = (("general", "saved_models_dir"), ("general", "logs_dir"), ("quantization", "export_dir"))
+"""Keys that name a folder of the run: relative to the run folder, and inside it."""
+
+
+def is_run_subdir(value) -> bool:
+    """``value`` names a folder inside the run folder: a relative path without ``..``."""
+    from pathlib import PurePath
+
+    return isinstance(value, str) and bool(value.strip()) and not PurePath(value).is_absolute() and \
+        ".." not in PurePath(value).parts and not value.startswith("~")
+
+
+def check_run_subdirs(cfg) -> None:
+    """``general.saved_models_dir: /home/me/.ssh`` (or ``../..``) would write the run's checkpoints,
+    logs or exported models outside its folder: one line naming the key."""
+    for section, key in RUN_SUBDIRS:
+        value = getattr(getattr(cfg, section, None), key, None)
+        if value is not None and not is_run_subdir(value):
+            raise ConfigError(f"{section}.{key}", f"{one_line(repr(value), 80)}: must name a folder inside the run "
+                                                  f"folder (hydra.run.dir): a relative path without '..'")
+
+
 def check_common(cfg) -> None:
     check_ranges(cfg)
     check_names(cfg)
+    check_run_subdirs(cfg)
     dataset = cfg.dataset
     if dataset is not None:
         check_split("dataset.validation_split", dataset.validation_split)

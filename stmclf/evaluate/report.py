@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from stmclf.config.rules import is_run_subdir
 from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME, read_run_config
 from stmclf.errors import UserError, one_line
 from stmclf.evaluate.artifacts import ARTIFACT_LABELS, TFLM_LABEL
@@ -156,7 +157,7 @@ def _inside(root: Path, path: Path) -> bool:
 
 def _safe_subdir(value: Any, default: str) -> str:
     """A config folder name that stays inside the run directory, else ``default``."""
-    if isinstance(value, str) and value and not Path(value).is_absolute() and ".." not in Path(value).parts:
+    if is_run_subdir(value):
         return value
     return default
 

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
 
 from stmclf.errors import ConfigError, one_line
 from stmclf.training.lr_schedulers import SCHEDULERS, get_learning_rate, set_learning_rate
-from stmclf.trust import is_trusted_class_path, require_trusted_code
+from stmclf.trust import code_trusted, is_trusted_class_path, require_trusted_code
 
 log = logging.getLogger(__name__)
 KEY = "training.callbacks"
@@ -172,6 +172,21 @@ def _class_from_path(path: str) -> Optional[type]:
     return cls if isinstance(cls, type) and issubclass(cls, Callback) else None
 
 
+FILE_ARGUMENT = ("path", "dir", "file")
+"""Words of an argument name that names a file or folder to write (``path``, ``exclude_batches_path``)."""
+
+
+def _check_no_file_arguments(name: str, args: Any) -> None:
+    """A callback named by its class path writes no file a config names, without ``--trust-code``:
+    ``stmclf.training.tracking.EpochCSVLogger: {path: ~/.bashrc}`` or SpikeDetection's
+    ``exclude_batches_path`` would write outside the run folder (the run's own files go into it)."""
+    for arg in args if isinstance(args, dict) and not code_trusted() else ():
+        if any(word in str(arg).lower() for word in FILE_ARGUMENT):
+            raise ConfigError(f"{KEY}.{name}.{arg}", "names a file or folder for the callback to write: a config "
+                                                     "writes nothing outside its run folder; pass --trust-code if "
+                                                     "you trust it")
+
+
 def _check_not_negative(key: str, value) -> None:
     if isinstance(value, (int, float)) and value < 0:
         raise ConfigError(key, f"must be >= 0 (got {value})")
@@ -239,6 +254,7 @@ def build_callbacks(section: Optional[dict[str, Optional[dict[str, Any]]]]) -> l
                 raise ConfigError(f"{KEY}.{name}", "stmclf writes the run's checkpoints itself (saved_models/); "
                                                    "training.checkpoint_every sets how often")
             entry = CallbackEntry(cls)
+            _check_no_file_arguments(name, args)
         if entry is None:
             raise ConfigError(f"{KEY}.{name}", f"unknown callback; supported: {', '.join(CALLBACKS)}, "
                                                f"or a Lightning callback class path")
