@@ -526,3 +526,18 @@ def test_a_local_tool_that_is_not_stedgeai_is_refused_before_the_run_folder(onnx
     assert err.startswith("stmclf: error: tools.stedgeai.path_to_stedgeai: /bin/sh") and len(err.splitlines()) == 1, err
     assert "is not ST Edge AI's stedgeai" in err
     assert not run_dir.exists()
+
+
+def test_the_default_board_is_announced_once(onnx_model, tmp_path, caplog):
+    """Without a benchmarking section the default board is named in one warning (it came twice: at
+    the command's early check and again when measuring)."""
+    import logging
+
+    from stmclf.cli.main import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"mlflow:\n  uri: {tmp_path / 'mlruns'}\n")
+    with caplog.at_level(logging.WARNING, logger="stmclf"):
+        assert main(["benchmark", "--config", str(config), "--model", str(onnx_model), "--run", str(tmp_path / "run"),
+                     "--offline"]) == 0
+    assert caplog.text.count("benchmarking.board not given: benchmarking for STM32H747I-DISCO") == 1, caplog.text

@@ -35,15 +35,16 @@ def _tool(cfg: RunConfig):
     return (tools.stedgeai or tools.stm32ai) if tools else None
 
 
-def board_name(cfg: RunConfig, board: Optional[str] = None) -> str:
-    """``board`` (command line), else ``benchmarking.board``, else the default board; checked."""
+def board_name(cfg: RunConfig, board: Optional[str] = None, *, quiet: bool = False) -> str:
+    """``board`` (command line), else ``benchmarking.board``, else the default board; checked.
+    ``quiet``: no warning about the default board (the commands warned when they checked it first)."""
     from stmclf.benchmark.boards import check_board
 
     name = board or (cfg.benchmarking.board if cfg.benchmarking else None)
-    if not name:
+    if not name and not quiet:
         log.warning("benchmarking.board not given: benchmarking for %s (ST's service requires the benchmarking "
                     "section)", DEFAULT_BOARD)
-        name = DEFAULT_BOARD
+    name = name or DEFAULT_BOARD
     return check_board(name, "benchmarking.board")
 
 
@@ -100,7 +101,7 @@ def measure(cfg: RunConfig, model_path: Path, run_root: Path, *, board: Optional
             offline: bool = False, client=None):
     """The footprint of ``model_path`` from the first source that works (see the module doc), with
     its companions (TFLM arena, latency estimate, board fit)."""
-    board = board_name(cfg, board)
+    board = board_name(cfg, board, quiet=True)
     footprint, estimate = _measure(cfg, model_path, run_root, board, offline, client)
     add_companions(footprint, model_path, board, estimate)
     return footprint
@@ -254,7 +255,7 @@ def benchmark_artifact(cfg: RunConfig, model_path: Path, run_root: Path, *, boar
     model_path = source.path
     footprint = measure(cfg, model_path, run_root, board=board, offline=offline, client=client)
     print_footprint(footprint)
-    footprint.write_json(run_root / "benchmark.json", board_capacity(footprint.board or board_name(cfg, board)))
+    footprint.write_json(run_root / "benchmark.json", board_capacity(footprint.board or board_name(cfg, board, quiet=True)))
     log.info("Benchmark of %s: source %s", model_path.name, footprint.label)
     for name, value in footprint.metrics().items():
         log.info("%s : %s", name, value)
@@ -262,7 +263,7 @@ def benchmark_artifact(cfg: RunConfig, model_path: Path, run_root: Path, *, boar
         mlflow_logger.log_metrics({k: float(v) for k, v in footprint.metrics().items() if v is not None})
         tool = _tool(cfg)
         mlflow_logger.log_hyperparams({"stm32ai_version": str(tool.version if tool else None),
-                                       "target": footprint.board or board_name(cfg, board),
+                                       "target": footprint.board or board_name(cfg, board, quiet=True),
                                        "benchmark_source": footprint.label,
                                        "ram_fit_source": str((footprint.ram_fit or {}).get("ram_source"))})
     return footprint
