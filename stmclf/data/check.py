@@ -566,7 +566,8 @@ def print_report(report: CheckReport, console=None, max_rows: Optional[int] = 20
         if len(shown) < len(items):
             console.print(f"[{style}]... and {len(items) - len(shown)} more {title.lower()} "
                           f"(--max_rows 0 lists all)[/{style}]")
-    console.print(Text(report.summary(), style="green" if report.ok else "red bold"))
+    if report.ok:  # else the caller's one error line says it (exit code 2)
+        console.print(Text(report.summary(), style="green"))
 
 
 def check_image_files(dataset, color_mode: str = "rgb", workers: Optional[int] = None, console=None) -> CheckReport:
