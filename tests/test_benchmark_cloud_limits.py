@@ -170,15 +170,17 @@ def test_body_stalled_midway_stops_at_the_deadline(raw_server, deadline_env):
     assert f"{len(VERSIONS) - 10:,} bytes of the body received" in str(err)
 
 
-def test_dripped_reply_on_a_kept_alive_connection_stops_at_the_deadline(raw_server, deadline_env):
-    def answer(s, conn, n):
-        if n == 0:
-            conn.sendall(reply())
-            return True
-        s.drip(conn, reply(), 0.05)
-        return False
+def whole_then_dripped(s, conn, n):
+    """The first reply on a connection whole (kept alive), the next one dripped."""
+    if n == 0:
+        conn.sendall(reply())
+        return True
+    s.drip(conn, reply(), 0.05)
+    return False
 
-    server = raw_server(answer)
+
+def test_dripped_reply_on_a_kept_alive_connection_stops_at_the_deadline(raw_server, deadline_env):
+    server = raw_server(whole_then_dripped)
     c = client(server)
     assert c.supported_versions()[0]["version"] == "2.0.0"
     assert_gives_up_at_the_deadline(c, server.url + "/assets/versions.json")
@@ -205,14 +207,7 @@ def test_dripped_reply_over_tls_stops_at_the_deadline(raw_server, deadline_env, 
     context.load_cert_chain(cert, key)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # certificates still checked
 
-    def answer(s, conn, n):
-        if n == 0:
-            conn.sendall(reply())
-            return True
-        s.drip(conn, reply(), 0.05)
-        return False
-
-    server = raw_server(answer, tls=context)
+    server = raw_server(whole_then_dripped, tls=context)
     c = client(server)
     assert c.supported_versions()[0]["version"] == "2.0.0"  # TLS works, the connection is kept alive
     assert_gives_up_at_the_deadline(c, server.url + "/assets/versions.json")

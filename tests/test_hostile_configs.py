@@ -548,6 +548,16 @@ def test_environment_values_in_model_and_optimizer_stay_references(tmp_path, ima
 DDP = "lightning.pytorch.strategies.DDPStrategy"
 
 
+def _pwn_module(tmp_path: Path, monkeypatch, body: str) -> Path:
+    """An importable ``stmclf_pwn_module`` (``body`` after a line that leaves a marker file when the
+    module is imported), importable from the current folder; the marker's path."""
+    marker = tmp_path / "imported"
+    (tmp_path / "stmclf_pwn_module.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return marker
+
+
 @pytest.mark.parametrize("override, yaml_extra, key", [
     ([], f"  strategy:\n    class_path: {DDP}\n    init_args:\n      ddp_comm_hook: stmclf_pwn_module.hook\n",
      "trainer.strategy.ddp_comm_hook"),
@@ -567,11 +577,7 @@ def test_value_imports_nothing(override, yaml_extra, key, tmp_path, image_folder
     """jsonargparse imports what a value names for a Callable or a class-typed key (a strategy's
     ``ddp_comm_hook``, a section given as ``MODULE.Class``), besides ``class_path``: outside
     lightning., torch. and stmclf. (and their program modules) it is refused before anything is imported."""
-    marker = tmp_path / "imported"
-    (tmp_path / "stmclf_pwn_module.py").write_text(
-        f"open({str(marker)!r}, 'w').close()\nclass Anything:\n    pass\ndef hook(state, bucket):\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
+    marker = _pwn_module(tmp_path, monkeypatch, "class Anything:\n    pass\ndef hook(state, bucket):\n    pass\n")
     config = tmp_path / "config.yaml"
     text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1)
     config.write_text(text.replace("trainer:\n", "trainer:\n" + yaml_extra, 1))
@@ -595,11 +601,7 @@ def test_value_imports_nothing(override, yaml_extra, key, tmp_path, image_folder
 def test_class_path_override_imports_nothing(override, tmp_path, image_folder, capsys, monkeypatch):
     """``key.class_path=MODULE.Class`` on the command line (not only ``key={class_path: ...}``) is
     refused before jsonargparse imports MODULE: importing it runs its code."""
-    marker = tmp_path / "imported"
-    (tmp_path / "stmclf_pwn_module.py").write_text(
-        f"open({str(marker)!r}, 'w').close()\nclass Anything:\n    def __init__(self, a: int = 1):\n        pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
+    marker = _pwn_module(tmp_path, monkeypatch, "class Anything:\n    def __init__(self, a: int = 1):\n        pass\n")
     config = tmp_path / "config.yaml"
     config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1))
     capsys.readouterr()
