@@ -218,6 +218,20 @@ def test_an_export_leaves_the_recursion_limit_as_it_was(exported):
         decode_json(b"[" * 100_000 + b"]" * 100_000)
 
 
+def test_the_recursion_limit_is_sane_even_when_onnx2tf_was_imported_first():
+    """A process that imported onnx2tf itself before the TFLite stack (as pytest.importorskip does)
+    had its limit at 2**31 - 1 already: restoring "the limit before" kept it there."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\ntry:\n    import triton  # before TensorFlow's libraries, as stmclf does\n"
+            "except ImportError:\n    pass\nimport onnx2tf\nfrom stmclf.export.tflite import require_tflite_stack\n"
+            "require_tflite_stack()\nprint(sys.getrecursionlimit())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1000"
+
+
 def test_float_tflite_matches_torch(exported, setup):
     from stmclf.export.images import rescale
     from stmclf.export.tflite import TfliteModel, nhwc

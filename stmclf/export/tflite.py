@@ -72,6 +72,8 @@ def require_tflite_stack(log_file: Optional[Path] = None):
     missing = []
     modules = {}
     limit = sys.getrecursionlimit()
+    if limit >= ONNX2TF_IMPORT_LIMIT:  # onnx2tf was imported before, outside this function: Python's default
+        limit = 1000
     with captured_output(Path(log_file) if log_file else None):
         for name in ("tensorflow", "tf_keras", "onnx2tf", "ai_edge_litert", "onnxsim"):
             try:
@@ -191,6 +193,8 @@ def _simplify(onnx_path: Path, out: Path, log_file: Path) -> bool:
 
 ONNX2TF_RECURSION_LIMIT = 20_000
 """The recursion limit while onnx2tf converts (Python 3.11 frames need little C stack)."""
+ONNX2TF_IMPORT_LIMIT = 2**31 - 1
+"""What importing onnx2tf sets ``sys.setrecursionlimit`` to, for the whole process."""
 
 
 def onnx_to_saved_model(onnx_path: Path, work_dir: Path, log_file: Path, *, simplify: bool = True) -> Path:
