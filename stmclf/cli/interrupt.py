@@ -29,6 +29,7 @@ from typing import Iterator, Optional
 GRACE_S = 5.0
 """Seconds after the first Ctrl+C before a command that has not ended says how to stop it at once."""
 HINT = "stmclf: still stopping after Ctrl+C; press Ctrl+C again to stop at once\n"
+STOPPED = "stmclf: interrupted (SIGINT) and stopped at once: Ctrl+C pressed again\n"
 
 EXIT_CODE = 128 + signal.SIGINT
 
@@ -53,7 +54,7 @@ class _Guard:
         the process (the main thread is back in Python: no need to wait for the watcher)."""
         self.handled += 1
         if self.handled > 1:
-            self.exit_now("Ctrl+C pressed again")
+            self.exit_now()
         signal.default_int_handler(signum, frame)
 
     def watch(self) -> None:
@@ -81,14 +82,14 @@ class _Guard:
                 if self.seen == 1:
                     deadline = time.monotonic() + self.grace
                 else:
-                    self.exit_now("Ctrl+C pressed again")
+                    self.exit_now()
 
-    def exit_now(self, why: str) -> None:
+    def exit_now(self) -> None:
         """One line on stderr (and at the end of the run's ``stmclf.log``), exit code 130, at once:
         no lock that the stuck main thread may hold is taken (no logging, no flush of Python's
         buffered streams)."""
         self.exiting.acquire()  # the first of the main thread and the watcher ends the process
-        line = f"stmclf: interrupted (SIGINT) and stopped at once: {why}\n".encode()
+        line = STOPPED.encode()
         with contextlib.suppress(OSError):
             if os.isatty(1):
                 os.write(1, b"\x1b[?25h")  # a progress bar may have hidden the terminal's cursor

@@ -721,10 +721,10 @@ def _convert_override(key: str, value: str) -> str:
     # A section is a mapping: jsonargparse would load --trainer FILE (a FIFO: a hang; any size) or import
     # --training MODULE.Class (a class path shorthand)
     if (key in sections.SECTIONS or key == "trainer") and not value.lstrip().startswith(("{", "[")) and \
-            (key == "trainer" or value.strip() not in ("", "null", "None", "~")):
+            (key == "trainer" or value.strip() not in _NONE_TEXT):
         check_section_shapes({key: value})
     holder, _, leaf = key.rpartition(".")
-    if leaf == "class_path" and value.strip() not in ("", "null", "None", "~"):  # jsonargparse would import it
+    if leaf == "class_path" and value.strip() not in _NONE_TEXT:  # jsonargparse would import it
         check_class_specs({"class_path": value.strip()}, holder)
     if is_text_key(leaf):  # a name or path stays text; None is none, as in a file
         return "null" if value.strip() == "None" else value
@@ -736,6 +736,10 @@ def _convert_override(key: str, value: str) -> str:
     if isinstance(parsed, str) or isinstance(parsed, bool):
         return value
     return json.dumps(parsed)
+
+
+_NONE_TEXT = ("", "null", "None", "~")
+"""Override values that mean "none" (a section or class path unset)."""
 
 
 def _check_override_references(key: str, value: str) -> None:
