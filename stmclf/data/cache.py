@@ -3,9 +3,11 @@
 Decoding JPEG/PNG files and resizing them costs far more than a training step on small
 models, and it is the same work every epoch. The first epoch writes each image, at the model's
 input size, into ``<cache>/<key>.u8`` (an (N, H, W, C) uint8 file, written with ``pwrite`` and
-read through a memory map by every process); later epochs read it back. The key hashes the file list (paths, sizes,
-modification times) and the image format, so changing the dataset or the preprocessing starts
-a new cache. ``$STMCLF_CACHE`` (default ``~/.cache/stmclf``) holds it under ``images/``; a cache
+read through a memory map by every process); later epochs read it back. The key hashes the file list (each
+file's path, size, modification and status-change times and inode: :func:`file_stamp`) and the image
+format, so changing the dataset or the preprocessing starts a new cache, also when a file is replaced by
+one of the same size and modification time (two files swapped with ``mv``, a copy made with ``cp -p``
+or extracted from an archive). ``$STMCLF_CACHE`` (default ``~/.cache/stmclf``) holds it under ``images/``; a cache
 folder that cannot be written (read-only, no permission, disk full) turns the cache off with one
 warning naming it, and training goes on decoding the images every epoch.
 
@@ -40,16 +42,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("STMCLF_CACHE") or Path.home() / ".cache" / "stmclf")
 
 
+def file_stamp(path: str) -> str:
+    """``path`` with what tells one content of it from another without reading it: size,
+    modification time, status-change time and inode (``mv``, ``cp -p`` and archive extraction keep
+    a size and modification time, not a ctime and inode); ``path`` alone when it cannot be stat'ed."""
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return path
+    return f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_dev}:{stat.st_ino}"
+
+
 def cache_key(identity: list[str], fmt_fields: dict) -> str:
-    """Hash of the format and of each item: a file's path, size and mtime, or any other text (a file
+    """Hash of the format and of each item: a file's :func:`file_stamp`, or any other text (a file
     name's bytes that are not UTF-8 hashed as they are on disk)."""
     digest = hashlib.sha1(json.dumps(fmt_fields, sort_keys=True).encode())
     for item in identity:
-        try:
-            stat = os.stat(item)
-            digest.update(f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
-        except (OSError, ValueError):
-            digest.update(f"{item}\n".encode("utf-8", "surrogateescape"))
+        digest.update(f"{file_stamp(item)}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:20]
 
 

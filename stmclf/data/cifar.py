@@ -46,7 +46,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from stmclf.data.cache import file_stamp
 from stmclf.data.files import FileList, Splits, list_images
 from stmclf.data.resize import resize_image
 from stmclf.errors import ConfigError, UserError, one_line
@@ -115,20 +115,12 @@ def convert_color(image: np.ndarray, color_mode: str) -> np.ndarray:
     raise ConfigError("preprocessing.color_mode", f"unknown color mode {color_mode!r}; allowed: grayscale, rgb, rgba")
 
 
-def _file_stamp(path: str) -> str:
-    try:
-        stat = os.stat(path)
-        return f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}"
-    except OSError:
-        return f"{path}\0?"
-
-
 class ArraySource:
     """Images held in memory (a uint8 (N, H, W, C) array shared by every subset) with integer labels.
 
     ``origins`` names where the array's rows came from: ``(file, rows)`` pairs in row order, used
-    for messages (``describe``) and for the cache identity (each file's path, size and
-    modification time, taken when the source is made). ``indices`` selects and orders rows.
+    for messages (``describe``) and for the cache identity (each file's
+    :func:`~stmclf.data.cache.file_stamp`, taken when the source is made). ``indices`` selects and orders rows.
     """
 
     def __init__(self, images: np.ndarray, labels: Sequence[int], name: str,
@@ -144,7 +136,7 @@ class ArraySource:
             raise ValueError(f"{name}: {len(self.labels)} labels for {len(self.indices)} images")
         self.origins = tuple((str(path), int(rows)) for path, rows in origins)
         self._starts = np.cumsum([0] + [rows for _, rows in self.origins])
-        self._stamps = tuple(_file_stamp(path) for path, _ in self.origins)
+        self._stamps = tuple(file_stamp(path) for path, _ in self.origins)
         self.root = str(Path(self.origins[0][0]).parent) if self.origins else name
 
     def __len__(self) -> int:
@@ -180,7 +172,7 @@ class ArraySource:
         return resize_image(image, fmt.height, fmt.width, fmt.interpolation, aspect)
 
     def cache_identity(self) -> list[str]:
-        """A few strings: the array's source files (path, size, mtime), its shape, and a digest of
+        """A few strings: the array's source files (:func:`~stmclf.data.cache.file_stamp`), its shape, and a digest of
         the selected rows — O(1) entries however many images."""
         digest = hashlib.sha1(np.ascontiguousarray(self.indices).tobytes()).hexdigest()
         return [f"array-source\0{self.name}\0{self.images.shape}", *self._stamps,

@@ -1,0 +1,49 @@
+"""A dataset is untrusted input: files swapped under the image cache, odd names, deep folders,
+oversized files. Each test writes the hostile files itself and goes through stmclf's own code."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from stmclf.data.datamodule import ImageFileDataset
+from stmclf.data.decode import ImageFormat
+from stmclf.data.files import list_images
+
+
+def _flat_bmps(root, values: dict[str, int], count: int) -> None:
+    """``count`` same-sized BMPs per class, one grey level per class, all with one mtime (as an
+    archive extracts them)."""
+    for name, value in values.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            path = root / name / f"{i}.bmp"
+            Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+            os.utime(path, ns=(1_577_836_800_000_000_000,) * 2)
+
+
+def _pixels_by_path(root, cache_dir, monkeypatch) -> dict[str, tuple[float, int]]:
+    monkeypatch.setenv("STMCLF_CACHE", str(cache_dir))
+    files = list_images(str(root), ["a", "b"], "dataset.training_path", seed=1)
+    dataset = ImageFileDataset(files, ImageFormat(8, 8))
+    assert dataset.cache is not None
+    images, labels = dataset.__getitems__(list(range(len(files))))
+    return {os.path.relpath(path, root): (float(images[i].float().mean()), int(labels[i]))
+            for i, path in enumerate(files.paths)}
+
+
+def test_files_swapped_with_the_same_size_and_mtime_are_not_served_from_the_cache(tmp_path, monkeypatch):
+    """Two files of one size and modification time swapped between class folders (a relabelling
+    with ``mv``): the image cache was keyed by path, size and mtime only, so the next run read the
+    old pixels under the new labels. The key now also holds each file's ctime and inode."""
+    root = tmp_path / "data"
+    _flat_bmps(root, {"a": 0, "b": 255}, 4)
+    before = _pixels_by_path(root, tmp_path / "cache", monkeypatch)
+    assert before["a/0.bmp"] == (0.0, 0) and before["b/0.bmp"] == (255.0, 1)
+    os.rename(root / "a" / "0.bmp", root / "swap.bmp")
+    os.rename(root / "b" / "0.bmp", root / "a" / "0.bmp")
+    os.rename(root / "swap.bmp", root / "b" / "0.bmp")
+    assert (root / "a" / "0.bmp").stat().st_mtime_ns == (root / "b" / "0.bmp").stat().st_mtime_ns
+    after = _pixels_by_path(root, tmp_path / "cache", monkeypatch)
+    assert after["a/0.bmp"] == (255.0, 0) and after["b/0.bmp"] == (0.0, 1)
