@@ -11,6 +11,8 @@ from stmclf.data.datamodule import ImageFileDataset
 from stmclf.data.decode import ImageFormat
 from stmclf.data.files import list_images
 
+from conftest import write_image_folder
+
 
 def _flat_bmps(root, values: dict[str, int], count: int) -> None:
     """``count`` same-sized BMPs per class, one grey level per class, all with one mtime (as an
@@ -47,3 +49,28 @@ def test_files_swapped_with_the_same_size_and_mtime_are_not_served_from_the_cach
     assert (root / "a" / "0.bmp").stat().st_mtime_ns == (root / "b" / "0.bmp").stat().st_mtime_ns
     after = _pixels_by_path(root, tmp_path / "cache", monkeypatch)
     assert after["a/0.bmp"] == (255.0, 0) and after["b/0.bmp"] == (0.0, 1)
+
+
+def _check_config(path, training) -> str:
+    path.write_text(f"dataset:\n  name: pytest\n  training_path: {training}\npreprocessing:\n"
+                    "  rescaling: {scale: 1/127.5, offset: -1}\n  color_mode: rgb\n")
+    return str(path)
+
+
+def test_data_check_reports_thousands_of_nested_folders_without_a_traceback(tmp_path, capsys):
+    """800 folders nested in a class folder: the check walked them recursively (two frames a
+    level) and died with RecursionError's traceback; it now reports them and exits 2."""
+    from stmclf.cli.main import main
+
+    root = write_image_folder(tmp_path / "train", per_class=2, size=(8, 8), classes={"a": (200, 0, 0), "b": (0, 200, 0)})
+    os.chdir(root / "a")
+    try:
+        for _ in range(800):
+            os.mkdir("d")
+            os.chdir("d")
+    finally:
+        os.chdir(tmp_path)
+    assert main(["data", "check", "--config", _check_config(tmp_path / "c.yaml", root), "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("stmclf: error: dataset check found 800 problems") and len(err.splitlines()) == 1
+    assert "sub-folder" in out and "Traceback" not in out + err

@@ -246,26 +246,23 @@ class _Folder:
     bad: dict[str, int] = field(default_factory=dict)
 
 
-def _walk_nested(folder: str, key: str, problems: list[Problem]) -> None:
-    """Report ``folder`` (inside a class folder) and every folder below it."""
-    entries, error = _entries(folder)
-    files = sum(1 for e in entries if not is_dir_entry(e))
-    if error:
-        problems.append(Problem("unreadable", folder, key, error))
-    problems.append(Problem("sub-folder", folder, key,
-                            f"folders are not allowed inside class folders ({files} file(s) here are not read)"))
-    for entry in entries:
-        if is_dir_entry(entry):
-            _sub_folder(entry, str(Path(folder) / entry.name), key, problems)
-
-
 def _sub_folder(entry: os.DirEntry, path: str, key: str, problems: list[Problem]) -> None:
-    """Report a folder found inside a class folder; a link to a folder (perhaps to one above it: a
-    loop) is named, not followed."""
-    if entry.is_symlink():
-        problems.append(Problem("sub-folder", path, key, "a link to a folder inside a class folder (not followed)"))
-    else:
-        _walk_nested(path, key, problems)
+    """Report a folder found inside a class folder and every folder below it, depth first in name
+    order, without recursion (a dataset may nest thousands of folders); a link to a folder (perhaps
+    to one above it: a loop) is named, not followed."""
+    pending = [(entry.is_symlink(), path)]
+    while pending:
+        link, folder = pending.pop()
+        if link:
+            problems.append(Problem("sub-folder", folder, key, "a link to a folder inside a class folder (not followed)"))
+            continue
+        entries, error = _entries(folder)
+        files = sum(1 for e in entries if not is_dir_entry(e))
+        if error:
+            problems.append(Problem("unreadable", folder, key, error))
+        problems.append(Problem("sub-folder", folder, key,
+                                f"folders are not allowed inside class folders ({files} file(s) here are not read)"))
+        pending.extend((e.is_symlink(), str(Path(folder) / e.name)) for e in reversed(entries) if is_dir_entry(e))
 
 
 def _scan_class(folder: _Folder, name: str, problems: list[Problem], warnings: list[Problem]) -> None:
