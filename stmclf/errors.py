@@ -65,12 +65,14 @@ def is_text(name: str) -> bool:
 
 
 def printable_path(path: "os.PathLike[str] | str") -> str:
-    """``path`` for messages and text files: bytes that are not UTF-8 shown as ``\\xNN``."""
+    """``path`` for messages and text files: bytes that are not UTF-8 shown as ``\\xNN``, and
+    characters that are not printable (a line break that would forge a log line, an escape sequence
+    for the terminal) as Python escapes them (``\\n``, ``\\x1b``)."""
     try:
-        raw = os.fsencode(path)
+        text = os.fsencode(path).decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate that no byte gave
-        return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
+        text = os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 _ALLOCATION_WORDS = ("allocate", "out of memory", "overflow")

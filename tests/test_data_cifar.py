@@ -187,6 +187,22 @@ def test_label_names_from_meta_or_builtin(tmp_path):
     assert splits.class_names == list(CIFAR10_LABEL_NAMES)
 
 
+@pytest.mark.parametrize("names, problem", [
+    ([f"c{i}" for i in range(9)] + ["c0"], r"label name 9 'c0' is not unique"),
+    (["plane\n2026 INFO Float model accuracy : 99.99 %"] + [f"c{i}" for i in range(9)],
+     r"label name 0 'plane\\n2026 INFO .*' holds the control character '\\n'"),
+    ([f"c{i}" for i in range(9)] + ["\x1b[2Jtruck"], r"label name 9 '\\x1b\[2Jtruck' holds the control character '\\x1b'"),
+])
+def test_label_names_from_a_meta_file_must_be_unique_printable_text(tmp_path, names, problem):
+    """The meta file's label names become the class names (logs, reports, C headers) unchecked: a
+    duplicate, a line break (a forged log line) or an escape sequence went through; now the same
+    rule as for ``dataset.class_names``, one line naming the file."""
+    write_cifar10_python(tmp_path / "meta", meta_names=names)
+    with pytest.raises(UserError, match=r"^.*/meta/batches\.meta: " + problem) as info:
+        make_splits(Dataset(name="cifar10", training_path=str(tmp_path / "meta")))
+    assert len(str(info.value).splitlines()) == 1 and "\x1b" not in str(info.value)
+
+
 def test_given_class_names(tmp_path):
     write_cifar10_python(tmp_path)
     mine = [f"c{i}" for i in range(10)][::-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from stmclf.data.datamodule import ImageFileDataset
@@ -74,3 +75,56 @@ def test_data_check_reports_thousands_of_nested_folders_without_a_traceback(tmp_
     out, err = capsys.readouterr()
     assert err.startswith("stmclf: error: dataset check found 800 problems") and len(err.splitlines()) == 1
     assert "sub-folder" in out and "Traceback" not in out + err
+
+
+FORGED = "\n2026-01-01 INFO Float model validation set accuracy : 99.99 %"
+
+
+def test_class_folder_names_with_control_characters_are_refused(tmp_path, capsys):
+    """A class folder's name becomes a class name (logs, reports, C headers, model files): one with
+    a line break forged a log line and an escape sequence reached the terminal; now the rule of
+    ``dataset.class_names``: printable text, one line naming the folder, by the loader and the check."""
+    from stmclf.cli.main import main
+    from stmclf.config.sections import Dataset
+    from stmclf.data.folder import make_splits
+    from stmclf.errors import ConfigError
+
+    for name, shown in ((f"cat{FORGED}", r"cat\\n2026"), ("dog\x1b[2J", r"dog\\x1b\[2J")):
+        root = write_image_folder(tmp_path / str(len(shown)), per_class=2, size=(8, 8),
+                                  classes={name: (200, 0, 0), "owl": (0, 200, 0)})
+        with pytest.raises(ConfigError, match=rf"^dataset\.training_path: the class folder .*/{shown}.* has a name "
+                                              r"that holds the control character '\\(n|x1b)': rename it") as info:
+            make_splits(Dataset(training_path=str(root)))
+        assert len(str(info.value).splitlines()) == 1 and "\x1b" not in str(info.value)
+        assert main(["data", "check", "--config", _check_config(tmp_path / "c.yaml", root), "--workers", "1"]) == 2
+        out, err = capsys.readouterr()
+        assert "class name" in out and shown.replace("\\\\", "\\").replace("\\[", "[") in out
+        assert "\x1b" not in out + err and "\n2026" not in out + err
+
+
+def test_file_names_with_control_characters_are_escaped_in_messages(tmp_path, capsys, caplog):
+    """A bad image file named with a line break or an escape sequence: its skip warning and the
+    check's table printed the name raw (a forged log line, terminal control); now escaped, and a
+    name that reads as Rich markup (``b]x.png`` in a folder ``c[``: a closing tag) is text, not
+    a MarkupError traceback (exit 1)."""
+    import logging
+
+    from stmclf.cli.main import main
+
+    root = write_image_folder(tmp_path / "train", per_class=2, size=(8, 8), classes={"a": (200, 0, 0), "c[": (0, 200, 0)})
+    (root / "a" / f"bad{FORGED}.png").write_bytes(b"")
+    (root / "a" / "esc\x1b]0;title\x07.png").write_bytes(b"")
+    (root / "c[" / "b]x.png").write_bytes(b"")
+    assert main(["data", "check", "--config", _check_config(tmp_path / "c.yaml", root), "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert r"bad\n2026-01-01 INFO" in out and r"esc\x1b]0;title\x07.png" in out and "c[/b]x.png" in out
+    assert "\x1b" not in out + err and "\n2026" not in out + err and "Traceback" not in out + err
+
+    files = list_images(str(root), ["a", "c["], "dataset.training_path", seed=0)
+    dataset = ImageFileDataset(files, ImageFormat(8, 8), cache=False)
+    with caplog.at_level(logging.WARNING, logger="stmclf"):
+        for index in range(len(files)):
+            dataset[index]
+    skipped = [r.getMessage() for r in caplog.records if "skipping an unreadable image" in r.getMessage()]
+    assert len(skipped) == 3 and all("\n" not in m and "\x1b" not in m for m in skipped)
+    assert any(r"/a/bad\n2026-01-01 INFO" in m for m in skipped)

@@ -42,9 +42,9 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from stmclf.data.files import IMAGE_SUFFIXES, is_dir_entry, outside_root
+from stmclf.data.files import CLASS_NAME_USE, IMAGE_SUFFIXES, class_name_problem, is_dir_entry, outside_root
 from stmclf.cpus import available_cpus
-from stmclf.errors import UserError, is_text, printable_path
+from stmclf.errors import UserError, printable_path
 
 log = logging.getLogger("stmclf.data")
 
@@ -291,7 +291,8 @@ def _scan_class(folder: _Folder, name: str, problems: list[Problem], warnings: l
             target = outside_root(path, real_root)
             if target is not None:
                 warnings.append(Problem("symlink-outside", path, folder.key,
-                                        f"links to {target}, outside the dataset root {real_root} (training reads it)"))
+                                        f"links to {printable_path(target)}, outside the dataset root {real_root} "
+                                        "(training reads it)"))
         images.append(path)
     if files == 0 and not error:
         problems.append(Problem("empty-class", str(directory), folder.key, "class folder has no files"))
@@ -310,10 +311,9 @@ def _class_dirs(key: str, root: str, problems: list[Problem], warnings: list[Pro
         return None
     names = [e.name for e in entries if is_dir_entry(e)]
     stray = [e.name for e in entries if not is_dir_entry(e)]
-    for name in [n for n in names if not is_text(n)]:
+    for name in [n for n in names if class_name_problem(n)]:
         problems.append(Problem("class-name", printable_path(os.path.join(root, name)), key,
-                                "the class folder's name is not UTF-8 text: rename it (class names go into "
-                                "reports, C headers and model files)"))
+                                f"the class folder's name {class_name_problem(name)}: rename it ({CLASS_NAME_USE})"))
         names.remove(name)
     if stray:
         shown = ", ".join(stray[:3]) + (f", ... ({len(stray)} in all)" if len(stray) > 3 else "")
@@ -518,7 +518,8 @@ def _short(key: str) -> str:
 
 def print_report(report: CheckReport, console=None, max_rows: Optional[int] = 200) -> None:
     """Rich tables: images per class and path, then problems and warnings (``max_rows`` each;
-    None for all)."""
+    None for all). Names and paths are plain text (a file named ``b]x.png`` in a folder ``c[``
+    is no Rich markup tag), their non-printable characters escaped (:func:`printable_path`)."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -528,15 +529,16 @@ def print_report(report: CheckReport, console=None, max_rows: Optional[int] = 20
         if not console.is_terminal:  # redirected: one line per problem, paths unbroken
             console = Console(width=max(console.width, 220))
     for note in report.notes:
-        console.print(f"[dim]{note}[/dim]")
+        console.print(Text(printable_path(note), style="dim"))
     folders = [f for f in report.folders if f.counts]
     if folders:
         table = Table(title="Images per class")
         table.add_column("class")
         for folder in folders:
-            table.add_column(f"{_short(folder.key)}\n{folder.root}", justify="right", overflow="fold")
+            table.add_column(Text(f"{_short(folder.key)}\n{printable_path(folder.root)}"), justify="right",
+                             overflow="fold")
         for name in report.class_names:
-            row = [name]
+            row = [Text(printable_path(name))]
             for folder in folders:
                 if name not in folder.counts:
                     row.append(Text("missing", style="red"))
@@ -558,7 +560,8 @@ def print_report(report: CheckReport, console=None, max_rows: Optional[int] = 20
         table.add_column("path", overflow="fold")
         table.add_column("detail", overflow="fold")
         for item in shown:
-            table.add_row(_KIND_LABELS.get(item.kind, item.kind), _short(item.key), item.path, item.detail)
+            table.add_row(_KIND_LABELS.get(item.kind, item.kind), _short(item.key), Text(printable_path(item.path)),
+                          Text(printable_path(item.detail)))
         console.print(table)
         if len(shown) < len(items):
             console.print(f"[{style}]... and {len(items) - len(shown)} more {title.lower()} "
@@ -575,6 +578,6 @@ def check_image_files(dataset, color_mode: str = "rgb", workers: Optional[int] =
         print_report(report, console)
         raise UserError(f"{report.summary()} (see above); dataset.check_image_files is True")
     for warning in report.warnings:
-        log.warning("%s: %s", warning.path, warning.detail)
+        log.warning("%s: %s", printable_path(warning.path), printable_path(warning.detail))
     log.info("%s", report.summary())
     return report

@@ -31,7 +31,8 @@ Class count and names:
   (anything but 100 or 20 is an error), else 100 (fine labels).
 - Without ``dataset.class_names`` the names are the official label names in official label order
   (from the archive's meta file; built-in copies of the official lists when it is absent), so
-  that name ``i`` is the name of label ``i``. The reference instead uses its own alphabetically
+  that name ``i`` is the name of label ``i``; names that are not unique printable text (a line
+  break, an escape sequence) are refused, as in ``dataset.class_names``. The reference instead uses its own alphabetically
   sorted plain-English CIFAR-100 list, whose order does not match the label indices (a quirk we do
   not reproduce).
 - Given class names label CIFAR labels 0, 1, … in the given order, except that a permutation of
@@ -54,7 +55,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from stmclf.data.cache import file_stamp
-from stmclf.data.files import FileList, Splits, list_images
+from stmclf.data.files import CLASS_NAME_USE, FileList, Splits, class_name_problem, list_images
 from stmclf.data.resize import resize_image
 from stmclf.errors import ConfigError, UserError, one_line
 
@@ -474,6 +475,12 @@ def read_cifar(kind: str, root: str | Path, n_classes: int) -> CifarData:
         names = list(_builtin_names(kind, label_key))
     elif len(names) != n_classes:
         raise UserError(f"{meta_path}: expecting {n_classes} label names, found {len(names)}")
+    else:
+        for index, name in enumerate(names):
+            problem = class_name_problem(name) or ("is not unique" if names.index(name) < index else None)
+            if problem:
+                raise UserError(f"{meta_path}: label name {index} {one_line(repr(name), 80)} {problem} "
+                                f"({CLASS_NAME_USE}; is this the official file?)")
     return CifarData(
         kind, layout, base, label_key, names,
         np.concatenate([images for images, _ in train]) if len(train) > 1 else train[0][0],

@@ -39,7 +39,7 @@ from stmclf.data.decode import DEFAULT_MAX_PIXELS, ImageFormat, max_image_pixels
 from stmclf.data.files import FileList, Splits, split_fingerprint
 from stmclf.data.folder import make_splits
 from stmclf.cpus import available_cpus
-from stmclf.errors import UserError
+from stmclf.errors import UserError, printable_path
 
 log = logging.getLogger("stmclf.data")
 
@@ -331,6 +331,7 @@ class ImageFileDataset(Dataset):
 
 
 def _with_path(message: str, name: str) -> str:
+    name = printable_path(name)
     return message if name in message else f"{name}: {message}"
 
 

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from stmclf.data.resize import resize_image
-from stmclf.errors import ConfigError, UserError, one_line
+from stmclf.errors import ConfigError, UserError, one_line, printable_path
 
 if TYPE_CHECKING:
     from stmclf.config.sections import Preprocessing
@@ -69,7 +69,7 @@ class ImageDecodeError(UserError):
 
     def __init__(self, kind: str, path: str, reason: str) -> None:
         self.kind, self.path, self.reason = kind, path, reason
-        super().__init__(f"unable to read image file {path}: {reason}")
+        super().__init__(f"unable to read image file {printable_path(path)}: {reason}")
 
     def __reduce__(self):  # crosses process boundaries whole (pool and loader workers)
         return type(self), (self.kind, self.path, self.reason)

@@ -124,14 +124,30 @@ class Splits:
         return self.test if self.test is not None else self.valid
 
 
+CLASS_NAME_USE = "class names go into reports, C headers and model files"
+
+
+def class_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` (a class folder's, a label name read from a dataset's file) cannot name a class,
+    None when it can: class names go into logs, reports, C headers and model files, so they are
+    UTF-8 and printable text, as ``dataset.class_names`` must be (a line break would forge a log
+    line, an escape sequence rewrite the terminal)."""
+    if not is_text(name):
+        return "is not UTF-8 text"
+    if not name.isprintable():
+        return f"holds the control character {ascii(next(c for c in name if not c.isprintable()))}"
+    return None
+
+
 def class_dirs(root: Path, key: str) -> list[str]:
     if not root.is_dir():
         raise ConfigError(key, f"unable to find the dataset root directory {root}")
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     for name in names:
-        if not is_text(name):
-            raise ConfigError(key, f"the class folder {printable_path(root / name)} has a name that is not UTF-8 "
-                                   "text: rename it (class names go into reports, C headers and model files)")
+        problem = class_name_problem(name)
+        if problem:
+            raise ConfigError(key, f"the class folder {printable_path(root / name)} has a name that {problem}: "
+                                   f"rename it ({CLASS_NAME_USE})")
     if not names:
         raise ConfigError(key, f"expecting class sub-directories under the dataset root directory {root}")
     return names
@@ -199,7 +215,8 @@ def list_images(root: str, class_names: Sequence[str], key: str, seed: int,
         for entry in entries:
             path = str(folder / entry.name)
             if is_dir_entry(entry):
-                raise ConfigError(key, f"class directories should only contain image files; found sub-directory {path}")
+                raise ConfigError(key, "class directories should only contain image files; found sub-directory "
+                                       f"{printable_path(path)}")
             if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
                 skipped += 1
                 continue
@@ -213,7 +230,7 @@ def list_images(root: str, class_names: Sequence[str], key: str, seed: int,
         log.warning("%s: skipped %d file(s) that are not JPEG, PNG, BMP or GIF (see `stmclf data check`)", root, skipped)
     if escaping:
         log.warning("%s: %d file(s) are symbolic links to outside the dataset root, read anyway (e.g. %s -> %s); "
-                    "`stmclf data check` lists them", root, len(escaping), *escaping[0])
+                    "`stmclf data check` lists them", root, len(escaping), *map(printable_path, escaping[0]))
     if not paths:
         raise ConfigError(key, f"no image files found under {root}")
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
