@@ -267,6 +267,33 @@ def test_read_idx_rejects_bad_files(tmp_path):
     assert "broken.gz" in one_line(exc)
 
 
+def test_read_idx_never_inflates_a_gzip_bomb_whole(tmp_path):
+    """A 300 KB .gz whose IDX header declares 10 labels but which inflates to 300 MB: the whole
+    stream was read into memory before the size check (a 1 MB file can inflate to 1 GB); now the
+    header is read first and then at most the declared size and one byte."""
+    import tracemalloc
+
+    bomb = tmp_path / "train-labels-idx1-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as f:
+        f.write(b"\x00\x00\x08\x01" + (10).to_bytes(4, "big"))
+        for _ in range(300):
+            f.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"declares 10 items \(10 bytes\) but the file holds more"):
+            read_idx(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+    huge = tmp_path / "huge.idx"
+    huge.write_bytes(b"\x00\x00\x08\x03" + b"".join((100_000).to_bytes(4, "big") for _ in range(3)))
+    with pytest.raises(UserError, match=r"huge\.idx: IDX header declares 100000x100000x100000 items .* more than the "
+                                        r"1,024 MiB an IDX file may hold"):
+        read_idx(huge)
+
+
 def check_fashion_tree(out: Path, data: dict, limit: int | None = None) -> None:
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["test", "train"]
     for split, (images, labels) in data.items():

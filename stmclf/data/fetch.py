@@ -550,36 +550,48 @@ _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
+MAX_IDX_BYTES = 1 << 30
+"""An IDX file whose header declares more data than this is refused before its data is read
+(Fashion-MNIST's training images are 47 MB; a 1 MB gzip file can inflate to 1 GB)."""
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (gzip-compressed or not) into an array of its declared shape and type.
 
     Raises :class:`UserError` naming the file when it cannot be read, its magic number is not
-    an IDX magic, or its size does not match the dimensions in its header.
+    an IDX magic, its header declares more than :data:`MAX_IDX_BYTES`, or its size does not
+    match the dimensions in its header. Reads the header, then at most the declared size and one
+    byte: a compressed file inflating past what its header says is never inflated whole.
     """
     path = Path(path)
     try:
         with open(path, "rb") as f:
             gzipped = f.read(2) == b"\x1f\x8b"
         with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
-            data = f.read()
+            head = f.read(4)
+            if len(head) < 4:
+                raise UserError(f"{path}: not an IDX file (only {len(head)} bytes)")
+            magic = int.from_bytes(head, "big")
+            dtype = _IDX_DTYPES.get(head[2])
+            ndim = head[3]
+            if head[0] != 0 or head[1] != 0 or dtype is None or ndim == 0:
+                raise UserError(f"{path}: not an IDX file (magic number 0x{magic:08x})")
+            shape = f.read(4 * ndim)
+            if len(shape) < 4 * ndim:
+                raise UserError(f"{path}: truncated IDX header")
+            dims = tuple(int(d) for d in np.frombuffer(shape, dtype=">u4"))
+            expected = math.prod(dims) * dtype.itemsize
+            if expected > MAX_IDX_BYTES:
+                raise UserError(f"{path}: IDX header declares {'x'.join(map(str, dims))} items ({expected:,} bytes), "
+                                f"more than the {MAX_IDX_BYTES >> 20:,} MiB an IDX file may hold")
+            data = f.read(expected + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise UserError(f"{path}: cannot read IDX file ({_reason(exc)})") from None
-    if len(data) < 4:
-        raise UserError(f"{path}: not an IDX file (only {len(data)} bytes)")
-    magic = int.from_bytes(data[:4], "big")
-    dtype = _IDX_DTYPES.get(data[2])
-    ndim = data[3]
-    if data[0] != 0 or data[1] != 0 or dtype is None or ndim == 0:
-        raise UserError(f"{path}: not an IDX file (magic number 0x{magic:08x})")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise UserError(f"{path}: truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = math.prod(dims) * dtype.itemsize
-    if len(data) - header != expected:
+    if len(data) != expected:
+        held = f"{len(data)} bytes" if len(data) <= expected else "more"
         raise UserError(f"{path}: IDX header declares {'x'.join(map(str, dims))} items "
-                        f"({expected} bytes) but the file holds {len(data) - header} bytes")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+                        f"({expected} bytes) but the file holds {held}")
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
 
 
 def _load_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
