@@ -36,7 +36,7 @@ def test_preview_without_augmentation_shows_the_preprocessing(write_config, tmp_
 
 @pytest.mark.parametrize("command, flag, value, expected", [
     ("augment-preview", "--num-images", "0", "--num-images: expected an integer from 1 to 256, got 0"),
-    ("summary", "--num_classes", "100000000000", "--num_classes: expected an integer from 1 to 100,000"),
+    ("summary", "--num_classes", "100000000000", "--num_classes: expected an integer from 1 to 10,000"),
 ])
 def test_out_of_range_counts_are_one_line(write_config, tmp_path, capsys, command, flag, value, expected):
     code = main([command, "--config", str(write_config()), flag, value])

@@ -485,3 +485,24 @@ def test_datamodule_batches_from_cifar(tmp_path):
                               batch_size=4, num_workers=0)
     images, _ = next(iter(resized.val_dataloader()))
     assert tuple(images.shape) == (4, 3, 40, 40)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_an_oversized_batch_file_is_refused_before_it_is_read(tmp_path, binary):
+    """A 600 MiB (sparse) file in a batch's place was read whole into memory before being found not
+    to be a CIFAR batch; it is refused from its size now, in one line naming it."""
+    import tracemalloc
+
+    root = tmp_path / "bin" if binary else tmp_path
+    (write_cifar10_binary if binary else write_cifar10_python)(root)
+    huge = root / ("data_batch_2.bin" if binary else "data_batch_2")
+    with open(huge, "wb") as f:
+        f.truncate(600 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"data_batch_2(\.bin)?: larger than the 512 MiB a CIFAR file may hold") as info:
+            make_splits(Dataset(name="cifar10", training_path=str(root)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(info.value) and peak < 64 << 20, peak

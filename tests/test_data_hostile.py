@@ -128,3 +128,35 @@ def test_file_names_with_control_characters_are_escaped_in_messages(tmp_path, ca
     skipped = [r.getMessage() for r in caplog.records if "skipping an unreadable image" in r.getMessage()]
     assert len(skipped) == 3 and all("\n" not in m and "\x1b" not in m for m in skipped)
     assert any(r"/a/bad\n2026-01-01 INFO" in m for m in skipped)
+
+
+def test_data_check_describes_an_unsupported_file_from_the_bytes_it_read(tmp_path):
+    """A file that is not JPEG/PNG/GIF/BMP was opened a second time, by its path, to name its format
+    (a file swapped for a FIFO in between blocked the check); it is described from the bytes read."""
+    import sys
+
+    from stmclf.data.check import inspect_image
+
+    path = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path, format="TIFF")
+    opened = []
+    sys.addaudithook(lambda event, args: opened.append(args[0]) if event == "open" else None)
+    finding, _ = inspect_image(str(path))
+    assert finding == ("not-image", "TIFF image: only JPEG, PNG, GIF and BMP are read")
+    assert [p for p in opened if str(p) == str(path)] == [str(path)]
+
+
+def test_a_dataset_of_more_than_10000_class_folders_is_refused(tmp_path):
+    """50,000 empty class folders trained a 50,000-class head and then built a 20 GB confusion
+    matrix; more than 10,000 class folders are refused when the dataset is listed."""
+    from stmclf.config.sections import Dataset
+    from stmclf.data.folder import make_splits
+    from stmclf.errors import ConfigError
+
+    root = write_image_folder(tmp_path / "train", per_class=1, size=(8, 8), classes={"a": (200, 0, 0)})
+    for i in range(10_000):
+        (root / f"c{i:05d}").mkdir()
+    with pytest.raises(ConfigError, match=r"^dataset\.training_path: 10,001 class folders under .*/train; a dataset "
+                                          r"has at most 10,000 classes") as info:
+        make_splits(Dataset(training_path=str(root)))
+    assert "\n" not in str(info.value)

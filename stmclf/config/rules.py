@@ -22,6 +22,11 @@ MAX_IMAGE_SIDE = 8192
 MAX_CHANNELS = 4
 MAX_NUM_WORKERS = 256
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
+MAX_CLASSES = 10_000
+"""Classes a dataset may have (its class folders, ``summary --num_classes``; ``dataset.class_names`` is
+bounded by the YAML node limit):
+a 10,000-class head, its confusion matrix (0.8 GB of int64 counts) and its figures work; 50,000 empty
+class folders made a 20 GB confusion matrix."""
 MEMORY_MARGIN = 4
 """A training config whose first layer alone needs more than this many times the available
 memory is refused before anything is allocated."""

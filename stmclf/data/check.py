@@ -34,6 +34,7 @@ transparency: the alpha is dropped unless color_mode is rgba).
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -153,12 +154,14 @@ def _sniff(head: bytes) -> Optional[str]:
     return None
 
 
-def _describe_content(path: str, head: bytes) -> str:
-    """What a file that is not JPEG/PNG/GIF/BMP looks like, for the message."""
+def _describe_content(data: bytes) -> str:
+    """What a file that is not JPEG/PNG/GIF/BMP looks like, for the message (from the bytes already
+    read: the path is not opened again, it may have become a FIFO or another file since)."""
+    head = data[:16]
     try:
         from PIL import Image
 
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             return f"{image.format} image: only JPEG, PNG, GIF and BMP are read"
     except Exception:  # noqa: BLE001 - anything unidentifiable falls through
         pass
@@ -190,7 +193,7 @@ def inspect_image(path: str, color_mode: str = "rgb", max_pixels=None) -> tuple[
         return ("empty-file", "zero-byte file"), []
     found = _sniff(data[:16])
     if found is None:
-        return ("not-image", _describe_content(path, data[:16])), []
+        return ("not-image", _describe_content(data)), []
     try:
         with open_image(data, path, max_pixels) as image:
             notes = _suspicious(path, data, found, image, color_mode)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,12 +259,33 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
-def load_pickle(path: Path):
-    """Read a CIFAR python batch with :class:`RestrictedUnpickler`; one-line :class:`UserError`s."""
+MAX_BATCH_BYTES = 512 << 20
+"""A CIFAR file larger than this is refused before it is read (the largest official one, CIFAR-100's
+``train``, is 158 MB)."""
+
+
+def read_batch_bytes(path: Path) -> bytes:
+    """The bytes of one CIFAR file, at most :data:`MAX_BATCH_BYTES` of them (one-line :class:`UserError`s):
+    a larger file is refused from its size, before it is read (and one that grows while read, at the
+    limit: the read asks for the size it stat'ed and one byte, never for the limit's 512 MiB)."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            too_big = size > MAX_BATCH_BYTES
+            data = b"" if too_big else f.read(size + 1)
+            if len(data) > size:  # it grew: read on, up to the limit
+                data += f.read(MAX_BATCH_BYTES + 1 - len(data))
     except OSError as exc:
         raise UserError(f"unable to read {path}: {exc.strerror or exc}") from None
+    if too_big or len(data) > MAX_BATCH_BYTES:
+        raise UserError(f"{path}: larger than the {MAX_BATCH_BYTES >> 20} MiB a CIFAR file may hold "
+                        "(the official ones are under 160 MB; is this the official file?)")
+    return data
+
+
+def load_pickle(path: Path):
+    """Read a CIFAR python batch with :class:`RestrictedUnpickler`; one-line :class:`UserError`s."""
+    data = read_batch_bytes(path)
     try:
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except _RefusedGlobal as exc:
@@ -388,10 +410,7 @@ def read_binary_batch(path: Path, label_offset: int, label_bytes: int, n_classes
     """(uint8 NHWC images, int64 labels) of one binary batch: records of ``label_bytes`` label
     bytes then 3072 planar pixel bytes; the label used is byte ``label_offset``."""
     record = label_bytes + IMAGE_BYTES
-    try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise UserError(f"unable to read {path}: {exc.strerror or exc}") from None
+    raw = np.frombuffer(read_batch_bytes(path), dtype=np.uint8)
     if raw.size == 0 or raw.size % record:
         raise UserError(f"{path}: size {raw.size} is not a multiple of the {record}-byte CIFAR record")
     raw = raw.reshape(-1, record)

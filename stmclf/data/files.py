@@ -20,6 +20,7 @@ import numpy as np
 
 from stmclf.data.decode import ImageFormat, decode_for_resize, load_image, read_file
 from stmclf.data.resize import resize_into, stackable
+from stmclf.config.rules import MAX_CLASSES
 from stmclf.errors import ConfigError, UserError, is_text, one_line, printable_path
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,9 @@ def class_dirs(root: Path, key: str) -> list[str]:
                                    f"rename it ({CLASS_NAME_USE})")
     if not names:
         raise ConfigError(key, f"expecting class sub-directories under the dataset root directory {root}")
+    if len(names) > MAX_CLASSES:
+        raise ConfigError(key, f"{len(names):,} class folders under {printable_path(root)}; a dataset has at most "
+                               f"{MAX_CLASSES:,} classes (is this the dataset's root?)")
     return names
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from stmclf.config.rules import MAX_CLASSES
 from stmclf.errors import ConfigError
 from stmclf.models.graph import KerasGraph
 
@@ -68,10 +69,6 @@ def class_count(cfg: Any) -> int:
     if not any(path for _, path in paths):
         raise ConfigError("dataset.class_names", "give dataset.class_names, a dataset path or --num_classes")
     return len(infer_class_names(paths))
-
-
-MAX_CLASSES = 100_000
-"""``--num_classes`` bound: a head that size already has tens of millions of weights."""
 
 
 def build_configured_model(cfg: Any, num_classes: int | None = None) -> KerasGraph:
