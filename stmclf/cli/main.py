@@ -245,10 +245,9 @@ def _data(argv: Sequence[str]) -> int:
     checking = list(argv[:1]) == ["check"]
     check = _data_check_parser() if checking else ArgumentParser()  # the full parser imports Lightning
     sub.add_subcommand("check", check, help="decode every file of the config's dataset paths and list the problems")
-    if checking:
-        from stmclf.config.parser import parse_args
-
-        return _data_check(check, parse_args(check, list(argv[1:])))  # the check parser: its --print_config
+    fetch.prog, check.prog = "stmclf data fetch", "stmclf data check"  # jsonargparse's: 'stmclf data [options] fetch'
+    if checking:  # the check parser: its --print_config, the short help of every config command
+        return _data_check(check, parse_config_args(check, list(argv[1:])))
     args = _parse_small(parser, argv)
     if args.action == "fetch":
         from stmclf.data.fetch import fetch_dataset
