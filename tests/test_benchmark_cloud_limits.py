@@ -270,3 +270,47 @@ def test_token_refresh_is_not_redirected_to_another_host(devcloud, raw_server, m
     with pytest.raises(UnexpectedReply, match="another host"):
         CloudClient(backoff=0.01).connect()
     assert not other.requests  # the refresh token (a 307 keeps the body) never left the service
+
+
+def versions_reply(s, conn, n) -> bool:
+    conn.sendall(reply())
+    return True
+
+
+def assert_refused_redirect(err: pytest.ExceptionInfo, endpoint: str, other: RawServer) -> None:
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"unexpected reply from {endpoint} ("), text
+    assert f"another host ({other.url})" in text and "s3cret" not in text and "?" not in text
+    assert not other.requests  # nothing was sent there
+
+
+def test_versions_redirect_to_another_host_is_refused(devcloud, raw_server):
+    """The unauthenticated GET of versions.json (the first call of every connect) followed a redirect
+    to any host and took that host's list of versions as the service's."""
+    other = raw_server(versions_reply)
+    devcloud.redirect_to["/assets/versions.json"] = other.url + "/assets/versions.json?sig=s3cret"
+    with pytest.raises(UnexpectedReply) as err:
+        CloudClient(backoff=0.01).supported_versions()
+    assert_refused_redirect(err, f"{devcloud.url}/assets/versions.json", other)
+
+
+def test_benchmark_api_description_redirect_to_another_host_is_refused(devcloud, raw_server, monkeypatch, tmp_path):
+    """The benchmark service's OpenAPI description (which decides how the benchmark request is
+    written) was read from whatever host a redirect named. Refused, the board run fails and the
+    footprint comes from the cloud analyze, as after any other failed board run."""
+    monkeypatch.setenv("stmai_username", devcloud.username)
+    monkeypatch.setenv("stmai_password", devcloud.password)
+    legacy = (b'{"paths": {"/benchmark/{queue}": {"post": {"requestBody": {"content": {"application/json": '
+              b'{"schema": {"properties": {"model": {}, "args": {}}}}}}}}}}')
+    other = raw_server(lambda s, conn, n: conn.sendall(reply(legacy)) or True)
+    c = CloudClient(poll_interval=0.01, backoff=0.01).connect()
+    devcloud.redirect_to["/api/benchmark/api"] = other.url + "/api/benchmark/api?sig=s3cret"
+    with pytest.raises(UnexpectedReply) as err:
+        c.benchmark("model.tflite", "STM32H747I-DISCO")
+    assert_refused_redirect(err, f"{devcloud.url}/api/benchmark/api", other)
+    assert not devcloud.requests_to("/api/benchmark/benchmark")  # no request written from another host's API
+    model = tmp_path / "model_int8.tflite"
+    model.write_bytes(b"TFL3" + bytes(range(256)) * 8)
+    footprint = cloud.cloud_footprint(model, "STM32H747I-DISCO", client=CloudClient(poll_interval=0.01, backoff=0.01))
+    assert footprint.cloud_mode == "analyze" and "another host" in footprint.notes[-1]
+    assert not other.requests

@@ -25,6 +25,22 @@ def test_help_is_short_plain_and_starts_with_the_commands_options(command, capsy
         assert options[0].startswith("--ckpt_path")
 
 
+@pytest.mark.parametrize("action", ["fetch", "check"])
+def test_data_help_names_the_subcommand_first(action, capsys):
+    """``stmclf data fetch --help`` read ``usage: stmclf data [options] fetch ...`` (jsonargparse's
+    subcommand prog); like every other command, its usage starts with the command. ``data check``
+    (a config command) has their short help: it printed jsonargparse's 350 lines."""
+    try:
+        code = main(["data", action, "--help"])
+    except SystemExit as done:  # jsonargparse's own help (data fetch) exits
+        code = done.code
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"usage: stmclf data {action} "), lines[0]
+    if action == "check":
+        assert lines[0].startswith("usage: stmclf data check --config FILE [options]") and len(lines) <= 60
+
+
 def test_help_trainer_lists_lightning_options_in_plain_text(capsys):
     assert main(["fit", "--help-trainer"]) == 0
     text = capsys.readouterr().out

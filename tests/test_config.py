@@ -270,6 +270,55 @@ def test_print_config_refuses_what_the_command_would(seed_file, capsys, override
     assert out == "" and err == f"stmclf: error: {error}\n"
 
 
+CLASS_PATH_CHECKPOINT = "training:\n  callbacks:\n    lightning.pytorch.callbacks.ModelCheckpoint: {}\n"
+
+
+@pytest.mark.parametrize("command, args, error", [
+    ("fit", ["training.callbacks.ModelCheckpoint.save_top_k=2"],
+     "training.callbacks.ModelCheckpoint: The ModelCheckpoint callback is built-in and can't be redefined"),
+    ("fit", ["--config", "class_path_checkpoint.yaml"], "training.callbacks.lightning.pytorch.callbacks."
+     "ModelCheckpoint: stmclf writes the run's checkpoints itself"),
+    ("fit", ["~training.epochs"], "missing required key training.epochs"),
+    ("run", ["~training.epochs"], "missing required key training.epochs"),
+    ("fit", ["~training.model"], "training.model: expecting either training.model, training.resume_training_from"),
+    ("fit", ["training.optimizer={Adamm: null}"], "training.optimizer: unknown optimizer 'Adamm'"),
+    ("fit", ["training.model.name=mobilenetz"], "training.model.name: unknown model name 'mobilenetz'"),
+    ("fit", ["training.checkpoint_every={steps: 0}"], "training.checkpoint_every.steps: expecting a positive integer"),
+    ("fit", ["training.ema.decay=2"], "training.ema.decay: must be > 0 and < 1 (got 2)"),
+    ("run", ["operation_mode=deployment"], "operation_mode: 'deployment' is not available in stmclf"),
+    ("run", ["operation_mode=evaluation"], "general.model_path: evaluation needs the model file"),
+    ("run", ["operation_mode=chain_tqe", "quantization.quantizer=foo"], "quantization.quantizer: 'foo': use "
+     "TFlite_converter or onnx_quantizer"),
+    ("run", ["operation_mode=chain_tqeb", "benchmarking.board=NOPE"], "benchmarking.board: unknown board 'NOPE'"),
+])
+def test_print_config_makes_the_commands_config_refusals(seed_file, capsys, monkeypatch, command, args, error):
+    """``fit``/``run --print_config`` refuses what the command itself refuses from the config alone
+    (training.callbacks, the keys a training needs, the optimizer, the model name, the mode, its
+    sections and board), in the command's one line with exit code 2: it printed the config with
+    exit code 0, then the command refused it."""
+    monkeypatch.chdir(seed_file.parent)
+    (seed_file.parent / "class_path_checkpoint.yaml").write_text(CLASS_PATH_CHECKPOINT)
+    argv = [command, "--config", str(seed_file), *args]
+    assert main([*argv, "--print_config"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"stmclf: error: {error}") and err.count("\n") == 1, err
+    assert main(argv) == 2  # the command: the same line, before any data is read
+    assert capsys.readouterr().err == err
+    assert not (seed_file.parent / "experiments_outputs").exists()
+
+
+def test_print_config_prints_only_the_yaml(seed_file, capsys):
+    """The command's checks run before printing without their warnings (the board not given, QAT
+    that never starts): stdout is the YAML alone, even piped (one plain line per log record)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--config", str(seed_file), "operation_mode=chain_tqeb", "~benchmarking",
+              "training.qat={start_epoch: 500}", "--offline", "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["training"]["qat"] == {"start_epoch": 500}
+    assert "WARNING" not in out and "benchmarking.board" not in out
+
+
 @pytest.mark.parametrize("text, value", [
     ("1/127.5", 1 / 127.5), ("1./255", 1 / 255), ("-1", -1), ("1e-7", 1e-7), ("(224, 224, 3)", [224, 224, 3]),
     ("(128,128)", [128, 128]), ("True", True), ("None", None), ("2**3", 8), ("(0.2, 1.5)", [0.2, 1.5]),

@@ -22,8 +22,9 @@ connection down at the deadline (:class:`_Deadline`) and no single read waits pa
 that stalls or drips bytes anywhere in its reply ends in one line naming the endpoint
 (:class:`ServiceUnreachable`, not retried) instead of a hang; replies are read in chunks and capped
 (JSON replies at 16 MiB, downloaded files at 1 GiB), so an endless body ends the same way instead of
-an out-of-memory kill. Authenticated API calls (and the token refresh) follow redirects only on
-their URL's own scheme, host and port; a redirect elsewhere is refused in one line
+an out-of-memory kill. API calls (authenticated or not: ``versions.json``, the benchmark service's
+OpenAPI description, the token refresh) follow redirects only on their URL's own scheme, host and
+port; a redirect elsewhere is refused in one line
 (:class:`UnexpectedReply`) rather than followed without the token to a reply that is not the
 service's (the SSO login, which crosses ST's hosts, is not concerned). Non-standard JSON
 (``NaN``, ``Infinity``, overflowing numbers) and JSON nested deeper than Python can decode are
@@ -986,7 +987,7 @@ class CloudClient:
 
     # --- versions -----------------------------------------------------------------------------
     def supported_versions(self) -> list[dict]:
-        resp = self._send(self._session, "GET", self.endpoints.versions, what="supported versions")
+        resp = self._send(self._session, "GET", self.endpoints.versions, what="supported versions", same_origin=True)
         if resp.status_code != 200:
             raise CloudError(f"supported versions: HTTP {resp.status_code} from {_where(self.endpoints.versions)}")
         data = self._json(resp, "supported versions")
@@ -1310,7 +1311,7 @@ class CloudClient:
             self._stringified_args = False
             try:
                 resp = self._send(self._session, "GET", self.endpoints.benchmark_openapi, what="benchmark API",
-                                  headers={"Accept": "application/json"})
+                                  headers={"Accept": "application/json"}, same_origin=True)
                 spec = decode_json(resp.content)
                 props = (spec["paths"]["/benchmark/{queue}"]["post"]["requestBody"]["content"]
                          ["application/json"]["schema"]["properties"])

@@ -103,8 +103,9 @@ def trainer_help(parser) -> str:
                       "loggers, checkpointing and determinism from the ST sections):", *_format_rows(_option_rows(actions))])
 
 
-def parse_config_args(parser, argv: Sequence[str]):
-    """``parse_args`` with stmclf's short help (-h/--help) and --help-trainer."""
+def parse_config_args(parser, argv: Sequence[str], check: Optional[Callable] = None):
+    """``parse_args`` with stmclf's short help (-h/--help) and --help-trainer; ``check(cfg, ns)``:
+    the command's config-only refusals, run by ``--print_config`` before it prints."""
     from stmclf.config.parser import parse_args
 
     if "-h" in argv or "--help" in argv:
@@ -113,10 +114,18 @@ def parse_config_args(parser, argv: Sequence[str]):
     if "--help-trainer" in argv or "--help_trainer" in argv:
         print(trainer_help(parser))
         raise HelpShown
-    return parse_args(parser, argv)
+    return parse_args(parser, argv, check)
 
 
-def _config_command(prog: str, description: str, action: Callable) -> Callable[[Sequence[str]], int]:
+def _config_command(prog: str, description: str, action: Callable,
+                    check: Callable) -> Callable[[Sequence[str]], int]:
+    """``stmclf fit`` / ``run``: ``action(cfg)``; ``check(cfg)``: the refusals of ``action`` that need
+    the config alone, which ``--print_config`` makes too (``--ckpt_path`` applied first)."""
+
+    def print_check(cfg, ns) -> None:
+        _apply_ckpt_path(cfg, ns.ckpt_path)
+        check(cfg)
+
     def command(argv: Sequence[str]) -> int:
         from stmclf.config import from_namespace
         from stmclf.config.parser import build_parser
@@ -125,7 +134,7 @@ def _config_command(prog: str, description: str, action: Callable) -> Callable[[
         parser.add_argument("--ckpt_path", "--ckpt-path", dest="ckpt_path", type=Optional[str], default=None,
                             help="resume training from this checkpoint (Lightning's name for "
                                  "training.resume_training_from; it wins over training.model)")
-        ns = parse_config_args(parser, argv)
+        ns = parse_config_args(parser, argv, print_check)
         cfg = from_namespace(parser, ns)
         _apply_ckpt_path(cfg, ns.ckpt_path)
         action(cfg)
@@ -154,10 +163,22 @@ def _fit(cfg) -> None:
     fit_command(cfg)
 
 
+def _fit_check(cfg) -> None:
+    from stmclf.training.fit import check_training_config
+
+    check_training_config(cfg)
+
+
 def _run(cfg) -> None:
     from stmclf.orchestration import run_mode
 
     run_mode(cfg)
+
+
+def _run_check(cfg) -> None:
+    from stmclf.orchestration.modes import check_run_config
+
+    check_run_config(cfg)
 
 
 def _option_value(argv: Sequence[str], *names: str) -> Optional[str]:
@@ -224,10 +245,9 @@ def _data(argv: Sequence[str]) -> int:
     checking = list(argv[:1]) == ["check"]
     check = _data_check_parser() if checking else ArgumentParser()  # the full parser imports Lightning
     sub.add_subcommand("check", check, help="decode every file of the config's dataset paths and list the problems")
-    if checking:
-        from stmclf.config.parser import parse_args
-
-        return _data_check(check, parse_args(check, list(argv[1:])))  # the check parser: its --print_config
+    fetch.prog, check.prog = "stmclf data fetch", "stmclf data check"  # jsonargparse's: 'stmclf data [options] fetch'
+    if checking:  # the check parser: its --print_config, the short help of every config command
+        return _data_check(check, parse_config_args(check, list(argv[1:])))
     args = _parse_small(parser, argv)
     if args.action == "fetch":
         from stmclf.data.fetch import fetch_dataset
@@ -443,9 +463,9 @@ def _parse_small(parser, argv: Sequence[str]):
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
-    "fit": (_config_command("stmclf fit", "Train a model from an ST model-zoo YAML config.", _fit),
+    "fit": (_config_command("stmclf fit", "Train a model from an ST model-zoo YAML config.", _fit, _fit_check),
             "train a model from a config (operation_mode training)"),
-    "run": (_config_command("stmclf run", "Run whatever operation_mode the config names.", _run),
+    "run": (_config_command("stmclf run", "Run whatever operation_mode the config names.", _run, _run_check),
             "run the config's operation_mode"),
     "augment-preview": (_augment_preview, "before/after PNG grid of the config's data augmentation"),
     "plot-lr": (_plot_lr, "plot the config's learning-rate schedule without training"),

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import logging
 import os
 import re
 import stat
 import sys
 import typing
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader, set_parsing_settings
@@ -852,11 +853,15 @@ def _delete_override(arg: str) -> str:
     return f"--{name}=null"
 
 
-def parse_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
+def parse_args(parser: ArgumentParser, argv: Sequence[str],
+               check: Optional[Callable[[Any, Namespace], None]] = None) -> Namespace:
     """Parse ``argv``; any problem becomes a one-line :class:`UserError`. With ``--print_config``
     the config is checked as every command checks it first (:func:`stmclf.config.from_namespace`),
-    then printed (:func:`print_config_text`) and the process exits with code 0; the checks that need
-    the dataset or the model (class folders, model names) are the command's."""
+    then by ``check(cfg, ns)`` (the command's refusals that need the config alone: ``stmclf fit``
+    and ``run`` refuse there what they would refuse before training; its warnings are not shown:
+    stdout is the YAML), then printed (:func:`print_config_text`) and the process exits with code
+    0; the checks that need the dataset, a model file or the machine (class folders, checkpoints,
+    devices) are the command's."""
     clear_env_references()  # filled by load_yaml, read by stmclf.config.from_namespace
     try:
         ns = parser.parse_args(convert_overrides(argv))
@@ -872,7 +877,14 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str]) -> Namespace:
     if flags is not None:
         from stmclf.config import from_namespace
 
-        from_namespace(parser, ns)  # the config's own checks (value ranges, splits): a bad value is not printed
+        cfg = from_namespace(parser, ns)  # the config's own checks (value ranges, splits): a bad value is not printed
+        if check is not None:
+            previous = logging.root.manager.disable
+            logging.disable(logging.WARNING)
+            try:
+                check(cfg, ns)
+            finally:
+                logging.disable(previous)
         sys.stdout.write(print_config_text(parser, ns, flags))
         raise SystemExit(0)
     return ns

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from stmclf.config import RunConfig
 from stmclf.config.modes import MODES, OPERATION_MODES, OperationMode
@@ -15,6 +16,17 @@ log = logging.getLogger("stmclf")
 
 def run_mode(cfg: RunConfig) -> None:
     """Run the stages of ``cfg.operation_mode`` in one run folder and one MLflow parent run."""
+    mode, quantize = check_mode_config(cfg)
+    if mode.has("train"):
+        _train_then(cfg, mode, quantize)
+    else:
+        _from_model_file(cfg, mode, quantize)
+
+
+def check_mode_config(cfg: RunConfig) -> tuple[OperationMode, Optional[tuple]]:
+    """The refusals of :func:`run_mode` that need the config alone (no model file, dataset, network
+    or board tool): the mode, the sections it needs, the board. Returns the mode and its
+    quantization settings (None when it does not quantize)."""
     name = cfg.operation_mode
     if name is None:
         raise ConfigError("operation_mode", f"missing; one of: {', '.join(OPERATION_MODES)}")
@@ -26,10 +38,36 @@ def run_mode(cfg: RunConfig) -> None:
                                             f"with an int8 .tflite as general.model_path) writes the C header for "
                                             f"ST's application; available: {available}")
     _check_evaluation(cfg, mode)
+    if not mode.has("train") and not cfg.general.model_path:
+        from stmclf.models.source import ACCEPTS, KIND_TEXT
+
+        accepts = ", ".join(KIND_TEXT[k] for k in ACCEPTS[_first_stage(mode)] if k not in ("torch_export", "pickled_module"))
+        raise ConfigError("general.model_path", f"{mode.name} needs the model file: {accepts}")
+    quantize = _quantization_settings(cfg, mode) if mode.has("quantize") else None
+    if mode.has("predict") and (cfg.prediction is None or not cfg.prediction.test_files_path):
+        raise ConfigError("prediction.test_files_path", "prediction needs the directory of images to classify")
+    if mode.has("predict") and cfg.prediction.target not in (None, "host"):
+        raise ConfigError("prediction.target", f"{cfg.prediction.target!r}: only host prediction is supported")
+    if mode.has("benchmark"):
+        from stmclf.benchmark.run import board_name
+
+        board_name(cfg)  # a bad board name fails before anything runs
+    return mode, quantize
+
+
+def _first_stage(mode: OperationMode) -> str:
+    """The stage that reads ``general.model_path`` in a mode that starts from a model file."""
+    return next(s for s in mode.stages if s in ("quantize", "evaluate", "predict", "benchmark"))
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """What ``stmclf run --print_config`` checks before it prints: :func:`check_mode_config` and, for
+    a mode that trains, the training's own (:func:`stmclf.training.fit.check_training_config`)."""
+    mode, _ = check_mode_config(cfg)
     if mode.has("train"):
-        _train_then(cfg, mode)
-    else:
-        _from_model_file(cfg, mode)
+        from stmclf.training.fit import check_training_config
+
+        check_training_config(cfg)
 
 
 def _check_evaluation(cfg: RunConfig, mode) -> None:
@@ -55,18 +93,17 @@ def _quantization_settings(cfg: RunConfig, mode: OperationMode):
 
 
 def _cloud_client(cfg: RunConfig, mode: OperationMode):
-    """Chains that end in a benchmark log in to the cloud before the long steps (the reference's order)."""
+    """Chains that end in a benchmark log in to the cloud before the long steps (the reference's
+    order; the board was checked by :func:`check_mode_config`)."""
     if not mode.has("benchmark"):
         return None
-    from stmclf.benchmark.run import board_name, cloud_login_first
+    from stmclf.benchmark.run import cloud_login_first
 
-    board_name(cfg)  # a bad board name fails before anything runs
     return cloud_login_first(cfg, cfg.offline)
 
 
-def _train_then(cfg: RunConfig, mode: OperationMode) -> None:
+def _train_then(cfg: RunConfig, mode: OperationMode, quantize: Optional[tuple]) -> None:
     """training, chain_tqe, chain_tqeb: train → (quantize the best model → evaluate → benchmark)."""
-    quantize = _quantization_settings(cfg, mode) if mode.has("quantize") else None  # errors before training
     client = _cloud_client(cfg, mode)
     result, journey = train_stage(cfg)
     if not result.is_global_zero:
@@ -80,21 +117,11 @@ def _train_then(cfg: RunConfig, mode: OperationMode) -> None:
     journey.finish(mode.name)
 
 
-def _from_model_file(cfg: RunConfig, mode: OperationMode) -> None:
+def _from_model_file(cfg: RunConfig, mode: OperationMode, quantize: Optional[tuple]) -> None:
     """Modes that start from ``general.model_path``: evaluation, quantization, prediction,
-    benchmarking, chain_eqe, chain_eqeb, chain_qb. The model, config and board are checked before the
-    run folder is made."""
-    first = next(s for s in mode.stages if s in ("quantize", "evaluate", "predict", "benchmark"))
-    if not cfg.general.model_path:
-        from stmclf.models.source import ACCEPTS, KIND_TEXT
-
-        accepts = ", ".join(KIND_TEXT[k] for k in ACCEPTS[first] if k not in ("torch_export", "pickled_module"))
-        raise ConfigError("general.model_path", f"{mode.name} needs the model file: {accepts}")
-    quantize = _quantization_settings(cfg, mode) if mode.has("quantize") else None
-    if mode.has("predict") and (cfg.prediction is None or not cfg.prediction.test_files_path):
-        raise ConfigError("prediction.test_files_path", "prediction needs the directory of images to classify")
-    if mode.has("predict") and cfg.prediction.target not in (None, "host"):
-        raise ConfigError("prediction.target", f"{cfg.prediction.target!r}: only host prediction is supported")
+    benchmarking, chain_eqe, chain_eqeb, chain_qb. The model (here), config and board
+    (:func:`check_mode_config`) are checked before the run folder is made."""
+    first = _first_stage(mode)
     source = checked_source(cfg.general.model_path, first, mode.name, cfg)
     client = _cloud_client(cfg, mode)
     journey = Journey(cfg, model_name=model_label(cfg, source.path))

@@ -387,6 +387,25 @@ def resume_checkpoint(cfg: RunConfig) -> Optional[dict]:
     return checkpoint
 
 
+def check_training_config(cfg: RunConfig) -> tuple[dict[str, float], list[Callback]]:
+    """The refusals of a training that need the config alone (no model file, checkpoint, dataset or
+    machine): the cross-key rules, ``training.checkpoint_every``, the optimizer, ``training.model``,
+    the code the config names (``--trust-code``) and the callbacks. :func:`fit_run` starts with
+    them, and ``stmclf fit --print_config`` runs them before it prints. Returns the checkpoint
+    interval and the user's callbacks (``training.callbacks``, ``ema``, ``qat``)."""
+    rules.check_training(cfg)
+    training = cfg.training
+    checkpoint_every = checkpoint_interval(training.checkpoint_every)
+    if not training.resume_training_from:  # a resumed run takes its model and optimizer from the checkpoint
+        parse_optimizer(training.optimizer)
+        if not cfg.general.model_path and training.model is not None:
+            check_model_spec(training.model)
+        check_config_code(cfg, model=not cfg.general.model_path)  # custom model/augmentation need --trust-code
+    callbacks = build_callbacks(training.callbacks) + ema_callback(training.ema) + \
+        qat_callbacks(training.qat, cfg.quantization, training.epochs)
+    return checkpoint_every, callbacks
+
+
 def train(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
           open_run: Optional[Callable[[], tuple[RunDir, Any]]] = None) -> TrainResult:
     """:func:`fit_run`; a run folder it opened itself (no ``open_run``) is no longer held by this
@@ -407,24 +426,17 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     ``open_run()`` → (run directory, MLflow logger or None) is called once the config, the data
     and the model are checked (default: a new run directory from ``hydra.run.dir``, no MLflow);
     ``callbacks``: extra Lightning callbacks (for scripts: profiling, benchmarks)."""
-    rules.check_training(cfg)
+    checkpoint_every, user_callbacks = check_training_config(cfg)
     training = cfg.training
-    checkpoint_every = checkpoint_interval(training.checkpoint_every)
     resume = resume_checkpoint(cfg)
     source = None
     if resume is None:
-        parse_optimizer(training.optimizer)
         if cfg.general.model_path:
             from stmclf.models.source import resolve_model_source
 
             source = resolve_model_source(cfg.general.model_path).require("train", "training")
-        elif training.model is not None:
-            check_model_spec(training.model)
-        check_config_code(cfg, model=source is None)  # custom model/augmentation need --trust-code
     else:
         _warn_resume_overrides(cfg, resume)
-    user_callbacks = build_callbacks(training.callbacks) + ema_callback(training.ema) + \
-        qat_callbacks(training.qat, cfg.quantization, training.epochs)
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels crawl late in training
     keep_freed_memory()
     skip_absent_nvml()
