@@ -9,7 +9,8 @@ from typing import Any, ClassVar, Optional, Sequence
 import yaml
 
 from stmclf.config import rules
-from stmclf.config.interpolate import env_references, interpolate, redact, redact_env_values, time_stamped_keys
+from stmclf.config.interpolate import (env_names, env_references, interpolate, redact, redact_env_names,
+                                      time_stamped_keys)
 from stmclf.config.st_schema import config_yaml, split_yaml
 from stmclf.config.sections import (DEFAULT_RUN_DIR, Benchmarking, CustomDataAugmentation, Dataset,
                                     Deployment, Evaluation, General, Mlflow, Prediction,
@@ -76,10 +77,20 @@ class RunConfig:
         ``${NAME}`` references (what MLflow parameters and written configs may show)."""
         return redact(self.to_dict(), self.env_references)
 
+    checkpoint_env_names: ClassVar[frozenset[str]] = frozenset()
+    """The environment variables a checkpoint the run rebuilds its model from stores as ``${NAME}``
+    (``stmclf.models.checkpoint_env``; set per instance by the training that reads it)."""
+
+    @property
+    def env_names(self) -> frozenset[str]:
+        """The environment variables whose values the run keeps out of what it writes: those the
+        config used and those of :attr:`checkpoint_env_names`."""
+        return frozenset(env_names(self.env_references)) | self.checkpoint_env_names
+
     def without_env_values(self, data: Any) -> Any:
         """``data`` (derived from this config under other keys: a model's hyper-parameters) with
-        the values of the environment variables the config used shown as ``${NAME}``."""
-        return redact_env_values(data, self.env_references)
+        the values of the environment variables :attr:`env_names` shown as ``${NAME}``."""
+        return redact_env_names(data, self.env_names)
 
     def written_files(self) -> tuple[str, str]:
         """The texts of a run's ``config.yaml`` (ST's schema only) and ``stmclf_extras.yaml``

@@ -9,15 +9,17 @@ Supported forms (Hydra/OmegaConf spellings that ST configs use):
 
 Environment variables may hold secrets (tokens, private paths), so the loader records which
 values came from them (:func:`record_env_references`): the run's ``config.yaml`` and the MLflow
-parameters show ``${NAME}`` there (:func:`redact`) while the run uses the resolved values.
-``${now:...}`` and ``${section.key}`` are not secrets and stay resolved.
+parameters show ``${NAME}`` there (:func:`redact`) while the run uses the resolved values; what
+the run derives from them (hyper-parameters, log lines, checkpoints) shows ``${NAME}`` in place of
+the values (:func:`redact_env_names`), and a checkpoint's references are resolved again when it is
+read (:func:`resolve_env_names`). ``${now:...}`` and ``${section.key}`` are not secrets and stay resolved.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from stmclf.errors import ConfigError
 
@@ -190,31 +192,70 @@ MIN_REDACTED_LENGTH = 4
 blank out unrelated numbers and words)."""
 
 
-def redact_env_values(data: Any, refs: dict[tuple, tuple[str, Any]]) -> Any:
-    """A copy of ``data`` (nested dicts/lists/tuples) where every string holding the value of an
-    environment variable the config used (``refs``: :func:`env_references`) shows ``${NAME}``
-    instead. By value, not by key path: for what the run derives from its config under other
-    keys (a model's hyper-parameters, an absolute path built on a ``${PRIVATE_DIR}``)."""
-    names = {m.group(1) for kept, _ in refs.values() if isinstance(kept, str) for m in _ENV_NAME.finditer(kept)}
-    values = sorted(((os.environ[n], n) for n in names if len(os.environ.get(n, "")) >= MIN_REDACTED_LENGTH),
+def env_names(refs: dict[tuple, tuple[str, Any]]) -> set[str]:
+    """The names of the environment variables that the recorded references (``refs``:
+    :func:`env_references`) use."""
+    return {m.group(1) for kept, _ in refs.values() if isinstance(kept, str) for m in _ENV_NAME.finditer(kept)}
+
+
+def redact_env_names(data: Any, names: Iterable[str], found: Optional[set] = None) -> Any:
+    """``data`` (nested dicts/lists/tuples) where every string holding the value of one of the
+    environment variables ``names`` (those the config used: :func:`env_names`) shows ``${NAME}``
+    instead; the names whose value was replaced somewhere are added to ``found``. By value, not by
+    key path: for what the run derives from its config under other keys (a model's
+    hyper-parameters, an absolute path built on a ``${PRIVATE_DIR}``). Containers where nothing
+    changed are returned as they are, changed ones are new."""
+    values = sorted(((os.environ[n], n) for n in set(names) if len(os.environ.get(n, "")) >= MIN_REDACTED_LENGTH),
                     key=lambda pair: -len(pair[0]))  # the longest first: one value inside another
     if not values:
         return data
 
-    def walk(node: Any) -> Any:
-        if isinstance(node, str):
-            for value, name in values:
-                node = node.replace(value, "${" + name + "}")
-            return node
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if isinstance(node, tuple):
-            return tuple(walk(v) for v in node)
-        return node
+    def replace(text: str) -> str:
+        for value, name in values:
+            if value in text:
+                text = text.replace(value, "${" + name + "}")
+                if found is not None:
+                    found.add(name)
+        return text
 
-    return walk(data)
+    return _map_strings(data, replace)
+
+
+_REFERENCE = re.compile(r"\$\{(\w+)\}")
+
+
+def resolve_env_names(data: Any, names: Iterable[str], key: str) -> Any:
+    """The inverse of :func:`redact_env_names`: every ``${NAME}`` of the variables ``names`` in
+    the strings of ``data`` replaced by the variable's value (other ``${...}`` text is left as it
+    is); a variable that is not set is a :class:`ConfigError` naming ``key``."""
+    names = set(names)
+    if not names:
+        return data
+
+    def replace(text: str) -> str:
+        if "${" not in text:
+            return text
+        return _REFERENCE.sub(lambda m: _resolve_one(m.group(1), key, {}) if m.group(1) in names else m.group(0),
+                              text)
+
+    return _map_strings(data, replace)
+
+
+def _map_strings(node: Any, replace: Callable[[str], str]) -> Any:
+    """``node`` (nested dicts/lists/tuples) with ``replace`` applied to every string value (not to
+    keys); a container whose values did not change is returned itself (a torch ``state_dict``
+    keeps its type and metadata), a changed dict or list is a new plain one."""
+    if isinstance(node, str):
+        return replace(node)
+    if isinstance(node, dict):
+        items = {k: _map_strings(v, replace) for k, v in node.items()}
+        return node if all(items[k] is v for k, v in node.items()) else items
+    if isinstance(node, (list, tuple)):
+        values = [_map_strings(v, replace) for v in node]
+        if all(a is b for a, b in zip(values, node)):
+            return node
+        return tuple(values) if isinstance(node, tuple) else values
+    return node
 
 
 def _same(value: Any, recorded: Any) -> bool:

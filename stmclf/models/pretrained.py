@@ -283,6 +283,9 @@ def _source_from_checkpoint(path: Path) -> KerasGraph:
     except ValueError as exc:  # any failure means "not a stmclf checkpoint"
         raise ConfigError(MODEL_PATH_KEY, f"{path} is neither a Keras .h5 file nor a stmclf checkpoint "
                                           f"({exc})") from None
+    from stmclf.models.checkpoint_env import resolve_env_references
+
+    checkpoint = resolve_env_references(checkpoint, path, MODEL_PATH_KEY)  # its ${NAME} references
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, Mapping) or not isinstance(state, Mapping) or "model_spec" not in hparams \

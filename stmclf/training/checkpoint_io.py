@@ -98,5 +98,15 @@ def remove_orphan_temp_files(directory: Path, min_age_s: float = 1.0) -> list[Pa
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written with :func:`atomic_torch_save`; a checkpoint Lightning resumes from
+    (``trainer.fit(ckpt_path=...)``: ``training.resume_training_from``) has its ``${NAME}``
+    references resolved from the environment (:mod:`stmclf.models.checkpoint_env`)."""
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        from stmclf.models.checkpoint_env import resolve_env_references
+
+        return resolve_env_references(super().load_checkpoint(path, *args, **kwargs), path,
+                                      "training.resume_training_from")

@@ -3,7 +3,9 @@
 Both are ``torch.save`` dictionaries of tensors and plain values, read with
 ``torch.load(weights_only=True)`` — nothing in them is unpickled as code. Both hold
 ``hyper_parameters`` (model spec, class names, input shape, rescaling, augmentation, optimizer)
-and ``state_dict``, so either rebuilds the trained :class:`ClassifierModule`. The weights-only
+and ``state_dict``, so either rebuilds the trained :class:`ClassifierModule`; values that came from
+environment variables are stored as ``${NAME}`` and resolved when the file is read
+(:mod:`stmclf.models.checkpoint_env`). The weights-only
 file drops the optimizer, loop and callback states: it is what evaluation and export take.
 """
 from __future__ import annotations
@@ -37,8 +39,10 @@ def read_checkpoint(path: str | Path, key: str, batch: int = 1) -> dict[str, Any
             or not _REQUIRED_HPARAMS <= set(checkpoint["hyper_parameters"]) <= _module_arguments():
         raise ConfigError(key, f"{path} is not a stmclf checkpoint (expecting a file written by stmclf fit: "
                                f"last_augmented_model.ckpt, best_augmented_model.ckpt or {BEST_MODEL_NAME})")
+    from stmclf.models.checkpoint_env import resolve_env_references
     from stmclf.models.model_file_entry import check_stored_spec, remember_source
 
+    checkpoint = resolve_env_references(checkpoint, path, key)  # its ${NAME} references, from the environment
     check_stored_spec(checkpoint["hyper_parameters"], path, key, batch)  # before anything is built at its sizes
     remember_source(checkpoint, path)  # a run started from a model file rebuilds it without the file
     return checkpoint
@@ -58,26 +62,30 @@ def _module_arguments() -> set[str]:
 
 def write_model_file(checkpoint_path: Path, out: Path) -> Path:
     """The weights-only model of a training checkpoint."""
+    from stmclf.models.checkpoint_env import ENV_NAMES_KEY
     from stmclf.models.model_file_entry import SOURCE_KEY
     from stmclf.training.checkpoint_io import atomic_torch_save
 
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     model = {"format": MODEL_FORMAT, "epoch": checkpoint.get("epoch"),
              "hyper_parameters": checkpoint["hyper_parameters"], "state_dict": checkpoint["state_dict"]}
-    if SOURCE_KEY in checkpoint:  # the copy of the model file the run started from
-        model[SOURCE_KEY] = checkpoint[SOURCE_KEY]
+    for key in (SOURCE_KEY, ENV_NAMES_KEY):  # the copy of the model file the run started from; the ${NAME}s it holds
+        if key in checkpoint:
+            model[key] = checkpoint[key]
     atomic_torch_save(model, out)
     return out
 
 
 def load_classifier(path: str | Path, key: str = "general.model_path"):
     """The trained :class:`ClassifierModule` stored in ``path`` (eval mode, CPU)."""
+    from stmclf.models.checkpoint_env import stored_env_names
     from stmclf.models.model_file_entry import model_file_given
     from stmclf.training.module import ClassifierModule
 
     checkpoint = read_checkpoint(path, key)
     with model_file_given(key, path):  # a run started from a model file: errors about it name key and path
         module = ClassifierModule(**checkpoint["hyper_parameters"])
+    module.env_names = stored_env_names(checkpoint)
     load_weights(module, checkpoint["state_dict"], path, key)
     return module.eval()
 

@@ -4,11 +4,11 @@ Batches arrive as uint8 NCHW; on the device they are converted to float, rescale
 (``scale·x + offset``, the reference's Rescaling layer), put in channels_last layout and, in
 training only, augmented. Everything needed to rebuild the module (model spec, classes,
 preprocessing, augmentation, optimizer) is stored as hyper-parameters in every checkpoint,
-which is why a run can resume from a checkpoint alone.
+which is why a run can resume from a checkpoint alone; the values of environment variables in
+them are stored as ``${NAME}`` (:mod:`stmclf.models.checkpoint_env`).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Optional
 
 import lightning as L
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.parsing import AttributeDict
 from torchmetrics.classification import MulticlassAccuracy
 
+from stmclf.config.interpolate import redact_env_names
 from stmclf.models.regularization import kernel_regularization_terms, regularization_loss
 from stmclf.training.optimizers import build_optimizer
 
@@ -72,9 +73,10 @@ class ClassifierModule(L.LightningModule):
         self.augment = self._build_augmentation(data_augmentation, custom_data_augmentation)
         self.mix = _batch_mixing(mixup, cutmix, max(self.num_classes, 2))
         self.label_smoothing = float(label_smoothing or 0.0)
-        #: Applied to the hyper-parameters the loggers record (``hparams.yaml``, MLflow params):
-        #: ``RunConfig.without_env_values`` in a fit. The checkpoint keeps the values themselves.
-        self.logged_hparams_filter: Optional[Callable[[Any], Any]] = None
+        #: The environment variables whose values the hyper-parameters may hold (``RunConfig.env_names``
+        #: in a fit; a module read from a checkpoint: those it stored as ``${NAME}``). The loggers
+        #: (``hparams.yaml``, MLflow params) and the checkpoints show ``${NAME}`` instead of their values.
+        self.env_names: frozenset[str] = frozenset()
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -93,15 +95,17 @@ class ClassifierModule(L.LightningModule):
 
     @property
     def hparams_initial(self) -> AttributeDict:
-        """Lightning's copy of the hyper-parameters for its loggers (only they read it), through
-        :attr:`logged_hparams_filter`."""
-        hparams = super().hparams_initial
-        return hparams if self.logged_hparams_filter is None else AttributeDict(self.logged_hparams_filter(dict(hparams)))
+        """Lightning's copy of the hyper-parameters for its loggers (only they read it), with the
+        values of :attr:`env_names` shown as ``${NAME}``."""
+        return AttributeDict(redact_env_names(dict(super().hparams_initial), self.env_names))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from stmclf.models.checkpoint_env import store_env_references
         from stmclf.models.model_file_entry import store_source
 
         store_source(self.model, checkpoint)  # a model built from a model file: its copy, for a self-contained run
+        # the last hook before the file is written: no value of an environment variable in any of it
+        store_env_references(checkpoint, self.env_names)
 
     @property
     def model_name(self) -> str:

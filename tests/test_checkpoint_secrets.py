@@ -1,0 +1,190 @@
+"""No secret lands on disk: a config value that comes from an environment variable (``${NAME}``)
+is stored as ``${NAME}`` in the run's checkpoints too (``*.ckpt``, ``best_model.pt``), and every
+command that rebuilds a model from a checkpoint resolves it from the environment when it reads the
+file; without the variable that command stops in one line naming the file and the variable.
+
+The run is a real 1-epoch fit of MobileNetV2-0.35 at 32x32 on two small colour classes whose
+optimizer name holds a password (``pw_${stmai_password}``) and whose augmentation mode comes from
+another variable (``${FLIP_MODE}``: the stored ``${FLIP_MODE}`` is no valid mode, so a rebuild that
+did not resolve it would fail)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import COLORS, config_text, write_image_folder
+from stmclf.cli.main import main
+from stmclf.models.checkpoint_env import ENV_NAMES_KEY
+
+SECRET = "pw-S3CR3T-4f1e9a"
+VARIABLES = {"stmai_password": SECRET, "FLIP_MODE": "horizontal"}
+AUGMENTATION = """\
+data_augmentation:
+  random_flip:
+    mode: ${FLIP_MODE}
+"""
+
+
+def _set(monkeypatch, **skip: bool) -> None:
+    for name, value in VARIABLES.items():
+        if skip.get(name):
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
+def _leaks(*roots: Path) -> list[str]:
+    """The files under ``roots`` whose bytes hold the secret."""
+    return [str(p) for root in roots for p in sorted(root.rglob("*")) if p.is_file() and SECRET.encode() in p.read_bytes()]
+
+
+@pytest.fixture(scope="module")
+def secret_run(tmp_path_factory):
+    """(folder, data, the run's folder, a config without variables) of a fit with the variables set."""
+    tmp = tmp_path_factory.mktemp("secrets")
+    data = write_image_folder(tmp / "data", per_class=4, classes={k: COLORS[k] for k in ("cat", "dog")})
+    text = config_text(data, tmp / "run", tmp / "mlruns", epochs=1, extra=AUGMENTATION)
+    text = text.replace("      learning_rate: 0.005\n", "      learning_rate: 0.005\n      name: pw_${stmai_password}\n")
+    (tmp / "secret.yaml").write_text(text)
+    plain = tmp / "plain.yaml"  # the same data, no variable: whatever needs one comes from the checkpoint
+    plain.write_text(config_text(data, tmp / "plain_run", tmp / "mlruns", epochs=1))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(tmp)
+        _set(monkeypatch)
+        assert main(["fit", "--config", str(tmp / "secret.yaml"), "--training.precision", "32"]) == 0
+    return tmp, data, tmp / "run", plain
+
+
+def _one_line_error(capsys, key: str, path: Path, variable: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"stmclf: error: {key}: {path}: environment variable {variable} is not set"), err
+
+
+def test_no_file_of_the_run_holds_the_value_of_a_variable(secret_run):
+    tmp, _, run, _ = secret_run
+    saved = run / "saved_models"
+    assert {p.name for p in saved.iterdir()} >= {"best_augmented_model.ckpt", "last_augmented_model.ckpt",
+                                                 "best_model.pt"}
+    assert not _leaks(run, tmp / "mlruns"), "the secret is written in these files"
+    for name in ("last_augmented_model.ckpt", "best_model.pt"):
+        stored = torch.load(saved / name, map_location="cpu", weights_only=True)
+        assert stored["hyper_parameters"]["optimizer"]["Adam"]["name"] == "pw_${stmai_password}"
+        assert stored["hyper_parameters"]["data_augmentation"]["random_flip"]["mode"] == "${FLIP_MODE}"
+        assert stored[ENV_NAMES_KEY] == ["FLIP_MODE", "stmai_password"]
+
+
+def test_a_resumed_run_resolves_the_variables_and_keeps_them_out_of_its_files(secret_run, tmp_path, monkeypatch,
+                                                                               capsys):
+    """Resumed with a config that names no variable: the checkpoint's ``${NAME}`` are resolved (the
+    run trains with the stored optimizer and augmentation) and stay references in every file of the
+    new run (its checkpoints, hparams.yaml, stmclf.log)."""
+    tmp, _, run, plain = secret_run
+    monkeypatch.chdir(tmp_path)
+    last = run / "saved_models" / "last_augmented_model.ckpt"
+    resume = ["fit", "--config", str(plain), "--ckpt_path", str(last), "--training.epochs", "2",
+              "--training.precision", "32", "--hydra.run.dir", str(tmp_path / "resumed"),
+              "--mlflow.uri", str(tmp_path / "mlruns")]
+    _set(monkeypatch, stmai_password=True)
+    assert main(resume) == 2
+    _one_line_error(capsys, "training.resume_training_from", last, "stmai_password")
+    assert not (tmp_path / "resumed").exists()
+
+    _set(monkeypatch)
+    assert main(resume) == 0
+    resumed = tmp_path / "resumed" / "saved_models" / "last_augmented_model.ckpt"
+    stored = torch.load(resumed, map_location="cpu", weights_only=True)
+    assert stored["epoch"] == 1  # the second epoch ran
+    assert stored["hyper_parameters"]["optimizer"]["Adam"]["name"] == "pw_${stmai_password}"
+    assert stored[ENV_NAMES_KEY] == ["FLIP_MODE", "stmai_password"]
+    assert "pw_${stmai_password}" in next((tmp_path / "resumed").rglob("hparams.yaml")).read_text()
+    assert not _leaks(tmp_path / "resumed", tmp_path / "mlruns"), "the secret is written in these files"
+
+
+def test_export_and_predict_resolve_the_variables(secret_run, tmp_path, monkeypatch, capsys):
+    tmp, data, run, plain = secret_run
+    monkeypatch.chdir(tmp_path)
+    best = run / "saved_models" / "best_model.pt"
+    export = ["export", "--config", str(plain), "--ckpt", str(best), "--run", str(tmp_path / "exp"),
+              "--format", "onnx", "--no_int8"]
+    predict = ["predict", "--config", str(plain), "--model", str(best), "--images", str(data / "cat"),
+               "--run", str(tmp_path / "pred")]
+    pretrained = ["fit", "--config", str(plain), "--training.model.pretrained_model_path", str(best),
+                  "--hydra.run.dir", str(tmp_path / "fit"), "--mlflow.uri", str(tmp_path / "mlruns")]
+    evaluation = tmp_path / "evaluation.yaml"
+    evaluation.write_text(plain.read_text().replace("operation_mode: training", "operation_mode: evaluation")
+                          .replace("general:\n", f"general:\n  model_path: {best}\n", 1)
+                          .replace(str(tmp / "plain_run"), str(tmp_path / "eval")))
+
+    _set(monkeypatch, stmai_password=True)
+    for key, args in (("--ckpt", export), ("--model", predict), ("training.model.pretrained_model_path", pretrained),
+                      ("general.model_path", ["run", "--config", str(evaluation)])):
+        assert main(args) == 2, args
+        _one_line_error(capsys, key, best, "stmai_password")
+    assert not any((tmp_path / name).exists() for name in ("exp", "pred", "fit", "eval"))
+    # the run's own config names the variable too: --run stops at the config, in one line
+    assert main(["export", "--run", str(run), "--format", "onnx", "--no_int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "environment variable stmai_password is not set" in err, err
+
+    _set(monkeypatch)
+    assert main(export) == 0
+    assert any((tmp_path / "exp").rglob("*.onnx"))
+    assert main(predict) == 0
+    assert any((tmp_path / "pred").rglob("*.csv"))
+    assert main(["run", "--config", str(evaluation)]) == 0
+    assert main(["export", "--run", str(run), "--format", "onnx", "--no_int8"]) == 0
+    assert any(run.rglob("*.onnx"))
+    assert not _leaks(tmp_path, run), "the secret is written in these files"
+
+
+def test_a_checkpoint_written_before_keeps_loading(secret_run, tmp_path, monkeypatch, capsys):
+    """A checkpoint that holds resolved values (written before this change: no list of variables)
+    loads as it is, with no variable set."""
+    tmp, data, run, plain = secret_run
+    monkeypatch.chdir(tmp_path)
+    stored = torch.load(run / "saved_models" / "best_model.pt", map_location="cpu", weights_only=True)
+    stored.pop(ENV_NAMES_KEY, None)
+    stored["hyper_parameters"]["optimizer"] = {"Adam": {"learning_rate": 0.005, "name": "plain_adam"}}
+    stored["hyper_parameters"]["data_augmentation"] = {"random_flip": {"mode": "horizontal"}}
+    old = tmp_path / "old.pt"
+    torch.save(stored, old)
+    _set(monkeypatch, stmai_password=True, FLIP_MODE=True)
+    assert main(["predict", "--config", str(plain), "--model", str(old), "--images", str(data / "cat"),
+                 "--run", str(tmp_path / "pred")]) == 0, capsys.readouterr().err
+    assert any((tmp_path / "pred").rglob("*.csv"))
+
+
+def test_a_malformed_list_of_variables_is_one_line(secret_run, tmp_path, capsys, monkeypatch):
+    tmp, data, run, plain = secret_run
+    monkeypatch.chdir(tmp_path)
+    stored = torch.load(run / "saved_models" / "best_model.pt", map_location="cpu", weights_only=True)
+    stored[ENV_NAMES_KEY] = ["not a name"]
+    bad = tmp_path / "bad.pt"
+    torch.save(stored, bad)
+    assert main(["predict", "--config", str(plain), "--model", str(bad), "--images", str(data / "cat")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: --model: {bad}: is not a stmclf checkpoint")
+
+
+def test_the_stored_spec_is_checked_on_the_resolved_value(secret_run, tmp_path, monkeypatch, capsys):
+    """check_stored_spec runs on the resolved spec: a stored ``name: ${STMCLF_TEST_MODEL}`` whose
+    variable names MobileNet, with ``alpha: 1000`` (8 TB of parameters), is refused by the memory
+    estimate (an unresolved name is no zoo model: the estimate would skip it)."""
+    tmp, data, run, plain = secret_run
+    monkeypatch.chdir(tmp_path)
+    stored = torch.load(run / "saved_models" / "best_model.pt", map_location="cpu", weights_only=True)
+    stored["hyper_parameters"]["model_spec"].update(name="${STMCLF_TEST_MODEL}", alpha=1000)
+    stored[ENV_NAMES_KEY] = [*stored.get(ENV_NAMES_KEY, []), "STMCLF_TEST_MODEL"]
+    edited = tmp_path / "edited.pt"
+    torch.save(stored, edited)
+    _set(monkeypatch)
+    monkeypatch.setenv("STMCLF_TEST_MODEL", "mobilenet")
+    assert main(["predict", "--config", str(plain), "--model", str(edited), "--images", str(data / "cat")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"stmclf: error: --model: {edited}: stored hyper_parameters.model_spec: its model "
+                          "(name: 'mobilenet'"), err
+    assert "more than the" in err, err
