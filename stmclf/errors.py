@@ -54,6 +54,21 @@ def one_line(value: object, limit: int = 300, *, typed: bool = False, whole: boo
     return text
 
 
+def closest(name: str, choices, cutoff: float = 0.6) -> Optional[str]:
+    """The choice closest to ``name`` (a misspelled command, option, key or folder name), or None
+    when none is close enough; as git's "did you mean"."""
+    import difflib
+
+    found = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def did_you_mean(name: str, choices, cutoff: float = 0.6) -> str:
+    """`` (did you mean X?)`` for the choice closest to ``name``, else the empty text."""
+    match = closest(name, choices, cutoff)
+    return f" (did you mean {match}?)" if match else ""
+
+
 def is_text(name: str) -> bool:
     """Whether ``name`` (a file name read from disk, a command-line argument) is UTF-8 text: Python
     keeps the bytes of other encodings as lone surrogates, which no UTF-8 file can hold."""

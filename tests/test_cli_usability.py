@@ -17,7 +17,7 @@ def test_help_is_short_plain_and_starts_with_the_commands_options(command, capsy
     config = "(--config FILE | --run RUN)" if command in ("export", "predict", "benchmark") else "--config FILE"
     assert lines[0].startswith(f"usage: stmclf {command} {config} [options]"), lines[0]
     assert ":class:" not in text and "``" not in text
-    options = [line.split()[0] for line in lines if line.startswith("  --")]
+    options = [line.split()[0].rstrip(",") for line in lines if line.startswith("  --")]
     assert "--help-trainer" in text and "--trainer.devices" not in text
     if command == "export":
         assert options[:2] == ["--ckpt", "--run"]  # the command's own options first
@@ -72,3 +72,113 @@ def test_the_modes_that_flash_a_board_point_to_deploy_header(mode, tmp_path, cap
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"stmclf: error: operation_mode: '{mode}' is not available in stmclf")
     assert "stmclf deploy-header --run RUN" in line
+
+
+# --- a user's commonest slips: one line on stderr, exit code 2, naming what was meant (git's "did you mean")
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured
+    return captured.err.strip()
+
+
+def test_a_misspelled_command_names_the_closest_one(capsys):
+    assert _error(capsys, ["fitt"]).startswith("stmclf: error: unknown command 'fitt' (did you mean fit?); commands: ")
+    assert "(did you mean deploy-header?)" in _error(capsys, ["deploy_header"])
+    # an option before the command is named as an option, not as a command
+    assert _error(capsys, ["--foo"]).startswith("stmclf: error: unknown option '--foo' before the command")
+    assert "(did you mean fit?)" in _error(capsys, ["help", "fitt"])
+    assert _error(capsys, ["data", "fetchh"]) == ("stmclf: error: stmclf data: unknown data command 'fetchh' (did "
+                                                  "you mean fetch?); data commands: fetch NAME --out DIR, check "
+                                                  "--config FILE")
+    assert "give a data command" in _error(capsys, ["data"])
+
+
+def test_help_command_is_the_commands_help(capsys):
+    """``stmclf help fit`` (git's form) is ``stmclf fit --help``."""
+    assert main(["help", "plot-lr"]) == 0
+    assert capsys.readouterr().out.startswith("usage: stmclf plot-lr --config FILE [options]")
+
+
+def test_a_misspelled_option_names_the_closest_one(tmp_path, capsys):
+    assert _error(capsys, ["fit", "--confg", "c.yaml"]) == \
+        "stmclf: error: unknown option --confg (did you mean --config?); see 'stmclf fit --help'"
+    (tmp_path / "c.yaml").write_text("general: {project_name: p}\n")
+    assert "unknown option --num-clases (did you mean --num-classes?)" in \
+        _error(capsys, ["summary", "--config", str(tmp_path / "c.yaml"), "--num-clases", "3"])
+    # a subcommand's option, refused by the parser of 'stmclf data'
+    assert "unknown option --outt (did you mean --out?)" in _error(capsys, ["data", "fetch", "digits", "--outt", "x"])
+    # the config file without --config
+    assert _error(capsys, ["fit", "x.yaml"]) == \
+        "stmclf: error: unexpected argument 'x.yaml': a config file is given as --config x.yaml"
+
+
+def test_a_misspelled_key_names_the_closest_one(tmp_path, capsys, image_folder):
+    from conftest import config_text
+
+    (tmp_path / "c.yaml").write_text(config_text(image_folder, tmp_path / "run", tmp_path / "ml", epochs=1))
+    assert _error(capsys, ["fit", "--config", str(tmp_path / "c.yaml"), "training.epoch=1"]).startswith(
+        "stmclf: error: training.epoch: unknown key (did you mean epochs?); allowed in training: batch_size, epochs")
+
+
+@pytest.mark.parametrize("command", ["fit", "run", "summary", "plot-lr", "augment-preview", "data check"])
+def test_a_config_command_without_config_says_so(command, capsys):
+    """``stmclf fit`` alone said ``dataset: missing 'dataset' section`` (of the empty config)."""
+    name = f"stmclf {command}"
+    assert _error(capsys, command.split()) == (f"stmclf: error: {name}: no config given: --config FILE (an ST "
+                                               f"model-zoo YAML, e.g. configs/quickstart.yaml; see '{name} --help')")
+
+
+def test_lightning_and_dash_spellings_are_accepted(tmp_path, capsys, image_folder):
+    """``-c`` (Lightning's CLI) is ``--config``; ``--print-config`` is ``--print_config`` as
+    ``--trust-code`` is ``--trust_code``."""
+    from conftest import config_text
+
+    (tmp_path / "c.yaml").write_text(config_text(image_folder, tmp_path / "run", tmp_path / "ml", epochs=1))
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "-c", str(tmp_path / "c.yaml"), "--print-config=st"])
+    assert done.value.code == 0
+    assert "  epochs: 1\n" in capsys.readouterr().out
+
+
+def test_data_fetch_force_is_a_flag(tmp_path, capsys):
+    """``--force`` took a value (``--force true``): ``--force`` alone was 'expected one argument'."""
+    out = tmp_path / "digits"
+    assert main(["data", "fetch", "digits", "--out", str(out)]) == 0
+    assert main(["data", "fetch", "digits", "--out", str(out)]) == 0
+    assert "--force rewrites it" in capsys.readouterr().out
+    (out / "0" / "extra.png").write_bytes(b"x")  # not the fetch's: a forced fetch starts over
+    assert main(["data", "fetch", "digits", "--out", str(out), "--force"]) == 0
+    assert not (out / "0" / "extra.png").exists()
+
+
+def test_run_folder_mistakes_name_the_run_meant(tmp_path, capsys):
+    runs = tmp_path / "experiments_outputs"
+    (runs / "2026_01_02_10_00_00").mkdir(parents=True)
+    (runs / "2026_01_02_10_00_00" / "config.yaml").write_text("general:\n  project_name: x\n")
+    typo = runs / "2026_01_02_10_00_01"
+    for argv in (["export", "--run", str(typo)], ["report", str(typo)]):
+        assert _error(capsys, argv).endswith(f"{typo}: no such folder (did you mean {runs / '2026_01_02_10_00_00'}?)")
+    assert _error(capsys, ["predict", "--run", str(runs)]).endswith(
+        f"--run {runs}: no config.yaml: a folder of 1 run folder(s), give one of them (the newest: 2026_01_02_10_00_00)")
+
+
+@pytest.mark.parametrize("command, option, named", [("export", "--model", "--ckpt"), ("predict", "--ckpt", "--model"),
+                                                    ("benchmark", "--ckpt", "--model"),
+                                                    ("deploy-header", "--ckpt", "--model")])
+def test_every_model_command_takes_both_model_options(command, option, named, tmp_path, capsys):
+    """The docs say ``--ckpt``/``--model`` for the model file of export, predict and benchmark; export
+    took only --ckpt, the others only --model ('unrecognized arguments')."""
+    missing = tmp_path / "missing.pt"
+    assert _error(capsys, [command, option, str(missing)]) == \
+        f"stmclf: error: {named}: unable to find the model file {missing}"
+
+
+def test_a_misspelled_config_file_names_the_file_meant(tmp_path, capsys):
+    """``--config configs/quickstar.yaml`` read ``config: File does not exist: '/abs/...'``."""
+    (tmp_path / "quickstart.yaml").write_text("general: {project_name: p}\n")
+    assert _error(capsys, ["fit", "--config", str(tmp_path / "quickstar.yaml")]) == \
+        f"stmclf: error: --config {tmp_path / 'quickstar.yaml'}: no such file (did you mean {tmp_path / 'quickstart.yaml'}?)"
+    assert _error(capsys, ["fit", "--config", str(tmp_path / "none" / "x.yaml")]) == \
+        f"stmclf: error: --config {tmp_path / 'none' / 'x.yaml'}: no such file"

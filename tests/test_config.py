@@ -396,7 +396,7 @@ training:
     (lambda t: t + "generall: 5\n", r"^stmclf: error: generall: unknown top-level section \(did you mean general\?\)"),
     (lambda t: t + "trainig: {epochs: 3}\n", r"trainig: unknown top-level section \(did you mean training\?\)"),
     (lambda t: t.replace("  batch_size: 4", "  batchsize: 4"),
-     r"training.batchsize: unknown key; allowed in training: batch_size, epochs, optimizer"),
+     r"training.batchsize: unknown key \(did you mean batch_size\?\); allowed in training: batch_size, epochs, optimizer"),
     (lambda t: t.replace("  batch_size: 4\n", ""), r"missing required key training.batch_size"),
     (lambda t: t.replace("offset: 0}\n", "offset: 0}\n  color_mode: rgbx\n"),
      r"preprocessing.color_mode: expected one of grayscale, rgb, rgba, got 'rgbx'"),

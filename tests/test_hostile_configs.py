@@ -251,7 +251,7 @@ CASES = [
          r"^trust_code: a command-line option \(--trust-code\), not a config key"),
     Case("config-grants-trust-model-file", lambda t, _: "trust-model-file: true\n" + t,
          r"^trust-model-file: a command-line option \(--trust-model-file\), not a config key"),
-    Case("unknown-key", sub("  epochs: 1\n", "  epoch: 1\n"), r"^training\.epoch: unknown key; allowed in training"),
+    Case("unknown-key", sub("  epochs: 1\n", "  epoch: 1\n"), r"^training\.epoch: unknown key \(did you mean epochs\?\); allowed in training"),
     Case("quantization-input-type-int16", append("quantization:\n  quantizer: TFlite_converter\n  quantization_type: PTQ\n"
                                                  "  quantization_input_type: int16\n  quantization_output_type: float\n"),
          r"^quantization\.quantization_input_type: expecting int8, uint8 or float, got 'int16'$"),

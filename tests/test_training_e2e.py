@@ -229,7 +229,7 @@ def test_html_report(trained, capsys):
     assert re.search(r"validation set accuracy : \d+\.\d\d % \(cross-entropy \d+\.\d{4}\)",
                      (trained / "run/stmclf.log").read_text())
     assert main(["report", str(trained / "mlruns")]) == 2
-    assert "is not a stmclf run directory" in capsys.readouterr().err
+    assert "no config.yaml; is this a stmclf run directory" in capsys.readouterr().err
 
 
 @pytest.mark.slow

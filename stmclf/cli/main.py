@@ -14,7 +14,8 @@ USAGE = """usage: stmclf COMMAND [options]
 commands:
 {commands}
 
-Run 'stmclf COMMAND --help' for the options of a command."""
+Run 'stmclf COMMAND --help' (or 'stmclf help COMMAND') for the options of a command,
+'stmclf --version' for the version."""
 
 
 class HelpShown(Exception):
@@ -62,9 +63,9 @@ def _format_rows(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
 
 
 COMMON_OPTIONS = {
-    "config": ("--config FILE", "ST model-zoo YAML config file (may be given more than once)"),
-    "print_config": ("--print_config[=st|extras]", "print the resolved config and exit; =st: ST's schema only (a "
-                     "run's config.yaml), =extras: the rest (its stmclf_extras.yaml)"),
+    "config": ("-c, --config FILE", "ST model-zoo YAML config file (may be given more than once)"),
+    "print_config": ("--print_config[=st|extras]", "(or --print-config) print the resolved config and exit; "
+                     "=st: ST's schema only (a run's config.yaml), =extras: the rest (its stmclf_extras.yaml)"),
     "trust_model_file": None, "trust_code": None, "offline": None,
 }
 """Options every config command has (shown after the command's own); a tuple replaces the text."""
@@ -114,7 +115,27 @@ def parse_config_args(parser, argv: Sequence[str], check: Optional[Callable] = N
     if "--help-trainer" in argv or "--help_trainer" in argv:
         print(trainer_help(parser))
         raise HelpShown
+    takes_run = any(a.dest == "run" for a in parser._actions)  # export, predict, ...: a run or a model file
+    if not takes_run and not _gives_config(argv):
+        parse_args(parser, argv, check)  # a misspelled option (--confg) or a bare file name is named first
+        raise UserError(f"{parser.prog}: no config given: --config FILE (an ST model-zoo YAML, e.g. "
+                        f"configs/quickstart.yaml; see '{parser.prog} --help')")
     return parse_args(parser, argv, check)
+
+
+def _gives_config(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` gives a config: ``--config``/``-c``, a ``section.key`` override, or asks
+    for ``--print_config`` (the defaults, a template to start from)."""
+    from stmclf.config import sections
+    from stmclf.config.parser import HYDRA_OVERRIDE
+
+    for arg in argv:
+        name = arg.partition("=")[0]
+        if name in CONFIG_OPTIONS or name in ("--print_config", "--print-config") or HYDRA_OVERRIDE.match(arg):
+            return True
+        if arg.startswith("--") and name[2:].split(".")[0] in (*sections.SECTIONS, "trainer"):
+            return True
+    return False
 
 
 def _config_command(prog: str, description: str, action: Callable,
@@ -192,20 +213,27 @@ def _option_value(argv: Sequence[str], *names: str) -> Optional[str]:
     return None
 
 
+CONFIG_OPTIONS = ("--config", "-c")
+"""The spellings of ``--config`` (``-c``: Lightning's CLI)."""
+MODEL_OPTIONS = ("--model", "--ckpt")
+"""The spellings of the model file option of export, predict, benchmark and deploy-header: each
+command takes both (export shows ``--ckpt`` first, the others ``--model``)."""
+
+
 def _with_run_config(argv: Sequence[str]) -> list[str]:
     """Without ``--config``, the config of the run the command works on is the config (its
     ``config.yaml``, then its ``stmclf_extras.yaml`` when there is one): the run of ``--run
     RUN_DIR``, else the run that holds the model file of ``--model``/``--ckpt`` (the command writes
     into that run, so it uses that run's preprocessing, evaluation set and MLflow store)."""
     argv = list(argv)
-    if _option_value(argv, "--config") is not None or "--config" in argv:
+    if _option_value(argv, *CONFIG_OPTIONS) is not None or any(arg in CONFIG_OPTIONS for arg in argv):
         return argv
     from stmclf.config.run_files import run_config_args
 
     run = _option_value(argv, "--run")
     if run is not None:
         return [*run_config_args(run, label=f"--run {run}"), *argv]
-    model = _option_value(argv, "--model", "--ckpt")
+    model = _option_value(argv, *MODEL_OPTIONS)
     if model is not None and os.path.isfile(model):
         from stmclf.training.run_dir import find_run_dir
 
@@ -215,11 +243,11 @@ def _with_run_config(argv: Sequence[str]) -> list[str]:
     return argv
 
 
-def _recording_model(argv: Sequence[str], option: str) -> list[str]:
-    """``argv`` plus ``--general.model_path FILE`` when ``option`` (``--ckpt``/``--model``) names the
-    model: the run's config (its ``config.yaml``, or ``config_<time>.yaml`` beside an existing
-    one), the log and MLflow then name the model the command used, not the config's own."""
-    model = _option_value(argv, option)
+def _recording_model(argv: Sequence[str]) -> list[str]:
+    """``argv`` plus ``--general.model_path FILE`` when ``--model``/``--ckpt`` names the model: the
+    run's config (its ``config.yaml``, or ``config_<time>.yaml`` beside an existing one), the log
+    and MLflow then name the model the command used, not the config's own."""
+    model = _option_value(argv, *MODEL_OPTIONS)
     return [*argv, "--general.model_path", os.path.abspath(model)] if model else list(argv)
 
 
@@ -236,12 +264,18 @@ def _data(argv: Sequence[str]) -> int:
     fetch = ArgumentParser(description="download or write a dataset as class folders")
     fetch.add_argument("name", help="digits (offline, scikit-learn), flowers (tf_flowers), fashion-mnist")
     fetch.add_argument("--out", type=str, default=None, help="target directory (default: datasets/NAME)")
-    fetch.add_argument("--force", type=bool, default=False, help="rewrite even if complete")
+    fetch.add_argument("--force", action="store_true", default=False, help="rewrite even if complete")
     fetch.add_argument("--archive", type=Optional[str], default=None,
                        help="flowers: use an already downloaded flower_photos.tgz instead of downloading")
-    fetch.add_argument("--max_per_split", type=Optional[int], default=None,
+    fetch.add_argument("--max_per_split", "--max-per-split", dest="max_per_split", type=Optional[int], default=None,
                        help="fashion-mnist: write at most this many images per split")
     sub.add_subcommand("fetch", fetch, help="download or write a dataset as class folders")
+    if not argv or argv[0] not in ("fetch", "check") and not argv[0].startswith("-"):
+        from stmclf.errors import did_you_mean, printable_path
+
+        given = f"unknown data command '{printable_path(argv[0])}'{did_you_mean(argv[0], ('fetch', 'check'))}" \
+            if argv else "give a data command"
+        raise UserError(f"stmclf data: {given}; data commands: fetch NAME --out DIR, check --config FILE")
     checking = list(argv[:1]) == ["check"]
     check = _data_check_parser() if checking else ArgumentParser()  # the full parser imports Lightning
     sub.add_subcommand("check", check, help="decode every file of the config's dataset paths and list the problems")
@@ -300,10 +334,11 @@ def _data_check_parser():
                                                "validation, test, quantization) and list every problem.")
     parser.add_argument("--workers", type=Optional[int], default=None,
                         help="decoding processes (default: one per core; 1 decodes in this process)")
-    parser.add_argument("--imbalance_ratio", type=Optional[float], default=3.0,
+    parser.add_argument("--imbalance_ratio", "--imbalance-ratio", dest="imbalance_ratio", type=Optional[float], default=3.0,
                         help="warn when a path's largest class has more than this many times the images of its "
                              "smallest (null: no warning)")
-    parser.add_argument("--max_rows", type=int, default=200, help="problems listed at most (0: all)")
+    parser.add_argument("--max_rows", "--max-rows", dest="max_rows", type=int, default=200,
+                        help="problems listed at most (0: all)")
     return parser
 
 
@@ -353,7 +388,7 @@ def _export(argv: Sequence[str]) -> int:
 
     parser = build_parser("stmclf export", "Export a trained model: float ONNX / TFLite, and int8 "
                                            "(QDQ ONNX, full-integer TFLite) with --int8.")
-    parser.add_argument("--ckpt", type=Optional[str], default=None,
+    parser.add_argument("--ckpt", "--model", dest="ckpt", type=Optional[str], default=None,
                         help="model file: stmclf best_model.pt/.ckpt, Keras .h5, float ONNX or torch file; with --run: "
                              "the run's best_model.pt (else the model its export came from), else general.model_path")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
@@ -364,7 +399,7 @@ def _export(argv: Sequence[str]) -> int:
     parser.add_argument("--per-layer", "--per_layer", dest="per_layer", action="store_true", default=False,
                         help="with --int8 and the onnx format: per-tensor SNR of the QDQ model vs the float ONNX "
                              "(table, per_layer_snr.csv in the export directory)")
-    ns = parse_config_args(parser, _recording_model(_with_run_config(argv), "--ckpt"))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
     cfg = from_namespace(parser, ns)
     if ns.per_layer:
         from stmclf.export.per_layer import check_per_layer_request
@@ -388,14 +423,14 @@ def _predict(argv: Sequence[str]) -> int:
 
     parser = build_parser("stmclf predict", "Classify every image of a folder with a trained model (stmclf .pt/"
                                             ".ckpt, Keras .h5, float or QDQ .onnx, float or int8 .tflite).")
-    parser.add_argument("--model", type=Optional[str], default=None,
+    parser.add_argument("--model", "--ckpt", dest="model", type=Optional[str], default=None,
                         help="the model file; default with --run: the run's best_model.pt (else the model its export "
                              "came from), else general.model_path")
     parser.add_argument("--images", type=Optional[str], default=None,
                         help="directory of images; default prediction.test_files_path")
     parser.add_argument("--run", "--out", dest="run", type=Optional[str], default=None,
                         help=RUN_HELP + "; predictions in RUN/predictions")
-    ns = parse_config_args(parser, _recording_model(_with_run_config(argv), "--model"))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
     cfg = from_namespace(parser, ns)
     use_config = bool(cfg.config_files) or cfg.preprocessing is not None or cfg.dataset is not None
     result = predict_command(cfg, ns.model, ns.images, run=ns.run, use_config=use_config)
@@ -410,12 +445,12 @@ def _benchmark(argv: Sequence[str]) -> int:
 
     parser = build_parser("stmclf benchmark", "Footprint of a model on an STM32 board: board run (Developer "
                                               "Cloud) → cloud analyze → local stedgeai → offline estimate.")
-    parser.add_argument("--model", type=Optional[str], default=None,
+    parser.add_argument("--model", "--ckpt", dest="model", type=Optional[str], default=None,
                         help="model file (default with --run: the run's int8 model, else its best_model.pt; else "
                              "general.model_path)")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--board", type=Optional[str], default=None, help="board (default benchmarking.board)")
-    ns = parse_config_args(parser, _recording_model(_with_run_config(argv), "--model"))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
     cfg = from_namespace(parser, ns)
     benchmark_command(cfg, ns.model, run=ns.run, board=ns.board)
     return 0
@@ -429,12 +464,12 @@ def _deploy_header(argv: Sequence[str]) -> int:
     parser = build_parser("stmclf deploy-header", "Write the C header (ai_model_config.h) the STM32 application "
                                                   "needs for a full-integer (int8) TFLite model: a run's export, or "
                                                   "general.model_path of an ST deployment config.")
-    parser.add_argument("--model", type=Optional[str], default=None,
+    parser.add_argument("--model", "--ckpt", dest="model", type=Optional[str], default=None,
                         help="the int8 .tflite; default with --run: the run's export (quantized_model.tflite), "
                              "else general.model_path")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--out", type=Optional[str], default=None, help="header file (default RUN/generated/...)")
-    ns = parse_config_args(parser, _recording_model(_with_run_config(argv), "--model"))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
     cfg = from_namespace(parser, ns)
     print(deploy_header_command(cfg, ns.model, run=ns.run, out=ns.out))
     return 0
@@ -454,12 +489,12 @@ def _summary(argv: Sequence[str]) -> int:
 
 
 def _parse_small(parser, argv: Sequence[str]):
-    from stmclf.config.parser import one_line_error
+    from stmclf.config.parser import argument_error
 
     try:
         return parser.parse_args(list(argv))
     except Exception as exc:  # jsonargparse ArgumentError
-        raise UserError(one_line_error(str(exc))) from None
+        raise UserError(argument_error(parser, str(exc))) from None
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
@@ -575,7 +610,12 @@ class _LibraryHandler(logging.StreamHandler):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = "\n".join(f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items())
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv[:1] == ["help"] and len(argv) > 1:  # git's 'help COMMAND'
+        if argv[1] not in COMMANDS:
+            print(f"stmclf: error: {unknown_command(argv[1])}", file=sys.stderr)
+            return 2
+        argv = [argv[1], "--help"]
+    if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE.format(commands=commands))
         return 0
     if argv[0] in ("-V", "--version"):
@@ -585,7 +625,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"stmclf: error: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"stmclf: error: {unknown_command(name)}", file=sys.stderr)
         return 2
     _quiet_libraries()
     _setup_console_logging()
@@ -612,6 +652,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if isinstance(handler, logging.FileHandler):
                 logger.removeHandler(handler)
                 handler.close()
+
+
+def unknown_command(name: str) -> str:
+    """The error for a first argument that is no command, with the closest command (git's "did
+    you mean"); an option there is named as one."""
+    from stmclf.errors import did_you_mean, printable_path
+
+    shown = printable_path(name)
+    if name.startswith("-"):
+        return (f"unknown option '{shown}' before the command; stmclf takes -h/--help and -V/--version there, "
+                f"a command's options after it ('stmclf COMMAND --help'); commands: {', '.join(COMMANDS)}")
+    return f"unknown command '{shown}'{did_you_mean(name, COMMANDS)}; commands: {', '.join(COMMANDS)}"
 
 
 def _stop(line: str, code: int, before: set) -> int:

@@ -23,7 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader
 from stmclf.config import sections
 from stmclf.config.interpolate import clear_env_references, interpolate_tree, record_env_references
 from stmclf.config.values import convert_values
-from stmclf.errors import ConfigError, UserError, is_text, one_line, printable_path
+from stmclf.errors import ConfigError, UserError, closest, did_you_mean, is_text, one_line, printable_path
 from stmclf.trust import TRUSTED_PACKAGES, UNTRUSTED_IMPORTS
 
 PARSER_MODE = "stmclf_yaml"
@@ -343,6 +343,19 @@ def _at(data: Any, path: tuple) -> Any:
 set_loader(PARSER_MODE, load_yaml, exceptions=(UserError,))
 
 
+def _config_file_meant(name: str) -> str:
+    """`` (did you mean DIR/x.yaml?)`` for the YAML file beside ``name`` closest to it, else ``""``."""
+    import itertools
+
+    folder = os.path.dirname(name) or "."
+    try:
+        entries = [e.name for e in itertools.islice(os.scandir(folder), 1000) if e.name.endswith((".yaml", ".yml"))]
+    except OSError:
+        return ""
+    match = closest(os.path.basename(name), entries)
+    return f" (did you mean {printable_path(os.path.join(os.path.dirname(name), match))}?)" if match else ""
+
+
 class ConfigFileAction(ActionConfigFile):
     """``--config FILE``: a regular file of at most 1 MiB of UTF-8 text, else a one-line error
     naming the file (then jsonargparse's own config-file handling; errors name the file)."""
@@ -352,6 +365,8 @@ class ConfigFileAction(ActionConfigFile):
         is_file = os.path.lexists(name)
         if is_file:
             check_config_file(name)
+        elif ":" not in name and "\n" not in name:  # a path (inline YAML holds a colon): the file meant
+            raise UserError(f"--config {printable_path(name)}: no such file{_config_file_meant(name)}")
         tokens = (_CONFIG_FILE.set(name if is_file else None), _INLINE_CONFIG.set(None if is_file else name))
         try:
             super().__call__(parser, cfg, values, option_string)
@@ -402,7 +417,7 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
                          import_path_allowlist=list(TRUSTED_PACKAGES))
     parser = ArgumentParser(prog=prog, description=description, parser_mode=PARSER_MODE,
                             exit_on_error=False, default_meta=False, print_config=None)
-    parser.add_argument("--config", action=ConfigFileAction,
+    parser.add_argument("-c", "--config", action=ConfigFileAction,
                         help="ST model-zoo YAML config file (may be given more than once)")
     parser.add_argument("--print_config", type=Optional[str], default=None, metavar="[=st|extras]",
                         help="print the resolved config and exit; =st: ST's schema only (the run's config.yaml), "
@@ -682,6 +697,39 @@ def one_line_error(message: str) -> str:
     return f"{key}: {leaf}" if key else leaf
 
 
+def argument_error(parser: ArgumentParser, message: str) -> str:
+    """One line for a parse error of ``parser``'s command line: an argument it does not know is
+    named with the closest option it has (``--confg`` → ``--config``), as git names a misspelled
+    command; any other problem as :func:`one_line_error` writes it."""
+    m = re.match(r"unrecognized arguments: (.+)", message.strip(), re.DOTALL)
+    if m is None:
+        return one_line_error(message)
+    first = m.group(1).split()[0]
+    shown = printable_path(first)
+    help_hint = f"see '{parser.prog} --help'"
+    if first.startswith("-"):
+        name = first.partition("=")[0]
+        options = [o for o in _option_strings(parser) if "." in name or "." not in o]
+        return f"unknown option {printable_path(name)}{did_you_mean(name, options)}; {help_hint}"
+    takes_config = any("--config" in action.option_strings for action in parser._actions)
+    if takes_config and first.endswith((".yaml", ".yml")):
+        return f"unexpected argument '{shown}': a config file is given as --config {shown}"
+    return f"unexpected argument '{shown}'; {help_hint}"
+
+
+def _option_strings(parser: ArgumentParser) -> list[str]:
+    """Every option of ``parser`` and of its subcommands (``stmclf data fetch``'s options are
+    refused by ``stmclf data``'s parser)."""
+    options = []
+    for action in parser._actions:
+        options += action.option_strings
+        if isinstance(getattr(action, "choices", None), dict):
+            for sub in action.choices.values():
+                if isinstance(sub, ArgumentParser):
+                    options += _option_strings(sub)
+    return options
+
+
 def _unknown_key(path: list[str], bad: str) -> str:
     parts = bad.lstrip("-").split(".")
     full = path + parts
@@ -692,18 +740,15 @@ def _unknown_key(path: list[str], bad: str) -> str:
         return unknown_section(full[0])
     if dataclasses.is_dataclass(holder):
         allowed = [f.name for f in dataclasses.fields(holder)]
-        return f"{'.'.join(full)}: unknown key; allowed in {'.'.join(full[:-1])}: {', '.join(allowed)}"
+        return (f"{'.'.join(full)}: unknown key{did_you_mean(full[-1], allowed, 0.75)}; allowed in "
+                f"{'.'.join(full[:-1])}: {', '.join(allowed)}")
     return f"{'.'.join(full)}: unknown key"
 
 
 def unknown_section(name: str) -> str:
     """The one-line error for a top-level key that is no section, with the closest section name."""
-    import difflib
-
     allowed = list(sections.SECTIONS) + ["trainer"]
-    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.75)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    return f"{name}: unknown top-level section{hint}; allowed: {', '.join(allowed)}"
+    return f"{name}: unknown top-level section{did_you_mean(name, allowed, 0.75)}; allowed: {', '.join(allowed)}"
 
 
 def _convert_override(key: str, value: str) -> str:
@@ -784,6 +829,8 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     key: Optional[str] = None
     for arg in argv:
+        if arg.startswith("--print-config"):  # the spelling of stmclf's other options (--trust-code)
+            arg = "--print_config" + arg[len("--print-config"):]
         if arg == "--print_config":  # no flags: the whole config (flags only as --print_config=FLAGS)
             out.append("--print_config=")
             key = None
@@ -872,7 +919,7 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str],
         if isinstance(cause, UserError):
             raise UserError(str(cause)) from None
         message = re.sub(r"^Problems parsing config\s*:\s*", "", str(exc))
-        raise UserError(one_line_error(message)) from None
+        raise UserError(argument_error(parser, message)) from None
     flags = ns.get("print_config")
     if flags is not None:
         from stmclf.config import from_namespace

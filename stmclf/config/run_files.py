@@ -9,13 +9,15 @@ the same way. The command line reads a run by giving both files as ``--config``
 """
 from __future__ import annotations
 
+import itertools
+import os
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
 from stmclf.config.st_schema import merge_config
-from stmclf.errors import UserError, one_line
+from stmclf.errors import UserError, closest, one_line, printable_path
 
 CONFIG_NAME = "config.yaml"
 EXTRAS_NAME = "stmclf_extras.yaml"
@@ -27,9 +29,38 @@ def run_config_files(run_dir: str | Path, label: Optional[str] = None) -> list[P
     run_dir = Path(run_dir)
     config = run_dir / CONFIG_NAME
     if not config.is_file():
-        raise UserError(f"{label or run_dir}: no {CONFIG_NAME}; is this a stmclf run directory?")
+        raise UserError(f"{label or printable_path(run_dir)}: {_not_a_run(run_dir)}")
     extras = run_dir / EXTRAS_NAME
     return [config, extras] if extras.is_file() else [config]
+
+
+LISTED_RUNS = 1000
+"""Entries of a folder looked at for the run folders it holds (a message's hint, not a search)."""
+
+
+def _runs_in(folder: Path) -> list[str]:
+    """The names of the run folders (those with a ``config.yaml``) among the first entries of ``folder``."""
+    try:
+        entries = list(itertools.islice(os.scandir(folder), LISTED_RUNS))
+    except OSError:
+        return []
+    return sorted(e.name for e in entries if e.is_dir() and (Path(e.path) / CONFIG_NAME).is_file())
+
+
+def _not_a_run(run_dir: Path) -> str:
+    """Why ``run_dir`` is no run folder, with the run folder meant: a misspelled one beside it (as
+    git's "did you mean"), or the runs inside a folder of runs (``experiments_outputs``)."""
+    if not os.path.lexists(run_dir):
+        match = closest(run_dir.name, _runs_in(run_dir.parent))
+        hint = f" (did you mean {printable_path(run_dir.parent / match)}?)" if match else ""
+        return f"no such folder{hint}"
+    if not run_dir.is_dir():
+        return f"not a folder; a run folder holds the run's {CONFIG_NAME}"
+    inner = _runs_in(run_dir)
+    if inner:
+        shown = ", ".join(printable_path(name) for name in inner[-3:])
+        return f"no {CONFIG_NAME}: a folder of {len(inner)} run folder(s), give one of them (the newest: {shown})"
+    return f"no {CONFIG_NAME}; is this a stmclf run directory?"
 
 
 def run_config_args(run_dir: str | Path, label: Optional[str] = None) -> list[str]:

@@ -333,7 +333,7 @@ def _write_marker(out: Path, name: str, options: dict, counts: dict[str, int]) -
 
 def _already_done(name: str, out: Path, options: dict, force: bool) -> bool:
     if not force and _is_complete(out, name, options):
-        log.info("%s: %s is already complete (use force to rewrite it)", name, out)
+        log.info("%s: %s is already complete (--force rewrites it)", name, out)
         return True
     return False
 

@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from stmclf.config.rules import is_run_subdir
-from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME, read_run_config
-from stmclf.errors import UserError, one_line
+from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME, read_run_config, run_config_files
+from stmclf.errors import UserError, one_line, printable_path
 from stmclf.evaluate.artifacts import ARTIFACT_LABELS, TFLM_LABEL
 from stmclf.evaluate.predict import CSV_NAME, PREDICTIONS_DIR
 from stmclf.export.export import MODEL_BASENAME, SUMMARY_NAME, run_export_dir
@@ -707,8 +707,7 @@ SECTIONS: tuple[tuple[str, Callable[[RunFiles], str]], ...] = (
 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_NAME).is_file():
-        raise UserError(f"report: {run_dir} is not a stmclf run directory (no config.yaml)")
+    run_config_files(run_dir, f"report: {printable_path(run_dir)}")  # a folder that is no run: one line
     run = RunFiles(run_dir)
     parts = [f"<h1>stmclf run {_e(run_dir.name)}</h1>"]
     parts += [_section(name, render, run) for name, render in SECTIONS]
