@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, did_you_mean
 from stmclf.models.graph import KerasGraph
 
 WEIGHT_KEYS = ("pretrained_weights", "pretrained_model_path")
@@ -88,7 +88,8 @@ def _entry(spec: Mapping[str, Any]) -> ModelEntry:
     if isinstance(name, str) and name in UNSUPPORTED_MODELS:
         raise ConfigError("training.model.name", f"{name} is {UNSUPPORTED_MODELS[name]}")
     if name not in _MODELS:
-        problem = "missing model name" if name is None else f"unknown model name {name!r}"
+        problem = "missing model name" if name is None else \
+            f"unknown model name {name!r}{did_you_mean(str(name), _MODELS)}"
         raise ConfigError("training.model.name", f"{problem}. Supported model names are {sorted(_MODELS)}")
     entries = _MODELS[name]
     version = spec.get("version")

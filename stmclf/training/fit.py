@@ -542,8 +542,8 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
                          is_global_zero=trainer.is_global_zero)
     if not trainer.is_global_zero:
         return result
-    log.info("Training runtime : %.1f s (%d epochs, average %.2f s per epoch)", runtime, epochs_run,
-             runtime / max(epochs_run, 1))
+    log.info("Training runtime : %.1f s (%d epoch%s, average %.2f s per epoch)", runtime, epochs_run,
+             "" if epochs_run == 1 else "s", runtime / max(epochs_run, 1))
     plot_training_curves(run.metrics_csv, run.curves_png)
     if result.best_checkpoint.exists():
         write_model_file(result.best_checkpoint, run.saved_models / BEST_MODEL_NAME)
