@@ -238,7 +238,10 @@ class _Handler(BaseHTTPRequestHandler):
             for item in (v if isinstance(v, list) else [v]):
                 self.send_header(k, item)
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a deadline, a refused redirect)
+            self.close_connection = True
 
     def _redirect(self, location: str, cookies: Optional[list] = None) -> None:
         headers = {"Location": location}
