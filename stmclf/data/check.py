@@ -34,7 +34,6 @@ transparency: the alpha is dropped unless color_mode is rgba).
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import threading
@@ -157,14 +156,12 @@ def _sniff(head: bytes) -> Optional[str]:
 def _describe_content(data: bytes) -> str:
     """What a file that is not JPEG/PNG/GIF/BMP looks like, for the message (from the bytes already
     read: the path is not opened again, it may have become a FIFO or another file since)."""
-    head = data[:16]
-    try:
-        from PIL import Image
+    from stmclf.data.decode import other_format
 
-        with Image.open(io.BytesIO(data)) as image:
-            return f"{image.format} image: only JPEG, PNG, GIF and BMP are read"
-    except Exception:  # noqa: BLE001 - anything unidentifiable falls through
-        pass
+    known = other_format(data)
+    if known:
+        return known
+    head = data[:16]
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return "text content, not an image"
     return "content is not a JPEG, PNG, GIF or BMP image"

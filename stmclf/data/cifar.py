@@ -47,7 +47,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from stmclf.data.cache import file_stamp
+from stmclf.data.decode import read_bounded
 from stmclf.data.files import CLASS_NAME_USE, FileList, Splits, class_name_problem, list_images
 from stmclf.data.resize import resize_image
 from stmclf.errors import ConfigError, UserError, one_line
@@ -265,22 +265,11 @@ MAX_BATCH_BYTES = 512 << 20
 
 
 def read_batch_bytes(path: Path) -> bytes:
-    """The bytes of one CIFAR file, at most :data:`MAX_BATCH_BYTES` of them (one-line :class:`UserError`s):
-    a larger file is refused from its size, before it is read (and one that grows while read, at the
-    limit: the read asks for the size it stat'ed and one byte, never for the limit's 512 MiB)."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            too_big = size > MAX_BATCH_BYTES
-            data = b"" if too_big else f.read(size + 1)
-            if len(data) > size:  # it grew: read on, up to the limit
-                data += f.read(MAX_BATCH_BYTES + 1 - len(data))
-    except OSError as exc:
-        raise UserError(f"unable to read {path}: {exc.strerror or exc}") from None
-    if too_big or len(data) > MAX_BATCH_BYTES:
-        raise UserError(f"{path}: larger than the {MAX_BATCH_BYTES >> 20} MiB a CIFAR file may hold "
-                        "(the official ones are under 160 MB; is this the official file?)")
-    return data
+    """The bytes of one CIFAR file, at most :data:`MAX_BATCH_BYTES` of them, a larger one refused
+    from its size before it is read (:func:`~stmclf.data.decode.read_bounded`); one-line
+    :class:`UserError`s."""
+    return read_bounded(str(path), MAX_BATCH_BYTES, "a CIFAR file",
+                        lambda reason: UserError(f"unable to read {path}: {reason}"))
 
 
 def load_pickle(path: Path):

@@ -38,7 +38,7 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -140,38 +140,45 @@ MAX_IMAGE_FILE_BYTES = 1 << 30
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def read_file(path: str) -> bytes:
-    """The bytes of ``path``, or a one-line :class:`ImageDecodeError` (``unreadable``): also for
-    what is not a regular file (a FIFO would block the read forever, ``/dev/zero`` never ends) and
-    for a file over :data:`MAX_IMAGE_FILE_BYTES`. One ``fstat`` and, for a file that does not grow,
-    one ``read`` of its size (a buffered ``read(limit)`` would allocate the whole limit per file)."""
+def read_bounded(path: str, limit: int, what: str, error: Callable[[str], Exception]) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them; ``error(reason)`` is raised
+    for what cannot be read, is not a regular file (a FIFO would block the read forever,
+    ``/dev/zero`` never ends) or is larger (``"larger than the N MiB <what> may hold"``). One
+    ``fstat`` and, for a file that does not grow, one ``read`` of its size (a buffered
+    ``read(limit)`` would allocate the whole limit per file)."""
+    too_large = f"larger than the {limit >> 20:,} MiB {what} may hold"
     try:
         fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: opening a FIFO does not wait for a writer
     except OSError as exc:
-        raise ImageDecodeError("unreadable", path, one_line(exc)) from None
+        raise error(one_line(exc)) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ImageDecodeError("unreadable", path, "not a regular file (a FIFO, device or socket)")
-        if info.st_size > MAX_IMAGE_FILE_BYTES:
-            raise ImageDecodeError("unreadable", path, f"{info.st_size:,} bytes, more than the "
-                                                       f"{MAX_IMAGE_FILE_BYTES >> 20:,} MiB an image file may have")
+            raise error("not a regular file (a FIFO, device or socket)")
+        if info.st_size > limit:
+            raise error(too_large)
         chunks, total, want = [], 0, info.st_size + 1  # + 1: the end of the file is seen in the same read
-        while total <= MAX_IMAGE_FILE_BYTES:
-            chunk = os.read(fd, min(want, MAX_IMAGE_FILE_BYTES + 1 - total))
+        while total <= limit:
+            chunk = os.read(fd, min(want, limit + 1 - total))
             if not chunk:
                 break
             chunks.append(chunk)
             total += len(chunk)
             want = 1 << 20
     except OSError as exc:
-        raise ImageDecodeError("unreadable", path, one_line(exc)) from None
+        raise error(one_line(exc)) from None
     finally:
         os.close(fd)
-    if total > MAX_IMAGE_FILE_BYTES:
-        raise ImageDecodeError("unreadable", path, f"more than the {MAX_IMAGE_FILE_BYTES >> 20:,} MiB an image "
-                                                   "file may have")  # it grew while being read
+    if total > limit:  # it grew while being read
+        raise error(too_large)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of the image file ``path`` (:func:`read_bounded`, at most
+    :data:`MAX_IMAGE_FILE_BYTES`), or a one-line :class:`ImageDecodeError` (``unreadable``)."""
+    return read_bounded(path, MAX_IMAGE_FILE_BYTES, "an image file",
+                        lambda reason: ImageDecodeError("unreadable", path, reason))
 
 
 def decode_image(path: str, color_mode: str = "rgb") -> np.ndarray:
@@ -194,13 +201,19 @@ def _bomb_message(exc: Exception, limit: Optional[int]) -> str:
             f"(${MAX_PIXELS_ENV})")
 
 
-def _unsupported(data: bytes, name: str) -> str:
-    """Why ``data`` is not read: the format Pillow knows it by, else that it is not an image."""
+def other_format(data: bytes) -> Optional[str]:
+    """``"<FORMAT> image: only JPEG, PNG, GIF and BMP are read"`` when Pillow knows ``data`` as an
+    image format stmclf does not read (header only), else None."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             return f"{image.format} image: only JPEG, PNG, GIF and BMP are read"
     except Exception:  # noqa: BLE001 - anything unidentifiable
-        return f"cannot identify image file {name!r}"
+        return None
+
+
+def _unsupported(data: bytes, name: str) -> str:
+    """Why ``data`` is not read: the format Pillow knows it by, else that it is not an image."""
+    return other_format(data) or f"cannot identify image file {name!r}"
 
 
 def open_image(data: bytes, name: str = "<bytes>", max_pixels=_READ) -> Image.Image:
