@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import COLORS, config_text, write_image_folder
 from stmclf.cli.main import main
-from stmclf.models.checkpoint_env import ENV_NAMES_KEY
+from stmclf.models.checkpoint_env import ENV_NAMES_KEY, ENV_POSITIONS_KEY
+from stmclf.training.model_file import load_classifier
 
 SECRET = "pw-S3CR3T-4f1e9a"
 VARIABLES = {"stmai_password": SECRET, "FLIP_MODE": "horizontal"}
@@ -178,6 +180,7 @@ def test_the_stored_spec_is_checked_on_the_resolved_value(secret_run, tmp_path, 
     stored = torch.load(run / "saved_models" / "best_model.pt", map_location="cpu", weights_only=True)
     stored["hyper_parameters"]["model_spec"].update(name="${STMCLF_TEST_MODEL}", alpha=1000)
     stored[ENV_NAMES_KEY] = [*stored.get(ENV_NAMES_KEY, []), "STMCLF_TEST_MODEL"]
+    stored[ENV_POSITIONS_KEY] = [*stored.get(ENV_POSITIONS_KEY, []), ["hyper_parameters", "model_spec", "name"]]
     edited = tmp_path / "edited.pt"
     torch.save(stored, edited)
     _set(monkeypatch)
@@ -188,3 +191,29 @@ def test_the_stored_spec_is_checked_on_the_resolved_value(secret_run, tmp_path, 
     assert err.startswith(f"stmclf: error: --model: {edited}: stored hyper_parameters.model_spec: its model "
                           "(name: 'mobilenet'"), err
     assert "more than the" in err, err
+
+
+def test_only_the_positions_that_used_a_variable_store_its_reference(tmp_path, monkeypatch):
+    """By provenance, not by value: ``${FLIP_MODE}`` is ``horizontal`` and two class folders are named
+    ``horizontal`` and ``vertical_horizontal``; the class names are stored as they are (they did not
+    come from the variable), only the augmentation mode is ``${FLIP_MODE}``. Read with another
+    value of the variable, the mode changes and the class names do not."""
+    data = write_image_folder(tmp_path / "data", per_class=4,
+                              classes={"horizontal": COLORS["cat"], "vertical_horizontal": COLORS["dog"]})
+    (tmp_path / "c.yaml").write_text(config_text(data, tmp_path / "run", tmp_path / "mlruns", epochs=1,
+                                                 extra=AUGMENTATION))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLIP_MODE", "horizontal")
+    assert main(["fit", "--config", str(tmp_path / "c.yaml"), "--training.precision", "32"]) == 0
+    classes = ["horizontal", "vertical_horizontal"]
+    for name in ("last_augmented_model.ckpt", "best_model.pt"):
+        stored = torch.load(tmp_path / "run" / "saved_models" / name, map_location="cpu", weights_only=True)
+        assert stored["hyper_parameters"]["class_names"] == classes, name
+        assert stored["hyper_parameters"]["data_augmentation"]["random_flip"]["mode"] == "${FLIP_MODE}", name
+        assert stored[ENV_NAMES_KEY] == ["FLIP_MODE"], name
+    logged = yaml.safe_load(next((tmp_path / "run").rglob("hparams.yaml")).read_text())  # the loggers' copy too
+    assert logged["class_names"] == classes and logged["data_augmentation"]["random_flip"]["mode"] == "${FLIP_MODE}"
+    monkeypatch.setenv("FLIP_MODE", "vertical")
+    module = load_classifier(tmp_path / "run" / "saved_models" / "best_model.pt")
+    assert module.class_names == classes
+    assert module.hparams.data_augmentation["random_flip"]["mode"] == "vertical"

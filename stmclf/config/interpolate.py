@@ -175,7 +175,7 @@ def redact(data: Any, refs: dict[tuple, tuple[str, Any]]) -> Any:
 
     def walk(node: Any, path: tuple) -> Any:
         ref = refs.get(path)
-        if ref is not None and _same(node, ref[1]):
+        if ref is not None and same_value(node, ref[1]):
             return ref[0]
         if isinstance(node, dict):
             return {k: walk(v, (*path, k)) for k, v in node.items()}
@@ -258,9 +258,9 @@ def _map_strings(node: Any, replace: Callable[[str], str]) -> Any:
     return node
 
 
-def _same(value: Any, recorded: Any) -> bool:
+def same_value(value: Any, recorded: Any) -> bool:
     if isinstance(value, (list, tuple)) and isinstance(recorded, (list, tuple)):
-        return len(value) == len(recorded) and all(_same(a, b) for a, b in zip(value, recorded))
+        return len(value) == len(recorded) and all(same_value(a, b) for a, b in zip(value, recorded))
     return type(value) is type(recorded) and value == recorded or \
         (isinstance(value, (int, float)) and isinstance(recorded, (int, float)) and value == recorded
          and not isinstance(value, bool) and not isinstance(recorded, bool))

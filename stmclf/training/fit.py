@@ -21,7 +21,8 @@ from stmclf.config import RunConfig, rules
 from stmclf.data.datamodule import SPLIT_KEYS, ImageDataModule, ImageFormat
 from stmclf.cpus import available_cpus
 from stmclf.errors import ConfigError, Interrupted, UserError, one_line
-from stmclf.models.checkpoint_env import stored_env_names
+from stmclf.config.interpolate import env_names
+from stmclf.models.checkpoint_env import config_env_refs, stored_env_refs
 from stmclf.models.pretrained import apply_pretrained
 from stmclf.models.registry import check_model_spec
 from stmclf.models.source import ModelSource
@@ -140,7 +141,7 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
     with model_file_given(source.key, source.path):  # a run started from a model file
         module = ClassifierModule(model_spec=hparams["model_spec"], input_shape=hparams["input_shape"], **settings)
     load_weights(module, stored["state_dict"], source.path, source.key)
-    module.env_names = stored_env_names(stored)  # its model spec may hold their values
+    module.env_refs = stored_env_refs(stored, ("hyper_parameters", "model_spec"))  # its model spec may hold some
     return module
 
 
@@ -472,7 +473,7 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
 
         with model_file_given("training.resume_training_from", training.resume_training_from):
             module = ClassifierModule(**resume["hyper_parameters"])
-        module.env_names = stored_env_names(resume)
+        module.env_refs = stored_env_refs(resume)
         load_weights(module, resume["state_dict"], training.resume_training_from, "training.resume_training_from")
         if module.class_names != splits.class_names:
             raise ConfigError("dataset.class_names", f"the checkpoint was trained on classes {module.class_names}, "
@@ -490,8 +491,8 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     # hparams.yaml, the MLflow params, stmclf.log and the checkpoints show ${NAME} for an environment
     # variable's value, as config.yaml does: the config's variables and those of the checkpoint the
     # module was rebuilt from (a resumed run's config need not name them)
-    cfg.checkpoint_env_names = module.env_names
-    module.env_names = cfg.env_names
+    cfg.checkpoint_env_names = frozenset(env_names(module.env_refs))
+    module.env_refs = {**module.env_refs, **config_env_refs(cfg.env_references)}
     options = _trainer_options(cfg)  # its refusals before anything is written
     run, mlflow_logger = open_run() if open_run is not None else (create_run_dir(cfg), None)
     log.info("operation_mode: training")
