@@ -217,3 +217,24 @@ def test_only_the_positions_that_used_a_variable_store_its_reference(tmp_path, m
     module = load_classifier(tmp_path / "run" / "saved_models" / "best_model.pt")
     assert module.class_names == classes
     assert module.hparams.data_augmentation["random_flip"]["mode"] == "vertical"
+
+
+def test_a_reference_in_a_mapping_key_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """Only values are interpolated: a ``${NAME}`` used as a mapping key (in a file or an override)
+    is one line naming the key, before anything is written (the run would have used, and its
+    checkpoints stored, the key's unresolved text)."""
+    data = write_image_folder(tmp_path / "data", per_class=4, classes={k: COLORS[k] for k in ("cat", "dog")})
+    (tmp_path / "my_aug.py").write_text("def augment(images, config, epoch):\n    return images\n")
+    extra = "custom_data_augmentation:\n  function_name: my_aug.py:augment\n  config:\n    ${FLIP_MODE}: 1\n"
+    (tmp_path / "c.yaml").write_text(config_text(data, tmp_path / "run", tmp_path / "mlruns", epochs=1, extra=extra))
+    (tmp_path / "plain.yaml").write_text(config_text(data, tmp_path / "run", tmp_path / "mlruns", epochs=1,
+                                                     extra=extra.split("  config:")[0]))
+    monkeypatch.chdir(tmp_path)
+    _set(monkeypatch)
+    for args in (["--config", "c.yaml"],
+                 ["--config", "plain.yaml", "--custom_data_augmentation.config", '{"${FLIP_MODE}": 1}']):
+        assert main(["fit", *args, "--trust-code", "--training.precision", "32"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("stmclf: error: custom_data_augmentation.config.${FLIP_MODE}: ${FLIP_MODE} in a mapping key "
+                       "is not interpolated (only values are): write the key itself"), err
+    assert not (tmp_path / "run").exists()

@@ -7,6 +7,9 @@ Supported forms (Hydra/OmegaConf spellings that ST configs use):
   (the reference's rule for ``\\$\\{\\w+\\}``), an error naming the key when it is not set;
 - ``${section.key}``: another value of the same config.
 
+Only values are interpolated: a ``${...}`` in a mapping key is refused (the key would otherwise
+stay that text, unresolved, in the run and its checkpoints).
+
 Environment variables may hold secrets (tokens, private paths), so the loader records which
 values came from them (:func:`record_env_references`): the run's ``config.yaml`` and the MLflow
 parameters show ``${NAME}`` there (:func:`redact`) while the run uses the resolved values; what
@@ -119,6 +122,10 @@ def interpolate_tree(data: Any, root: dict | None = None, key: str = "", *,
     root = data if root is None and isinstance(data, dict) else (root or {})
     budget = _budget if _budget is not None else [MAX_TOTAL]
     if isinstance(data, dict):
+        for k in data:
+            if isinstance(k, str) and _PATTERN.search(k):  # a key stays text: refused, not kept unresolved
+                raise ConfigError(f"{key}.{k}" if key else k, f"{_PATTERN.search(k).group(0)} in a mapping key is not "
+                                  "interpolated (only values are): write the key itself")
         return {k: interpolate_tree(v, root, f"{key}.{k}" if key else str(k), env_refs=env_refs, path=(*path, k),
                                     _budget=budget) for k, v in data.items()}
     if isinstance(data, list):

@@ -176,7 +176,7 @@ def _source_name(path: Optional[str]) -> str:
     return _CONFIG_FILE.get() or (f"--config {path}" if path else "--config")
 
 
-def load_yaml(text: str, path: Optional[str] = None) -> Any:
+def load_yaml(text: str, path: Optional[str] = None, *, key: str = "") -> Any:
     """jsonargparse loader: YAML, then ``${...}`` interpolation, then safe value conversion.
 
     jsonargparse calls it for a whole config (``path`` given: the file name, or ``""`` for a
@@ -184,6 +184,7 @@ def load_yaml(text: str, path: Optional[str] = None) -> Any:
     that is a plain one-line string stays that string (``'lambda epoch, lr: lr * 0.95'`` is a
     schedule, not a ``{'lambda epoch, lr': ...}`` mapping); flow collections (``[..]``, ``{..}``)
     and multi-line text are still loaded. The YAML is bounded: see :class:`BoundedLoader`.
+    ``key``: the config key an override's value is for (named in interpolation errors).
     """
     document = path is not None or text == _INLINE_CONFIG.get()
     if not document and "\n" not in text and not text.lstrip().startswith(("{", "[")):
@@ -219,7 +220,7 @@ def load_yaml(text: str, path: Optional[str] = None) -> Any:
                                 f"(general, dataset, training, ...)")
     refs: dict[tuple, str] = {}
     if isinstance(data, (dict, list, str)):
-        data = interpolate_tree(data, env_refs=refs if document else None)
+        data = interpolate_tree(data, key=key, env_refs=refs if document else None)
     data = convert_values(data)
     if document:
         check_class_specs(data)
@@ -494,7 +495,7 @@ def _override_leaf(text: Any, key: str) -> Any:
     if is_text_key(name):
         return text
     if stripped.startswith(("{", "[")):
-        return load_yaml(text)  # bounded, interpolated, converted (class specs already checked)
+        return load_yaml(text, key=key)  # bounded, interpolated, converted (class specs already checked)
     try:
         scalar = yaml.safe_load(stripped)
     except yaml.YAMLError:
@@ -775,7 +776,7 @@ def _convert_override(key: str, value: str) -> str:
     if is_text_key(leaf):  # a name or path stays text; None is none, as in a file
         return "null" if value.strip() == "None" else value
     if value.lstrip().startswith(("{", "[")):  # a structure: jsonargparse would import a class_path it names
-        structure = load_yaml(value)
+        structure = load_yaml(value, key=key)
         check_class_specs(structure, key)
         check_args_by_name(key, structure)
     parsed = parse_value(value, key)
