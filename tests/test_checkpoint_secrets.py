@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import COLORS, config_text, write_image_folder
+from conftest import COLORS, DEFAULT_MODEL, config_text, write_image_folder
 from stmclf.cli.main import main
 from stmclf.models.checkpoint_env import ENV_NAMES_KEY, ENV_POSITIONS_KEY
 from stmclf.training.model_file import load_classifier
@@ -238,3 +238,36 @@ def test_a_reference_in_a_mapping_key_is_refused_in_one_line(tmp_path, monkeypat
         assert err == ("stmclf: error: custom_data_augmentation.config.${FLIP_MODE}: ${FLIP_MODE} in a mapping key "
                        "is not interpolated (only values are): write the key itself"), err
     assert not (tmp_path / "run").exists()
+
+
+def test_fine_tuning_from_general_model_path_resolves_the_stored_reference(tmp_path, monkeypatch, capsys):
+    """Multi-step training: a run whose model name came from ``${STMCLF_MODEL_NAME}`` is fine-tuned
+    by a config that names the variable nowhere (``general.model_path: best_model.pt``, no
+    ``training.model``). Without the variable that fit is one line naming the key, the file and the
+    variable, before anything is written; with it, it trains, and its own checkpoints store the
+    model name as ``${STMCLF_MODEL_NAME}`` again."""
+    data = write_image_folder(tmp_path / "data", per_class=4, classes={k: COLORS[k] for k in ("cat", "dog")})
+    model = DEFAULT_MODEL.replace("name: mobilenet", "name: ${STMCLF_MODEL_NAME}")
+    (tmp_path / "first.yaml").write_text(config_text(data, tmp_path / "first", tmp_path / "mlruns", epochs=1,
+                                                     model=model))
+    best = tmp_path / "first" / "saved_models" / "best_model.pt"
+    (tmp_path / "tuned.yaml").write_text(config_text(data, tmp_path / "tuned", tmp_path / "mlruns", epochs=1, model="")
+                                         .replace("general:\n", f"general:\n  model_path: {best}\n", 1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STMCLF_MODEL_NAME", "mobilenet")
+    assert main(["fit", "--config", "first.yaml", "--training.precision", "32"]) == 0
+    assert torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"]["model_spec"]["name"] == \
+        "${STMCLF_MODEL_NAME}"
+
+    tune = ["fit", "--config", "tuned.yaml", "--training.precision", "32"]
+    monkeypatch.delenv("STMCLF_MODEL_NAME")
+    assert main(tune) == 2
+    _one_line_error(capsys, "general.model_path", best, "STMCLF_MODEL_NAME")
+    assert not (tmp_path / "tuned").exists()
+
+    monkeypatch.setenv("STMCLF_MODEL_NAME", "mobilenet")
+    assert main(tune) == 0, capsys.readouterr().err
+    for name in ("last_augmented_model.ckpt", "best_model.pt"):
+        stored = torch.load(tmp_path / "tuned" / "saved_models" / name, map_location="cpu", weights_only=True)
+        assert stored["hyper_parameters"]["model_spec"]["name"] == "${STMCLF_MODEL_NAME}", name
+        assert stored[ENV_NAMES_KEY] == ["STMCLF_MODEL_NAME"], name
