@@ -286,6 +286,11 @@ CLASS_PATH_CHECKPOINT = "training:\n  callbacks:\n    lightning.pytorch.callback
      "training.model.name: unknown model name 'mobilenetz' (did you mean mobilenet?). Supported model names are"),
     ("fit", ["training.checkpoint_every={steps: 0}"], "training.checkpoint_every.steps: expecting a positive integer"),
     ("fit", ["training.ema.decay=2"], "training.ema.decay: must be > 0 and < 1 (got 2)"),
+    ("fit", ["training.precision=32", "trainer.precision=bf16-mixed"],
+     "training.precision: conflicts with trainer.precision: give one of them"),
+    ("fit", ["training.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=4"],
+     "training.accumulate_grad_batches: conflicts with trainer.accumulate_grad_batches: give one of them"),
+    ("fit", ["trainer.val_check_interval=0"], "trainer.val_check_interval: expecting a number of batches"),
     ("run", ["operation_mode=deployment"], "operation_mode: 'deployment' is not available in stmclf"),
     ("run", ["operation_mode=evaluation"], "general.model_path: evaluation needs the model file"),
     ("run", ["operation_mode=chain_tqe", "quantization.quantizer=foo"], "quantization.quantizer: 'foo': use "
@@ -294,9 +299,9 @@ CLASS_PATH_CHECKPOINT = "training:\n  callbacks:\n    lightning.pytorch.callback
 ])
 def test_print_config_makes_the_commands_config_refusals(seed_file, capsys, monkeypatch, command, args, error):
     """``fit``/``run --print_config`` refuses what the command itself refuses from the config alone
-    (training.callbacks, the keys a training needs, the optimizer, the model name, the mode, its
-    sections and board), in the command's one line with exit code 2: it printed the config with
-    exit code 0, then the command refused it."""
+    (training.callbacks, the keys a training needs, the optimizer, the model name, a training key that
+    conflicts with its trainer key, the mode, its sections and board), in the command's one line
+    with exit code 2: it printed the config with exit code 0, then the command refused it."""
     monkeypatch.chdir(seed_file.parent)
     (seed_file.parent / "class_path_checkpoint.yaml").write_text(CLASS_PATH_CHECKPOINT)
     argv = [command, "--config", str(seed_file), *args]

@@ -223,7 +223,11 @@ def _same_setting(key: str, then: Any, now: Any) -> bool:
 TRAINING_TO_TRAINER = ("precision", "gradient_clip_val", "accumulate_grad_batches")
 
 
-def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
+def config_trainer_options(cfg: RunConfig) -> dict[str, Any]:
+    """The Trainer options the config alone gives (``trainer:`` and the ``training`` keys that set
+    one, :data:`TRAINING_TO_TRAINER`), with its refusals: a ``training`` key that conflicts with the
+    same ``trainer`` key, and the values Lightning would fail on (:func:`_check_trainer_values`).
+    :func:`check_training_config` (``fit --print_config`` too) and :func:`_trainer_options` start with it."""
     options = {"log_every_n_steps": 10, **{k: v for k, v in cfg.trainer.items() if v is not None}}
     # The training sampler shards itself across ranks (exact resume needs its per-epoch order);
     # every rank validates on the whole validation set.
@@ -240,13 +244,21 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
                 key == "accumulate_grad_batches" and options[key] == 1):
             raise ConfigError(f"training.{key}", f"conflicts with trainer.{key}: give one of them")
         options[key] = value
+    _check_trainer_values(options)
+    return options
+
+
+def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
+    """:func:`config_trainer_options` completed for this machine (the default precision, the
+    gradient clipping of the optimizer), with the refusals that need the machine (16-bit without a
+    GPU, more CPU processes than cores, what Lightning itself refuses: :func:`_probe_trainer`)."""
+    options = config_trainer_options(cfg)
     if options.get("precision") is None and (default := default_precision(options)) is not None:
         options["precision"] = default
         log.info("Precision: %s (the CPU default where bfloat16 is native; training.precision: 32 for fp32)",
                  default)
     if torch.cuda.is_available() is False and options.get("precision") in ("16-mixed", "16"):
         raise ConfigError("trainer.precision", "16-bit mixed precision needs a GPU; use bf16-mixed on CPU")
-    _check_trainer_values(options)
     _check_cpu_processes(options)
     clip = gradient_clipping(cfg.training.optimizer)
     if clip and "gradient_clip_val" not in options:
@@ -392,11 +404,13 @@ def resume_checkpoint(cfg: RunConfig) -> Optional[dict]:
 
 def check_training_config(cfg: RunConfig) -> tuple[dict[str, float], list[Callback]]:
     """The refusals of a training that need the config alone (no model file, checkpoint, dataset or
-    machine): the cross-key rules, ``training.checkpoint_every``, the optimizer, ``training.model``,
-    the code the config names (``--trust-code``) and the callbacks. :func:`fit_run` starts with
-    them, and ``stmclf fit --print_config`` runs them before it prints. Returns the checkpoint
-    interval and the user's callbacks (``training.callbacks``, ``ema``, ``qat``)."""
+    machine): the cross-key rules, the Trainer options (:func:`config_trainer_options`: a
+    ``training.precision`` that conflicts with ``trainer.precision``, ...), ``training.checkpoint_every``,
+    the optimizer, ``training.model``, the code the config names (``--trust-code``) and the
+    callbacks. :func:`fit_run` starts with them, and ``stmclf fit --print_config`` runs them before
+    it prints. Returns the checkpoint interval and the user's callbacks (``training.callbacks``, ``ema``, ``qat``)."""
     rules.check_training(cfg)
+    config_trainer_options(cfg)
     training = cfg.training
     checkpoint_every = checkpoint_interval(training.checkpoint_every)
     if not training.resume_training_from:  # a resumed run takes its model and optimizer from the checkpoint
