@@ -362,6 +362,43 @@ def test_interpolation(monkeypatch):
     assert data["hydra"]["run"]["dir"] == f"out/{run_start():%Y}"
 
 
+def test_a_reference_to_a_key_of_an_earlier_config_file(seed_file, tmp_path, capsys):
+    """``${section.key}`` across ``--config`` files: a key of an earlier file, referred to from a later
+    one, resolves (as on jsonargparse/OmegaConf's merged config); a key that a later file or an
+    override then sets to another value is refused in one line naming both keys (the reference
+    was resolved when its file was read), and so is a key no file read so far holds."""
+    (tmp_path / "names.yaml").write_text("dataset:\n  name: shared_name\n")
+    (tmp_path / "uses.yaml").write_text("general:\n  project_name: ${dataset.name}_project\n")
+    (tmp_path / "renames.yaml").write_text("dataset:\n  name: other_name\n")
+    base = ["--config", str(seed_file)]
+    cfg = load_config([*base, "--config", str(tmp_path / "names.yaml"), "--config", str(tmp_path / "uses.yaml")])
+    assert (cfg.general.project_name, cfg.dataset.name) == ("shared_name_project", "shared_name")
+    cfg = load_config([*base, "--config", str(tmp_path / "names.yaml"), "--config", str(tmp_path / "uses.yaml"),
+                       "--dataset.name", "shared_name"])  # the same value: nothing changes
+    assert cfg.general.project_name == "shared_name_project"
+
+    refusals = {
+        ("--config", str(tmp_path / "renames.yaml")): f"a later --config file ({tmp_path / 'renames.yaml'}) sets "
+                                                      "dataset.name to 'other_name'",
+        ("--dataset.name", "other_name"): "the command line sets dataset.name to 'other_name'",
+    }
+    for extra, where in refusals.items():
+        argv = ["fit", *base, "--config", str(tmp_path / "names.yaml"), "--config", str(tmp_path / "uses.yaml"), *extra]
+        assert main([*argv, "--print_config"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err == (f"stmclf: error: general.project_name: ${{dataset.name}} was resolved to "
+                                     f"'shared_name' when its --config file was read, but {where}: give the value "
+                                     "itself\n"), err
+    # the file that refers comes first: the seed's dataset.name then, which the next file changes
+    assert main(["fit", *base, "--config", str(tmp_path / "uses.yaml"), "--config", str(tmp_path / "names.yaml"),
+                 "--print_config"]) == 2
+    assert "${dataset.name} was resolved to 'flowers' when its --config file was read, but a later --config file" \
+        in capsys.readouterr().err
+    assert main(["fit", "--config", str(tmp_path / "uses.yaml"), "--config", str(seed_file), "--print_config"]) == 2
+    assert capsys.readouterr().err == ("stmclf: error: general.project_name: ${dataset.name} refers to a key that does "
+                                       "not exist (in this or an earlier --config file)\n")
+
+
 def test_missing_env_var_names_the_key(monkeypatch):
     monkeypatch.delenv("STMCLF_NOPE", raising=False)
     with pytest.raises(ConfigError, match=r"^general.model_path: environment variable STMCLF_NOPE is not set"):

@@ -21,7 +21,8 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader, set_parsing_settings
 
 from stmclf.config import sections
-from stmclf.config.interpolate import clear_env_references, interpolate_tree, record_env_references
+from stmclf.config.interpolate import (begin_document, check_key_references, clear_env_references, end_document,
+                                      interpolate_tree, lookup_root, record_env_references, record_override)
 from stmclf.config.values import convert_values
 from stmclf.errors import ConfigError, UserError, closest, did_you_mean, is_text, one_line, printable_path
 from stmclf.trust import TRUSTED_PACKAGES, UNTRUSTED_IMPORTS
@@ -219,8 +220,14 @@ def load_yaml(text: str, path: Optional[str] = None, *, key: str = "") -> Any:
                 raise UserError(f"{source}: top-level key {one_line(repr(name), 60)} is not a section name "
                                 f"(general, dataset, training, ...)")
     refs: dict[tuple, str] = {}
-    if isinstance(data, (dict, list, str)):
-        data = interpolate_tree(data, key=key, env_refs=refs if document else None)
+    if document:  # a ${section.key} may name a key of this file or of an earlier --config file
+        begin_document(source)
+        try:
+            data = interpolate_tree(data, lookup_root(data), env_refs=refs)
+        finally:
+            end_document(data)
+    elif isinstance(data, (dict, list, str)):
+        data = interpolate_tree(data, key=key)
     data = convert_values(data)
     if document:
         check_class_specs(data)
@@ -764,6 +771,7 @@ def _convert_override(key: str, value: str) -> str:
     _record_override_env(key, value)
     if key in ("config", "print_config"):
         return value
+    record_override(key, value)  # a key that a ${section.key} of a config file names: check_key_references
     _check_override_references(key, value)
     # A section is a mapping: jsonargparse would load --trainer FILE (a FIFO: a hang; any size) or import
     # --training MODULE.Class (a class path shorthand)
@@ -921,6 +929,7 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str],
             raise UserError(str(cause)) from None
         message = re.sub(r"^Problems parsing config\s*:\s*", "", str(exc))
         raise UserError(argument_error(parser, message)) from None
+    check_key_references()  # a ${section.key} resolved before a later file or override changed its key
     flags = ns.get("print_config")
     if flags is not None:
         from stmclf.config import from_namespace
