@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from conftest import COLORS, config_text, write_image_folder
+from conftest import COLORS, DEFAULT_MODEL, config_text, write_image_folder
 from stmclf.cli.main import main
-from stmclf.models.checkpoint_env import ENV_NAMES_KEY
+from stmclf.models.checkpoint_env import ENV_NAMES_KEY, ENV_POSITIONS_KEY
+from stmclf.training.model_file import load_classifier
 
 SECRET = "pw-S3CR3T-4f1e9a"
 VARIABLES = {"stmai_password": SECRET, "FLIP_MODE": "horizontal"}
@@ -178,6 +180,7 @@ def test_the_stored_spec_is_checked_on_the_resolved_value(secret_run, tmp_path, 
     stored = torch.load(run / "saved_models" / "best_model.pt", map_location="cpu", weights_only=True)
     stored["hyper_parameters"]["model_spec"].update(name="${STMCLF_TEST_MODEL}", alpha=1000)
     stored[ENV_NAMES_KEY] = [*stored.get(ENV_NAMES_KEY, []), "STMCLF_TEST_MODEL"]
+    stored[ENV_POSITIONS_KEY] = [*stored.get(ENV_POSITIONS_KEY, []), ["hyper_parameters", "model_spec", "name"]]
     edited = tmp_path / "edited.pt"
     torch.save(stored, edited)
     _set(monkeypatch)
@@ -188,3 +191,83 @@ def test_the_stored_spec_is_checked_on_the_resolved_value(secret_run, tmp_path, 
     assert err.startswith(f"stmclf: error: --model: {edited}: stored hyper_parameters.model_spec: its model "
                           "(name: 'mobilenet'"), err
     assert "more than the" in err, err
+
+
+def test_only_the_positions_that_used_a_variable_store_its_reference(tmp_path, monkeypatch):
+    """By provenance, not by value: ``${FLIP_MODE}`` is ``horizontal`` and two class folders are named
+    ``horizontal`` and ``vertical_horizontal``; the class names are stored as they are (they did not
+    come from the variable), only the augmentation mode is ``${FLIP_MODE}``. Read with another
+    value of the variable, the mode changes and the class names do not."""
+    data = write_image_folder(tmp_path / "data", per_class=4,
+                              classes={"horizontal": COLORS["cat"], "vertical_horizontal": COLORS["dog"]})
+    (tmp_path / "c.yaml").write_text(config_text(data, tmp_path / "run", tmp_path / "mlruns", epochs=1,
+                                                 extra=AUGMENTATION))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLIP_MODE", "horizontal")
+    assert main(["fit", "--config", str(tmp_path / "c.yaml"), "--training.precision", "32"]) == 0
+    classes = ["horizontal", "vertical_horizontal"]
+    for name in ("last_augmented_model.ckpt", "best_model.pt"):
+        stored = torch.load(tmp_path / "run" / "saved_models" / name, map_location="cpu", weights_only=True)
+        assert stored["hyper_parameters"]["class_names"] == classes, name
+        assert stored["hyper_parameters"]["data_augmentation"]["random_flip"]["mode"] == "${FLIP_MODE}", name
+        assert stored[ENV_NAMES_KEY] == ["FLIP_MODE"], name
+    logged = yaml.safe_load(next((tmp_path / "run").rglob("hparams.yaml")).read_text())  # the loggers' copy too
+    assert logged["class_names"] == classes and logged["data_augmentation"]["random_flip"]["mode"] == "${FLIP_MODE}"
+    monkeypatch.setenv("FLIP_MODE", "vertical")
+    module = load_classifier(tmp_path / "run" / "saved_models" / "best_model.pt")
+    assert module.class_names == classes
+    assert module.hparams.data_augmentation["random_flip"]["mode"] == "vertical"
+
+
+def test_a_reference_in_a_mapping_key_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """Only values are interpolated: a ``${NAME}`` used as a mapping key (in a file or an override)
+    is one line naming the key, before anything is written (the run would have used, and its
+    checkpoints stored, the key's unresolved text)."""
+    data = write_image_folder(tmp_path / "data", per_class=4, classes={k: COLORS[k] for k in ("cat", "dog")})
+    (tmp_path / "my_aug.py").write_text("def augment(images, config, epoch):\n    return images\n")
+    extra = "custom_data_augmentation:\n  function_name: my_aug.py:augment\n  config:\n    ${FLIP_MODE}: 1\n"
+    (tmp_path / "c.yaml").write_text(config_text(data, tmp_path / "run", tmp_path / "mlruns", epochs=1, extra=extra))
+    (tmp_path / "plain.yaml").write_text(config_text(data, tmp_path / "run", tmp_path / "mlruns", epochs=1,
+                                                     extra=extra.split("  config:")[0]))
+    monkeypatch.chdir(tmp_path)
+    _set(monkeypatch)
+    for args in (["--config", "c.yaml"],
+                 ["--config", "plain.yaml", "--custom_data_augmentation.config", '{"${FLIP_MODE}": 1}']):
+        assert main(["fit", *args, "--trust-code", "--training.precision", "32"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("stmclf: error: custom_data_augmentation.config.${FLIP_MODE}: ${FLIP_MODE} in a mapping key "
+                       "is not interpolated (only values are): write the key itself"), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_fine_tuning_from_general_model_path_resolves_the_stored_reference(tmp_path, monkeypatch, capsys):
+    """Multi-step training: a run whose model name came from ``${STMCLF_MODEL_NAME}`` is fine-tuned
+    by a config that names the variable nowhere (``general.model_path: best_model.pt``, no
+    ``training.model``). Without the variable that fit is one line naming the key, the file and the
+    variable, before anything is written; with it, it trains, and its own checkpoints store the
+    model name as ``${STMCLF_MODEL_NAME}`` again."""
+    data = write_image_folder(tmp_path / "data", per_class=4, classes={k: COLORS[k] for k in ("cat", "dog")})
+    model = DEFAULT_MODEL.replace("name: mobilenet", "name: ${STMCLF_MODEL_NAME}")
+    (tmp_path / "first.yaml").write_text(config_text(data, tmp_path / "first", tmp_path / "mlruns", epochs=1,
+                                                     model=model))
+    best = tmp_path / "first" / "saved_models" / "best_model.pt"
+    (tmp_path / "tuned.yaml").write_text(config_text(data, tmp_path / "tuned", tmp_path / "mlruns", epochs=1, model="")
+                                         .replace("general:\n", f"general:\n  model_path: {best}\n", 1))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STMCLF_MODEL_NAME", "mobilenet")
+    assert main(["fit", "--config", "first.yaml", "--training.precision", "32"]) == 0
+    assert torch.load(best, map_location="cpu", weights_only=True)["hyper_parameters"]["model_spec"]["name"] == \
+        "${STMCLF_MODEL_NAME}"
+
+    tune = ["fit", "--config", "tuned.yaml", "--training.precision", "32"]
+    monkeypatch.delenv("STMCLF_MODEL_NAME")
+    assert main(tune) == 2
+    _one_line_error(capsys, "general.model_path", best, "STMCLF_MODEL_NAME")
+    assert not (tmp_path / "tuned").exists()
+
+    monkeypatch.setenv("STMCLF_MODEL_NAME", "mobilenet")
+    assert main(tune) == 0, capsys.readouterr().err
+    for name in ("last_augmented_model.ckpt", "best_model.pt"):
+        stored = torch.load(tmp_path / "tuned" / "saved_models" / name, map_location="cpu", weights_only=True)
+        assert stored["hyper_parameters"]["model_spec"]["name"] == "${STMCLF_MODEL_NAME}", name
+        assert stored[ENV_NAMES_KEY] == ["STMCLF_MODEL_NAME"], name

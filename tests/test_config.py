@@ -286,6 +286,11 @@ CLASS_PATH_CHECKPOINT = "training:\n  callbacks:\n    lightning.pytorch.callback
      "training.model.name: unknown model name 'mobilenetz' (did you mean mobilenet?). Supported model names are"),
     ("fit", ["training.checkpoint_every={steps: 0}"], "training.checkpoint_every.steps: expecting a positive integer"),
     ("fit", ["training.ema.decay=2"], "training.ema.decay: must be > 0 and < 1 (got 2)"),
+    ("fit", ["training.precision=32", "trainer.precision=bf16-mixed"],
+     "training.precision: conflicts with trainer.precision: give one of them"),
+    ("fit", ["training.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=4"],
+     "training.accumulate_grad_batches: conflicts with trainer.accumulate_grad_batches: give one of them"),
+    ("fit", ["trainer.val_check_interval=0"], "trainer.val_check_interval: expecting a number of batches"),
     ("run", ["operation_mode=deployment"], "operation_mode: 'deployment' is not available in stmclf"),
     ("run", ["operation_mode=evaluation"], "general.model_path: evaluation needs the model file"),
     ("run", ["operation_mode=chain_tqe", "quantization.quantizer=foo"], "quantization.quantizer: 'foo': use "
@@ -294,9 +299,9 @@ CLASS_PATH_CHECKPOINT = "training:\n  callbacks:\n    lightning.pytorch.callback
 ])
 def test_print_config_makes_the_commands_config_refusals(seed_file, capsys, monkeypatch, command, args, error):
     """``fit``/``run --print_config`` refuses what the command itself refuses from the config alone
-    (training.callbacks, the keys a training needs, the optimizer, the model name, the mode, its
-    sections and board), in the command's one line with exit code 2: it printed the config with
-    exit code 0, then the command refused it."""
+    (training.callbacks, the keys a training needs, the optimizer, the model name, a training key that
+    conflicts with its trainer key, the mode, its sections and board), in the command's one line
+    with exit code 2: it printed the config with exit code 0, then the command refused it."""
     monkeypatch.chdir(seed_file.parent)
     (seed_file.parent / "class_path_checkpoint.yaml").write_text(CLASS_PATH_CHECKPOINT)
     argv = [command, "--config", str(seed_file), *args]
@@ -355,6 +360,43 @@ def test_interpolation(monkeypatch):
     assert data["training"]["x"] == "dflt"
     assert data["training"]["y"] == "p_run"
     assert data["hydra"]["run"]["dir"] == f"out/{run_start():%Y}"
+
+
+def test_a_reference_to_a_key_of_an_earlier_config_file(seed_file, tmp_path, capsys):
+    """``${section.key}`` across ``--config`` files: a key of an earlier file, referred to from a later
+    one, resolves (as on jsonargparse/OmegaConf's merged config); a key that a later file or an
+    override then sets to another value is refused in one line naming both keys (the reference
+    was resolved when its file was read), and so is a key no file read so far holds."""
+    (tmp_path / "names.yaml").write_text("dataset:\n  name: shared_name\n")
+    (tmp_path / "uses.yaml").write_text("general:\n  project_name: ${dataset.name}_project\n")
+    (tmp_path / "renames.yaml").write_text("dataset:\n  name: other_name\n")
+    base = ["--config", str(seed_file)]
+    cfg = load_config([*base, "--config", str(tmp_path / "names.yaml"), "--config", str(tmp_path / "uses.yaml")])
+    assert (cfg.general.project_name, cfg.dataset.name) == ("shared_name_project", "shared_name")
+    cfg = load_config([*base, "--config", str(tmp_path / "names.yaml"), "--config", str(tmp_path / "uses.yaml"),
+                       "--dataset.name", "shared_name"])  # the same value: nothing changes
+    assert cfg.general.project_name == "shared_name_project"
+
+    refusals = {
+        ("--config", str(tmp_path / "renames.yaml")): f"a later --config file ({tmp_path / 'renames.yaml'}) sets "
+                                                      "dataset.name to 'other_name'",
+        ("--dataset.name", "other_name"): "the command line sets dataset.name to 'other_name'",
+    }
+    for extra, where in refusals.items():
+        argv = ["fit", *base, "--config", str(tmp_path / "names.yaml"), "--config", str(tmp_path / "uses.yaml"), *extra]
+        assert main([*argv, "--print_config"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err == (f"stmclf: error: general.project_name: ${{dataset.name}} was resolved to "
+                                     f"'shared_name' when its --config file was read, but {where}: give the value "
+                                     "itself\n"), err
+    # the file that refers comes first: the seed's dataset.name then, which the next file changes
+    assert main(["fit", *base, "--config", str(tmp_path / "uses.yaml"), "--config", str(tmp_path / "names.yaml"),
+                 "--print_config"]) == 2
+    assert "${dataset.name} was resolved to 'flowers' when its --config file was read, but a later --config file" \
+        in capsys.readouterr().err
+    assert main(["fit", "--config", str(tmp_path / "uses.yaml"), "--config", str(seed_file), "--print_config"]) == 2
+    assert capsys.readouterr().err == ("stmclf: error: general.project_name: ${dataset.name} refers to a key that does "
+                                       "not exist (in this or an earlier --config file)\n")
 
 
 def test_missing_env_var_names_the_key(monkeypatch):

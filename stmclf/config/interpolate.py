@@ -5,7 +5,14 @@ Supported forms (Hydra/OmegaConf spellings that ST configs use):
   that uses it agrees);
 - ``${NAME}`` and ``${oc.env:NAME}`` / ``${oc.env:NAME,default}``: an environment variable
   (the reference's rule for ``\\$\\{\\w+\\}``), an error naming the key when it is not set;
-- ``${section.key}``: another value of the same config.
+- ``${section.key}``: another value of the config: of the same ``--config`` file or of an earlier one
+  (the files are read one by one, in order; :func:`begin_document`). The reference is resolved when
+  its file is read, so a later file or a command-line override that sets the key it names to
+  another value is refused, naming both keys (:func:`check_key_references`), instead of being
+  silently ignored.
+
+Only values are interpolated: a ``${...}`` in a mapping key is refused (the key would otherwise
+stay that text, unresolved, in the run and its checkpoints).
 
 Environment variables may hold secrets (tokens, private paths), so the loader records which
 values came from them (:func:`record_env_references`): the run's ``config.yaml`` and the MLflow
@@ -70,16 +77,17 @@ def _resolve_one(expr: str, key: str, root: dict, env_used: Optional[list] = Non
                 env_used.append(expr)
             return original if keep_env else os.environ[expr]
         if expr in root and not isinstance(root[expr], (dict, list)):
-            return str(root[expr])
+            return _used(key, expr, str(root[expr]))
         raise ConfigError(key, f"environment variable {expr} is not set (used as ${{{expr}}})")
     if re.fullmatch(r"[\w.]+", expr):
         try:
             value = _lookup(root, expr)
         except KeyError:
-            raise ConfigError(key, f"${{{expr}}} refers to a key that does not exist") from None
+            raise ConfigError(key, f"${{{expr}}} refers to a key that does not exist"
+                               + (" (in this or an earlier --config file)" if _DOCUMENT else "")) from None
         if isinstance(value, (dict, list)):
             raise ConfigError(key, f"${{{expr}}} refers to a section, not a value")
-        return str(value)
+        return _used(key, expr, str(value))
     raise ConfigError(key, f"unsupported interpolation ${{{expr}}}: use ${{now:FORMAT}}, ${{ENV_VAR}} or ${{section.key}}")
 
 
@@ -119,6 +127,10 @@ def interpolate_tree(data: Any, root: dict | None = None, key: str = "", *,
     root = data if root is None and isinstance(data, dict) else (root or {})
     budget = _budget if _budget is not None else [MAX_TOTAL]
     if isinstance(data, dict):
+        for k in data:
+            if isinstance(k, str) and _PATTERN.search(k):  # a key stays text: refused, not kept unresolved
+                raise ConfigError(f"{key}.{k}" if key else k, f"{_PATTERN.search(k).group(0)} in a mapping key is not "
+                                  "interpolated (only values are): write the key itself")
         return {k: interpolate_tree(v, root, f"{key}.{k}" if key else str(k), env_refs=env_refs, path=(*path, k),
                                     _budget=budget) for k, v in data.items()}
     if isinstance(data, list):
@@ -152,9 +164,95 @@ def time_stamped_keys() -> frozenset[str]:
 
 
 def clear_env_references() -> None:
-    """Forget the recorded references (at the start of each command-line parse)."""
+    """Forget the recorded references (at the start of each command-line parse): the environment
+    variables', the time stamps, the ``--config`` files read and their ``${section.key}`` references."""
     _ENV_REFERENCES.clear()
     _TIME_STAMPED_KEYS.clear()
+    _DOCUMENTS.clear()
+    _KEY_REFERENCES.clear()
+    _OVERRIDES.clear()
+    _DOCUMENT.clear()
+    _DOCUMENT_NAMES.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# ${section.key} across --config files
+
+_DOCUMENTS: list[dict] = []
+"""The ``--config`` documents of this parse read so far, interpolated, in order."""
+_DOCUMENT: list[int] = []
+"""The index (in :data:`_DOCUMENTS`) of the document being interpolated, while it is."""
+_KEY_REFERENCES: list[tuple[str, str, str, int]] = []
+"""``(key, referenced key, the value used, index of the document that holds the reference)``."""
+_OVERRIDES: dict[str, str] = {}
+"""The command-line overrides of this parse: ``{dotted key: text}``."""
+_DOCUMENT_NAMES: list[str] = []
+"""The names of the documents of :data:`_DOCUMENTS` (their files)."""
+
+
+def lookup_root(data: dict) -> dict:
+    """Where the ``${section.key}`` references of the ``--config`` document ``data`` are looked up:
+    the documents read before it merged (a later file's value wins), then ``data`` itself."""
+    merged: dict = {}
+    for document in (*_DOCUMENTS, data):
+        _merge_into(merged, document)
+    return merged
+
+
+def _merge_into(target: dict, source: dict) -> None:
+    for k, v in source.items():
+        if isinstance(v, dict) and isinstance(target.get(k), dict):
+            target[k] = dict(target[k])
+            _merge_into(target[k], v)
+        else:
+            target[k] = v
+
+
+def begin_document(name: str) -> None:
+    """The ``--config`` document ``name`` is being interpolated: its ``${section.key}`` references are recorded."""
+    _DOCUMENT[:] = [len(_DOCUMENTS)]
+    _DOCUMENT_NAMES.append(name)
+
+
+def end_document(data: Any) -> None:
+    """The document's interpolated values, for the references of the later ones."""
+    _DOCUMENT.clear()
+    _DOCUMENTS.append(data if isinstance(data, dict) else {})
+
+
+def record_override(key: str, text: str) -> None:
+    """A command-line override ``--key text`` (checked against the references by :func:`check_key_references`)."""
+    _OVERRIDES[key] = text
+
+
+def _used(key: str, dotted: str, value: str) -> str:
+    if _DOCUMENT:
+        _KEY_REFERENCES.append((key, dotted, value, _DOCUMENT[0]))
+    return value
+
+
+def _holds(document: dict, dotted: str) -> bool:
+    try:
+        _lookup(document, dotted)
+    except KeyError:
+        return False
+    return True
+
+
+def check_key_references() -> None:
+    """Refuse a ``${section.key}`` whose key a later ``--config`` file or a command-line override
+    sets to another value: the reference was resolved when its file was read (OmegaConf would
+    resolve it on the merged config), so the run would silently use the older value."""
+    for key, dotted, used, index in _KEY_REFERENCES:
+        sources = [i for i in range(min(index, len(_DOCUMENTS) - 1) + 1) if _holds(_DOCUMENTS[i], dotted)]
+        later = [(f"a later --config file ({_DOCUMENT_NAMES[i]})", str(_lookup(_DOCUMENTS[i], dotted)))
+                 for i in range(max(sources, default=index) + 1, len(_DOCUMENTS)) if _holds(_DOCUMENTS[i], dotted)]
+        if dotted in _OVERRIDES:
+            later.append(("the command line", _OVERRIDES[dotted]))
+        for where, value in later:
+            if value != used:
+                raise ConfigError(key, f"${{{dotted}}} was resolved to {used!r} when its --config file was read, "
+                                       f"but {where} sets {dotted} to {value!r}: give the value itself")
 
 
 def record_env_references(refs: dict[tuple, tuple[str, Any]]) -> None:
@@ -175,7 +273,7 @@ def redact(data: Any, refs: dict[tuple, tuple[str, Any]]) -> Any:
 
     def walk(node: Any, path: tuple) -> Any:
         ref = refs.get(path)
-        if ref is not None and _same(node, ref[1]):
+        if ref is not None and same_value(node, ref[1]):
             return ref[0]
         if isinstance(node, dict):
             return {k: walk(v, (*path, k)) for k, v in node.items()}
@@ -258,9 +356,9 @@ def _map_strings(node: Any, replace: Callable[[str], str]) -> Any:
     return node
 
 
-def _same(value: Any, recorded: Any) -> bool:
+def same_value(value: Any, recorded: Any) -> bool:
     if isinstance(value, (list, tuple)) and isinstance(recorded, (list, tuple)):
-        return len(value) == len(recorded) and all(_same(a, b) for a, b in zip(value, recorded))
+        return len(value) == len(recorded) and all(same_value(a, b) for a, b in zip(value, recorded))
     return type(value) is type(recorded) and value == recorded or \
         (isinstance(value, (int, float)) and isinstance(recorded, (int, float)) and value == recorded
          and not isinstance(value, bool) and not isinstance(recorded, bool))

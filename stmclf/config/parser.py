@@ -21,7 +21,8 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader, set_parsing_settings
 
 from stmclf.config import sections
-from stmclf.config.interpolate import clear_env_references, interpolate_tree, record_env_references
+from stmclf.config.interpolate import (begin_document, check_key_references, clear_env_references, end_document,
+                                      interpolate_tree, lookup_root, record_env_references, record_override)
 from stmclf.config.values import convert_values
 from stmclf.errors import ConfigError, UserError, closest, did_you_mean, is_text, one_line, printable_path
 from stmclf.trust import TRUSTED_PACKAGES, UNTRUSTED_IMPORTS
@@ -176,7 +177,7 @@ def _source_name(path: Optional[str]) -> str:
     return _CONFIG_FILE.get() or (f"--config {path}" if path else "--config")
 
 
-def load_yaml(text: str, path: Optional[str] = None) -> Any:
+def load_yaml(text: str, path: Optional[str] = None, *, key: str = "") -> Any:
     """jsonargparse loader: YAML, then ``${...}`` interpolation, then safe value conversion.
 
     jsonargparse calls it for a whole config (``path`` given: the file name, or ``""`` for a
@@ -184,6 +185,7 @@ def load_yaml(text: str, path: Optional[str] = None) -> Any:
     that is a plain one-line string stays that string (``'lambda epoch, lr: lr * 0.95'`` is a
     schedule, not a ``{'lambda epoch, lr': ...}`` mapping); flow collections (``[..]``, ``{..}``)
     and multi-line text are still loaded. The YAML is bounded: see :class:`BoundedLoader`.
+    ``key``: the config key an override's value is for (named in interpolation errors).
     """
     document = path is not None or text == _INLINE_CONFIG.get()
     if not document and "\n" not in text and not text.lstrip().startswith(("{", "[")):
@@ -218,8 +220,14 @@ def load_yaml(text: str, path: Optional[str] = None) -> Any:
                 raise UserError(f"{source}: top-level key {one_line(repr(name), 60)} is not a section name "
                                 f"(general, dataset, training, ...)")
     refs: dict[tuple, str] = {}
-    if isinstance(data, (dict, list, str)):
-        data = interpolate_tree(data, env_refs=refs if document else None)
+    if document:  # a ${section.key} may name a key of this file or of an earlier --config file
+        begin_document(source)
+        try:
+            data = interpolate_tree(data, lookup_root(data), env_refs=refs)
+        finally:
+            end_document(data)
+    elif isinstance(data, (dict, list, str)):
+        data = interpolate_tree(data, key=key)
     data = convert_values(data)
     if document:
         check_class_specs(data)
@@ -494,7 +502,7 @@ def _override_leaf(text: Any, key: str) -> Any:
     if is_text_key(name):
         return text
     if stripped.startswith(("{", "[")):
-        return load_yaml(text)  # bounded, interpolated, converted (class specs already checked)
+        return load_yaml(text, key=key)  # bounded, interpolated, converted (class specs already checked)
     try:
         scalar = yaml.safe_load(stripped)
     except yaml.YAMLError:
@@ -763,6 +771,7 @@ def _convert_override(key: str, value: str) -> str:
     _record_override_env(key, value)
     if key in ("config", "print_config"):
         return value
+    record_override(key, value)  # a key that a ${section.key} of a config file names: check_key_references
     _check_override_references(key, value)
     # A section is a mapping: jsonargparse would load --trainer FILE (a FIFO: a hang; any size) or import
     # --training MODULE.Class (a class path shorthand)
@@ -775,7 +784,7 @@ def _convert_override(key: str, value: str) -> str:
     if is_text_key(leaf):  # a name or path stays text; None is none, as in a file
         return "null" if value.strip() == "None" else value
     if value.lstrip().startswith(("{", "[")):  # a structure: jsonargparse would import a class_path it names
-        structure = load_yaml(value)
+        structure = load_yaml(value, key=key)
         check_class_specs(structure, key)
         check_args_by_name(key, structure)
     parsed = parse_value(value, key)
@@ -920,6 +929,7 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str],
             raise UserError(str(cause)) from None
         message = re.sub(r"^Problems parsing config\s*:\s*", "", str(exc))
         raise UserError(argument_error(parser, message)) from None
+    check_key_references()  # a ${section.key} resolved before a later file or override changed its key
     flags = ns.get("print_config")
     if flags is not None:
         from stmclf.config import from_namespace

@@ -21,7 +21,8 @@ from stmclf.config import RunConfig, rules
 from stmclf.data.datamodule import SPLIT_KEYS, ImageDataModule, ImageFormat
 from stmclf.cpus import available_cpus
 from stmclf.errors import ConfigError, Interrupted, UserError, one_line
-from stmclf.models.checkpoint_env import stored_env_names
+from stmclf.config.interpolate import env_names
+from stmclf.models.checkpoint_env import config_env_refs, stored_env_refs
 from stmclf.models.pretrained import apply_pretrained
 from stmclf.models.registry import check_model_spec
 from stmclf.models.source import ModelSource
@@ -140,7 +141,7 @@ def module_from_config(cfg: RunConfig, class_names: list[str], labels: Sequence[
     with model_file_given(source.key, source.path):  # a run started from a model file
         module = ClassifierModule(model_spec=hparams["model_spec"], input_shape=hparams["input_shape"], **settings)
     load_weights(module, stored["state_dict"], source.path, source.key)
-    module.env_names = stored_env_names(stored)  # its model spec may hold their values
+    module.env_refs = stored_env_refs(stored, ("hyper_parameters", "model_spec"))  # its model spec may hold some
     return module
 
 
@@ -222,7 +223,11 @@ def _same_setting(key: str, then: Any, now: Any) -> bool:
 TRAINING_TO_TRAINER = ("precision", "gradient_clip_val", "accumulate_grad_batches")
 
 
-def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
+def config_trainer_options(cfg: RunConfig) -> dict[str, Any]:
+    """The Trainer options the config alone gives (``trainer:`` and the ``training`` keys that set
+    one, :data:`TRAINING_TO_TRAINER`), with its refusals: a ``training`` key that conflicts with the
+    same ``trainer`` key, and the values Lightning would fail on (:func:`_check_trainer_values`).
+    :func:`check_training_config` (``fit --print_config`` too) and :func:`_trainer_options` start with it."""
     options = {"log_every_n_steps": 10, **{k: v for k, v in cfg.trainer.items() if v is not None}}
     # The training sampler shards itself across ranks (exact resume needs its per-epoch order);
     # every rank validates on the whole validation set.
@@ -239,13 +244,21 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
                 key == "accumulate_grad_batches" and options[key] == 1):
             raise ConfigError(f"training.{key}", f"conflicts with trainer.{key}: give one of them")
         options[key] = value
+    _check_trainer_values(options)
+    return options
+
+
+def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
+    """:func:`config_trainer_options` completed for this machine (the default precision, the
+    gradient clipping of the optimizer), with the refusals that need the machine (16-bit without a
+    GPU, more CPU processes than cores, what Lightning itself refuses: :func:`_probe_trainer`)."""
+    options = config_trainer_options(cfg)
     if options.get("precision") is None and (default := default_precision(options)) is not None:
         options["precision"] = default
         log.info("Precision: %s (the CPU default where bfloat16 is native; training.precision: 32 for fp32)",
                  default)
     if torch.cuda.is_available() is False and options.get("precision") in ("16-mixed", "16"):
         raise ConfigError("trainer.precision", "16-bit mixed precision needs a GPU; use bf16-mixed on CPU")
-    _check_trainer_values(options)
     _check_cpu_processes(options)
     clip = gradient_clipping(cfg.training.optimizer)
     if clip and "gradient_clip_val" not in options:
@@ -391,11 +404,13 @@ def resume_checkpoint(cfg: RunConfig) -> Optional[dict]:
 
 def check_training_config(cfg: RunConfig) -> tuple[dict[str, float], list[Callback]]:
     """The refusals of a training that need the config alone (no model file, checkpoint, dataset or
-    machine): the cross-key rules, ``training.checkpoint_every``, the optimizer, ``training.model``,
-    the code the config names (``--trust-code``) and the callbacks. :func:`fit_run` starts with
-    them, and ``stmclf fit --print_config`` runs them before it prints. Returns the checkpoint
-    interval and the user's callbacks (``training.callbacks``, ``ema``, ``qat``)."""
+    machine): the cross-key rules, the Trainer options (:func:`config_trainer_options`: a
+    ``training.precision`` that conflicts with ``trainer.precision``, ...), ``training.checkpoint_every``,
+    the optimizer, ``training.model``, the code the config names (``--trust-code``) and the
+    callbacks. :func:`fit_run` starts with them, and ``stmclf fit --print_config`` runs them before
+    it prints. Returns the checkpoint interval and the user's callbacks (``training.callbacks``, ``ema``, ``qat``)."""
     rules.check_training(cfg)
+    config_trainer_options(cfg)
     training = cfg.training
     checkpoint_every = checkpoint_interval(training.checkpoint_every)
     if not training.resume_training_from:  # a resumed run takes its model and optimizer from the checkpoint
@@ -472,7 +487,7 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
 
         with model_file_given("training.resume_training_from", training.resume_training_from):
             module = ClassifierModule(**resume["hyper_parameters"])
-        module.env_names = stored_env_names(resume)
+        module.env_refs = stored_env_refs(resume)
         load_weights(module, resume["state_dict"], training.resume_training_from, "training.resume_training_from")
         if module.class_names != splits.class_names:
             raise ConfigError("dataset.class_names", f"the checkpoint was trained on classes {module.class_names}, "
@@ -490,8 +505,8 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     # hparams.yaml, the MLflow params, stmclf.log and the checkpoints show ${NAME} for an environment
     # variable's value, as config.yaml does: the config's variables and those of the checkpoint the
     # module was rebuilt from (a resumed run's config need not name them)
-    cfg.checkpoint_env_names = module.env_names
-    module.env_names = cfg.env_names
+    cfg.checkpoint_env_names = frozenset(env_names(module.env_refs))
+    module.env_refs = {**module.env_refs, **config_env_refs(cfg.env_references)}
     options = _trainer_options(cfg)  # its refusals before anything is written
     run, mlflow_logger = open_run() if open_run is not None else (create_run_dir(cfg), None)
     log.info("operation_mode: training")

@@ -62,30 +62,38 @@ def _module_arguments() -> set[str]:
 
 def write_model_file(checkpoint_path: Path, out: Path) -> Path:
     """The weights-only model of a training checkpoint."""
-    from stmclf.models.checkpoint_env import ENV_NAMES_KEY
+    from stmclf.config.interpolate import env_names
+    from stmclf.models.checkpoint_env import ENV_NAMES_KEY, ENV_POSITIONS_KEY, value_at
     from stmclf.models.model_file_entry import SOURCE_KEY
     from stmclf.training.checkpoint_io import atomic_torch_save
 
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     model = {"format": MODEL_FORMAT, "epoch": checkpoint.get("epoch"),
              "hyper_parameters": checkpoint["hyper_parameters"], "state_dict": checkpoint["state_dict"]}
-    for key in (SOURCE_KEY, ENV_NAMES_KEY):  # the copy of the model file the run started from; the ${NAME}s it holds
-        if key in checkpoint:
-            model[key] = checkpoint[key]
+    if SOURCE_KEY in checkpoint:  # the copy of the model file the run started from
+        model[SOURCE_KEY] = checkpoint[SOURCE_KEY]
+    if ENV_NAMES_KEY in checkpoint:  # the ${NAME}s its hyper-parameters hold, and where
+        positions = [p for p in checkpoint.get(ENV_POSITIONS_KEY, []) if p[:1] == ["hyper_parameters"]]
+        if ENV_POSITIONS_KEY not in checkpoint:  # written before the positions were: resolved by text
+            model[ENV_NAMES_KEY] = checkpoint[ENV_NAMES_KEY]
+        elif positions:
+            texts = {tuple(p): (value_at(checkpoint, p)[1], None) for p in positions}
+            model[ENV_NAMES_KEY] = sorted(env_names(texts))
+            model[ENV_POSITIONS_KEY] = positions
     atomic_torch_save(model, out)
     return out
 
 
 def load_classifier(path: str | Path, key: str = "general.model_path"):
     """The trained :class:`ClassifierModule` stored in ``path`` (eval mode, CPU)."""
-    from stmclf.models.checkpoint_env import stored_env_names
+    from stmclf.models.checkpoint_env import stored_env_refs
     from stmclf.models.model_file_entry import model_file_given
     from stmclf.training.module import ClassifierModule
 
     checkpoint = read_checkpoint(path, key)
     with model_file_given(key, path):  # a run started from a model file: errors about it name key and path
         module = ClassifierModule(**checkpoint["hyper_parameters"])
-    module.env_names = stored_env_names(checkpoint)
+    module.env_refs = stored_env_refs(checkpoint)
     load_weights(module, checkpoint["state_dict"], path, key)
     return module.eval()
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.parsing import AttributeDict
 from torchmetrics.classification import MulticlassAccuracy
 
-from stmclf.config.interpolate import redact_env_names
+from stmclf.config.interpolate import redact
 from stmclf.models.regularization import kernel_regularization_terms, regularization_loss
 from stmclf.training.optimizers import build_optimizer
 
@@ -73,10 +73,11 @@ class ClassifierModule(L.LightningModule):
         self.augment = self._build_augmentation(data_augmentation, custom_data_augmentation)
         self.mix = _batch_mixing(mixup, cutmix, max(self.num_classes, 2))
         self.label_smoothing = float(label_smoothing or 0.0)
-        #: The environment variables whose values the hyper-parameters may hold (``RunConfig.env_names``
-        #: in a fit; a module read from a checkpoint: those it stored as ``${NAME}``). The loggers
-        #: (``hparams.yaml``, MLflow params) and the checkpoints show ``${NAME}`` instead of their values.
-        self.env_names: frozenset[str] = frozenset()
+        #: The positions of this module's checkpoints that hold values of environment variables, with
+        #: their ``${NAME}`` texts (``stmclf.models.checkpoint_env.EnvRefs``: in a fit, the config's
+        #: and those of the checkpoint it was rebuilt from; a module read from a checkpoint: those it
+        #: stored). The loggers (``hparams.yaml``, MLflow params) and the checkpoints show ``${NAME}`` there.
+        self.env_refs: dict[tuple, tuple[str, Any]] = {}
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -96,8 +97,9 @@ class ClassifierModule(L.LightningModule):
     @property
     def hparams_initial(self) -> AttributeDict:
         """Lightning's copy of the hyper-parameters for its loggers (only they read it), with the
-        values of :attr:`env_names` shown as ``${NAME}``."""
-        return AttributeDict(redact_env_names(dict(super().hparams_initial), self.env_names))
+        values of :attr:`env_refs` shown as ``${NAME}``."""
+        refs = {path[1:]: ref for path, ref in self.env_refs.items() if path[:1] == ("hyper_parameters",)}
+        return AttributeDict(redact(dict(super().hparams_initial), refs))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from stmclf.models.checkpoint_env import store_env_references
@@ -105,7 +107,7 @@ class ClassifierModule(L.LightningModule):
 
         store_source(self.model, checkpoint)  # a model built from a model file: its copy, for a self-contained run
         # the last hook before the file is written: no value of an environment variable in any of it
-        store_env_references(checkpoint, self.env_names)
+        store_env_references(checkpoint, self.env_refs)
 
     @property
     def model_name(self) -> str:
