@@ -1,15 +1,17 @@
 """The ``training`` operation mode: ``stmclf fit --config x.yaml``."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import lightning as L
 import torch
@@ -155,6 +157,22 @@ def _input_shape(cfg: RunConfig, resume: Optional[dict], source: Optional[ModelS
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
         raise ConfigError("training.model.input_shape", f"expecting (height, width, channels), got {shape!r}")
     return list(shape)
+
+
+@contextlib.contextmanager
+def lightning_handles_sigterm() -> Iterator[None]:
+    """Within: SIGTERM is Lightning's alone (it stops the training at the end of the batch and
+    raises SIGTERMException). Lightning also calls a SIGTERM handler installed before it (the CLI's,
+    which raises at once, mid-batch): it is set aside for the fit and put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def check_augmentation_sizes(cfg: RunConfig, fmt: ImageFormat) -> None:
@@ -526,7 +544,8 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
 
     start = time.monotonic()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=training.resume_training_from)
+        with lightning_handles_sigterm():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=training.resume_training_from)
     except SystemExit as exc:
         # Lightning turns Ctrl+C into sys.exit(1) and SIGTERM into a SystemExit of code None
         # (exit status 0): neither says the run was cut short, nor where it resumes from.
