@@ -265,6 +265,7 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
         raise ConfigError("trainer.precision", "16-bit mixed precision needs a GPU; use bf16-mixed on CPU")
     _check_trainer_values(options)
     _check_cpu_processes(options)
+    _check_num_nodes(options)
     clip = gradient_clipping(cfg.training.optimizer)
     if clip and "gradient_clip_val" not in options:
         options.update(clip)
@@ -322,6 +323,39 @@ def _check_trainer_values(options: dict[str, Any]) -> None:
     if isinstance(devices, list) and not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                              for d in devices):
         raise ConfigError("trainer.devices", f"a list of device indices (integers >= 0), got {devices!r}")
+
+
+def _check_num_nodes(options: dict[str, Any]) -> None:
+    """``trainer.num_nodes`` > 1 needs a launcher that tells each node who it is: a cluster
+    environment Lightning detects (a SLURM ``srun`` job, ``torchrun``/torchelastic, LSF ``jsrun``,
+    MPI; Lightning's own list and order) or the variables of Lightning's manual launch
+    (``NODE_RANK``, and ``MASTER_ADDR`` on every node but node 0). Without them each rank waits for
+    the other nodes at the rendezvous until its timeout (minutes): refused at once instead. A
+    ``trainer.plugins`` cluster environment of the user's own is trusted."""
+    nodes = options.get("num_nodes")
+    if nodes is None:
+        return
+    if isinstance(nodes, str) and nodes.strip().isdigit():
+        nodes = int(nodes)
+    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
+        raise ConfigError("trainer.num_nodes", f"expecting a number of machines (an integer >= 1), got {nodes!r}")
+    if nodes == 1 or options.get("plugins"):
+        return
+    from lightning.fabric.plugins.environments import (LSFEnvironment, MPIEnvironment, SLURMEnvironment,
+                                                       TorchElasticEnvironment)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SLURM's "srun is available but not used"
+        if any(kind.detect() for kind in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)):
+            return
+    rank = (os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "").strip()
+    if rank and (os.environ.get("MASTER_ADDR") or rank == "0"):
+        return
+    raise ConfigError("trainer.num_nodes", f"{nodes} machines asked, but this process was not started by a "
+                      "multi-node launcher, so it would wait for the other machines until the rendezvous times out: "
+                      "start stmclf on every machine under srun (SLURM) or torchrun (--nnodes, --node-rank, "
+                      "--rdzv-endpoint), or set NODE_RANK, MASTER_ADDR and MASTER_PORT on each; on one machine "
+                      "use trainer.num_nodes: 1 (trainer.devices sets the processes)")
 
 
 def _check_cpu_processes(options: dict[str, Any]) -> None:
