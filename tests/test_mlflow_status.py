@@ -9,7 +9,11 @@ MLflow's client:
 - SIGTERM after the fit, while the trained model is evaluated (Lightning's SIGTERM handler is
   gone by then: Python's default ended the process at once, exit -15, the run stayed RUNNING):
   exit 143, ``stmclf: interrupted (SIGTERM)``, the ``train`` run KILLED;
-- an error in that evaluation: the ``train`` run FAILED.
+- an error in that evaluation: the ``train`` run FAILED;
+- SIGTERM while an ``evaluation`` mode's ``evaluate`` stage runs (a pickled model, trusted with
+  ``--trust-model-file``, signals its own process once that stage's run is RUNNING in the store):
+  Python's default handler ended the process (exit -15) and left the run RUNNING; now exit 143,
+  the run KILLED.
 
 In every case no run of the store is RUNNING.
 """
@@ -78,4 +82,54 @@ def test_an_interrupted_or_failed_stage_does_not_stay_running(tmp_path, image_fo
     assert line in err.strip().splitlines()[-1], err[-3000:]
     runs = _runs(tmp_path / "mlruns")
     assert runs.get("train") == status, runs
+    assert "RUNNING" not in runs.values(), runs
+
+
+KILLER = """\
+import os
+import signal
+import sqlite3
+
+import torch
+
+STORE = {store!r}
+
+
+class KillNet(torch.nn.Module):
+    \"\"\"A classifier that sends SIGTERM to its own process as soon as the ``evaluate`` stage's
+    MLflow run is RUNNING in the store: the signal arrives while that stage evaluates.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
+
+    def forward(self, x):
+        if os.path.exists(STORE):
+            with sqlite3.connect(STORE) as db:
+                if db.execute("select 1 from runs where name = 'evaluate' and status = 'RUNNING'").fetchall():
+                    os.kill(os.getpid(), signal.SIGTERM)
+        return self.head(x)
+"""
+
+
+def test_sigterm_during_an_evaluation_stage_ends_its_run_killed(tmp_path, image_folder):
+    """Python's default SIGTERM ended ``stmclf run`` (evaluation) on the spot: exit -15 and the
+    ``evaluate`` run RUNNING for ever. Now: exit 143, one line, the run KILLED."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "mlruns" / "mlflow.db"
+    (tmp_path / "killer.py").write_text(KILLER.format(store=str(store)))
+    subprocess.run([sys.executable, "-c", "import torch, killer; torch.save(killer.KillNet(), 'killer.pt')"],
+                   cwd=tmp_path, check=True, timeout=300)
+    text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1,
+                       model="  model:\n    input_shape: (32, 32, 3)\n")
+    text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
+        "  global_seed: 7\n", f"  global_seed: 7\n  model_path: {tmp_path / 'killer.pt'}\n")
+    (tmp_path / "c.yaml").write_text(text)
+    got, _, err = run_cli("run", "--config", str(tmp_path / "c.yaml"), "--trust-model-file", cwd=tmp_path)
+    assert got == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == "stmclf: interrupted (SIGTERM)", err[-3000:]
+    runs = _runs(tmp_path / "mlruns")
+    assert runs.get("evaluate") == "KILLED", runs
     assert "RUNNING" not in runs.values(), runs

@@ -35,6 +35,12 @@ TERMINATED = "stmclf: interrupted (SIGTERM) and stopped at once: SIGTERM receive
 EXIT_CODE = 128 + signal.SIGINT
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received outside a training's fit: the command stops as after a Ctrl+C (exit 143)."""
+
+    signum = signal.SIGTERM
+
+
 class _Guard:
     def __init__(self, grace: float) -> None:
         self.grace = grace
@@ -62,13 +68,11 @@ class _Guard:
         signal.default_int_handler(signum, frame)
 
     def terminate(self, signum, frame) -> None:
-        """SIGTERM (a scheduler, ``kill``) stops the command as Ctrl+C does: an
-        :class:`~stmclf.errors.Interrupted` (a KeyboardInterrupt), so that the stage's MLflow run
-        ends KILLED and the run folder is left as after a Ctrl+C, not cut off mid-write. (During
-        ``trainer.fit`` Lightning's own handler stops the training at the end of the batch.)"""
-        from stmclf.errors import Interrupted
-
-        raise Interrupted(signal.SIGTERM)
+        """SIGTERM (a scheduler, ``kill``) stops the command as Ctrl+C does: a :class:`Terminated`
+        (a KeyboardInterrupt), so that the stage's MLflow run ends KILLED and the run folder is left
+        as after a Ctrl+C, not cut off mid-write. (During ``trainer.fit`` Lightning's own handler
+        stops the training at the end of the batch: ``training/fit.py: lightning_handles_sigterm``.)"""
+        raise Terminated()
 
     def watch(self) -> None:
         deadline: Optional[float] = None
