@@ -249,7 +249,7 @@ def test_hue_full_turn_is_identity_and_hsv_round_trip():
 
     u = torch.rand(4, 3, 8, 8, generator=gen())
     assert torch.allclose(hsv_to_rgb(rgb_to_hsv(u)), u, atol=1e-5)
-    y = build_augmentation({"random_hue": {"delta": (1.0, 1.0 + EPS)}}, (0.0, 1.0))(u)
+    y = build_augmentation({"random_hue": {"delta": (1.0 - EPS, 1.0)}}, (0.0, 1.0))(u)
     assert torch.allclose(y, u, atol=1e-4)
 
 
@@ -367,7 +367,7 @@ def test_apply_augmentation_helper():
     ({"random_posterize": {"bits": (0, 4)}}, "data_augmentation.random_posterize.bits", ["[1, 8]"]),
     ({"random_posterize": {"bits": 4}}, "data_augmentation.random_posterize.bits", ["tuple"]),
     ({"random_posterize": {"bits": (2.5, 4)}}, "data_augmentation.random_posterize.bits", ["integer"]),
-    ({"random_gamma": {"gamma": (-1.0, 2.0)}}, "data_augmentation.random_gamma.gamma", [">= 0", "[0, inf]"]),
+    ({"random_gamma": {"gamma": (-1.0, 2.0)}}, "data_augmentation.random_gamma.gamma", ["[0, 1600]"]),
     ({"random_translation": {"width_factor": 0.1, "height_factor": 0.1, "fill_mode": "mirror"}},
      "data_augmentation.random_translation.fill_mode", ["'reflect'", "'wrap'"]),
     ({"random_zoom": {"width_factor": 0.2, "height_factor": 1.5}}, "data_augmentation.random_zoom.height_factor",

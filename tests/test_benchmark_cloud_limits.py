@@ -314,3 +314,57 @@ def test_benchmark_api_description_redirect_to_another_host_is_refused(devcloud,
     footprint = cloud.cloud_footprint(model, "STM32H747I-DISCO", client=CloudClient(poll_interval=0.01, backoff=0.01))
     assert footprint.cloud_mode == "analyze" and "another host" in footprint.notes[-1]
     assert not other.requests
+
+
+# --- the deadline bounds the name's resolution too ------------------------------------------------
+
+
+@pytest.fixture
+def stuck_resolver(monkeypatch):
+    """The system resolver as it behaves when its DNS server does not answer: ``getaddrinfo`` of a
+    name under ``.stuck.test`` blocks (here up to 10 s, then "temporary failure", as glibc's
+    retries end), other names and addresses resolve as usual. This sandbox has no network and its
+    resolver fails at once, so the blocking resolver is the stdlib call replaced, not a DNS server."""
+    real = socket.getaddrinfo
+    release = threading.Event()
+    calls: list[str] = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        if isinstance(host, str) and host.endswith(".stuck.test"):
+            calls.append(host)
+            release.wait(10.0)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield calls
+    release.set()
+
+
+def test_a_resolver_that_does_not_answer_stops_at_the_deadline(raw_server, deadline_env, stuck_resolver):
+    server = raw_server(lambda s, conn, n: conn.sendall(reply()) or False)
+    url = server.url.replace("127.0.0.1", "devcloud.stuck.test") + "/assets/versions.json"
+    c = CloudClient(endpoints=cloud.Endpoints.from_env({"VERSIONS_URL": url}), timeout=(2.0, READ_TIMEOUT),
+                    backoff=0.01, max_retries=2)
+    err = assert_gives_up_at_the_deadline(c, url)
+    assert "no complete reply" in str(err)
+    assert stuck_resolver == ["devcloud.stuck.test"]  # a deadline is not retried
+    assert not server.requests
+
+
+def test_a_name_that_resolves_is_connected_to_within_the_deadline(raw_server, deadline_env, stuck_resolver):
+    # the name goes through the bounded resolution (a helper thread), then the usual connection
+    server = raw_server(lambda s, conn, n: conn.sendall(reply()) or False)
+    url = server.url.replace("127.0.0.1", "localhost") + "/assets/versions.json"
+    c = CloudClient(endpoints=cloud.Endpoints.from_env({"VERSIONS_URL": url}), timeout=(2.0, READ_TIMEOUT),
+                    max_retries=0)
+    assert c.supported_versions()[0]["version"] == "2.0.0"
+    assert len(server.requests) == 1 and not stuck_resolver
+
+
+def test_a_name_that_does_not_exist_is_still_a_resolution_error(deadline_env):
+    url = "http://devcloud.invalid/assets/versions.json"
+    c = CloudClient(endpoints=cloud.Endpoints.from_env({"VERSIONS_URL": url}), timeout=(2.0, READ_TIMEOUT),
+                    backoff=0.01, max_retries=1)
+    with pytest.raises(ServiceUnreachable, match=r"unreachable \(.*\): ConnectionError after 2 attempt\(s\)"):
+        c.supported_versions()

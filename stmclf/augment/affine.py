@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from stmclf.augment._common import Context, randint, uniform
-from stmclf.augment.registry import arg, choice, nonneg_number, number, rate, register_augmentation
+from stmclf.augment.registry import (MAX_IMAGE_SIDE, _fmt, arg, choice, nonneg_number, number, rate,
+                                     register_augmentation, symmetric)
+from stmclf.errors import ConfigError
 
 __all__ = ["affine_sample", "map_coordinates", "rotation_matrices", "zoom_matrices",
            "translation_matrices", "shear_matrices", "crop_matrices"]
@@ -201,10 +203,6 @@ def crop_matrices(x1: torch.Tensor, y1: torch.Tensor, x2: torch.Tensor, y2: torc
 # ------------------------------------------------------------------------------------------
 # registered functions
 # ------------------------------------------------------------------------------------------
-def _sym(v: float) -> tuple[float, float]:
-    return (-v, v)
-
-
 def _fill_args() -> dict:
     return {
         "fill_mode": arg("reflect", choice(*FILL_MODES)),
@@ -212,6 +210,14 @@ def _fill_args() -> dict:
         "fill_value": arg(0.0, nonneg_number()),
         "change_rate": arg(1.0, rate()),
     }
+
+
+def _fill_ranged(p: SimpleNamespace, key: str, pixels_range: tuple[float, float]) -> None:
+    """``fill_value`` is a pixel value in rescaled units: at most the top of the pixel range."""
+    if p.fill_value > pixels_range[1]:
+        raise ConfigError(f"{key}.fill_value", f"a pixel value in rescaled units, expecting a number in "
+                                               f"[0, {pixels_range[1]:g}] (the pixel range is {_fmt(pixels_range)}, "
+                                               f"preprocessing.rescaling); got {_fmt(p.fill_value)}")
 
 
 def _sample(x: torch.Tensor, m: torch.Tensor, p: SimpleNamespace, separable: bool = False) -> torch.Tensor:
@@ -236,10 +242,10 @@ def random_flip(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tens
 
 
 @register_augmentation("random_translation", {
-    "width_factor": arg(check=number("float", scalar=_sym)),
-    "height_factor": arg(check=number("float", scalar=_sym)),
+    "width_factor": arg(check=symmetric(1.0)),
+    "height_factor": arg(check=symmetric(1.0)),
     **_fill_args(),
-}, example={"width_factor": 0.2, "height_factor": 0.2})
+}, example={"width_factor": 0.2, "height_factor": 0.2}, ranged=_fill_ranged)
 def random_translation(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
     """Shift by U(width_factor)·width and U(height_factor)·height pixels per image (scalar v
     means (−v, v)); positive = right / down."""
@@ -250,9 +256,9 @@ def random_translation(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> tor
 
 
 @register_augmentation("random_rotation", {
-    "factor": arg(check=number("float", scalar=_sym)),
+    "factor": arg(check=symmetric(1.0)),
     **_fill_args(),
-}, example={"factor": 0.075})
+}, example={"factor": 0.075}, ranged=_fill_ranged)
 def random_rotation(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
     """Angle U(f0, f1)·2π radians per image (scalar v means (−v, v)); positive =
     counter-clockwise; about the image centre."""
@@ -277,19 +283,21 @@ for _name, _shear_axis, _m in (("random_shear", "xy", "[1, −sin a, 0; 0, cos a
     _k = _shear(_shear_axis)
     _k.__name__ = _name
     _k.__doc__ = _SHEAR_DOC.format(m=_m)
-    register_augmentation(_name, {"factor": arg(check=number("float", scalar=_sym)), **_fill_args()},
-                          example={"factor": 0.075})(_k)
+    register_augmentation(_name, {"factor": arg(check=symmetric(1.0)), **_fill_args()},
+                          example={"factor": 0.075}, ranged=_fill_ranged)(_k)
 
 
 @register_augmentation("random_zoom", {
-    "width_factor": arg(check=number("float", scalar=_sym)),
-    "height_factor": arg(None, number("float", lo=-1.0, hi=1.0, scalar=_sym)),
+    "width_factor": arg(check=number("float", lo=-1.0, hi=MAX_IMAGE_SIDE - 1.0, scalar_lo=0.0, scalar_hi=1.0,
+                                     scalar=lambda v: (-v, v))),
+    "height_factor": arg(None, symmetric(1.0)),
     **_fill_args(),
-}, example={"width_factor": 0.3})
+}, example={"width_factor": 0.3}, ranged=_fill_ranged)
 def random_zoom(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
     """Zoom z ~ U(1 + lo, 1 + hi) per image (scalar v means (−v, v)) about the centre;
     z > 1 zooms out, z < 1 zooms in. Without ``height_factor`` the same z is used on both
-    axes (no distortion); ``height_factor`` values must be in [−1, 1]."""
+    axes (no distortion). ``width_factor`` values in [−1, 8191] (zoomed out by 8,192 the largest
+    image is one pixel), ``height_factor`` values in [−1, 1] (the reference's bound); a scalar in [0, 1]."""
     _, _, h, w = x.shape
     lo, hi = p.width_factor
     zx = uniform(ctx, x, 1.0 + lo, 1.0 + hi)

@@ -27,13 +27,23 @@ import torch.nn.functional as F
 
 from stmclf.augment._common import (Context, clip, from_255, from_unit, per_image, randint, to_255,
                                     to_unit, uniform)
-from stmclf.augment.registry import arg, number, rate, register_augmentation
+from stmclf.augment.registry import _fmt as _fmt_value
+from stmclf.augment.registry import arg, number, rate, register_augmentation, symmetric
+from stmclf.errors import ConfigError
 
 __all__ = ["rgb_to_hsv", "hsv_to_rgb", "adjust_contrast", "sharpen_255", "equalize_255", "autocontrast_255"]
 
 
 def _sym(v: float) -> tuple[float, float]:
     return (-v, v)
+
+
+CONTRAST_MAX = 255.0
+"""Largest contrast multiplier |α|: 255 stretches a difference of one level (of 255) over the range."""
+GAMMA_MAX = 1600.0
+"""Largest gamma: (254/255)**1600 < 0.5/255, every 8-bit value below 255 is already black."""
+SHARPNESS_MAX = 255.0 * 13.0
+"""Largest sharpness factor: the smallest non-zero difference to the 3×3 smooth is 1/13 of a level."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -120,7 +130,8 @@ def autocontrast_255(v: torch.Tensor, cutoff: int) -> torch.Tensor:
 # registered functions
 # ------------------------------------------------------------------------------------------
 @register_augmentation("random_contrast", {
-    "factor": arg(check=number("float", scalar=lambda v: (1.0 - v, 1.0 + v))),
+    "factor": arg(check=number("float", lo=-CONTRAST_MAX, hi=CONTRAST_MAX, scalar_lo=0.0,
+                               scalar_hi=CONTRAST_MAX - 1.0, scalar=lambda v: (1.0 - v, 1.0 + v))),
     "change_rate": arg(1.0, rate()),
 }, example={"factor": 0.7})
 def random_contrast(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
@@ -131,10 +142,19 @@ def random_contrast(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.
     return adjust_contrast(x, alpha, ctx.pixels_range)
 
 
+def _brightness_ranged(p: SimpleNamespace, key: str, pixels_range: tuple[float, float]) -> None:
+    """An offset at most the width of the pixel range (a larger one turns every image white or black)."""
+    width = pixels_range[1] - pixels_range[0]
+    if max(abs(v) for v in p.factor) > width:
+        raise ConfigError(f"{key}.factor", f"the offsets are in rescaled units and must be in [-{width:g}, {width:g}], "
+                                           f"the width of the pixel range {_fmt_value(pixels_range)} "
+                                           f"(preprocessing.rescaling); got {_fmt_value(p.factor)}")
+
+
 @register_augmentation("random_brightness", {
-    "factor": arg(check=number("float", scalar=_sym)),
+    "factor": arg(check=number("float", scalar_lo=0.0, scalar=_sym)),
     "change_rate": arg(1.0, rate()),
-}, example={"factor": 0.4})
+}, example={"factor": 0.4}, ranged=_brightness_ranged)
 def random_brightness(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
     """Adds β ~ U(−v, v) (or U(a, b)) per image, in rescaled units, then clips."""
     beta = uniform(ctx, x, *p.factor)
@@ -142,7 +162,7 @@ def random_brightness(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torc
 
 
 @register_augmentation("random_gamma", {
-    "gamma": arg(check=number("float", tuples=2, lo=0.0)),
+    "gamma": arg(check=number("float", tuples=2, lo=0.0, hi=GAMMA_MAX)),
     "change_rate": arg(1.0, rate()),
 }, example={"gamma": (0.2, 2.0)}, aliases=("random_gamma_adjust",))
 def random_gamma(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
@@ -168,7 +188,7 @@ def _hsv_shift(x: torch.Tensor, ctx: Context, dh=None, ds=None, dv=None) -> torc
 
 
 @register_augmentation("random_hue", {
-    "delta": arg(check=number("float", scalar=_sym)),
+    "delta": arg(check=symmetric(1.0)),
     "change_rate": arg(1.0, rate()),
 }, colour_only=True, example={"delta": 0.1})
 def random_hue(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
@@ -177,7 +197,7 @@ def random_hue(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tenso
 
 
 @register_augmentation("random_saturation", {
-    "delta": arg(check=number("float", scalar=_sym)),
+    "delta": arg(check=symmetric(1.0)),
     "change_rate": arg(1.0, rate()),
 }, colour_only=True, example={"delta": 0.2})
 def random_saturation(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
@@ -186,7 +206,7 @@ def random_saturation(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torc
 
 
 @register_augmentation("random_value", {
-    "delta": arg(check=number("float", scalar=_sym)),
+    "delta": arg(check=symmetric(1.0)),
     "change_rate": arg(1.0, rate()),
 }, colour_only=True, example={"delta": 0.2})
 def random_value(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
@@ -195,9 +215,9 @@ def random_value(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Ten
 
 
 @register_augmentation("random_hsv", {
-    "hue_delta": arg(check=number("float", scalar=_sym)),
-    "saturation_delta": arg(check=number("float", scalar=_sym)),
-    "value_delta": arg(check=number("float", scalar=_sym)),
+    "hue_delta": arg(check=symmetric(1.0)),
+    "saturation_delta": arg(check=symmetric(1.0)),
+    "value_delta": arg(check=symmetric(1.0)),
     "change_rate": arg(1.0, rate()),
 }, colour_only=True, example={"hue_delta": 0.1, "saturation_delta": 0.2, "value_delta": 0.2})
 def random_hsv(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
@@ -231,7 +251,7 @@ def _fmt(x: torch.Tensor) -> torch.memory_format:
 
 
 @register_augmentation("random_sharpness", {
-    "factor": arg(check=number("float", lo=0.0, scalar=lambda v: (0.0, v))),
+    "factor": arg(check=number("float", lo=0.0, hi=SHARPNESS_MAX, scalar=lambda v: (0.0, v))),
     "change_rate": arg(1.0, rate()),
 }, example={"factor": (1.0, 4.0)})
 def random_sharpness(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:

@@ -93,7 +93,7 @@ MAX_RECTANGLES = 100
 @register_augmentation("random_rectangle_erasing", {
     "nrec": arg(1, number("int", lo=0, hi=MAX_RECTANGLES, scalar=lambda v: (v, v))),
     "area": arg((0.05, 0.4), number("float", lo=0.0, hi=1.0, scalar=lambda v: (v, v))),
-    "wh_ratio": arg((0.3, 2.0), number("float", lo=0.0, scalar=lambda v: (v, v))),
+    "wh_ratio": arg((0.3, 2.0), number("float", lo=0.0, hi=MAX_IMAGE_SIDE, scalar=lambda v: (v, v))),
     "fill_method": arg("random", choice(*FILL_METHODS)),
     "color": arg(None, color_spec()),
     "change_rate": arg(1.0, rate()),

@@ -77,7 +77,7 @@ def _blur_sized(p: SimpleNamespace, key: str, size: ImageSize) -> None:
 @register_augmentation("random_blur", {
     "filter_size": arg(check=number("int", lo=1, hi=MAX_IMAGE_SIDE, scalar=lambda v: (v, v))),
     "padding": arg("reflect", choice("reflect", "constant", "symmetric")),
-    "constant_values": arg(0, number("float", tuples=0)),
+    "constant_values": arg(0, number("float", tuples=0, lo=0.0, hi=1.0)),
     "change_rate": arg(1.0, rate()),
 }, example={"filter_size": (2, 4)}, sized=_blur_sized)
 def random_blur(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
@@ -93,7 +93,7 @@ def random_blur(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tens
 # noise
 # ------------------------------------------------------------------------------------------
 @register_augmentation("random_gaussian_noise", {
-    "stddev": arg(check=number("float", tuples=2, lo=0.0)),
+    "stddev": arg(check=number("float", tuples=2, lo=0.0, hi=1.0)),
     "change_rate": arg(1.0, rate()),
 }, example={"stddev": (0.02, 0.1)})
 def random_gaussian_noise(x: torch.Tensor, p: SimpleNamespace, ctx: Context) -> torch.Tensor:
@@ -184,6 +184,9 @@ def _image_sizes(value: Any, key: str) -> tuple[tuple[int, int], ...]:
     return tuple(sizes)
 
 
+MAX_PERIOD = 2**31 - 1
+"""``random_periodic_resizing.period`` at most (batches: a 32-bit count)."""
+
 _RESIZE_MODES = {"bilinear": "bilinear", "nearest": "nearest-exact", "bicubic": "bicubic", "area": "area"}
 
 
@@ -198,7 +201,7 @@ def _resizing_sized(p: SimpleNamespace, key: str, size: ImageSize) -> None:
 
 
 @register_augmentation("random_periodic_resizing", {
-    "period": arg(check=integer(lo=1)),
+    "period": arg(check=integer(lo=1, hi=MAX_PERIOD)),
     "image_sizes": arg(check=_image_sizes),
     "interpolation": arg("bilinear", choice(*_RESIZE_MODES)),
 }, example={"period": 2, "image_sizes": [(24, 24), (32, 32), (40, 40)]}, stateful=True, sized=_resizing_sized)

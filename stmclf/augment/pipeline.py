@@ -159,7 +159,7 @@ def build_augmentation(section: Optional[Mapping[str, Any]], pixels_range: tuple
         if spec.colour_only and channels is not None and channels != 3:
             raise ConfigError(sub, f"{name} needs RGB images (3 channels); the input has {channels} channel"
                               f"{'s' if channels != 1 else ''} (preprocessing.color_mode)")
-        params = validate_args(name, raw, sub, size)
+        params = validate_args(name, raw, sub, size, pr)
         change_rate = 1.0
         if spec.has_change_rate:
             change_rate = float(params.change_rate)

@@ -23,6 +23,13 @@ Sizes have upper bounds: at most :data:`~stmclf.config.rules.MAX_IMAGE_SIDE` alw
 the model input size is known (:class:`ImageSize`, given to :func:`validate_args`), the bounds
 of each function's ``sized`` check (a blur filter at most the image side, grid cells at most
 one per pixel, resized batches under the same memory estimate as ``training.model.input_shape``).
+
+Every numeric argument has a finite range (NaN and infinities are refused everywhere): where the
+reference gives none, the range stops where a larger value can no longer change the images
+(a contrast multiplier of 255 already stretches one level to the whole range; a translation of
+one image side moves it out; a rotation or shear of one turn comes back) or where the value
+would leave the pixel range (``random_brightness.factor``, ``fill_value``: the ``ranged`` check,
+given the pixel range). ``docs/training.md`` lists them.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from stmclf.errors import ConfigError
 
 __all__ = [
     "REQUIRED", "ArgSpec", "AugmentationSpec", "AUGMENTATIONS", "register_augmentation", "arg",
-    "number", "choice", "rate", "integer", "nonneg_number", "color_spec", "validate_args", "ImageSize",
+    "number", "choice", "rate", "integer", "nonneg_number", "symmetric", "color_spec", "validate_args", "ImageSize",
     "MAX_IMAGE_SIDE",
 ]
 
@@ -97,6 +104,8 @@ class AugmentationSpec:
     the per-argument ones. ``colour_only`` functions need 3-channel (RGB) images.
     ``sized(p, key, size)`` checks the arguments against the input size (:class:`ImageSize`)
     when it is known (a ConfigError naming the argument when a size is too large).
+    ``ranged(p, key, pixels_range)`` checks the arguments given in rescaled units (a brightness
+    offset, a fill value) against the pixel range ``(offset, 255·scale + offset)``.
     """
 
     name: str
@@ -108,6 +117,7 @@ class AugmentationSpec:
     stateful: bool = False
     doc: str = ""
     sized: Optional[Callable[[SimpleNamespace, str, ImageSize], None]] = None
+    ranged: Optional[Callable[[SimpleNamespace, str, tuple[float, float]], None]] = None
 
     @property
     def has_change_rate(self) -> bool:
@@ -124,7 +134,9 @@ def register_augmentation(name: str, args: dict[str, ArgSpec], *, colour_only: b
                           finalize: Optional[Callable[[SimpleNamespace, str], SimpleNamespace]] = None,
                           example: Optional[dict[str, Any]] = None, stateful: bool = False,
                           aliases: Iterable[str] = (),
-                          sized: Optional[Callable[[SimpleNamespace, str, ImageSize], None]] = None) -> Callable:
+                          sized: Optional[Callable[[SimpleNamespace, str, ImageSize], None]] = None,
+                          ranged: Optional[Callable[[SimpleNamespace, str, tuple[float, float]], None]] = None
+                          ) -> Callable:
     """Decorator: register ``kernel(images, p, ctx)`` under ``name`` (and ``aliases``).
 
     ``args`` maps each argument name to :func:`arg` (default or REQUIRED plus a check).
@@ -134,7 +146,7 @@ def register_augmentation(name: str, args: dict[str, ArgSpec], *, colour_only: b
     def decorate(kernel: Callable) -> Callable:
         spec = AugmentationSpec(name=name, kernel=kernel, args=dict(args), colour_only=colour_only,
                                 finalize=finalize, example=dict(example or {}), stateful=stateful,
-                                doc=(kernel.__doc__ or "").strip(), sized=sized)
+                                doc=(kernel.__doc__ or "").strip(), sized=sized, ranged=ranged)
         for n in (name, *aliases):
             if n in AUGMENTATIONS:
                 raise RuntimeError(f"augmentation {n!r} registered twice")
@@ -182,14 +194,17 @@ def _as_kind(v: Any, kind: str, key: str, what: str) -> float | int:
 
 def number(kind: str = "float", *, tuples: int = 1, lo: Optional[float] = None, hi: Optional[float] = None,
            lo_open: bool = False, hi_open: bool = False,
-           scalar: Optional[Callable[[Any], Any]] = None) -> Check:
+           scalar: Optional[Callable[[Any], Any]] = None,
+           scalar_lo: Optional[float] = None, scalar_hi: Optional[float] = None) -> Check:
     """Check a number or a 2-tuple of numbers.
 
     ``kind`` is "float" (ints accepted) or "int". ``tuples``: 0 scalars only, 1 both,
     2 tuples only (the reference's convention). ``lo``/``hi`` bound every element
-    (inclusive unless ``*_open``). ``scalar(v)`` converts an accepted scalar into the
-    normalised value (e.g. ``lambda v: (-v, v)``); without it a scalar is returned as is.
-    Tuples come back as Python tuples of ``kind``.
+    (inclusive unless ``*_open``); ``scalar_lo``/``scalar_hi``, when given, bound a scalar
+    instead (inclusive: a scalar v meaning (−v, v) is in [0, hi]). ``scalar(v)`` converts an
+    accepted scalar into the normalised value (e.g. ``lambda v: (-v, v)``); without it a scalar
+    is returned as is. Tuples come back as Python tuples of ``kind``. NaN and infinities are
+    never numbers.
     """
     what_one = "an integer" if kind == "int" else "a number"
     if tuples == 0:
@@ -203,6 +218,13 @@ def number(kind: str = "float", *, tuples: int = 1, lo: Optional[float] = None, 
         left = "(" if lo_open else "["
         right = ")" if hi_open else "]"
         bounds = f" in {left}{'-inf' if lo is None else _num(lo)}, {'inf' if hi is None else _num(hi)}{right}"
+    s_lo = lo if scalar_lo is None else scalar_lo
+    s_hi = hi if scalar_hi is None else scalar_hi
+    s_bounds = bounds
+    if scalar_lo is not None or scalar_hi is not None:
+        s_bounds = f" in [{'-inf' if s_lo is None else _num(s_lo)}, {'inf' if s_hi is None else _num(s_hi)}]"
+        if tuples == 1:
+            what = f"{what_one}{s_bounds} or a tuple of 2 (low, high) with high > low"
 
     def in_range(x: float) -> bool:
         if lo is not None and (x <= lo if lo_open else x < lo):
@@ -210,6 +232,11 @@ def number(kind: str = "float", *, tuples: int = 1, lo: Optional[float] = None, 
         if hi is not None and (x >= hi if hi_open else x > hi):
             return False
         return True
+
+    def scalar_in_range(x: float) -> bool:
+        if scalar_lo is None and scalar_hi is None:
+            return in_range(x)
+        return (s_lo is None or x >= s_lo) and (s_hi is None or x <= s_hi)
 
     def check(value: Any, key: str) -> Any:
         value = _from_text(value)
@@ -228,8 +255,11 @@ def number(kind: str = "float", *, tuples: int = 1, lo: Optional[float] = None, 
         if tuples == 2:
             raise ConfigError(key, f"expecting {what}{bounds}; got {_fmt(value)}")
         v = _as_kind(value, kind, key, what + bounds)
-        if not in_range(v):
-            raise ConfigError(key, f"expecting {what_one}{bounds}; got {_fmt(value)}")
+        if not scalar_in_range(v):
+            if tuples == 1 and s_bounds != bounds:
+                raise ConfigError(key, f"expecting {what_one}{s_bounds} or a tuple of 2 (low, high) with values"
+                                       f"{bounds}; got {_fmt(value)}")
+            raise ConfigError(key, f"expecting {what_one}{s_bounds}; got {_fmt(value)}")
         return scalar(v) if scalar is not None else v
 
     return check
@@ -237,6 +267,11 @@ def number(kind: str = "float", *, tuples: int = 1, lo: Optional[float] = None, 
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def symmetric(bound: float) -> Check:
+    """A scalar v in [0, ``bound``] meaning (−v, v), or a tuple (a, b) in [−bound, bound]."""
+    return number("float", lo=-bound, hi=bound, scalar_lo=0.0, scalar_hi=bound, scalar=lambda v: (-v, v))
 
 
 def integer(lo: Optional[int] = None, hi: Optional[int] = None) -> Check:
@@ -290,9 +325,11 @@ def color_spec() -> Check:
 # ------------------------------------------------------------------------------------------
 # validation of one function's arguments
 # ------------------------------------------------------------------------------------------
-def validate_args(name: str, raw: Any, key: str, size: Optional[ImageSize] = None) -> SimpleNamespace:
+def validate_args(name: str, raw: Any, key: str, size: Optional[ImageSize] = None,
+                  pixels_range: Optional[tuple[float, float]] = None) -> SimpleNamespace:
     """Validate the YAML arguments of function ``name`` (``key`` is its key path); ``size``: the
-    input size, when known, for the function's size bounds.
+    input size, when known, for the function's size bounds; ``pixels_range``: the rescaled pixel
+    range, when known, for the bounds of arguments in rescaled units.
 
     Returns the normalised arguments, defaults filled in, as a namespace.
     """
@@ -325,4 +362,6 @@ def validate_args(name: str, raw: Any, key: str, size: Optional[ImageSize] = Non
         p = spec.finalize(p, key)
     if spec.sized is not None and size is not None:
         spec.sized(p, key, size)
+    if spec.ranged is not None and pixels_range is not None:
+        spec.ranged(p, key, pixels_range)
     return p

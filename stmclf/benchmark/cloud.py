@@ -16,8 +16,10 @@ Login is the SSO authorization-code flow of the reference: GET ``{SSO}/as/author
 
 Every request has a timeout per read (``timeout``) and a wall-clock deadline
 (``STMCLF_CLOUD_DEADLINE`` seconds, default 300; uploads and downloads get at least
-``upload_timeout``) that bounds each attempt as a whole: connecting, the TLS handshake, sending the
-request, the status line and headers, every redirect and the body. A watchdog thread shuts the
+``upload_timeout``) that bounds each attempt as a whole: resolving the host's name, connecting, the
+TLS handshake, sending the request, the status line and headers, every redirect and the body (a
+name is resolved in a helper thread that the request leaves behind at the deadline: the system
+resolver cannot be interrupted). A watchdog thread shuts the
 connection down at the deadline (:class:`_Deadline`) and no single read waits past it, so a server
 that stalls or drips bytes anywhere in its reply ends in one line naming the endpoint
 (:class:`ServiceUnreachable`, not retried) instead of a hang; replies are read in chunks and capped
@@ -282,6 +284,31 @@ class _Deadline:
     def left(self) -> float:
         return max(self.at - time.monotonic(), 0.0)
 
+    def resolve(self, host: str, port: int, family: int) -> list:
+        """``socket.getaddrinfo`` of ``host`` (TCP), given at most what is left of the deadline: the
+        system resolver cannot be interrupted, so a name is resolved in a helper thread and a
+        resolution still running at the deadline is abandoned to it (:class:`TimeoutError`; the
+        thread ends when the resolver gives up). An IP address is converted at once."""
+        if _is_ip(host):
+            return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        result: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                result["infos"] = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+            except BaseException as exc:  # noqa: BLE001 - handed to the requesting thread
+                result["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="stmclf-resolve", daemon=True).start()
+        if not done.wait(self.left()):
+            raise TimeoutError(f"resolving {host} did not finish within {self.seconds:g} s")
+        if "error" in result:
+            raise result["error"]
+        return result["infos"]
+
     @property
     def expired(self) -> bool:
         return self.fired or time.monotonic() >= self.at
@@ -338,14 +365,54 @@ def _shutdown(sock: socket.socket) -> None:
 
 class _WatchedConnection:
     """Mixed into urllib3's connection classes: each new TCP connection (before any TLS or proxy
-    tunnel) and a kept-alive one at each reuse is handed to the thread's current :class:`_Deadline`."""
+    tunnel) and a kept-alive one at each reuse is handed to the thread's current :class:`_Deadline`.
+    The host's name is resolved within the deadline too (:meth:`_Deadline.resolve`), then the
+    connection is made to the address found, its connect timeout capped at what is left, where
+    urllib3 would resolve it without any limit (a resolver that does not answer held a request
+    past its deadline). Connection classes with their own ``_new_conn`` (SOCKS) keep it."""
+
+    _resolves_here = False
+    """Set on the classes whose ``_new_conn`` is urllib3's plain one (see :func:`_watched_pool`)."""
 
     def _new_conn(self):
-        sock = super()._new_conn()  # type: ignore[misc]
         deadline = _CURRENT_DEADLINE.get()
+        if deadline is not None and self._resolves_here:
+            sock = self._connect_within(deadline)
+        else:
+            sock = super()._new_conn()  # type: ignore[misc]
         if deadline is not None:
             deadline.watch(sock)
         return sock
+
+    def _connect_within(self, deadline: _Deadline) -> socket.socket:
+        """urllib3's ``HTTPConnection._new_conn`` (the same errors) with the name resolved within the deadline."""
+        from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
+        from urllib3.util.connection import allowed_gai_family, create_connection
+
+        host = self._dns_host.strip("[]")  # type: ignore[attr-defined]
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise LocationParseError(f"'{host}', label empty or too long") from None
+        try:
+            addresses = deadline.resolve(host, self.port, allowed_gai_family())  # type: ignore[attr-defined]
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[attr-defined]
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out ({exc})") from None  # type: ignore[attr-defined]
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None  # type: ignore[attr-defined]
+        error: Optional[OSError] = None
+        for *_, address in addresses:
+            seconds = _capped(timeout, deadline.left())
+            try:
+                return create_connection((address[0], address[1]), seconds, source_address=self.source_address,  # type: ignore[attr-defined]
+                                         socket_options=self.socket_options)  # type: ignore[attr-defined]
+            except socket.timeout as exc:
+                raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. (connect timeout={seconds:g})"  # type: ignore[attr-defined]
+                                          ) from exc
+            except OSError as exc:
+                error = exc
+        raise NewConnectionError(self, f"Failed to establish a new connection: {error}")
 
     def request(self, *args, **kwargs):
         deadline = _CURRENT_DEADLINE.get()
@@ -359,7 +426,11 @@ def _watched_pool(pool_cls: type) -> type:
     """``pool_cls`` whose connections are :class:`_WatchedConnection` (plain, TLS or SOCKS alike)."""
     if issubclass(pool_cls.ConnectionCls, _WatchedConnection):
         return pool_cls
-    conn_cls = type(f"Watched{pool_cls.ConnectionCls.__name__}", (_WatchedConnection, pool_cls.ConnectionCls), {})
+    from urllib3.connection import HTTPConnection
+
+    plain = getattr(pool_cls.ConnectionCls, "_new_conn", None) is HTTPConnection._new_conn
+    conn_cls = type(f"Watched{pool_cls.ConnectionCls.__name__}", (_WatchedConnection, pool_cls.ConnectionCls),
+                    {"_resolves_here": plain})
     return type(f"Watched{pool_cls.__name__}", (pool_cls,), {"ConnectionCls": conn_cls})
 
 

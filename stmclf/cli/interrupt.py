@@ -30,8 +30,15 @@ GRACE_S = 5.0
 """Seconds after the first Ctrl+C before a command that has not ended says how to stop it at once."""
 HINT = "stmclf: still stopping after Ctrl+C; press Ctrl+C again to stop at once\n"
 STOPPED = "stmclf: interrupted (SIGINT) and stopped at once: Ctrl+C pressed again\n"
+TERMINATED = "stmclf: interrupted (SIGTERM) and stopped at once: SIGTERM received again\n"
 
 EXIT_CODE = 128 + signal.SIGINT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received outside a training's fit: the command stops as after a Ctrl+C (exit 143)."""
+
+    signum = signal.SIGTERM
 
 
 class _Guard:
@@ -43,9 +50,12 @@ class _Guard:
         self.seen = 0  # SIGINTs seen by the watcher thread
         self.stopped = False  # the command ended (gracefully) after a Ctrl+C: no deadline any more
         self.exiting = threading.Lock()
+        self.terms = 0  # SIGTERMs seen by the watcher thread
         self.previous_handler = signal.getsignal(signal.SIGINT)
+        self.previous_term = signal.getsignal(signal.SIGTERM)
         self.previous_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
         signal.signal(signal.SIGINT, self.handle)
+        signal.signal(signal.SIGTERM, self.terminate)
         self.thread = threading.Thread(target=self.watch, name="stmclf-interrupt", daemon=True)
         self.thread.start()
 
@@ -56,6 +66,13 @@ class _Guard:
         if self.handled > 1:
             self.exit_now()
         signal.default_int_handler(signum, frame)
+
+    def terminate(self, signum, frame) -> None:
+        """SIGTERM (a scheduler, ``kill``) stops the command as Ctrl+C does: a :class:`Terminated`
+        (a KeyboardInterrupt), so that the stage's MLflow run ends KILLED and the run folder is left
+        as after a Ctrl+C, not cut off mid-write. (During ``trainer.fit`` Lightning's own handler
+        stops the training at the end of the batch: ``training/fit.py: lightning_handles_sigterm``.)"""
+        raise Terminated()
 
     def watch(self) -> None:
         deadline: Optional[float] = None
@@ -76,6 +93,11 @@ class _Guard:
             if not data:  # the write end closed: the command is over
                 return
             for signum in data:  # one byte per signal caught (SIGCHLD of loader workers, SIGTERM, ...)
+                if signum == signal.SIGTERM:
+                    self.terms += 1
+                    if self.terms > 1:  # a main thread stuck in C++ cannot raise: the second ends it
+                        self.exit_now(signal.SIGTERM)
+                    continue
                 if signum != signal.SIGINT:
                     continue
                 self.seen += 1
@@ -84,12 +106,12 @@ class _Guard:
                 else:
                     self.exit_now()
 
-    def exit_now(self) -> None:
-        """One line on stderr (and at the end of the run's ``stmclf.log``), exit code 130, at once:
-        no lock that the stuck main thread may hold is taken (no logging, no flush of Python's
-        buffered streams)."""
+    def exit_now(self, signum: int = signal.SIGINT) -> None:
+        """One line on stderr (and at the end of the run's ``stmclf.log``), exit code 128 + the
+        signal (130 for Ctrl+C), at once: no lock that the stuck main thread may hold is taken (no
+        logging, no flush of Python's buffered streams)."""
         self.exiting.acquire()  # the first of the main thread and the watcher ends the process
-        line = STOPPED.encode()
+        line = (TERMINATED if signum == signal.SIGTERM else STOPPED).encode()
         with contextlib.suppress(OSError):
             if os.isatty(1):
                 os.write(1, b"\x1b[?25h")  # a progress bar may have hidden the terminal's cursor
@@ -102,11 +124,16 @@ class _Guard:
                     os.write(fd, line)
                 finally:
                     os.close(fd)
-        os._exit(EXIT_CODE)
+        os._exit(128 + signum)
 
-    def close(self) -> None:
+    def _restore_handlers(self) -> None:
         if signal.getsignal(signal.SIGINT) == self.handle:
             signal.signal(signal.SIGINT, self.previous_handler)
+        if signal.getsignal(signal.SIGTERM) == self.terminate:
+            signal.signal(signal.SIGTERM, self.previous_term)
+
+    def close(self) -> None:
+        self._restore_handlers()
         signal.set_wakeup_fd(self.previous_fd)
         os.close(self.write_fd)  # the watcher reads the end of the pipe and returns
         self.thread.join(timeout=5)
@@ -117,8 +144,7 @@ class _Guard:
         """A forked child (a DataLoader worker) gets Python's own Ctrl+C back and no share of the pipe:
         its SIGINT must not count as a second Ctrl+C of this process."""
         signal.set_wakeup_fd(-1)
-        if signal.getsignal(signal.SIGINT) == self.handle:
-            signal.signal(signal.SIGINT, self.previous_handler)
+        self._restore_handlers()
         for fd in (self.read_fd, self.write_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)

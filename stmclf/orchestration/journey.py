@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Optional
 from stmclf.config import RunConfig
 from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME
 from stmclf.training.run_dir import RunDir, create_run_dir, find_run_dir
-from stmclf.training.tracking import finish_mlflow_run, is_global_zero, start_mlflow_run
+from stmclf.training.tracking import end_stage_run, finish_mlflow_run, is_global_zero, start_mlflow_run
 
 log = logging.getLogger("stmclf")
 
@@ -65,11 +65,6 @@ def resume_run_dir(cfg: RunConfig) -> Optional[Path]:
     return find_run_dir(checkpoint)
 
 
-def ended_status(exc: BaseException) -> str:
-    """The MLflow status of a stage that ended with ``exc``: KILLED for a signal, else FAILED."""
-    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-
-
 class Journey:
     """The run folder and MLflow parent run of one mode or command (see the module doc)."""
 
@@ -114,8 +109,7 @@ class Journey:
         try:
             yield mlflow_logger
         except BaseException as exc:
-            if mlflow_logger is not None:
-                mlflow_logger.finalize(ended_status(exc))
+            end_stage_run(mlflow_logger, exc)
             raise
         self.end_stage(stage, mlflow_logger, artifacts)
 

@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 
 from stmclf.config import RunConfig
 from stmclf.errors import UserError
-from stmclf.orchestration.journey import Journey, ended_status, resume_run_dir
+from stmclf.orchestration.journey import Journey, resume_run_dir
+from stmclf.training.tracking import end_stage_run
 
 log = logging.getLogger("stmclf")
 
@@ -60,8 +61,7 @@ def train_stage(cfg: RunConfig, *, callbacks: Sequence = (), journey: Optional[J
         if result.is_global_zero and result.module is not None:
             evaluate_trained(result, opened["journey"].root, mlflow_logger=opened.get("mlflow"))
     except BaseException as exc:
-        if opened.get("mlflow") is not None:
-            opened["mlflow"].finalize(ended_status(exc))
+        end_stage_run(opened.get("mlflow"), exc)
         raise
     opened["journey"].end_stage("train", opened.get("mlflow"))
     return result, opened["journey"]

@@ -1,15 +1,17 @@
 """The ``training`` operation mode: ``stmclf fit --config x.yaml``."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import lightning as L
 import torch
@@ -158,6 +160,22 @@ def _input_shape(cfg: RunConfig, resume: Optional[dict], source: Optional[ModelS
     return list(shape)
 
 
+@contextlib.contextmanager
+def lightning_handles_sigterm() -> Iterator[None]:
+    """Within: SIGTERM is Lightning's alone (it stops the training at the end of the batch and
+    raises SIGTERMException). Lightning also calls a SIGTERM handler installed before it (the CLI's,
+    which raises at once, mid-batch): it is set aside for the fit and put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def check_augmentation_sizes(cfg: RunConfig, fmt: ImageFormat) -> None:
     """``data_augmentation`` against the model input size and batch size (a blur filter larger
     than the image, resized batches beyond the memory): refused before the data is read and the
@@ -260,6 +278,7 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
     if torch.cuda.is_available() is False and options.get("precision") in ("16-mixed", "16"):
         raise ConfigError("trainer.precision", "16-bit mixed precision needs a GPU; use bf16-mixed on CPU")
     _check_cpu_processes(options)
+    _check_num_nodes(options)
     clip = gradient_clipping(cfg.training.optimizer)
     if clip and "gradient_clip_val" not in options:
         options.update(clip)
@@ -317,6 +336,39 @@ def _check_trainer_values(options: dict[str, Any]) -> None:
     if isinstance(devices, list) and not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                              for d in devices):
         raise ConfigError("trainer.devices", f"a list of device indices (integers >= 0), got {devices!r}")
+
+
+def _check_num_nodes(options: dict[str, Any]) -> None:
+    """``trainer.num_nodes`` > 1 needs a launcher that tells each node who it is: a cluster
+    environment Lightning detects (a SLURM ``srun`` job, ``torchrun``/torchelastic, LSF ``jsrun``,
+    MPI; Lightning's own list and order) or the variables of Lightning's manual launch
+    (``NODE_RANK``, and ``MASTER_ADDR`` on every node but node 0). Without them each rank waits for
+    the other nodes at the rendezvous until its timeout (minutes): refused at once instead. A
+    ``trainer.plugins`` cluster environment of the user's own is trusted."""
+    nodes = options.get("num_nodes")
+    if nodes is None:
+        return
+    if isinstance(nodes, str) and nodes.strip().isdigit():
+        nodes = int(nodes)
+    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
+        raise ConfigError("trainer.num_nodes", f"expecting a number of machines (an integer >= 1), got {nodes!r}")
+    if nodes == 1 or options.get("plugins"):
+        return
+    from lightning.fabric.plugins.environments import (LSFEnvironment, MPIEnvironment, SLURMEnvironment,
+                                                       TorchElasticEnvironment)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SLURM's "srun is available but not used"
+        if any(kind.detect() for kind in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)):
+            return
+    rank = (os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "").strip()
+    if rank and (os.environ.get("MASTER_ADDR") or rank == "0"):
+        return
+    raise ConfigError("trainer.num_nodes", f"{nodes} machines asked, but this process was not started by a "
+                      "multi-node launcher, so it would wait for the other machines until the rendezvous times out: "
+                      "start stmclf on every machine under srun (SLURM) or torchrun (--nnodes, --node-rank, "
+                      "--rdzv-endpoint), or set NODE_RANK, MASTER_ADDR and MASTER_PORT on each; on one machine "
+                      "use trainer.num_nodes: 1 (trainer.devices sets the processes)")
 
 
 def _check_cpu_processes(options: dict[str, Any]) -> None:
@@ -541,7 +593,8 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
 
     start = time.monotonic()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=training.resume_training_from)
+        with lightning_handles_sigterm():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=training.resume_training_from)
     except SystemExit as exc:
         # Lightning turns Ctrl+C into sys.exit(1) and SIGTERM into a SystemExit of code None
         # (exit status 0): neither says the run was cut short, nor where it resumes from.

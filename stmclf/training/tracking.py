@@ -329,7 +329,12 @@ def parent_run_id(cfg, run, model_name: str = "") -> str:
     name = f"{Path(run.root).name} {model_name}".strip()
     parent = _store_call(store, lambda: client.create_run(
         experiment_id, run_name=name, tags={"stmclf.run_dir": str(run.root), "stmclf.model": model_name}))
-    client.set_terminated(parent.info.run_id)
+    try:
+        client.set_terminated(parent.info.run_id)
+    except BaseException as exc:  # a Ctrl+C in between: not RUNNING for ever
+        status = ended_status(exc)
+        _end_quietly(lambda: client.set_terminated(parent.info.run_id, status))
+        raise
     record_path.write_text(json.dumps({"tracking_uri": tracking_uri, "experiment": cfg.general.project_name,
                                        "parent_run_id": parent.info.run_id}, indent=1))
     return parent.info.run_id
@@ -352,8 +357,34 @@ def start_mlflow_run(cfg, run, stage: str, extra_params: Optional[dict] = None, 
                                        tags={"mlflow.parentRunId": parent, "stmclf.stage": stage})
     params = {"operation_mode": cfg.operation_mode or stage, "stage": stage, **(extra_params or {}),
               **loggable_params(cfg.redacted_dict())}
-    _store_call(store_directory(cfg.mlflow.uri), lambda: mlflow_logger.log_hyperparams(params))
+    try:
+        _store_call(store_directory(cfg.mlflow.uri), lambda: mlflow_logger.log_hyperparams(params))
+    except BaseException as exc:  # the run exists once the logger made it: end it, do not leave it RUNNING
+        end_stage_run(mlflow_logger, exc)
+        raise
     return mlflow_logger
+
+
+def ended_status(exc: BaseException) -> str:
+    """The MLflow status of a stage that ended with ``exc``: KILLED for a signal (Ctrl+C, SIGTERM:
+    :class:`~stmclf.errors.Interrupted` is a KeyboardInterrupt), else FAILED."""
+    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+
+
+def _end_quietly(action: Callable[[], Any]) -> None:
+    """``action`` (ending a run) without letting its own failure, or a second Ctrl+C, replace the
+    exception being handled."""
+    try:
+        action()
+    except BaseException:  # noqa: BLE001 - the original exception is the one to report
+        log.debug("could not end the MLflow run", exc_info=True)
+
+
+def end_stage_run(mlflow_logger, exc: BaseException) -> None:
+    """End a stage's run after ``exc``: KILLED (interrupted) or FAILED (an error), never left RUNNING."""
+    if mlflow_logger is not None:
+        status = ended_status(exc)
+        _end_quietly(lambda: mlflow_logger.finalize(status))
 
 
 def finish_mlflow_run(mlflow_logger, run, artifacts: Iterable[Path] = (), summary: Iterable[Path] = ()) -> None:
