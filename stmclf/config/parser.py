@@ -413,9 +413,9 @@ def check_config_file(name: str) -> None:
 
 
 def build_parser(prog: str, description: str = "") -> ArgumentParser:
-    """The parser for commands that take a run config (fit, run, ...)."""
-    import lightning
-
+    """The parser for commands that take a run config (fit, run, ...), without the ``trainer``
+    section yet: :func:`parse_args` adds it (:func:`add_trainer_arguments`) before it parses, so that
+    building the parser, ``--help`` and a misspelled option do not import Lightning (seconds)."""
     # A value of a free-form key (Any: hydra.job, a model spec, ...) that looks like
     # {class_path: ..., init_args: ...} stays data: jsonargparse would otherwise import and call it.
     # Nor does a value make it import a module (code runs): a class path, a Callable or a type named by a
@@ -444,13 +444,44 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
     for name, type_ in sections.SECTIONS.items():
         parser.add_argument(f"--{name}", type=type_, default=None,
                             help=f"the '{name}' section of the config")
-    parser.add_method_arguments(lightning.Trainer, "__init__", "trainer", skip=TRAINER_SKIP,
-                                fail_untyped=False)
     section_action = _section_action_class()
     for action in parser._actions:
         if action.dest in sections.SECTIONS and isinstance(action, section_action.__bases__[0]):
             action.__class__ = section_action
     return parser
+
+
+def add_trainer_arguments(parser: ArgumentParser) -> ArgumentParser:
+    """Add the ``trainer`` section (the arguments of Lightning's ``Trainer``, less
+    ``TRAINER_SKIP``) to a parser of :func:`build_parser`, once; it imports Lightning."""
+    if not any(action.dest.startswith("trainer.") for action in parser._actions):
+        import lightning
+
+        parser.add_method_arguments(lightning.Trainer, "__init__", "trainer", skip=TRAINER_SKIP,
+                                    fail_untyped=False)
+    return parser
+
+
+def unknown_option(parser: ArgumentParser, argv: Sequence[str]) -> Optional[str]:
+    """The first argument of ``argv`` (as :func:`convert_overrides` writes it) that is an option
+    ``parser`` does not have, known without the ``trainer`` section: ``--X`` or ``--X=V`` that is
+    none of its options, no abbreviation of one (argparse expands those) and no ``section.key`` or
+    ``trainer.key`` (the full parser judges those); None when there is none. argparse refuses any
+    such argument wherever it stands (a value of an option cannot start with ``--``, but after
+    ``--``; one with a space is a positional)."""
+    options = _option_strings(parser)
+    for arg in argv:
+        if arg == "--":
+            return None
+        name = arg.partition("=")[0]
+        if not name.startswith("--") or len(name) == 2 or " " in arg or name in options:
+            continue
+        if name[2:].split(".")[0] in (*sections.SECTIONS, "trainer"):
+            continue
+        if any(option.startswith(name) for option in options):
+            continue
+        return arg
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -920,15 +951,17 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str],
     devices) are the command's."""
     clear_env_references()  # filled by load_yaml, read by stmclf.config.from_namespace
     try:
-        ns = parser.parse_args(convert_overrides(argv))
-    except UserError:
-        raise
-    except Exception as exc:  # jsonargparse raises ArgumentError/TypeError subclasses
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, UserError):
-            raise UserError(str(cause)) from None
-        message = re.sub(r"^Problems parsing config\s*:\s*", "", str(exc))
-        raise UserError(argument_error(parser, message)) from None
+        args = convert_overrides(argv)
+        unknown = unknown_option(parser, args)
+    except Exception as exc:  # noqa: BLE001 - one line, as the parser's own errors
+        raise _parse_error(parser, exc) from None
+    if unknown is not None:  # named before Lightning is imported for the trainer section
+        raise UserError(argument_error(parser, f"unrecognized arguments: {unknown}"))
+    add_trainer_arguments(parser)
+    try:
+        ns = parser.parse_args(args)
+    except Exception as exc:  # noqa: BLE001 - jsonargparse raises ArgumentError/TypeError subclasses
+        raise _parse_error(parser, exc) from None
     check_key_references()  # a ${section.key} resolved before a later file or override changed its key
     flags = ns.get("print_config")
     if flags is not None:
@@ -945,6 +978,17 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str],
         sys.stdout.write(print_config_text(parser, ns, flags))
         raise SystemExit(0)
     return ns
+
+
+def _parse_error(parser: ArgumentParser, exc: Exception) -> UserError:
+    """The one-line error of a failed parse of ``parser``'s command line."""
+    if isinstance(exc, UserError):
+        return exc
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, UserError):
+        return UserError(str(cause))
+    message = re.sub(r"^Problems parsing config\s*:\s*", "", str(exc))
+    return UserError(argument_error(parser, message))
 
 
 PRINT_CONFIG_FORMS = ("st", "extras")
