@@ -206,9 +206,10 @@ print(json.dumps(loaded))
 def test_help_and_option_errors_do_not_import_lightning_or_torch(tmp_path):
     """``stmclf export --help`` took 8 s and ``stmclf export --fromat x`` 15 s on 2 cores: building
     the parser imported Lightning (the trainer section) and the command's modules before the
-    arguments were read. Help and a misspelled option of every command (a config file given
-    or not) import none of Lightning, torch, TensorFlow, ONNX, MLflow or matplotlib; the trainer
-    section is added, and the command's modules are imported, once the command runs."""
+    arguments were read. Help, a misspelled option and a misspelled key of a section on the command
+    line, of every command (a config file given or not), import none of Lightning, torch,
+    TensorFlow, ONNX, MLflow or matplotlib; the trainer section is added, and the command's modules
+    are imported, once the command runs."""
     import json
     import subprocess
     import sys
@@ -222,7 +223,9 @@ def test_help_and_option_errors_do_not_import_lightning_or_torch(tmp_path):
               ("fit", "run", "export", "predict", "benchmark", "deploy-header", "summary", "augment-preview",
                "plot-lr", "data check")]
     calls += [["export", "--config", str(config), "--fromat", "onnx"], ["report", "--ouy", "x"],
-              ["data", "fetch", "digits", "--forse"], ["export", "--run", str(tmp_path / "no_run")]]
+              ["data", "fetch", "digits", "--forse"], ["export", "--run", str(tmp_path / "no_run")],
+              ["export", "--training.epoch", "3"], ["fit", "--config", str(config), "training.epoch=1"],
+              ["predict", "--preprocessing.rescaling.scael", "1"]]
     proc = subprocess.run([sys.executable, "-c", LIGHT_CALLS.format(heavy=HEAVY_MODULES, calls=calls)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -232,3 +235,5 @@ def test_help_and_option_errors_do_not_import_lightning_or_torch(tmp_path):
         assert code == (0 if argv.endswith("--help") else 2), (argv, code)
         assert modules == [], f"stmclf {argv} imported {', '.join(modules)}"
     assert "unknown option --fromat (did you mean --format?)" in proc.stderr
+    assert "training.epoch: unknown key (did you mean epochs?)" in proc.stderr
+    assert "preprocessing.rescaling.scael: unknown key (did you mean scale?)" in proc.stderr

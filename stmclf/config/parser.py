@@ -463,24 +463,43 @@ def add_trainer_arguments(parser: ArgumentParser) -> ArgumentParser:
 
 
 def unknown_option(parser: ArgumentParser, argv: Sequence[str]) -> Optional[str]:
-    """The first argument of ``argv`` (as :func:`convert_overrides` writes it) that is an option
-    ``parser`` does not have, known without the ``trainer`` section: ``--X`` or ``--X=V`` that is
-    none of its options, no abbreviation of one (argparse expands those) and no ``section.key`` or
-    ``trainer.key`` (the full parser judges those); None when there is none. argparse refuses any
-    such argument wherever it stands (a value of an option cannot start with ``--``, but after
-    ``--``; one with a space is a positional)."""
+    """The one-line error for the first argument of ``argv`` (as :func:`convert_overrides` writes
+    it) that is an option ``parser`` does not have, or a key of a section's schema that does not
+    exist, known without the ``trainer`` section: ``--X`` or ``--X=V`` that is none of its options
+    and no abbreviation of one (argparse expands those); ``--section.key...`` whose keys leave the
+    section's dataclasses (a free-form mapping, a value's type and ``trainer.key`` are the full
+    parser's to judge). None when there is none. argparse refuses such an argument wherever it
+    stands (a value of an option cannot start with ``--``, but after ``--``; one with a space is a
+    positional)."""
     options = _option_strings(parser)
     for arg in argv:
         if arg == "--":
             return None
         name = arg.partition("=")[0]
-        if not name.startswith("--") or len(name) == 2 or " " in arg or name in options:
+        if not name.startswith("--") or len(name) == 2 or " " in arg or name in options or \
+                any(option.startswith(name) for option in options):
             continue
-        if name[2:].split(".")[0] in (*sections.SECTIONS, "trainer"):
+        path = name[2:].rstrip("+").split(".")  # --dataset.class_names+ VALUE appends to a list
+        if path[0] == "trainer":
             continue
-        if any(option.startswith(name) for option in options):
+        if path[0] in sections.SECTIONS:
+            problem = _unknown_section_key(path)
+            if problem is not None:
+                return problem
             continue
-        return arg
+        return argument_error(parser, f"unrecognized arguments: {arg}")
+    return None
+
+
+def _unknown_section_key(path: Sequence[str]) -> Optional[str]:
+    """The error for the last key of ``path`` (``[section, key, ...]``) when its section's
+    dataclasses hold every key before it and not that one, as the full parser words it; None
+    otherwise (a key that leaves the dataclasses, or an unknown key with keys below it, whose
+    error is the full parser's)."""
+    holder = _section_type(path[:-1])
+    if len(path) > 1 and dataclasses.is_dataclass(holder) and \
+            path[-1] not in {f.name for f in dataclasses.fields(holder)}:
+        return _unknown_key([], ".".join(path))
     return None
 
 
@@ -956,7 +975,7 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str],
     except Exception as exc:  # noqa: BLE001 - one line, as the parser's own errors
         raise _parse_error(parser, exc) from None
     if unknown is not None:  # named before Lightning is imported for the trainer section
-        raise UserError(argument_error(parser, f"unrecognized arguments: {unknown}"))
+        raise UserError(unknown)
     add_trainer_arguments(parser)
     try:
         ns = parser.parse_args(args)
