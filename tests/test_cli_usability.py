@@ -182,3 +182,58 @@ def test_a_misspelled_config_file_names_the_file_meant(tmp_path, capsys):
         f"stmclf: error: --config {tmp_path / 'quickstar.yaml'}: no such file (did you mean {tmp_path / 'quickstart.yaml'}?)"
     assert _error(capsys, ["fit", "--config", str(tmp_path / "none" / "x.yaml")]) == \
         f"stmclf: error: --config {tmp_path / 'none' / 'x.yaml'}: no such file"
+
+
+HEAVY_MODULES = ("lightning", "torch", "torchvision", "onnx", "onnxruntime", "tensorflow", "mlflow", "matplotlib")
+"""What a command imports only once it runs: seconds each (Lightning with torch: ~6 s on 2 cores)."""
+
+LIGHT_CALLS = """\
+import json, sys
+from stmclf.cli.main import main
+
+heavy = {heavy!r}
+loaded = {{}}
+for argv in {calls!r}:
+    try:
+        code = main(argv)
+    except SystemExit as done:  # jsonargparse's own help (data fetch) exits
+        code = done.code
+    loaded[" ".join(argv)] = [code, sorted(m for m in heavy if m in sys.modules)]
+print(json.dumps(loaded))
+"""
+
+
+def test_help_and_option_errors_do_not_import_lightning_or_torch(tmp_path):
+    """``stmclf export --help`` took 8 s and ``stmclf export --fromat x`` 15 s on 2 cores: building
+    the parser imported Lightning (the trainer section) and the command's modules before the
+    arguments were read. Help, a misspelled option and a misspelled key of a section on the command
+    line, of every command (a config file given or not), import none of Lightning, torch,
+    TensorFlow, ONNX, MLflow or matplotlib; the trainer section is added, and the command's modules
+    are imported, once the command runs."""
+    import json
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text("general: {project_name: p}\n")
+    calls = [[*command.split(), "--help"] for command in
+             ("fit", "run", "export", "predict", "benchmark", "deploy-header", "report", "summary",
+              "augment-preview", "plot-lr", "data", "data check", "data fetch")]
+    calls += [[*command.split(), "--confg", str(config)] for command in
+              ("fit", "run", "export", "predict", "benchmark", "deploy-header", "summary", "augment-preview",
+               "plot-lr", "data check")]
+    calls += [["export", "--config", str(config), "--fromat", "onnx"], ["report", "--ouy", "x"],
+              ["data", "fetch", "digits", "--forse"], ["export", "--run", str(tmp_path / "no_run")],
+              ["export", "--training.epoch", "3"], ["fit", "--config", str(config), "training.epoch=1"],
+              ["predict", "--preprocessing.rescaling.scael", "1"]]
+    proc = subprocess.run([sys.executable, "-c", LIGHT_CALLS.format(heavy=HEAVY_MODULES, calls=calls)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.splitlines()[-1])
+    assert len(loaded) == len(calls)
+    for argv, (code, modules) in loaded.items():
+        assert code == (0 if argv.endswith("--help") else 2), (argv, code)
+        assert modules == [], f"stmclf {argv} imported {', '.join(modules)}"
+    assert "unknown option --fromat (did you mean --format?)" in proc.stderr
+    assert "training.epoch: unknown key (did you mean epochs?)" in proc.stderr
+    assert "preprocessing.rescaling.scael: unknown key (did you mean scale?)" in proc.stderr

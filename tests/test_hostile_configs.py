@@ -377,11 +377,11 @@ def _check(case: Case, folder: Path, before: set[str], code: int, out: str, err:
 @pytest.fixture(scope="module")
 def warm_cli():
     """Import what ``stmclf fit`` imports before its first check, so the timer measures the check."""
-    from stmclf.config.parser import build_parser
+    from stmclf.config.parser import add_trainer_arguments, build_parser
     import stmclf.orchestration  # noqa: F401
     import stmclf.training.fit  # noqa: F401
 
-    build_parser("warm-up")
+    add_trainer_arguments(build_parser("warm-up"))
 
 
 @pytest.mark.parametrize("case", IN_PROCESS, ids=[c.id for c in IN_PROCESS])
@@ -408,9 +408,9 @@ def run_in_process(case: Case, tmp_path: Path, image_folder: Path, capsys, timed
 WRAPPER = """\
 import sys, time
 from stmclf.cli.main import main
-from stmclf.config.parser import build_parser
+from stmclf.config.parser import add_trainer_arguments, build_parser
 import stmclf.orchestration, stmclf.training.fit
-build_parser("warm-up")
+add_trainer_arguments(build_parser("warm-up"))
 start = time.process_time()  # CPU seconds: the cases run side by side, a hang is CPU-bound
 code = main(sys.argv[1:])
 print(f"\\nSTMCLF_CASE {time.process_time() - start:.3f} {code}")

@@ -98,6 +98,9 @@ def config_help(parser) -> str:
 
 
 def trainer_help(parser) -> str:
+    from stmclf.config.parser import add_trainer_arguments
+
+    add_trainer_arguments(parser)
     actions = [a for a in parser._actions if a.dest.startswith("trainer.") and not a.dest.endswith(".help")]
     return "\n".join([f"usage: {parser.prog} --config FILE --trainer.KEY VALUE (or trainer.KEY=VALUE)", "",
                       "Lightning Trainer options (the 'trainer' section; stmclf sets max_epochs, callbacks, "
@@ -277,7 +280,7 @@ def _data(argv: Sequence[str]) -> int:
             if argv else "give a data command"
         raise UserError(f"stmclf data: {given}; data commands: fetch NAME --out DIR, check --config FILE")
     checking = list(argv[:1]) == ["check"]
-    check = _data_check_parser() if checking else ArgumentParser()  # the full parser imports Lightning
+    check = _data_check_parser() if checking else ArgumentParser()  # a config parser only for data check
     sub.add_subcommand("check", check, help="decode every file of the config's dataset paths and list the problems")
     fetch.prog, check.prog = "stmclf data fetch", "stmclf data check"  # jsonargparse's: 'stmclf data [options] fetch'
     if checking:  # the check parser: its --print_config, the short help of every config command
@@ -296,7 +299,6 @@ def _data(argv: Sequence[str]) -> int:
 def _augment_preview(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from stmclf.training.augment_preview import augment_preview
     from stmclf.config import from_namespace
     from stmclf.config.parser import build_parser
     from stmclf.errors import ConfigError
@@ -308,6 +310,8 @@ def _augment_preview(argv: Sequence[str]) -> int:
     ns = parse_config_args(parser, argv)
     if not 1 <= ns.num_images <= 256:
         raise ConfigError("--num-images", f"expected an integer from 1 to 256, got {ns.num_images}")
+    from stmclf.training.augment_preview import augment_preview  # imports torch: once the command runs
+
     out = augment_preview(from_namespace(parser, ns), ns.num_images, ns.seed, Path(ns.out))
     print(out)
     return 0
@@ -318,11 +322,12 @@ def _plot_lr(argv: Sequence[str]) -> int:
 
     from stmclf.config import from_namespace
     from stmclf.config.parser import build_parser
-    from stmclf.training.plot_lr import plot_learning_rates
 
     parser = build_parser("stmclf plot-lr", "Plot the learning-rate schedule of a config without training.")
     parser.add_argument("--out", type=str, default="lr_schedule.png", help="PNG file to write")
     ns = parse_config_args(parser, argv)
+    from stmclf.training.plot_lr import plot_learning_rates  # imports torch: once the command runs
+
     print(plot_learning_rates(from_namespace(parser, ns), Path(ns.out)))
     return 0
 
@@ -344,11 +349,11 @@ def _data_check_parser():
 
 def _data_check(parser, ns) -> int:
     from stmclf.config import from_namespace
-    from stmclf.data.check import check_dataset, print_report
 
     cfg = from_namespace(parser, ns)
     if cfg.dataset is None:
         raise UserError("dataset: missing 'dataset' section: nothing to check")
+    from stmclf.data.check import check_dataset, print_report
     color_mode = cfg.preprocessing.color_mode if cfg.preprocessing is not None else "rgb"
     report = check_dataset(cfg.dataset, color_mode, workers=ns.workers, imbalance_ratio=ns.imbalance_ratio,
                            progress=True)
@@ -361,8 +366,6 @@ def _data_check(parser, ns) -> int:
 def _report(argv: Sequence[str]) -> int:
     from jsonargparse import ArgumentParser
 
-    from stmclf.evaluate.report import write_report
-
     parser = ArgumentParser(prog="stmclf report", exit_on_error=False,
                             description="Write one self-contained HTML page for a run directory.")
     parser.add_argument("run_dir", nargs="?", default=None, help="the run directory (hydra.run.dir of the run)")
@@ -372,6 +375,8 @@ def _report(argv: Sequence[str]) -> int:
     run_dir = args.run_dir or args.run
     if not run_dir:
         raise UserError("stmclf report: give the run directory (RUN_DIR or --run RUN_DIR)")
+    from stmclf.evaluate.report import write_report  # imports torch: once the command runs
+
     print(write_report(run_dir, args.out))
     return 0
 
@@ -384,7 +389,6 @@ def _export(argv: Sequence[str]) -> int:
 
     from stmclf.config import from_namespace
     from stmclf.config.parser import build_parser
-    from stmclf.orchestration import export_command
 
     parser = build_parser("stmclf export", "Export a trained model: float ONNX / TFLite, and int8 "
                                            "(QDQ ONNX, full-integer TFLite) with --int8.")
@@ -405,6 +409,8 @@ def _export(argv: Sequence[str]) -> int:
         from stmclf.export.per_layer import check_per_layer_request
 
         check_per_layer_request(ns.format, ns.int8, cfg)
+    from stmclf.orchestration import export_command  # imports Lightning: once the command runs
+
     result, _ = export_command(cfg, ns.ckpt, run=ns.run, formats=ns.format, int8=ns.int8)
     files = dict(result.items())
     if ns.per_layer:
@@ -419,7 +425,6 @@ def _export(argv: Sequence[str]) -> int:
 def _predict(argv: Sequence[str]) -> int:
     from stmclf.config import from_namespace
     from stmclf.config.parser import build_parser
-    from stmclf.orchestration import predict_command
 
     parser = build_parser("stmclf predict", "Classify every image of a folder with a trained model (stmclf .pt/"
                                             ".ckpt, Keras .h5, float or QDQ .onnx, float or int8 .tflite).")
@@ -433,6 +438,8 @@ def _predict(argv: Sequence[str]) -> int:
     ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
     cfg = from_namespace(parser, ns)
     use_config = bool(cfg.config_files) or cfg.preprocessing is not None or cfg.dataset is not None
+    from stmclf.orchestration import predict_command  # imports Lightning: once the command runs
+
     result = predict_command(cfg, ns.model, ns.images, run=ns.run, use_config=use_config)
     print(f"predictions: {result.out_dir}")
     return 0
@@ -441,7 +448,6 @@ def _predict(argv: Sequence[str]) -> int:
 def _benchmark(argv: Sequence[str]) -> int:
     from stmclf.config import from_namespace
     from stmclf.config.parser import build_parser
-    from stmclf.orchestration import benchmark_command
 
     parser = build_parser("stmclf benchmark", "Footprint of a model on an STM32 board: board run (Developer "
                                               "Cloud) → cloud analyze → local stedgeai → offline estimate.")
@@ -452,6 +458,8 @@ def _benchmark(argv: Sequence[str]) -> int:
     parser.add_argument("--board", type=Optional[str], default=None, help="board (default benchmarking.board)")
     ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
     cfg = from_namespace(parser, ns)
+    from stmclf.orchestration import benchmark_command  # imports Lightning: once the command runs
+
     benchmark_command(cfg, ns.model, run=ns.run, board=ns.board)
     return 0
 
@@ -459,7 +467,6 @@ def _benchmark(argv: Sequence[str]) -> int:
 def _deploy_header(argv: Sequence[str]) -> int:
     from stmclf.config import from_namespace
     from stmclf.config.parser import build_parser
-    from stmclf.orchestration import deploy_header_command
 
     parser = build_parser("stmclf deploy-header", "Write the C header (ai_model_config.h) the STM32 application "
                                                   "needs for a full-integer (int8) TFLite model: a run's export, or "
@@ -471,6 +478,8 @@ def _deploy_header(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Optional[str], default=None, help="header file (default RUN/generated/...)")
     ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
     cfg = from_namespace(parser, ns)
+    from stmclf.orchestration import deploy_header_command  # imports Lightning: once the command runs
+
     print(deploy_header_command(cfg, ns.model, run=ns.run, out=ns.out))
     return 0
 
@@ -478,12 +487,13 @@ def _deploy_header(argv: Sequence[str]) -> int:
 def _summary(argv: Sequence[str]) -> int:
     from stmclf.config import from_namespace
     from stmclf.config.parser import build_parser
-    from stmclf.models.summary import build_configured_model, render_summary
 
     parser = build_parser("stmclf summary", "Print the layer table of the config's training.model.")
     parser.add_argument("--num_classes", "--num-classes", type=Optional[int], default=None,
                         help="number of classes (default: dataset.class_names or the dataset's class folders)")
     ns = parse_config_args(parser, argv)
+    from stmclf.models.summary import build_configured_model, render_summary  # imports torch: once it runs
+
     render_summary(build_configured_model(from_namespace(parser, ns), ns.num_classes))
     return 0
 

@@ -413,9 +413,9 @@ def check_config_file(name: str) -> None:
 
 
 def build_parser(prog: str, description: str = "") -> ArgumentParser:
-    """The parser for commands that take a run config (fit, run, ...)."""
-    import lightning
-
+    """The parser for commands that take a run config (fit, run, ...), without the ``trainer``
+    section yet: :func:`parse_args` adds it (:func:`add_trainer_arguments`) before it parses, so that
+    building the parser, ``--help`` and a misspelled option do not import Lightning (seconds)."""
     # A value of a free-form key (Any: hydra.job, a model spec, ...) that looks like
     # {class_path: ..., init_args: ...} stays data: jsonargparse would otherwise import and call it.
     # Nor does a value make it import a module (code runs): a class path, a Callable or a type named by a
@@ -444,13 +444,63 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
     for name, type_ in sections.SECTIONS.items():
         parser.add_argument(f"--{name}", type=type_, default=None,
                             help=f"the '{name}' section of the config")
-    parser.add_method_arguments(lightning.Trainer, "__init__", "trainer", skip=TRAINER_SKIP,
-                                fail_untyped=False)
     section_action = _section_action_class()
     for action in parser._actions:
         if action.dest in sections.SECTIONS and isinstance(action, section_action.__bases__[0]):
             action.__class__ = section_action
     return parser
+
+
+def add_trainer_arguments(parser: ArgumentParser) -> ArgumentParser:
+    """Add the ``trainer`` section (the arguments of Lightning's ``Trainer``, less
+    ``TRAINER_SKIP``) to a parser of :func:`build_parser`, once; it imports Lightning."""
+    if not any(action.dest.startswith("trainer.") for action in parser._actions):
+        import lightning
+
+        parser.add_method_arguments(lightning.Trainer, "__init__", "trainer", skip=TRAINER_SKIP,
+                                    fail_untyped=False)
+    return parser
+
+
+def unknown_option(parser: ArgumentParser, argv: Sequence[str]) -> Optional[str]:
+    """The one-line error for the first argument of ``argv`` (as :func:`convert_overrides` writes
+    it) that is an option ``parser`` does not have, or a key of a section's schema that does not
+    exist, known without the ``trainer`` section: ``--X`` or ``--X=V`` that is none of its options
+    and no abbreviation of one (argparse expands those); ``--section.key...`` whose keys leave the
+    section's dataclasses (a free-form mapping, a value's type and ``trainer.key`` are the full
+    parser's to judge). None when there is none. argparse refuses such an argument wherever it
+    stands (a value of an option cannot start with ``--``, but after ``--``; one with a space is a
+    positional)."""
+    options = _option_strings(parser)
+    for arg in argv:
+        if arg == "--":
+            return None
+        name = arg.partition("=")[0]
+        if not name.startswith("--") or len(name) == 2 or " " in arg or name in options or \
+                any(option.startswith(name) for option in options):
+            continue
+        path = name[2:].rstrip("+").split(".")  # --dataset.class_names+ VALUE appends to a list
+        if path[0] == "trainer":
+            continue
+        if path[0] in sections.SECTIONS:
+            problem = _unknown_section_key(path)
+            if problem is not None:
+                return problem
+            continue
+        return argument_error(parser, f"unrecognized arguments: {arg}")
+    return None
+
+
+def _unknown_section_key(path: Sequence[str]) -> Optional[str]:
+    """The error for the last key of ``path`` (``[section, key, ...]``) when its section's
+    dataclasses hold every key before it and not that one, as the full parser words it; None
+    otherwise (a key that leaves the dataclasses, or an unknown key with keys below it, whose
+    error is the full parser's)."""
+    holder = _section_type(path[:-1])
+    if len(path) > 1 and dataclasses.is_dataclass(holder) and \
+            path[-1] not in {f.name for f in dataclasses.fields(holder)}:
+        return _unknown_key([], ".".join(path))
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -920,15 +970,17 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str],
     devices) are the command's."""
     clear_env_references()  # filled by load_yaml, read by stmclf.config.from_namespace
     try:
-        ns = parser.parse_args(convert_overrides(argv))
-    except UserError:
-        raise
-    except Exception as exc:  # jsonargparse raises ArgumentError/TypeError subclasses
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, UserError):
-            raise UserError(str(cause)) from None
-        message = re.sub(r"^Problems parsing config\s*:\s*", "", str(exc))
-        raise UserError(argument_error(parser, message)) from None
+        args = convert_overrides(argv)
+        unknown = unknown_option(parser, args)
+    except Exception as exc:  # noqa: BLE001 - one line, as the parser's own errors
+        raise _parse_error(parser, exc) from None
+    if unknown is not None:  # named before Lightning is imported for the trainer section
+        raise UserError(unknown)
+    add_trainer_arguments(parser)
+    try:
+        ns = parser.parse_args(args)
+    except Exception as exc:  # noqa: BLE001 - jsonargparse raises ArgumentError/TypeError subclasses
+        raise _parse_error(parser, exc) from None
     check_key_references()  # a ${section.key} resolved before a later file or override changed its key
     flags = ns.get("print_config")
     if flags is not None:
@@ -945,6 +997,17 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str],
         sys.stdout.write(print_config_text(parser, ns, flags))
         raise SystemExit(0)
     return ns
+
+
+def _parse_error(parser: ArgumentParser, exc: Exception) -> UserError:
+    """The one-line error of a failed parse of ``parser``'s command line."""
+    if isinstance(exc, UserError):
+        return exc
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, UserError):
+        return UserError(str(cause))
+    message = re.sub(r"^Problems parsing config\s*:\s*", "", str(exc))
+    return UserError(argument_error(parser, message))
 
 
 PRINT_CONFIG_FORMS = ("st", "extras")
