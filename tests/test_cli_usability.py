@@ -182,3 +182,16 @@ def test_a_misspelled_config_file_names_the_file_meant(tmp_path, capsys):
         f"stmclf: error: --config {tmp_path / 'quickstar.yaml'}: no such file (did you mean {tmp_path / 'quickstart.yaml'}?)"
     assert _error(capsys, ["fit", "--config", str(tmp_path / "none" / "x.yaml")]) == \
         f"stmclf: error: --config {tmp_path / 'none' / 'x.yaml'}: no such file"
+
+
+def test_no_arguments_is_a_usage_error_and_help_is_not(capsys):
+    """``stmclf`` alone printed the command list on stdout with exit code 0; as argparse tools, the
+    usage goes to stderr with exit code 2 (a script that forgot its command fails); ``--help`` and
+    ``help`` ask for it: stdout, 0."""
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("usage: stmclf COMMAND") and "  fit " in captured.err
+    for argv in (["--help"], ["-h"], ["help"]):
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        assert captured.err == "" and captured.out.startswith("usage: stmclf COMMAND") and "  fit " in captured.out

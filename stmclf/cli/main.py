@@ -615,7 +615,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"stmclf: error: {unknown_command(argv[1])}", file=sys.stderr)
             return 2
         argv = [argv[1], "--help"]
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # as argparse tools: the usage on stderr, exit code 2 (asked for with --help: stdout, 0)
+        print(USAGE.format(commands=commands), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(USAGE.format(commands=commands))
         return 0
     if argv[0] in ("-V", "--version"):
