@@ -164,15 +164,17 @@ def test_run_folder_mistakes_name_the_run_meant(tmp_path, capsys):
         f"--run {runs}: no config.yaml: a folder of 1 run folder(s), give one of them (the newest: 2026_01_02_10_00_00)")
 
 
-@pytest.mark.parametrize("command, option, named", [("export", "--model", "--ckpt"), ("predict", "--ckpt", "--model"),
-                                                    ("benchmark", "--ckpt", "--model"),
-                                                    ("deploy-header", "--ckpt", "--model")])
-def test_every_model_command_takes_both_model_options(command, option, named, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["export", "predict", "benchmark", "deploy-header"])
+@pytest.mark.parametrize("option", ["--model", "--ckpt"])
+def test_every_model_command_takes_both_model_options(command, option, tmp_path, capsys):
     """The docs say ``--ckpt``/``--model`` for the model file of export, predict and benchmark; export
-    took only --ckpt, the others only --model ('unrecognized arguments')."""
+    took only --ckpt, the others only --model ('unrecognized arguments'). An error about the file
+    names the option the user typed: ``predict --ckpt X`` said ``--model: ...``."""
     missing = tmp_path / "missing.pt"
     assert _error(capsys, [command, option, str(missing)]) == \
-        f"stmclf: error: {named}: unable to find the model file {missing}"
+        f"stmclf: error: {option}: unable to find the model file {missing}"
+    assert _error(capsys, [command, f"{option}={missing}"]) == \
+        f"stmclf: error: {option}: unable to find the model file {missing}"
 
 
 def test_a_misspelled_config_file_names_the_file_meant(tmp_path, capsys):

@@ -220,6 +220,13 @@ MODEL_OPTIONS = ("--model", "--ckpt")
 command takes both (export shows ``--ckpt`` first, the others ``--model``)."""
 
 
+def _model_option(argv: Sequence[str], default: str) -> str:
+    """The spelling of the model option the user typed (``--model`` or ``--ckpt``; the last one
+    given, whose value argparse keeps), else ``default``: errors about the file name that option."""
+    typed = [arg.partition("=")[0] for arg in argv if arg.partition("=")[0] in MODEL_OPTIONS]
+    return typed[-1] if typed else default
+
+
 def _with_run_config(argv: Sequence[str]) -> list[str]:
     """Without ``--config``, the config of the run the command works on is the config (its
     ``config.yaml``, then its ``stmclf_extras.yaml`` when there is one): the run of ``--run
@@ -405,7 +412,8 @@ def _export(argv: Sequence[str]) -> int:
         from stmclf.export.per_layer import check_per_layer_request
 
         check_per_layer_request(ns.format, ns.int8, cfg)
-    result, _ = export_command(cfg, ns.ckpt, run=ns.run, formats=ns.format, int8=ns.int8)
+    result, _ = export_command(cfg, ns.ckpt, run=ns.run, formats=ns.format, int8=ns.int8,
+                               option=_model_option(argv, "--ckpt"))
     files = dict(result.items())
     if ns.per_layer:
         from stmclf.export.per_layer import per_layer_for_export
@@ -433,7 +441,8 @@ def _predict(argv: Sequence[str]) -> int:
     ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
     cfg = from_namespace(parser, ns)
     use_config = bool(cfg.config_files) or cfg.preprocessing is not None or cfg.dataset is not None
-    result = predict_command(cfg, ns.model, ns.images, run=ns.run, use_config=use_config)
+    result = predict_command(cfg, ns.model, ns.images, run=ns.run, use_config=use_config,
+                             option=_model_option(argv, "--model"))
     print(f"predictions: {result.out_dir}")
     return 0
 
@@ -452,7 +461,7 @@ def _benchmark(argv: Sequence[str]) -> int:
     parser.add_argument("--board", type=Optional[str], default=None, help="board (default benchmarking.board)")
     ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
     cfg = from_namespace(parser, ns)
-    benchmark_command(cfg, ns.model, run=ns.run, board=ns.board)
+    benchmark_command(cfg, ns.model, run=ns.run, board=ns.board, option=_model_option(argv, "--model"))
     return 0
 
 
@@ -471,7 +480,7 @@ def _deploy_header(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Optional[str], default=None, help="header file (default RUN/generated/...)")
     ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
     cfg = from_namespace(parser, ns)
-    print(deploy_header_command(cfg, ns.model, run=ns.run, out=ns.out))
+    print(deploy_header_command(cfg, ns.model, run=ns.run, out=ns.out, option=_model_option(argv, "--model")))
     return 0
 
 
