@@ -197,3 +197,32 @@ def test_no_arguments_is_a_usage_error_and_help_is_not(capsys):
         assert main(argv) == 0
         captured = capsys.readouterr()
         assert captured.err == "" and captured.out.startswith("usage: stmclf COMMAND") and "  fit " in captured.out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, image_folder):
+    """One tiny training run (1 epoch) whose config has a quantization section (export's int8 default)."""
+    from conftest import QUANTIZATION, config_text
+
+    tmp = tmp_path_factory.mktemp("cli_trained")
+    config = tmp / "c.yaml"
+    config.write_text(config_text(image_folder, tmp / "run", tmp / "ml", epochs=1, extra=QUANTIZATION))
+    assert main(["fit", "--config", str(config)]) == 0
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("flags", [["--no-int8"], ["--no_int8"], ["--int8", "--no-int8"]])
+def test_int8_can_be_turned_off_with_no_int8(flags, trained, image_folder, tmp_path, capsys):
+    """``--int8`` is on by default when the config has a quantization section; ``--no-int8``
+    (argparse's BooleanOptionalAction) was refused as an unknown option; the last flag wins."""
+    from conftest import QUANTIZATION, config_text
+
+    run, config = tmp_path / "run", tmp_path / "export.yaml"
+    config.write_text(config_text(image_folder, run, tmp_path / "ml", extra=QUANTIZATION))
+    assert main(["export", "--config", str(config), "--ckpt", str(trained / "saved_models" / "best_model.pt"),
+                 "--format", "onnx", *flags]) == 0
+    exported = sorted(p.name for p in (run / "quantized_models").iterdir() if p.suffix in (".onnx", ".tflite"))
+    assert exported == ["best_model.onnx"], exported
+    capsys.readouterr()
+    assert main(["export", "--help"]) == 0
+    assert "  --int8, --no-int8 " in capsys.readouterr().out

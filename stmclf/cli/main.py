@@ -383,12 +383,27 @@ def _report(argv: Sequence[str]) -> int:
     return 0
 
 
+def on_off_action() -> type:
+    """The action of an on/off flag whose negation means something (its default comes from the
+    config): argparse's ``BooleanOptionalAction`` (``--X`` / ``--no-X``, both in ``--help``), which
+    also takes ``--no_X``, as every option of two words takes both spellings."""
+    import argparse
+
+    class OnOffAction(argparse.BooleanOptionalAction):
+        def __init__(self, option_strings, dest, **kwargs):
+            super().__init__(option_strings, dest, **kwargs)
+            self.option_strings += [f"--no_{name[2:]}" for name in option_strings if name.startswith("--")]
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            setattr(namespace, self.dest, not (option_string or "").startswith(("--no-", "--no_")))
+
+    return OnOffAction
+
+
 RUN_HELP = "run folder to write into (default: the run folder holding the model file, else a new one)"
 
 
 def _export(argv: Sequence[str]) -> int:
-    from jsonargparse import ActionYesNo
-
     from stmclf.config import from_namespace
     from stmclf.config.parser import build_parser
     from stmclf.orchestration import export_command
@@ -399,9 +414,9 @@ def _export(argv: Sequence[str]) -> int:
                         help="model file: stmclf best_model.pt/.ckpt, Keras .h5, float ONNX or torch file; with --run: "
                              "the run's best_model.pt (else the model its export came from), else general.model_path")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
-    parser.add_argument("--int8", action=ActionYesNo, default=None,
-                        help="also write int8 models (default: when the config has a quantization section); "
-                             "--no_int8 to skip")
+    parser.add_argument("--int8", action=on_off_action(), default=None,
+                        help="also write int8 models, or not (default: when the config has a quantization "
+                             "section)")
     parser.add_argument("--format", type=str, default="onnx,tflite", help="onnx, tflite or onnx,tflite")
     parser.add_argument("--per-layer", "--per_layer", dest="per_layer", action="store_true", default=False,
                         help="with --int8 and the onnx format: per-tensor SNR of the QDQ model vs the float ONNX "
