@@ -226,3 +226,21 @@ def test_int8_can_be_turned_off_with_no_int8(flags, trained, image_folder, tmp_p
     capsys.readouterr()
     assert main(["export", "--help"]) == 0
     assert "  --int8, --no-int8 " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["export", "--int", "--ckpt", "m.pt"], "unknown option --int (did you mean --int8?); see 'stmclf export --help'"),
+    (["export", "--per", "--ckpt", "m.pt"], "unknown option --per (did you mean --per-layer?)"),
+    (["fit", "--conf", "c.yaml"], "unknown option --conf (did you mean --config?)"),
+    (["fit", "--trust", "--config", "c.yaml"], "unknown option --trust (did you mean --trust-model-file or --trust-code?)"),
+    (["data", "fetch", "digits", "--ou", "x"], "unknown option --ou (did you mean --out?)"),
+    (["report", "--ou", "x.html", "run"], "unknown option --ou (did you mean --out?); see 'stmclf report --help'"),
+])
+def test_a_truncated_option_is_refused_and_named(argv, hint, tmp_path, capsys, monkeypatch):
+    """argparse took a unique prefix as the option (``--int`` was ``--int8``): adding an option later
+    would change what an old command line does. A truncated option is an unknown option, named with
+    the option(s) it begins, as a misspelled one is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("general: {project_name: p}\n")
+    err = _error(capsys, argv)
+    assert err.startswith(f"stmclf: error: {hint}"), err

@@ -266,9 +266,9 @@ def _data(argv: Sequence[str]) -> int:
     from stmclf.config.parser import PARSER_MODE
 
     parser = ArgumentParser(prog="stmclf data", exit_on_error=False, description="dataset utilities",
-                            parser_mode=PARSER_MODE)
+                            parser_mode=PARSER_MODE, allow_abbrev=False)
     sub = parser.add_subcommands(required=True, dest="action")
-    fetch = ArgumentParser(description="download or write a dataset as class folders")
+    fetch = ArgumentParser(description="download or write a dataset as class folders", allow_abbrev=False)
     fetch.add_argument("name", help="digits (offline, scikit-learn), flowers (tf_flowers), fashion-mnist")
     fetch.add_argument("--out", type=str, default=None, help="target directory (default: datasets/NAME)")
     fetch.add_argument("--force", action="store_true", default=False, help="rewrite even if complete")
@@ -284,7 +284,7 @@ def _data(argv: Sequence[str]) -> int:
             if argv else "give a data command"
         raise UserError(f"stmclf data: {given}; data commands: fetch NAME --out DIR, check --config FILE")
     checking = list(argv[:1]) == ["check"]
-    check = _data_check_parser() if checking else ArgumentParser()  # the full parser imports Lightning
+    check = _data_check_parser() if checking else ArgumentParser(allow_abbrev=False)  # the full one imports Lightning
     sub.add_subcommand("check", check, help="decode every file of the config's dataset paths and list the problems")
     fetch.prog, check.prog = "stmclf data fetch", "stmclf data check"  # jsonargparse's: 'stmclf data [options] fetch'
     if checking:  # the check parser: its --print_config, the short help of every config command
@@ -370,7 +370,7 @@ def _report(argv: Sequence[str]) -> int:
 
     from stmclf.evaluate.report import write_report
 
-    parser = ArgumentParser(prog="stmclf report", exit_on_error=False,
+    parser = ArgumentParser(prog="stmclf report", exit_on_error=False, allow_abbrev=False,
                             description="Write one self-contained HTML page for a run directory.")
     parser.add_argument("run_dir", nargs="?", default=None, help="the run directory (hydra.run.dir of the run)")
     parser.add_argument("--run", type=Optional[str], default=None, help="the run directory (same as RUN_DIR)")

@@ -416,7 +416,7 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
     set_parsing_settings(instantiate_subclass_spec_in_any=False, import_path_denylist=["*", *UNTRUSTED_IMPORTS],
                          import_path_allowlist=list(TRUSTED_PACKAGES))
     parser = ArgumentParser(prog=prog, description=description, parser_mode=PARSER_MODE,
-                            exit_on_error=False, default_meta=False, print_config=None)
+                            exit_on_error=False, default_meta=False, print_config=None, allow_abbrev=False)
     parser.add_argument("-c", "--config", action=ConfigFileAction,
                         help="ST model-zoo YAML config file (may be given more than once)")
     parser.add_argument("--print_config", type=Optional[str], default=None, metavar="[=st|extras]",
@@ -710,24 +710,44 @@ def argument_error(parser: ArgumentParser, message: str) -> str:
     if first.startswith("-"):
         name = first.partition("=")[0]
         options = [o for o in _option_strings(parser) if "." in name or "." not in o]
-        return f"unknown option {printable_path(name)}{did_you_mean(name, options)}; {help_hint}"
+        return f"unknown option {printable_path(name)}{_option_meant(parser, name, options)}; {help_hint}"
     takes_config = any("--config" in action.option_strings for action in parser._actions)
     if takes_config and first.endswith((".yaml", ".yml")):
         return f"unexpected argument '{shown}': a config file is given as --config {shown}"
     return f"unexpected argument '{shown}'; {help_hint}"
 
 
-def _option_strings(parser: ArgumentParser) -> list[str]:
-    """Every option of ``parser`` and of its subcommands (``stmclf data fetch``'s options are
+def _option_meant(parser: ArgumentParser, name: str, options: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for an unknown option ``name``: a truncated option (prefixes are not
+    taken: adding an option would change what an old command line means) names the options it
+    begins (``--int`` → ``--int8``; ``--trust`` → ``--trust-model-file or --trust-code``); any
+    other the closest option (git's "did you mean")."""
+    begun: list[str] = []
+    for action in _actions(parser) if len(name) > 2 else ():
+        option = next((o for o in action.option_strings if o.startswith(name) and o in options), None)
+        if option is not None and option not in begun:
+            begun.append(option)
+    if 1 <= len(begun) <= 3:
+        return f" (did you mean {' or '.join(begun)}?)"
+    return did_you_mean(name, options)
+
+
+def _actions(parser: ArgumentParser) -> list:
+    """The actions of ``parser`` and of its subcommands (``stmclf data fetch``'s options are
     refused by ``stmclf data``'s parser)."""
-    options = []
+    actions = []
     for action in parser._actions:
-        options += action.option_strings
+        actions.append(action)
         if isinstance(getattr(action, "choices", None), dict):
             for sub in action.choices.values():
                 if isinstance(sub, ArgumentParser):
-                    options += _option_strings(sub)
-    return options
+                    actions += _actions(sub)
+    return actions
+
+
+def _option_strings(parser: ArgumentParser) -> list[str]:
+    """Every option of ``parser`` and of its subcommands."""
+    return [option for action in _actions(parser) for option in action.option_strings]
 
 
 def _unknown_key(path: list[str], bad: str) -> str:
