@@ -623,6 +623,12 @@ def _type_name(text: str) -> str:
     return re.sub(r"typing\.|<class '|'>|__main__\.|stmclf\.config\.sections\.", "", text)
 
 
+def _literal_choices(expected: Sequence[str]) -> list[str]:
+    """The values of the ``one of a, b, c`` types (:func:`_type_name` of a ``Literal``) in ``expected``."""
+    return [value.strip() for kind in expected if kind.startswith("one of ")
+            for value in kind[len("one of "):].split(",")]
+
+
 def one_line_error(message: str) -> str:
     """Rewrite a (possibly nested, multi-line) jsonargparse error into ``key.path: problem`` (the
     problem line made short by :func:`stmclf.errors.one_line`)."""
@@ -673,7 +679,8 @@ def one_line_error(message: str) -> str:
         if nested:  # --training.batch_size.x 1: a key below a value of the schema that holds none
             return (f"{key}.{nested.group(1)}: {key} expects {' or '.join(shown)}, not a mapping: it holds no key "
                     f"{nested.group(1)!r}")
-        got = f", got {given!r}" if given is not None else ""
+        # a misspelled choice (operation_mode: trainig) is named with the closest one, as keys are
+        got = f", got {given!r}{did_you_mean(given, _literal_choices(expected))}" if given is not None else ""
         return f"{key}: expected {' or '.join(shown)}{got}"
     leaf = one_line(leaf or message)
     m = re.match(r"Option '([^']+)' is not accepted", leaf) or re.match(r'Key "([^"]+)" is not expected', leaf)
