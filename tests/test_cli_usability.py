@@ -244,3 +244,22 @@ def test_a_truncated_option_is_refused_and_named(argv, hint, tmp_path, capsys, m
     (tmp_path / "c.yaml").write_text("general: {project_name: p}\n")
     err = _error(capsys, argv)
     assert err.startswith(f"stmclf: error: {hint}"), err
+
+
+@pytest.mark.parametrize("argv, usage", [(["report", "--help"], "usage: stmclf report (RUN_DIR | --run RUN_DIR)"),
+                                         (["help", "report"], "usage: stmclf report (RUN_DIR | --run RUN_DIR)"),
+                                         (["data", "--help"], "usage: stmclf data COMMAND"),
+                                         (["data", "fetch", "-h"], "usage: stmclf data fetch NAME")])
+def test_commands_without_config_have_the_same_help_layout(argv, usage, capsys):
+    """``stmclf report --help`` (and data, data fetch) printed jsonargparse's help (``positional
+    arguments:``, ``(type: Optional[str], default: null)``), unlike every other command."""
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].startswith(usage), lines[0]
+    assert "options:" in lines and lines[-1].split() == ["-h,", "--help", "this", "help"], text
+    assert "(type:" not in text and "default: null" not in text and "positional arguments" not in text, text
+    if argv[0] == "report":
+        assert [line.split()[0] for line in lines if line.startswith("  ")][:3] == ["RUN_DIR", "--run", "--out"]
+    if argv[:2] == ["data", "--help"]:
+        assert "  fetch NAME " in text and "  check " in text

@@ -38,7 +38,7 @@ def plain(text: str) -> str:
 def _option_rows(actions) -> list[tuple[str, str]]:
     rows = []
     for action in actions:
-        flags = ", ".join(action.option_strings[:2]) or action.dest
+        flags = ", ".join(action.option_strings[:2]) or action.metavar or action.dest.upper()  # a positional: NAME
         takes_value = action.nargs != 0 and not type(action).__name__.startswith(("_StoreTrue", "_StoreFalse"))
         if takes_value and action.option_strings:
             flags += " " + (action.metavar or action.dest.split(".")[-1].upper())
@@ -52,7 +52,7 @@ def _format_rows(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
     column = min(max((len(f) for f, _ in rows), default=0) + 4, 34)
     lines = []
     for flags, text in rows:
-        wrapped = textwrap.wrap(text, width - column) or [""]
+        wrapped = textwrap.wrap(text, width - column, break_on_hyphens=False) or [""]
         if len(flags) + 4 > column:
             lines.append(f"  {flags}")
             lines.extend(" " * column + w for w in wrapped)
@@ -94,6 +94,20 @@ def config_help(parser) -> str:
     lines += ["config (ST model-zoo YAML; every key can be overridden as section.key=VALUE or --section.key VALUE):",
               *_format_rows([("sections", ", ".join(list(sections.SECTIONS)) + ", trainer (Lightning)")]),
               "", "Schema and stmclf's additions: docs/config.md; Lightning Trainer options: --help-trainer."]
+    return "\n".join(lines)
+
+
+def small_help(parser, usage: str, commands: Sequence[tuple[str, str]] = ()) -> str:
+    """The help of a command without a config (report, data, data fetch) in the layout of the
+    config commands' (:func:`config_help`): usage, description, ``commands`` (a command's
+    subcommands), options (positionals first, as ``NAME``)."""
+    actions = [a for a in parser._actions if a.dest != "help" and not isinstance(getattr(a, "choices", None), dict)]
+    lines = [f"usage: {parser.prog} {usage}", ""]
+    if parser.description:
+        lines += [plain(parser.description), ""]
+    if commands:
+        lines += ["commands:", *_format_rows(list(commands)), ""]
+    lines += ["options:", *_format_rows([*_option_rows(actions), ("-h, --help", "this help")])]
     return "\n".join(lines)
 
 
@@ -270,11 +284,12 @@ def _data(argv: Sequence[str]) -> int:
     sub = parser.add_subcommands(required=True, dest="action")
     fetch = ArgumentParser(description="download or write a dataset as class folders", allow_abbrev=False)
     fetch.add_argument("name", help="digits (offline, scikit-learn), flowers (tf_flowers), fashion-mnist")
-    fetch.add_argument("--out", type=str, default=None, help="target directory (default: datasets/NAME)")
+    fetch.add_argument("--out", type=str, default=None, metavar="DIR", help="target directory (default: datasets/NAME)")
     fetch.add_argument("--force", action="store_true", default=False, help="rewrite even if complete")
-    fetch.add_argument("--archive", type=Optional[str], default=None,
+    fetch.add_argument("--archive", type=Optional[str], default=None, metavar="FILE",
                        help="flowers: use an already downloaded flower_photos.tgz instead of downloading")
     fetch.add_argument("--max_per_split", "--max-per-split", dest="max_per_split", type=Optional[int], default=None,
+                       metavar="N",
                        help="fashion-mnist: write at most this many images per split")
     sub.add_subcommand("fetch", fetch, help="download or write a dataset as class folders")
     if not argv or argv[0] not in ("fetch", "check") and not argv[0].startswith("-"):
@@ -289,7 +304,9 @@ def _data(argv: Sequence[str]) -> int:
     fetch.prog, check.prog = "stmclf data fetch", "stmclf data check"  # jsonargparse's: 'stmclf data [options] fetch'
     if checking:  # the check parser: its --print_config, the short help of every config command
         return _data_check(check, parse_config_args(check, list(argv[1:])))
-    args = _parse_small(parser, argv)
+    if argv[0] == "fetch" and ("-h" in argv or "--help" in argv):
+        _parse_small(fetch, argv[1:], "NAME [--out DIR] [options]")
+    args = _parse_small(parser, argv, "COMMAND [options]", DATA_COMMANDS)
     if args.action == "fetch":
         from stmclf.data.fetch import fetch_dataset
 
@@ -298,6 +315,12 @@ def _data(argv: Sequence[str]) -> int:
         root = fetch_dataset(opts.name, Path(opts.out or f"datasets/{opts.name}"), force=opts.force, **extra)
         print(root)
     return 0
+
+
+DATA_COMMANDS = (("fetch NAME", "download or write a dataset as class folders (NAME: digits, flowers, fashion-mnist)"),
+                 ("check", "decode every file of the config's dataset paths and list the problems "
+                           "('stmclf data check --help')"))
+"""The commands of ``stmclf data``, for its help."""
 
 
 def _augment_preview(argv: Sequence[str]) -> int:
@@ -373,9 +396,11 @@ def _report(argv: Sequence[str]) -> int:
     parser = ArgumentParser(prog="stmclf report", exit_on_error=False, allow_abbrev=False,
                             description="Write one self-contained HTML page for a run directory.")
     parser.add_argument("run_dir", nargs="?", default=None, help="the run directory (hydra.run.dir of the run)")
-    parser.add_argument("--run", type=Optional[str], default=None, help="the run directory (same as RUN_DIR)")
-    parser.add_argument("--out", type=Optional[str], default=None, help="HTML file (default RUN_DIR/report.html)")
-    args = _parse_small(parser, argv)
+    parser.add_argument("--run", type=Optional[str], default=None, metavar="RUN_DIR",
+                        help="the run directory (same as RUN_DIR)")
+    parser.add_argument("--out", type=Optional[str], default=None, metavar="FILE",
+                        help="HTML file (default RUN_DIR/report.html)")
+    args = _parse_small(parser, argv, "(RUN_DIR | --run RUN_DIR) [--out FILE]")
     run_dir = args.run_dir or args.run
     if not run_dir:
         raise UserError("stmclf report: give the run directory (RUN_DIR or --run RUN_DIR)")
@@ -512,9 +537,14 @@ def _summary(argv: Sequence[str]) -> int:
     return 0
 
 
-def _parse_small(parser, argv: Sequence[str]):
+def _parse_small(parser, argv: Sequence[str], usage: str, commands: Sequence[tuple[str, str]] = ()):
+    """``parser.parse_args`` of a command without a config: -h/--help prints :func:`small_help`
+    (``usage``: the usage line after the command's name), an error is one line."""
     from stmclf.config.parser import argument_error
 
+    if "-h" in argv or "--help" in argv:
+        print(small_help(parser, usage, commands))
+        raise HelpShown
     try:
         return parser.parse_args(list(argv))
     except Exception as exc:  # jsonargparse ArgumentError
