@@ -147,7 +147,7 @@ def test_data_fetch_force_is_a_flag(tmp_path, capsys):
     out = tmp_path / "digits"
     assert main(["data", "fetch", "digits", "--out", str(out)]) == 0
     assert main(["data", "fetch", "digits", "--out", str(out)]) == 0
-    assert "--force rewrites it" in capsys.readouterr().out
+    assert "--force rewrites it" in capsys.readouterr().err  # the log, on stderr
     (out / "0" / "extra.png").write_bytes(b"x")  # not the fetch's: a forced fetch starts over
     assert main(["data", "fetch", "digits", "--out", str(out), "--force"]) == 0
     assert not (out / "0" / "extra.png").exists()
@@ -263,3 +263,25 @@ def test_commands_without_config_have_the_same_help_layout(argv, usage, capsys):
         assert [line.split()[0] for line in lines if line.startswith("  ")][:3] == ["RUN_DIR", "--run", "--out"]
     if argv[:2] == ["data", "--help"]:
         assert "  fetch NAME " in text and "  check " in text
+
+
+@pytest.mark.parametrize("argv, data", [
+    (["predict", "--images", "{images}/cat"], ["Predictions of best_model.pt", "cat_000.png", "predictions: "]),
+    (["summary", "--config", "{config}"], ["Model: mobilenet_v2", "Total params: "]),
+    (["export", "--format", "onnx", "--no-int8"], ["onnx: ", "summary: "]),
+])
+def test_stdout_is_the_data_and_the_log_is_on_stderr(argv, data, trained, image_folder, capsys):
+    """Piped (``stmclf predict ... | head``, ``stmclf summary ... > f``), the log lines were mixed into
+    the tables on stdout; stdout is now the command's data (tables, file paths), the log stderr."""
+    config = trained.parent / "c.yaml"
+    argv = [arg.format(images=image_folder, config=config) for arg in argv]
+    if argv[0] != "summary":
+        argv += ["--run", str(trained)]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    for text in data:
+        assert text in out, out
+    log = {"predict": "operation_mode: prediction", "export": "operation_mode: export",
+           "summary": f"Found 3 classes in dataset {image_folder}"}[argv[0]]
+    assert log in err and log not in out, (out, err)

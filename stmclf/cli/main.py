@@ -601,15 +601,16 @@ def _quiet_libraries() -> None:
 
 
 class _PlainHandler(logging.StreamHandler):
-    """Console logging when stdout is not a terminal (piped, CI): one plain line per record, an INFO
-    message bare and any other prefixed with its level, written to the current ``sys.stdout``."""
+    """Console logging when stderr is not a terminal (piped, CI): one plain line per record, an INFO
+    message bare and any other prefixed with its level, written to the current ``sys.stderr``
+    (stdout is the command's data: tables, file paths, the config of --print_config)."""
 
     def __init__(self) -> None:
-        super().__init__(sys.stdout)
+        super().__init__(sys.stderr)
 
     @property
-    def stream(self):  # the stdout of the moment (a test's capture, a redirect), as Rich's console does
-        return sys.stdout
+    def stream(self):  # the stderr of the moment (a test's capture, a redirect), as Rich's console does
+        return sys.stderr
 
     @stream.setter
     def stream(self, value) -> None:
@@ -621,12 +622,15 @@ class _PlainHandler(logging.StreamHandler):
 
 
 def _setup_console_logging() -> None:
+    """stmclf's log lines on stderr (Rich's in a terminal, plain lines otherwise): stdout holds only
+    a command's data, so ``stmclf predict ... | head`` or ``stmclf summary ... > f`` get no log."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
     logger = logging.getLogger("stmclf")
     if not any(isinstance(h, (RichHandler, _PlainHandler)) for h in logger.handlers):
-        handler = (RichHandler(show_path=False, show_time=False, markup=False) if sys.stdout.isatty()
-                   else _PlainHandler())
+        handler = (RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
+                   if sys.stderr.isatty() else _PlainHandler())
         handler.setFormatter(logging.Formatter("%(message)s"))
         # records for the log file only (training.progress.EpochLine while the Rich bar shows the epoch)
         handler.addFilter(lambda record: not getattr(record, "file_only", False))
