@@ -236,5 +236,5 @@ def test_run_folder_problems_are_one_line(tmp_path, capsys):
     with pytest.raises(UserError, match=r"stmclf_extras.yaml: not valid YAML"):
         read_run_config(tmp_path)
     assert main(["deploy-header", "--run", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
+    err = error_of(capsys.readouterr().err)
     assert "stmclf_extras.yaml" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
