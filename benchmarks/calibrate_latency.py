@@ -129,7 +129,7 @@ def build(key: str, cache: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/stmclf_calib"))
     parser.add_argument("--build-only", action="store_true", help="build the missing .tflite files, then stop")
     parser.add_argument("--only", nargs="*", default=None, help="model keys to build (default: all)")

@@ -67,7 +67,7 @@ def calibrate_batchnorm(module, size: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--alpha", type=float, default=0.35)
     parser.add_argument("--size", type=int, default=128)

@@ -321,7 +321,7 @@ def table(r: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true",
                         help="tiny CPU run (32×32, 320 images, 2 epochs, batch 32): same path, report and "

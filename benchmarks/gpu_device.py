@@ -102,7 +102,7 @@ def emulated_site(target: Path, site_packages: Path | None = None) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("wheels", help=f"download the carried wheels for Python {PYTHON_VERSION} into .whl/")
     sub.add_parser("command", help="print the command to run on the GPU machine (carry .whl)")

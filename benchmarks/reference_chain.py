@@ -33,7 +33,7 @@ from reference_train import resnet8  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("train_dir")
     parser.add_argument("test_dir")
     parser.add_argument("--epochs", type=int, default=15)

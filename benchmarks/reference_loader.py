@@ -52,7 +52,7 @@ def measure(paths: list[str], size: int, channels: int, batch: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--channels", type=int, default=3)

@@ -83,7 +83,7 @@ def measure(model_name: str, batch: int, steps: int, classes: int = 10) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=sorted(SIZES))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60, help="training steps per timed epoch")

@@ -130,7 +130,7 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet8", choices=list(MODELS))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "32"])

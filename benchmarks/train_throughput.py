@@ -187,7 +187,7 @@ def tf_step_throughput(model_name: str, batch: int, steps: int) -> Optional[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1920, help="training images (per epoch)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)

@@ -209,3 +209,12 @@ def forget_model_sources(monkeypatch):
             monkeypatch.setattr(f"stmclf.models.model_file_entry.{name}", {}, raising=False)
 
     return forget
+
+
+def error_of(err: str) -> str:
+    """The error a failed command printed: its stderr from the ``stmclf: ...`` line on (the log
+    lines of the command, on stderr too, come before it), stripped; no traceback anywhere."""
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("stmclf: ")), 0)
+    return "\n".join(lines[start:])

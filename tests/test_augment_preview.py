@@ -1,6 +1,8 @@
 """`stmclf augment-preview` writes a before/after grid PNG from the config's augmentation."""
 from __future__ import annotations
 
+from conftest import error_of
+
 import logging
 
 import numpy as np
@@ -64,7 +66,7 @@ def test_an_augmentation_size_beyond_its_bound_is_refused_before_the_dataset_is_
     config = write_config(train_dir=data, extra=f"data_augmentation:\n  {augmentation}\n")
     out = tmp_path / "aug.png"
     assert main(["augment-preview", "--config", str(config), "--num-images", "256", "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: data_augmentation.{key}: "), err
     assert expected in err and "Traceback" not in err, err
     assert not out.exists()

@@ -1,6 +1,8 @@
 """Local ``stedgeai generate`` benchmark with a stand-in executable writing the real report files."""
 from __future__ import annotations
 
+from conftest import error_of
+
 import json
 import logging
 import os
@@ -483,7 +485,7 @@ def test_the_local_tools_time_limits_are_set_by_the_environment(stand_in, onnx_m
     code = main(["benchmark", "--config", str(_benchmark_config(tmp_path, stand_in)), "--model", str(onnx_model),
                  "--run", str(tmp_path / "run")])
     elapsed = time.time() - (tmp_path / "call.json").stat().st_mtime  # since the tool's call started
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("stmclf: error: "), err
     assert expected in err, err
     assert 1.0 <= elapsed < 8, elapsed
@@ -498,7 +500,7 @@ def test_a_wrong_time_limit_is_one_line_before_anything_runs(stand_in, onnx_mode
     monkeypatch.setenv("STMCLF_STEDGEAI_TIMEOUT", value)
     config = _benchmark_config(tmp_path, stand_in)
     assert main(["benchmark", "--config", str(config), "--model", str(onnx_model), "--run", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert err == f"stmclf: error: STMCLF_STEDGEAI_TIMEOUT={value!r} is not a number of seconds > 0", err
     assert not (tmp_path / "run").exists() and not (tmp_path / "call.json").exists()
     assert main(["benchmark", "--config", str(config), "--model", str(onnx_model), "--run", str(tmp_path / "run"),
@@ -522,7 +524,7 @@ def test_a_local_tool_that_is_not_stedgeai_is_refused_before_the_run_folder(onnx
     else:
         args = ["benchmark", "--config", str(config), "--model", str(onnx_model), "--run", str(run_dir)]
     assert main(args) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert err.startswith("stmclf: error: tools.stedgeai.path_to_stedgeai: /bin/sh") and len(err.splitlines()) == 1, err
     assert "is not ST Edge AI's stedgeai" in err
     assert not run_dir.exists()

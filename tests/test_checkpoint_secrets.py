@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import COLORS, DEFAULT_MODEL, config_text, write_image_folder
+from conftest import error_of, COLORS, DEFAULT_MODEL, config_text, write_image_folder
 from stmclf.cli.main import main
 from stmclf.models.checkpoint_env import ENV_NAMES_KEY, ENV_POSITIONS_KEY
 from stmclf.training.model_file import load_classifier
@@ -60,7 +60,7 @@ def secret_run(tmp_path_factory):
 
 
 def _one_line_error(capsys, key: str, path: Path, variable: str) -> None:
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"stmclf: error: {key}: {path}: environment variable {variable} is not set"), err
 
@@ -128,7 +128,7 @@ def test_export_and_predict_resolve_the_variables(secret_run, tmp_path, monkeypa
     assert not any((tmp_path / name).exists() for name in ("exp", "pred", "fit", "eval"))
     # the run's own config names the variable too: --run stops at the config, in one line
     assert main(["export", "--run", str(run), "--format", "onnx", "--no_int8"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "environment variable stmai_password is not set" in err, err
 
     _set(monkeypatch)
@@ -167,7 +167,7 @@ def test_a_malformed_list_of_variables_is_one_line(secret_run, tmp_path, capsys,
     bad = tmp_path / "bad.pt"
     torch.save(stored, bad)
     assert main(["predict", "--config", str(plain), "--model", str(bad), "--images", str(data / "cat")]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: --model: {bad}: is not a stmclf checkpoint")
 
 
@@ -186,7 +186,7 @@ def test_the_stored_spec_is_checked_on_the_resolved_value(secret_run, tmp_path, 
     _set(monkeypatch)
     monkeypatch.setenv("STMCLF_TEST_MODEL", "mobilenet")
     assert main(["predict", "--config", str(plain), "--model", str(edited), "--images", str(data / "cat")]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"stmclf: error: --model: {edited}: stored hyper_parameters.model_spec: its model "
                           "(name: 'mobilenet'"), err

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import COLORS, config_text, write_image_folder
+from conftest import COLORS, config_text, error_of, write_image_folder
 from stmclf.cli.main import main
 from stmclf.config.rules import available_memory
 
@@ -67,7 +67,7 @@ def trained(tmp_path_factory):
 
 
 def _check_refused(proc: subprocess.CompletedProcess, key: str, path: Path, stored: str) -> None:
-    err = proc.stderr.strip()
+    err = error_of(proc.stderr)  # after the command's log lines
     assert proc.returncode == 2, err[-3000:]
     assert "Traceback" not in err and len(err.splitlines()) == 1, err[-3000:]
     assert err.startswith(f"stmclf: error: {key}: ") and str(path) in err and stored in err, err

@@ -147,7 +147,7 @@ def test_data_fetch_force_is_a_flag(tmp_path, capsys):
     out = tmp_path / "digits"
     assert main(["data", "fetch", "digits", "--out", str(out)]) == 0
     assert main(["data", "fetch", "digits", "--out", str(out)]) == 0
-    assert "--force rewrites it" in capsys.readouterr().out
+    assert "--force rewrites it" in capsys.readouterr().err  # the log, on stderr
     (out / "0" / "extra.png").write_bytes(b"x")  # not the fetch's: a forced fetch starts over
     assert main(["data", "fetch", "digits", "--out", str(out), "--force"]) == 0
     assert not (out / "0" / "extra.png").exists()
@@ -164,15 +164,17 @@ def test_run_folder_mistakes_name_the_run_meant(tmp_path, capsys):
         f"--run {runs}: no config.yaml: a folder of 1 run folder(s), give one of them (the newest: 2026_01_02_10_00_00)")
 
 
-@pytest.mark.parametrize("command, option, named", [("export", "--model", "--ckpt"), ("predict", "--ckpt", "--model"),
-                                                    ("benchmark", "--ckpt", "--model"),
-                                                    ("deploy-header", "--ckpt", "--model")])
-def test_every_model_command_takes_both_model_options(command, option, named, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["export", "predict", "benchmark", "deploy-header"])
+@pytest.mark.parametrize("option", ["--model", "--ckpt"])
+def test_every_model_command_takes_both_model_options(command, option, tmp_path, capsys):
     """The docs say ``--ckpt``/``--model`` for the model file of export, predict and benchmark; export
-    took only --ckpt, the others only --model ('unrecognized arguments')."""
+    took only --ckpt, the others only --model ('unrecognized arguments'). An error about the file
+    names the option the user typed: ``predict --ckpt X`` said ``--model: ...``."""
     missing = tmp_path / "missing.pt"
     assert _error(capsys, [command, option, str(missing)]) == \
-        f"stmclf: error: {named}: unable to find the model file {missing}"
+        f"stmclf: error: {option}: unable to find the model file {missing}"
+    assert _error(capsys, [command, f"{option}={missing}"]) == \
+        f"stmclf: error: {option}: unable to find the model file {missing}"
 
 
 def test_a_misspelled_config_file_names_the_file_meant(tmp_path, capsys):
@@ -237,3 +239,104 @@ def test_help_and_option_errors_do_not_import_lightning_or_torch(tmp_path):
     assert "unknown option --fromat (did you mean --format?)" in proc.stderr
     assert "training.epoch: unknown key (did you mean epochs?)" in proc.stderr
     assert "preprocessing.rescaling.scael: unknown key (did you mean scale?)" in proc.stderr
+
+
+def test_no_arguments_is_a_usage_error_and_help_is_not(capsys):
+    """``stmclf`` alone printed the command list on stdout with exit code 0; as argparse tools, the
+    usage goes to stderr with exit code 2 (a script that forgot its command fails); ``--help`` and
+    ``help`` ask for it: stdout, 0."""
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("usage: stmclf COMMAND") and "  fit " in captured.err
+    for argv in (["--help"], ["-h"], ["help"]):
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        assert captured.err == "" and captured.out.startswith("usage: stmclf COMMAND") and "  fit " in captured.out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, image_folder):
+    """One tiny training run (1 epoch) whose config has a quantization section (export's int8 default)."""
+    from conftest import QUANTIZATION, config_text
+
+    tmp = tmp_path_factory.mktemp("cli_trained")
+    config = tmp / "c.yaml"
+    config.write_text(config_text(image_folder, tmp / "run", tmp / "ml", epochs=1, extra=QUANTIZATION))
+    assert main(["fit", "--config", str(config)]) == 0
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("flags", [["--no-int8"], ["--no_int8"], ["--int8", "--no-int8"]])
+def test_int8_can_be_turned_off_with_no_int8(flags, trained, image_folder, tmp_path, capsys):
+    """``--int8`` is on by default when the config has a quantization section; ``--no-int8``
+    (argparse's BooleanOptionalAction) was refused as an unknown option; the last flag wins."""
+    from conftest import QUANTIZATION, config_text
+
+    run, config = tmp_path / "run", tmp_path / "export.yaml"
+    config.write_text(config_text(image_folder, run, tmp_path / "ml", extra=QUANTIZATION))
+    assert main(["export", "--config", str(config), "--ckpt", str(trained / "saved_models" / "best_model.pt"),
+                 "--format", "onnx", *flags]) == 0
+    exported = sorted(p.name for p in (run / "quantized_models").iterdir() if p.suffix in (".onnx", ".tflite"))
+    assert exported == ["best_model.onnx"], exported
+    capsys.readouterr()
+    assert main(["export", "--help"]) == 0
+    assert "  --int8, --no-int8 " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["export", "--int", "--ckpt", "m.pt"], "unknown option --int (did you mean --int8?); see 'stmclf export --help'"),
+    (["export", "--per", "--ckpt", "m.pt"], "unknown option --per (did you mean --per-layer?)"),
+    (["fit", "--conf", "c.yaml"], "unknown option --conf (did you mean --config?)"),
+    (["fit", "--trust", "--config", "c.yaml"], "unknown option --trust (did you mean --trust-model-file or --trust-code?)"),
+    (["data", "fetch", "digits", "--ou", "x"], "unknown option --ou (did you mean --out?)"),
+    (["report", "--ou", "x.html", "run"], "unknown option --ou (did you mean --out?); see 'stmclf report --help'"),
+])
+def test_a_truncated_option_is_refused_and_named(argv, hint, tmp_path, capsys, monkeypatch):
+    """argparse took a unique prefix as the option (``--int`` was ``--int8``): adding an option later
+    would change what an old command line does. A truncated option is an unknown option, named with
+    the option(s) it begins, as a misspelled one is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("general: {project_name: p}\n")
+    err = _error(capsys, argv)
+    assert err.startswith(f"stmclf: error: {hint}"), err
+
+
+@pytest.mark.parametrize("argv, usage", [(["report", "--help"], "usage: stmclf report (RUN_DIR | --run RUN_DIR)"),
+                                         (["help", "report"], "usage: stmclf report (RUN_DIR | --run RUN_DIR)"),
+                                         (["data", "--help"], "usage: stmclf data COMMAND"),
+                                         (["data", "fetch", "-h"], "usage: stmclf data fetch NAME")])
+def test_commands_without_config_have_the_same_help_layout(argv, usage, capsys):
+    """``stmclf report --help`` (and data, data fetch) printed jsonargparse's help (``positional
+    arguments:``, ``(type: Optional[str], default: null)``), unlike every other command."""
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].startswith(usage), lines[0]
+    assert "options:" in lines and lines[-1].split() == ["-h,", "--help", "this", "help"], text
+    assert "(type:" not in text and "default: null" not in text and "positional arguments" not in text, text
+    if argv[0] == "report":
+        assert [line.split()[0] for line in lines if line.startswith("  ")][:3] == ["RUN_DIR", "--run", "--out"]
+    if argv[:2] == ["data", "--help"]:
+        assert "  fetch NAME " in text and "  check " in text
+
+
+@pytest.mark.parametrize("argv, data", [
+    (["predict", "--images", "{images}/cat"], ["Predictions of best_model.pt", "cat_000.png", "predictions: "]),
+    (["summary", "--config", "{config}"], ["Model: mobilenet_v2", "Total params: "]),
+    (["export", "--format", "onnx", "--no-int8"], ["onnx: ", "summary: "]),
+])
+def test_stdout_is_the_data_and_the_log_is_on_stderr(argv, data, trained, image_folder, capsys):
+    """Piped (``stmclf predict ... | head``, ``stmclf summary ... > f``), the log lines were mixed into
+    the tables on stdout; stdout is now the command's data (tables, file paths), the log stderr."""
+    config = trained.parent / "c.yaml"
+    argv = [arg.format(images=image_folder, config=config) for arg in argv]
+    if argv[0] != "summary":
+        argv += ["--run", str(trained)]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    for text in data:
+        assert text in out, out
+    log = {"predict": "operation_mode: prediction", "export": "operation_mode: export",
+           "summary": f"Found 3 classes in dataset {image_folder}"}[argv[0]]
+    assert log in err and log not in out, (out, err)

@@ -442,9 +442,13 @@ training:
      r"training.batchsize: unknown key \(did you mean batch_size\?\); allowed in training: batch_size, epochs, optimizer"),
     (lambda t: t.replace("  batch_size: 4\n", ""), r"missing required key training.batch_size"),
     (lambda t: t.replace("offset: 0}\n", "offset: 0}\n  color_mode: rgbx\n"),
-     r"preprocessing.color_mode: expected one of grayscale, rgb, rgba, got 'rgbx'"),
-    (lambda t: t.replace("operation_mode: training", "operation_mode: trainin"),
-     r"operation_mode: expected one of training, evaluation"),
+     r"preprocessing.color_mode: expected one of grayscale, rgb, rgba, got 'rgbx' \(did you mean rgb\?\)$"),
+    (lambda t: t.replace("operation_mode: training", "operation_mode: trainin"),  # the closest mode, as for keys
+     r"operation_mode: expected one of training, evaluation, .*, got 'trainin' \(did you mean training\?\)$"),
+    (lambda t: t.replace("operation_mode: training", "operation_mode: chain_tqb"),
+     r"operation_mode: expected one of .*, got 'chain_tqb' \(did you mean chain_tqeb\?\)$"),
+    (lambda t: t.replace("operation_mode: training", "operation_mode: xyz"),  # nothing close: no hint
+     r"operation_mode: expected one of .*chain_qd, got 'xyz'$"),
     (lambda t: t + "general:\n  model_path: m.h5\n",
      r"general.model_path: training.model and general.model_path are mutually exclusive"),
     (lambda t: t.replace("training:\n  model:\n    name: mobilenet\n    version: v2\n    alpha: 0.35\n"

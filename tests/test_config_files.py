@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from conftest import config_text
+from conftest import error_of, config_text
 from stmclf.cli.main import main
 from stmclf.config import load_config
 from stmclf.config.run_files import read_run_config
@@ -229,12 +229,12 @@ def test_environment_values_stay_references_in_both_files(tmp_path, image_folder
 
 def test_run_folder_problems_are_one_line(tmp_path, capsys):
     assert main(["export", "--run", str(tmp_path), "--format", "onnx"]) == 2
-    assert capsys.readouterr().err.strip() == \
+    assert error_of(capsys.readouterr().err) == \
         f"stmclf: error: --run {tmp_path}: no config.yaml; is this a stmclf run directory?"
     (tmp_path / "config.yaml").write_text("general:\n  project_name: x\n")
     (tmp_path / "stmclf_extras.yaml").write_text("trainer: [unclosed\n")
     with pytest.raises(UserError, match=r"stmclf_extras.yaml: not valid YAML"):
         read_run_config(tmp_path)
     assert main(["deploy-header", "--run", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
+    err = error_of(capsys.readouterr().err)
     assert "stmclf_extras.yaml" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -3,6 +3,8 @@ recorded class names, the int8 TFLite model), valid C (compiled with gcc), with 
 names, sizes, pre-processing modes, I/O types and quantization parameters."""
 from __future__ import annotations
 
+from conftest import error_of
+
 import re
 import shutil
 import subprocess
@@ -310,7 +312,7 @@ hydra:
         other = _unquantized_tflite(tmp_path / name, **kind)
         capsys.readouterr()  # TensorFlow's converter warnings
         assert main(["deploy-header", "--config", str(config), "--model", str(other)]) == 2
-        err = capsys.readouterr().err.strip()
+        err = error_of(capsys.readouterr().err)
         assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: --model: {other} {why}"), err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run")) == ["run"]
 
@@ -328,7 +330,7 @@ def test_a_run_without_an_int8_export_is_told_to_export_first(tmp_path, models, 
     cfg["general"]["model_path"] = str(source)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     assert main(["deploy-header", "--run", str(run)]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and err == (
         f"stmclf: error: {run / 'quantized_models'}: no int8 TFLite model (quantized_model.tflite); export the run "
         f"first (stmclf export --run {run} --int8, or operation_mode quantization)"), err

@@ -20,7 +20,7 @@ from typing import Callable, Union
 
 import pytest
 
-from conftest import DEFAULT_MODEL, config_text
+from conftest import DEFAULT_MODEL, config_text, error_of
 from stmclf.cli.main import main
 
 LIMIT_S = 2.0
@@ -361,8 +361,8 @@ def _prepare(case: Case, root: Path, image_folder: Path) -> tuple[Path, list[str
 def _check(case: Case, folder: Path, before: set[str], code: int, out: str, err: str, elapsed: float,
            expected: str) -> None:
     assert "Traceback" not in out + err, err
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{err[-3000:]}"
+    lines = error_of(err).splitlines()  # the command's log lines, before the error, are on stderr too
+    assert len(lines) == 1, f"expected one error line, got {len(lines)}:\n{err[-3000:]}"
     assert code == 2, (code, err)
     assert lines[0].startswith("stmclf: error: "), lines[0]
     message = lines[0][len("stmclf: error: "):]

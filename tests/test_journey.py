@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import QUANTIZATION
+from conftest import QUANTIZATION, error_of
 from stmclf.cli.main import main
 from stmclf.training.tracking import resolve_tracking_uri
 
@@ -195,6 +195,6 @@ def test_benchmark_of_a_trained_model_measures_its_float_onnx(journey, tmp_path,
     state_dict = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(2)}, state_dict)
     code = main(["benchmark", "--config", str(tmp / "c.yaml"), "--model", str(state_dict), "--offline"])
-    err = capsys.readouterr().err
+    err = error_of(capsys.readouterr().err)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "weights.pt is a state dict" in err and "benchmarking accepts" in err

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.callbacks import Checkpoint
 
-from conftest import config_text
+from conftest import error_of, config_text
 from stmclf.cli.main import main
 from stmclf.config import load_config
 from stmclf.training.progress import MID_EPOCH_KEY, checkpoint_interval
@@ -218,7 +218,7 @@ def test_checkpoints_every_few_minutes(tmp_path, image_folder):
 def test_bad_checkpoint_every_is_one_line(tmp_path, image_folder, capsys, value, message):
     (tmp_path / "c.yaml").write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1))
     assert main(["fit", "--config", str(tmp_path / "c.yaml"), "--training.checkpoint_every", value]) == 2
-    assert capsys.readouterr().err.strip() == f"stmclf: error: {message}"
+    assert error_of(capsys.readouterr().err) == f"stmclf: error: {message}"
     assert not (tmp_path / "run").exists()
 
 

@@ -1,6 +1,8 @@
 """stmclf summary: the Keras-style layer table and totals of the config's training.model."""
 from __future__ import annotations
 
+from conftest import error_of
+
 from pathlib import Path
 
 import pytest
@@ -70,7 +72,7 @@ def test_timm_model_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["summary", "--config", str(_config(tmp_path, MNV1))]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert err.startswith("stmclf: error: dataset") and "\n" not in err
     bad = MNV1.replace("alpha: 0.25", "alpha: 0.25\n    depth: 8")
     assert main(["summary", "--config", str(_config(tmp_path, bad, dataset=TEN_CLASSES))]) == 2

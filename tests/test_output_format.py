@@ -1,6 +1,6 @@
 """What a user sees of a training: epochs from 1 and accuracies in % everywhere (epoch lines, Rich
-bar, CSV, curves, MLflow steps), one plain line per epoch when stdout is not a terminal, and no
-harmless third-party warnings."""
+bar, CSV, curves, MLflow steps), one plain line per epoch on stderr when it is not a terminal (stdout
+holds the result table alone), and no harmless third-party warnings."""
 from __future__ import annotations
 
 import csv
@@ -52,6 +52,10 @@ def test_one_plain_line_per_epoch_counted_from_1(piped):
         assert 0 <= float(m[4]) <= 100 and 0 <= float(m[6]) <= 100
     for bar in (r"it/s", r"Epoch \d+/\d+", r"Sanity", r"Validation"):  # no Rich bar, no sanity/validation bars
         assert not re.search(bar, out + err), out
+    # the log (epoch lines, runtime, accuracies) on stderr; stdout is the data: the result table
+    assert len([line for line in err.splitlines() if EPOCH_LINE.match(line)]) == EPOCHS
+    assert "Best model (max val_accuracy)" in out and "validation set" in out
+    assert not re.search(r"(?m)^(epoch \d|Training runtime|operation finished)", out), out
 
 
 @pytest.mark.slow
@@ -64,12 +68,12 @@ def test_no_third_party_warnings(piped):
 
 @pytest.mark.slow
 def test_csv_log_and_curves_count_epochs_from_1_in_percent(piped):
-    tmp, out, _ = piped
+    tmp, _, err = piped
     run = tmp / "run"
     with open(run / "logs/metrics/train_metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["epoch"] for row in rows] == [str(e) for e in range(1, EPOCHS + 1)]
-    lines = {int(m[1]): m for m in map(EPOCH_LINE.match, out.splitlines()) if m}
+    lines = {int(m[1]): m for m in map(EPOCH_LINE.match, err.splitlines()) if m}
     for row in rows:  # the same numbers as the printed lines, in the same unit
         line = lines[int(row["epoch"])]
         assert f"{float(row['accuracy']):.2f}" == line[4] and f"{float(row['val_accuracy']):.2f}" == line[6]
@@ -159,7 +163,8 @@ def test_terminal_gets_the_rich_bar_and_the_log_file_the_lines(tmp_path, image_f
 def test_a_librarys_module_level_warning_does_not_print_every_later_line_twice():
     """onnxruntime's quantizer calls ``logging.warning`` at module level, which gives an unset-up
     root logger a handler of its own: every stmclf line after it then printed twice. The CLI's
-    console set-up gives the root a handler for other libraries' warnings, so nothing doubles."""
+    console set-up gives the root a handler for other libraries' warnings, so nothing doubles. Every
+    log line is on stderr: stdout is a command's data."""
     script = ("import logging\n"
               "from stmclf.cli.main import _setup_console_logging\n"
               "_setup_console_logging()\n"
@@ -168,5 +173,6 @@ def test_a_librarys_module_level_warning_does_not_print_every_later_line_twice()
               "logging.getLogger('onnx').info('an INFO of a library stays quiet')\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["the float ONNX model agrees"]
-    assert proc.stderr.splitlines() == ["WARNING:root:Axis 1 is out-of-range for weight 'w'"]
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == ["WARNING:root:Axis 1 is out-of-range for weight 'w'",
+                                        "the float ONNX model agrees"]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import COLORS, write_image_folder
+from conftest import error_of, COLORS, write_image_folder
 from stmclf.errors import ConfigError, UserError
 
 CLASSES = sorted(COLORS)
@@ -293,7 +293,7 @@ def test_imported_model_without_config_needs_the_rescaling(setup, tmp_path, caps
     with pytest.raises(UserError, match="does not record its rescaling; give --config"):
         predict_folder(h5, setup["folder"], tmp_path / "x")
     assert main(["predict", "--model", str(h5), "--images", str(setup["folder"]), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "give --config" in err, err
     config = tmp_path / "c.yaml"
     config.write_text("dataset:\n  class_names: [cat, dog]\npreprocessing:\n  rescaling: {scale: 1/127.5, "
@@ -343,7 +343,7 @@ def test_a_trusted_pickled_module_without_a_config_is_one_clean_refusal(setup, t
     folder = setup["folder"]
     assert main(["predict", "--model", str(path), "--images", str(folder), "--trust-model-file",
                  "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert err == (f"stmclf: error: {path}: the file does not record its rescaling; give --config with a "
                    "preprocessing section (preprocessing.rescaling)"), err
     assert not (tmp_path / "o").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import COLORS, config_text, write_image_folder
+from conftest import error_of, COLORS, config_text, write_image_folder
 from stmclf.cli.main import main
 from test_keras_h5_malformed import GAP, _dense, _input, _sequential, _write
 
@@ -56,7 +56,7 @@ def test_a_model_file_that_does_not_load_leaves_no_run_folder(files, tmp_path, c
     if mode == "prediction":
         config.write_text(config.read_text() + f"prediction:\n  test_files_path: {data / 'cat'}\n")
     assert main(["run", "--config", str(config), "--offline"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: general.model_path: {bad}"), err
     assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
 
@@ -76,7 +76,7 @@ def test_a_model_file_from_the_command_line_is_named_by_its_option(files, tmp_pa
                          (["predict", "--model", str(evil), "--images", str(data / "cat")], "--model"),
                          (["export", "--ckpt", str(keras3)], "--ckpt")):
         assert main([*args, "--config", str(config)]) == 2, args
-        err = capsys.readouterr().err.strip()
+        err = error_of(capsys.readouterr().err)
         assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: {option}: {tmp_path / 'm'}"), err
     assert 'model.save("model.h5")' in err and "Keras .h5" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "ml").exists()
@@ -93,7 +93,7 @@ def test_an_input_shape_beside_a_model_file_that_records_another_is_refused(file
     config.write_text(text.replace("training:\n", "training:\n  model:\n    input_shape: (16, 16, 3)\n"))
     for args in (["fit"], ["export", "--int8", "--format", "onnx"]):
         assert main([*args, "--config", str(config)]) == 2
-        err = capsys.readouterr().err.strip()
+        err = error_of(capsys.readouterr().err)
         assert err == (f"stmclf: error: training.model.input_shape: (16, 16, 3), but {h5} records the input shape "
                        "(8, 8, 3), the size its model was built for; remove training.model.input_shape (it gives "
                        "the size of a TorchScript file or pickled module that records none)"), err
@@ -142,7 +142,7 @@ def test_on_target_evaluation_is_refused_and_a_missing_board_is_named(files, tmp
                      model_path=h5)
     config.write_text(config.read_text() + "evaluation:\n  target: stedgeai_n6\n")
     assert main(["run", "--config", str(config)]) == 2
-    assert capsys.readouterr().err.strip().startswith(
+    assert error_of(capsys.readouterr().err).startswith(
         "stmclf: error: evaluation.target: 'stedgeai_n6': only host evaluation is supported")
     assert not (tmp_path / "run").exists()
     with caplog.at_level(logging.WARNING, logger="stmclf.benchmark"):
@@ -229,7 +229,7 @@ def test_a_torchscript_source_without_its_input_shape_trains_exports_and_benchma
     ts = _torchscript(tmp_path / "net.pt", record_shape=False)
     config = _config(tmp_path / "ts.yaml", data, tmp_path / "run", tmp_path / "ml", mode="evaluation", model_path=ts)
     assert main(["run", "--config", str(config)]) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "does not record the input size: set training.model.input_shape" in err
     assert "_extra_files" in err and not (tmp_path / "run").exists()
 
@@ -304,7 +304,7 @@ def test_errors_about_a_checkpoints_model_file_name_the_option_that_gave_the_che
         config.write_text(text)
         command = ["fit", "--config", str(config)]
     assert main(command) == 2
-    err = capsys.readouterr().err.strip()
+    err = error_of(capsys.readouterr().err)
     key = entry.split()[-1]
     assert len(err.splitlines()) == 1 and err.startswith(f"stmclf: error: {key}: "), err
     assert f"the copy of src.pt stored in {best}: " in err and "training.model.path" not in err, err

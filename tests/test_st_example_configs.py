@@ -11,6 +11,8 @@ examples drop ``training.model`` (mutually exclusive with it, in ST's checker as
 """
 from __future__ import annotations
 
+from conftest import error_of
+
 import csv
 import json
 import os
@@ -249,7 +251,7 @@ def test_other_chains(mode, source, extra, artifacts, tmp_path):
 # -- sources a mode cannot use --------------------------------------------------------------
 
 def _one_error_line(stderr: str, model: Path) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in error_of(stderr).splitlines() if line.strip()]  # after the log lines
     assert len(lines) == 1 and lines[0].startswith("stmclf: error:") and str(model) in lines[0], stderr
 
 

@@ -1,6 +1,8 @@
 """End-to-end `stmclf fit` on a tiny image folder: run directory, MLflow, resume, atomic saves."""
 from __future__ import annotations
 
+from conftest import error_of
+
 import csv
 import re
 
@@ -126,7 +128,7 @@ def test_resume_from_a_model_file_or_a_tampered_checkpoint_is_one_line(trained, 
         (tmp_path / f"{name}.yaml").write_text(
             text.replace("training:\n", f"training:\n  resume_training_from: {source}\n", 1))
         assert main(["fit", "--config", str(tmp_path / f"{name}.yaml")]) == 2, name
-        err = capsys.readouterr().err
+        err = error_of(capsys.readouterr().err)
         assert err.startswith("stmclf: error: training.resume_training_from: ") and "Traceback" not in err, err
         if name.startswith("weights-"):
             assert "does not match the model it describes" in err and len(err.splitlines()) == 1, err
@@ -156,7 +158,7 @@ def test_model_file_with_weights_that_do_not_fit_is_one_line(trained, tmp_path, 
             "general:\n", f"general:\n  model_path: {path}\n", 1)
         (tmp_path / f"{name}.yaml").write_text(text)
         assert main(["run", "--config", str(tmp_path / f"{name}.yaml")]) == 2, name
-        err = capsys.readouterr().err
+        err = error_of(capsys.readouterr().err)
         assert err.startswith(f"stmclf: error: general.model_path: {path} does not match the model it describes"), err
         assert len(err.splitlines()) == 1, err
 

@@ -38,7 +38,7 @@ def plain(text: str) -> str:
 def _option_rows(actions) -> list[tuple[str, str]]:
     rows = []
     for action in actions:
-        flags = ", ".join(action.option_strings[:2]) or action.dest
+        flags = ", ".join(action.option_strings[:2]) or action.metavar or action.dest.upper()  # a positional: NAME
         takes_value = action.nargs != 0 and not type(action).__name__.startswith(("_StoreTrue", "_StoreFalse"))
         if takes_value and action.option_strings:
             flags += " " + (action.metavar or action.dest.split(".")[-1].upper())
@@ -52,7 +52,7 @@ def _format_rows(rows: list[tuple[str, str]], width: int = 100) -> list[str]:
     column = min(max((len(f) for f, _ in rows), default=0) + 4, 34)
     lines = []
     for flags, text in rows:
-        wrapped = textwrap.wrap(text, width - column) or [""]
+        wrapped = textwrap.wrap(text, width - column, break_on_hyphens=False) or [""]
         if len(flags) + 4 > column:
             lines.append(f"  {flags}")
             lines.extend(" " * column + w for w in wrapped)
@@ -94,6 +94,20 @@ def config_help(parser) -> str:
     lines += ["config (ST model-zoo YAML; every key can be overridden as section.key=VALUE or --section.key VALUE):",
               *_format_rows([("sections", ", ".join(list(sections.SECTIONS)) + ", trainer (Lightning)")]),
               "", "Schema and stmclf's additions: docs/config.md; Lightning Trainer options: --help-trainer."]
+    return "\n".join(lines)
+
+
+def small_help(parser, usage: str, commands: Sequence[tuple[str, str]] = ()) -> str:
+    """The help of a command without a config (report, data, data fetch) in the layout of the
+    config commands' (:func:`config_help`): usage, description, ``commands`` (a command's
+    subcommands), options (positionals first, as ``NAME``)."""
+    actions = [a for a in parser._actions if a.dest != "help" and not isinstance(getattr(a, "choices", None), dict)]
+    lines = [f"usage: {parser.prog} {usage}", ""]
+    if parser.description:
+        lines += [plain(parser.description), ""]
+    if commands:
+        lines += ["commands:", *_format_rows(list(commands)), ""]
+    lines += ["options:", *_format_rows([*_option_rows(actions), ("-h, --help", "this help")])]
     return "\n".join(lines)
 
 
@@ -223,6 +237,13 @@ MODEL_OPTIONS = ("--model", "--ckpt")
 command takes both (export shows ``--ckpt`` first, the others ``--model``)."""
 
 
+def _model_option(argv: Sequence[str], default: str) -> str:
+    """The spelling of the model option the user typed (``--model`` or ``--ckpt``; the last one
+    given, whose value argparse keeps), else ``default``: errors about the file name that option."""
+    typed = [arg.partition("=")[0] for arg in argv if arg.partition("=")[0] in MODEL_OPTIONS]
+    return typed[-1] if typed else default
+
+
 def _with_run_config(argv: Sequence[str]) -> list[str]:
     """Without ``--config``, the config of the run the command works on is the config (its
     ``config.yaml``, then its ``stmclf_extras.yaml`` when there is one): the run of ``--run
@@ -262,15 +283,16 @@ def _data(argv: Sequence[str]) -> int:
     from stmclf.config.parser import PARSER_MODE
 
     parser = ArgumentParser(prog="stmclf data", exit_on_error=False, description="dataset utilities",
-                            parser_mode=PARSER_MODE)
+                            parser_mode=PARSER_MODE, allow_abbrev=False)
     sub = parser.add_subcommands(required=True, dest="action")
-    fetch = ArgumentParser(description="download or write a dataset as class folders")
+    fetch = ArgumentParser(description="download or write a dataset as class folders", allow_abbrev=False)
     fetch.add_argument("name", help="digits (offline, scikit-learn), flowers (tf_flowers), fashion-mnist")
-    fetch.add_argument("--out", type=str, default=None, help="target directory (default: datasets/NAME)")
+    fetch.add_argument("--out", type=str, default=None, metavar="DIR", help="target directory (default: datasets/NAME)")
     fetch.add_argument("--force", action="store_true", default=False, help="rewrite even if complete")
-    fetch.add_argument("--archive", type=Optional[str], default=None,
+    fetch.add_argument("--archive", type=Optional[str], default=None, metavar="FILE",
                        help="flowers: use an already downloaded flower_photos.tgz instead of downloading")
     fetch.add_argument("--max_per_split", "--max-per-split", dest="max_per_split", type=Optional[int], default=None,
+                       metavar="N",
                        help="fashion-mnist: write at most this many images per split")
     sub.add_subcommand("fetch", fetch, help="download or write a dataset as class folders")
     if not argv or argv[0] not in ("fetch", "check") and not argv[0].startswith("-"):
@@ -280,12 +302,14 @@ def _data(argv: Sequence[str]) -> int:
             if argv else "give a data command"
         raise UserError(f"stmclf data: {given}; data commands: fetch NAME --out DIR, check --config FILE")
     checking = list(argv[:1]) == ["check"]
-    check = _data_check_parser() if checking else ArgumentParser()  # a config parser only for data check
+    check = _data_check_parser() if checking else ArgumentParser(allow_abbrev=False)  # a config parser only for data check
     sub.add_subcommand("check", check, help="decode every file of the config's dataset paths and list the problems")
     fetch.prog, check.prog = "stmclf data fetch", "stmclf data check"  # jsonargparse's: 'stmclf data [options] fetch'
     if checking:  # the check parser: its --print_config, the short help of every config command
         return _data_check(check, parse_config_args(check, list(argv[1:])))
-    args = _parse_small(parser, argv)
+    if argv[0] == "fetch" and ("-h" in argv or "--help" in argv):
+        _parse_small(fetch, argv[1:], "NAME [--out DIR] [options]")
+    args = _parse_small(parser, argv, "COMMAND [options]", DATA_COMMANDS)
     if args.action == "fetch":
         from stmclf.data.fetch import fetch_dataset
 
@@ -294,6 +318,12 @@ def _data(argv: Sequence[str]) -> int:
         root = fetch_dataset(opts.name, Path(opts.out or f"datasets/{opts.name}"), force=opts.force, **extra)
         print(root)
     return 0
+
+
+DATA_COMMANDS = (("fetch NAME", "download or write a dataset as class folders (NAME: digits, flowers, fashion-mnist)"),
+                 ("check", "decode every file of the config's dataset paths and list the problems "
+                           "('stmclf data check --help')"))
+"""The commands of ``stmclf data``, for its help."""
 
 
 def _augment_preview(argv: Sequence[str]) -> int:
@@ -366,12 +396,14 @@ def _data_check(parser, ns) -> int:
 def _report(argv: Sequence[str]) -> int:
     from jsonargparse import ArgumentParser
 
-    parser = ArgumentParser(prog="stmclf report", exit_on_error=False,
+    parser = ArgumentParser(prog="stmclf report", exit_on_error=False, allow_abbrev=False,
                             description="Write one self-contained HTML page for a run directory.")
     parser.add_argument("run_dir", nargs="?", default=None, help="the run directory (hydra.run.dir of the run)")
-    parser.add_argument("--run", type=Optional[str], default=None, help="the run directory (same as RUN_DIR)")
-    parser.add_argument("--out", type=Optional[str], default=None, help="HTML file (default RUN_DIR/report.html)")
-    args = _parse_small(parser, argv)
+    parser.add_argument("--run", type=Optional[str], default=None, metavar="RUN_DIR",
+                        help="the run directory (same as RUN_DIR)")
+    parser.add_argument("--out", type=Optional[str], default=None, metavar="FILE",
+                        help="HTML file (default RUN_DIR/report.html)")
+    args = _parse_small(parser, argv, "(RUN_DIR | --run RUN_DIR) [--out FILE]")
     run_dir = args.run_dir or args.run
     if not run_dir:
         raise UserError("stmclf report: give the run directory (RUN_DIR or --run RUN_DIR)")
@@ -381,12 +413,27 @@ def _report(argv: Sequence[str]) -> int:
     return 0
 
 
+def on_off_action() -> type:
+    """The action of an on/off flag whose negation means something (its default comes from the
+    config): argparse's ``BooleanOptionalAction`` (``--X`` / ``--no-X``, both in ``--help``), which
+    also takes ``--no_X``, as every option of two words takes both spellings."""
+    import argparse
+
+    class OnOffAction(argparse.BooleanOptionalAction):
+        def __init__(self, option_strings, dest, **kwargs):
+            super().__init__(option_strings, dest, **kwargs)
+            self.option_strings += [f"--no_{name[2:]}" for name in option_strings if name.startswith("--")]
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            setattr(namespace, self.dest, not (option_string or "").startswith(("--no-", "--no_")))
+
+    return OnOffAction
+
+
 RUN_HELP = "run folder to write into (default: the run folder holding the model file, else a new one)"
 
 
 def _export(argv: Sequence[str]) -> int:
-    from jsonargparse import ActionYesNo
-
     from stmclf.config import from_namespace
     from stmclf.config.parser import build_parser
 
@@ -396,9 +443,9 @@ def _export(argv: Sequence[str]) -> int:
                         help="model file: stmclf best_model.pt/.ckpt, Keras .h5, float ONNX or torch file; with --run: "
                              "the run's best_model.pt (else the model its export came from), else general.model_path")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
-    parser.add_argument("--int8", action=ActionYesNo, default=None,
-                        help="also write int8 models (default: when the config has a quantization section); "
-                             "--no_int8 to skip")
+    parser.add_argument("--int8", action=on_off_action(), default=None,
+                        help="also write int8 models, or not (default: when the config has a quantization "
+                             "section)")
     parser.add_argument("--format", type=str, default="onnx,tflite", help="onnx, tflite or onnx,tflite")
     parser.add_argument("--per-layer", "--per_layer", dest="per_layer", action="store_true", default=False,
                         help="with --int8 and the onnx format: per-tensor SNR of the QDQ model vs the float ONNX "
@@ -411,7 +458,8 @@ def _export(argv: Sequence[str]) -> int:
         check_per_layer_request(ns.format, ns.int8, cfg)
     from stmclf.orchestration import export_command  # imports Lightning: once the command runs
 
-    result, _ = export_command(cfg, ns.ckpt, run=ns.run, formats=ns.format, int8=ns.int8)
+    result, _ = export_command(cfg, ns.ckpt, run=ns.run, formats=ns.format, int8=ns.int8,
+                               option=_model_option(argv, "--ckpt"))
     files = dict(result.items())
     if ns.per_layer:
         from stmclf.export.per_layer import per_layer_for_export
@@ -440,7 +488,8 @@ def _predict(argv: Sequence[str]) -> int:
     use_config = bool(cfg.config_files) or cfg.preprocessing is not None or cfg.dataset is not None
     from stmclf.orchestration import predict_command  # imports Lightning: once the command runs
 
-    result = predict_command(cfg, ns.model, ns.images, run=ns.run, use_config=use_config)
+    result = predict_command(cfg, ns.model, ns.images, run=ns.run, use_config=use_config,
+                             option=_model_option(argv, "--model"))
     print(f"predictions: {result.out_dir}")
     return 0
 
@@ -460,7 +509,7 @@ def _benchmark(argv: Sequence[str]) -> int:
     cfg = from_namespace(parser, ns)
     from stmclf.orchestration import benchmark_command  # imports Lightning: once the command runs
 
-    benchmark_command(cfg, ns.model, run=ns.run, board=ns.board)
+    benchmark_command(cfg, ns.model, run=ns.run, board=ns.board, option=_model_option(argv, "--model"))
     return 0
 
 
@@ -480,7 +529,7 @@ def _deploy_header(argv: Sequence[str]) -> int:
     cfg = from_namespace(parser, ns)
     from stmclf.orchestration import deploy_header_command  # imports Lightning: once the command runs
 
-    print(deploy_header_command(cfg, ns.model, run=ns.run, out=ns.out))
+    print(deploy_header_command(cfg, ns.model, run=ns.run, out=ns.out, option=_model_option(argv, "--model")))
     return 0
 
 
@@ -498,9 +547,14 @@ def _summary(argv: Sequence[str]) -> int:
     return 0
 
 
-def _parse_small(parser, argv: Sequence[str]):
+def _parse_small(parser, argv: Sequence[str], usage: str, commands: Sequence[tuple[str, str]] = ()):
+    """``parser.parse_args`` of a command without a config: -h/--help prints :func:`small_help`
+    (``usage``: the usage line after the command's name), an error is one line."""
     from stmclf.config.parser import argument_error
 
+    if "-h" in argv or "--help" in argv:
+        print(small_help(parser, usage, commands))
+        raise HelpShown
     try:
         return parser.parse_args(list(argv))
     except Exception as exc:  # jsonargparse ArgumentError
@@ -557,15 +611,16 @@ def _quiet_libraries() -> None:
 
 
 class _PlainHandler(logging.StreamHandler):
-    """Console logging when stdout is not a terminal (piped, CI): one plain line per record, an INFO
-    message bare and any other prefixed with its level, written to the current ``sys.stdout``."""
+    """Console logging when stderr is not a terminal (piped, CI): one plain line per record, an INFO
+    message bare and any other prefixed with its level, written to the current ``sys.stderr``
+    (stdout is the command's data: tables, file paths, the config of --print_config)."""
 
     def __init__(self) -> None:
-        super().__init__(sys.stdout)
+        super().__init__(sys.stderr)
 
     @property
-    def stream(self):  # the stdout of the moment (a test's capture, a redirect), as Rich's console does
-        return sys.stdout
+    def stream(self):  # the stderr of the moment (a test's capture, a redirect), as Rich's console does
+        return sys.stderr
 
     @stream.setter
     def stream(self, value) -> None:
@@ -577,12 +632,15 @@ class _PlainHandler(logging.StreamHandler):
 
 
 def _setup_console_logging() -> None:
+    """stmclf's log lines on stderr (Rich's in a terminal, plain lines otherwise): stdout holds only
+    a command's data, so ``stmclf predict ... | head`` or ``stmclf summary ... > f`` get no log."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
     logger = logging.getLogger("stmclf")
     if not any(isinstance(h, (RichHandler, _PlainHandler)) for h in logger.handlers):
-        handler = (RichHandler(show_path=False, show_time=False, markup=False) if sys.stdout.isatty()
-                   else _PlainHandler())
+        handler = (RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
+                   if sys.stderr.isatty() else _PlainHandler())
         handler.setFormatter(logging.Formatter("%(message)s"))
         # records for the log file only (training.progress.EpochLine while the Rich bar shows the epoch)
         handler.addFilter(lambda record: not getattr(record, "file_only", False))
@@ -625,7 +683,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"stmclf: error: {unknown_command(argv[1])}", file=sys.stderr)
             return 2
         argv = [argv[1], "--help"]
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # as argparse tools: the usage on stderr, exit code 2 (asked for with --help: stdout, 0)
+        print(USAGE.format(commands=commands), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(USAGE.format(commands=commands))
         return 0
     if argv[0] in ("-V", "--version"):

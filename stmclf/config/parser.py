@@ -424,7 +424,7 @@ def build_parser(prog: str, description: str = "") -> ArgumentParser:
     set_parsing_settings(instantiate_subclass_spec_in_any=False, import_path_denylist=["*", *UNTRUSTED_IMPORTS],
                          import_path_allowlist=list(TRUSTED_PACKAGES))
     parser = ArgumentParser(prog=prog, description=description, parser_mode=PARSER_MODE,
-                            exit_on_error=False, default_meta=False, print_config=None)
+                            exit_on_error=False, default_meta=False, print_config=None, allow_abbrev=False)
     parser.add_argument("-c", "--config", action=ConfigFileAction,
                         help="ST model-zoo YAML config file (may be given more than once)")
     parser.add_argument("--print_config", type=Optional[str], default=None, metavar="[=st|extras]",
@@ -466,7 +466,7 @@ def unknown_option(parser: ArgumentParser, argv: Sequence[str]) -> Optional[str]
     """The one-line error for the first argument of ``argv`` (as :func:`convert_overrides` writes
     it) that is an option ``parser`` does not have, or a key of a section's schema that does not
     exist, known without the ``trainer`` section: ``--X`` or ``--X=V`` that is none of its options
-    and no abbreviation of one (argparse expands those); ``--section.key...`` whose keys leave the
+    (an abbreviation of one included: the parsers take none); ``--section.key...`` whose keys leave the
     section's dataclasses (a free-form mapping, a value's type and ``trainer.key`` are the full
     parser's to judge). None when there is none. argparse refuses such an argument wherever it
     stands (a value of an option cannot start with ``--``, but after ``--``; one with a space is a
@@ -476,8 +476,7 @@ def unknown_option(parser: ArgumentParser, argv: Sequence[str]) -> Optional[str]
         if arg == "--":
             return None
         name = arg.partition("=")[0]
-        if not name.startswith("--") or len(name) == 2 or " " in arg or name in options or \
-                any(option.startswith(name) for option in options):
+        if not name.startswith("--") or len(name) == 2 or " " in arg or name in options:
             continue
         path = name[2:].rstrip("+").split(".")  # --dataset.class_names+ VALUE appends to a list
         if path[0] == "trainer":
@@ -681,6 +680,12 @@ def _type_name(text: str) -> str:
     return re.sub(r"typing\.|<class '|'>|__main__\.|stmclf\.config\.sections\.", "", text)
 
 
+def _literal_choices(expected: Sequence[str]) -> list[str]:
+    """The values of the ``one of a, b, c`` types (:func:`_type_name` of a ``Literal``) in ``expected``."""
+    return [value.strip() for kind in expected if kind.startswith("one of ")
+            for value in kind[len("one of "):].split(",")]
+
+
 def one_line_error(message: str) -> str:
     """Rewrite a (possibly nested, multi-line) jsonargparse error into ``key.path: problem`` (the
     problem line made short by :func:`stmclf.errors.one_line`)."""
@@ -731,7 +736,8 @@ def one_line_error(message: str) -> str:
         if nested:  # --training.batch_size.x 1: a key below a value of the schema that holds none
             return (f"{key}.{nested.group(1)}: {key} expects {' or '.join(shown)}, not a mapping: it holds no key "
                     f"{nested.group(1)!r}")
-        got = f", got {given!r}" if given is not None else ""
+        # a misspelled choice (operation_mode: trainig) is named with the closest one, as keys are
+        got = f", got {given!r}{did_you_mean(given, _literal_choices(expected))}" if given is not None else ""
         return f"{key}: expected {' or '.join(shown)}{got}"
     leaf = one_line(leaf or message)
     m = re.match(r"Option '([^']+)' is not accepted", leaf) or re.match(r'Key "([^"]+)" is not expected', leaf)
@@ -768,24 +774,44 @@ def argument_error(parser: ArgumentParser, message: str) -> str:
     if first.startswith("-"):
         name = first.partition("=")[0]
         options = [o for o in _option_strings(parser) if "." in name or "." not in o]
-        return f"unknown option {printable_path(name)}{did_you_mean(name, options)}; {help_hint}"
+        return f"unknown option {printable_path(name)}{_option_meant(parser, name, options)}; {help_hint}"
     takes_config = any("--config" in action.option_strings for action in parser._actions)
     if takes_config and first.endswith((".yaml", ".yml")):
         return f"unexpected argument '{shown}': a config file is given as --config {shown}"
     return f"unexpected argument '{shown}'; {help_hint}"
 
 
-def _option_strings(parser: ArgumentParser) -> list[str]:
-    """Every option of ``parser`` and of its subcommands (``stmclf data fetch``'s options are
+def _option_meant(parser: ArgumentParser, name: str, options: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for an unknown option ``name``: a truncated option (prefixes are not
+    taken: adding an option would change what an old command line means) names the options it
+    begins (``--int`` → ``--int8``; ``--trust`` → ``--trust-model-file or --trust-code``); any
+    other the closest option (git's "did you mean")."""
+    begun: list[str] = []
+    for action in _actions(parser) if len(name) > 2 else ():
+        option = next((o for o in action.option_strings if o.startswith(name) and o in options), None)
+        if option is not None and option not in begun:
+            begun.append(option)
+    if 1 <= len(begun) <= 3:
+        return f" (did you mean {' or '.join(begun)}?)"
+    return did_you_mean(name, options)
+
+
+def _actions(parser: ArgumentParser) -> list:
+    """The actions of ``parser`` and of its subcommands (``stmclf data fetch``'s options are
     refused by ``stmclf data``'s parser)."""
-    options = []
+    actions = []
     for action in parser._actions:
-        options += action.option_strings
+        actions.append(action)
         if isinstance(getattr(action, "choices", None), dict):
             for sub in action.choices.values():
                 if isinstance(sub, ArgumentParser):
-                    options += _option_strings(sub)
-    return options
+                    actions += _actions(sub)
+    return actions
+
+
+def _option_strings(parser: ArgumentParser) -> list[str]:
+    """Every option of ``parser`` and of its subcommands."""
+    return [option for action in _actions(parser) for option in action.option_strings]
 
 
 def _unknown_key(path: list[str], bad: str) -> str:

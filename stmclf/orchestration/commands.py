@@ -85,13 +85,14 @@ def command_model(cfg: RunConfig, given: Optional[str], option: str, run: Option
 
 
 def export_command(cfg: RunConfig, ckpt: Optional[str] = None, *, run: Optional[str] = None,
-                   formats: Sequence[str] = ("onnx", "tflite"), int8: Optional[bool] = None):
+                   formats: Sequence[str] = ("onnx", "tflite"), int8: Optional[bool] = None, option: str = "--ckpt"):
     """``stmclf export``: float (and int8) files of a model into ``<run>/quantized_models``,
-    checked, then evaluated."""
+    checked, then evaluated. ``option``: the spelling of the model option the user typed (errors
+    about ``ckpt`` name it)."""
     from stmclf.export.export import ExportSettings, parse_formats
 
     root = resolve_run_dir(run, ckpt, cfg)
-    model, key = command_model(cfg, ckpt, "--ckpt", run, root, run_model, run_exported_model)
+    model, key = command_model(cfg, ckpt, option, run, root, run_model, run_exported_model)
     if not model:
         raise ConfigError("general.model_path", "export needs the model to export: --ckpt PATH, "
                                                 "general.model_path, or --run RUN_DIR of a training run")
@@ -107,12 +108,12 @@ def export_command(cfg: RunConfig, ckpt: Optional[str] = None, *, run: Optional[
 
 
 def benchmark_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optional[str] = None,
-                      board: Optional[str] = None):
+                      board: Optional[str] = None, option: str = "--model"):
     """``stmclf benchmark``: footprint of a model on a board, into its run folder's ``benchmark.json``."""
     from stmclf.benchmark.run import board_name, cloud_login_first
 
     root = resolve_run_dir(run, model or cfg.general.model_path, cfg)
-    model, key = command_model(cfg, model, "--model", run, root, run_quantized_model, run_model, run_exported_model)
+    model, key = command_model(cfg, model, option, run, root, run_quantized_model, run_model, run_exported_model)
     if not model:
         raise ConfigError("general.model_path", "benchmarking needs a .tflite or .onnx model (--model, "
                                                 "general.model_path, or --run RUN_DIR of an exported run)")
@@ -127,10 +128,10 @@ def benchmark_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optio
 
 
 def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optional[str] = None, *,
-                    run: Optional[str] = None, use_config: bool = True):
+                    run: Optional[str] = None, use_config: bool = True, option: str = "--model"):
     """``stmclf predict``: every image of a folder → ``<run>/predictions/``."""
     root = resolve_run_dir(run, model, cfg)
-    model, key = command_model(cfg, model, "--model", run, root, run_model, run_exported_model)
+    model, key = command_model(cfg, model, option, run, root, run_model, run_exported_model)
     if not model:
         raise ConfigError("general.model_path", "prediction needs a model (a stmclf .pt/.ckpt, Keras .h5, .onnx "
                                                 "or .tflite)")
@@ -154,7 +155,7 @@ def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optiona
 
 
 def deploy_header_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optional[str] = None,
-                          out: Optional[str] = None) -> Path:
+                          out: Optional[str] = None, option: str = "--model") -> Path:
     """``stmclf deploy-header``: ``<run>/generated/ai_model_config.h`` for a full-integer TFLite
     model — ``--model``; else, with ``--run``, the run's int8 export (an error when it has none:
     the run's ``general.model_path`` is what it was trained from, not what it deploys); else
@@ -166,7 +167,7 @@ def deploy_header_command(cfg: RunConfig, model: Optional[str] = None, *, run: O
     if not model and run is not None:
         model, key = None, "--run"  # the run's int8 export (build_deploy_header finds it)
     else:
-        model, key = command_model(cfg, model, "--model", None, root)
+        model, key = command_model(cfg, model, option, None, root)
         if not model:
             raise ConfigError("general.model_path", "the deployment header needs a full-integer (int8) .tflite "
                                                     "model: --model, general.model_path, or --run RUN_DIR of an "

@@ -580,9 +580,9 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     mid_epoch = MidEpochCheckpoint(run.saved_models / f"{LAST_NAME}.ckpt", seed, **checkpoint_every)
     csv_logger = EpochCSVLogger(run.metrics_csv)
     loggers = [make_tensorboard_logger(run.root, cfg.general.logs_dir), *([mlflow_logger] if mlflow_logger else [])]
-    # The Rich bar only in a terminal; piped or in CI, one plain line per epoch (EpochLine) and no
-    # sanity-check or validation bars.
-    rich_bar = bool(options.get("enable_progress_bar", True)) and sys.stdout.isatty()
+    # The Rich bar (on stderr, with the log) only in a terminal; piped or in CI, one plain line per
+    # epoch (EpochLine) and no sanity-check or validation bars.
+    rich_bar = bool(options.get("enable_progress_bar", True)) and sys.stderr.isatty()
     options["enable_progress_bar"] = rich_bar
     progress = [ProgressBar()] if rich_bar else []
     trainer = make_trainer(max_epochs=training.epochs,

@@ -289,10 +289,11 @@ class EpochStep(Callback):
 
 class ProgressBar(RichProgressBar):
     """Rich progress bar for a terminal: ``Epoch 1/N``, then the Keras-named metrics in a fixed
-    order, accuracies in % (no logger version number)."""
+    order, accuracies in % (no logger version number). On stderr, with the log lines: stdout is
+    the command's data."""
 
     def __init__(self) -> None:
-        super().__init__(leave=True)
+        super().__init__(leave=True, console_kwargs={"stderr": True})
 
     def _get_train_description(self, current_epoch: int) -> str:
         epochs = self.trainer.max_epochs
