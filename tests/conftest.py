@@ -218,3 +218,22 @@ def error_of(err: str) -> str:
     lines = err.strip().splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("stmclf: ")), 0)
     return "\n".join(lines[start:])
+
+
+SIGNALLER = """\
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalAt(Callback):
+    def __init__(self, signum: int, epoch: int, batch: int):
+        self.signum, self.epoch, self.batch = signum, epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), self.signum)
+"""
+"""A callbacks module for subprocess fits (``training.callbacks`` by class path, with
+``--trust-code``): ``SignalAt(signum, epoch, batch)`` sends ``signum`` to the process there."""

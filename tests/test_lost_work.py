@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.callbacks import Checkpoint
 
-from conftest import error_of, config_text
+from conftest import SIGNALLER, error_of, config_text
 from stmclf.cli.main import main
 from stmclf.config import load_config
 from stmclf.training.progress import MID_EPOCH_KEY, checkpoint_interval
@@ -269,22 +269,6 @@ def test_unfinished_checkpoint_files_are_removed_when_the_run_folder_opens(tmp_p
 
 # ---------------------------------------------------------------------------------------------
 # a training stopped by a signal says so, and where it resumes from
-
-SIGNALLER = """\
-import os
-import signal
-
-from lightning.pytorch.callbacks import Callback
-
-
-class SignalAt(Callback):
-    def __init__(self, signum: int, epoch: int, batch: int):
-        self.signum, self.epoch, self.batch = signum, epoch, batch
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            os.kill(os.getpid(), self.signum)
-"""
 
 
 @pytest.mark.parametrize("signum, epoch", [pytest.param(15, 1, id="SIGTERM after the first epoch"),

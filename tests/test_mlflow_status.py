@@ -21,23 +21,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import config_text, run_cli
+from conftest import SIGNALLER as SIGNAL_AT, config_text, run_cli
 
-SIGNALLER = """\
-import os
-import signal
-
-from lightning.pytorch.callbacks import Callback
-
-
-class SignalAt(Callback):
-    def __init__(self, signum: int, epoch: int, batch: int):
-        self.signum, self.epoch, self.batch = signum, epoch, batch
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            os.kill(os.getpid(), self.signum)
-
+SIGNALLER = SIGNAL_AT + """
 
 class AfterFit(Callback):
     \"\"\"Once the fit is over, the model's next forward (the evaluation of the trained model)
