@@ -278,7 +278,6 @@ def _trainer_options(cfg: RunConfig) -> dict[str, Any]:
     if torch.cuda.is_available() is False and options.get("precision") in ("16-mixed", "16"):
         raise ConfigError("trainer.precision", "16-bit mixed precision needs a GPU; use bf16-mixed on CPU")
     _check_cpu_processes(options)
-    _check_num_nodes(options)
     clip = gradient_clipping(cfg.training.optimizer)
     if clip and "gradient_clip_val" not in options:
         options.update(clip)
@@ -496,6 +495,7 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     and the model are checked (default: a new run directory from ``hydra.run.dir``, no MLflow);
     ``callbacks``: extra Lightning callbacks (for scripts: profiling, benchmarks)."""
     checkpoint_every, user_callbacks = check_training_config(cfg)
+    _check_num_nodes(config_trainer_options(cfg))  # the launch, before the dataset is listed
     training = cfg.training
     resume = resume_checkpoint(cfg)
     source = None
