@@ -29,7 +29,7 @@ reference gives none, the range stops where a larger value can no longer change 
 (a contrast multiplier of 255 already stretches one level to the whole range; a translation of
 one image side moves it out; a rotation or shear of one turn comes back) or where the value
 would leave the pixel range (``random_brightness.factor``, ``fill_value``: the ``ranged`` check,
-given the pixel range). ``docs/training.md`` lists them.
+given the pixel range). ``docs/config.md`` (``data_augmentation``) lists them.
 """
 from __future__ import annotations
 
