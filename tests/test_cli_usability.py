@@ -390,3 +390,33 @@ def test_a_model_option_given_twice_is_the_last_one_everywhere(tmp_path, image_f
     out = capsys.readouterr().out
     assert "dog_000.png" in out and "cat_000.png" not in out, out
     assert _recorded_models(runs["b"])[-1] == str(models["a"])
+
+
+def _table_rows(text: str) -> list[str]:
+    """The body rows of the Rich tables in ``text`` (``│ a │ b │``), their cells stripped, joined by ``|``."""
+    return ["|".join(cell.strip() for cell in line.strip().strip("│").split("│")) for line in text.splitlines()
+            if line.lstrip().startswith("│")]
+
+
+def test_piped_tables_are_never_wrapped_or_cut(trained, tmp_path):
+    """Piped or redirected, Rich printed every table at 80 columns: export's comparison table read
+    ``validati… set`` and a long image name in predict's table was folded over several lines (the
+    summary and data check tables widened themselves, each its own way). Every table goes through
+    ``stmclf.console.data_console``: piped, each row is one line, whole."""
+    from conftest import run_cli, write_image_folder
+
+    images = tmp_path / "images"
+    images.mkdir()
+    long_name = "owl_" + "a_long_descriptive_file_name_" * 4 + ".png"
+    next(write_image_folder(tmp_path / "folder", per_class=1).rglob("owl/*.png")).rename(images / long_name)
+    model = _untrained_model_file(tmp_path / "m.pt", seed=0)
+    code, out, err = run_cli("predict", "--model", str(model), "--images", str(images), "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    rows = _table_rows(out)
+    assert len(rows) == 1 and rows[0].startswith(f"1|{long_name}|"), out
+    code, out, err = run_cli("export", "--run", str(trained), "--format", "onnx", "--no-int8")
+    assert code == 0, err
+    assert "…" not in out, out
+    rows = [row.split("|") for row in _table_rows(out)]
+    assert ["ONNX float", "validation set"] in [cells[:2] for cells in rows], out
+    assert all(all(cells) for cells in rows), out  # no row continued on a second line
