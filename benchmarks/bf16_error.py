@@ -212,8 +212,10 @@ def print_table(title: str, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=8, help="batches the errors are averaged over")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--warmup-steps", type=int, default=300, help="fp32 steps before the second table")

@@ -22,7 +22,6 @@ Building the 23 models takes ~15 minutes on 2 cores (onnx2tf); the fit takes a s
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import warnings
@@ -129,7 +128,9 @@ def build(key: str, cache: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/stmclf_calib"))
     parser.add_argument("--build-only", action="store_true", help="build the missing .tflite files, then stop")
     parser.add_argument("--only", nargs="*", default=None, help="model keys to build (default: all)")

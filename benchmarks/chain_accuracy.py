@@ -147,8 +147,11 @@ def train_only(config: str, precision: str) -> None:
 def main() -> None:
     if sys.argv[1:2] == ["--train-only"]:
         return train_only(*sys.argv[2:4])
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sys.path.insert(0, str(ROOT))
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precision", nargs="+", default=["32", "bf16-mixed"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--mode", default="chain_tqe", choices=["chain_tqe", "training"])

@@ -426,7 +426,9 @@ def table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
 
 def main() -> None:
     global FMNIST
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000, help="files per dataset")
     parser.add_argument("--epochs", type=int, default=3, help="loader epochs per configuration (≥ 2)")
     parser.add_argument("--device", default="cpu", help="where batches go and augmentation/train step run")

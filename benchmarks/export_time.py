@@ -15,7 +15,6 @@ the machine slow every stage.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -67,7 +66,9 @@ def calibrate_batchnorm(module, size: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--alpha", type=float, default=0.35)
     parser.add_argument("--size", type=int, default=128)

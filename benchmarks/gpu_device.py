@@ -17,7 +17,6 @@ suite here rather than the few minutes of a GPU loan.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.metadata as md
 import os
 import subprocess
@@ -102,7 +101,10 @@ def emulated_site(target: Path, site_packages: Path | None = None) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    sys.path.insert(0, str(ROOT))
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("wheels", help=f"download the carried wheels for Python {PYTHON_VERSION} into .whl/")
     sub.add_parser("command", help="print the command to run on the GPU machine (carry .whl)")

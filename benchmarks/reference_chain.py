@@ -18,7 +18,6 @@ wall time. Runs in its own process (TensorFlow only). Prints the stage times and
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -33,7 +32,10 @@ from reference_train import resnet8  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stmclf
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("train_dir")
     parser.add_argument("test_dir")
     parser.add_argument("--epochs", type=int, default=15)

@@ -15,7 +15,6 @@ not imported into one interpreter here. TensorFlow's inter-op pool follows the C
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -52,7 +51,10 @@ def measure(paths: list[str], size: int, channels: int, batch: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stmclf
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--channels", type=int, default=3)

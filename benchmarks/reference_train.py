@@ -19,10 +19,11 @@ two cores. Prints one JSON line: ``{"model": m, "batch": b, "images": n, "second
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 SIZES = {"resnet8": 32, "mobilenetv2": 128}
@@ -83,7 +84,10 @@ def measure(model_name: str, batch: int, steps: int, classes: int = 10) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stmclf
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=sorted(SIZES))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60, help="training steps per timed epoch")

@@ -16,7 +16,6 @@ machine's reachable arithmetic rate for comparison. Pin the cores to compare run
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import defaultdict
@@ -130,7 +129,9 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet8", choices=list(MODELS))
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "32"])

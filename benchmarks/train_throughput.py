@@ -20,7 +20,6 @@ each round.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -187,7 +186,9 @@ def tf_step_throughput(model_name: str, batch: int, steps: int) -> Optional[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1920, help="training images (per epoch)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)

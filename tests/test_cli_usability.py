@@ -340,3 +340,83 @@ def test_stdout_is_the_data_and_the_log_is_on_stderr(argv, data, trained, image_
     log = {"predict": "operation_mode: prediction", "export": "operation_mode: export",
            "summary": f"Found 3 classes in dataset {image_folder}"}[argv[0]]
     assert log in err and log not in out, (out, err)
+
+
+def _untrained_model_file(path, seed: int):
+    """A stmclf model file of an untrained ResNet-8 (32×32, classes cat, dog, owl) at ``path``."""
+    import torch
+
+    from stmclf.training.model_file import MODEL_FORMAT
+    from stmclf.training.module import ClassifierModule
+
+    torch.manual_seed(seed)
+    module = ClassifierModule(model_spec={"name": "resnet", "version": "v1", "depth": 8, "input_shape": (32, 32, 3)},
+                              class_names=["cat", "dog", "owl"], input_shape=[32, 32, 3], rescaling=(1 / 127.5, -1.0),
+                              optimizer={"Adam": {"learning_rate": 0.001}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": MODEL_FORMAT, "epoch": 0, "hyper_parameters": dict(module.hparams),
+                "state_dict": module.state_dict()}, path)
+    return path
+
+
+def _recorded_models(run) -> list[str]:
+    """``general.model_path`` of each config file of ``run`` (config.yaml, then config_<time>.yaml)."""
+    import yaml
+
+    return [yaml.safe_load(f.read_text())["general"]["model_path"] for f in sorted(run.glob("config*.yaml"))]
+
+
+def test_a_model_option_given_twice_is_the_last_one_everywhere(tmp_path, image_folder, capsys):
+    """``predict --model a.pt --ckpt b.pt`` ran b (argparse keeps the last value) but recorded a as
+    general.model_path in the run's config.yaml, and took the config and run folder of a's run:
+    every reading of --model/--ckpt, and of predict's --run/--out, is now argparse's, the last one."""
+    runs = {name: tmp_path / f"run_{name}" for name in "ab"}
+    models = {name: _untrained_model_file(runs[name] / "saved_models" / f"{name}.pt", seed) for seed, name in
+              enumerate("ab")}
+    # no run yet: the run folder given, both options, in either order and spelling
+    for name, images in (("a", "cat"), ("b", "dog")):
+        other = models["b" if name == "a" else "a"]
+        assert main(["predict", "--ckpt", str(other), f"--model={models[name]}", "--out", str(runs[name]),
+                     "--prediction.test_files_path", str(image_folder / images)]) == 0
+        assert f"Predictions of {name}.pt" in capsys.readouterr().out
+        assert _recorded_models(runs[name]) == [str(models[name])]  # read a.pt's run config, not b's
+    # each model now sits in its own run: the last option names the run written into and its config
+    assert main(["predict", "--model", str(models["a"]), "--ckpt", str(models["b"])]) == 0
+    out = capsys.readouterr().out
+    assert "Predictions of b.pt" in out and "dog_000.png" in out and "cat_000.png" not in out, out
+    assert _recorded_models(runs["a"]) == [str(models["a"])] and _recorded_models(runs["b"]) == [str(models["b"])]
+    # --out is predict's --run: its run's config (dog images), not the config of the model's run (cat)
+    assert main(["predict", "--model", str(models["a"]), "--out", str(runs["b"])]) == 0
+    out = capsys.readouterr().out
+    assert "dog_000.png" in out and "cat_000.png" not in out, out
+    assert _recorded_models(runs["b"])[-1] == str(models["a"])
+
+
+def _table_rows(text: str) -> list[str]:
+    """The body rows of the Rich tables in ``text`` (``│ a │ b │``), their cells stripped, joined by ``|``."""
+    return ["|".join(cell.strip() for cell in line.strip().strip("│").split("│")) for line in text.splitlines()
+            if line.lstrip().startswith("│")]
+
+
+def test_piped_tables_are_never_wrapped_or_cut(trained, tmp_path):
+    """Piped or redirected, Rich printed every table at 80 columns: export's comparison table read
+    ``validati… set`` and a long image name in predict's table was folded over several lines (the
+    summary and data check tables widened themselves, each its own way). Every table goes through
+    ``stmclf.console.data_console``: piped, each row is one line, whole."""
+    from conftest import run_cli, write_image_folder
+
+    images = tmp_path / "images"
+    images.mkdir()
+    long_name = "owl_" + "a_long_descriptive_file_name_" * 4 + ".png"
+    next(write_image_folder(tmp_path / "folder", per_class=1).rglob("owl/*.png")).rename(images / long_name)
+    model = _untrained_model_file(tmp_path / "m.pt", seed=0)
+    code, out, err = run_cli("predict", "--model", str(model), "--images", str(images), "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    rows = _table_rows(out)
+    assert len(rows) == 1 and rows[0].startswith(f"1|{long_name}|"), out
+    code, out, err = run_cli("export", "--run", str(trained), "--format", "onnx", "--no-int8")
+    assert code == 0, err
+    assert "…" not in out, out
+    rows = [row.split("|") for row in _table_rows(out)]
+    assert ["ONNX float", "validation set"] in [cells[:2] for cells in rows], out
+    assert all(all(cells) for cells in rows), out  # no row continued on a second line

@@ -7,7 +7,6 @@ encodes on the CPU by design).
 """
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Callable, Optional
 
@@ -68,7 +67,9 @@ def _rate(name: str, rate: float) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    from stmclf.config.parser import ScriptParser  # stmclf's parsing: no prefixes, "did you mean"
+
+    parser = ScriptParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=128)

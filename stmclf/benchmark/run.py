@@ -232,15 +232,16 @@ def _ram_words(ram_source: str) -> str:
 
 
 def print_footprint(footprint) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from stmclf.console import data_console
 
     table = Table(title=f"Footprint ({footprint.label}{', ' + footprint.board if footprint.board else ''})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in footprint.metrics().items():
         table.add_row(name, f"{value:,.2f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    data_console().print(table)
 
 
 def benchmark_artifact(cfg: RunConfig, model_path: Path, run_root: Path, *, board: Optional[str] = None,

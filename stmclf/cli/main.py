@@ -220,14 +220,16 @@ def _run_check(cfg) -> None:
 
 
 def _option_value(argv: Sequence[str], *names: str) -> Optional[str]:
-    """The value of the first of ``names`` given (``--name VALUE`` or ``--name=VALUE``)."""
+    """The value of ``names`` (spellings of one option, ``--name VALUE`` or ``--name=VALUE``) that
+    argparse keeps: the last one given (``--model a --ckpt b`` runs ``b``), else None."""
+    value = None
     for i, arg in enumerate(argv):
         for name in names:
             if arg == name and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-    return None
+                value = argv[i + 1]
+            elif arg.startswith(name + "="):
+                value = arg.split("=", 1)[1]
+    return value
 
 
 CONFIG_OPTIONS = ("--config", "-c")
@@ -237,30 +239,39 @@ MODEL_OPTIONS = ("--model", "--ckpt")
 command takes both (export shows ``--ckpt`` first, the others ``--model``)."""
 
 
-def _model_option(argv: Sequence[str], default: str) -> str:
-    """The spelling of the model option the user typed (``--model`` or ``--ckpt``; the last one
-    given, whose value argparse keeps), else ``default``: errors about the file name that option."""
-    typed = [arg.partition("=")[0] for arg in argv if arg.partition("=")[0] in MODEL_OPTIONS]
+def _typed_spelling(argv: Sequence[str], names: Sequence[str], default: str) -> str:
+    """The spelling of the option (``names``) the user typed last, whose value argparse keeps,
+    else ``default``: errors about its value name that spelling."""
+    typed = [arg.partition("=")[0] for arg in argv if arg.partition("=")[0] in names]
     return typed[-1] if typed else default
 
 
-def _with_run_config(argv: Sequence[str]) -> list[str]:
+def _model_option(argv: Sequence[str], default: str) -> str:
+    """The spelling of the model option the user typed (``--model`` or ``--ckpt``; the last one
+    given), else ``default``: errors about the file name that option."""
+    return _typed_spelling(argv, MODEL_OPTIONS, default)
+
+
+def _with_run_config(argv: Sequence[str], parser) -> list[str]:
     """Without ``--config``, the config of the run the command works on is the config (its
     ``config.yaml``, then its ``stmclf_extras.yaml`` when there is one): the run of ``--run
-    RUN_DIR``, else the run that holds the model file of ``--model``/``--ckpt`` (the command writes
-    into that run, so it uses that run's preprocessing, evaluation set and MLflow store)."""
+    RUN_DIR`` (predict's ``--out RUN_DIR`` too when it names a run, not a new folder), else the run that holds the
+    model file of ``--model``/``--ckpt`` (the command writes into that run, so it uses that run's
+    preprocessing, evaluation set and MLflow store). Given twice, the last value counts, as for argparse."""
+    from pathlib import Path
+
     argv = list(argv)
     if _option_value(argv, *CONFIG_OPTIONS) is not None or any(arg in CONFIG_OPTIONS for arg in argv):
-        return argv
+        return argv  # --config given (once or several times, each file over the ones before): the config
     from stmclf.config.run_files import run_config_args
+    from stmclf.training.run_dir import find_run_dir, is_run_dir
 
-    run = _option_value(argv, "--run")
-    if run is not None:
-        return [*run_config_args(run, label=f"--run {run}"), *argv]
+    spellings = next(action.option_strings for action in parser._actions if action.dest == "run")
+    run, spelling = _option_value(argv, *spellings), _typed_spelling(argv, spellings, "--run")
+    if run is not None and (spelling == "--run" or is_run_dir(Path(run))):  # predict --out NEW: a new folder
+        return [*run_config_args(run, label=f"{spelling} {run}"), *argv]
     model = _option_value(argv, *MODEL_OPTIONS)
     if model is not None and os.path.isfile(model):
-        from stmclf.training.run_dir import find_run_dir
-
         found = find_run_dir(model)
         if found is not None:
             return [*run_config_args(str(found), label=f"the run of {model}"), "--run", str(found), *argv]
@@ -450,7 +461,7 @@ def _export(argv: Sequence[str]) -> int:
     parser.add_argument("--per-layer", "--per_layer", dest="per_layer", action="store_true", default=False,
                         help="with --int8 and the onnx format: per-tensor SNR of the QDQ model vs the float ONNX "
                              "(table, per_layer_snr.csv in the export directory)")
-    ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv, parser)))
     cfg = from_namespace(parser, ns)
     if ns.per_layer:
         from stmclf.export.per_layer import check_per_layer_request
@@ -483,7 +494,7 @@ def _predict(argv: Sequence[str]) -> int:
                         help="directory of images; default prediction.test_files_path")
     parser.add_argument("--run", "--out", dest="run", type=Optional[str], default=None,
                         help=RUN_HELP + "; predictions in RUN/predictions")
-    ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv, parser)))
     cfg = from_namespace(parser, ns)
     use_config = bool(cfg.config_files) or cfg.preprocessing is not None or cfg.dataset is not None
     from stmclf.orchestration import predict_command  # imports Lightning: once the command runs
@@ -505,7 +516,7 @@ def _benchmark(argv: Sequence[str]) -> int:
                              "general.model_path)")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--board", type=Optional[str], default=None, help="board (default benchmarking.board)")
-    ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv, parser)))
     cfg = from_namespace(parser, ns)
     from stmclf.orchestration import benchmark_command  # imports Lightning: once the command runs
 
@@ -525,7 +536,7 @@ def _deploy_header(argv: Sequence[str]) -> int:
                              "else general.model_path")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--out", type=Optional[str], default=None, help="header file (default RUN/generated/...)")
-    ns = parse_config_args(parser, _recording_model(_with_run_config(argv)))
+    ns = parse_config_args(parser, _recording_model(_with_run_config(argv, parser)))
     cfg = from_namespace(parser, ns)
     from stmclf.orchestration import deploy_header_command  # imports Lightning: once the command runs
 

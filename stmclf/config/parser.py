@@ -7,6 +7,7 @@ Parse errors are rewritten into one line that names the key path.
 """
 from __future__ import annotations
 
+import argparse
 import contextvars
 import dataclasses
 import logging
@@ -781,6 +782,25 @@ def argument_error(parser: ArgumentParser, message: str) -> str:
     return f"unexpected argument '{shown}'; {help_hint}"
 
 
+class ScriptParser(argparse.ArgumentParser):
+    """argparse for the scripts beside the ``stmclf`` command (``benchmarks/*.py``, ``python -m
+    stmclf.augment.bench``), with its behaviour: no option taken from a prefix of its name
+    (``allow_abbrev`` is off); an error is one line, exit code 2, an unknown option named with the
+    option(s) meant as :func:`argument_error` names them (``unknown option --batchs (did you mean
+    --batches?); see 'x.py --help'``), a misspelled choice with the closest one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        line = argument_error(self, message) if message.startswith("unrecognized arguments:") else message
+        choice = re.match(r"argument .+?: invalid choice: '(.*)' \(choose from (.*)\)$", message)
+        if choice:  # a misspelled choice is named with the closest one, as a config value is
+            line += did_you_mean(choice.group(1), [c.strip().strip("'") for c in choice.group(2).split(",")])
+        self.exit(2, f"{self.prog}: error: {line}\n")
+
+
 def _option_meant(parser: ArgumentParser, name: str, options: Sequence[str]) -> str:
     """`` (did you mean X?)`` for an unknown option ``name``: a truncated option (prefixes are not
     taken: adding an option would change what an old command line means) names the options it
@@ -804,7 +824,7 @@ def _actions(parser: ArgumentParser) -> list:
         actions.append(action)
         if isinstance(getattr(action, "choices", None), dict):
             for sub in action.choices.values():
-                if isinstance(sub, ArgumentParser):
+                if isinstance(sub, argparse.ArgumentParser):  # jsonargparse's, or a script's (ScriptParser)
                     actions += _actions(sub)
     return actions
 

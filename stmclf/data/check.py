@@ -520,14 +520,13 @@ def print_report(report: CheckReport, console=None, max_rows: Optional[int] = 20
     """Rich tables: images per class and path, then problems and warnings (``max_rows`` each;
     None for all). Names and paths are plain text (a file named ``b]x.png`` in a folder ``c[``
     is no Rich markup tag), their non-printable characters escaped (:func:`printable_path`)."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # redirected: one line per problem, paths unbroken
-            console = Console(width=max(console.width, 220))
+    from stmclf.console import data_console
+
+    if console is None:  # redirected: one line per problem, paths unbroken (data_console)
+        console = data_console()
     for note in report.notes:
         console.print(Text(printable_path(note), style="dim"))
     folders = [f for f in report.folders if f.counts]

@@ -52,8 +52,9 @@ def accuracy_from_confusion(confusion: np.ndarray) -> float:
 
 
 def print_accuracy_table(results: dict[str, dict], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from stmclf.console import data_console
 
     table = Table(title=title)
     table.add_column("set")
@@ -64,4 +65,4 @@ def print_accuracy_table(results: dict[str, dict], title: str) -> None:
         loss = metrics.get("loss")
         table.add_row(name.replace("_", " "), str(metrics["count"]), f"{metrics['accuracy']:.2f}",
                       "" if loss is None else f"{loss:.4f}")
-    Console().print(table)
+    data_console().print(table)

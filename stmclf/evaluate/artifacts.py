@@ -197,8 +197,9 @@ def comparison_rows(reference: dict[str, dict], others: dict[str, dict[str, dict
 
 
 def print_comparison(rows: list[dict], title: str = "Float vs exported models") -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from stmclf.console import data_console
 
     table = Table(title=title)
     for column, justify in (("model", "left"), ("set", "left"), ("images", "right"), ("float (%)", "right"),
@@ -208,7 +209,7 @@ def print_comparison(rows: list[dict], title: str = "Float vs exported models") 
         table.add_row(row["model"], row["set"].replace("_", " "), str(row["count"]),
                       f"{row['reference_accuracy']:.2f}", f"{row['accuracy']:.2f}", f"{row['delta']:+.2f}",
                       "" if row["agreement"] is None else f"{row['agreement']:.2f}")
-    Console().print(table)
+    data_console().print(table)
     for row in rows:
         log.info("%s %s accuracy %.2f %% (float %.2f %%, delta %+.2f%s)", row["model"], row["set"].replace("_", " "),
                  row["accuracy"], row["reference_accuracy"], row["delta"],

@@ -326,8 +326,9 @@ def write_csv(rows: Sequence[Prediction], class_names: Sequence[str], path: Path
 
 
 def print_predictions(rows: Sequence[Prediction], title: str = "Predictions") -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from stmclf.console import data_console
 
     table = Table(title=title)
     table.add_column("#", justify="right")
@@ -338,7 +339,7 @@ def print_predictions(rows: Sequence[Prediction], title: str = "Predictions") ->
         table.add_row(str(i), printable_path(Path(row.file).name), row.label, f"{row.score:.4f}")
     if len(rows) > MAX_TABLE_ROWS:
         table.caption = f"{len(rows) - MAX_TABLE_ROWS} more rows in {CSV_NAME}"
-    Console().print(table)
+    data_console().print(table)
 
 
 def annotate_image(file: Path, text: str, out_dir: Path, used: Optional[set[str]] = None) -> Path:

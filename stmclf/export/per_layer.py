@@ -337,8 +337,9 @@ def _format_db(value: float) -> str:
 
 
 def print_snr_table(rows: Sequence[LayerSnr], title: str = "Per-tensor int8 SNR (worst first)") -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from stmclf.console import data_console
 
     table = Table(title=title, caption=f"tensor names in {CSV_NAME}")
     for column, justify in (("#", "right"), ("layer", "left"), ("op", "left"), ("kind", "left"),
@@ -348,7 +349,7 @@ def print_snr_table(rows: Sequence[LayerSnr], title: str = "Per-tensor int8 SNR 
         style = "red" if row.snr_db < 20 else ("yellow" if row.snr_db < 30 else None)
         table.add_row(str(i), row.layer, row.op, "act" if row.kind == "activation" else row.kind,
                       _format_db(row.snr_db), f"{row.signal_rms:.4g}", f"{row.noise_rms:.3g}", style=style)
-    Console().print(table)
+    data_console().print(table)
 
 
 def write_snr_csv(rows: Sequence[LayerSnr], path: Path) -> Path:

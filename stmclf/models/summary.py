@@ -9,7 +9,6 @@ apply as in training. Pretrained weights are not loaded (they change no count).
 """
 from __future__ import annotations
 
-import sys
 from typing import Any, TextIO
 
 from stmclf.config.rules import MAX_CLASSES
@@ -29,11 +28,11 @@ def summary_totals(model: KerasGraph) -> tuple[int, int, int]:
 
 def render_summary(model: KerasGraph, file: TextIO | None = None, width: int | None = None) -> None:
     """Print the layer table and totals of ``model`` with Rich."""
-    from rich.console import Console
     from rich.table import Table
 
-    out = file if file is not None else sys.stdout
-    console = Console(file=out, width=width or (None if out.isatty() else 132), soft_wrap=False)
+    from stmclf.console import data_console
+
+    console = data_console(file, width)
     end = model.backbone_end_index
     table = Table(title=f"Model: {model.name}", title_justify="left")
     table.add_column("#", justify="right")
