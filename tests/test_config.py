@@ -399,6 +399,51 @@ def test_a_reference_to_a_key_of_an_earlier_config_file(seed_file, tmp_path, cap
                                        "not exist (in this or an earlier --config file)\n")
 
 
+def test_a_reference_is_checked_against_a_whole_section_or_mapping_given_later(seed_file, tmp_path, capsys):
+    """The key a ``${section.key}`` names may be changed by an override of its whole section
+    (``--dataset '{name: x}'``, Hydra's ``dataset={name: x}``) as by ``--dataset.name x``: refused the
+    same way. A free mapping (``training.callbacks.EarlyStopping``, ``training.model``) given again
+    replaces the earlier one whole, so one without the key removes it: refused too, in a file or an
+    override. A section given as a mapping that keeps the value, or does not hold the key (merged
+    key by key), changes nothing."""
+    (tmp_path / "names.yaml").write_text("dataset:\n  name: shared_name\n")
+    (tmp_path / "uses.yaml").write_text("general:\n  project_name: ${dataset.name}_project\n")
+    (tmp_path / "stops.yaml").write_text("training:\n  callbacks:\n    EarlyStopping: {monitor: val_accuracy, "
+                                         "patience: 4}\n")
+    (tmp_path / "patience.yaml").write_text("general:\n  project_name: p${training.callbacks.EarlyStopping.patience}\n")
+    (tmp_path / "other_stop.yaml").write_text("training:\n  callbacks:\n    EarlyStopping: {monitor: val_loss}\n")
+    names = ["--config", str(seed_file), "--config", str(tmp_path / "names.yaml"), "--config", str(tmp_path / "uses.yaml")]
+    stops = ["--config", str(seed_file), "--config", str(tmp_path / "stops.yaml"),
+             "--config", str(tmp_path / "patience.yaml")]
+    for extra in (["--dataset", "{name: shared_name}"], ["--dataset", "{validation_split: 0.2}"]):
+        cfg = load_config([*names, *extra])
+        assert (cfg.general.project_name, cfg.dataset.name) == ("shared_name_project", "shared_name")
+    cfg = load_config([*stops, "--training.callbacks.EarlyStopping.monitor", "val_loss"])  # merged: patience stays
+    assert cfg.general.project_name == "p4" and cfg.training.callbacks["EarlyStopping"]["patience"] == 4
+
+    resolved = "${dataset.name} was resolved to 'shared_name' when its --config file was read, but "
+    stop = "${training.callbacks.EarlyStopping.patience} was resolved to '4' when its --config file was read, but "
+    refusals = [
+        ([*names, "--dataset", "{name: other_name}"],
+         f"general.project_name: {resolved}the command line (--dataset) sets dataset.name to 'other_name'"),
+        ([*names, "dataset={name: other_name}"],
+         f"general.project_name: {resolved}the command line (--dataset) sets dataset.name to 'other_name'"),
+        ([*stops, "--training.callbacks.EarlyStopping", "{monitor: val_loss}"],
+         f"general.project_name: {stop}the command line (--training.callbacks.EarlyStopping) replaces "
+         "training.callbacks.EarlyStopping without training.callbacks.EarlyStopping.patience"),
+        ([*stops, "--training.callbacks", "{ReduceLROnPlateau: null}"],
+         f"general.project_name: {stop}the command line (--training.callbacks) replaces training.callbacks "
+         "without training.callbacks.EarlyStopping.patience"),
+        ([*stops, "--config", str(tmp_path / "other_stop.yaml")],
+         f"general.project_name: {stop}a later --config file ({tmp_path / 'other_stop.yaml'}) replaces "
+         "training.callbacks.EarlyStopping without training.callbacks.EarlyStopping.patience"),
+    ]
+    for argv, message in refusals:
+        assert main(["fit", *argv, "--print_config"]) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and err == f"stmclf: error: {message}: give the value itself\n", err
+
+
 def test_missing_env_var_names_the_key(monkeypatch):
     monkeypatch.delenv("STMCLF_NOPE", raising=False)
     with pytest.raises(ConfigError, match=r"^general.model_path: environment variable STMCLF_NOPE is not set"):

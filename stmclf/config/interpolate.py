@@ -184,8 +184,10 @@ _DOCUMENT: list[int] = []
 """The index (in :data:`_DOCUMENTS`) of the document being interpolated, while it is."""
 _KEY_REFERENCES: list[tuple[str, str, str, int]] = []
 """``(key, referenced key, the value used, index of the document that holds the reference)``."""
-_OVERRIDES: dict[str, str] = {}
-"""The command-line overrides of this parse: ``{dotted key: text}``."""
+_OVERRIDES: dict[str, Any] = {}
+"""The command-line overrides of this parse: ``{dotted key: value}``, the text, or for a mapping or a
+list (``--dataset '{name: x}'``) the structure as loaded and interpolated (not converted, as the values of
+:data:`_DOCUMENTS`)."""
 _DOCUMENT_NAMES: list[str] = []
 """The names of the documents of :data:`_DOCUMENTS` (their files)."""
 
@@ -220,9 +222,9 @@ def end_document(data: Any) -> None:
     _DOCUMENTS.append(data if isinstance(data, dict) else {})
 
 
-def record_override(key: str, text: str) -> None:
-    """A command-line override ``--key text`` (checked against the references by :func:`check_key_references`)."""
-    _OVERRIDES[key] = text
+def record_override(key: str, value: Any) -> None:
+    """A command-line override ``--key value`` (checked against the references by :func:`check_key_references`)."""
+    _OVERRIDES[key] = value
 
 
 def _used(key: str, dotted: str, value: str) -> str:
@@ -239,20 +241,53 @@ def _holds(document: dict, dotted: str) -> bool:
     return True
 
 
-def check_key_references() -> None:
+_UNTOUCHED = object()
+
+
+def _setting(node: Any, root: list[str], parts: list[str],
+             replaces_whole: Callable[[list[str]], bool]) -> tuple[Any, str]:
+    """What a later source does to the key ``parts``: a ``--config`` document (``root`` empty) or an
+    override of the key ``root``, a prefix of ``parts`` (``node``: its value). ``(the value it sets,
+    "")``, ``(_UNTOUCHED, "")`` where the key keeps its value (a section given as a mapping is merged
+    key by key), or ``(None, the key that it replaces without parts)``: a free mapping (``training.model``,
+    ``training.callbacks.X``: ``replaces_whole``) given without the key, or a value that is no mapping
+    (null, ``--training.optimizer SGD``) where the key's section was."""
+    path = list(root)
+    for part in parts[len(root):]:
+        if not isinstance(node, dict):
+            return None, ".".join(path)
+        if part not in node:
+            return (None, ".".join(path)) if path and replaces_whole(path) else (_UNTOUCHED, "")
+        node = node[part]
+        path.append(part)
+    return node, ""
+
+
+def check_key_references(replaces_whole: Callable[[list[str]], bool] = lambda path: False) -> None:
     """Refuse a ``${section.key}`` whose key a later ``--config`` file or a command-line override
-    sets to another value: the reference was resolved when its file was read (OmegaConf would
-    resolve it on the merged config), so the run would silently use the older value."""
+    sets to another value, or replaces without it: the reference was resolved when its file was
+    read (OmegaConf would resolve it on the merged config), so the run would silently use the older
+    value. The override may name the key (``--dataset.name x``) or a mapping that holds it
+    (``--dataset '{name: x}'``, ``dataset={name: x}``), as a later file's section does.
+    ``replaces_whole(key path)``: whether a mapping given for that key replaces the one before
+    instead of being merged into it (the free mappings: ``stmclf.config.parser.free_form_split``)."""
     for key, dotted, used, index in _KEY_REFERENCES:
+        parts = dotted.split(".")
         sources = [i for i in range(min(index, len(_DOCUMENTS) - 1) + 1) if _holds(_DOCUMENTS[i], dotted)]
-        later = [(f"a later --config file ({_DOCUMENT_NAMES[i]})", str(_lookup(_DOCUMENTS[i], dotted)))
-                 for i in range(max(sources, default=index) + 1, len(_DOCUMENTS)) if _holds(_DOCUMENTS[i], dotted)]
-        if dotted in _OVERRIDES:
-            later.append(("the command line", _OVERRIDES[dotted]))
-        for where, value in later:
-            if value != used:
+        later = [(f"a later --config file ({_DOCUMENT_NAMES[i]})", _setting(_DOCUMENTS[i], [], parts, replaces_whole))
+                 for i in range(max(sources, default=index) + 1, len(_DOCUMENTS))]
+        for override, value in _OVERRIDES.items():
+            root = override.split(".")
+            if root == parts[:len(root)]:
+                shown = "" if root == parts else f" (--{override})"
+                later.append((f"the command line{shown}", _setting(value, root, parts, replaces_whole)))
+        for where, (value, replaced) in later:
+            if replaced:
                 raise ConfigError(key, f"${{{dotted}}} was resolved to {used!r} when its --config file was read, "
-                                       f"but {where} sets {dotted} to {value!r}: give the value itself")
+                                       f"but {where} replaces {replaced} without {dotted}: give the value itself")
+            if value is not _UNTOUCHED and str(value) != used:
+                raise ConfigError(key, f"${{{dotted}}} was resolved to {used!r} when its --config file was read, "
+                                       f"but {where} sets {dotted} to {str(value)!r}: give the value itself")
 
 
 def record_env_references(refs: dict[tuple, tuple[str, Any]]) -> None:
