@@ -10,7 +10,7 @@ from stmclf.cli.main import main
 from stmclf.config import load_config, rules
 from stmclf.config.interpolate import interpolate_tree, run_start
 from stmclf.config.values import convert_values, parse_value
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, UserError
 
 from conftest import run_cli
 
@@ -442,6 +442,38 @@ def test_a_reference_is_checked_against_a_whole_section_or_mapping_given_later(s
         assert main(["fit", *argv, "--print_config"]) == 2, argv
         out, err = capsys.readouterr()
         assert out == "" and err == f"stmclf: error: {message}: give the value itself\n", err
+
+
+def test_a_value_from_a_variable_changed_on_its_way_is_not_written(seed_file, tmp_path, monkeypatch):
+    """The safety net of the run's written config and MLflow parameters (``RunConfig.redacted_dict``):
+    a value that came from ``${DATA_ROOT}`` is written as the reference where it is still the value
+    read; changed on its way (a code path that normalises the path), it is refused in one line naming
+    the variable and the key, never written; copied whole to another key, that key shows
+    ``${DATA_ROOT}`` too. The config's own texts that contain the value (a literal
+    ``validation_path`` beside it) and short values (``${COLOR}`` is ``rgb``) raise no alarm."""
+    monkeypatch.setenv("DATA_ROOT", "/srv/private-7f3a9c")
+    monkeypatch.setenv("COLOR", "rgb")
+    (tmp_path / "paths.yaml").write_text("dataset:\n  training_path: ${DATA_ROOT}/train\n"
+                                         "  validation_path: /srv/private-7f3a9c/val\n"
+                                         "preprocessing:\n  color_mode: ${COLOR}\n")
+    cfg = load_config(["--config", str(seed_file), "--config", str(tmp_path / "paths.yaml")])
+    written = cfg.redacted_dict()
+    assert written["dataset"]["training_path"] == "${DATA_ROOT}/train"
+    assert written["dataset"]["validation_path"] == "/srv/private-7f3a9c/val"
+    assert written["preprocessing"]["color_mode"] == "${COLOR}"
+
+    cfg.general.project_name = "/srv/private-7f3a9c"  # carried as it is to a key the config gave as text
+    cfg.dataset.name = "rgb"  # the value of ${COLOR}: too short to be looked for
+    written = cfg.redacted_dict()
+    assert written["general"]["project_name"] == "${DATA_ROOT}" and written["dataset"]["name"] == "rgb"
+    cfg.dataset.training_path = "/srv/private-7f3a9c/train/"  # normalised on its way
+    with pytest.raises(UserError) as refused:
+        cfg.redacted_dict()
+    assert str(refused.value) == (
+        "the run's config (MLflow parameters): dataset.training_path: would hold the value of environment variable "
+        "DATA_ROOT inside other text, where it cannot be written as ${DATA_ROOT} (a run keeps its config's variables "
+        "out of the files it writes): not written; if the value is no secret, give it in the config instead of "
+        "${DATA_ROOT}")
 
 
 def test_missing_env_var_names_the_key(monkeypatch):
