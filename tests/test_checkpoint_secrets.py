@@ -17,7 +17,7 @@ import yaml
 
 from conftest import error_of, COLORS, DEFAULT_MODEL, config_text, write_image_folder
 from stmclf.cli.main import main
-from stmclf.models.checkpoint_env import ENV_NAMES_KEY, ENV_POSITIONS_KEY
+from stmclf.models.checkpoint_env import ENV_NAMES_KEY, ENV_POSITIONS_KEY, resolve_env_references
 from stmclf.training.model_file import load_classifier
 
 SECRET = "pw-S3CR3T-4f1e9a"
@@ -271,3 +271,79 @@ def test_fine_tuning_from_general_model_path_resolves_the_stored_reference(tmp_p
         stored = torch.load(tmp_path / "tuned" / "saved_models" / name, map_location="cpu", weights_only=True)
         assert stored["hyper_parameters"]["model_spec"]["name"] == "${STMCLF_MODEL_NAME}", name
         assert stored[ENV_NAMES_KEY] == ["STMCLF_MODEL_NAME"], name
+
+
+ROOT_CALLBACK = '''
+import os
+
+from lightning.pytorch.callbacks import Callback
+
+
+class KeepsRoot(Callback):
+    """Keeps the folder it was given in the run's checkpoints, as given or normalised (a trailing /)."""
+
+    def __init__(self, root: str, normalise: bool = False):
+        self.root, self.normalise = root, normalise
+
+    def state_dict(self):
+        return {"root": os.path.join(self.root, "") if self.normalise else self.root}
+
+    def load_state_dict(self, state):
+        self.root = state["root"]
+'''
+
+
+def _holding(root: Path, value: str, allowed: str) -> list[str]:
+    """The files under ``root`` whose bytes hold ``value`` outside the text ``allowed``."""
+    return [str(p) for p in sorted(root.rglob("*")) if p.is_file()
+            and value.encode() in p.read_bytes().replace(allowed.encode(), b"")]
+
+
+def test_a_value_carried_elsewhere_is_not_written(tmp_path, monkeypatch, capsys):
+    """The safety net behind the positions: a code path the positions do not know (here a callback of
+    the user's, whose state the checkpoints keep) carries the value of ``${DATA_ROOT}`` into a
+    checkpoint. Carried as it is, the checkpoint stores ``${DATA_ROOT}`` there too and lists the
+    position (read back, it is resolved); changed (a path normalised with a trailing ``/``), the fit
+    stops in one line naming the variable and the place, and no file holds the value. The config's
+    own texts that contain the value (``dataset.validation_path``, written literally) and the class
+    folder named like ``${FLIP_MODE}`` are written as they are."""
+    secret = str(tmp_path / "private-7f3a9c")
+    classes = {"horizontal": COLORS["cat"], "dog": COLORS["dog"]}
+    data = write_image_folder(tmp_path / "data", per_class=4, classes=classes)
+    validation = write_image_folder(Path(secret) / "val", per_class=2, classes=classes)
+    (tmp_path / "keeps_root_cb.py").write_text(ROOT_CALLBACK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_ROOT", secret)
+    monkeypatch.setenv("FLIP_MODE", "horizontal")
+    base = config_text(data, tmp_path / "run", tmp_path / "mlruns", epochs=1, extra=AUGMENTATION).replace(
+        "  validation_split: 0.25\n", f"  validation_path: {validation}\n")
+    for normalise in ("false", "true"):
+        text = base.replace("  callbacks:\n", "  callbacks:\n    keeps_root_cb.KeepsRoot:\n      root: ${DATA_ROOT}\n"
+                                              f"      normalise: {normalise}\n", 1)
+        text = text.replace(str(tmp_path / "run"), str(tmp_path / f"run_{normalise}"))
+        (tmp_path / f"c_{normalise}.yaml").write_text(text)
+    fit = ["fit", "--trust-code", "--training.precision", "32", "--config"]
+
+    assert main([*fit, "c_false.yaml"]) == 0, capsys.readouterr().err
+    run = tmp_path / "run_false"
+    last = run / "saved_models" / "last_augmented_model.ckpt"
+    stored = torch.load(last, map_location="cpu", weights_only=True)
+    assert stored["callbacks"]["KeepsRoot"] == {"root": "${DATA_ROOT}"}
+    assert ["callbacks", "KeepsRoot", "root"] in stored[ENV_POSITIONS_KEY]
+    assert stored[ENV_NAMES_KEY] == ["DATA_ROOT", "FLIP_MODE"]
+    assert stored["hyper_parameters"]["class_names"] == ["dog", "horizontal"]
+    assert stored["ImageDataModule"]["dataset"]["validation_path"] == str(validation)  # the config's own text
+    resolved = resolve_env_references(stored, last, "--ckpt_path")
+    assert resolved["callbacks"]["KeepsRoot"] == {"root": secret}
+    assert not _holding(run, secret, str(validation))
+
+    capsys.readouterr()
+    assert main([*fit, "c_true.yaml"]) == 2
+    err = error_of(capsys.readouterr().err)
+    assert err == ("stmclf: error: a checkpoint of the run: callbacks.KeepsRoot.root: would hold the value of "
+                   "environment variable DATA_ROOT inside other text, where it cannot be written as ${DATA_ROOT} (a "
+                   "run keeps its config's variables out of the files it writes): not written; if the value is no "
+                   "secret, give it in the config instead of ${DATA_ROOT}"), err
+    assert not _holding(tmp_path / "run_true", secret, str(validation))
+    assert not list((tmp_path / "run_true").rglob("*.ckpt"))

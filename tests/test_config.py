@@ -10,7 +10,7 @@ from stmclf.cli.main import main
 from stmclf.config import load_config, rules
 from stmclf.config.interpolate import interpolate_tree, run_start
 from stmclf.config.values import convert_values, parse_value
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, UserError
 
 from conftest import run_cli
 
@@ -397,6 +397,83 @@ def test_a_reference_to_a_key_of_an_earlier_config_file(seed_file, tmp_path, cap
     assert main(["fit", "--config", str(tmp_path / "uses.yaml"), "--config", str(seed_file), "--print_config"]) == 2
     assert capsys.readouterr().err == ("stmclf: error: general.project_name: ${dataset.name} refers to a key that does "
                                        "not exist (in this or an earlier --config file)\n")
+
+
+def test_a_reference_is_checked_against_a_whole_section_or_mapping_given_later(seed_file, tmp_path, capsys):
+    """The key a ``${section.key}`` names may be changed by an override of its whole section
+    (``--dataset '{name: x}'``, Hydra's ``dataset={name: x}``) as by ``--dataset.name x``: refused the
+    same way. A free mapping (``training.callbacks.EarlyStopping``, ``training.model``) given again
+    replaces the earlier one whole, so one without the key removes it: refused too, in a file or an
+    override. A section given as a mapping that keeps the value, or does not hold the key (merged
+    key by key), changes nothing."""
+    (tmp_path / "names.yaml").write_text("dataset:\n  name: shared_name\n")
+    (tmp_path / "uses.yaml").write_text("general:\n  project_name: ${dataset.name}_project\n")
+    (tmp_path / "stops.yaml").write_text("training:\n  callbacks:\n    EarlyStopping: {monitor: val_accuracy, "
+                                         "patience: 4}\n")
+    (tmp_path / "patience.yaml").write_text("general:\n  project_name: p${training.callbacks.EarlyStopping.patience}\n")
+    (tmp_path / "other_stop.yaml").write_text("training:\n  callbacks:\n    EarlyStopping: {monitor: val_loss}\n")
+    names = ["--config", str(seed_file), "--config", str(tmp_path / "names.yaml"), "--config", str(tmp_path / "uses.yaml")]
+    stops = ["--config", str(seed_file), "--config", str(tmp_path / "stops.yaml"),
+             "--config", str(tmp_path / "patience.yaml")]
+    for extra in (["--dataset", "{name: shared_name}"], ["--dataset", "{validation_split: 0.2}"]):
+        cfg = load_config([*names, *extra])
+        assert (cfg.general.project_name, cfg.dataset.name) == ("shared_name_project", "shared_name")
+    cfg = load_config([*stops, "--training.callbacks.EarlyStopping.monitor", "val_loss"])  # merged: patience stays
+    assert cfg.general.project_name == "p4" and cfg.training.callbacks["EarlyStopping"]["patience"] == 4
+
+    resolved = "${dataset.name} was resolved to 'shared_name' when its --config file was read, but "
+    stop = "${training.callbacks.EarlyStopping.patience} was resolved to '4' when its --config file was read, but "
+    refusals = [
+        ([*names, "--dataset", "{name: other_name}"],
+         f"general.project_name: {resolved}the command line (--dataset) sets dataset.name to 'other_name'"),
+        ([*names, "dataset={name: other_name}"],
+         f"general.project_name: {resolved}the command line (--dataset) sets dataset.name to 'other_name'"),
+        ([*stops, "--training.callbacks.EarlyStopping", "{monitor: val_loss}"],
+         f"general.project_name: {stop}the command line (--training.callbacks.EarlyStopping) replaces "
+         "training.callbacks.EarlyStopping without training.callbacks.EarlyStopping.patience"),
+        ([*stops, "--training.callbacks", "{ReduceLROnPlateau: null}"],
+         f"general.project_name: {stop}the command line (--training.callbacks) replaces training.callbacks "
+         "without training.callbacks.EarlyStopping.patience"),
+        ([*stops, "--config", str(tmp_path / "other_stop.yaml")],
+         f"general.project_name: {stop}a later --config file ({tmp_path / 'other_stop.yaml'}) replaces "
+         "training.callbacks.EarlyStopping without training.callbacks.EarlyStopping.patience"),
+    ]
+    for argv, message in refusals:
+        assert main(["fit", *argv, "--print_config"]) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and err == f"stmclf: error: {message}: give the value itself\n", err
+
+
+def test_a_value_from_a_variable_changed_on_its_way_is_not_written(seed_file, tmp_path, monkeypatch):
+    """The safety net of the run's written config and MLflow parameters (``RunConfig.redacted_dict``):
+    a value that came from ``${DATA_ROOT}`` is written as the reference where it is still the value
+    read; changed on its way (a code path that normalises the path), it is refused in one line naming
+    the variable and the key, never written; copied whole to another key, that key shows
+    ``${DATA_ROOT}`` too. The config's own texts that contain the value (a literal
+    ``validation_path`` beside it) and short values (``${COLOR}`` is ``rgb``) raise no alarm."""
+    monkeypatch.setenv("DATA_ROOT", "/srv/private-7f3a9c")
+    monkeypatch.setenv("COLOR", "rgb")
+    (tmp_path / "paths.yaml").write_text("dataset:\n  training_path: ${DATA_ROOT}/train\n"
+                                         "  validation_path: /srv/private-7f3a9c/val\n"
+                                         "preprocessing:\n  color_mode: ${COLOR}\n")
+    cfg = load_config(["--config", str(seed_file), "--config", str(tmp_path / "paths.yaml")])
+    written = cfg.redacted_dict()
+    assert written["dataset"]["training_path"] == "${DATA_ROOT}/train"
+    assert written["dataset"]["validation_path"] == "/srv/private-7f3a9c/val"
+    assert written["preprocessing"]["color_mode"] == "${COLOR}"
+
+    cfg.general.project_name = "/srv/private-7f3a9c"  # carried as it is to a key the config gave as text
+    cfg.dataset.name = "rgb"  # the value of ${COLOR}: too short to be looked for
+    written = cfg.redacted_dict()
+    assert written["general"]["project_name"] == "${DATA_ROOT}" and written["dataset"]["name"] == "rgb"
+    cfg.dataset.training_path = "/srv/private-7f3a9c/train/"  # normalised on its way
+    with pytest.raises(UserError) as refused:
+        cfg.redacted_dict()
+    assert str(refused.value) == (
+        "the run's config (MLflow parameters): dataset.training_path: would hold the value of environment variable "
+        "DATA_ROOT inside other text, where it cannot be written as ${DATA_ROOT} (a run keeps its config's variables "
+        "out of the files it writes): not written; if the value is no secret, give it in the config instead of "
+        "${DATA_ROOT}")
 
 
 def test_missing_env_var_names_the_key(monkeypatch):

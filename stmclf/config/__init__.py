@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import yaml
 
 from stmclf.config import rules
-from stmclf.config.interpolate import (env_names, env_references, interpolate, redact, redact_env_names,
+from stmclf.config.interpolate import (env_names, env_references, interpolate, redact, redact_env_names, texts_of,
                                       time_stamped_keys)
 from stmclf.config.st_schema import config_yaml, split_yaml
 from stmclf.config.sections import (DEFAULT_RUN_DIR, Benchmarking, CustomDataAugmentation, Dataset,
@@ -75,7 +75,23 @@ class RunConfig:
     def redacted_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` with the values that came from environment variables shown as their
         ``${NAME}`` references (what MLflow parameters and written configs may show)."""
-        return redact(self.to_dict(), self.env_references)
+        return redact(self.to_dict(), self.env_references, names=self.env_names, plain=self.plain_texts(),
+                      where="the run's config (MLflow parameters)")
+
+    literal_texts: ClassVar[frozenset[str]] = frozenset()
+    """The config's strings that came from no environment variable, as parsed (set per instance by
+    :func:`from_namespace`, before any code path could change a value)."""
+
+    def plain_texts(self) -> frozenset[str]:
+        """The texts a run writes as they are, whatever the values of the variables its config used
+        (``stmclf.config.interpolate.keep_env_values_out``): the config's strings that came from no
+        variable, the run folder (absolute) where ``hydra.run.dir`` used none, and the current
+        directory (relative paths are resolved there)."""
+        texts = set(self.literal_texts)
+        if ("hydra", "run", "dir") not in self.env_references:
+            texts.add(str(self.run_dir.resolve()))
+        texts.add(str(Path.cwd().resolve()))
+        return frozenset(texts)
 
     checkpoint_env_names: ClassVar[frozenset[str]] = frozenset()
     """The environment variables a checkpoint the run rebuilds its model from stores as ``${NAME}``
@@ -150,6 +166,7 @@ def from_namespace(parser, ns) -> RunConfig:
     values["offline"] = bool(ns.get("offline", False))
     cfg = RunConfig(**values)
     cfg.env_references = refs
+    cfg.literal_texts = frozenset(texts_of(cfg.to_dict(), skip=set(refs)))
     cfg.time_stamped_keys = time_stamped_keys()
     rules.check_common(cfg)
     return cfg

@@ -16,10 +16,12 @@ stay that text, unresolved, in the run and its checkpoints).
 
 Environment variables may hold secrets (tokens, private paths), so the loader records which
 values came from them (:func:`record_env_references`): the run's ``config.yaml`` and the MLflow
-parameters show ``${NAME}`` there (:func:`redact`) while the run uses the resolved values; what
-the run derives from them (hyper-parameters, log lines, checkpoints) shows ``${NAME}`` in place of
-the values (:func:`redact_env_names`), and a checkpoint's references are resolved again when it is
-read (:func:`resolve_env_names`). ``${now:...}`` and ``${section.key}`` are not secrets and stay resolved.
+parameters show ``${NAME}`` there (:func:`redact`) while the run uses the resolved values; the
+hyper-parameters and checkpoints show it at the positions those values reach
+(``stmclf.models.checkpoint_env``), the log lines in place of the values (:func:`redact_env_names`),
+and a checkpoint's references are resolved again when it is read (:func:`resolve_env_names`).
+Behind the positions, :func:`keep_env_values_out` keeps a value that a code path carried elsewhere
+from being written. ``${now:...}`` and ``${section.key}`` are not secrets and stay resolved.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import os
 import re
 from typing import Any, Callable, Iterable, Optional
 
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, UserError
 
 _PATTERN = re.compile(r"\$\{([^${}]+)\}")
 MAX_RESULT = 65_536
@@ -184,8 +186,10 @@ _DOCUMENT: list[int] = []
 """The index (in :data:`_DOCUMENTS`) of the document being interpolated, while it is."""
 _KEY_REFERENCES: list[tuple[str, str, str, int]] = []
 """``(key, referenced key, the value used, index of the document that holds the reference)``."""
-_OVERRIDES: dict[str, str] = {}
-"""The command-line overrides of this parse: ``{dotted key: text}``."""
+_OVERRIDES: dict[str, Any] = {}
+"""The command-line overrides of this parse: ``{dotted key: value}``, the text, or for a mapping or a
+list (``--dataset '{name: x}'``) the structure as loaded and interpolated (not converted, as the values of
+:data:`_DOCUMENTS`)."""
 _DOCUMENT_NAMES: list[str] = []
 """The names of the documents of :data:`_DOCUMENTS` (their files)."""
 
@@ -220,9 +224,9 @@ def end_document(data: Any) -> None:
     _DOCUMENTS.append(data if isinstance(data, dict) else {})
 
 
-def record_override(key: str, text: str) -> None:
-    """A command-line override ``--key text`` (checked against the references by :func:`check_key_references`)."""
-    _OVERRIDES[key] = text
+def record_override(key: str, value: Any) -> None:
+    """A command-line override ``--key value`` (checked against the references by :func:`check_key_references`)."""
+    _OVERRIDES[key] = value
 
 
 def _used(key: str, dotted: str, value: str) -> str:
@@ -239,20 +243,53 @@ def _holds(document: dict, dotted: str) -> bool:
     return True
 
 
-def check_key_references() -> None:
+_UNTOUCHED = object()
+
+
+def _setting(node: Any, root: list[str], parts: list[str],
+             replaces_whole: Callable[[list[str]], bool]) -> tuple[Any, str]:
+    """What a later source does to the key ``parts``: a ``--config`` document (``root`` empty) or an
+    override of the key ``root``, a prefix of ``parts`` (``node``: its value). ``(the value it sets,
+    "")``, ``(_UNTOUCHED, "")`` where the key keeps its value (a section given as a mapping is merged
+    key by key), or ``(None, the key that it replaces without parts)``: a free mapping (``training.model``,
+    ``training.callbacks.X``: ``replaces_whole``) given without the key, or a value that is no mapping
+    (null, ``--training.optimizer SGD``) where the key's section was."""
+    path = list(root)
+    for part in parts[len(root):]:
+        if not isinstance(node, dict):
+            return None, ".".join(path)
+        if part not in node:
+            return (None, ".".join(path)) if path and replaces_whole(path) else (_UNTOUCHED, "")
+        node = node[part]
+        path.append(part)
+    return node, ""
+
+
+def check_key_references(replaces_whole: Callable[[list[str]], bool] = lambda path: False) -> None:
     """Refuse a ``${section.key}`` whose key a later ``--config`` file or a command-line override
-    sets to another value: the reference was resolved when its file was read (OmegaConf would
-    resolve it on the merged config), so the run would silently use the older value."""
+    sets to another value, or replaces without it: the reference was resolved when its file was
+    read (OmegaConf would resolve it on the merged config), so the run would silently use the older
+    value. The override may name the key (``--dataset.name x``) or a mapping that holds it
+    (``--dataset '{name: x}'``, ``dataset={name: x}``), as a later file's section does.
+    ``replaces_whole(key path)``: whether a mapping given for that key replaces the one before
+    instead of being merged into it (the free mappings: ``stmclf.config.parser.free_form_split``)."""
     for key, dotted, used, index in _KEY_REFERENCES:
+        parts = dotted.split(".")
         sources = [i for i in range(min(index, len(_DOCUMENTS) - 1) + 1) if _holds(_DOCUMENTS[i], dotted)]
-        later = [(f"a later --config file ({_DOCUMENT_NAMES[i]})", str(_lookup(_DOCUMENTS[i], dotted)))
-                 for i in range(max(sources, default=index) + 1, len(_DOCUMENTS)) if _holds(_DOCUMENTS[i], dotted)]
-        if dotted in _OVERRIDES:
-            later.append(("the command line", _OVERRIDES[dotted]))
-        for where, value in later:
-            if value != used:
+        later = [(f"a later --config file ({_DOCUMENT_NAMES[i]})", _setting(_DOCUMENTS[i], [], parts, replaces_whole))
+                 for i in range(max(sources, default=index) + 1, len(_DOCUMENTS))]
+        for override, value in _OVERRIDES.items():
+            root = override.split(".")
+            if root == parts[:len(root)]:
+                shown = "" if root == parts else f" (--{override})"
+                later.append((f"the command line{shown}", _setting(value, root, parts, replaces_whole)))
+        for where, (value, replaced) in later:
+            if replaced:
                 raise ConfigError(key, f"${{{dotted}}} was resolved to {used!r} when its --config file was read, "
-                                       f"but {where} sets {dotted} to {value!r}: give the value itself")
+                                       f"but {where} replaces {replaced} without {dotted}: give the value itself")
+            if value is not _UNTOUCHED and str(value) != used:
+                raise ConfigError(key, f"${{{dotted}}} was resolved to {used!r} when its --config file was read, "
+                                       f"but {where} sets {dotted} to {str(value)!r}: give the value itself")
 
 
 def record_env_references(refs: dict[tuple, tuple[str, Any]]) -> None:
@@ -265,15 +302,23 @@ def env_references() -> dict[tuple, tuple[str, Any]]:
     return dict(_ENV_REFERENCES)
 
 
-def redact(data: Any, refs: dict[tuple, tuple[str, Any]]) -> Any:
+def redact(data: Any, refs: dict[tuple, tuple[str, Any]], *, names: Optional[Iterable[str]] = None,
+           where: str = "the written config", plain: Optional[Iterable[str]] = None) -> Any:
     """A copy of ``data`` (nested dicts/lists) with each recorded path put back to its
-    ``${NAME}`` text, where the value there is still the one that came from the environment."""
-    if not refs:
+    ``${NAME}`` text, where the value there is still the one that came from the environment; then
+    :func:`keep_env_values_out` on the rest for the variables ``names`` (by default those of
+    ``refs``; ``where`` names ``data`` in its error): ``plain`` are the texts given as they are, by
+    default those of ``data`` outside the recorded paths (``data`` is a config: its other strings
+    are the config's own)."""
+    names = env_names(refs) if names is None else set(names)
+    if not refs and not names:
         return data
+    placed: set[tuple] = set()
 
     def walk(node: Any, path: tuple) -> Any:
         ref = refs.get(path)
         if ref is not None and same_value(node, ref[1]):
+            placed.add(path)
             return ref[0]
         if isinstance(node, dict):
             return {k: walk(v, (*path, k)) for k, v in node.items()}
@@ -281,7 +326,23 @@ def redact(data: Any, refs: dict[tuple, tuple[str, Any]]) -> Any:
             return [walk(v, (*path, i)) for i, v in enumerate(node)]
         return node
 
-    return walk(data, ())
+    out = walk(data, ())
+    if plain is None:
+        plain = texts_of(data, skip=set(refs))
+    return keep_env_values_out(out, names, plain=plain, skip=placed, where=where)[0]
+
+
+def texts_of(node: Any, skip: Iterable[tuple] = (), path: tuple = ()) -> set[str]:
+    """The strings of ``node`` (nested dicts/lists) outside the key paths ``skip``."""
+    if path in skip:
+        return set()
+    if isinstance(node, str):
+        return {node}
+    if isinstance(node, dict):
+        return {t for k, v in node.items() for t in texts_of(v, skip, (*path, k))}
+    if isinstance(node, (list, tuple)):
+        return {t for i, v in enumerate(node) for t in texts_of(v, skip, (*path, i))}
+    return set()
 
 
 _ENV_NAME = re.compile(r"\$\{\s*(?:oc\.env:)?\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:,[^}]*)?\}")
@@ -303,8 +364,7 @@ def redact_env_names(data: Any, names: Iterable[str], found: Optional[set] = Non
     key path: for what the run derives from its config under other keys (a model's
     hyper-parameters, an absolute path built on a ``${PRIVATE_DIR}``). Containers where nothing
     changed are returned as they are, changed ones are new."""
-    values = sorted(((os.environ[n], n) for n in set(names) if len(os.environ.get(n, "")) >= MIN_REDACTED_LENGTH),
-                    key=lambda pair: -len(pair[0]))  # the longest first: one value inside another
+    values = watched_values(names)
     if not values:
         return data
 
@@ -317,6 +377,101 @@ def redact_env_names(data: Any, names: Iterable[str], found: Optional[set] = Non
         return text
 
     return _map_strings(data, replace)
+
+
+def watched_values(names: Iterable[str]) -> list[tuple[str, str]]:
+    """``(value, name)`` of the environment variables ``names`` that are set to a value of
+    :data:`MIN_REDACTED_LENGTH` characters or more, the longest first (one value inside another)."""
+    return sorted(((os.environ[n], n) for n in set(names) if len(os.environ.get(n, "")) >= MIN_REDACTED_LENGTH),
+                  key=lambda pair: -len(pair[0]))
+
+
+def _token_starts(text: str, value: str) -> list[int]:
+    """Where ``value`` occurs in ``text`` as a token of its own: each side either at the text's
+    end, next to a character that is no letter or digit, or where ``value`` itself ends in one
+    (``/data/x`` in ``/data/x/train``; ``2026`` in ``exp_2026``, not inside ``b16a2026fb``)."""
+    starts, start = [], text.find(value)
+    while start >= 0:
+        end = start + len(value)
+        if (start == 0 or not text[start - 1].isalnum() or not value[0].isalnum()) and \
+                (end == len(text) or not text[end].isalnum() or not value[-1].isalnum()):
+            starts.append(start)
+        start = text.find(value, start + 1)
+    return starts
+
+
+def _unexplained(text: str, value: str, plain: set[str]) -> bool:
+    """Whether ``value`` occurs in ``text`` as a token (:func:`_token_starts`) outside every
+    occurrence of a text of ``plain`` (a path under a folder that the config names as it is)."""
+    starts = _token_starts(text, value)
+    if not starts:
+        return False
+    covered: set[int] = set()
+    for known in plain:
+        if value in known and known in text:
+            start = text.find(known)
+            while start >= 0:
+                covered.update(range(start, start + len(known)))
+                start = text.find(known, start + 1)
+    return any(not covered.issuperset(range(start, start + len(value))) for start in starts)
+
+
+def keep_env_values_out(data: Any, names: Iterable[str], *, plain: Iterable[str] = (), skip: Iterable[tuple] = (),
+                        where: str) -> tuple[Any, list[tuple[tuple, str]]]:
+    """The safety net of what a run writes (a checkpoint, its hyper-parameters, its config and MLflow
+    parameters), after the recorded positions got their ``${NAME}`` (by provenance): the value of
+    an environment variable ``names`` found in another string of ``data`` (outside the key paths
+    ``skip``) was carried there by a code path that the positions do not know, maybe changed (a
+    path normalised), and is not written silently:
+
+    - a string that is the value, whole, is written as ``${NAME}`` too: ``(data with it, [(its key
+      path, NAME), ...])``, for the positions a checkpoint lists (read back, it is resolved);
+    - a string that holds it inside other text is refused (:class:`UserError` naming the variable,
+      ``where`` and the key path; never the value): ``${NAME}`` cannot stand for part of a text
+      that the config did not write so (by-value rewriting would change unrelated names).
+
+    Not looked for: values under :data:`MIN_REDACTED_LENGTH` characters (a ``1`` or ``rgb`` is
+    everywhere), a value inside a word or a number (``2026`` in a hash), the strings of ``plain``
+    (what the user wrote or named as it is: the config's other values, the class names) and
+    occurrences inside one of them (a path under the run folder the config names), mapping keys."""
+    values = watched_values(names)
+    placed: list[tuple[tuple, str]] = []
+    if not values:
+        return data, placed
+    plain = set(plain)
+    skip = set(skip)
+
+    def check(text: str, path: tuple) -> str:
+        if text in plain:
+            return text
+        for value, name in values:
+            if text == value:
+                placed.append((path, name))
+                return "${" + name + "}"
+            if value in text and _unexplained(text, value, plain):
+                position = ".".join(str(p) for p in path) or "(top level)"
+                raise UserError(f"{where}: {position}: would hold the value of environment variable {name} inside "
+                                f"other text, where it cannot be written as ${{{name}}} (a run keeps its config's "
+                                f"variables out of the files it writes): not written; if the value is no secret, "
+                                f"give it in the config instead of ${{{name}}}")
+        return text
+
+    def walk(node: Any, path: tuple) -> Any:
+        if path in skip:
+            return node
+        if isinstance(node, str):
+            return check(node, path)
+        if isinstance(node, dict):
+            items = {k: walk(v, (*path, k)) for k, v in node.items()}
+            return node if all(items[k] is v for k, v in node.items()) else items
+        if isinstance(node, (list, tuple)):
+            items = [walk(v, (*path, i)) for i, v in enumerate(node)]
+            if all(a is b for a, b in zip(items, node)):
+                return node
+            return tuple(items) if isinstance(node, tuple) else items
+        return node
+
+    return walk(data, ()), placed
 
 
 _REFERENCE = re.compile(r"\$\{(\w+)\}")

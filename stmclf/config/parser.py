@@ -178,6 +178,25 @@ def _source_name(path: Optional[str]) -> str:
     return _CONFIG_FILE.get() or (f"--config {path}" if path else "--config")
 
 
+def _parse_yaml(text: str, source: str) -> Any:
+    """``text`` loaded with :class:`BoundedLoader` (no interpolation, no value conversion); a
+    problem is one line naming ``source``."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise UserError(f"{source}: more than {MAX_CONFIG_BYTES // 1024} KiB of config text; a config is a few KiB")
+    try:
+        loader = BoundedLoader(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source) from None
+    except RecursionError:  # not expected with the depth bound; a guard all the same
+        raise UserError(f"{source}: invalid YAML: nesting too deep") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+        raise UserError(f"{source}: invalid value in the YAML: {one_line(exc, 200)}") from None
+
+
 def load_yaml(text: str, path: Optional[str] = None, *, key: str = "") -> Any:
     """jsonargparse loader: YAML, then ``${...}`` interpolation, then safe value conversion.
 
@@ -195,20 +214,7 @@ def load_yaml(text: str, path: Optional[str] = None, *, key: str = "") -> Any:
         # instead of becoming a {'lambda epoch, lr': ...} mapping; quoted 'yes' stays text.
         return text
     source = _source_name(path) if document else "value"
-    if len(text) > MAX_CONFIG_BYTES:
-        raise UserError(f"{source}: more than {MAX_CONFIG_BYTES // 1024} KiB of config text; a config is a few KiB")
-    try:
-        loader = BoundedLoader(text)
-        try:
-            data = loader.get_single_data()
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, source) from None
-    except RecursionError:  # not expected with the depth bound; a guard all the same
-        raise UserError(f"{source}: invalid YAML: nesting too deep") from None
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
-        raise UserError(f"{source}: invalid value in the YAML: {one_line(exc, 200)}") from None
+    data = _parse_yaml(text, source)
     if document and not isinstance(data, dict):
         if path is None:  # jsonargparse asking whether a --config value is a config string or a file name
             return data
@@ -883,6 +889,8 @@ def _convert_override(key: str, value: str) -> str:
         structure = load_yaml(value, key=key)
         check_class_specs(structure, key)
         check_args_by_name(key, structure)
+        # what a ${section.key} below it is checked against: the values as a --config file's are
+        record_override(key, interpolate_tree(_parse_yaml(value, "value"), key=key))
     parsed = parse_value(value, key)
     if isinstance(parsed, str) or isinstance(parsed, bool):
         return value
@@ -1027,7 +1035,8 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str],
         ns = parser.parse_args(args)
     except Exception as exc:  # noqa: BLE001 - jsonargparse raises ArgumentError/TypeError subclasses
         raise _parse_error(parser, exc) from None
-    check_key_references()  # a ${section.key} resolved before a later file or override changed its key
+    # a ${section.key} resolved before a later file or override changed its key (or replaced a free mapping without it)
+    check_key_references(lambda path: free_form_split([*path, "_"]) is not None)
     flags = ns.get("print_config")
     if flags is not None:
         from stmclf.config import from_namespace

@@ -24,11 +24,11 @@ and the variable. A checkpoint without :data:`ENV_POSITIONS_KEY` (written before
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from stmclf.config.interpolate import env_names, resolve_env_names, same_value
+from stmclf.config.interpolate import env_names, keep_env_values_out, resolve_env_names, same_value
 from stmclf.errors import ConfigError
 from stmclf.models.importers.base import file_error
 
@@ -85,14 +85,18 @@ def _run_dir_prefix(ref: tuple[str, Any]) -> tuple[str, str] | None:
     return str((Path(cwd) / value).resolve()), f"{cwd}/{kept}".rstrip("/")
 
 
-def store_env_references(checkpoint: MutableMapping[str, Any], refs: EnvRefs) -> None:
+def store_env_references(checkpoint: MutableMapping[str, Any], refs: EnvRefs, names: Iterable[str] = (),
+                         plain: Iterable[str] = ()) -> None:
     """In ``checkpoint`` (Lightning's dict, about to be saved), each position of ``refs``
     (:func:`config_env_refs`, :func:`stored_env_refs`) whose value is still the one resolved from
     the environment shows its ``${NAME}`` text instead, and each path of the callbacks' states
     under a ``hydra.run.dir`` that used a variable shows it in place of that folder; the variables
     and the positions are listed under :data:`ENV_NAMES_KEY` and :data:`ENV_POSITIONS_KEY`. Any
-    other string is stored as it is. The containers changed are new ones: the module's own
-    hyper-parameters are not touched."""
+    other string is stored as it is, unless it holds the value of one of these variables or of
+    ``names`` (the config's other variables: :func:`~stmclf.config.interpolate.keep_env_values_out`,
+    with the texts ``plain`` written as they are): it is ``${NAME}`` too where it is the value,
+    whole, and listed; else nothing is written. The containers changed are new ones: the module's
+    own hyper-parameters are not touched."""
     placed: list[tuple] = []
     used: set[str] = set()
     prefix = _run_dir_prefix(refs[RUN_DIR_KEY]) if RUN_DIR_KEY in refs else None
@@ -123,6 +127,11 @@ def store_env_references(checkpoint: MutableMapping[str, Any], refs: EnvRefs) ->
         return node
 
     redacted = walk({k: v for k, v in checkpoint.items() if k not in (ENV_NAMES_KEY, ENV_POSITIONS_KEY)}, ())
+    # the safety net: a variable's value that a code path carried elsewhere, maybe changed
+    redacted, carried = keep_env_values_out(redacted, env_names(refs) | set(names), plain=plain, skip=set(placed),
+                                            where="a checkpoint of the run")
+    placed += [path for path, _ in carried]
+    used.update(name for _, name in carried)
     checkpoint.pop(ENV_NAMES_KEY, None)
     checkpoint.pop(ENV_POSITIONS_KEY, None)
     if placed:

@@ -559,6 +559,7 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     # module was rebuilt from (a resumed run's config need not name them)
     cfg.checkpoint_env_names = frozenset(env_names(module.env_refs))
     module.env_refs = {**module.env_refs, **config_env_refs(cfg.env_references)}
+    module.env_names, module.plain_texts = cfg.env_names, module.plain_texts | cfg.plain_texts()  # the safety net
     options = _trainer_options(cfg)  # its refusals before anything is written
     run, mlflow_logger = open_run() if open_run is not None else (create_run_dir(cfg), None)
     log.info("operation_mode: training")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.parsing import AttributeDict
 from torchmetrics.classification import MulticlassAccuracy
 
-from stmclf.config.interpolate import redact
+from stmclf.config.interpolate import env_names, redact
 from stmclf.models.regularization import kernel_regularization_terms, regularization_loss
 from stmclf.training.optimizers import build_optimizer
 
@@ -78,6 +78,13 @@ class ClassifierModule(L.LightningModule):
         #: and those of the checkpoint it was rebuilt from; a module read from a checkpoint: those it
         #: stored). The loggers (``hparams.yaml``, MLflow params) and the checkpoints show ``${NAME}`` there.
         self.env_refs: dict[tuple, tuple[str, Any]] = {}
+        #: The environment variables whose values its checkpoints and loggers hold nowhere else either
+        #: (``stmclf.config.interpolate.keep_env_values_out``): those of :attr:`env_refs` and, in a
+        #: fit, every variable of the config (``RunConfig.env_names``) ...
+        self.env_names: frozenset[str] = frozenset()
+        #: ... except in these texts, written as they are: the class names and, in a fit,
+        #: ``RunConfig.plain_texts``.
+        self.plain_texts: frozenset[str] = frozenset(self.class_names)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -99,7 +106,9 @@ class ClassifierModule(L.LightningModule):
         """Lightning's copy of the hyper-parameters for its loggers (only they read it), with the
         values of :attr:`env_refs` shown as ``${NAME}``."""
         refs = {path[1:]: ref for path, ref in self.env_refs.items() if path[:1] == ("hyper_parameters",)}
-        return AttributeDict(redact(dict(super().hparams_initial), refs))
+        return AttributeDict(redact(dict(super().hparams_initial), refs, names=self.env_names | env_names(self.env_refs),
+                                    where="the hyper-parameters (hparams.yaml, MLflow parameters)",
+                                    plain=self.plain_texts))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from stmclf.models.checkpoint_env import store_env_references
@@ -107,7 +116,7 @@ class ClassifierModule(L.LightningModule):
 
         store_source(self.model, checkpoint)  # a model built from a model file: its copy, for a self-contained run
         # the last hook before the file is written: no value of an environment variable in any of it
-        store_env_references(checkpoint, self.env_refs)
+        store_env_references(checkpoint, self.env_refs, self.env_names, self.plain_texts)
 
     @property
     def model_name(self) -> str:
