@@ -234,3 +234,41 @@ def test_sigterm_during_an_evaluation_stage_ends_its_run_killed(tmp_path, image_
     runs = _runs(tmp_path / "mlruns")
     assert runs.get("evaluate") == "KILLED", runs
     assert "RUNNING" not in runs.values(), runs
+
+
+def test_reconcile_tells_a_gone_process_from_a_live_one(tmp_path, caplog):
+    """Runs of a real store whose owner tags name: this (live) process; its pid with another start
+    time (a process gone, its pid given to this one); another boot of this host (a power loss);
+    another pid namespace (a container with the same host name); a pid that no process has.
+    Only the gone ones become KILLED, with one warning line per process."""
+    import os
+    import subprocess
+    import sys
+
+    from stmclf.training.mlflow_runs import PROCESS_TAG, owner_tags, reconcile
+    from stmclf.training.tracking import resolve_tracking_uri
+
+    me = owner_tags()
+    boot, namespace, start = me[PROCESS_TAG].split(" ")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process
+    resolve_tracking_uri(str(tmp_path / "mlruns"))  # a new directory store, as stmclf makes it
+    client = _client(tmp_path / "mlruns")
+    experiment = client.create_experiment("e")
+    tags = {
+        "live": me,
+        "pid reused": {**me, PROCESS_TAG: f"{boot} {namespace} {int(start) - 1}"},
+        "power loss": {**me, PROCESS_TAG: f"another-boot {namespace} {start}"},
+        "container": {**me, PROCESS_TAG: f"another-boot pid:[1] {start}", "stmclf.pid": str(dead.pid)},
+        "dead pid": {**me, "stmclf.pid": str(dead.pid), PROCESS_TAG: f"{boot} {namespace} 1"},
+    }
+    ids = {name: client.create_run(experiment, run_name=name, tags=t).info.run_id for name, t in tags.items()}
+    with caplog.at_level("WARNING"):
+        ended = reconcile(client)
+    assert sorted(ended) == sorted(ids[n] for n in ("pid reused", "power loss", "dead pid"))
+    assert {n: client.get_run(i).info.status for n, i in ids.items()} == {
+        "live": "RUNNING", "pid reused": "KILLED", "power loss": "KILLED", "container": "RUNNING",
+        "dead pid": "KILLED"}
+    warnings = [r.getMessage() for r in caplog.records if "ended without ending its runs" in r.getMessage()]
+    assert len(warnings) == 2 and any(f"process {os.getpid()} on" in w for w in warnings), warnings
+    assert reconcile(client) == []  # nothing left to do
