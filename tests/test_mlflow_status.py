@@ -25,7 +25,8 @@ own end of the fit marked ``train`` FINISHED there), then FINISHED.
 A fit killed outright (SIGKILL: also the OOM killer, a power loss) ends nothing: its runs stayed
 RUNNING for ever. The next command that opens the store marks them KILLED, with one warning line
 naming the process; the runs of a live process, of another host, or without stmclf's owner tags
-are left RUNNING.
+are left RUNNING. A run folder used again after such a kill reopens its parent run: RUNNING, owned
+by the new process, then FINISHED.
 """
 from __future__ import annotations
 
@@ -272,3 +273,48 @@ def test_reconcile_tells_a_gone_process_from_a_live_one(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if "ended without ending its runs" in r.getMessage()]
     assert len(warnings) == 2 and any(f"process {os.getpid()} on" in w for w in warnings), warnings
     assert reconcile(client) == []  # nothing left to do
+
+
+PARENT_THEN_DIE = """\
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from stmclf.training.tracking import parent_run_id
+
+cfg = SimpleNamespace(mlflow=SimpleNamespace(uri=sys.argv[1]), general=SimpleNamespace(project_name="p"))
+print(parent_run_id(cfg, SimpleNamespace(root=Path(sys.argv[2])), "model"), flush=True)
+os._exit(0)  # as a process killed outright: nothing ended
+"""
+
+
+def test_a_run_folder_used_again_reopens_its_parent_after_a_killed_command(tmp_path, caplog):
+    """A command that died with the run folder's parent run RUNNING; the next command on that run
+    folder (a resume, ``--run``) marks it KILLED (its process is gone), then takes it over: RUNNING,
+    owned by this process, without the KILLED note, and FINISHED when it ends."""
+    import os
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from stmclf.training import mlflow_runs
+    from stmclf.training.tracking import parent_run_id
+
+    (tmp_path / "run").mkdir()
+    store = tmp_path / "mlruns"
+    out = subprocess.run([sys.executable, "-c", PARENT_THEN_DIE, str(store), str(tmp_path / "run")],
+                         capture_output=True, text=True, check=True, timeout=300).stdout.strip()
+    client = _client(store)
+    assert client.get_run(out).info.status == "RUNNING"
+    cfg = SimpleNamespace(mlflow=SimpleNamespace(uri=str(store)), general=SimpleNamespace(project_name="p"))
+    try:
+        with caplog.at_level("WARNING"):
+            assert parent_run_id(cfg, SimpleNamespace(root=tmp_path / "run"), "model") == out
+        assert any(out in r.getMessage() and "marked KILLED" in r.getMessage() for r in caplog.records)
+        run = client.get_run(out)
+        assert run.info.status == "RUNNING" and run.data.tags["stmclf.pid"] == str(os.getpid())
+        assert mlflow_runs.ENDED_TAG not in run.data.tags
+    finally:
+        mlflow_runs.end_open_runs("FINISHED")
+    assert client.get_run(out).info.status == "FINISHED"

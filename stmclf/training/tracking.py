@@ -331,13 +331,17 @@ def _reconcile(client, tracking_uri: str) -> None:
 
 
 def _reopen(client, run_id: str) -> None:
-    """The parent run ``run_id`` of a run folder used again: owned by this process, RUNNING."""
+    """The parent run ``run_id`` of a run folder used again: owned by this process, RUNNING (the
+    note of a reconciliation that ended it before is dropped)."""
     from mlflow.entities import RunTag
 
+    tags = client.get_run(run_id).data.tags  # a run deleted meanwhile raises: a new parent is made
     mlflow_runs.opened(client, run_id)
     # The owner first: another process that reconciles must not see it RUNNING with a dead owner.
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in mlflow_runs.owner_tags().items()])
     client.update_run(run_id, "RUNNING")
+    if mlflow_runs.ENDED_TAG in tags:
+        client.delete_tag(run_id, mlflow_runs.ENDED_TAG)
 
 
 def parent_run_id(cfg, run, model_name: str = "") -> str:
