@@ -31,6 +31,7 @@ def test_two_process_ddp_run_writes_one_set_of_artifacts(tmp_path, image_folder)
     client = MlflowClient(tracking_uri=resolve_tracking_uri(str(tmp_path / "mlruns"))[0])
     runs = client.search_runs([client.get_experiment_by_name("pytest_project").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["run mobilenet α0.35", "train"]  # one parent, one stage
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]  # ended by rank 0, the one that made them
     # 27 training images, batch 8, 2 ranks: 2 batches per rank per epoch
     import torch
 

@@ -100,6 +100,73 @@ def test_ctrl_c_ends_a_command_stuck_in_a_trusted_torchscript_model(tmp_path, pr
                                            + "stmclf: interrupted (SIGINT) and stopped at once: Ctrl+C pressed again\n")
 
 
+STUCK_ONCE_RUNNING = """\
+import os
+import sqlite3
+
+import torch
+
+STORE = {store!r}
+
+
+@torch.jit.script
+def spin(x: torch.Tensor) -> torch.Tensor:
+    i = 0
+    while i >= 0:
+        i = i + 1
+    return x
+
+
+class StuckNet(torch.nn.Module):
+    \"\"\"A classifier that, once the ``evaluate`` stage's MLflow run is RUNNING in the store, says
+    so on stdout and loops forever inside TorchScript's interpreter (C++).\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
+
+    def forward(self, x):
+        if os.path.exists(STORE):
+            with sqlite3.connect(STORE) as db:
+                if db.execute("select 1 from runs where name = 'evaluate' and status = 'RUNNING'").fetchall():
+                    print("stuck in the model", flush=True)
+                    spin(x)
+        return self.head(x)
+"""
+
+
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, id="Ctrl+C twice"),
+                                    pytest.param(signal.SIGTERM, id="SIGTERM twice")])
+def test_a_command_stopped_at_once_ends_its_mlflow_runs_killed(tmp_path, image_folder, signum):
+    """The second signal ended the process with its MLflow runs (the folder's parent run, the
+    ``evaluate`` stage) RUNNING for ever; now they are KILLED, and the process still ends at once."""
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "mlruns" / "mlflow.db"
+    (tmp_path / "stuck_once_running.py").write_text(STUCK_ONCE_RUNNING.format(store=str(store)))
+    subprocess.run([sys.executable, "-c", "import torch, stuck_once_running as m; torch.save(m.StuckNet(), 'm.pt')"],
+                   cwd=tmp_path, check=True, timeout=300)
+    text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1,
+                       model="  model:\n    input_shape: (32, 32, 3)\n")
+    text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
+        "  global_seed: 7\n", f"  global_seed: 7\n  model_path: {tmp_path / 'm.pt'}\n")
+    (tmp_path / "c.yaml").write_text(text)
+    proc = _start(["run", "--config", str(tmp_path / "c.yaml"), "--trust-model-file"], tmp_path)
+    _wait_for(proc, b"stuck in the model", timeout=300)
+    time.sleep(0.5)  # well inside the loop
+    proc.send_signal(signum)
+    time.sleep(0.5)
+    proc.send_signal(signum)
+    code, _, err = _finish(proc, timeout=GRACE_S)
+    assert code == 128 + signum, err[-2000:]
+    assert err.endswith("stopped at once: Ctrl+C pressed again\n" if signum == signal.SIGINT
+                        else "stopped at once: SIGTERM received again\n"), err[-2000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted((r.info.run_name == "evaluate", r.info.status) for r in runs) == [
+        (False, "KILLED"), (True, "KILLED")], [(r.info.run_name, r.info.status) for r in runs]
+
+
 CTRL_C = """
 import os
 import signal

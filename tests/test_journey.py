@@ -63,6 +63,8 @@ def test_fit_export_benchmark_deploy_stay_in_one_run_folder(journey, capsys):
                 == parent.info.run_id}
     assert set(children) == {"train", "export", "evaluate", "benchmark", "deploy"}
     assert len(runs) == 6
+    # four commands reused the parent run: RUNNING during each, FINISHED after the last
+    assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
     assert "int_acc_validation_set" in children["evaluate"].data.metrics
     assert "MACCs M" in children["benchmark"].data.metrics
     # the parent shows the journey: metrics of every stage and the report

@@ -26,6 +26,8 @@ import threading
 import time
 from typing import Iterator, Optional
 
+from stmclf.training.mlflow_runs import end_open_runs_now
+
 GRACE_S = 5.0
 """Seconds after the first Ctrl+C before a command that has not ended says how to stop it at once."""
 HINT = "stmclf: still stopping after Ctrl+C; press Ctrl+C again to stop at once\n"
@@ -107,9 +109,10 @@ class _Guard:
                     self.exit_now()
 
     def exit_now(self, signum: int = signal.SIGINT) -> None:
-        """One line on stderr (and at the end of the run's ``stmclf.log``), exit code 128 + the
-        signal (130 for Ctrl+C), at once: no lock that the stuck main thread may hold is taken (no
-        logging, no flush of Python's buffered streams)."""
+        """One line on stderr (and at the end of the run's ``stmclf.log``), the command's open MLflow
+        runs marked KILLED (in another thread, for at most ``FORCED_END_S`` seconds: what is left is
+        reconciled by the next command), exit code 128 + the signal (130 for Ctrl+C): no lock that the
+        stuck main thread may hold is taken here (no logging, no flush of Python's buffered streams)."""
         self.exiting.acquire()  # the first of the main thread and the watcher ends the process
         line = (TERMINATED if signum == signal.SIGTERM else STOPPED).encode()
         with contextlib.suppress(OSError):
@@ -124,6 +127,7 @@ class _Guard:
                     os.write(fd, line)
                 finally:
                     os.close(fd)
+        end_open_runs_now()  # the command's MLflow runs KILLED, given at most FORCED_END_S seconds
         os._exit(128 + signum)
 
     def _restore_handlers(self) -> None:

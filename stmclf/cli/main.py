@@ -713,8 +713,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _setup_console_logging()
     logger = logging.getLogger("stmclf")
     before = set(logger.handlers)
+    status = "FAILED"  # what the MLflow runs the command still has open become: see the finally
     try:
-        return COMMANDS[name][0](rest)
+        code = COMMANDS[name][0](rest)
+        status = "FINISHED" if code == 0 else "FAILED"
+        return code
     except HelpShown:
         return 0
     except UserError as exc:
@@ -725,10 +728,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         return _stop(f"stmclf: error: {problem}", 2, before)
     except KeyboardInterrupt as exc:
+        status = "KILLED"
         return _stop(interrupted_line(exc), 128 + getattr(exc, "signum", signal.SIGINT), before)
     finally:  # the run folder (its lock and log file) belongs to this command (main may be called again in-process)
+        from stmclf.training.mlflow_runs import end_open_runs
         from stmclf.training.run_dir import release_runs
 
+        end_open_runs(status)  # the parent run (a stage ends its own): FAILED after an error, KILLED after a signal
         release_runs()
         for handler in set(logger.handlers) - before:
             if isinstance(handler, logging.FileHandler):

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Optional
 
 from stmclf.config import RunConfig
 from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME
+from stmclf.training.mlflow_runs import end_open_runs
 from stmclf.training.run_dir import RunDir, create_run_dir, find_run_dir
 from stmclf.training.tracking import end_stage_run, finish_mlflow_run, is_global_zero, start_mlflow_run
 
@@ -121,5 +122,8 @@ class Journey:
         return write_report(self.root)
 
     def finish(self, operation: str) -> None:
+        """Every stage finished: so does the MLflow parent run (until now RUNNING; a command that
+        stops before this ends it FAILED or KILLED: ``stmclf.cli.main``)."""
         if self.writes:
             log.info("operation finished: %s", operation)
+            end_open_runs("FINISHED")

@@ -13,9 +13,11 @@ from urllib.parse import urlparse
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import MLFlowLogger
 
 from stmclf.errors import UserError, one_line
 from stmclf.figures import save_figure
+from stmclf.training import mlflow_runs
 from stmclf.training.progress import ACCURACY_METRICS, shown_epoch
 
 log = logging.getLogger(__name__)
@@ -255,14 +257,23 @@ def loggable_params(config: dict[str, Any]) -> dict[str, str]:
     return params
 
 
+class StageLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger for a stage's run, which its stage ends (:func:`end_stage_run`,
+    :func:`finish_mlflow_run`): the trainer's own end of the run when the fit ends (``success``,
+    ``failed``) is left out, so that the run stays RUNNING while the stage goes on after the fit
+    (the evaluation of the trained model)."""
+
+    def finalize(self, status: str = "success") -> None:
+        if status not in ("success", "failed"):
+            super().finalize(status)
+
+
 def make_mlflow_logger(uri: str, experiment: str, run_name: str, run_id: Optional[str] = None,
                        tags: Optional[dict[str, str]] = None):
-    """Lightning's MLFlowLogger for a new run, or for the existing run ``run_id``."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
+    """A :class:`StageLogger` for a new run, or for the existing run ``run_id``."""
     tracking_uri, artifact_location = resolve_tracking_uri(uri)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
+    return StageLogger(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
                         artifact_location=artifact_location, log_model=False, run_id=run_id, tags=tags)
 
 
@@ -303,9 +314,43 @@ def _experiment_id(client, name: str, artifact_location: Optional[str]) -> str:
         return experiment.experiment_id
 
 
+_reconciled: set[str] = set()
+"""The tracking URIs :func:`_reconcile` went through in this process (once each: at its first stage)."""
+
+
+def _reconcile(client, tracking_uri: str) -> None:
+    """Runs left RUNNING by a process of this host that is gone become KILLED
+    (:func:`mlflow_runs.reconcile`); a store that refuses is no reason to stop the command."""
+    if tracking_uri in _reconciled:
+        return
+    _reconciled.add(tracking_uri)
+    try:
+        mlflow_runs.reconcile(client)
+    except Exception:  # noqa: BLE001 - the next command tries again
+        log.debug("could not reconcile the MLflow runs left RUNNING", exc_info=True)
+
+
+def _reopen(client, run_id: str) -> None:
+    """The parent run ``run_id`` of a run folder used again: owned by this process, RUNNING (the
+    note of a reconciliation that ended it before is dropped)."""
+    from mlflow.entities import RunTag
+
+    tags = client.get_run(run_id).data.tags  # a run deleted meanwhile raises: a new parent is made
+    mlflow_runs.opened(client, run_id)
+    # The owner first: another process that reconciles must not see it RUNNING with a dead owner.
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in mlflow_runs.owner_tags().items()])
+    client.update_run(run_id, "RUNNING")
+    if mlflow_runs.ENDED_TAG in tags:
+        client.delete_tag(run_id, mlflow_runs.ENDED_TAG)
+
+
 def parent_run_id(cfg, run, model_name: str = "") -> str:
     """The MLflow parent run of the run directory ``run`` (created at its first stage, named after
-    the directory and the model); its id is kept in ``<run>/mlflow_run.json``."""
+    the directory and the model); its id is kept in ``<run>/mlflow_run.json``.
+
+    The parent is RUNNING from here until the command ends (:func:`mlflow_runs.end_open_runs`):
+    FINISHED when its stages all finished, FAILED or KILLED otherwise. Runs that a process of this
+    host which is gone left RUNNING in the store are first marked KILLED (:func:`_reconcile`)."""
     import json
 
     from mlflow.tracking import MlflowClient
@@ -314,27 +359,26 @@ def parent_run_id(cfg, run, model_name: str = "") -> str:
     store = store_directory(cfg.mlflow.uri)
     # Opening a new store creates its tables: one process at a time.
     client = _store_call(store, lambda: MlflowClient(tracking_uri=tracking_uri))
+    _reconcile(client, tracking_uri)
     record_path = Path(run.root) / RUN_RECORD
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         record = {}
     if record.get("tracking_uri") == tracking_uri and record.get("parent_run_id"):
+        if mlflow_runs.is_open(record["parent_run_id"]):  # a later stage of this command
+            return record["parent_run_id"]
         try:
-            client.get_run(record["parent_run_id"])
+            _store_call(store, lambda: _reopen(client, record["parent_run_id"]))
             return record["parent_run_id"]
         except Exception:  # noqa: BLE001 - deleted, or another store: make a new one
-            pass
+            mlflow_runs.forget(record["parent_run_id"])
     experiment_id = _store_call(store, lambda: _experiment_id(client, cfg.general.project_name, artifact_location))
     name = f"{Path(run.root).name} {model_name}".strip()
     parent = _store_call(store, lambda: client.create_run(
-        experiment_id, run_name=name, tags={"stmclf.run_dir": str(run.root), "stmclf.model": model_name}))
-    try:
-        client.set_terminated(parent.info.run_id)
-    except BaseException as exc:  # a Ctrl+C in between: not RUNNING for ever
-        status = ended_status(exc)
-        _end_quietly(lambda: client.set_terminated(parent.info.run_id, status))
-        raise
+        experiment_id, run_name=name,
+        tags={"stmclf.run_dir": str(run.root), "stmclf.model": model_name, **mlflow_runs.owner_tags()}))
+    mlflow_runs.opened(client, parent.info.run_id)
     record_path.write_text(json.dumps({"tracking_uri": tracking_uri, "experiment": cfg.general.project_name,
                                        "parent_run_id": parent.info.run_id}, indent=1))
     return parent.info.run_id
@@ -354,11 +398,15 @@ def start_mlflow_run(cfg, run, stage: str, extra_params: Optional[dict] = None, 
         reason = one_line(tail if isinstance(tail, OSError) else exc, 200)
         raise UserError(f"mlflow.uri: cannot use the MLflow tracking URI {cfg.mlflow.uri}: {reason}") from None
     mlflow_logger = make_mlflow_logger(cfg.mlflow.uri, cfg.general.project_name, stage,
-                                       tags={"mlflow.parentRunId": parent, "stmclf.stage": stage})
+                                       tags={"mlflow.parentRunId": parent, "stmclf.stage": stage,
+                                             **mlflow_runs.owner_tags()})
     params = {"operation_mode": cfg.operation_mode or stage, "stage": stage, **(extra_params or {}),
               **loggable_params(cfg.redacted_dict())}
+    store = store_directory(cfg.mlflow.uri)
     try:
-        _store_call(store_directory(cfg.mlflow.uri), lambda: mlflow_logger.log_hyperparams(params))
+        client = _store_call(store, lambda: mlflow_logger.experiment)  # creates the run
+        mlflow_runs.opened(client, mlflow_logger.run_id)
+        _store_call(store, lambda: mlflow_logger.log_hyperparams(params))
     except BaseException as exc:  # the run exists once the logger made it: end it, do not leave it RUNNING
         end_stage_run(mlflow_logger, exc)
         raise
@@ -380,11 +428,17 @@ def _end_quietly(action: Callable[[], Any]) -> None:
         log.debug("could not end the MLflow run", exc_info=True)
 
 
+def _end_stage(mlflow_logger, status: str) -> None:
+    mlflow_logger.finalize(status)
+    # (Lightning's ``run_id`` property would create a run that was never made.)
+    mlflow_runs.forget(getattr(mlflow_logger, "_run_id", None))
+
+
 def end_stage_run(mlflow_logger, exc: BaseException) -> None:
     """End a stage's run after ``exc``: KILLED (interrupted) or FAILED (an error), never left RUNNING."""
     if mlflow_logger is not None:
         status = ended_status(exc)
-        _end_quietly(lambda: mlflow_logger.finalize(status))
+        _end_quietly(lambda: _end_stage(mlflow_logger, status))
 
 
 def finish_mlflow_run(mlflow_logger, run, artifacts: Iterable[Path] = (), summary: Iterable[Path] = ()) -> None:
@@ -393,7 +447,7 @@ def finish_mlflow_run(mlflow_logger, run, artifacts: Iterable[Path] = (), summar
     if mlflow_logger is None:
         return
     log_artifacts(mlflow_logger, artifacts)
-    mlflow_logger.finalize("FINISHED")
+    _end_stage(mlflow_logger, "FINISHED")
     client = mlflow_logger.experiment
     child = client.get_run(mlflow_logger.run_id)
     parent = child.data.tags.get("mlflow.parentRunId")
