@@ -542,3 +542,21 @@ def test_split_check_helper():
     with pytest.raises(ConfigError):
         rules.check_split("dataset.quantization_split", 0.0)
     rules.check_split("dataset.quantization_split", 0.3)
+
+
+def test_an_input_shape_cut_by_a_yaml_flow_mapping_says_how_to_write_it(tmp_path, image_folder, capsys):
+    """``model: {name: mobilenet, input_shape: (32, 32, 3)}``: YAML ends the value at the first comma,
+    so the key holds '(32' (and ' 32', '3)' become keys); the error said only "got '(32'", which
+    reads as a bug of stmclf's tuple parser. It now says what YAML did and how to write the value."""
+    from conftest import config_text
+
+    text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", model="""\
+  model: {name: mobilenet, version: v2, alpha: 0.35, input_shape: (32, 32, 3)}
+""")
+    config = tmp_path / "flow.yaml"
+    config.write_text(text)
+    assert main(["fit", "--config", str(config), "--print_config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("stmclf: error: training.model.input_shape: expecting (height, width, channels) as three "
+                          "integers, got '(32'; in a YAML flow mapping ({...}) a comma ends the value: "
+                          "write the tuple in quotes, input_shape: '(32, 32, 3)'"), err
