@@ -286,6 +286,10 @@ CLASS_PATH_CHECKPOINT = "training:\n  callbacks:\n    lightning.pytorch.callback
      "training.model.name: unknown model name 'mobilenetz' (did you mean mobilenet?). Supported model names are"),
     ("fit", ["training.checkpoint_every={steps: 0}"], "training.checkpoint_every.steps: expecting a positive integer"),
     ("fit", ["training.ema.decay=2"], "training.ema.decay: must be > 0 and < 1 (got 2)"),
+    ("fit", ["data_augmentation={random_contrast: {factr: 0.2}}"], "data_augmentation.random_contrast.factr: "
+     "unknown or unsupported argument of random_contrast; valid arguments: factor, change_rate"),
+    ("run", ["data_augmentation={random_flipp: null}"], "data_augmentation.random_flipp: "),
+    ("fit", ["data_augmentation={random_flip: {mode: sideways}}"], "data_augmentation.random_flip.mode: "),
     ("fit", ["training.precision=32", "trainer.precision=bf16-mixed"],
      "training.precision: conflicts with trainer.precision: give one of them"),
     ("fit", ["training.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=4"],
@@ -300,7 +304,8 @@ CLASS_PATH_CHECKPOINT = "training:\n  callbacks:\n    lightning.pytorch.callback
 def test_print_config_makes_the_commands_config_refusals(seed_file, capsys, monkeypatch, command, args, error):
     """``fit``/``run --print_config`` refuses what the command itself refuses from the config alone
     (training.callbacks, the keys a training needs, the optimizer, the model name, a training key that
-    conflicts with its trainer key, the mode, its sections and board), in the command's one line
+    conflicts with its trainer key, data_augmentation's functions and arguments, the mode, its sections
+    and board), in the command's one line
     with exit code 2: it printed the config with exit code 0, then the command refused it."""
     monkeypatch.chdir(seed_file.parent)
     (seed_file.parent / "class_path_checkpoint.yaml").write_text(CLASS_PATH_CHECKPOINT)
