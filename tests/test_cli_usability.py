@@ -420,3 +420,49 @@ def test_piped_tables_are_never_wrapped_or_cut(trained, tmp_path):
     rows = [row.split("|") for row in _table_rows(out)]
     assert ["ONNX float", "validation set"] in [cells[:2] for cells in rows], out
     assert all(all(cells) for cells in rows), out  # no row continued on a second line
+
+
+def _closed_pipe() -> int:
+    """The write end of a pipe whose reader is gone (``| head`` after it has read its lines)."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    return write_end
+
+
+@pytest.mark.parametrize("args, code", [(["fitt"], None), (["fit", "--config", "missing.yaml"], 2)])
+def test_a_command_that_fails_with_stderr_closed_does_not_exit_0(args, code, tmp_path):
+    """``stmclf ... 2> >(head -0)``, a supervisor that closed the log pipe: the console entry point
+    took any BrokenPipeError for stdout's reader leaving (``| head``) and exited 0 in silence, so a
+    missing config or an unknown command passed for a success in a script. Only a closed stdout is
+    the quiet end of the output; a failing command keeps its exit code (2 for a config error)."""
+    import os
+    import subprocess
+    import sys
+
+    stderr = _closed_pipe()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "stmclf", *args], stdout=subprocess.PIPE, stderr=stderr,
+                              cwd=tmp_path, timeout=300)
+    finally:
+        os.close(stderr)
+    assert proc.returncode != 0, proc.stdout
+    if code is not None:
+        assert proc.returncode == code
+
+
+def test_output_read_by_head_still_ends_quietly():
+    """The other side of the rule above: ``stmclf --help | head -0``, stdout's reader gone, is exit
+    code 0 with nothing on stderr (Python's 'Exception ignored ... BrokenPipeError' neither)."""
+    import os
+    import subprocess
+    import sys
+
+    stdout = _closed_pipe()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "stmclf", "--help"], stdout=stdout, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(stdout)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

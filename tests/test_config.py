@@ -286,6 +286,10 @@ CLASS_PATH_CHECKPOINT = "training:\n  callbacks:\n    lightning.pytorch.callback
      "training.model.name: unknown model name 'mobilenetz' (did you mean mobilenet?). Supported model names are"),
     ("fit", ["training.checkpoint_every={steps: 0}"], "training.checkpoint_every.steps: expecting a positive integer"),
     ("fit", ["training.ema.decay=2"], "training.ema.decay: must be > 0 and < 1 (got 2)"),
+    ("fit", ["data_augmentation={random_contrast: {factr: 0.2}}"], "data_augmentation.random_contrast.factr: "
+     "unknown or unsupported argument of random_contrast; valid arguments: factor, change_rate"),
+    ("run", ["data_augmentation={random_flipp: null}"], "data_augmentation.random_flipp: "),
+    ("fit", ["data_augmentation={random_flip: {mode: sideways}}"], "data_augmentation.random_flip.mode: "),
     ("fit", ["training.precision=32", "trainer.precision=bf16-mixed"],
      "training.precision: conflicts with trainer.precision: give one of them"),
     ("fit", ["training.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=4"],
@@ -300,7 +304,8 @@ CLASS_PATH_CHECKPOINT = "training:\n  callbacks:\n    lightning.pytorch.callback
 def test_print_config_makes_the_commands_config_refusals(seed_file, capsys, monkeypatch, command, args, error):
     """``fit``/``run --print_config`` refuses what the command itself refuses from the config alone
     (training.callbacks, the keys a training needs, the optimizer, the model name, a training key that
-    conflicts with its trainer key, the mode, its sections and board), in the command's one line
+    conflicts with its trainer key, data_augmentation's functions and arguments, the mode, its sections
+    and board), in the command's one line
     with exit code 2: it printed the config with exit code 0, then the command refused it."""
     monkeypatch.chdir(seed_file.parent)
     (seed_file.parent / "class_path_checkpoint.yaml").write_text(CLASS_PATH_CHECKPOINT)
@@ -619,3 +624,21 @@ def test_split_check_helper():
     with pytest.raises(ConfigError):
         rules.check_split("dataset.quantization_split", 0.0)
     rules.check_split("dataset.quantization_split", 0.3)
+
+
+def test_an_input_shape_cut_by_a_yaml_flow_mapping_says_how_to_write_it(tmp_path, image_folder, capsys):
+    """``model: {name: mobilenet, input_shape: (32, 32, 3)}``: YAML ends the value at the first comma,
+    so the key holds '(32' (and ' 32', '3)' become keys); the error said only "got '(32'", which
+    reads as a bug of stmclf's tuple parser. It now says what YAML did and how to write the value."""
+    from conftest import config_text
+
+    text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", model="""\
+  model: {name: mobilenet, version: v2, alpha: 0.35, input_shape: (32, 32, 3)}
+""")
+    config = tmp_path / "flow.yaml"
+    config.write_text(text)
+    assert main(["fit", "--config", str(config), "--print_config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("stmclf: error: training.model.input_shape: expecting (height, width, channels) as three "
+                          "integers, got '(32'; in a YAML flow mapping ({...}) a comma ends the value: "
+                          "write the tuple in quotes, input_shape: '(32, 32, 3)'"), err

@@ -197,6 +197,39 @@ def test_ctrl_c_during_a_fit_with_loader_workers_still_stops_gracefully(tmp_path
     assert "stopped at once" not in err and "Traceback" not in err, err[-2000:]
 
 
+TERM_GROUP = """
+import os
+import signal
+
+from lightning.pytorch.callbacks import Callback
+
+
+class TermGroup(Callback):  # GNU timeout, systemd's stop, Slurm's scancel: SIGTERM to every process of the job
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == 1:
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+"""
+
+
+def test_sigterm_to_the_process_group_during_a_fit_with_loader_workers_stops_gracefully(tmp_path, image_folder):
+    """``timeout 1h stmclf fit ...`` at its limit, ``systemctl stop``, ``scancel``: SIGTERM reaches the
+    loader workers too. They died of it, and the parent's training ended in torch's traceback
+    "DataLoader worker (pid N) is killed by signal: Terminated" instead of Lightning's graceful stop
+    and the CLI's one line (exit 143). The workers leave SIGTERM to the training process."""
+    (tmp_path / "term_group.py").write_text(TERM_GROUP)
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=2).replace(
+        "  num_workers: 0\n", "  num_workers: 1\n").replace(
+        "  callbacks:\n", "  callbacks:\n    term_group.TermGroup: {}\n", 1))
+    proc = _start(["fit", "--config", str(config), "--trust-code"], tmp_path)
+    code, _, err = _finish(proc, timeout=600)
+    assert code == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("stmclf: interrupted (SIGTERM) before the training wrote its first "
+                                            "checkpoint: it starts over when run again")
+    assert "Traceback" not in err and "killed by signal" not in err, err[-2000:]
+
+
 def test_the_guard_is_gone_after_the_command(tmp_path):
     """Tests run the CLI in-process (``main``, which installs nothing): the guard of the console
     entry point gives Python's SIGINT handler and wakeup fd back when the command ends."""

@@ -240,6 +240,46 @@ hydra:
     assert "operation_mode: prediction" in (run_dir / "stmclf.log").read_text()
 
 
+def test_a_wrong_images_folder_is_one_line_naming_its_key_before_any_run_is_made(setup, tmp_path, capsys):
+    """A dataset's root given as the folder to classify (its class folders are not read) made an
+    empty predictions.csv, over the run's earlier one, and exit code 0; a misspelled or missing
+    folder was "NAME: no such image directory" (a file too) under no key, after the mode had made its
+    run folder and MLflow run. Each is now one line under the option or key that named the folder,
+    before anything is written."""
+    from stmclf.cli.main import main
+
+    dataset = setup["train_dir"]  # cat/, dog/, owl/
+    image = next(setup["folder"].glob("*.png"))
+    cases = [(dataset, "no image file (JPEG, PNG, BMP or GIF) directly in the folder; its sub-folders "
+                       "(cat, dog, owl) are not read: give the folder that holds the images"),
+             (tmp_path / "imgaes", "no such folder; expected the folder of the images to classify"),
+             (image, "not a folder; expected the folder of the images to classify")]
+    for folder, why in cases:
+        out = tmp_path / "cli"
+        assert main(["predict", "--model", str(setup["onnx"]), "--images", str(folder), "--out", str(out)]) == 2
+        assert error_of(capsys.readouterr().err) == f"stmclf: error: --images: {folder}: {why}"
+        assert not (out / "predictions").exists()
+        run_dir = tmp_path / "run"
+        config = tmp_path / "predict.yaml"
+        config.write_text(f"""\
+general:
+  model_path: {setup['pt']}
+operation_mode: prediction
+dataset:
+  class_names: [cat, dog, owl]
+prediction:
+  test_files_path: {folder}
+mlflow:
+  uri: {tmp_path / 'mlruns'}
+hydra:
+  run:
+    dir: {run_dir}
+""")
+        assert main(["run", "--config", str(config)]) == 2
+        assert error_of(capsys.readouterr().err) == f"stmclf: error: prediction.test_files_path: {folder}: {why}"
+        assert not run_dir.exists() and not (tmp_path / "mlruns").exists()
+
+
 @pytest.mark.slow
 def test_predict_tflite_float_and_int8(setup, tmp_path):
     from stmclf.config import load_config

@@ -756,8 +756,12 @@ def unknown_command(name: str) -> str:
 
 def _stop(line: str, code: int, before: set) -> int:
     """``line`` on stderr and, when the command opened a run folder, at the end of its
-    ``stmclf.log`` (the console handlers print nothing of it); returns ``code``."""
-    print(line, file=sys.stderr)
+    ``stmclf.log`` (the console handlers print nothing of it); returns ``code``, also when stderr
+    cannot be written (a closed pipe: the exit code is then all a script sees)."""
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        pass
     record = logging.LogRecord("stmclf", logging.ERROR, __file__, 0, line, None, None)
     raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False  # a full disk: no traceback
     try:
@@ -814,9 +818,25 @@ def run() -> None:
             code = main()
             sys.stdout.flush()
     except BrokenPipeError:
+        if not stdout_closed():  # a closed stderr, a worker pool's or a child's pipe: a failure, not the end
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     sys.exit(code)
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``stmclf predict ... | head``): only then is a
+    BrokenPipeError the quiet end of the output. Any other one (stderr closed, the pipe of a process
+    pool whose server died) ends the command with its traceback and exit code 1, never 0."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no stdout, or one without a file descriptor
+        return False
 
 
 if __name__ == "__main__":

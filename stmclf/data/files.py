@@ -143,7 +143,11 @@ def class_name_problem(name: str) -> Optional[str]:
 def class_dirs(root: Path, key: str) -> list[str]:
     if not root.is_dir():
         raise ConfigError(key, f"unable to find the dataset root directory {root}")
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:  # a root the user may not list (permissions): named with its key, as a class folder is
+        raise ConfigError(key, f"unable to list the dataset root directory {printable_path(root)}: "
+                               f"{exc.strerror or exc}") from None
     for name in names:
         problem = class_name_problem(name)
         if problem:

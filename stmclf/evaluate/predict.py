@@ -215,13 +215,15 @@ def require_known_rescaling(source, cfg=None) -> None:
 
 # -- images ------------------------------------------------------------------------------------
 
-def list_image_files(folder: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(image files, [(skipped file, why)]) directly in ``folder``, sorted by name."""
+def list_image_files(folder: str | Path, key: str = "") -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files, [(skipped file, why)]) directly in ``folder``, sorted by name; a missing
+    folder, or a file, is one line under ``key`` (the option or config key that named it)."""
     from stmclf.data.folder import IMAGE_SUFFIXES
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: no such image directory")
+        what = "not a folder" if folder.exists() else "no such folder"
+        raise ConfigError(key, f"{printable_path(folder)}: {what}; expected the folder of the images to classify")
     images, skipped = [], []
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if entry.name.startswith(".") or entry.is_dir():
@@ -231,6 +233,23 @@ def list_image_files(folder: str | Path) -> tuple[list[Path], list[tuple[str, st
         else:
             skipped.append((str(entry), "not an image file (JPEG, PNG, BMP or GIF)"))
     return images, skipped
+
+
+def check_images_folder(folder: str | Path, key: str) -> None:
+    """The folder of images to classify, checked before a command or mode makes its run folder: one
+    line under ``key`` when it is missing, not a folder, or holds no image file directly in it (a
+    dataset's class folders are not read: the prediction would be an empty table, reported as a
+    success, over the run's earlier ``predictions.csv``)."""
+    images, _ = list_image_files(folder, key)
+    if images:
+        return
+    folders = sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+    hint = ""
+    if folders:
+        shown = ", ".join(printable_path(name) for name in folders[:5]) + (", ..." if len(folders) > 5 else "")
+        hint = f"; its sub-folders ({shown}) are not read: give the folder that holds the images"
+    raise ConfigError(key, f"{printable_path(folder)}: no image file (JPEG, PNG, BMP or GIF) directly in the "
+                           f"folder{hint}")
 
 
 def to_probabilities(scores: np.ndarray, outputs: str) -> np.ndarray:

@@ -141,12 +141,16 @@ def predict_command(cfg: RunConfig, model: Optional[str] = None, images: Optiona
     model = resolve_model_source(model, key)
     require_known_rescaling(model, cfg if use_config else None)
     model = checked_source(model, "predict", "prediction", cfg, key=key)
+    images_key = "--images"
     if images is None:
         if cfg.prediction is None or not cfg.prediction.test_files_path:
             raise ConfigError("prediction.test_files_path", "prediction needs the directory of images to classify")
-        images = cfg.prediction.test_files_path
+        images, images_key = cfg.prediction.test_files_path, "prediction.test_files_path"
     if use_config and cfg.prediction is not None and cfg.prediction.target not in (None, "host"):
         raise ConfigError("prediction.target", f"{cfg.prediction.target!r}: only host prediction is supported")
+    from stmclf.evaluate.predict import check_images_folder
+
+    check_images_folder(images, images_key)  # before the run's MLflow stage: a typo is one line, nothing made
     journey = Journey(cfg, root, model_name=model_label(cfg, model))
     log.info("operation_mode: prediction")
     result = predict_stage(journey, model, images, use_config=use_config)

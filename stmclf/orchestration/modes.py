@@ -123,6 +123,10 @@ def _from_model_file(cfg: RunConfig, mode: OperationMode, quantize: Optional[tup
     (:func:`check_mode_config`) are checked before the run folder is made."""
     first = _first_stage(mode)
     source = checked_source(cfg.general.model_path, first, mode.name, cfg)
+    if mode.has("predict"):
+        from stmclf.evaluate.predict import check_images_folder
+
+        check_images_folder(cfg.prediction.test_files_path, "prediction.test_files_path")
     client = _cloud_client(cfg, mode)
     journey = Journey(cfg, model_name=model_label(cfg, source.path))
     log.info("operation_mode: %s", mode.name)

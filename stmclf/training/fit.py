@@ -189,6 +189,19 @@ def check_augmentation_sizes(cfg: RunConfig, fmt: ImageFormat) -> None:
                              ImageSize(fmt.height, fmt.width, fmt.channels, cfg.training.batch_size))
 
 
+def check_augmentation_arguments(cfg: RunConfig) -> None:
+    """``data_augmentation``'s functions and arguments, from the config alone (the input size is not
+    known yet: :func:`check_augmentation_sizes` checks the size bounds when it is), so that ``stmclf fit
+    --print_config`` refuses what the training would: ``random_contrast: {factr: 0.2}``."""
+    if not cfg.data_augmentation:
+        return
+    from stmclf.data.decode import CHANNELS
+
+    scale, offset = cfg.preprocessing.scale_offset()
+    build_batch_augmentation(dict(cfg.data_augmentation), None, (offset, 255.0 * scale + offset),
+                             CHANNELS[cfg.preprocessing.color_mode])
+
+
 def _warn_resume_overrides(cfg: RunConfig, resume: dict) -> None:
     """A checkpoint to resume wins over ``training.model`` / ``general.model_path``: one warning
     line when they say something else."""
@@ -469,6 +482,7 @@ def check_training_config(cfg: RunConfig) -> tuple[dict[str, float], list[Callba
         if not cfg.general.model_path and training.model is not None:
             check_model_spec(training.model)
         check_config_code(cfg, model=not cfg.general.model_path)  # custom model/augmentation need --trust-code
+        check_augmentation_arguments(cfg)
     callbacks = build_callbacks(training.callbacks) + ema_callback(training.ema) + \
         qat_callbacks(training.qat, cfg.quantization, training.epochs)
     return checkpoint_every, callbacks
