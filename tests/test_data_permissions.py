@@ -86,6 +86,7 @@ def test_data_check_lists_an_unreadable_image_as_a_problem_naming_it(dataset, tm
     assert error_of(err) == f"stmclf: error: dataset check found 1 problem in {data} (see above)"
 
 
+@pytest.mark.slow  # a real fit in a subprocess (~30 s); the data check above covers the same file read
 def test_fit_skips_an_unreadable_image_in_one_line_naming_it(dataset, tmp_path):
     data, config = dataset
     with unreadable(data / "cat" / "cat_001.png", tmp_path):
