@@ -629,7 +629,8 @@ def test_split_check_helper():
 def test_an_input_shape_cut_by_a_yaml_flow_mapping_says_how_to_write_it(tmp_path, image_folder, capsys):
     """``model: {name: mobilenet, input_shape: (32, 32, 3)}``: YAML ends the value at the first comma,
     so the key holds '(32' (and ' 32', '3)' become keys); the error said only "got '(32'", which
-    reads as a bug of stmclf's tuple parser. It now says what YAML did and how to write the value."""
+    reads as a bug of stmclf's tuple parser. It now says what YAML did and how to write the value,
+    as for any key (stmclf.config.parser.cut_tuple_problem)."""
     from conftest import config_text
 
     text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", model="""\
@@ -639,6 +640,58 @@ def test_an_input_shape_cut_by_a_yaml_flow_mapping_says_how_to_write_it(tmp_path
     config.write_text(text)
     assert main(["fit", "--config", str(config), "--print_config"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("stmclf: error: training.model.input_shape: expecting (height, width, channels) as three "
-                          "integers, got '(32'; in a YAML flow mapping ({...}) a comma ends the value: "
-                          "write the tuple in quotes, input_shape: '(32, 32, 3)'"), err
+    assert err == (f"stmclf: error: {config} (line 19): training.model.input_shape: YAML cut the tuple (32, 32, 3) at "
+                   "a comma inside a {...} mapping; write it in quotes, input_shape: '(32, 32, 3)', or the mapping "
+                   "one key per line"), err
+    config.write_text(text.replace("(32, 32, 3)", "'(32, 32, 3)'"))  # as the message says
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "input_shape:\n    - 32\n    - 32\n    - 3\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, argv, expected", [
+    # an augmentation argument: was 'data_augmentation.random_contrast.0.5): unknown ... argument'
+    ("data_augmentation:\n  random_contrast: {factor: (0.2, 0.5)}\n", [],
+     "data_augmentation.random_contrast.factor: YAML cut the tuple (0.2, 0.5) at a comma"),
+    ("data_augmentation: {random_flip: {mode: horizontal}, random_contrast: {factor: 0.2, 0.5)}}\n", [],
+     "data_augmentation.random_contrast.0.5): a piece of a tuple that YAML cut at a comma"),
+    # another section, in a second --config file
+    ("", ["training: {class_weights: (1.0, 3.0, 1.0), label_smoothing: 0.1}\n"],
+     "training.class_weights: YAML cut the tuple (1.0, 3.0, 1.0) at a comma"),
+    # an override's value: the key it is for is named
+    ("", ["--training.model", "{name: mobilenet, version: v2, alpha: 0.35, input_shape: (32, 32, 3)}"],
+     "--training.model (line 1): training.model.input_shape: YAML cut the tuple (32, 32, 3) at a comma"),
+])
+def test_a_tuple_cut_by_a_yaml_flow_mapping_is_named_with_its_key(tmp_path, image_folder, capsys, extra, argv,
+                                                                   expected):
+    """``random_contrast: {factor: (0.2, 0.5)}`` is ``factor: '(0.2'`` and ``'0.5)': null`` to YAML:
+    the error named the unknown argument ``0.5)`` (or a bad value ``'(1.0'``) without saying why.
+    Any key of any section, in a file or an override, now gets one line saying what YAML did."""
+    from conftest import config_text
+
+    config = tmp_path / "flow.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", extra=extra))
+    if argv and not argv[0].startswith("--"):
+        second = tmp_path / "second.yaml"
+        second.write_text(argv[0])
+        argv = ["--config", str(second)]
+    assert main(["fit", "--config", str(config), *argv, "--print_config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("stmclf: error: ") and expected in err, err
+    assert " at a comma inside a {...} mapping; write it in quotes, " in err, err
+    assert err.endswith("', or the mapping one key per line"), err
+
+
+@pytest.mark.parametrize("text", [
+    "training: {b: '(32', 'c)': 1}\n",      # quoted: what the user wrote
+    "training: {frozen: (0:-1), f(x): 1}\n",  # whole brackets
+    "training:\n  b: (32\n  c: 3)\n",         # a block mapping: no comma cut anything
+])
+def test_only_a_flow_mappings_cut_tuple_is_refused(text):
+    from stmclf.config.parser import load_yaml
+    from stmclf.errors import UserError
+
+    assert load_yaml(text, "x.yaml")["training"]
+    with pytest.raises(UserError, match=r"^--config x\.yaml \(line 1\): training\.b: YAML cut the tuple \(32, 32, 3\) "):
+        load_yaml("training: {b: (32, 32, 3), c: 1}\n", "x.yaml")

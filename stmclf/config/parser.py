@@ -53,18 +53,67 @@ class YamlLimitError(yaml.MarkedYAMLError):
     """A document beyond the bounds (or with a duplicate key): the message names the line."""
 
 
+class CutTupleError(YamlLimitError):
+    """Valid YAML that cut a tuple at its commas (:func:`cut_tuple_problem`): not "invalid YAML"."""
+
+
+def _tuple_piece(node: Any) -> str:
+    """``"open"`` for a plain scalar that starts a tuple without closing it (``(32``), ``"close"`` for
+    one that ends a tuple it did not open (``3)``), else ``""``: the pieces YAML leaves of a tuple
+    in a flow mapping (a quoted scalar is what the user wrote). Brackets cannot be pieces: inside
+    ``{...}`` a plain scalar holds no ``[``/``]`` (``[`` opens a list, a stray ``]`` is invalid YAML)."""
+    if not isinstance(node, yaml.ScalarNode) or node.style not in (None, "") or not isinstance(node.value, str):
+        return ""
+    text = node.value.strip()
+    if text.startswith("(") and ")" not in text:
+        return "open"
+    if text.endswith(")") and "(" not in text:
+        return "close"
+    return ""
+
+
+_CUT_HOW = "at a comma inside a {{...}} mapping; write it in quotes, {name}: '{text}', or the mapping one key per line"
+
+
+def cut_tuple_problem(path: Sequence[Any], pairs: Sequence[tuple[Any, Any]]) -> Optional[tuple[str, Any]]:
+    """(message, mark) when the (key node, value node) ``pairs`` of the flow mapping (``{...}``) at
+    ``path`` hold the pieces of a tuple that YAML cut at its commas, else None:
+    ``{input_shape: (32, 32, 3)}`` is ``input_shape: '(32'``, ``'32': null``, ``'3)': null``, which
+    the checks downstream would report as a bad value or an unknown key ``3)``, never saying why.
+    Every flow mapping of a config (files and override values) passes here, whatever its key."""
+    for index, (key_node, value_node) in enumerate(pairs):
+        if _tuple_piece(value_node) == "open":
+            name, pieces = str(key_node.value).strip(), [value_node.value.strip()]
+            for later_key, later_value in pairs[index + 1:]:
+                if later_value.tag != "tag:yaml.org,2002:null" or not isinstance(later_key, yaml.ScalarNode):
+                    break
+                pieces.append(str(later_key.value).strip())
+                if _tuple_piece(later_key) == "close":
+                    break
+            text = one_line(", ".join(pieces), 80)
+            where = ".".join(str(p) for p in (*path, name))
+            how = _CUT_HOW.format(name=one_line(name, 40), text=text)
+            return f"{where}: YAML cut the tuple {text} {how}", value_node.start_mark
+        if _tuple_piece(key_node):  # no key before it: '{factor: 0.2, 0.5)}', '{(0.2, 0.5): x}'
+            piece = one_line(str(key_node.value).strip(), 40)
+            where = ".".join(str(p) for p in (*path, piece))
+            how = _CUT_HOW.format(name="KEY", text="(A, B)")
+            return f"{where}: a piece of a tuple that YAML cut {how}", key_node.start_mark
+    return None
+
+
 class _BoundedComposer(yaml.composer.Composer):
     """PyYAML's composer (libyaml events), counting what the document expands to: nesting
     depth, nodes with aliases expanded (billion-laughs bombs), aliases; duplicate mapping keys
     are refused with the key path and both lines (PyYAML would keep the last one silently)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Sequence[str] = ()) -> None:
         super().__init__()
         self._depth = 0
         self._nodes = 0
         self._aliases = 0
         self._sizes: dict[int, int] = {}
-        self._path: list[Any] = []
+        self._path: list[Any] = list(path)  # the keys above the document (an override's key)
 
     def _limit(self, problem: str, mark: Any) -> YamlLimitError:
         return YamlLimitError(problem=problem, problem_mark=mark)
@@ -149,6 +198,9 @@ class _BoundedComposer(yaml.composer.Composer):
             self._path.pop()
             node.value.append((key_node, value_node))
         node.end_mark = self.get_event().end_mark
+        problem = cut_tuple_problem(self._path, node.value) if node.flow_style else None
+        if problem is not None:
+            raise CutTupleError(problem=problem[0], problem_mark=problem[1])
         return node
 
 
@@ -158,15 +210,17 @@ _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 class BoundedLoader(_BoundedComposer, _BaseLoader):  # type: ignore[misc, valid-type]
     """Safe YAML loader: libyaml's parser (fast) with :class:`_BoundedComposer`."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, path: Sequence[str] = ()) -> None:
         _BaseLoader.__init__(self, stream)
-        _BoundedComposer.__init__(self)
+        _BoundedComposer.__init__(self, path)
 
 
 def _yaml_error(exc: yaml.YAMLError, source: str) -> UserError:
     mark = getattr(exc, "problem_mark", None)
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
     problem = getattr(exc, "problem", None) or exc
+    if isinstance(exc, CutTupleError):  # valid YAML, not what was meant
+        return UserError(f"{source} (line {mark.line + 1}): {one_line(problem, 250)}")
     return UserError(f"{source}: invalid YAML{where}: {one_line(problem, 200)}")
 
 
@@ -178,13 +232,13 @@ def _source_name(path: Optional[str]) -> str:
     return _CONFIG_FILE.get() or (f"--config {path}" if path else "--config")
 
 
-def _parse_yaml(text: str, source: str) -> Any:
+def _parse_yaml(text: str, source: str, key: str = "") -> Any:
     """``text`` loaded with :class:`BoundedLoader` (no interpolation, no value conversion); a
-    problem is one line naming ``source``."""
+    problem is one line naming ``source`` (and ``key``, the config key an override's value is for)."""
     if len(text) > MAX_CONFIG_BYTES:
         raise UserError(f"{source}: more than {MAX_CONFIG_BYTES // 1024} KiB of config text; a config is a few KiB")
     try:
-        loader = BoundedLoader(text)
+        loader = BoundedLoader(text, key.split(".") if key else ())
         try:
             return loader.get_single_data()
         finally:
@@ -213,8 +267,8 @@ def load_yaml(text: str, path: Optional[str] = None, *, key: str = "") -> Any:
         # YAML round trips end with a newline). 'lambda epoch, lr: lr * 0.95' stays a schedule
         # instead of becoming a {'lambda epoch, lr': ...} mapping; quoted 'yes' stays text.
         return text
-    source = _source_name(path) if document else "value"
-    data = _parse_yaml(text, source)
+    source = _source_name(path) if document else (f"--{key}" if key else "value")
+    data = _parse_yaml(text, source, "" if document else key)
     if document and not isinstance(data, dict):
         if path is None:  # jsonargparse asking whether a --config value is a config string or a file name
             return data

@@ -77,11 +77,9 @@ def check_input_shape(key: str, shape) -> list[int]:
     channels), each side 1..8192 and 1..4 channels, else a ConfigError under ``key``."""
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 \
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
-        hint = ""
-        if isinstance(shape, str) and shape.lstrip().startswith("(") and ")" not in shape:
-            hint = ("; in a YAML flow mapping ({...}) a comma ends the value: write the tuple in quotes, "
-                    "input_shape: '(32, 32, 3)', or the mapping as one key per line")
-        raise ConfigError(key, f"expecting (height, width, channels) as three integers, got {shape!r}"[:300] + hint)
+        # a tuple that YAML cut at its commas ({input_shape: (32, 32, 3)}) is refused as it is read:
+        # stmclf.config.parser.cut_tuple_problem
+        raise ConfigError(key, f"expecting (height, width, channels) as three integers, got {shape!r}"[:300])
     for value, name, high in zip(shape, ("height", "width", "channels"), (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, MAX_CHANNELS)):
         if not 1 <= value <= high:
             raise ConfigError(key, f"the {name} must be from 1 to {high:,} (got {_shown(value)} in {tuple(shape)})"[:300])
