@@ -2,6 +2,7 @@
 model sources, resume from the command line."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -200,3 +201,62 @@ def test_benchmark_of_a_trained_model_measures_its_float_onnx(journey, tmp_path,
     err = error_of(capsys.readouterr().err)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "weights.pt is a state dict" in err and "benchmarking accepts" in err
+
+
+def test_an_export_older_than_the_runs_model_is_not_used_in_silence(journey, tmp_path, capsys):
+    """A later training rewrites best_model.pt in the run folder: benchmark --run and deploy-header
+    --run refuse the run's earlier export (one line naming the command that exports it again), the
+    report flags it at the top; the export summary records the SHA-256 of the model it was made from.
+    A summary written before the fingerprint was recorded is used as before."""
+    tmp, trained = journey
+    run = tmp_path / "run"  # a copy of the trained run, with its own MLflow parent run and no export yet
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("quantized_models", "benchmark*", "generated",
+                                                                "report.html", "mlflow_run.json"))
+    best = run / "saved_models/best_model.pt"
+    assert main(["export", "--run", str(run), "--int8"]) == 0
+    summary = json.loads((run / "quantized_models/export_summary.json").read_text())
+    exported = hashlib.sha256(best.read_bytes()).hexdigest()
+    assert main(["deploy-header", "--run", str(run)]) == 0  # the export matches the model: used
+    capsys.readouterr()
+
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)  # "a later training": new weights
+    state = checkpoint["state_dict"]
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 0.5
+    torch.save(checkpoint, best)
+
+    header = run / "generated/ai_model_config.h"
+    header.unlink()
+    for command, use in ((["benchmark", "--run", str(run), "--offline"], "benchmark"),
+                         (["deploy-header", "--run", str(run)], "deploy")):
+        code = main(command)
+        err = error_of(capsys.readouterr().err)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"{run}/quantized_models/quantized_model.tflite: outdated, exported before {best} changed" in err, err
+        assert f"export the run again: stmclf export --run {run} --int8" in err, err
+        assert f"--model {run}/quantized_models/quantized_model.tflite to {use} that file as it is" in err, err
+    assert not (run / "benchmark.json").exists() and not header.exists()
+
+    assert main(["report", "--run", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert '<p class="bad" id="outdated-export">Outdated export: saved_models/best_model.pt changed after ' \
+           'quantized_models was exported' in page
+    assert f"Export the run again: stmclf export --run {run} --int8" in page
+    assert "Outdated export" in capsys.readouterr().err
+
+    # an explicit --model is the user's choice: the file is used as it is
+    assert main(["deploy-header", "--run", str(run), "--model",
+                 str(run / "quantized_models/quantized_model.tflite")]) == 0
+    # what the check reads: the model's SHA-256 and its place in the run folder (a moved run keeps its own)
+    assert summary["model_sha256"] == exported
+    assert summary["model_file_relative"] == "../saved_models/best_model.pt"
+
+    # a summary written before the fingerprint was recorded: used as before, without a warning
+    summary.pop("model_sha256"), summary.pop("model_file_relative")
+    (run / "quantized_models/export_summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(["deploy-header", "--run", str(run)]) == 0
+    assert main(["report", "--run", str(run)]) == 0
+    assert "outdated" not in capsys.readouterr().err.lower()
+    assert "outdated-export" not in (run / "report.html").read_text()
+

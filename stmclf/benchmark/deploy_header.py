@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from stmclf.errors import ConfigError, UserError, one_line
-from stmclf.export.export import run_export_dir
+from stmclf.export.export import SUMMARY_NAME, refuse_outdated_export, run_export_dir
 
 log = logging.getLogger("stmclf.benchmark")
 
@@ -84,7 +84,8 @@ def build_deploy_header(run_dir: Optional[Path], *, cfg: dict, model: Optional[P
     model lacks what the header needs; nothing is written."""
     if model is None:
         export_dir = run_export_dir(Path(run_dir), _get(cfg, "quantization", "export_dir"))
-        model_path, summary = find_int8_tflite(export_dir, run_dir), export_dir / "export_summary.json"
+        model_path, summary = find_int8_tflite(export_dir, run_dir), export_dir / SUMMARY_NAME
+        _refuse_outdated(export_dir, model_path, run_dir)
     else:
         from stmclf.models.source import resolve_model_source
 
@@ -111,6 +112,16 @@ def _get(cfg: dict, *keys: str) -> Any:
             return None
         value = value.get(key)
     return value
+
+
+def _refuse_outdated(export_dir: Path, model_path: Path, run_dir: Path) -> None:
+    """A one-line error when the run's export was made from a model file that changed since."""
+    try:
+        summary = json.loads((export_dir / SUMMARY_NAME).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(summary, dict):
+        refuse_outdated_export(export_dir, summary, model_path, Path(run_dir), "deploy")
 
 
 def find_int8_tflite(export_dir: Path, run_dir: Optional[Path] = None) -> Path:

@@ -32,6 +32,7 @@ import html
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,7 @@ from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME, read_run_config, r
 from stmclf.errors import UserError, one_line, printable_path
 from stmclf.evaluate.artifacts import ARTIFACT_LABELS, TFLM_LABEL
 from stmclf.evaluate.predict import CSV_NAME, PREDICTIONS_DIR
-from stmclf.export.export import MODEL_BASENAME, SUMMARY_NAME, run_export_dir
+from stmclf.export.export import MODEL_BASENAME, SUMMARY_NAME, outdated_export, reexport_command, run_export_dir
 
 log = logging.getLogger("stmclf.evaluate")
 
@@ -205,12 +206,26 @@ class RunFiles:
         self.summary, note = _load_json(self.export_dir / SUMMARY_NAME, dict)
         if note:
             self.notes["export"] = note
+        self.outdated = self._outdated()
         self.benchmark, note = _load_json(run_dir / BENCHMARK_FILE, dict)
         if note:
             self.notes["benchmark"] = note
         header = run_dir / HEADER_FILE
         self.header_text = header.read_text(encoding="utf-8", errors="replace") if header.is_file() else None
         self.predictions = run_dir / PREDICTIONS_DIR / CSV_NAME
+
+    def _outdated(self) -> str | None:
+        """A line saying the export is outdated: the run's model file changed after it (a later
+        training), so the exported files and what was made from them describe the earlier model."""
+        changed = outdated_export(self.export_dir, self.summary, within=self.root) if self.summary else None
+        if changed is None:
+            return None
+        line = (f"Outdated export: {printable_path(os.path.relpath(changed.resolve(), self.root.resolve()))} changed after "
+                f"{printable_path(self.export_dir.name)} was exported (a later training); the exported files' "
+                f"accuracies, the benchmark and the deployment header made from them describe the earlier model. "
+                f"Export the run again: {reexport_command(self.root, self.summary)}")
+        log.warning("report: %s", line)
+        return line
 
     def _config(self) -> dict:
         try:
@@ -710,6 +725,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     run_config_files(run_dir, f"report: {printable_path(run_dir)}")  # a folder that is no run: one line
     run = RunFiles(run_dir)
     parts = [f"<h1>stmclf run {_e(run_dir.name)}</h1>"]
+    if run.outdated:
+        parts.append(f'<p class="bad" id="outdated-export">{_e(run.outdated)}</p>')
     parts += [_section(name, render, run) for name, render in SECTIONS]
     out = Path(out) if out else run_dir / "report.html"
     out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>stmclf {_e(run_dir.name)}"

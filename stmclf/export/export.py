@@ -13,7 +13,7 @@ Files, in ``<out_dir>/<quantization.export_dir>`` (``quantized_models`` by defau
 | ``best_model_quant_qdq_pc.onnx`` / ``_pt.onnx`` | int8 QDQ (per-channel / per-tensor), float I/O |
 | ``best_model_float32.tflite`` | float, NHWC, rescaled input, softmax output |
 | ``quantized_model.tflite`` | full-integer int8, uint8 input (raw pixels) and float output by default |
-| ``export_summary.json`` | settings, calibration set, checks, timings per stage, accuracies |
+| ``export_summary.json`` | source model (path, SHA-256), settings, calibration set, checks, timings per stage, accuracies |
 | ``onnx2tf.log`` | the converter's console output |
 
 Every file is checked before it is shipped: the float ONNX against torch (max |difference| ≤ 1e-3),
@@ -24,6 +24,7 @@ images, default 32): arena, agreement with LiteRT, accuracy; a model TFLM cannot
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -60,6 +61,68 @@ def run_export_dir(run_root: Path, configured: Optional[str] = None) -> Path:
     if not found:
         return default
     return max(found, key=lambda folder: (folder / SUMMARY_NAME).stat().st_mtime_ns)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's content (hex), read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_source(export_dir: Path, summary: Mapping) -> Optional[Path]:
+    """Where the model file an export was made from is now: its path relative to the export folder
+    when it was inside the run folder (a moved or copied run folder keeps its own model), else the
+    recorded ``model_file``; None for an in-memory module."""
+    relative, recorded = summary.get("model_file_relative"), summary.get("model_file")
+    if isinstance(relative, str) and relative:
+        return Path(os.path.normpath(Path(export_dir) / relative))
+    return Path(recorded) if isinstance(recorded, str) and recorded else None
+
+
+def outdated_export(export_dir: Path, summary: Mapping, within: Optional[Path] = None) -> Optional[Path]:
+    """The model file an export (``export_dir``, its ``export_summary.json`` read as ``summary``) was
+    made from, when that file's content changed since the export (a later or resumed training
+    rewrote it): the export's files are outdated. None when the content is the one exported, when
+    the summary predates the fingerprint (no ``model_sha256``), when the file is gone or unreadable,
+    or (``within``) when it lies outside that folder."""
+    recorded = summary.get("model_sha256")
+    source = export_source(export_dir, summary)
+    if not isinstance(recorded, str) or source is None or not source.is_file():
+        return None
+    if within is not None:
+        try:
+            if not source.resolve().is_relative_to(Path(within).resolve()):
+                return None
+        except (OSError, RuntimeError, ValueError):
+            return None
+    try:
+        return None if file_sha256(source) == recorded else source
+    except OSError:
+        return None
+
+
+def reexport_command(run_dir: Path, summary: Mapping) -> str:
+    """The command that exports a run folder again as its last export did."""
+    formats = summary.get("formats")
+    option = (f" --format {','.join(formats)}" if isinstance(formats, list) and formats
+              and sorted(formats) != sorted(FORMATS) and all(isinstance(f, str) for f in formats) else "")
+    return f"stmclf export --run {run_dir}{option}{' --int8' if summary.get('int8') is True else ''}"
+
+
+def refuse_outdated_export(export_dir: Path, summary: Mapping, artifact: Path, run_dir: Path, use: str) -> None:
+    """A one-line error when ``artifact``, a file of the run's export, was made from a model file
+    that changed since (:func:`outdated_export`): it names the command that exports the run again,
+    and ``--model`` to ``use`` the file as it is."""
+    changed = outdated_export(export_dir, summary)
+    if changed is not None:
+        raise UserError(f"{artifact}: outdated, exported before {changed} changed (a later training); export the "
+                        f"run again: {reexport_command(Path(run_dir), summary)} (or give --model {artifact} to "
+                        f"{use} that file as it is)")
+
+
 DEFAULT_TFLM_CHECK_IMAGES = 32
 
 
@@ -123,6 +186,10 @@ class ExportResult(Mapping):
     summary: Optional[Path] = None
     export_dir: Optional[Path] = None
     model_file: Optional[Path] = None
+    model_sha256: Optional[str] = None
+    """The content of ``model_file`` when it was loaded (a later training that rewrites it makes this export outdated)."""
+    model_file_relative: Optional[str] = None
+    """``model_file`` relative to the export folder, when it lies inside the run folder."""
     model_kind: str = "stmclf"
     module: Any = field(default=None, repr=False)
     """The torch model every file was checked against (eval mode, CPU)."""
@@ -167,6 +234,7 @@ class ExportResult(Mapping):
         summary = self.export_dir / SUMMARY_NAME
         summary.write_text(json.dumps({
             "model_file": str(self.model_file) if self.model_file is not None else None,  # null: an in-memory module
+            "model_sha256": self.model_sha256, "model_file_relative": self.model_file_relative,
             "model_kind": self.model_kind, "model_name": module.model_name,
             "class_names": list(module.class_names), "input_shape": list(module.hparams.input_shape),
             "rescaling": list(rescaling), "settings": asdict(self.settings), "formats": list(formats),
@@ -235,10 +303,14 @@ def export_run(cfg, model, out_dir: Path, *, formats: Sequence[str] = FORMATS, i
     with timer("load_model"):
         module, model_file, result.model_kind = load_export_model(model, cfg)
         module = module.cpu().eval()
+        if model_file is not None and Path(model_file).is_file():
+            result.model_sha256 = file_sha256(Path(model_file))
     result.module, result.model_file = module, model_file
     rescaling = module_rescaling(module)
     export_dir = Path(out_dir) / settings.export_dir
     result.export_dir = export_dir
+    if result.model_sha256 is not None and Path(model_file).resolve().is_relative_to(Path(out_dir).resolve()):
+        result.model_file_relative = os.path.relpath(Path(model_file).resolve(), export_dir.resolve())
     log.info("Export of %s (%s, input %s) to %s: %s%s", model_file or module.model_name, module.model_name,
              tuple(module.hparams.input_shape), export_dir, ", ".join(formats), " + int8" if int8 else "")
 

@@ -36,18 +36,23 @@ def run_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def _export_summary(run_root: Optional[Path], cfg: RunConfig) -> dict:
-    """The ``export_summary.json`` of a run folder's latest export ({} without one)."""
+def _run_export(run_root: Optional[Path], cfg: RunConfig) -> tuple[Optional[Path], dict]:
+    """(folder, ``export_summary.json``) of a run folder's latest export ((None, {}) without one)."""
     from stmclf.export.export import SUMMARY_NAME, run_export_dir
 
     if run_root is None:
-        return {}
+        return None, {}
     export_dir = run_export_dir(Path(run_root), cfg.quantization.export_dir if cfg.quantization else None)
     try:
         summary = json.loads((export_dir / SUMMARY_NAME).read_text())
     except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
+        return None, {}
+    return (export_dir, summary) if isinstance(summary, dict) else (None, {})
+
+
+def _export_summary(run_root: Optional[Path], cfg: RunConfig) -> dict:
+    """The ``export_summary.json`` of a run folder's latest export ({} without one)."""
+    return _run_export(run_root, cfg)[1]
 
 
 def run_exported_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
@@ -57,12 +62,17 @@ def run_exported_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Pat
 
 
 def run_quantized_model(run_root: Optional[Path], cfg: RunConfig) -> Optional[Path]:
-    """The int8 model an export wrote into a run folder (from its ``export_summary.json``)."""
-    files = _export_summary(run_root, cfg).get("files") or {}
+    """The int8 model an export wrote into a run folder (from its ``export_summary.json``); an
+    export made from a model file that changed since (a later training) is a one-line error."""
+    from stmclf.export.export import refuse_outdated_export
+
+    export_dir, summary = _run_export(run_root, cfg)
+    files = summary.get("files") or {}
     primary = ("onnx_qdq", "tflite_int8") if cfg.quantization is not None and \
         str(cfg.quantization.quantizer or "").lower() == "onnx_quantizer" else ("tflite_int8", "onnx_qdq")
     for key in (*primary, "tflite", "onnx"):
         if files.get(key) and Path(files[key]).is_file():
+            refuse_outdated_export(export_dir, summary, Path(files[key]), Path(run_root), "benchmark")
             return Path(files[key])
     return None
 
