@@ -106,6 +106,22 @@ trainer:
 """ + extra
 
 
+def evaluation_of_a_model_module(tmp_path: Path, image_folder: Path, module: str, cls: str) -> Path:
+    """The config of an evaluation (``stmclf run``) of the pickled model ``cls()`` of the module file
+    ``tmp_path/module.py`` (the test writes it: a model that blocks or signals while evaluated), saved
+    by another interpreter as ``tmp_path/module.pt``; its path (``tmp_path/c.yaml``)."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", f"import torch, {module} as m; torch.save(m.{cls}(), '{module}.pt')"],
+                   cwd=tmp_path, check=True, timeout=300)
+    text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1,
+                       model="  model:\n    input_shape: (32, 32, 3)\n")
+    text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
+        "  global_seed: 7\n", f"  global_seed: 7\n  model_path: {tmp_path / (module + '.pt')}\n")
+    (tmp_path / "c.yaml").write_text(text)
+    return tmp_path / "c.yaml"
+
+
 @pytest.fixture
 def write_config(tmp_path, image_folder):
     def make(name: str = "config.yaml", **kwargs) -> Path:

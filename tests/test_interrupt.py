@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import config_text
+from conftest import config_text, evaluation_of_a_model_module
 from stmclf.cli.interrupt import GRACE_S, HINT, interrupt_guard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,14 +144,8 @@ def test_a_command_stopped_at_once_ends_its_mlflow_runs_killed(tmp_path, image_f
 
     store = tmp_path / "mlruns" / "mlflow.db"
     (tmp_path / "stuck_once_running.py").write_text(STUCK_ONCE_RUNNING.format(store=str(store)))
-    subprocess.run([sys.executable, "-c", "import torch, stuck_once_running as m; torch.save(m.StuckNet(), 'm.pt')"],
-                   cwd=tmp_path, check=True, timeout=300)
-    text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1,
-                       model="  model:\n    input_shape: (32, 32, 3)\n")
-    text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
-        "  global_seed: 7\n", f"  global_seed: 7\n  model_path: {tmp_path / 'm.pt'}\n")
-    (tmp_path / "c.yaml").write_text(text)
-    proc = _start(["run", "--config", str(tmp_path / "c.yaml"), "--trust-model-file"], tmp_path)
+    config = evaluation_of_a_model_module(tmp_path, image_folder, "stuck_once_running", "StuckNet")
+    proc = _start(["run", "--config", str(config), "--trust-model-file"], tmp_path)
     _wait_for(proc, b"stuck in the model", timeout=300)
     time.sleep(0.5)  # well inside the loop
     proc.send_signal(signum)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SIGNALLER as SIGNAL_AT, config_text, run_cli
+from conftest import SIGNALLER as SIGNAL_AT, config_text, evaluation_of_a_model_module, run_cli
 
 SIGNALLER = SIGNAL_AT + """
 
@@ -217,19 +217,11 @@ class KillNet(torch.nn.Module):
 def test_sigterm_during_an_evaluation_stage_ends_its_run_killed(tmp_path, image_folder):
     """Python's default SIGTERM ended ``stmclf run`` (evaluation) on the spot: exit -15 and the
     ``evaluate`` run RUNNING for ever. Now: exit 143, one line, the run KILLED."""
-    import subprocess
-    import sys
 
     store = tmp_path / "mlruns" / "mlflow.db"
     (tmp_path / "killer.py").write_text(KILLER.format(store=str(store)))
-    subprocess.run([sys.executable, "-c", "import torch, killer; torch.save(killer.KillNet(), 'killer.pt')"],
-                   cwd=tmp_path, check=True, timeout=300)
-    text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1,
-                       model="  model:\n    input_shape: (32, 32, 3)\n")
-    text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
-        "  global_seed: 7\n", f"  global_seed: 7\n  model_path: {tmp_path / 'killer.pt'}\n")
-    (tmp_path / "c.yaml").write_text(text)
-    got, _, err = run_cli("run", "--config", str(tmp_path / "c.yaml"), "--trust-model-file", cwd=tmp_path)
+    config = evaluation_of_a_model_module(tmp_path, image_folder, "killer", "KillNet")
+    got, _, err = run_cli("run", "--config", str(config), "--trust-model-file", cwd=tmp_path)
     assert got == 143, err[-3000:]
     assert err.strip().splitlines()[-1] == "stmclf: interrupted (SIGTERM)", err[-3000:]
     runs = _runs(tmp_path / "mlruns")

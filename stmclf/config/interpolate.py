@@ -456,22 +456,12 @@ def keep_env_values_out(data: Any, names: Iterable[str], *, plain: Iterable[str]
                                 f"give it in the config instead of ${{{name}}}")
         return text
 
-    def walk(node: Any, path: tuple) -> Any:
+    def visit(node: Any, path: tuple) -> Any:
         if path in skip:
             return node
-        if isinstance(node, str):
-            return check(node, path)
-        if isinstance(node, dict):
-            items = {k: walk(v, (*path, k)) for k, v in node.items()}
-            return node if all(items[k] is v for k, v in node.items()) else items
-        if isinstance(node, (list, tuple)):
-            items = [walk(v, (*path, i)) for i, v in enumerate(node)]
-            if all(a is b for a, b in zip(items, node)):
-                return node
-            return tuple(items) if isinstance(node, tuple) else items
-        return node
+        return check(node, path) if isinstance(node, str) else DESCEND
 
-    return walk(data, ()), placed
+    return map_nested(data, visit), placed
 
 
 _REFERENCE = re.compile(r"\$\{(\w+)\}")
@@ -494,21 +484,32 @@ def resolve_env_names(data: Any, names: Iterable[str], key: str) -> Any:
     return _map_strings(data, replace)
 
 
-def _map_strings(node: Any, replace: Callable[[str], str]) -> Any:
-    """``node`` (nested dicts/lists/tuples) with ``replace`` applied to every string value (not to
-    keys); a container whose values did not change is returned itself (a torch ``state_dict``
-    keeps its type and metadata), a changed dict or list is a new plain one."""
-    if isinstance(node, str):
-        return replace(node)
+DESCEND = object()
+"""What a :func:`map_nested` visitor returns to keep a value and go into it if it is a container."""
+
+
+def map_nested(node: Any, visit: Callable[[Any, tuple], Any], path: tuple = ()) -> Any:
+    """``node`` (nested dicts/lists/tuples) rewritten top-down: ``visit(value, key_path)`` returns
+    the value's replacement, or :data:`DESCEND` to keep it (a dict's or list's values visited in
+    turn; keys are never visited). A container whose values did not change is returned itself (a
+    torch ``state_dict`` keeps its type and metadata); a changed dict or list is a new plain one."""
+    got = visit(node, path)
+    if got is not DESCEND:
+        return got
     if isinstance(node, dict):
-        items = {k: _map_strings(v, replace) for k, v in node.items()}
+        items = {k: map_nested(v, visit, (*path, k)) for k, v in node.items()}
         return node if all(items[k] is v for k, v in node.items()) else items
     if isinstance(node, (list, tuple)):
-        values = [_map_strings(v, replace) for v in node]
+        values = [map_nested(v, visit, (*path, i)) for i, v in enumerate(node)]
         if all(a is b for a, b in zip(values, node)):
             return node
         return tuple(values) if isinstance(node, tuple) else values
     return node
+
+
+def _map_strings(node: Any, replace: Callable[[str], str]) -> Any:
+    """``node`` with ``replace`` applied to every string value (not to keys): :func:`map_nested`."""
+    return map_nested(node, lambda value, _: replace(value) if isinstance(value, str) else DESCEND)
 
 
 def same_value(value: Any, recorded: Any) -> bool:

@@ -28,7 +28,8 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from stmclf.config.interpolate import env_names, keep_env_values_out, resolve_env_names, same_value
+from stmclf.config.interpolate import (DESCEND, env_names, keep_env_values_out, map_nested, resolve_env_names,
+                                      same_value)
 from stmclf.errors import ConfigError
 from stmclf.models.importers.base import file_error
 
@@ -103,7 +104,7 @@ def store_env_references(checkpoint: MutableMapping[str, Any], refs: EnvRefs, na
     if prefix is not None and prefix[1] is None:
         prefix = None
 
-    def walk(node: Any, path: tuple) -> Any:
+    def visit(node: Any, path: tuple) -> Any:
         ref = refs.get(path)
         if ref is not None and path != RUN_DIR_KEY and same_value(node, ref[1]):
             if isinstance(node, str) and isinstance(ref[0], str):
@@ -116,17 +117,10 @@ def store_env_references(checkpoint: MutableMapping[str, Any], refs: EnvRefs, na
                 placed.append(path)
                 used.update(env_names({path: (kept, None)}))
                 return kept + node[len(resolved):]
-        if isinstance(node, dict):
-            items = {k: walk(v, (*path, k)) for k, v in node.items()}
-            return node if all(items[k] is v for k, v in node.items()) else items
-        if isinstance(node, (list, tuple)):
-            values = [walk(v, (*path, i)) for i, v in enumerate(node)]
-            if all(a is b for a, b in zip(values, node)):
-                return node
-            return tuple(values) if isinstance(node, tuple) else values
-        return node
+        return DESCEND
 
-    redacted = walk({k: v for k, v in checkpoint.items() if k not in (ENV_NAMES_KEY, ENV_POSITIONS_KEY)}, ())
+    redacted = map_nested({k: v for k, v in checkpoint.items() if k not in (ENV_NAMES_KEY, ENV_POSITIONS_KEY)},
+                          visit)
     # the safety net: a variable's value that a code path carried elsewhere, maybe changed
     redacted, carried = keep_env_values_out(redacted, env_names(refs) | set(names), plain=plain, skip=set(placed),
                                             where="a checkpoint of the run")
