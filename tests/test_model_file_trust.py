@@ -290,7 +290,10 @@ _LOAD_IN_CHILD = ("import resource, sys\n"
                   "    print('loaded')\n"
                   "except UserError as exc:\n"
                   "    print(exc)\n"
-                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+                  "try:  # this program's own peak: VmHWM starts afresh at exec, ru_maxrss keeps the forked parent's\n"
+                  "    print(next(int(ln.split()[1]) for ln in open('/proc/self/status') if ln.startswith('VmHWM:')))\n"
+                  "except OSError:\n"
+                  "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
 
 
 def _load_in_child(path: Path, address_space: int | None = None) -> tuple[str, int]:

@@ -270,10 +270,11 @@ def test_fit_from_a_keras_h5_model_file_and_resume(tmp_path, image_folder):
 def test_a_refused_command_leaves_its_reason_in_the_run_log(trained, tmp_path, capsys):
     """An error met after the command opened the run folder ends its stmclf.log too (the console
     printed it on stderr only): the log of a run tells what happened to it."""
-    missing = tmp_path / "no_such_folder"
-    assert main(["predict", "--run", str(trained / "run"), "--images", str(missing)]) == 2
+    missing = tmp_path / "no_such_folder"  # the calibration set is listed by the export stage, in the run
+    assert main(["export", "--run", str(trained / "run"), "--format", "onnx", "--int8",
+                 "--dataset.quantization_path", str(missing)]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("stmclf: error: ") and str(missing) in line
+    assert line.startswith("stmclf: error: ") and str(missing) in line, line
     assert (trained / "run/stmclf.log").read_text().splitlines()[-1].endswith(f"ERROR {line}")
 
 
