@@ -97,6 +97,7 @@ def test_fit_skips_an_unreadable_image_in_one_line_naming_it(dataset, tmp_path):
     assert (tmp_path / "run" / "saved_models" / "best_model.pt").is_file()
 
 
+@pytest.mark.slow  # unprivileged subprocesses (~20 s); the data check case above runs by default
 def test_an_unreadable_class_folder_is_a_problem_and_one_line_naming_the_key(dataset, tmp_path):
     data, config = dataset
     with unreadable(data / "owl", tmp_path):
@@ -109,6 +110,7 @@ def test_an_unreadable_class_folder_is_a_problem_and_one_line_naming_the_key(dat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # unprivileged subprocesses (~20 s); the data check case above runs by default
 def test_an_unreadable_dataset_root_is_one_line_naming_the_key_and_the_folder(dataset, tmp_path):
     """It was ``stmclf: error: DATA: Permission denied`` (the generic line of an OSError met anywhere),
     which named neither the config key nor what could not be done."""

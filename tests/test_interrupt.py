@@ -136,7 +136,7 @@ class StuckNet(torch.nn.Module):
 
 
 @pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, id="Ctrl+C twice"),
-                                    pytest.param(signal.SIGTERM, id="SIGTERM twice")])
+                                    pytest.param(signal.SIGTERM, id="SIGTERM twice", marks=pytest.mark.slow)])
 def test_a_command_stopped_at_once_ends_its_mlflow_runs_killed(tmp_path, image_folder, signum):
     """The second signal ended the process with its MLflow runs (the folder's parent run, the
     ``evaluate`` stage) RUNNING for ever; now they are KILLED, and the process still ends at once."""

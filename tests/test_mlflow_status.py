@@ -137,6 +137,7 @@ def test_the_parent_run_is_running_until_its_stages_all_finished(tmp_path, image
     assert _runs(tmp_path / "mlruns") == {"parent": "FINISHED", "train": "FINISHED"}
 
 
+@pytest.mark.slow  # real processes killed and rerun (tens of s); test_reconcile_tells_... covers the rule
 def test_runs_of_a_killed_fit_are_marked_killed_by_the_next_command(tmp_path, image_folder):
     """SIGKILL of a real ``stmclf fit`` in its first epoch, then a second fit on the same store."""
     import os
@@ -281,6 +282,7 @@ os._exit(0)  # as a process killed outright: nothing ended
 """
 
 
+@pytest.mark.slow  # real processes killed and rerun (tens of s); test_reconcile_tells_... covers the rule
 def test_a_run_folder_used_again_reopens_its_parent_after_a_killed_command(tmp_path, caplog):
     """A command that died with the run folder's parent run RUNNING; the next command on that run
     folder (a resume, ``--run``) marks it KILLED (its process is gone), then takes it over: RUNNING,
