@@ -73,6 +73,7 @@ def _check_refused(proc: subprocess.CompletedProcess, key: str, path: Path, stor
     assert err.startswith(f"stmclf: error: {key}: ") and str(path) in err and stored in err, err
 
 
+@pytest.mark.slow  # every entry point in turn (~55 s on 2 cores)
 def test_a_stored_input_shape_out_of_bounds_is_refused_at_every_entry_point(trained, tmp_path):
     tmp, data, config, best, last = trained
     huge = _edited(best, tmp_path / "huge.pt", input_shape=HUGE)

@@ -398,6 +398,7 @@ def _table_rows(text: str) -> list[str]:
             if line.lstrip().startswith("│")]
 
 
+@pytest.mark.slow  # two real commands on a pipe (~25 s)
 def test_piped_tables_are_never_wrapped_or_cut(trained, tmp_path):
     """Piped or redirected, Rich printed every table at 80 columns: export's comparison table read
     ``validati… set`` and a long image name in predict's table was folded over several lines (the

@@ -120,6 +120,7 @@ class Watch(Callback):
 """
 
 
+@pytest.mark.slow  # a real fit in a subprocess (~17 s)
 def test_the_parent_run_is_running_until_its_stages_all_finished(tmp_path, image_folder):
     """The parent run was FINISHED from its creation on, and Lightning's end of the fit marked the
     ``train`` run FINISHED while the trained model was still being evaluated."""
