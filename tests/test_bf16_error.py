@@ -26,6 +26,7 @@ def _tables(text: str) -> list[dict[str, list[float]]]:
     return tables
 
 
+@pytest.mark.slow  # a benchmark script's own end-to-end run (~25 s on 2 cores); CI runs it with -m slow
 def test_bf16_error_attribution():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bf16_error.py"), "--batches", "2",
                            "--batch", "16", "--warmup-steps", "3", "--repeats", "1"],

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a benchmark script's own end-to-end run (~40 s on 2 cores); CI runs it with -m slow
 def test_alternated_rounds_give_each_round_its_own_ratio(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_throughput.py"), "--images", "160",
                            "--epochs", "2", "--only", "png28", "--skip", "stages", "loader", "kernels", "step",

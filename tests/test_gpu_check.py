@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = {"mode", "device", "device_name", "model", "img_size", "batch_size", "precision", "channels_last",
@@ -53,6 +55,7 @@ def test_gpu_check_smoke(tmp_path):
     assert not list(tmp_path.glob("stmclf-gpu-check-*"))  # the work folder was temporary
 
 
+@pytest.mark.slow  # a benchmark script's own end-to-end run (~26 s on 2 cores); CI runs it with -m slow
 def test_gpu_check_smoke_with_only_the_gpu_images_packages(tmp_path):
     """The lent GPU machines have PyTorch & co. but no network and no stmclf set-up: the check runs
     there on the image's packages plus the four wheels benchmarks/gpu_device.py carries. Emulated

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a benchmark script's own end-to-end run (~14 s on 2 cores); CI runs it with -m slow
 def test_step_breakdown_accounts_for_every_layer():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_breakdown.py"), "--model", "resnet8",
                            "--batch", "4", "--precision", "32", "--repeats", "1", "--layers"],

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a benchmark script's own end-to-end run (~29 s on 2 cores); CI runs it with -m slow
 def test_rounds_alternate_and_summarise_the_ratios_within_each_round():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--models", "resnet8",
                            "--batch", "8", "--images", "40", "--epochs", "2", "--precision", "32", "--rounds", "2",
