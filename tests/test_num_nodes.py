@@ -16,7 +16,7 @@ from stmclf.training import fit
 
 CLUSTER_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_RANK",
                 "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME", "LSB_JOBID", "LSB_DJOB_RANKFILE",
-                "JSM_NAMESPACE_LOCAL_RANK", "JSM_NAMESPACE_SIZE")
+                "JSM_NAMESPACE_LOCAL_RANK", "JSM_NAMESPACE_SIZE", "KUBERNETES_PORT", "RANK", "LOCAL_WORLD_SIZE")
 
 
 @pytest.fixture
@@ -73,6 +73,29 @@ def test_num_nodes_must_be_a_positive_integer(single_machine, value):
         fit._check_num_nodes({"num_nodes": value})
 
 
-def test_one_node_or_a_cluster_plugin_needs_nothing(single_machine):
+def test_one_node_needs_nothing(single_machine):
     fit._check_num_nodes({"num_nodes": 1})
-    fit._check_num_nodes({"num_nodes": 2, "plugins": ["my_cluster_environment"]})
+
+
+def test_a_kubeflow_pod_without_torchrun_is_told_the_torchrun_command(single_machine):
+    """A PyTorchJob pod has the job's variables but no launcher Lightning detects (nor may it give
+    ``trainer.plugins``): the refusal says how to start the pod so that it works."""
+    pod = {"KUBERNETES_PORT": "tcp://10.96.0.1:443", "MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456",
+           "WORLD_SIZE": "2", "RANK": "1"}
+    for key, value in pod.items():
+        single_machine.setenv(key, value)
+    with pytest.raises(ConfigError) as refused:
+        fit._check_num_nodes({"num_nodes": 2})
+    message = str(refused.value)
+    assert message.startswith("trainer.num_nodes: 2 machines asked in a Kubeflow PyTorchJob pod (RANK=1 of "
+                              "WORLD_SIZE=2) started without torchrun"), message
+    assert "torchrun --nnodes $WORLD_SIZE --node-rank $RANK --nproc-per-node <trainer.devices> " \
+           "--master-addr $MASTER_ADDR --master-port $MASTER_PORT $(command -v stmclf) fit" in message
+    single_machine.delenv("KUBERNETES_PORT")  # not a pod: the general refusal
+    with pytest.raises(ConfigError, match=r"^trainer\.num_nodes: 2 machines asked, but this process was not"):
+        fit._check_num_nodes({"num_nodes": 2})
+    single_machine.setenv("KUBERNETES_PORT", pod["KUBERNETES_PORT"])  # the same pod under torchrun: accepted
+    for key, value in {"TORCHELASTIC_RUN_ID": "job", "LOCAL_RANK": "0", "GROUP_RANK": "1",
+                         "LOCAL_WORLD_SIZE": "1"}.items():
+        single_machine.setenv(key, value)
+    fit._check_num_nodes({"num_nodes": 2})

@@ -355,8 +355,10 @@ def _check_num_nodes(options: dict[str, Any]) -> None:
     environment Lightning detects (a SLURM ``srun`` job, ``torchrun``/torchelastic, LSF ``jsrun``,
     MPI; Lightning's own list and order) or the variables of Lightning's manual launch
     (``NODE_RANK``, and ``MASTER_ADDR`` on every node but node 0). Without them each rank waits for
-    the other nodes at the rendezvous until its timeout (minutes): refused at once instead. A
-    ``trainer.plugins`` cluster environment of the user's own is trusted."""
+    the other nodes at the rendezvous until its timeout (minutes): refused at once instead. A pod of
+    a Kubeflow PyTorchJob started without ``torchrun`` has the job's variables but none of these
+    (Lightning does not detect Kubeflow, and stmclf takes no ``trainer.plugins``): its refusal gives
+    the ``torchrun`` command that starts it with those variables."""
     nodes = options.get("num_nodes")
     if nodes is None:
         return
@@ -364,7 +366,7 @@ def _check_num_nodes(options: dict[str, Any]) -> None:
         nodes = int(nodes)
     if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
         raise ConfigError("trainer.num_nodes", f"expecting a number of machines (an integer >= 1), got {nodes!r}")
-    if nodes == 1 or options.get("plugins"):
+    if nodes == 1:
         return
     from lightning.fabric.plugins.environments import (LSFEnvironment, MPIEnvironment, SLURMEnvironment,
                                                        TorchElasticEnvironment)
@@ -376,11 +378,28 @@ def _check_num_nodes(options: dict[str, Any]) -> None:
     rank = (os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "").strip()
     if rank and (os.environ.get("MASTER_ADDR") or rank == "0"):
         return
+    pod = _kubeflow_pod()
+    if pod is not None:
+        raise ConfigError("trainer.num_nodes", f"{nodes} machines asked in a Kubeflow PyTorchJob pod (RANK={pod['RANK']} "
+                          f"of WORLD_SIZE={pod['WORLD_SIZE']}) started without torchrun, which Lightning cannot "
+                          "place: start each pod with torchrun --nnodes $WORLD_SIZE --node-rank $RANK "
+                          "--nproc-per-node <trainer.devices> --master-addr $MASTER_ADDR --master-port $MASTER_PORT "
+                          "$(command -v stmclf) fit --config ...")
     raise ConfigError("trainer.num_nodes", f"{nodes} machines asked, but this process was not started by a "
                       "multi-node launcher, so it would wait for the other machines until the rendezvous times out: "
                       "start stmclf on every machine under srun (SLURM) or torchrun (--nnodes, --node-rank, "
                       "--rdzv-endpoint), or set NODE_RANK, MASTER_ADDR and MASTER_PORT on each; on one machine "
                       "use trainer.num_nodes: 1 (trainer.devices sets the processes)")
+
+
+KUBEFLOW_POD_VARIABLES = ("KUBERNETES_PORT", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
+"""What Kubeflow's training operator gives each pod of a PyTorchJob (Lightning's ``KubeflowEnvironment``)."""
+
+
+def _kubeflow_pod() -> Optional[dict[str, str]]:
+    """The Kubeflow PyTorchJob variables of this process, when it is such a pod (all of them set)."""
+    found = {name: os.environ.get(name, "").strip() for name in KUBEFLOW_POD_VARIABLES}
+    return found if all(found.values()) else None
 
 
 def _check_cpu_processes(options: dict[str, Any]) -> None:
