@@ -361,3 +361,28 @@ def test_training_with_a_corrupt_file_completes(tmp_path, caplog, workers):
     assert log_file.count(bad) == 1  # worker processes write to the run's log file too
     if workers == 0:
         assert len([r for r in caplog.records if bad in r.getMessage()]) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="resource limits and /proc: Linux")
+def test_cli_checks_in_process_when_the_pool_cannot_start(tmp_path):
+    """A real ``stmclf data check`` whose process may hold 40 file descriptors (RLIMIT_NOFILE, set
+    for the child only): 30 worker processes cannot start (each holds two pipes), so the files are
+    checked in the process, after one warning line, with no traceback of ours and exit code 0."""
+    import resource
+    import subprocess
+    import sys
+
+    train = write_image_folder(tmp_path / "train", per_class=20)
+    config = dataset_config(tmp_path / "config.yaml", train)
+
+    def limit_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+    done = subprocess.run([sys.executable, "-m", "stmclf", "data", "check", "--config", str(config), "--workers", "30"],
+                          preexec_fn=limit_files, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "files in" in done.stdout and "no problems" in done.stdout, done.stdout
+    warning = [line for line in done.stderr.splitlines() if "worker processes unavailable" in line]
+    assert len(warning) == 1 and "Too many open files" in warning[0] and "checking in this process" in warning[0], \
+        done.stderr
+    assert "stmclf/data/check.py" not in done.stderr and "ProcessPoolExecutor" not in done.stderr, done.stderr
