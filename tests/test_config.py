@@ -683,6 +683,51 @@ def test_a_tuple_cut_by_a_yaml_flow_mapping_is_named_with_its_key(tmp_path, imag
     assert err.endswith("', or the mapping one key per line"), err
 
 
+_RESIZING = "data_augmentation:\n  random_periodic_resizing:\n    period: 2\n    image_sizes: {sizes}\n"
+
+
+@pytest.mark.parametrize("extra, argv, expected", [
+    # was: 'image_sizes: expecting a list of image sizes, ...; got '(24' in ('(24', '24)', '(32', '32)')'
+    (_RESIZING.format(sizes="[(24, 24), (32, 32)]"), [],
+     "data_augmentation.random_periodic_resizing.image_sizes: YAML cut the tuple (24, 24) at a comma "
+     "inside a [...] list; write it in quotes, '(24, 24)', or as a list, [24, 24]"),
+    # was: 'training.frozen_layers: expected int or int or text, got '(0'' (here in a second --config file)
+    ("", ["training:\n  frozen_layers: [(0, 3)]\n"],
+     "training.frozen_layers: YAML cut the tuple (0, 3) at a comma inside a [...] list; write it in quotes, "
+     "'(0, 3)', or as a list, [0, 3]"),
+    # a piece without its opening: named as a piece
+    (_RESIZING.format(sizes="[24, 24), (32, 32)]"), [],
+     "data_augmentation.random_periodic_resizing.image_sizes: '24)' is a piece of a tuple that YAML cut at a comma "
+     "inside a [...] list"),
+    # an override's value: the key it is for is named
+    (_RESIZING.format(sizes="[[24, 24]]"), ["--data_augmentation.random_periodic_resizing.image_sizes", "[(24, 24)]"],
+     "data_augmentation.random_periodic_resizing.image_sizes: YAML cut the tuple (24, 24) at a comma inside a [...] "
+     "list"),
+])
+def test_a_tuple_cut_by_a_yaml_flow_list_is_named_with_its_key(tmp_path, image_folder, capsys, extra, argv, expected):
+    """``image_sizes: [(24, 24), (32, 32)]`` is ``['(24', '24)', '(32', '32)']`` to YAML: the error
+    named the value '(24' without saying why. As inside a flow mapping, one line now says what YAML
+    did and how to write it, naming the key; written as it says, the config is read."""
+    from conftest import config_text
+
+    config = tmp_path / "flow.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", extra=extra))
+    if argv and not argv[0].startswith("--"):
+        second = tmp_path / "second.yaml"
+        second.write_text(argv[0])
+        argv = ["--config", str(second)]
+    assert main(["fit", "--config", str(config), *argv, "--print_config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stmclf: error: ") and expected in err[0], err
+    for written in ("['(24, 24)', '(32, 32)']", "[[24, 24], [32, 32]]"):  # as the message says
+        config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns",
+                                      extra=_RESIZING.format(sizes=written)))
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(config), "--print_config"])
+        assert exit_info.value.code in (0, None)
+        assert "image_sizes:\n    - - 24\n      - 24\n    - - 32\n      - 32\n" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("text", [
     "training: {b: '(32', 'c)': 1}\n",      # quoted: what the user wrote
     "training: {frozen: (0:-1), f(x): 1}\n",  # whole brackets

@@ -3,6 +3,7 @@ on real files written here."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -361,3 +362,76 @@ def test_training_with_a_corrupt_file_completes(tmp_path, caplog, workers):
     assert log_file.count(bad) == 1  # worker processes write to the run's log file too
     if workers == 0:
         assert len([r for r in caplog.records if bad in r.getMessage()]) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="resource limits and /proc: Linux")
+def test_cli_checks_in_process_when_the_pool_cannot_start(tmp_path):
+    """A real ``stmclf data check`` whose process may hold 40 file descriptors (RLIMIT_NOFILE, set
+    for the child only): 30 worker processes cannot start (each holds two pipes), so the files are
+    checked in the process, after one warning line, with no traceback of ours and exit code 0."""
+    import resource
+    import subprocess
+    import sys
+
+    train = write_image_folder(tmp_path / "train", per_class=20)
+    config = dataset_config(tmp_path / "config.yaml", train)
+
+    def limit_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+    done = subprocess.run([sys.executable, "-m", "stmclf", "data", "check", "--config", str(config), "--workers", "30"],
+                          preexec_fn=limit_files, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "files in" in done.stdout and "no problems" in done.stdout, done.stdout
+    warning = [line for line in done.stderr.splitlines() if "worker processes unavailable" in line]
+    assert len(warning) == 1 and "Too many open files" in warning[0] and "checking in this process" in warning[0], \
+        done.stderr
+    assert "stmclf/data/check.py" not in done.stderr and "ProcessPoolExecutor" not in done.stderr, done.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found
+    for child in map(int, children):
+        found += [child, *_descendants(child)]
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="/proc: Linux")
+def test_cli_checks_in_process_when_a_worker_is_killed(tmp_path):
+    """A real ``stmclf data check`` one of whose worker processes is SIGKILLed (as the OOM killer
+    does) as soon as the workers exist, before 200 large images can be decoded: the pool breaks
+    (BrokenProcessPool), one warning line says so and the rest is checked in the process (it used
+    to end with the BrokenProcessPool traceback, exit 1)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    gradient = np.tile(np.linspace(0, 255, 1500, dtype=np.uint8), (1500, 1))
+    for name in ("a", "b"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(100):
+            Image.fromarray(np.stack([gradient] * 3, -1)).save(tmp_path / "train" / name / f"{i}.png", compress_level=1)
+    config = dataset_config(tmp_path / "config.yaml", tmp_path / "train")
+    process = subprocess.Popen([sys.executable, "-m", "stmclf", "data", "check", "--config", str(config), "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    killed = None
+    deadline = time.monotonic() + 240
+    while process.poll() is None and killed is None and time.monotonic() < deadline:
+        below = _descendants(process.pid)
+        if len(below) >= 3:  # the fork server and the 2 workers (fork: the 2 workers and their manager's none)
+            killed = below[-1]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    out, err = process.communicate(timeout=300)
+    assert killed is not None, err
+    assert process.returncode == 0, err
+    assert "200 files in" in out and "no problems" in out, out
+    warning = [line for line in err.splitlines() if "worker processes unavailable" in line]
+    assert len(warning) == 1 and "BrokenProcessPool" in warning[0] and "checking in this process" in warning[0], err
+    assert "Traceback" not in err, err

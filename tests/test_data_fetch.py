@@ -643,3 +643,29 @@ def test_flowers_bad_structure_and_garbage(tmp_path):
         fetch_flowers(out, archive=garbage, sha256=sha256_of(garbage), size=None)
     assert "garbage.tgz" in one_line(exc)
     assert list((tmp_path / "data").iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="resource limits and /proc: Linux")
+def test_fashion_mnist_writes_in_process_when_the_pool_cannot_start(tmp_path):
+    """The PNG writing pool of a real fetch in a process left 8 file descriptors (RLIMIT_NOFILE):
+    its 8 workers cannot start (two pipes each), so the PNGs are written here after one warning."""
+    import subprocess
+    import sys
+
+    make_fashion_source(tmp_path / "src", n_train=4000, n_test=12)
+    script = (
+        "import logging, os, resource, sys\n"
+        "from pathlib import Path\n"
+        "from stmclf.data.fetch import fetch_fashion_mnist\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(levelname)s %(message)s')\n"
+        "held = len(os.listdir('/proc/self/fd'))\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (held + 8, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        "fetch_fashion_mnist(Path(sys.argv[1]), source=Path(sys.argv[2]), workers=16)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out"), str(tmp_path / "src")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    warning = [line for line in done.stderr.splitlines() if "worker processes unavailable" in line]
+    assert len(warning) == 1 and "writing the PNGs in this process" in warning[0], done.stderr
+    assert "with 1 process)" in done.stderr, done.stderr
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 4012

@@ -60,3 +60,34 @@ def test_chain_tqe_and_chain_eqe(tmp_path, image_folder):
     (tmp_path / "eqe.yaml").write_text(eqe)
     assert main(["run", "--config", str(tmp_path / "eqe.yaml")]) == 0
     assert list((tmp_path / "eqe/quantized_models").glob("*_quant_qdq_pc.onnx"))
+
+
+@pytest.mark.slow
+def test_runs_that_do_not_train_make_no_saved_models_or_logs(tmp_path, image_folder):
+    """A training run has saved_models/ and logs/; an evaluation and an export of a user's model file
+    (outside any run folder) make run folders without them (they used to be left there empty), and
+    `stmclf report --run` still reads such a folder."""
+    import shutil
+
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "ml", epochs=1))
+    assert main(["fit", "--config", str(config)]) == 0
+    assert (tmp_path / "run/saved_models/best_model.pt").is_file()
+    assert list((tmp_path / "run/logs").rglob("train_metrics.csv"))
+    user_model = tmp_path / "user_model.pt"
+    shutil.copy(tmp_path / "run/saved_models/best_model.pt", user_model)
+
+    text = config_text(image_folder, tmp_path / "eval_run", tmp_path / "ml", model="")
+    text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
+        "general:\n", f"general:\n  model_path: {user_model}\n", 1)
+    (tmp_path / "eval.yaml").write_text(text)
+    assert main(["run", "--config", str(tmp_path / "eval.yaml")]) == 0
+    assert (tmp_path / "eval_run/results.json").is_file()
+    export_cfg = tmp_path / "export.yaml"
+    export_cfg.write_text(config_text(image_folder, tmp_path / "export_run", tmp_path / "ml", epochs=1))
+    assert main(["export", "--config", str(export_cfg), "--ckpt", str(user_model)]) == 0
+    assert (tmp_path / "export_run/quantized_models/export_summary.json").is_file()
+    for run in ("eval_run", "export_run"):
+        made = sorted(p.name for p in (tmp_path / run).iterdir())
+        assert "saved_models" not in made and "logs" not in made, (run, made)
+    assert main(["report", "--run", str(tmp_path / "eval_run")]) == 0

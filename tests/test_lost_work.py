@@ -51,6 +51,7 @@ def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, image_folder,
     cfg = _cfg(tmp_path, image_folder, tmp_path / "run")
     first = create_run_dir(cfg)
     assert first.root == tmp_path / "run" and is_run_dir(first.root)
+    first.make_training_dirs()  # as a training does
     (first.root / "saved_models/last_augmented_model.ckpt").write_bytes(b"first run's")
     with caplog.at_level(logging.WARNING, logger="stmclf"):
         second = create_run_dir(cfg)
@@ -234,6 +235,7 @@ def test_checkpoint_every_values():
 def test_unfinished_checkpoint_files_are_removed_when_the_run_folder_opens(tmp_path, image_folder):
     cfg = _cfg(tmp_path, image_folder, tmp_path / "run")
     run = create_run_dir(cfg)
+    run.make_training_dirs()  # as a training does
     saved = run.saved_models
     (saved / "last_augmented_model.ckpt").write_bytes(b"the last whole checkpoint")
     orphan = saved / ".last_augmented_model.ckpt.k3j2h1x0.tmp"  # atomic_torch_save's name pattern

@@ -60,8 +60,8 @@ class CutTupleError(YamlLimitError):
 def _tuple_piece(node: Any) -> str:
     """``"open"`` for a plain scalar that starts a tuple without closing it (``(32``), ``"close"`` for
     one that ends a tuple it did not open (``3)``), else ``""``: the pieces YAML leaves of a tuple
-    in a flow mapping (a quoted scalar is what the user wrote). Brackets cannot be pieces: inside
-    ``{...}`` a plain scalar holds no ``[``/``]`` (``[`` opens a list, a stray ``]`` is invalid YAML)."""
+    in a flow mapping or list (a quoted scalar is what the user wrote). Brackets cannot be pieces: inside
+    ``{...}`` or ``[...]`` a plain scalar holds no ``[``/``]`` (``[`` opens a list, a stray ``]`` is invalid YAML)."""
     if not isinstance(node, yaml.ScalarNode) or node.style not in (None, "") or not isinstance(node.value, str):
         return ""
     text = node.value.strip()
@@ -73,14 +73,19 @@ def _tuple_piece(node: Any) -> str:
 
 
 _CUT_HOW = "at a comma inside a {{...}} mapping; write it in quotes, {name}: '{text}', or the mapping one key per line"
+_CUT_IN_LIST_HOW = "at a comma inside a [...] list; write it in quotes, '{text}', or as a list, [{inner}]"
 
 
-def cut_tuple_problem(path: Sequence[Any], pairs: Sequence[tuple[Any, Any]]) -> Optional[tuple[str, Any]]:
-    """(message, mark) when the (key node, value node) ``pairs`` of the flow mapping (``{...}``) at
-    ``path`` hold the pieces of a tuple that YAML cut at its commas, else None:
-    ``{input_shape: (32, 32, 3)}`` is ``input_shape: '(32'``, ``'32': null``, ``'3)': null``, which
-    the checks downstream would report as a bad value or an unknown key ``3)``, never saying why.
-    Every flow mapping of a config (files and override values) passes here, whatever its key."""
+def cut_tuple_problem(path: Sequence[Any], node: Any) -> Optional[tuple[str, Any]]:
+    """(message, mark) when the flow mapping (``{...}``) or flow list (``[...]``) ``node`` at ``path``
+    holds the pieces of a tuple that YAML cut at its commas, else None:
+    ``{input_shape: (32, 32, 3)}`` is ``input_shape: '(32'``, ``'32': null``, ``'3)': null``, and
+    ``image_sizes: [(24, 24), (32, 32)]`` is ``['(24', '24)', '(32', '32)']``, which the checks
+    downstream would report as a bad value or an unknown key ``3)``, never saying why. Every flow
+    collection of a config (files and override values) passes here, whatever its key."""
+    if isinstance(node, yaml.SequenceNode):
+        return _cut_in_list(path, node.value)
+    pairs = node.value
     for index, (key_node, value_node) in enumerate(pairs):
         if _tuple_piece(value_node) == "open":
             name, pieces = str(key_node.value).strip(), [value_node.value.strip()]
@@ -99,6 +104,29 @@ def cut_tuple_problem(path: Sequence[Any], pairs: Sequence[tuple[Any, Any]]) -> 
             where = ".".join(str(p) for p in (*path, piece))
             how = _CUT_HOW.format(name="KEY", text="(A, B)")
             return f"{where}: a piece of a tuple that YAML cut {how}", key_node.start_mark
+    return None
+
+
+def _cut_in_list(path: Sequence[Any], items: Sequence[Any]) -> Optional[tuple[str, Any]]:
+    """:func:`cut_tuple_problem` for the items of a flow list, named by the list's key."""
+    where = ".".join(str(p) for p in path) or "the list"
+    for index, item in enumerate(items):
+        piece = _tuple_piece(item)
+        if piece == "open":
+            pieces = [item.value.strip()]
+            for later in items[index + 1:]:
+                if not isinstance(later, yaml.ScalarNode) or _tuple_piece(later) == "open":
+                    break
+                pieces.append(str(later.value).strip())
+                if _tuple_piece(later) == "close":
+                    break
+            text = one_line(", ".join(pieces), 80)
+            inner = text[1:-1] if text.endswith(")") else text[1:]
+            return f"{where}: YAML cut the tuple {text} {_CUT_IN_LIST_HOW.format(text=text, inner=inner)}", item.start_mark
+        if piece == "close":  # no opening piece before it: '[24, 24), (32, 32)]'
+            text = one_line(str(item.value).strip(), 40)
+            return (f"{where}: '{text}' is a piece of a tuple that YAML cut "
+                    f"{_CUT_IN_LIST_HOW.format(text='(A, B)', inner='A, B')}"), item.start_mark
     return None
 
 
@@ -176,6 +204,9 @@ class _BoundedComposer(yaml.composer.Composer):
             self._path.pop()
             index += 1
         node.end_mark = self.get_event().end_mark
+        problem = cut_tuple_problem(self._path, node) if node.flow_style else None
+        if problem is not None:
+            raise CutTupleError(problem=problem[0], problem_mark=problem[1])
         return node
 
     def compose_mapping_node(self, anchor: Any) -> Any:
@@ -198,7 +229,7 @@ class _BoundedComposer(yaml.composer.Composer):
             self._path.pop()
             node.value.append((key_node, value_node))
         node.end_mark = self.get_event().end_mark
-        problem = cut_tuple_problem(self._path, node.value) if node.flow_style else None
+        problem = cut_tuple_problem(self._path, node) if node.flow_style else None
         if problem is not None:
             raise CutTupleError(problem=problem[0], problem_mark=problem[1])
         return node

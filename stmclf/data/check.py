@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from stmclf.data.files import CLASS_NAME_USE, IMAGE_SUFFIXES, class_name_problem, is_dir_entry, outside_root
-from stmclf.cpus import available_cpus
+from stmclf.cpus import ProcessMap, available_cpus
 from stmclf.errors import UserError, printable_path
 
 log = logging.getLogger("stmclf.data")
@@ -349,22 +349,16 @@ def _decode_all(paths: Sequence[str], color_mode: str, workers: int, progress: b
     try:
         if workers <= 1 or len(paths) < INLINE_MAX_FILES:
             iterator: Iterable = map(inspect_image, paths, repeat(color_mode), repeat(max_pixels))
-            pool = None
         else:
-            from concurrent.futures import ProcessPoolExecutor
-
             workers = min(workers, len(paths))
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
             chunk = max(1, min(64, len(paths) // (workers * 8)))
-            iterator = pool.map(inspect_image, paths, repeat(color_mode), repeat(max_pixels), chunksize=chunk)
-        try:
-            for result in iterator:
-                results.append(result)
-                if bar is not None:
-                    bar[0].advance(bar[1])
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+            iterator = ProcessMap(inspect_image, zip(paths, repeat(color_mode), repeat(max_pixels)),
+                                  workers=workers, context=_pool_context(), chunksize=chunk, label="data check",
+                                  instead="checking", log=log)
+        for result in iterator:
+            results.append(result)
+            if bar is not None:
+                bar[0].advance(bar[1])
     finally:
         if bar is not None:
             bar[0].stop()

@@ -34,13 +34,12 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from stmclf.cpus import available_cpus
+from stmclf.cpus import ProcessMap, available_cpus
 from stmclf.errors import UserError, one_line
 
 __all__ = [
@@ -373,11 +372,12 @@ def _write_all(images: np.ndarray, paths: list[str], workers: int | None) -> int
     # `if __name__ == "__main__"` guard, code piped to python)
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        written = sum(pool.map(_write_pngs, jobs))
+    writing = ProcessMap(_write_pngs, [(job,) for job in jobs], workers=workers, context=context,
+                         label="data fetch", instead="writing the PNGs", log=log)
+    written = sum(writing)
     if written != n:  # pragma: no cover - defensive
         raise RuntimeError(f"wrote {written} of {n} images")
-    return workers
+    return writing.processes
 
 
 # ------------------------------------------------------------------------------------------

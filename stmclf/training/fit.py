@@ -41,7 +41,7 @@ from stmclf.training.run_dir import RunDir, create_run_dir, release_runs
 from stmclf.training.progress import (MID_EPOCH_KEY, EpochLine, EpochSeed, EpochStep, MidEpochCheckpoint, ProgressBar,
                                      checkpoint_interval, is_mid_epoch)
 from stmclf.training.qat import qat_callbacks
-from stmclf.training.tracking import EpochCSVLogger, make_tensorboard_logger, plot_training_curves
+from stmclf.training.tracking import EpochCSVLogger, is_global_zero, make_tensorboard_logger, plot_training_curves
 from stmclf.trust import check_config_code
 
 log = logging.getLogger("stmclf.training")
@@ -595,6 +595,8 @@ def fit_run(cfg: RunConfig, callbacks: Sequence[Callback] = (), *,
     module.env_names, module.plain_texts = cfg.env_names, module.plain_texts | cfg.plain_texts()  # the safety net
     options = _trainer_options(cfg)  # its refusals before anything is written
     run, mlflow_logger = open_run() if open_run is not None else (create_run_dir(cfg), None)
+    if is_global_zero():
+        run.make_training_dirs()
     log.info("operation_mode: training")
     log.info("Model name : %s", module.model_name)
     log.info("Dataset : %s (%d classes: %s)", cfg.dataset.name, len(splits.class_names), ", ".join(splits.class_names))

@@ -37,6 +37,16 @@ class RunDir:
     def curves_png(self) -> Path:
         return self.root / "training_curves.png"
 
+    def make_training_dirs(self) -> None:
+        """``saved_models/`` and ``logs/``, made when a training starts (rank 0): a run that never
+        trains (export, evaluation, prediction of a model file) has neither. A folder that cannot be
+        made is a one-line :class:`UserError` naming it."""
+        try:
+            for path in (self.saved_models, self.logs):
+                path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unwritable("hydra.run.dir", self.root, exc) from None
+
 
 def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Path | None = None) -> RunDir:
     """The run directory: ``root`` when given (an existing run, reused on purpose: its
@@ -67,8 +77,7 @@ def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Pat
     if write_files:
         _hold_run(root)  # before anything is written into an existing run's folder
         try:
-            for path in (run.root, run.saved_models, run.logs):
-                path.mkdir(parents=True, exist_ok=True)
+            run.root.mkdir(parents=True, exist_ok=True)  # saved_models/, logs/: when a training starts
             config = root / CONFIG_NAME
             if wanted is not None or not config.exists():  # a new run (its config.yaml claimed above)
                 if wanted is None:
