@@ -45,9 +45,10 @@ def command_lines(path: Path, root: Path = ROOT) -> list[tuple[str, str]]:
                 body = block.group(2).replace("\\\n", "  ")  # same length: positions kept
                 found += [(block.start(2) + m.start(1), m.group(1)) for m in STMCLF.finditer(body)]
         prose = FENCE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)  # same positions
-        for m in re.finditer(r"(?<!`)`([^`\n]+)`(?!`)", prose):  # inline code
-            if m.group(1).startswith(("stmclf ", ".venv/bin/stmclf ")):
-                found.append((m.start(1), m.group(1)))
+        for m in re.finditer(r"(?<!`)`([^`]+)`(?!`)", prose):  # inline code, over a line break too
+            code = " ".join(m.group(1).split("\n"))
+            if code.startswith(("stmclf ", ".venv/bin/stmclf ")) and "\n\n" not in m.group(1):
+                found.append((m.start(1), code))
     return [(f"{path.relative_to(root)}:{text.count(chr(10), 0, at) + 1}", command) for at, command in found]
 
 
