@@ -454,9 +454,11 @@ def _report(argv: Sequence[str]) -> int:
     run_dir = args.run_dir or args.run
     if not run_dir:
         raise UserError("stmclf report: give the run directory (RUN_DIR or --run RUN_DIR)")
+    from stmclf.errors import printable_path
     from stmclf.evaluate.report import write_report  # imports torch: once the command runs
 
-    print(write_report(run_dir, args.out))
+    label = printable_path(run_dir) if args.run_dir else f"--run {printable_path(run_dir)}"  # as the user gave it
+    print(write_report(run_dir, args.out, label))
     return 0
 
 
