@@ -240,6 +240,25 @@ def test_a_reference_in_a_mapping_key_is_refused_in_one_line(tmp_path, monkeypat
     assert not (tmp_path / "run").exists()
 
 
+def test_a_reference_in_an_override_key_is_refused_as_such_while_the_variable_is_unset(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """An override's mapping key ``${NAME}`` is named as a key that is not interpolated, as in a file,
+    also while NAME is not set (it said "environment variable NAME is not set": setting it only led to
+    the key's refusal)."""
+    data = write_image_folder(tmp_path / "data", per_class=4, classes={k: COLORS[k] for k in ("cat", "dog")})
+    extra = "custom_data_augmentation:\n  function_name: my_aug.py:augment\n"
+    (tmp_path / "c.yaml").write_text(config_text(data, tmp_path / "run", tmp_path / "mlruns", epochs=1, extra=extra))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STMCLF_UNSET_KEY", raising=False)
+    for override in (["--custom_data_augmentation.config", "{'${STMCLF_UNSET_KEY}': 1}"],
+                     ["custom_data_augmentation.config={'${STMCLF_UNSET_KEY}': 1}"],
+                     ["--custom_data_augmentation", "{config: {'${STMCLF_UNSET_KEY}': {a: 1}}}"]):
+        assert main(["fit", "--config", "c.yaml", *override, "--print_config"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("stmclf: error: custom_data_augmentation.config.${STMCLF_UNSET_KEY}: ${STMCLF_UNSET_KEY} in a "
+                       "mapping key is not interpolated (only values are): write the key itself"), (override, err)
+
+
 def test_fine_tuning_from_general_model_path_resolves_the_stored_reference(tmp_path, monkeypatch, capsys):
     """Multi-step training: a run whose model name came from ``${STMCLF_MODEL_NAME}`` is fine-tuned
     by a config that names the variable nowhere (``general.model_path: best_model.pt``, no

@@ -164,6 +164,19 @@ def test_run_folder_mistakes_name_the_run_meant(tmp_path, capsys):
         f"--run {runs}: no config.yaml: a folder of 1 run folder(s), give one of them (the newest: 2026_01_02_10_00_00)")
 
 
+def test_report_names_the_run_folder_as_given(tmp_path, capsys):
+    """``stmclf report --run RUN`` names ``--run`` as every other ``--run`` command does (docs/config.md:
+    ``--run experiments_outputs/qq: no such folder (did you mean experiments_outputs/q?)``); it said
+    ``report: RUN: ...``. The positional RUN_DIR is named by itself."""
+    runs = tmp_path / "experiments_outputs"
+    (runs / "q").mkdir(parents=True)
+    (runs / "q" / "config.yaml").write_text("general:\n  project_name: x\n")
+    typo = runs / "qq"
+    assert _error(capsys, ["report", "--run", str(typo)]) == \
+        f"stmclf: error: --run {typo}: no such folder (did you mean {runs / 'q'}?)"
+    assert _error(capsys, ["report", str(typo)]) == f"stmclf: error: {typo}: no such folder (did you mean {runs / 'q'}?)"
+
+
 @pytest.mark.parametrize("command", ["export", "predict", "benchmark", "deploy-header"])
 @pytest.mark.parametrize("option", ["--model", "--ckpt"])
 def test_every_model_command_takes_both_model_options(command, option, tmp_path, capsys):

@@ -121,6 +121,10 @@ def trainer_help(parser) -> str:
                       "loggers, checkpointing and determinism from the ST sections):", *_format_rows(_option_rows(actions))])
 
 
+HELP_TRAINER = ("--help-trainer", "--help_trainer")
+"""The option of every config command that prints the Lightning Trainer's options (not a parser action)."""
+
+
 def parse_config_args(parser, argv: Sequence[str], check: Optional[Callable] = None):
     """``parse_args`` with stmclf's short help (-h/--help) and --help-trainer; ``check(cfg, ns)``:
     the command's config-only refusals, run by ``--print_config`` before it prints."""
@@ -129,7 +133,7 @@ def parse_config_args(parser, argv: Sequence[str], check: Optional[Callable] = N
     if "-h" in argv or "--help" in argv:
         print(config_help(parser))
         raise HelpShown
-    if "--help-trainer" in argv or "--help_trainer" in argv:
+    if any(arg in HELP_TRAINER for arg in argv):
         print(trainer_help(parser))
         raise HelpShown
     takes_run = any(a.dest == "run" for a in parser._actions)  # export, predict, ...: a run or a model file
@@ -166,18 +170,26 @@ def _config_command(prog: str, description: str, action: Callable,
 
     def command(argv: Sequence[str]) -> int:
         from stmclf.config import from_namespace
-        from stmclf.config.parser import build_parser
 
-        parser = build_parser(prog, description)
-        parser.add_argument("--ckpt_path", "--ckpt-path", dest="ckpt_path", type=Optional[str], default=None,
-                            help="resume training from this checkpoint (Lightning's name for "
-                                 "training.resume_training_from; it wins over training.model)")
+        parser = _mode_parser(prog, description)
         ns = parse_config_args(parser, argv, print_check)
         cfg = from_namespace(parser, ns)
         _apply_ckpt_path(cfg, ns.ckpt_path)
         action(cfg)
         return 0
+    command.parser = lambda: _mode_parser(prog, description)  # type: ignore[attr-defined]
     return command
+
+
+def _mode_parser(prog: str, description: str):
+    """The parser of ``stmclf fit`` / ``run``: the config and ``--ckpt_path``."""
+    from stmclf.config.parser import build_parser
+
+    parser = build_parser(prog, description)
+    parser.add_argument("--ckpt_path", "--ckpt-path", dest="ckpt_path", type=Optional[str], default=None,
+                        help="resume training from this checkpoint (Lightning's name for "
+                             "training.resume_training_from; it wins over training.model)")
+    return parser
 
 
 def _apply_ckpt_path(cfg, ckpt_path: Optional[str]) -> None:
@@ -286,6 +298,22 @@ def _recording_model(argv: Sequence[str]) -> list[str]:
     return [*argv, "--general.model_path", os.path.abspath(model)] if model else list(argv)
 
 
+def _data_fetch_parser():
+    from jsonargparse import ArgumentParser
+
+    fetch = ArgumentParser(prog="stmclf data fetch", description="download or write a dataset as class folders",
+                           allow_abbrev=False)
+    fetch.add_argument("name", help="digits (offline, scikit-learn), flowers (tf_flowers), fashion-mnist")
+    fetch.add_argument("--out", type=str, default=None, metavar="DIR", help="target directory (default: datasets/NAME)")
+    fetch.add_argument("--force", action="store_true", default=False, help="rewrite even if complete")
+    fetch.add_argument("--archive", type=Optional[str], default=None, metavar="FILE",
+                       help="flowers: use an already downloaded flower_photos.tgz instead of downloading")
+    fetch.add_argument("--max_per_split", "--max-per-split", dest="max_per_split", type=Optional[int], default=None,
+                       metavar="N",
+                       help="fashion-mnist: write at most this many images per split")
+    return fetch
+
+
 def _data(argv: Sequence[str]) -> int:
     from pathlib import Path
 
@@ -296,15 +324,7 @@ def _data(argv: Sequence[str]) -> int:
     parser = ArgumentParser(prog="stmclf data", exit_on_error=False, description="dataset utilities",
                             parser_mode=PARSER_MODE, allow_abbrev=False)
     sub = parser.add_subcommands(required=True, dest="action")
-    fetch = ArgumentParser(description="download or write a dataset as class folders", allow_abbrev=False)
-    fetch.add_argument("name", help="digits (offline, scikit-learn), flowers (tf_flowers), fashion-mnist")
-    fetch.add_argument("--out", type=str, default=None, metavar="DIR", help="target directory (default: datasets/NAME)")
-    fetch.add_argument("--force", action="store_true", default=False, help="rewrite even if complete")
-    fetch.add_argument("--archive", type=Optional[str], default=None, metavar="FILE",
-                       help="flowers: use an already downloaded flower_photos.tgz instead of downloading")
-    fetch.add_argument("--max_per_split", "--max-per-split", dest="max_per_split", type=Optional[int], default=None,
-                       metavar="N",
-                       help="fashion-mnist: write at most this many images per split")
+    fetch = _data_fetch_parser()
     sub.add_subcommand("fetch", fetch, help="download or write a dataset as class folders")
     if not argv or argv[0] not in ("fetch", "check") and not argv[0].startswith("-"):
         from stmclf.errors import did_you_mean, printable_path
@@ -337,17 +357,23 @@ DATA_COMMANDS = (("fetch NAME", "download or write a dataset as class folders (N
 """The commands of ``stmclf data``, for its help."""
 
 
-def _augment_preview(argv: Sequence[str]) -> int:
-    from pathlib import Path
-
-    from stmclf.config import from_namespace
+def _augment_preview_parser():
     from stmclf.config.parser import build_parser
-    from stmclf.errors import ConfigError
 
     parser = build_parser("stmclf augment-preview", "Write a before/after grid of the configured augmentation.")
     parser.add_argument("--num-images", "--num_images", type=int, default=8, help="images in the grid")
     parser.add_argument("--seed", type=int, default=1, help="seed for the image choice and the augmentation")
     parser.add_argument("--out", type=str, default="augmentation_preview.png", help="PNG file to write")
+    return parser
+
+
+def _augment_preview(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from stmclf.config import from_namespace
+    from stmclf.errors import ConfigError
+
+    parser = _augment_preview_parser()
     ns = parse_config_args(parser, argv)
     if not 1 <= ns.num_images <= 256:
         raise ConfigError("--num-images", f"expected an integer from 1 to 256, got {ns.num_images}")
@@ -358,14 +384,20 @@ def _augment_preview(argv: Sequence[str]) -> int:
     return 0
 
 
-def _plot_lr(argv: Sequence[str]) -> int:
-    from pathlib import Path
-
-    from stmclf.config import from_namespace
+def _plot_lr_parser():
     from stmclf.config.parser import build_parser
 
     parser = build_parser("stmclf plot-lr", "Plot the learning-rate schedule of a config without training.")
     parser.add_argument("--out", type=str, default="lr_schedule.png", help="PNG file to write")
+    return parser
+
+
+def _plot_lr(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from stmclf.config import from_namespace
+
+    parser = _plot_lr_parser()
     ns = parse_config_args(parser, argv)
     from stmclf.training.plot_lr import plot_learning_rates  # imports torch: once the command runs
 
@@ -404,7 +436,7 @@ def _data_check(parser, ns) -> int:
     return 0
 
 
-def _report(argv: Sequence[str]) -> int:
+def _report_parser():
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="stmclf report", exit_on_error=False, allow_abbrev=False,
@@ -414,13 +446,19 @@ def _report(argv: Sequence[str]) -> int:
                         help="the run directory (same as RUN_DIR)")
     parser.add_argument("--out", type=Optional[str], default=None, metavar="FILE",
                         help="HTML file (default RUN_DIR/report.html)")
-    args = _parse_small(parser, argv, "(RUN_DIR | --run RUN_DIR) [--out FILE]")
+    return parser
+
+
+def _report(argv: Sequence[str]) -> int:
+    args = _parse_small(_report_parser(), argv, "(RUN_DIR | --run RUN_DIR) [--out FILE]")
     run_dir = args.run_dir or args.run
     if not run_dir:
         raise UserError("stmclf report: give the run directory (RUN_DIR or --run RUN_DIR)")
+    from stmclf.errors import printable_path
     from stmclf.evaluate.report import write_report  # imports torch: once the command runs
 
-    print(write_report(run_dir, args.out))
+    label = printable_path(run_dir) if args.run_dir else f"--run {printable_path(run_dir)}"  # as the user gave it
+    print(write_report(run_dir, args.out, label))
     return 0
 
 
@@ -444,8 +482,7 @@ def on_off_action() -> type:
 RUN_HELP = "run folder to write into (default: the run folder holding the model file, else a new one)"
 
 
-def _export(argv: Sequence[str]) -> int:
-    from stmclf.config import from_namespace
+def _export_parser():
     from stmclf.config.parser import build_parser
 
     parser = build_parser("stmclf export", "Export a trained model: float ONNX / TFLite, and int8 "
@@ -461,6 +498,13 @@ def _export(argv: Sequence[str]) -> int:
     parser.add_argument("--per-layer", "--per_layer", dest="per_layer", action="store_true", default=False,
                         help="with --int8 and the onnx format: per-tensor SNR of the QDQ model vs the float ONNX "
                              "(table, per_layer_snr.csv in the export directory)")
+    return parser
+
+
+def _export(argv: Sequence[str]) -> int:
+    from stmclf.config import from_namespace
+
+    parser = _export_parser()
     ns = parse_config_args(parser, _recording_model(_with_run_config(argv, parser)))
     cfg = from_namespace(parser, ns)
     if ns.per_layer:
@@ -481,8 +525,7 @@ def _export(argv: Sequence[str]) -> int:
     return 0
 
 
-def _predict(argv: Sequence[str]) -> int:
-    from stmclf.config import from_namespace
+def _predict_parser():
     from stmclf.config.parser import build_parser
 
     parser = build_parser("stmclf predict", "Classify every image of a folder with a trained model (stmclf .pt/"
@@ -494,6 +537,13 @@ def _predict(argv: Sequence[str]) -> int:
                         help="directory of images; default prediction.test_files_path")
     parser.add_argument("--run", "--out", dest="run", type=Optional[str], default=None,
                         help=RUN_HELP + "; predictions in RUN/predictions")
+    return parser
+
+
+def _predict(argv: Sequence[str]) -> int:
+    from stmclf.config import from_namespace
+
+    parser = _predict_parser()
     ns = parse_config_args(parser, _recording_model(_with_run_config(argv, parser)))
     cfg = from_namespace(parser, ns)
     use_config = bool(cfg.config_files) or cfg.preprocessing is not None or cfg.dataset is not None
@@ -505,8 +555,7 @@ def _predict(argv: Sequence[str]) -> int:
     return 0
 
 
-def _benchmark(argv: Sequence[str]) -> int:
-    from stmclf.config import from_namespace
+def _benchmark_parser():
     from stmclf.config.parser import build_parser
 
     parser = build_parser("stmclf benchmark", "Footprint of a model on an STM32 board: board run (Developer "
@@ -516,6 +565,13 @@ def _benchmark(argv: Sequence[str]) -> int:
                              "general.model_path)")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--board", type=Optional[str], default=None, help="board (default benchmarking.board)")
+    return parser
+
+
+def _benchmark(argv: Sequence[str]) -> int:
+    from stmclf.config import from_namespace
+
+    parser = _benchmark_parser()
     ns = parse_config_args(parser, _recording_model(_with_run_config(argv, parser)))
     cfg = from_namespace(parser, ns)
     from stmclf.orchestration import benchmark_command  # imports Lightning: once the command runs
@@ -524,8 +580,7 @@ def _benchmark(argv: Sequence[str]) -> int:
     return 0
 
 
-def _deploy_header(argv: Sequence[str]) -> int:
-    from stmclf.config import from_namespace
+def _deploy_header_parser():
     from stmclf.config.parser import build_parser
 
     parser = build_parser("stmclf deploy-header", "Write the C header (ai_model_config.h) the STM32 application "
@@ -536,6 +591,13 @@ def _deploy_header(argv: Sequence[str]) -> int:
                              "else general.model_path")
     parser.add_argument("--run", type=Optional[str], default=None, help=RUN_HELP)
     parser.add_argument("--out", type=Optional[str], default=None, help="header file (default RUN/generated/...)")
+    return parser
+
+
+def _deploy_header(argv: Sequence[str]) -> int:
+    from stmclf.config import from_namespace
+
+    parser = _deploy_header_parser()
     ns = parse_config_args(parser, _recording_model(_with_run_config(argv, parser)))
     cfg = from_namespace(parser, ns)
     from stmclf.orchestration import deploy_header_command  # imports Lightning: once the command runs
@@ -544,13 +606,19 @@ def _deploy_header(argv: Sequence[str]) -> int:
     return 0
 
 
-def _summary(argv: Sequence[str]) -> int:
-    from stmclf.config import from_namespace
+def _summary_parser():
     from stmclf.config.parser import build_parser
 
     parser = build_parser("stmclf summary", "Print the layer table of the config's training.model.")
     parser.add_argument("--num_classes", "--num-classes", type=Optional[int], default=None,
                         help="number of classes (default: dataset.class_names or the dataset's class folders)")
+    return parser
+
+
+def _summary(argv: Sequence[str]) -> int:
+    from stmclf.config import from_namespace
+
+    parser = _summary_parser()
     ns = parse_config_args(parser, argv)
     from stmclf.models.summary import build_configured_model, render_summary  # imports torch: once it runs
 
@@ -589,6 +657,28 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
                     "'data check --config x.yaml'"),
     "summary": (_summary, "layer table of the config's training.model (Keras indices, params, output shapes)"),
 }
+
+COMMAND_PARSERS: dict[str, Callable] = {
+    "fit": COMMANDS["fit"][0].parser, "run": COMMANDS["run"][0].parser,  # type: ignore[attr-defined]
+    "augment-preview": _augment_preview_parser, "plot-lr": _plot_lr_parser, "report": _report_parser,
+    "export": _export_parser, "predict": _predict_parser, "benchmark": _benchmark_parser,
+    "deploy-header": _deploy_header_parser, "summary": _summary_parser,
+    "data fetch": _data_fetch_parser, "data check": _data_check_parser,
+}
+"""The parser of each command (of each ``data`` subcommand), built as the command builds it: what
+``stmclf COMMAND ...`` accepts, checked without running it (tests/test_docs_commands.py)."""
+
+
+def command_parser(argv: Sequence[str]):
+    """``(parser, arguments)`` of the command line ``argv`` (``[COMMAND, ...]``, ``data fetch`` and
+    ``data check`` as one command) without running it; a command that is none is a :class:`UserError`."""
+    name = " ".join(argv[:2]) if argv[:1] == ["data"] else (argv[0] if argv else "")
+    if name not in COMMAND_PARSERS:
+        if argv[:1] == ["data"]:
+            known = ", ".join(n.split()[1] for n in COMMAND_PARSERS if n.startswith("data "))
+            raise UserError(f"stmclf data: unknown data command '{' '.join(argv[1:2])}'; data commands: {known}")
+        raise UserError(unknown_command(name))
+    return COMMAND_PARSERS[name](), list(argv[len(name.split()):])
 
 
 NOISY_WARNINGS = (

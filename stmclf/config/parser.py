@@ -990,17 +990,21 @@ def _check_override_references(key: str, value: str) -> None:
     """An override's ``${...}`` is resolved as in a file, but jsonargparse keeps the raw text of a
     text key whose value fails to resolve: check it here, so that ``--dataset.name '${NOT_SET}'`` is
     the file's one-line error, not the literal text. A reference to another key cannot be resolved
-    on the command line (the config is not merged yet): refused, naming what works."""
+    on the command line (the config is not merged yet): refused, naming what works. A mapping is
+    interpolated as a file's values are, so a ``${...}`` in one of its keys is named as such first."""
     if "${" not in value:
         return
-    from stmclf.config.interpolate import interpolate
+    from stmclf.config.interpolate import interpolate, interpolate_tree
 
     for expr in re.findall(r"\$\{\s*([\w.]+)\s*\}", value):
         if "." in expr:
             raise ConfigError(key, f"${{{expr}}}: a command-line value cannot refer to another key of the config; "
                                    f"give the value itself (${{ENV_VAR}}, ${{oc.env:ENV_VAR,default}} and "
                                    f"${{now:FORMAT}} work)")
-    interpolate(value, key, {})
+    if value.lstrip().startswith(("{", "[")):
+        interpolate_tree(load_yaml(value, key=key), key=key)
+    else:
+        interpolate(value, key, {})
 
 
 def _record_override_env(key: str, value: str) -> None:

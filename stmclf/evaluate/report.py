@@ -720,9 +720,11 @@ SECTIONS: tuple[tuple[str, Callable[[RunFiles], str]], ...] = (
     ("Deployment header", _header), ("Predictions", _predictions), ("Config", _config))
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
+def write_report(run_dir: Path, out: Path | None = None, label: str | None = None) -> Path:
+    """``RUN/report.html`` (or ``out``); ``label`` names the run folder in the error when it is
+    none (the option that gave it: ``--run RUN``)."""
     run_dir = Path(run_dir)
-    run_config_files(run_dir, f"report: {printable_path(run_dir)}")  # a folder that is no run: one line
+    run_config_files(run_dir, label or f"report: {printable_path(run_dir)}")  # a folder that is no run: one line
     run = RunFiles(run_dir)
     parts = [f"<h1>stmclf run {_e(run_dir.name)}</h1>"]
     if run.outdated:
