@@ -87,7 +87,8 @@ def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Pat
             log.warning("hydra.run.dir %s holds another run: this run writes into %s", wanted, root)
         from stmclf.training.checkpoint_io import remove_orphan_temp_files
 
-        remove_orphan_temp_files(run.saved_models)
+        for folder in (run.saved_models, run.root):  # checkpoints; results.json, the report
+            remove_orphan_temp_files(folder)
     return run
 
 
