@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.callbacks import Checkpoint
 
-from conftest import SIGNALLER, error_of, config_text
+from conftest import SIGNALLER, config_text, error_of, run_cli
 from stmclf.cli.main import main
 from stmclf.config import load_config
 from stmclf.training.progress import MID_EPOCH_KEY, checkpoint_interval
@@ -303,6 +303,47 @@ def test_a_signalled_training_exits_128_plus_the_signal_and_names_its_checkpoint
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True)
     assert "KILLED" in set(runs["status"]), runs[["tags.mlflow.runName", "status"]]
+
+
+QUANTIZATION = """\
+quantization:
+  quantizer: TFlite_converter
+  quantization_type: PTQ
+  quantization_input_type: uint8
+  quantization_output_type: float
+  granularity: per_channel
+"""
+
+
+@pytest.mark.slow
+def test_a_chain_stopped_after_its_training_names_the_command_that_does_the_rest(tmp_path, image_folder):
+    """SIGTERM in a chain_tqe's export, once its training finished: the one line said only
+    'stmclf: interrupted (SIGTERM)', so the way on was to run the chain again, training again in a
+    new folder. It names the command that exports and evaluates the run's trained model (no
+    resume: the training is whole), and that command does it."""
+    run = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(image_folder, run, tmp_path / "mlruns", epochs=1).replace(
+        "operation_mode: training", "operation_mode: chain_tqe") + QUANTIZATION)
+    proc = subprocess.Popen([sys.executable, "-m", "stmclf", "run", "--config", str(config)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        log_file = run / "stmclf.log"
+        if log_file.is_file() and "stage: export" in log_file.read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(15)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    rest = f"stmclf export --run {run} --format tflite --int8"
+    assert err.strip().splitlines()[-1] == "stmclf: interrupted (SIGTERM) after the training, whose model is " \
+                                          f"saved; do the rest with: {rest}"
+    code, _, err = run_cli(*rest.split()[1:], cwd=tmp_path)
+    assert code == 0, err[-3000:]
+    kinds = {r["kind"] for r in json.loads((run / "results.json").read_text())}
+    assert {"float", "int"} <= kinds, kinds
+    assert (run / "quantized_models/quantized_model.tflite").is_file()
 
 
 def test_a_reused_run_folder_keeps_no_second_config_for_a_new_time_stamp_alone(tmp_path, image_folder):
