@@ -346,6 +346,23 @@ def test_a_chain_stopped_after_its_training_names_the_command_that_does_the_rest
     assert (run / "quantized_models/quantized_model.tflite").is_file()
 
 
+@pytest.mark.slow
+def test_a_resume_whose_fixed_run_folder_is_its_checkpoints_own_continues_there(tmp_path, image_folder):
+    """hydra.run.dir fixed to the folder of the checkpoint it resumes (a job script requeued as it
+    is: the same folder, resuming from its last checkpoint): the resumed run wrote into a new
+    <dir>_1, so the next requeue resumed from the first folder's old checkpoint again, and every
+    requeue lost the work of the one before."""
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1))
+    assert main(["fit", "--config", str(config), "--training.precision", "32"]) == 0
+    last = tmp_path / "run/saved_models/last_augmented_model.ckpt"
+    assert main(["fit", "--config", str(config), "--training.precision", "32", "--training.epochs", "2",
+                 "--training.resume_training_from", str(last)]) == 0
+    assert not (tmp_path / "run_1").exists()
+    epochs = [line.split(",")[0] for line in (tmp_path / "run/logs/metrics/train_metrics.csv").read_text().splitlines()]
+    assert epochs[1:] == ["1", "2"]
+
+
 def test_a_reused_run_folder_keeps_no_second_config_for_a_new_time_stamp_alone(tmp_path, image_folder):
     """A resume (or --run) reuses its run folder whatever folder the config's ${now:...} stamp
     names: a config that differs only in hydra.run.dir is the same config, so no
