@@ -378,6 +378,20 @@ def test_a_reused_run_folder_keeps_no_second_config_for_a_new_time_stamp_alone(t
     assert len(list(changed.root.glob("config_*.yaml"))) == 1  # a real change is still kept beside it
 
 
+def test_the_same_command_run_again_on_a_run_folder_saves_its_config_once(tmp_path, image_folder):
+    """A resume run again as it is (a job requeued until its training ends: 31 SIGKILLed resumes of
+    one run) saved one more config_<time>.yaml and stmclf_extras_<time>.yaml pair each time, all
+    alike: the folder's latest config is the one compared, so only a change is saved."""
+    first = create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "run"))
+    for _ in range(2):
+        create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "run", "--training.epochs", "3"), root=first.root)
+        time.sleep(1.1)  # another time stamp
+    assert len(list(first.root.glob("config_*.yaml"))) == 1
+    assert len(list(first.root.glob("stmclf_extras_*.yaml"))) == 1
+    create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "run"), root=first.root)  # back to the first config
+    assert len(list(first.root.glob("config_*.yaml"))) == 2  # the history of the commands is kept
+
+
 def test_a_run_folder_has_one_writer_at_a_time(tmp_path, image_folder, capsys):
     """The same checkpoint resumed by two processes at once: the second stops in one line before
     writing anything (two trainings would interleave train_metrics.csv and race for the
