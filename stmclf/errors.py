@@ -20,10 +20,12 @@ class ConfigError(UserError):
 
 class Interrupted(KeyboardInterrupt):
     """A run stopped by a signal (Ctrl+C is SIGINT; schedulers send SIGTERM). The CLI exits with
-    128 + the signal's number and names the checkpoint a training run resumes from, if any."""
+    128 + the signal's number and names the checkpoint a training run resumes from, if any, or
+    ``then``: the command that does the rest of a chain whose training finished."""
 
-    def __init__(self, signum: int, resume_from: "Optional[os.PathLike[str] | str]" = None) -> None:
-        self.signum, self.resume_from = int(signum), resume_from
+    def __init__(self, signum: int, resume_from: "Optional[os.PathLike[str] | str]" = None, *,
+                 then: Optional[str] = None) -> None:
+        self.signum, self.resume_from, self.then = int(signum), resume_from, then
         super().__init__(signum)
 
 

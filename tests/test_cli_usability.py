@@ -65,6 +65,19 @@ def test_hydra_overrides_parse_like_flags(tmp_path, capsys, image_folder):
     assert flag_err.startswith("stmclf: error: training.epochz: unknown key")
 
 
+@pytest.mark.parametrize("command, flag", [("run", "--offline"), ("fit", "--trust-code"), ("fit", "--trust_model_file")])
+def test_a_hydra_override_after_a_flag_option_is_an_override(tmp_path, capsys, image_folder, command, flag):
+    """``stmclf run --config x.yaml --offline training.epochs=3`` (or after --trust-code) was
+    'unexpected argument training.epochs=3': the override was taken for the flag's value."""
+    from conftest import config_text
+
+    (tmp_path / "c.yaml").write_text(config_text(image_folder, tmp_path / "run", tmp_path / "ml", epochs=2))
+    with pytest.raises(SystemExit) as done:
+        main([command, "--config", str(tmp_path / "c.yaml"), flag, "training.epochs=5", "--print_config=st"])
+    assert done.value.code == 0, capsys.readouterr().err
+    assert "  epochs: 5\n" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("mode", ["deployment", "chain_qd"])
 def test_the_modes_that_flash_a_board_point_to_deploy_header(mode, tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(f"general: {{project_name: p}}\noperation_mode: {mode}\n")

@@ -9,6 +9,7 @@ the tests run as root, for whom permission bits do not stop a write. Without the
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -201,6 +202,61 @@ def test_atomic_save_into_a_read_only_folder(tmp_path, mount):
     readonly = mount(tmp_path / "ro", "ro,size=1m")
     with pytest.raises(UserError, match=f"^{readonly / 'm.ckpt'}: cannot save the checkpoint: Read-only file system$"):
         atomic_torch_save({"v": 1}, readonly / "m.ckpt")
+
+
+# ---------------------------------------------------------------------------------------------
+# the run's other files: whole or unchanged
+
+RECORD_RESULTS = """\
+import resource, sys
+import numpy as np
+from stmclf.errors import UserError
+from stmclf.evaluate.results import record_results
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # a file size limit: File too large
+n = 100  # a 100-class confusion matrix: ~40 kB of JSON
+try:
+    record_results(sys.argv[1], "int", "TFLite int8", {"validation_set": {"accuracy": 50.0, "count": n * n,
+                   "confusion": np.ones((n, n), dtype=np.int64)}}, [f"c{i}" for i in range(n)])
+except UserError as exc:
+    print(exc)
+"""
+
+
+def test_results_json_that_cannot_be_written_whole_keeps_the_earlier_results(tmp_path):
+    """An evaluation whose results.json hits a file size limit (or a full disk) half-way left it cut
+    (write_text truncates first): every earlier result lost, and the next evaluation of the run
+    stopped on a JSONDecodeError traceback. It is written whole or not at all: one line naming it,
+    the earlier records unchanged, no temporary file left."""
+    from stmclf.evaluate.results import record_results
+
+    record_results(tmp_path, "float", "Float model", {"validation_set": {"accuracy": 90.0, "count": 4}}, ["a", "b"])
+    before = (tmp_path / "results.json").read_bytes()
+    (tmp_path / "child.py").write_text(RECORD_RESULTS)
+    done = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == f"{tmp_path / 'results.json'}: cannot write the file: File too large; the " \
+                                  "previous results.json is unchanged"
+    assert (tmp_path / "results.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child.py", "results.json"]
+
+
+def test_a_damaged_results_json_is_kept_aside_and_the_evaluation_goes_on(tmp_path, caplog):
+    """A results.json cut by an older version (or by hand) stopped every later evaluation of the run
+    with a JSONDecodeError traceback: it is kept aside as results.json.damaged with one warning."""
+    from stmclf.evaluate.results import record_results
+
+    (tmp_path / "results.json").write_text('[{"kind": "float", "model": "Float model", "set": "valid')
+    with caplog.at_level("WARNING", logger="stmclf.evaluate"):
+        record_results(tmp_path, "float", "Float model", {"validation_set": {"accuracy": 90.0, "count": 4}},
+                       ["a", "b"])
+    assert (tmp_path / "results.json.damaged").read_text().endswith('"valid')
+    assert [(r["set"], r["accuracy"]) for r in json.loads((tmp_path / "results.json").read_text())] == \
+        [("validation_set", 90.0)]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"{tmp_path / 'results.json'}: not valid JSON (") and \
+        warning.endswith("; kept as results.json.damaged, the earlier results are not in the new file")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.callbacks import Checkpoint
 
-from conftest import SIGNALLER, error_of, config_text
+from conftest import SIGNALLER, config_text, error_of, run_cli
 from stmclf.cli.main import main
 from stmclf.config import load_config
 from stmclf.training.progress import MID_EPOCH_KEY, checkpoint_interval
@@ -307,6 +307,64 @@ def test_a_signalled_training_exits_128_plus_the_signal_and_names_its_checkpoint
     assert "KILLED" in set(runs["status"]), runs[["tags.mlflow.runName", "status"]]
 
 
+QUANTIZATION = """\
+quantization:
+  quantizer: TFlite_converter
+  quantization_type: PTQ
+  quantization_input_type: uint8
+  quantization_output_type: float
+  granularity: per_channel
+"""
+
+
+@pytest.mark.slow
+def test_a_chain_stopped_after_its_training_names_the_command_that_does_the_rest(tmp_path, image_folder):
+    """SIGTERM in a chain_tqe's export, once its training finished: the one line said only
+    'stmclf: interrupted (SIGTERM)', so the way on was to run the chain again, training again in a
+    new folder. It names the command that exports and evaluates the run's trained model (no
+    resume: the training is whole), and that command does it."""
+    run = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(image_folder, run, tmp_path / "mlruns", epochs=1).replace(
+        "operation_mode: training", "operation_mode: chain_tqe") + QUANTIZATION)
+    proc = subprocess.Popen([sys.executable, "-m", "stmclf", "run", "--config", str(config)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        log_file = run / "stmclf.log"
+        if log_file.is_file() and "stage: export" in log_file.read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(15)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    rest = f"stmclf export --run {run} --format tflite --int8"
+    assert err.strip().splitlines()[-1] == "stmclf: interrupted (SIGTERM) after the training, whose model is " \
+                                          f"saved; do the rest with: {rest}"
+    code, _, err = run_cli(*rest.split()[1:], cwd=tmp_path)
+    assert code == 0, err[-3000:]
+    kinds = {r["kind"] for r in json.loads((run / "results.json").read_text())}
+    assert {"float", "int"} <= kinds, kinds
+    assert (run / "quantized_models/quantized_model.tflite").is_file()
+
+
+@pytest.mark.slow
+def test_a_resume_whose_fixed_run_folder_is_its_checkpoints_own_continues_there(tmp_path, image_folder):
+    """hydra.run.dir fixed to the folder of the checkpoint it resumes (a job script requeued as it
+    is: the same folder, resuming from its last checkpoint): the resumed run wrote into a new
+    <dir>_1, so the next requeue resumed from the first folder's old checkpoint again, and every
+    requeue lost the work of the one before."""
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1))
+    assert main(["fit", "--config", str(config), "--training.precision", "32"]) == 0
+    last = tmp_path / "run/saved_models/last_augmented_model.ckpt"
+    assert main(["fit", "--config", str(config), "--training.precision", "32", "--training.epochs", "2",
+                 "--training.resume_training_from", str(last)]) == 0
+    assert not (tmp_path / "run_1").exists()
+    epochs = [line.split(",")[0] for line in (tmp_path / "run/logs/metrics/train_metrics.csv").read_text().splitlines()]
+    assert epochs[1:] == ["1", "2"]
+
+
 def test_a_reused_run_folder_keeps_no_second_config_for_a_new_time_stamp_alone(tmp_path, image_folder):
     """A resume (or --run) reuses its run folder whatever folder the config's ${now:...} stamp
     names: a config that differs only in hydra.run.dir is the same config, so no
@@ -320,6 +378,20 @@ def test_a_reused_run_folder_keeps_no_second_config_for_a_new_time_stamp_alone(t
     changed = create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "run", "--training.epochs", "3"),
                              root=first.root)
     assert len(list(changed.root.glob("config_*.yaml"))) == 1  # a real change is still kept beside it
+
+
+def test_the_same_command_run_again_on_a_run_folder_saves_its_config_once(tmp_path, image_folder):
+    """A resume run again as it is (a job requeued until its training ends: 31 SIGKILLed resumes of
+    one run) saved one more config_<time>.yaml and stmclf_extras_<time>.yaml pair each time, all
+    alike: the folder's latest config is the one compared, so only a change is saved."""
+    first = create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "run"))
+    for _ in range(2):
+        create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "run", "--training.epochs", "3"), root=first.root)
+        time.sleep(1.1)  # another time stamp
+    assert len(list(first.root.glob("config_*.yaml"))) == 1
+    assert len(list(first.root.glob("stmclf_extras_*.yaml"))) == 1
+    create_run_dir(_cfg(tmp_path, image_folder, tmp_path / "run"), root=first.root)  # back to the first config
+    assert len(list(first.root.glob("config_*.yaml"))) == 2  # the history of the commands is kept
 
 
 def test_a_run_folder_has_one_writer_at_a_time(tmp_path, image_folder, capsys):

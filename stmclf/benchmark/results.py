@@ -210,5 +210,7 @@ class Footprint:
             from stmclf.errors import UserError
 
             raise UserError(f"{path}: not written, a benchmark figure is not a finite number ({exc})") from None
-        path.write_text(text + "\n", encoding="utf-8")
+        from stmclf.files import atomic_write_text
+
+        atomic_write_text(path, text + "\n")
         return path

@@ -871,6 +871,8 @@ def interrupted_line(exc: KeyboardInterrupt) -> str:
     what = f"stmclf: interrupted ({signal.Signals(signum).name})"
     if not isinstance(exc, Interrupted):
         return what
+    if exc.then:
+        return f"{what} after the training, whose model is saved; do the rest with: {exc.then}"
     if exc.resume_from is None:
         return f"{what} before the training wrote its first checkpoint: it starts over when run again"
     return f"{what}; resume the training with --training.resume_training_from {printable_path(exc.resume_from)}"

@@ -16,7 +16,7 @@ import re
 import stat
 import sys
 import typing
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Collection, Optional, Sequence
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader, set_parsing_settings
@@ -1027,7 +1027,9 @@ def _record_override_env(key: str, value: str) -> None:
         record_env_references({tuple(key.split(".")): (kept, held)})
 
 
-def convert_overrides(argv: Sequence[str]) -> list[str]:
+def convert_overrides(argv: Sequence[str], flags: Collection[str] = ()) -> list[str]:
+    """``argv`` with the Hydra forms (``training.epochs=3``, ``~key``) as options; ``flags``: the
+    options that take no value (``--offline``, ``--trust-code``): the argument after one is not its value."""
     out: list[str] = []
     key: Optional[str] = None
     for arg in argv:
@@ -1041,7 +1043,7 @@ def convert_overrides(argv: Sequence[str]) -> list[str]:
             _check_section(name)
             _check_trainer_override(name)
             out.append(f"--{name}={_convert_override(name, value)}" if eq else arg)
-            key = None if eq else name
+            key = None if eq or arg in flags else name
         elif key is not None:
             out.append(_convert_override(key, arg))
             key = None
@@ -1113,7 +1115,7 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str],
     devices) are the command's."""
     clear_env_references()  # filled by load_yaml, read by stmclf.config.from_namespace
     try:
-        args = convert_overrides(argv)
+        args = convert_overrides(argv, {s for a in parser._actions if a.nargs == 0 for s in a.option_strings})
         unknown = unknown_option(parser, args)
     except Exception as exc:  # noqa: BLE001 - one line, as the parser's own errors
         raise _parse_error(parser, exc) from None

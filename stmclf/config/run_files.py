@@ -71,8 +71,14 @@ def run_config_args(run_dir: str | Path, label: Optional[str] = None) -> list[st
 def read_run_config(run_dir: str | Path, label: Optional[str] = None) -> dict[str, Any]:
     """A run folder's resolved config: ``stmclf_extras.yaml`` merged over ``config.yaml``. The
     files are read as untrusted (bounded YAML); a problem is one line naming the file."""
+    return read_config_files(run_config_files(run_dir, label))
+
+
+def read_config_files(paths: list[Path]) -> dict[str, Any]:
+    """The config of ``paths`` (an ST-schema file, then stmclf's extras) merged in order, each read
+    as untrusted (bounded YAML); a problem is one line naming the file."""
     data: dict[str, Any] = {}
-    for path in run_config_files(run_dir, label):
+    for path in paths:
         data = merge_config(data, _read_mapping(path))
     return data
 

@@ -46,6 +46,7 @@ from stmclf.errors import UserError, one_line, printable_path
 from stmclf.evaluate.artifacts import ARTIFACT_LABELS, TFLM_LABEL
 from stmclf.evaluate.predict import CSV_NAME, PREDICTIONS_DIR
 from stmclf.export.export import MODEL_BASENAME, SUMMARY_NAME, outdated_export, reexport_command, run_export_dir
+from stmclf.files import atomic_write_text
 
 log = logging.getLogger("stmclf.evaluate")
 
@@ -731,6 +732,6 @@ def write_report(run_dir: Path, out: Path | None = None, label: str | None = Non
         parts.append(f'<p class="bad" id="outdated-export">{_e(run.outdated)}</p>')
     parts += [_section(name, render, run) for name, render in SECTIONS]
     out = Path(out) if out else run_dir / "report.html"
-    out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>stmclf {_e(run_dir.name)}"
-                   f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>", encoding="utf-8")
+    atomic_write_text(out, f"<!doctype html><html><head><meta charset='utf-8'><title>stmclf {_e(run_dir.name)}"
+                           f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     return out

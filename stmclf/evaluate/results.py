@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+from stmclf.errors import one_line
 from stmclf.evaluate.accuracy import print_accuracy_table
 from stmclf.evaluate.confusion import plot_confusion_matrix
+from stmclf.files import atomic_write_text
 
 log = logging.getLogger("stmclf.evaluate")
 
@@ -46,7 +49,7 @@ def record_results(run_root: Path, kind: str, model_label: str, results: dict[st
     the file evaluated; records of the same label for another file (an earlier model exported into
     this run) are dropped, so the report never mixes two models under one label."""
     path = Path(run_root) / RESULTS_FILE
-    records = json.loads(path.read_text()) if path.exists() else []
+    records = _earlier_records(path)
     file = str(Path(model_file).resolve()) if model_file is not None else None
     if file is not None:
         records = [r for r in records if not (r["kind"] == kind and r["model"] == model_label
@@ -57,8 +60,28 @@ def record_results(run_root: Path, kind: str, model_label: str, results: dict[st
                         "loss": values.get("loss"), "count": values["count"], "class_names": list(class_names),
                         "confusion": stored_confusion(values["confusion"]) if "confusion" in values else None,
                         **({"file": file} if file is not None else {})})
-    path.write_text(json.dumps(records, indent=1))
+    atomic_write_text(path, json.dumps(records, indent=1))
     return path
+
+
+def _earlier_records(path: Path) -> list[dict]:
+    """The records of ``results.json``; one that does not read as a list of records (damaged by
+    hand, or by a write of a version that did not write it whole) is kept aside as
+    ``results.json.damaged``, with one warning, and the results start over."""
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        problem = f"not valid JSON ({one_line(exc)})"
+    else:
+        if isinstance(records, list) and all(isinstance(r, dict) for r in records):
+            return records
+        problem = "not a list of records"
+    aside = path.with_name(f"{path.name}.damaged")
+    os.replace(path, aside)
+    log.warning("%s: %s; kept as %s, the earlier results are not in the new file", path, problem, aside.name)
+    return []
 
 
 MAX_DENSE_CONFUSION = 256

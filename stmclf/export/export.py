@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from stmclf.errors import ConfigError, UserError
+from stmclf.files import atomic_write_text
 
 log = logging.getLogger("stmclf.export")
 
@@ -232,7 +233,7 @@ class ExportResult(Mapping):
         """``export_summary.json``: model, settings, calibration, checks, timings, accuracies."""
         module, formats, int8, rescaling = self.module, self.formats, self.int8, self.rescaling
         summary = self.export_dir / SUMMARY_NAME
-        summary.write_text(json.dumps({
+        atomic_write_text(summary, json.dumps({
             "model_file": str(self.model_file) if self.model_file is not None else None,  # null: an in-memory module
             "model_sha256": self.model_sha256, "model_file_relative": self.model_file_relative,
             "model_kind": self.model_kind, "model_name": module.model_name,

@@ -59,11 +59,16 @@ def resolve_run_dir(run: Optional[str | Path] = None, model: Optional[str | Path
 
 def resume_run_dir(cfg: RunConfig) -> Optional[Path]:
     """A resumed training continues in the run folder of its checkpoint, unless ``hydra.run.dir``
-    names a fixed folder (one without a ``${now:...}`` time stamp)."""
+    names another fixed folder (one without a ``${now:...}`` time stamp). A fixed ``hydra.run.dir``
+    that is the checkpoint's own folder (a job that resumes where it left off: the same command
+    run again) is that folder, not a new ``<dir>_1`` beside it."""
     checkpoint = cfg.training.resume_training_from if cfg.training else None
-    if not checkpoint or not _time_stamped(cfg):
+    if not checkpoint:
         return None
-    return find_run_dir(checkpoint)
+    found = find_run_dir(checkpoint)
+    if _time_stamped(cfg) or found is None:
+        return found
+    return found if cfg.run_dir.resolve() == found else None
 
 
 class Journey:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Optional
 
 from stmclf.config import RunConfig
 from stmclf.config.modes import MODES, OPERATION_MODES, OperationMode
-from stmclf.errors import ConfigError
+from stmclf.errors import ConfigError, Interrupted
 from stmclf.orchestration.journey import Journey
 from stmclf.orchestration.stages import (benchmark_stage, checked_source, evaluate_stage, export_stage, model_label,
                                          predict_stage, train_stage)
@@ -110,11 +111,27 @@ def _train_then(cfg: RunConfig, mode: OperationMode, quantize: Optional[tuple]) 
         return
     if quantize is not None:
         formats, settings = quantize
-        exported = export_stage(journey, result.best_model, formats=formats, int8=True,
-                                evaluate=mode.has("evaluate"), settings=settings)
-        if mode.has("benchmark"):
-            benchmark_stage(journey, exported.quantized_model, client=client)
+        try:
+            exported = export_stage(journey, result.best_model, formats=formats, int8=True,
+                                    evaluate=mode.has("evaluate"), settings=settings)
+            if mode.has("benchmark"):
+                benchmark_stage(journey, exported.quantized_model, client=client)
+        except KeyboardInterrupt as exc:  # the trained model is whole: the rest, not the training, is to redo
+            raise Interrupted(getattr(exc, "signum", signal.SIGINT), then=_rest_of_chain(journey, mode, formats)) \
+                from None
     journey.finish(mode.name)
+
+
+def _rest_of_chain(journey: Journey, mode: OperationMode, formats) -> str:
+    """The commands that do what a chain does after its training, on its run folder."""
+    from stmclf.errors import printable_path
+    from stmclf.export.export import reexport_command
+
+    root = printable_path(journey.root)
+    rest = reexport_command(root, {"formats": list(formats), "int8": True})
+    if mode.has("benchmark"):
+        rest += f", then stmclf benchmark --run {root}{' --offline' if journey.cfg.offline else ''}"
+    return rest
 
 
 def _from_model_file(cfg: RunConfig, mode: OperationMode, quantize: Optional[tuple]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any, Optional
 import yaml
 
 from stmclf.config import RunConfig
-from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME, read_run_config
+from stmclf.config.run_files import CONFIG_NAME, EXTRAS_NAME, read_config_files, read_run_config
 from stmclf.errors import ConfigError, UserError
 
 LOG_NAME = "stmclf.log"
@@ -96,7 +97,8 @@ def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Pat
             log.warning("hydra.run.dir %s holds another run: this run writes into %s", wanted, root)
         from stmclf.training.checkpoint_io import remove_orphan_temp_files
 
-        remove_orphan_temp_files(run.saved_models)
+        for folder in (run.saved_models, run.root):  # checkpoints; results.json, the report
+            remove_orphan_temp_files(folder)
     return run
 
 
@@ -140,12 +142,25 @@ def release_runs() -> None:
 
 
 def _same_config(root: Path, resolved_yaml: str) -> bool:
-    """The run folder's config (its two files merged, or an older run's single ``config.yaml``)
-    is ``resolved_yaml``."""
+    """The run folder's latest config (its two files merged, or an older run's single
+    ``config.yaml``; the newest ``config_<time>.yaml`` with its extras once a command saved one) is
+    ``resolved_yaml``: the same command run again on the folder (a requeued resume) saves no copy."""
     try:
-        return _without_run_dir(read_run_config(root)) == _without_run_dir(yaml.safe_load(resolved_yaml))
+        return _without_run_dir(_latest_config(root)) == _without_run_dir(yaml.safe_load(resolved_yaml))
     except UserError:  # a run config edited into something unreadable: keep the new one beside it
         return False
+
+
+STAMPED_CONFIG = re.compile(r"config_(\d{4}(?:_\d\d){5})\.yaml")
+"""``config_<time>.yaml`` (:func:`_stamp`): their names sort by time."""
+
+
+def _latest_config(root: Path) -> dict:
+    stamps = sorted(m.group(1) for p in root.glob("config_*.yaml") if (m := STAMPED_CONFIG.fullmatch(p.name)))
+    if not stamps:
+        return read_run_config(root)
+    extras = root / f"{Path(EXTRAS_NAME).stem}_{stamps[-1]}.yaml"
+    return read_config_files([root / f"config_{stamps[-1]}.yaml", *([extras] if extras.is_file() else [])])
 
 
 def _without_run_dir(config: Any) -> Any:

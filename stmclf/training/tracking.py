@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from stmclf.errors import UserError, one_line
 from stmclf.figures import save_figure
+from stmclf.files import atomic_write_text
 from stmclf.training import mlflow_runs
 from stmclf.training.progress import ACCURACY_METRICS, shown_epoch
 
@@ -379,8 +380,8 @@ def parent_run_id(cfg, run, model_name: str = "") -> str:
         experiment_id, run_name=name,
         tags={"stmclf.run_dir": str(run.root), "stmclf.model": model_name, **mlflow_runs.owner_tags()}))
     mlflow_runs.opened(client, parent.info.run_id)
-    record_path.write_text(json.dumps({"tracking_uri": tracking_uri, "experiment": cfg.general.project_name,
-                                       "parent_run_id": parent.info.run_id}, indent=1))
+    atomic_write_text(record_path, json.dumps({"tracking_uri": tracking_uri, "experiment": cfg.general.project_name,
+                                               "parent_run_id": parent.info.run_id}, indent=1))
     return parent.info.run_id
 
 
