@@ -12,7 +12,7 @@ from stmclf.config.interpolate import interpolate_tree, run_start
 from stmclf.config.values import convert_values, parse_value
 from stmclf.errors import ConfigError, UserError
 
-from conftest import run_cli
+from conftest import config_text, run_cli
 
 SEED_EXAMPLE = """\
 general:
@@ -631,7 +631,6 @@ def test_an_input_shape_cut_by_a_yaml_flow_mapping_says_how_to_write_it(tmp_path
     so the key holds '(32' (and ' 32', '3)' become keys); the error said only "got '(32'", which
     reads as a bug of stmclf's tuple parser. It now says what YAML did and how to write the value,
     as for any key (stmclf.config.parser.cut_tuple_problem)."""
-    from conftest import config_text
 
     text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", model="""\
   model: {name: mobilenet, version: v2, alpha: 0.35, input_shape: (32, 32, 3)}
@@ -668,14 +667,7 @@ def test_a_tuple_cut_by_a_yaml_flow_mapping_is_named_with_its_key(tmp_path, imag
     """``random_contrast: {factor: (0.2, 0.5)}`` is ``factor: '(0.2'`` and ``'0.5)': null`` to YAML:
     the error named the unknown argument ``0.5)`` (or a bad value ``'(1.0'``) without saying why.
     Any key of any section, in a file or an override, now gets one line saying what YAML did."""
-    from conftest import config_text
-
-    config = tmp_path / "flow.yaml"
-    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", extra=extra))
-    if argv and not argv[0].startswith("--"):
-        second = tmp_path / "second.yaml"
-        second.write_text(argv[0])
-        argv = ["--config", str(second)]
+    config, argv = _flow_configs(tmp_path, image_folder, extra, argv)
     assert main(["fit", "--config", str(config), *argv, "--print_config"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("stmclf: error: ") and expected in err, err
@@ -684,6 +676,19 @@ def test_a_tuple_cut_by_a_yaml_flow_mapping_is_named_with_its_key(tmp_path, imag
 
 
 _RESIZING = "data_augmentation:\n  random_periodic_resizing:\n    period: 2\n    image_sizes: {sizes}\n"
+
+
+def _flow_configs(tmp_path, image_folder, extra: str, argv: list) -> tuple:
+    """(config file, argv) of the cut-tuple tests: the small config plus ``extra``; an ``argv`` whose
+    first item is YAML text rather than an option becomes a second ``--config`` file."""
+
+    config = tmp_path / "flow.yaml"
+    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", extra=extra))
+    if argv and not argv[0].startswith("--"):
+        second = tmp_path / "second.yaml"
+        second.write_text(argv[0])
+        argv = ["--config", str(second)]
+    return config, argv
 
 
 @pytest.mark.parametrize("extra, argv, expected", [
@@ -708,14 +713,7 @@ def test_a_tuple_cut_by_a_yaml_flow_list_is_named_with_its_key(tmp_path, image_f
     """``image_sizes: [(24, 24), (32, 32)]`` is ``['(24', '24)', '(32', '32)']`` to YAML: the error
     named the value '(24' without saying why. As inside a flow mapping, one line now says what YAML
     did and how to write it, naming the key; written as it says, the config is read."""
-    from conftest import config_text
-
-    config = tmp_path / "flow.yaml"
-    config.write_text(config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", extra=extra))
-    if argv and not argv[0].startswith("--"):
-        second = tmp_path / "second.yaml"
-        second.write_text(argv[0])
-        argv = ["--config", str(second)]
+    config, argv = _flow_configs(tmp_path, image_folder, extra, argv)
     assert main(["fit", "--config", str(config), *argv, "--print_config"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stmclf: error: ") and expected in err[0], err

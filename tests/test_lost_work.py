@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.callbacks import Checkpoint
 
-from conftest import SIGNALLER, config_text, error_of, run_cli
+from conftest import QUANTIZATION, SIGNALLER, config_text, error_of, run_cli
 from stmclf.cli.main import main
 from stmclf.config import load_config
 from stmclf.training.progress import MID_EPOCH_KEY, checkpoint_interval
@@ -305,16 +305,6 @@ def test_a_signalled_training_exits_128_plus_the_signal_and_names_its_checkpoint
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True)
     assert "KILLED" in set(runs["status"]), runs[["tags.mlflow.runName", "status"]]
-
-
-QUANTIZATION = """\
-quantization:
-  quantizer: TFlite_converter
-  quantization_type: PTQ
-  quantization_input_type: uint8
-  quantization_output_type: float
-  granularity: per_channel
-"""
 
 
 @pytest.mark.slow
