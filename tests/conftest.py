@@ -106,6 +106,12 @@ trainer:
 """ + extra
 
 
+def as_evaluation_of(text: str, model_path: Path) -> str:
+    """``text`` (a :func:`config_text` config) as an evaluation (``stmclf run``) of the model file ``model_path``."""
+    return text.replace("operation_mode: training", "operation_mode: evaluation").replace(
+        "general:\n", f"general:\n  model_path: {model_path}\n", 1)
+
+
 def evaluation_of_a_model_module(tmp_path: Path, image_folder: Path, module: str, cls: str) -> Path:
     """The config of an evaluation (``stmclf run``) of the pickled model ``cls()`` of the module file
     ``tmp_path/module.py`` (the test writes it: a model that blocks or signals while evaluated), saved
@@ -116,8 +122,7 @@ def evaluation_of_a_model_module(tmp_path: Path, image_folder: Path, module: str
                    cwd=tmp_path, check=True, timeout=300)
     text = config_text(image_folder, tmp_path / "run", tmp_path / "mlruns", epochs=1,
                        model="  model:\n    input_shape: (32, 32, 3)\n")
-    text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
-        "  global_seed: 7\n", f"  global_seed: 7\n  model_path: {tmp_path / (module + '.pt')}\n")
+    text = as_evaluation_of(text, tmp_path / (module + ".pt"))
     (tmp_path / "c.yaml").write_text(text)
     return tmp_path / "c.yaml"
 

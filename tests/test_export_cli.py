@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import QUANTIZATION, config_text
+from conftest import QUANTIZATION, as_evaluation_of, config_text
 from stmclf.cli.main import main
 
 
@@ -25,8 +25,7 @@ def test_export_cli_then_evaluate_every_artifact(tmp_path, image_folder):
     assert {p.name for p in artifacts} >= {"best_model.onnx", "quantized_model.tflite"}
     for artifact in artifacts:
         text = config_text(image_folder, tmp_path / f"eval_{artifact.stem}", tmp_path / "ml", model="")
-        text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
-            "general:\n", f"general:\n  model_path: {artifact}\n", 1)
+        text = as_evaluation_of(text, artifact)
         path = tmp_path / f"eval_{artifact.stem}.yaml"
         path.write_text(text)
         assert main(["run", "--config", str(path)]) == 0, artifact
@@ -78,8 +77,7 @@ def test_runs_that_do_not_train_make_no_saved_models_or_logs(tmp_path, image_fol
     shutil.copy(tmp_path / "run/saved_models/best_model.pt", user_model)
 
     text = config_text(image_folder, tmp_path / "eval_run", tmp_path / "ml", model="")
-    text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
-        "general:\n", f"general:\n  model_path: {user_model}\n", 1)
+    text = as_evaluation_of(text, user_model)
     (tmp_path / "eval.yaml").write_text(text)
     assert main(["run", "--config", str(tmp_path / "eval.yaml")]) == 0
     assert (tmp_path / "eval_run/results.json").is_file()

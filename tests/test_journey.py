@@ -203,6 +203,23 @@ def test_benchmark_of_a_trained_model_measures_its_float_onnx(journey, tmp_path,
     assert "weights.pt is a state dict" in err and "benchmarking accepts" in err
 
 
+def test_benchmark_of_a_run_without_its_export_says_it_measures_the_float_model(journey, tmp_path, caplog):
+    """A run whose export was never made or was interrupted (a config with a quantization section):
+    benchmark --run measured the float best_model.pt as if nothing were missing (the log said only
+    "(onnx, float)"); it says the int8 export is missing and the command that makes it."""
+    tmp, trained = journey
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("quantized_models", "benchmark*", "generated",
+                                                                "report.html", "mlflow_run.json"))
+    with caplog.at_level("WARNING", logger="stmclf"):
+        assert main(["benchmark", "--run", str(run), "--offline"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "has no exported model" in r.getMessage()]
+    assert warnings == [f"benchmark --run {run}: the run has no exported model (no export was made, or it did not "
+                        f"finish); benchmarking its float best_model.pt instead. For the int8 figures: stmclf export "
+                        f"--run {run} --int8, then benchmark again"], [r.getMessage() for r in caplog.records]
+    assert (run / "benchmark.json").is_file()
+
+
 def test_an_export_older_than_the_runs_model_is_not_used_in_silence(journey, tmp_path, capsys):
     """A later training rewrites best_model.pt in the run folder: benchmark --run and deploy-header
     --run refuse the run's earlier export (one line naming the command that exports it again), the

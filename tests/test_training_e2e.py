@@ -1,7 +1,7 @@
 """End-to-end `stmclf fit` on a tiny image folder: run directory, MLflow, resume, atomic saves."""
 from __future__ import annotations
 
-from conftest import error_of
+from conftest import as_evaluation_of, error_of
 
 import csv
 import re
@@ -190,8 +190,7 @@ def test_evaluation_mode_reproduces_validation_accuracy(trained, tmp_path, image
     from conftest import config_text
 
     text = config_text(image_folder, tmp_path / "eval_run", trained / "mlruns", model="")
-    text = text.replace("operation_mode: training", "operation_mode: evaluation").replace(
-        "general:\n", f"general:\n  model_path: {trained / 'run/saved_models/best_model.pt'}\n", 1)
+    text = as_evaluation_of(text, trained / "run/saved_models/best_model.pt")
     (tmp_path / "eval.yaml").write_text(text)
     assert main(["run", "--config", str(tmp_path / "eval.yaml")]) == 0
     assert (tmp_path / "eval_run/float_model_confusion_matrix_validation_set.png").exists()

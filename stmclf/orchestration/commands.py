@@ -124,6 +124,10 @@ def benchmark_command(cfg: RunConfig, model: Optional[str] = None, *, run: Optio
 
     root = resolve_run_dir(run, model or cfg.general.model_path, cfg)
     model, key = command_model(cfg, model, option, run, root, run_quantized_model, run_model, run_exported_model)
+    if key == "--run" and cfg.quantization is not None and Path(model) == run_model(root, cfg):
+        log.warning("benchmark --run %s: the run has no exported model (no export was made, or it did not finish); "
+                    "benchmarking its float %s instead. For the int8 figures: stmclf export --run %s --int8, then "
+                    "benchmark again", root, Path(model).name, root)
     if not model:
         raise ConfigError("general.model_path", "benchmarking needs a .tflite or .onnx model (--model, "
                                                 "general.model_path, or --run RUN_DIR of an exported run)")
