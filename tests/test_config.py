@@ -675,6 +675,29 @@ def test_a_tuple_cut_by_a_yaml_flow_mapping_is_named_with_its_key(tmp_path, imag
     assert err.endswith("', or the mapping one key per line"), err
 
 
+@pytest.mark.parametrize("extra, argv, expected", [
+    # was: 'training.checkpoint_every: expected bool or float, got 'None'' (found by the resume audit)
+    ("", ["training:\n  checkpoint_every: {steps:1}\n"],
+     "training.checkpoint_every.steps: YAML read 'steps:1' as one key without a value (no space after its colon); "
+     "write steps: 1"),
+    ("", ["--training.checkpoint_every", "{minutes:5}"],
+     "training.checkpoint_every.minutes: YAML read 'minutes:5' as one key without a value"),
+])
+def test_a_key_glued_to_its_value_in_a_flow_mapping_is_named(tmp_path, image_folder, capsys, extra, argv, expected):
+    """``{steps:1}`` (no space after the colon) is the key ``'steps:1'`` with no value to YAML: the
+    error spoke of a missing value. One line now says what YAML read and how to write it."""
+    config, argv = _flow_configs(tmp_path, image_folder, extra, argv)
+    assert main(["fit", "--config", str(config), *argv, "--print_config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stmclf: error: ") and expected in err[0], err
+    second = tmp_path / "second.yaml"  # written as it says, the config is read
+    second.write_text("training:\n  checkpoint_every: {steps: 1}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--config", str(second), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "checkpoint_every:\n    steps: 1.0\n" in capsys.readouterr().out
+
+
 _RESIZING = "data_augmentation:\n  random_periodic_resizing:\n    period: 2\n    image_sizes: {sizes}\n"
 
 

@@ -53,8 +53,9 @@ class YamlLimitError(yaml.MarkedYAMLError):
     """A document beyond the bounds (or with a duplicate key): the message names the line."""
 
 
-class CutTupleError(YamlLimitError):
-    """Valid YAML that cut a tuple at its commas (:func:`cut_tuple_problem`): not "invalid YAML"."""
+class MisreadYamlError(YamlLimitError):
+    """Valid YAML that does not say what was meant (:func:`cut_tuple_problem`, :func:`glued_colon_problem`):
+    not "invalid YAML"."""
 
 
 def _tuple_piece(node: Any) -> str:
@@ -104,6 +105,30 @@ def cut_tuple_problem(path: Sequence[Any], node: Any) -> Optional[tuple[str, Any
             where = ".".join(str(p) for p in (*path, piece))
             how = _CUT_HOW.format(name="KEY", text="(A, B)")
             return f"{where}: a piece of a tuple that YAML cut {how}", key_node.start_mark
+    return None
+
+
+_GLUED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):([^\s/].*)", re.S)
+"""``steps:1``: a name, a colon and no space, then a value (not ``//``: a URL may be a key)."""
+
+
+def glued_colon_problem(path: Sequence[Any], node: Any) -> Optional[tuple[str, Any]]:
+    """(message, mark) when the flow mapping ``node`` at ``path`` holds a key with no value whose
+    text is a name glued to a value by a colon without a space: YAML reads ``{steps:1}`` as the key
+    ``'steps:1'`` with no value, which the checks downstream would report as a missing value
+    (``expected bool or float, got 'None'``) or an unknown key, never saying why."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.style not in (None, "") or \
+                value_node.tag != "tag:yaml.org,2002:null" or (value_node.value or "").strip():
+            continue
+        glued = _GLUED.fullmatch(str(key_node.value).strip())
+        if glued:
+            name, value = glued.group(1), one_line(glued.group(2), 40)
+            where = ".".join(str(p) for p in (*path, name))
+            return (f"{where}: YAML read '{one_line(key_node.value, 60)}' as one key without a value (no space after "
+                    f"its colon); write {name}: {value}"), key_node.start_mark
     return None
 
 
@@ -206,7 +231,7 @@ class _BoundedComposer(yaml.composer.Composer):
         node.end_mark = self.get_event().end_mark
         problem = cut_tuple_problem(self._path, node) if node.flow_style else None
         if problem is not None:
-            raise CutTupleError(problem=problem[0], problem_mark=problem[1])
+            raise MisreadYamlError(problem=problem[0], problem_mark=problem[1])
         return node
 
     def compose_mapping_node(self, anchor: Any) -> Any:
@@ -229,9 +254,10 @@ class _BoundedComposer(yaml.composer.Composer):
             self._path.pop()
             node.value.append((key_node, value_node))
         node.end_mark = self.get_event().end_mark
-        problem = cut_tuple_problem(self._path, node) if node.flow_style else None
+        problem = (cut_tuple_problem(self._path, node) or glued_colon_problem(self._path, node)) \
+            if node.flow_style else None
         if problem is not None:
-            raise CutTupleError(problem=problem[0], problem_mark=problem[1])
+            raise MisreadYamlError(problem=problem[0], problem_mark=problem[1])
         return node
 
 
@@ -250,7 +276,7 @@ def _yaml_error(exc: yaml.YAMLError, source: str) -> UserError:
     mark = getattr(exc, "problem_mark", None)
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
     problem = getattr(exc, "problem", None) or exc
-    if isinstance(exc, CutTupleError):  # valid YAML, not what was meant
+    if isinstance(exc, MisreadYamlError):  # valid YAML, not what was meant
         return UserError(f"{source} (line {mark.line + 1}): {one_line(problem, 250)}")
     return UserError(f"{source}: invalid YAML{where}: {one_line(problem, 200)}")
 
