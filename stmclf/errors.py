@@ -92,6 +92,14 @@ def printable_path(path: "os.PathLike[str] | str") -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
+def shell_word(path: "os.PathLike[str] | str") -> str:
+    """``path`` (:func:`printable_path`) as one word of a command a message tells the user to run:
+    quoted for the shell when it holds a space or another special character."""
+    import shlex
+
+    return shlex.quote(printable_path(path))
+
+
 _ALLOCATION_WORDS = ("allocate", "out of memory", "overflow")
 """Words of the allocators' refusals: torch's CPU allocator ("can't allocate memory"), CUDA's
 ``OutOfMemoryError``, a size-calculation overflow; numpy's ``MemoryError`` is its own type."""

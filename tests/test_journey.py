@@ -3,6 +3,7 @@ model sources, resume from the command line."""
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import shutil
 
@@ -226,7 +227,8 @@ def test_an_export_older_than_the_runs_model_is_not_used_in_silence(journey, tmp
     report flags it at the top; the export summary records the SHA-256 of the model it was made from.
     A summary written before the fingerprint was recorded is used as before."""
     tmp, trained = journey
-    run = tmp_path / "run"  # a copy of the trained run, with its own MLflow parent run and no export yet
+    run = tmp_path / "my run"  # a copy of the trained run, with its own MLflow parent run and no export yet
+    # (a space in its path: the commands the messages give are quoted for the shell)
     shutil.copytree(trained, run, ignore=shutil.ignore_patterns("quantized_models", "benchmark*", "generated",
                                                                 "report.html", "mlflow_run.json"))
     best = run / "saved_models/best_model.pt"
@@ -250,15 +252,15 @@ def test_an_export_older_than_the_runs_model_is_not_used_in_silence(journey, tmp
         err = error_of(capsys.readouterr().err)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert f"{run}/quantized_models/quantized_model.tflite: outdated, exported before {best} changed" in err, err
-        assert f"export the run again: stmclf export --run {run} --int8" in err, err
-        assert f"--model {run}/quantized_models/quantized_model.tflite to {use} that file as it is" in err, err
+        assert f"export the run again: stmclf export --run '{run}' --int8" in err, err
+        assert f"--model '{run}/quantized_models/quantized_model.tflite' to {use} that file as it is" in err, err
     assert not (run / "benchmark.json").exists() and not header.exists()
 
     assert main(["report", "--run", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert '<p class="bad" id="outdated-export">Outdated export: saved_models/best_model.pt changed after ' \
            'quantized_models was exported' in page
-    assert f"Export the run again: stmclf export --run {run} --int8" in page
+    assert html.escape(f"Export the run again: stmclf export --run '{run}' --int8") in page
     assert "Outdated export" in capsys.readouterr().err
 
     # an explicit --model is the user's choice: the file is used as it is

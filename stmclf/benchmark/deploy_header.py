@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from stmclf.errors import ConfigError, UserError, one_line
+from stmclf.errors import ConfigError, UserError, one_line, shell_word
 from stmclf.export.export import SUMMARY_NAME, refuse_outdated_export, run_export_dir
 
 log = logging.getLogger("stmclf.benchmark")
@@ -136,7 +136,7 @@ def find_int8_tflite(export_dir: Path, run_dir: Optional[Path] = None) -> Path:
                         f"{INT8_TFLITE}; keep the one to deploy")
     if not candidates:
         raise UserError(f"{export_dir}: no int8 TFLite model ({INT8_TFLITE}); export the run first "
-                        f"(stmclf export --run {run_dir or export_dir.parent} --int8, or operation_mode "
+                        f"(stmclf export --run {shell_word(run_dir or export_dir.parent)} --int8, or operation_mode "
                         "quantization)")
     return candidates[0]
 

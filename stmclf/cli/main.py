@@ -865,7 +865,7 @@ def _stop(line: str, code: int, before: set) -> int:
 
 def interrupted_line(exc: KeyboardInterrupt) -> str:
     """What was interrupted and how to go on, in one line."""
-    from stmclf.errors import Interrupted, printable_path
+    from stmclf.errors import Interrupted, shell_word
 
     signum = getattr(exc, "signum", signal.SIGINT)
     what = f"stmclf: interrupted ({signal.Signals(signum).name})"
@@ -875,7 +875,7 @@ def interrupted_line(exc: KeyboardInterrupt) -> str:
         return f"{what} after the training, whose model is saved; do the rest with: {exc.then}"
     if exc.resume_from is None:
         return f"{what} before the training wrote its first checkpoint: it starts over when run again"
-    return f"{what}; resume the training with --training.resume_training_from {printable_path(exc.resume_from)}"
+    return f"{what}; resume the training with --training.resume_training_from {shell_word(exc.resume_from)}"
 
 
 ENVIRONMENT_ERRNOS = (28, 30, 13, 122)  # ENOSPC, EROFS, EACCES, EDQUOT

@@ -110,17 +110,21 @@ def reexport_command(run_dir: Path, summary: Mapping) -> str:
     formats = summary.get("formats")
     option = (f" --format {','.join(formats)}" if isinstance(formats, list) and formats
               and sorted(formats) != sorted(FORMATS) and all(isinstance(f, str) for f in formats) else "")
-    return f"stmclf export --run {run_dir}{option}{' --int8' if summary.get('int8') is True else ''}"
+    from stmclf.errors import shell_word
+
+    return f"stmclf export --run {shell_word(run_dir)}{option}{' --int8' if summary.get('int8') is True else ''}"
 
 
 def refuse_outdated_export(export_dir: Path, summary: Mapping, artifact: Path, run_dir: Path, use: str) -> None:
     """A one-line error when ``artifact``, a file of the run's export, was made from a model file
     that changed since (:func:`outdated_export`): it names the command that exports the run again,
     and ``--model`` to ``use`` the file as it is."""
+    from stmclf.errors import shell_word
+
     changed = outdated_export(export_dir, summary)
     if changed is not None:
         raise UserError(f"{artifact}: outdated, exported before {changed} changed (a later training); export the "
-                        f"run again: {reexport_command(Path(run_dir), summary)} (or give --model {artifact} to "
+                        f"run again: {reexport_command(Path(run_dir), summary)} (or give --model {shell_word(artifact)} to "
                         f"{use} that file as it is)")
 
 

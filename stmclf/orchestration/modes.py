@@ -124,13 +124,12 @@ def _train_then(cfg: RunConfig, mode: OperationMode, quantize: Optional[tuple]) 
 
 def _rest_of_chain(journey: Journey, mode: OperationMode, formats) -> str:
     """The commands that do what a chain does after its training, on its run folder."""
-    from stmclf.errors import printable_path
+    from stmclf.errors import shell_word
     from stmclf.export.export import reexport_command
 
-    root = printable_path(journey.root)
-    rest = reexport_command(root, {"formats": list(formats), "int8": True})
+    rest = reexport_command(journey.root, {"formats": list(formats), "int8": True})
     if mode.has("benchmark"):
-        rest += f", then stmclf benchmark --run {root}{' --offline' if journey.cfg.offline else ''}"
+        rest += f", then stmclf benchmark --run {shell_word(journey.root)}{' --offline' if journey.cfg.offline else ''}"
     return rest
 
 
