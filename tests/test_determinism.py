@@ -200,7 +200,7 @@ def test_a_run_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path
     assert code == 0, err[-3000:]
     assert list(runs.iterdir()) == [run]  # a resumed run continues in its checkpoint's folder
     assert not list(saved.glob(".*.tmp"))
-    assert f"Removed 1 unfinished checkpoint file(s) left by an interrupted save in {saved}: {orphan.name}" in \
+    assert f"Removed 1 unfinished file(s) left by an interrupted save in {saved}: {orphan.name}" in \
         (run / "stmclf.log").read_text()
     _assert_identical(_weights(straight.last_checkpoint), _weights(last))
     assert _rows(run / "logs/metrics/train_metrics.csv") == _rows(straight.run_dir.metrics_csv)

@@ -263,8 +263,8 @@ def test_unfinished_checkpoint_files_are_removed_when_the_run_folder_opens(tmp_p
         ["last_augmented_model.ckpt", fresh.name, busy.name])
     assert (saved / "last_augmented_model.ckpt").read_bytes() == b"the last whole checkpoint"
     log_text = run.log_file.read_text()
-    assert log_text.count("unfinished checkpoint file") == 1
-    assert f"Removed 1 unfinished checkpoint file(s) left by an interrupted save in {saved}: {orphan.name}" in log_text
+    assert log_text.count("unfinished file") == 1
+    assert f"Removed 1 unfinished file(s) left by an interrupted save in {saved}: {orphan.name}" in log_text
     with open(busy, "rb") as handle:  # the lock was the writer's: now free
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 

@@ -54,7 +54,7 @@ def remove_orphan_temp_files(directory: Path, min_age_s: float = 1.0) -> list[Pa
         except OSError:
             continue
     if removed:
-        log.info("Removed %d unfinished checkpoint file(s) left by an interrupted save in %s: %s", len(removed),
+        log.info("Removed %d unfinished file(s) left by an interrupted save in %s: %s", len(removed),
                  directory, ", ".join(p.name for p in removed))
     return removed
 

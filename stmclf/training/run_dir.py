@@ -57,8 +57,8 @@ def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Pat
     in ``stmclf_extras.yaml``). A new run never writes into another run's folder: when
     ``hydra.run.dir`` already holds one (its ``config.yaml``), the new run takes ``<dir>_1``,
     ``<dir>_2``, … (claimed atomically, so two processes started in the same second get different
-    folders). The log file is attached and unfinished checkpoint files of an interrupted save are
-    removed (rank 0 only in a distributed run). A folder that cannot be written is a one-line
+    folders). The log file is attached and unfinished files of an interrupted save (checkpoints,
+    results.json, the report) are removed (rank 0 only in a distributed run). A folder that cannot be written is a one-line
     :class:`UserError` naming it."""
     from stmclf.training.tracking import is_global_zero
 
