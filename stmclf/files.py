@@ -1,21 +1,27 @@
 """Files written whole or not at all: a kill, a full disk or a file size limit in the middle of a
 write leaves the previous file as it was (checkpoints, ``results.json``, ``export_summary.json``,
 the report). The temporary file is ``.<name>.<random>.tmp`` beside the target, locked (``flock``)
-while it is written; :func:`stmclf.training.checkpoint_io.remove_orphan_temp_files` deletes those
+while it is written; :func:`remove_orphan_temp_files` deletes those
 a killed process left behind."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
 from stmclf.errors import UserError
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "atomic_write_text"]
+__all__ = ["PARTIAL_SUFFIX", "TEMP_SUFFIX", "atomic_write", "atomic_write_text", "remove_orphan_temp_files"]
+
+log = logging.getLogger("stmclf")
 
 TEMP_SUFFIX = ".tmp"
+PARTIAL_SUFFIX = ".partial"
+"""``.<name>.partial``: a file a library writes by its path (an ONNX export), renamed when whole."""
 
 
 def _os_error(exc: BaseException) -> Optional[OSError]:
@@ -83,3 +89,34 @@ def _umask() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o022
+
+
+def remove_orphan_temp_files(directory: Path, min_age_s: float = 1.0,
+                             suffixes: tuple[str, ...] = (TEMP_SUFFIX,)) -> list[Path]:
+    """Delete the temporary files that interrupted saves left in ``directory`` (``.<name>.<random>.tmp``,
+    and with ``suffixes`` other hidden ``.<name><suffix>`` files such as an export's ``.partial``);
+    a file that another process is still writing (locked, or younger than ``min_age_s``) is left
+    alone. Returns the removed files."""
+    removed: list[Path] = []
+    try:
+        candidates = sorted({p for suffix in suffixes for p in Path(directory).glob(f".*{suffix}")})
+    except OSError:
+        return removed
+    now = time.time()
+    for path in candidates:
+        try:
+            if not path.is_file() or now - path.stat().st_mtime < min_age_s:
+                continue
+            with open(path, "rb") as handle:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a save in progress
+                path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        log.info("Removed %d unfinished file(s) left by an interrupted save in %s: %s", len(removed),
+                 directory, ", ".join(p.name for p in removed))
+    return removed

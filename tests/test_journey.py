@@ -221,6 +221,33 @@ def test_benchmark_of_a_run_without_its_export_says_it_measures_the_float_model(
     assert (run / "benchmark.json").is_file()
 
 
+def test_the_files_of_an_export_killed_half_way_are_removed_by_the_next(journey, tmp_path, caplog):
+    """A SIGKILL during an export leaves its hidden ``.<name>.partial`` ONNX file (written by
+    torch.onnx by its path) or an atomic write's ``.<name>.<random>.tmp`` in the export folder; they
+    stayed there for ever. The next export in that run folder removes them (a file being written is
+    never one of them: the run folder has one writer at a time)."""
+    import os
+
+    tmp, trained = journey
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("quantized_models", "benchmark*", "generated",
+                                                                "report.html", "mlflow_run.json"))
+    export_dir = run / "quantized_models"
+    export_dir.mkdir()
+    left = [export_dir / ".best_model.onnx.partial", export_dir / ".export_summary.json.k3j9x2.tmp"]
+    for path in left:
+        path.write_bytes(b"half")
+        os.utime(path, (1, 1))  # from a process killed long ago
+    kept = export_dir / "notes.partial.txt"  # not a leftover: named otherwise
+    kept.write_text("mine")
+    with caplog.at_level("INFO", logger="stmclf"):
+        assert main(["export", "--run", str(run), "--format", "onnx", "--no-int8"]) == 0
+    assert not any(path.exists() for path in left) and kept.exists()
+    assert (export_dir / "best_model.onnx").is_file()
+    assert f"Removed 2 unfinished file(s) left by an interrupted save in {export_dir}: .best_model.onnx.partial, " \
+           ".export_summary.json.k3j9x2.tmp" in caplog.text
+
+
 def test_an_export_older_than_the_runs_model_is_not_used_in_silence(journey, tmp_path, capsys):
     """A later training rewrites best_model.pt in the run folder: benchmark --run and deploy-header
     --run refuse the run's earlier export (one line naming the command that exports it again), the

@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from stmclf.errors import ConfigError, UserError
-from stmclf.files import atomic_write_text
+from stmclf.files import PARTIAL_SUFFIX, TEMP_SUFFIX, atomic_write_text, remove_orphan_temp_files
 
 log = logging.getLogger("stmclf.export")
 
@@ -326,6 +326,7 @@ def export_run(cfg, model, out_dir: Path, *, formats: Sequence[str] = FORMATS, i
         expected = reference_outputs(module, images.check, softmax=True)
     result.checks["check_images"] = images.check_source
     export_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temp_files(export_dir, suffixes=(TEMP_SUFFIX, PARTIAL_SUFFIX))  # an export killed half-way
     if int8:
         result.checks["calibration"] = images.calibration_source
         result.checks["random_calibration"] = images.random_calibration

@@ -95,7 +95,7 @@ def create_run_dir(cfg: RunConfig, *, write_files: bool | None = None, root: Pat
             raise _unwritable(key, root, exc) from None
         if wanted is not None and root != wanted:
             log.warning("hydra.run.dir %s holds another run: this run writes into %s", wanted, root)
-        from stmclf.training.checkpoint_io import remove_orphan_temp_files
+        from stmclf.files import remove_orphan_temp_files
 
         for folder in (run.saved_models, run.root):  # checkpoints; results.json, the report
             remove_orphan_temp_files(folder)
